@@ -1,0 +1,252 @@
+package config
+
+import "time"
+
+// Config is the whole llmproxy configuration. Load fills it from defaults,
+// then YAML, then the LLMPROXY_* environment variables, and validates it.
+type Config struct {
+	// Listen is the address clients connect to. Default 127.0.0.1:11434,
+	// Ollama's own address, so that clients need no change.
+	Listen string `yaml:"listen"`
+	// ShutdownTimeout bounds how long in-flight requests and streams may run
+	// after SIGTERM or SIGINT before they are cancelled. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxBodyBytes is the largest request body accepted; larger bodies get
+	// 413. Default 64 MiB, room for several base64 images.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+
+	Nodes     []Node    `yaml:"nodes"`
+	Upstream  Upstream  `yaml:"upstream"`
+	Discovery Discovery `yaml:"discovery"`
+	CORS      CORS      `yaml:"cors"`
+	Health    Health    `yaml:"health"`
+	Breaker   Breaker   `yaml:"breaker"`
+	Retry     Retry     `yaml:"retry"`
+	Models    Models    `yaml:"models"`
+	Balancer  Balancer  `yaml:"balancer"`
+	Queue     Queue     `yaml:"queue"`
+	Auth      Auth      `yaml:"auth"`
+	RateLimit RateLimit `yaml:"rate_limit"`
+	Redis     Redis     `yaml:"redis"`
+	Cache     Cache     `yaml:"cache"`
+	Log       Log       `yaml:"log"`
+	Admin     Admin     `yaml:"admin"`
+}
+
+// Node is one Ollama server behind the proxy.
+type Node struct {
+	// Name identifies the node in logs, metrics and admin routes. Default:
+	// the host:port of URL. Names are unique.
+	Name string `yaml:"name"`
+	// URL is the node's base URL, http:// or https://, without a path.
+	URL string `yaml:"url"`
+	// MaxConcurrent is the number of requests the node runs at once, its
+	// OLLAMA_NUM_PARALLEL. Default 4; the proxy queues the rest itself.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// Weight scales the node's share of traffic among equals. Default 1.
+	Weight float64 `yaml:"weight"`
+}
+
+// Upstream holds the timeouts of requests to nodes.
+type Upstream struct {
+	// Connect bounds dialing a node. Default 3s.
+	Connect time.Duration `yaml:"connect"`
+	// FirstByte bounds the wait for the response headers, which covers a
+	// cold model load. Default 5m.
+	FirstByte time.Duration `yaml:"first_byte"`
+	// Idle bounds the silence between two chunks of a streamed answer.
+	// Default 2m.
+	Idle time.Duration `yaml:"idle"`
+	// Total bounds a whole request, 0 for no limit. Default 0.
+	Total time.Duration `yaml:"total"`
+}
+
+// Discovery sets how often each node's model inventory is polled.
+type Discovery struct {
+	// Interval between polls of /api/tags and /api/ps. Default 10s.
+	Interval time.Duration `yaml:"interval"`
+}
+
+// CORS sets which browser origins may call the proxy.
+type CORS struct {
+	// AllowedOrigins lists origins answered with CORS headers; "*" allows
+	// any. Default: none, so browsers on other origins are refused as
+	// Ollama refuses them.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+}
+
+// Health configures active probes and passive failure tracking.
+type Health struct {
+	// Interval between probes of one node. Default 5s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout of one probe. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// UnhealthyThreshold is the consecutive failed probes that take a node
+	// down. Default 3.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+	// HealthyThreshold is the consecutive good probes that bring a node back
+	// up. Default 2.
+	HealthyThreshold int `yaml:"healthy_threshold"`
+	// MaxFails failures on real traffic within FailTimeout take a node out
+	// for FailTimeout. Default 3; 0 turns passive checks off.
+	MaxFails int `yaml:"max_fails"`
+	// FailTimeout is the window and the time out. Default 30s.
+	FailTimeout time.Duration `yaml:"fail_timeout"`
+}
+
+// Breaker configures the circuit breaker of each node.
+type Breaker struct {
+	// ConsecutiveFailures opens the breaker. Default 5.
+	ConsecutiveFailures uint32 `yaml:"consecutive_failures"`
+	// FailureRatio opens the breaker when at least MinRequests were counted
+	// in the current Interval. Default 0.5.
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// MinRequests before FailureRatio applies. Default 10.
+	MinRequests uint32 `yaml:"min_requests"`
+	// Interval is the closed-state counting window. Default 60s.
+	Interval time.Duration `yaml:"interval"`
+	// OpenTimeout is how long the breaker stays open before it lets probe
+	// requests through. Default 15s.
+	OpenTimeout time.Duration `yaml:"open_timeout"`
+	// HalfOpenRequests is how many probe requests a half-open breaker lets
+	// through. Default 2.
+	HalfOpenRequests uint32 `yaml:"half_open_requests"`
+}
+
+// Retry configures failover before the first byte.
+type Retry struct {
+	// Attempts is the total tries of one request, the first included.
+	// Default 3.
+	Attempts int `yaml:"attempts"`
+	// Backoff is the base wait between tries, with full jitter. Default 50ms.
+	Backoff time.Duration `yaml:"backoff"`
+	// MaxBackoff caps the wait between tries. Default 1s.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+}
+
+// Models lists models kept present on every node.
+type Models struct {
+	// Ensure lists models pulled onto any node that lacks them.
+	Ensure []string `yaml:"ensure"`
+}
+
+// Balancer selects the placement policy.
+type Balancer struct {
+	// Policy is inference_aware (default), least_conn or round_robin.
+	Policy string `yaml:"policy"`
+	// AffinityLoadFactor bounds prefix affinity: a conversation stays on its
+	// node while that node's load is below this factor times the average.
+	// Default 1.25.
+	AffinityLoadFactor float64 `yaml:"affinity_load_factor"`
+}
+
+// Queue configures the request queue held by the proxy.
+type Queue struct {
+	// Aging is the waiting time that raises a request by one class rank.
+	// Default 10s.
+	Aging time.Duration `yaml:"aging"`
+	// Classes holds the limits of the priority, standard and batch classes.
+	Classes map[string]QueueClass `yaml:"classes"`
+}
+
+// QueueClass is the backpressure limit of one priority class.
+type QueueClass struct {
+	// MaxLength is the most requests waiting in the class. Default 1000.
+	MaxLength int `yaml:"max_length"`
+	// MaxWait is the longest a request waits before 503. Default 5m for
+	// priority and standard, 30m for batch.
+	MaxWait time.Duration `yaml:"max_wait"`
+}
+
+// Auth configures API keys.
+type Auth struct {
+	// Required rejects requests without a known key with 401. Default false.
+	Required bool `yaml:"required"`
+	// Keys lists the accepted keys.
+	Keys []Key `yaml:"keys"`
+}
+
+// Key is one API key with its limits. Zero limits mean unlimited.
+type Key struct {
+	Name string `yaml:"name"`
+	// SHA256 is the hex SHA-256 of the key. Exactly one of SHA256 and Env.
+	SHA256 string `yaml:"sha256"`
+	// Env names an environment variable holding the key.
+	Env             string   `yaml:"env"`
+	Priority        string   `yaml:"priority"`
+	RequestsPerSec  float64  `yaml:"requests_per_second"`
+	Burst           int      `yaml:"burst"`
+	TokensPerMinute int64    `yaml:"tokens_per_minute"`
+	MaxConcurrent   int      `yaml:"max_concurrent"`
+	MonthlyTokens   int64    `yaml:"monthly_tokens"`
+	MonthlyRequests int64    `yaml:"monthly_requests"`
+	AllowedModels   []string `yaml:"allowed_models"`
+}
+
+// RateLimit configures limits for clients without a key.
+type RateLimit struct {
+	// PerAddress is the request rate per client address. Default 10/s.
+	PerAddress float64 `yaml:"per_address"`
+	// Burst per client address. Default 20.
+	Burst int `yaml:"burst"`
+	// TrustedProxies lists CIDRs whose X-Forwarded-For is believed.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// DefaultTokenEstimate is reserved for a request that sets no
+	// num_predict or max_tokens. Default 512.
+	DefaultTokenEstimate int64 `yaml:"default_token_estimate"`
+}
+
+// Redis is the shared state of several instances. Empty Addr: none.
+type Redis struct {
+	Addr     string `yaml:"addr"`
+	Password string `yaml:"password"`
+	DB       int    `yaml:"db"`
+	// Timeout of one Redis call; past it the caller falls back to local
+	// state. Default 50ms.
+	Timeout time.Duration `yaml:"timeout"`
+	// KeyPrefix namespaces every key. Default "llmproxy:".
+	KeyPrefix string `yaml:"key_prefix"`
+}
+
+// Cache configures the response cache.
+type Cache struct {
+	// Enabled turns the cache on. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// Generate is deterministic (default) or never.
+	Generate string  `yaml:"generate"`
+	L1       CacheL1 `yaml:"l1"`
+	L2       CacheL2 `yaml:"l2"`
+}
+
+// CacheL1 is the in-process tier.
+type CacheL1 struct {
+	// MaxBytes bounds the tier. Default 256 MiB.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// TTL of an entry. Default 1h.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// CacheL2 is the Redis tier, used when redis.addr is set.
+type CacheL2 struct {
+	// Enabled turns the tier on when Redis is configured. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// TTL of an entry. Default 24h.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is text (default) or json.
+	Format string `yaml:"format"`
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+}
+
+// Admin configures the admin routes.
+type Admin struct {
+	// Listen serves admin routes on their own address; empty serves them on
+	// the main listener.
+	Listen string `yaml:"listen"`
+	// Token, when set, must be sent as a bearer token to admin routes.
+	Token string `yaml:"token"`
+}
