@@ -1,0 +1,167 @@
+// Package metrics owns the Prometheus registry of llmproxy and every metric
+// it exports. Other packages receive a *Metrics and only observe; none of
+// them registers metrics of its own.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// OtherModel is the label value that stands for every model outside the
+// bounded set returned by a ModelLabeler, so that label values stay bounded
+// when clients send arbitrary model names.
+const OtherModel = "other"
+
+// Metrics holds every metric of one proxy process. All fields are set by
+// New and safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Requests and latency.
+	Requests        *prometheus.CounterVec   // route, model, node, code
+	RequestDuration *prometheus.HistogramVec // route, model
+	TimeToFirstTok  *prometheus.HistogramVec // model
+	TokensPerSecond *prometheus.GaugeVec     // node, model
+	Tokens          *prometheus.CounterVec   // key, model, kind
+
+	// Nodes.
+	NodeUp           *prometheus.GaugeVec   // node
+	NodeBreaker      *prometheus.GaugeVec   // node
+	NodeInflight     *prometheus.GaugeVec   // node
+	NodeLoadedModels *prometheus.GaugeVec   // node
+	NodeVRAMBytes    *prometheus.GaugeVec   // node
+	NodeFailures     *prometheus.CounterVec // node, reason
+	Retries          *prometheus.CounterVec // node, reason
+	ModelLoads       *prometheus.CounterVec // node, model
+
+	// Queue.
+	QueueDepth    *prometheus.GaugeVec     // class
+	QueueWait     *prometheus.HistogramVec // class
+	QueueRejected *prometheus.CounterVec   // class, reason
+
+	// Limits.
+	RateLimited   *prometheus.CounterVec // key, limit
+	RedisFallback *prometheus.CounterVec // component
+	RedisUp       prometheus.Gauge
+
+	// Cache.
+	CacheRequests  *prometheus.CounterVec // tier, result
+	CacheBytes     *prometheus.GaugeVec   // tier
+	CacheEvictions prometheus.Counter
+}
+
+// Buckets for request latency in seconds, from a cached answer (sub-ms) to
+// a long generation with a cold load (minutes).
+var latencyBuckets = []float64{
+	.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+	1, 2.5, 5, 10, 30, 60, 120, 300,
+}
+
+// New creates every metric on a fresh registry, along with the Go runtime
+// and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	f := factory{reg: reg}
+	return &Metrics{
+		Registry: reg,
+
+		Requests: f.counter("llmproxy_requests_total",
+			"Requests answered, by route, model, serving node and status code.",
+			"route", "model", "node", "code"),
+		RequestDuration: f.histogram("llmproxy_request_duration_seconds",
+			"Time from request arrival to the end of the response.",
+			"route", "model"),
+		TimeToFirstTok: f.histogram("llmproxy_time_to_first_token_seconds",
+			"Time from request arrival to the first byte of the answer body.",
+			"model"),
+		TokensPerSecond: f.gauge("llmproxy_tokens_per_second",
+			"Generation speed last reported by a node for a model (eval_count/eval_duration).",
+			"node", "model"),
+		Tokens: f.counter("llmproxy_tokens_total",
+			"Tokens counted from node reports, by API key, model and kind (prompt or completion).",
+			"key", "model", "kind"),
+
+		NodeUp: f.gauge("llmproxy_node_up",
+			"1 when the node is up and takes traffic, 0 otherwise.", "node"),
+		NodeBreaker: f.gauge("llmproxy_node_breaker_state",
+			"Circuit breaker state of the node: 0 closed, 1 half-open, 2 open.", "node"),
+		NodeInflight: f.gauge("llmproxy_node_inflight",
+			"Requests the proxy has in flight on the node.", "node"),
+		NodeLoadedModels: f.gauge("llmproxy_node_loaded_models",
+			"Models the node reports loaded in memory (/api/ps).", "node"),
+		NodeVRAMBytes: f.gauge("llmproxy_node_loaded_vram_bytes",
+			"GPU memory used by the models loaded on the node (size_vram in /api/ps).", "node"),
+		NodeFailures: f.counter("llmproxy_node_failures_total",
+			"Failures counted against a node, by reason.", "node", "reason"),
+		Retries: f.counter("llmproxy_retries_total",
+			"Requests retried on another node, by the node that failed and the reason.",
+			"node", "reason"),
+		ModelLoads: f.counter("llmproxy_model_loads_total",
+			"Cold model loads caused on a node, seen as a load_duration over 1s or a placement "+
+				"on a node without the model loaded.",
+			"node", "model"),
+
+		QueueDepth: f.gauge("llmproxy_queue_depth",
+			"Requests waiting in the proxy's queue, by priority class.", "class"),
+		QueueWait: f.histogram("llmproxy_queue_wait_seconds",
+			"Time requests waited in the queue before a node took them.", "class"),
+		QueueRejected: f.counter("llmproxy_queue_rejected_total",
+			"Requests rejected by the queue, by class and reason (full, timeout).",
+			"class", "reason"),
+
+		RateLimited: f.counter("llmproxy_ratelimited_total",
+			"Requests rejected by a limit, by key name and limit.", "key", "limit"),
+		RedisFallback: f.counter("llmproxy_redis_fallback_total",
+			"Operations that fell back to local state because Redis failed, by component.",
+			"component"),
+		RedisUp: f.plainGauge("llmproxy_redis_up",
+			"1 when the last Redis call succeeded, 0 when it failed."),
+
+		CacheRequests: f.counter("llmproxy_cache_requests_total",
+			"Cache lookups by tier (l1, l2) and result (hit, miss, bypass, error).",
+			"tier", "result"),
+		CacheBytes: f.gauge("llmproxy_cache_bytes",
+			"Bytes held by a cache tier.", "tier"),
+		CacheEvictions: f.plainCounter("llmproxy_cache_evictions_total",
+			"Entries evicted from the in-process cache to stay within its size."),
+	}
+}
+
+type factory struct{ reg prometheus.Registerer }
+
+func (f factory) counter(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) gauge(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) histogram(name, help string, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: name, Help: help, Buckets: latencyBuckets,
+	}, labels)
+	f.reg.MustRegister(h)
+	return h
+}
+
+func (f factory) plainGauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) plainCounter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	f.reg.MustRegister(c)
+	return c
+}
