@@ -1,9 +1,13 @@
 package config
 
-import "time"
+import (
+	"crypto/sha256"
+	"time"
+)
 
 // Config is the whole llmproxy configuration. Load fills it from defaults,
 // then YAML, then the LLMPROXY_* environment variables, and validates it.
+// The defaults below are the values of Default.
 type Config struct {
 	// Listen is the address clients connect to. Default 127.0.0.1:11434,
 	// Ollama's own address, so that clients need no change.
@@ -15,6 +19,7 @@ type Config struct {
 	// 413. Default 64 MiB, room for several base64 images.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 
+	// Nodes lists the Ollama servers; at least one is required.
 	Nodes     []Node    `yaml:"nodes"`
 	Upstream  Upstream  `yaml:"upstream"`
 	Discovery Discovery `yaml:"discovery"`
@@ -38,12 +43,14 @@ type Node struct {
 	// Name identifies the node in logs, metrics and admin routes. Default:
 	// the host:port of URL. Names are unique.
 	Name string `yaml:"name"`
-	// URL is the node's base URL, http:// or https://, without a path.
+	// URL is the node's base URL, http:// or https://, without a path,
+	// query or fragment. Load removes a trailing slash.
 	URL string `yaml:"url"`
 	// MaxConcurrent is the number of requests the node runs at once, its
 	// OLLAMA_NUM_PARALLEL. Default 4; the proxy queues the rest itself.
 	MaxConcurrent int `yaml:"max_concurrent"`
-	// Weight scales the node's share of traffic among equals. Default 1.
+	// Weight scales the node's share of traffic among equals; it must be
+	// positive. Default 1.
 	Weight float64 `yaml:"weight"`
 }
 
@@ -69,9 +76,9 @@ type Discovery struct {
 
 // CORS sets which browser origins may call the proxy.
 type CORS struct {
-	// AllowedOrigins lists origins answered with CORS headers; "*" allows
-	// any. Default: none, so browsers on other origins are refused as
-	// Ollama refuses them.
+	// AllowedOrigins lists origins answered with CORS headers, each
+	// scheme://host[:port]; "*" allows any. Default: none, so browsers on
+	// other origins are rejected as Ollama rejects them.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 }
 
@@ -90,16 +97,18 @@ type Health struct {
 	// MaxFails failures on real traffic within FailTimeout take a node out
 	// for FailTimeout. Default 3; 0 turns passive checks off.
 	MaxFails int `yaml:"max_fails"`
-	// FailTimeout is the window and the time out. Default 30s.
+	// FailTimeout is both the window that counts failures and how long a
+	// node stays out after MaxFails. Default 30s.
 	FailTimeout time.Duration `yaml:"fail_timeout"`
 }
 
 // Breaker configures the circuit breaker of each node.
 type Breaker struct {
-	// ConsecutiveFailures opens the breaker. Default 5.
+	// ConsecutiveFailures is the run of failures that opens the breaker.
+	// Default 5.
 	ConsecutiveFailures uint32 `yaml:"consecutive_failures"`
-	// FailureRatio opens the breaker when at least MinRequests were counted
-	// in the current Interval. Default 0.5.
+	// FailureRatio, above 0 and at most 1, opens the breaker when at least
+	// MinRequests were counted in the current Interval. Default 0.5.
 	FailureRatio float64 `yaml:"failure_ratio"`
 	// MinRequests before FailureRatio applies. Default 10.
 	MinRequests uint32 `yaml:"min_requests"`
@@ -126,7 +135,8 @@ type Retry struct {
 
 // Models lists models kept present on every node.
 type Models struct {
-	// Ensure lists models pulled onto any node that lacks them.
+	// Ensure lists models pulled onto any node that lacks them. Default:
+	// none.
 	Ensure []string `yaml:"ensure"`
 }
 
@@ -136,25 +146,28 @@ type Balancer struct {
 	Policy string `yaml:"policy"`
 	// AffinityLoadFactor bounds prefix affinity: a conversation stays on its
 	// node while that node's load is below this factor times the average.
-	// Default 1.25.
+	// At least 1. Default 1.25.
 	AffinityLoadFactor float64 `yaml:"affinity_load_factor"`
 }
 
 // Queue configures the request queue held by the proxy.
 type Queue struct {
-	// Aging is the waiting time that raises a request by one class rank.
-	// Default 10s.
+	// Aging is the waiting time that raises a request by one class rank;
+	// 0 turns aging off. Default 10s.
 	Aging time.Duration `yaml:"aging"`
-	// Classes holds the limits of the priority, standard and batch classes.
+	// Classes holds the limits of the priority, standard and batch classes,
+	// keyed by class name. A file sets any subset; the other classes keep
+	// their defaults.
 	Classes map[string]QueueClass `yaml:"classes"`
 }
 
 // QueueClass is the backpressure limit of one priority class.
 type QueueClass struct {
-	// MaxLength is the most requests waiting in the class. Default 1000.
+	// MaxLength is the maximum number of requests waiting in the class;
+	// 0 leaves the class unbounded. Default 1000.
 	MaxLength int `yaml:"max_length"`
-	// MaxWait is the longest a request waits before 503. Default 5m for
-	// priority and standard, 30m for batch.
+	// MaxWait is the maximum time a request waits before 503; it must be
+	// positive. Default 5m for priority and standard, 30m for batch.
 	MaxWait time.Duration `yaml:"max_wait"`
 }
 
@@ -168,39 +181,68 @@ type Auth struct {
 
 // Key is one API key with its limits. Zero limits mean unlimited.
 type Key struct {
+	// Name identifies the key in logs, metrics and usage records; it is
+	// required and unique. The key itself is never logged.
 	Name string `yaml:"name"`
-	// SHA256 is the hex SHA-256 of the key. Exactly one of SHA256 and Env.
+	// SHA256 is the hex SHA-256 of the key, 64 hex digits. Exactly one of
+	// SHA256 and Env is set.
 	SHA256 string `yaml:"sha256"`
-	// Env names an environment variable holding the key.
-	Env             string   `yaml:"env"`
-	Priority        string   `yaml:"priority"`
-	RequestsPerSec  float64  `yaml:"requests_per_second"`
-	Burst           int      `yaml:"burst"`
-	TokensPerMinute int64    `yaml:"tokens_per_minute"`
-	MaxConcurrent   int      `yaml:"max_concurrent"`
-	MonthlyTokens   int64    `yaml:"monthly_tokens"`
-	MonthlyRequests int64    `yaml:"monthly_requests"`
-	AllowedModels   []string `yaml:"allowed_models"`
+	// Env names an environment variable holding the key in clear text. Load
+	// reads it once and keeps only its SHA-256, see Digest; the variable
+	// must be non-empty at load time.
+	Env string `yaml:"env"`
+	// Priority is the queue class of the key's requests: priority,
+	// standard or batch. Default standard.
+	Priority string `yaml:"priority"`
+	// RequestsPerSec is the sustained request rate; 0 for no limit.
+	RequestsPerSec float64 `yaml:"requests_per_second"`
+	// Burst is the number of requests allowed at once above the rate. It
+	// must be at least 1 when RequestsPerSec is set.
+	Burst int `yaml:"burst"`
+	// TokensPerMinute limits the tokens the key's requests use per minute;
+	// 0 for no limit.
+	TokensPerMinute int64 `yaml:"tokens_per_minute"`
+	// MaxConcurrent limits the key's requests in flight; 0 for no limit.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// MonthlyTokens is the token quota per calendar month; 0 for none.
+	MonthlyTokens int64 `yaml:"monthly_tokens"`
+	// MonthlyRequests is the request quota per calendar month; 0 for none.
+	MonthlyRequests int64 `yaml:"monthly_requests"`
+	// AllowedModels lists the models the key may use; empty allows all.
+	// A name without a tag means its :latest tag, as in Ollama.
+	AllowedModels []string `yaml:"allowed_models"`
+
+	// envDigest is the SHA-256 of the Env variable's value, read at load
+	// time; nil for keys given by SHA256 or not loaded.
+	envDigest *[sha256.Size]byte
 }
 
 // RateLimit configures limits for clients without a key.
 type RateLimit struct {
-	// PerAddress is the request rate per client address. Default 10/s.
+	// PerAddress is the request rate per client address in requests per
+	// second; 0 for no limit. Default 10.
 	PerAddress float64 `yaml:"per_address"`
-	// Burst per client address. Default 20.
+	// Burst is the number of requests per client address allowed at once
+	// above the rate; at least 1 when PerAddress is set. Default 20.
 	Burst int `yaml:"burst"`
-	// TrustedProxies lists CIDRs whose X-Forwarded-For is believed.
+	// TrustedProxies lists CIDRs, or single addresses, of reverse proxies
+	// whose X-Forwarded-For is trusted. Default: none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// DefaultTokenEstimate is reserved for a request that sets no
 	// num_predict or max_tokens. Default 512.
 	DefaultTokenEstimate int64 `yaml:"default_token_estimate"`
 }
 
-// Redis is the shared state of several instances. Empty Addr: none.
+// Redis is the shared state of several instances.
 type Redis struct {
-	Addr     string `yaml:"addr"`
+	// Addr is the host:port of the Redis server; empty for none, so that
+	// limits, quotas and the cache stay local to each instance. Default
+	// empty.
+	Addr string `yaml:"addr"`
+	// Password authenticates to Redis; empty for none.
 	Password string `yaml:"password"`
-	DB       int    `yaml:"db"`
+	// DB is the Redis database number. Default 0.
+	DB int `yaml:"db"`
 	// Timeout of one Redis call; past it the caller falls back to local
 	// state. Default 50ms.
 	Timeout time.Duration `yaml:"timeout"`
@@ -210,12 +252,17 @@ type Redis struct {
 
 // Cache configures the response cache.
 type Cache struct {
-	// Enabled turns the cache on. Default true.
+	// Enabled turns the cache on; nil means true, see IsEnabled.
+	// Default true.
 	Enabled *bool `yaml:"enabled"`
-	// Generate is deterministic (default) or never.
-	Generate string  `yaml:"generate"`
-	L1       CacheL1 `yaml:"l1"`
-	L2       CacheL2 `yaml:"l2"`
+	// Generate selects the generation requests that are cached:
+	// deterministic (default) caches a request only when its options make
+	// the output repeatable, never caches none of them.
+	Generate string `yaml:"generate"`
+	// L1 is the in-process tier.
+	L1 CacheL1 `yaml:"l1"`
+	// L2 is the Redis tier.
+	L2 CacheL2 `yaml:"l2"`
 }
 
 // CacheL1 is the in-process tier.
@@ -228,7 +275,8 @@ type CacheL1 struct {
 
 // CacheL2 is the Redis tier, used when redis.addr is set.
 type CacheL2 struct {
-	// Enabled turns the tier on when Redis is configured. Default true.
+	// Enabled turns the tier on when Redis is configured; nil means true,
+	// see IsEnabled. Default true.
 	Enabled *bool `yaml:"enabled"`
 	// TTL of an entry. Default 24h.
 	TTL time.Duration `yaml:"ttl"`
@@ -248,5 +296,6 @@ type Admin struct {
 	// the main listener.
 	Listen string `yaml:"listen"`
 	// Token, when set, must be sent as a bearer token to admin routes.
+	// Default empty, which leaves admin routes open.
 	Token string `yaml:"token"`
 }
