@@ -1,0 +1,259 @@
+package balancer
+
+import (
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
+)
+
+// Model is one model present on a node, as listed by its /api/tags.
+type Model struct {
+	// Name is the normalised name ("llama3:latest").
+	Name string
+	// Digest and Size come from the listing.
+	Digest string
+	Size   int64
+	// Raw is the listing entry as the node sent it, kept so that the proxy
+	// can merge listings without re-encoding fields it does not know.
+	Raw []byte
+}
+
+// Loaded is one model a node holds in memory, as listed by its /api/ps or
+// assumed after the node served a request for it.
+type Loaded struct {
+	Name      string
+	SizeVRAM  int64
+	ExpiresAt time.Time
+	// NumCtx is the context size the model was loaded with, 0 when unknown.
+	// A request with another num_ctx makes Ollama load the model again.
+	NumCtx int
+	Raw    []byte
+}
+
+// Gate decides whether a node may take new requests beyond being up: the
+// health package implements it with passive failure tracking and a circuit
+// breaker. A nil Gate always allows.
+type Gate interface {
+	// Usable reports whether the node may be offered new requests now.
+	Usable() bool
+}
+
+// Node is one Ollama server and what the proxy knows of it. The fields set
+// at construction never change; the rest is safe for concurrent use.
+type Node struct {
+	Name          string
+	URL           *url.URL
+	MaxConcurrent int
+	Weight        float64
+
+	up       atomic.Bool
+	draining atomic.Bool
+	inflight atomic.Int64
+	gate     atomic.Pointer[gateBox]
+
+	// invMu guards the inventory fields below.
+	invMu     sync.RWMutex
+	models    map[string]Model
+	loaded    map[string]Loaded
+	version   string
+	lastError string
+	refreshed time.Time
+}
+
+type gateBox struct{ g Gate }
+
+// NewNode returns a node that is up and has an empty inventory until its
+// first refresh.
+func NewNode(name string, u *url.URL, maxConcurrent int, weight float64) *Node {
+	if maxConcurrent < 1 {
+		maxConcurrent = 1
+	}
+	if weight <= 0 {
+		weight = 1
+	}
+	n := &Node{
+		Name:          name,
+		URL:           u,
+		MaxConcurrent: maxConcurrent,
+		Weight:        weight,
+		models:        map[string]Model{},
+		loaded:        map[string]Loaded{},
+	}
+	n.up.Store(true)
+	return n
+}
+
+// SetGate installs the health gate consulted by Usable.
+func (n *Node) SetGate(g Gate) { n.gate.Store(&gateBox{g: g}) }
+
+// Up reports whether health checks consider the node up.
+func (n *Node) Up() bool { return n.up.Load() }
+
+// SetUp records the node's health state and returns whether it changed.
+func (n *Node) SetUp(up bool) bool { return n.up.Swap(up) != up }
+
+// Draining reports whether the node is being drained.
+func (n *Node) Draining() bool { return n.draining.Load() }
+
+// SetDraining starts or ends a drain: a draining node takes no new
+// requests while those in flight finish.
+func (n *Node) SetDraining(d bool) { n.draining.Store(d) }
+
+// Usable reports whether the node may take a new request: up, not
+// draining, and allowed by its gate.
+func (n *Node) Usable() bool {
+	if !n.up.Load() || n.draining.Load() {
+		return false
+	}
+	if b := n.gate.Load(); b != nil && b.g != nil {
+		return b.g.Usable()
+	}
+	return true
+}
+
+// Inflight returns the requests the proxy has in flight on the node.
+func (n *Node) Inflight() int64 { return n.inflight.Load() }
+
+// Acquire counts one more request in flight; Release undoes it.
+func (n *Node) Acquire() { n.inflight.Add(1) }
+
+// Release counts one request fewer in flight.
+func (n *Node) Release() { n.inflight.Add(-1) }
+
+// SetInventory replaces the models the node lists and those it holds in
+// memory, after a successful poll of /api/tags and /api/ps.
+func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
+	m := make(map[string]Model, len(models))
+	for _, x := range models {
+		m[x.Name] = x
+	}
+	l := make(map[string]Loaded, len(loaded))
+	for _, x := range loaded {
+		l[x.Name] = x
+	}
+	n.invMu.Lock()
+	n.models, n.loaded, n.refreshed = m, l, now
+	n.invMu.Unlock()
+}
+
+// SetModels replaces only the listed models, after a poll of /api/tags.
+func (n *Node) SetModels(models []Model) {
+	m := make(map[string]Model, len(models))
+	for _, x := range models {
+		m[x.Name] = x
+	}
+	n.invMu.Lock()
+	n.models = m
+	n.invMu.Unlock()
+}
+
+// SetLoaded replaces only the loaded models, after a poll of /api/ps.
+func (n *Node) SetLoaded(loaded []Loaded) {
+	l := make(map[string]Loaded, len(loaded))
+	for _, x := range loaded {
+		l[x.Name] = x
+	}
+	n.invMu.Lock()
+	n.loaded = l
+	n.invMu.Unlock()
+}
+
+// MarkLoaded records that the node has just served model with numCtx, so
+// that follow-up requests prefer it before the next poll confirms it.
+func (n *Node) MarkLoaded(model string, numCtx int) {
+	n.invMu.Lock()
+	l := n.loaded[model]
+	l.Name = model
+	if numCtx > 0 {
+		l.NumCtx = numCtx
+	}
+	n.loaded[model] = l
+	n.invMu.Unlock()
+}
+
+// MarkUnloaded records that the node has unloaded model.
+func (n *Node) MarkUnloaded(model string) {
+	n.invMu.Lock()
+	delete(n.loaded, model)
+	n.invMu.Unlock()
+}
+
+// HasModel reports whether the node lists the model (a normalised name).
+func (n *Node) HasModel(model string) bool {
+	n.invMu.RLock()
+	_, ok := n.models[model]
+	n.invMu.RUnlock()
+	return ok
+}
+
+// IsLoaded reports whether the node holds the model in memory with a
+// context size that serves numCtx without a reload (0: any).
+func (n *Node) IsLoaded(model string, numCtx int) bool {
+	n.invMu.RLock()
+	l, ok := n.loaded[model]
+	n.invMu.RUnlock()
+	if !ok {
+		return false
+	}
+	return numCtx == 0 || l.NumCtx == 0 || l.NumCtx == numCtx
+}
+
+// Models returns the node's listed models sorted by name.
+func (n *Node) Models() []Model {
+	n.invMu.RLock()
+	out := make([]Model, 0, len(n.models))
+	for _, m := range n.models {
+		out = append(out, m)
+	}
+	n.invMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// LoadedModels returns the models the node holds in memory, sorted by name.
+func (n *Node) LoadedModels() []Loaded {
+	n.invMu.RLock()
+	out := make([]Loaded, 0, len(n.loaded))
+	for _, m := range n.loaded {
+		out = append(out, m)
+	}
+	n.invMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// SetVersion records the Ollama version the node reports.
+func (n *Node) SetVersion(v string) {
+	n.invMu.Lock()
+	n.version = v
+	n.invMu.Unlock()
+}
+
+// Version returns the Ollama version last reported, "" before the first.
+func (n *Node) Version() string {
+	n.invMu.RLock()
+	defer n.invMu.RUnlock()
+	return n.version
+}
+
+// SetLastError records the most recent failure seen on the node.
+func (n *Node) SetLastError(msg string) {
+	n.invMu.Lock()
+	n.lastError = msg
+	n.invMu.Unlock()
+}
+
+// LastError returns the most recent failure seen on the node.
+func (n *Node) LastError() string {
+	n.invMu.RLock()
+	defer n.invMu.RUnlock()
+	return n.lastError
+}
+
+// NormalizeModel is wire.NormalizeModel, re-exported for callers of this
+// package.
+func NormalizeModel(name string) string { return wire.NormalizeModel(name) }

@@ -1,0 +1,372 @@
+// Package health watches the nodes: active probes on a schedule of their
+// own, passive tracking of failures seen on real traffic, a circuit
+// breaker per node, and the refresh of each node's model inventory. It
+// sets node state in the balancer and never chooses nodes itself.
+package health
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/wire"
+	"github.com/llmproxy/llmproxy/metrics"
+)
+
+// Checker runs the health checks of every node of a balancer. Create it
+// with New, start it with Run, and call Sync after the node set changes.
+type Checker struct {
+	bal    *balancer.Balancer
+	m      *metrics.Metrics
+	log    *slog.Logger
+	client *fasthttp.Client
+	now    func() time.Time
+
+	// mu guards cfg, trackers and loops.
+	mu       sync.Mutex
+	cfg      *config.Config
+	trackers map[*balancer.Node]*tracker
+	loops    map[*balancer.Node]context.CancelFunc
+	runCtx   context.Context
+	wg       sync.WaitGroup
+
+	// pulling records the models being pulled by models.ensure, by node
+	// and model, so that one pull runs at a time for each.
+	pullMu  sync.Mutex
+	pulling map[string]bool
+}
+
+// New returns a checker for the nodes of bal. m may be nil.
+func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *slog.Logger) *Checker {
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Checker{
+		bal:      bal,
+		m:        m,
+		log:      log.With("component", "health"),
+		client:   &fasthttp.Client{NoDefaultUserAgentHeader: true, MaxIdleConnDuration: 30 * time.Second},
+		now:      time.Now,
+		cfg:      cfg,
+		trackers: map[*balancer.Node]*tracker{},
+		loops:    map[*balancer.Node]context.CancelFunc{},
+		pulling:  map[string]bool{},
+	}
+	c.Sync(cfg)
+	return c
+}
+
+// Sync adopts a new configuration and node set: new nodes get a tracker
+// and, once Run has started, a probe loop; removed nodes lose theirs.
+func (c *Checker) Sync(cfg *config.Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cfg = cfg
+	live := map[*balancer.Node]bool{}
+	for _, n := range c.bal.Nodes() {
+		live[n] = true
+		if _, ok := c.trackers[n]; !ok {
+			t := newTracker(n, cfg, c.now, c.breakerChanged)
+			c.trackers[n] = t
+			n.SetGate(t)
+		}
+		if c.runCtx != nil {
+			c.startLoopLocked(n)
+		}
+	}
+	for n, cancel := range c.loops {
+		if !live[n] {
+			cancel()
+			delete(c.loops, n)
+			delete(c.trackers, n)
+		}
+	}
+}
+
+// Run probes every node once, so that routing starts from a known state,
+// then keeps probing each node on its own schedule until ctx ends, and
+// waits for its loops to stop.
+func (c *Checker) Run(ctx context.Context) {
+	c.ProbeAll(ctx)
+	c.mu.Lock()
+	c.runCtx = ctx
+	for _, n := range c.bal.Nodes() {
+		c.startLoopLocked(n)
+	}
+	c.mu.Unlock()
+	<-ctx.Done()
+	c.wg.Wait()
+}
+
+// ProbeAll probes every node at once and waits for the results. A node
+// probed for the first time takes the state of that probe directly.
+func (c *Checker) ProbeAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, n := range c.bal.Nodes() {
+		t := c.tracker(n)
+		if t == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.probe(ctx, t)
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *Checker) startLoopLocked(n *balancer.Node) {
+	if _, ok := c.loops[n]; ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(c.runCtx)
+	c.loops[n] = cancel
+	t := c.trackers[n]
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.loop(ctx, t)
+	}()
+}
+
+func (c *Checker) loop(ctx context.Context, t *tracker) {
+	for {
+		interval := c.config().Health.Interval
+		timer := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		c.probe(ctx, t)
+	}
+}
+
+func (c *Checker) config() *config.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg
+}
+
+func (c *Checker) tracker(n *balancer.Node) *tracker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.trackers[n]
+}
+
+// probe checks one node with a cheap call (/api/version) and, when it
+// answers, refreshes its inventory on the same round.
+func (c *Checker) probe(ctx context.Context, t *tracker) {
+	cfg := c.config()
+	n := t.node
+	err := c.checkVersion(ctx, n, cfg.Health.Timeout)
+	if err == nil {
+		err = c.Refresh(ctx, n)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	c.applyProbe(t, err, cfg.Health)
+	if err == nil && n.Up() {
+		c.ensureModels(ctx, n, cfg.Models.Ensure)
+	}
+}
+
+// applyProbe moves the node up or down once enough probes in a row
+// agree. The first probe of a node decides its state at once.
+func (c *Checker) applyProbe(t *tracker, err error, h config.Health) {
+	n := t.node
+	first := !t.probed
+	t.probed = true
+	if err != nil {
+		t.okStreak = 0
+		t.failStreak++
+		n.SetLastError(err.Error())
+		if n.Up() && (first || t.failStreak >= h.UnhealthyThreshold) {
+			n.SetUp(false)
+			c.log.Info("node down", "node", n.Name, "reason", err.Error(),
+				"failed_probes", t.failStreak)
+		}
+	} else {
+		t.failStreak = 0
+		t.okStreak++
+		if !n.Up() && (first || t.okStreak >= h.HealthyThreshold) {
+			n.SetUp(true)
+			c.log.Info("node up", "node", n.Name, "good_probes", t.okStreak)
+		}
+	}
+	c.setNodeGauges(n)
+}
+
+func (c *Checker) setNodeGauges(n *balancer.Node) {
+	if c.m == nil {
+		return
+	}
+	up := 0.0
+	if n.Usable() {
+		up = 1
+	}
+	c.m.NodeUp.WithLabelValues(n.Name).Set(up)
+	loaded := n.LoadedModels()
+	var vram int64
+	for _, l := range loaded {
+		vram += l.SizeVRAM
+	}
+	c.m.NodeLoadedModels.WithLabelValues(n.Name).Set(float64(len(loaded)))
+	c.m.NodeVRAMBytes.WithLabelValues(n.Name).Set(float64(vram))
+}
+
+func (c *Checker) breakerChanged(n *balancer.Node, from, to gobreaker.State) {
+	if c.m != nil {
+		c.m.NodeBreaker.WithLabelValues(n.Name).Set(breakerGauge(to))
+	}
+	c.log.Info("node breaker changed", "node", n.Name, "from", from.String(), "to", to.String())
+}
+
+// Report implements the proxy's HealthReporter: it feeds the node's
+// breaker and passive failure count with one request's outcome.
+func (c *Checker) Report(n *balancer.Node, failure string) {
+	t := c.tracker(n)
+	if t == nil {
+		return
+	}
+	if t.report(failure) {
+		cfg := c.config()
+		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
+			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
+	}
+	if c.m != nil {
+		up := 0.0
+		if n.Usable() {
+			up = 1
+		}
+		c.m.NodeUp.WithLabelValues(n.Name).Set(up)
+	}
+}
+
+// BreakerState names the node's breaker state: closed, half-open or open.
+func (c *Checker) BreakerState(n *balancer.Node) string {
+	if t := c.tracker(n); t != nil {
+		if t.passiveOut() {
+			return t.breakerState() + " (passive out)"
+		}
+		return t.breakerState()
+	}
+	return "unknown"
+}
+
+func (c *Checker) get(ctx context.Context, n *balancer.Node, path string, timeout time.Duration) ([]byte, error) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(n.URL.String() + path)
+	req.Header.SetMethod("GET")
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := c.client.DoDeadline(req, resp, deadline); err != nil {
+		return nil, fmt.Errorf("GET %s on node %s: %w", path, n.Name, err)
+	}
+	if st := resp.StatusCode(); st != 200 {
+		return nil, fmt.Errorf("GET %s on node %s: status %d", path, n.Name, st)
+	}
+	return append([]byte(nil), resp.Body()...), nil
+}
+
+func (c *Checker) checkVersion(ctx context.Context, n *balancer.Node, timeout time.Duration) error {
+	body, err := c.get(ctx, n, "/api/version", timeout)
+	if err != nil {
+		return err
+	}
+	v := fastjson.GetString(body, "version")
+	if v == "" {
+		return fmt.Errorf("node %s: /api/version has no version", n.Name)
+	}
+	n.SetVersion(v)
+	return nil
+}
+
+// Refresh reads the node's /api/tags and /api/ps and replaces its
+// inventory. It implements the proxy's Inventory.
+func (c *Checker) Refresh(ctx context.Context, n *balancer.Node) error {
+	timeout := c.config().Health.Timeout
+	tags, err := c.get(ctx, n, "/api/tags", timeout)
+	if err != nil {
+		return err
+	}
+	ps, err := c.get(ctx, n, "/api/ps", timeout)
+	if err != nil {
+		return err
+	}
+	models, err := parseTags(tags)
+	if err != nil {
+		return fmt.Errorf("node %s /api/tags: %w", n.Name, err)
+	}
+	loaded, err := parsePS(ps)
+	if err != nil {
+		return fmt.Errorf("node %s /api/ps: %w", n.Name, err)
+	}
+	n.SetInventory(models, loaded, c.now())
+	c.setNodeGauges(n)
+	return nil
+}
+
+func parseTags(body []byte) ([]balancer.Model, error) {
+	var p fastjson.Parser
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return nil, err
+	}
+	var out []balancer.Model
+	for _, m := range v.GetArray("models") {
+		name := string(m.GetStringBytes("name"))
+		if name == "" {
+			name = string(m.GetStringBytes("model"))
+		}
+		out = append(out, balancer.Model{
+			Name:   wire.NormalizeModel(name),
+			Digest: string(m.GetStringBytes("digest")),
+			Size:   m.GetInt64("size"),
+			Raw:    m.MarshalTo(nil),
+		})
+	}
+	return out, nil
+}
+
+func parsePS(body []byte) ([]balancer.Loaded, error) {
+	var p fastjson.Parser
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return nil, err
+	}
+	var out []balancer.Loaded
+	for _, m := range v.GetArray("models") {
+		name := string(m.GetStringBytes("name"))
+		if name == "" {
+			name = string(m.GetStringBytes("model"))
+		}
+		l := balancer.Loaded{
+			Name:     wire.NormalizeModel(name),
+			SizeVRAM: m.GetInt64("size_vram"),
+			NumCtx:   m.GetInt("context_length"),
+			Raw:      m.MarshalTo(nil),
+		}
+		if t, err := time.Parse(time.RFC3339Nano, string(m.GetStringBytes("expires_at"))); err == nil {
+			l.ExpiresAt = t
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}

@@ -1,0 +1,141 @@
+// Package wire holds small facts of Ollama's wire format shared by several
+// packages: how model names are compared, how versions are ordered and how
+// errors are shaped on the Ollama and OpenAI routes.
+package wire
+
+import (
+	"strconv"
+	"strings"
+)
+
+// NormalizeModel returns the name Ollama lists a model under: a name whose
+// last path element has no tag gets ":latest", and the default registry
+// prefix is dropped, so "llama3", "llama3:latest" and
+// "registry.ollama.ai/library/llama3" compare equal. Case is kept, as
+// Ollama's model names are case-sensitive on disk.
+func NormalizeModel(name string) string {
+	name = strings.TrimSpace(name)
+	name = strings.TrimPrefix(name, "registry.ollama.ai/")
+	name = strings.TrimPrefix(name, "library/")
+	if name == "" {
+		return ""
+	}
+	last := name
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		last = name[i+1:]
+	}
+	if !strings.Contains(last, ":") {
+		name += ":latest"
+	}
+	return name
+}
+
+// CompareVersions orders two Ollama version strings such as "0.25.0" and
+// "0.25.0-rc0-10-gf63eea3d2": it returns -1, 0 or 1. Numeric parts compare
+// as numbers; a pre-release suffix sorts before the release itself, as in
+// semantic versioning. An empty or unparsable version sorts first.
+func CompareVersions(a, b string) int {
+	ca, pa := splitVersion(a)
+	cb, pb := splitVersion(b)
+	for i := 0; i < 3; i++ {
+		if ca[i] != cb[i] {
+			if ca[i] < cb[i] {
+				return -1
+			}
+			return 1
+		}
+	}
+	switch {
+	case pa == pb:
+		return 0
+	case pa == "":
+		return 1
+	case pb == "":
+		return -1
+	case pa < pb:
+		return -1
+	default:
+		return 1
+	}
+}
+
+func splitVersion(v string) (core [3]int, pre string) {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "v")
+	if i := strings.IndexAny(v, "-+"); i >= 0 {
+		v, pre = v[:i], v[i+1:]
+	}
+	for i, part := range strings.SplitN(v, ".", 3) {
+		n, err := strconv.Atoi(part)
+		if err != nil {
+			return [3]int{-1, -1, -1}, pre
+		}
+		core[i] = n
+	}
+	return core, pre
+}
+
+// OllamaError returns the JSON body Ollama sends with an error:
+// {"error":"message"}.
+func OllamaError(msg string) []byte {
+	b := make([]byte, 0, len(msg)+16)
+	b = append(b, `{"error":`...)
+	b = appendJSONString(b, msg)
+	return append(b, '}')
+}
+
+// OpenAIError returns the JSON body of an error on the OpenAI-compatible
+// routes, in the shape Ollama and OpenAI use:
+// {"error":{"message":...,"type":...,"param":null,"code":null}}.
+func OpenAIError(msg, typ string) []byte {
+	b := make([]byte, 0, len(msg)+80)
+	b = append(b, `{"error":{"message":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, typ)
+	return append(b, `,"param":null,"code":null}}`...)
+}
+
+// OpenAIErrorType returns the OpenAI error type for an HTTP status.
+func OpenAIErrorType(status int) string {
+	switch {
+	case status == 400 || status == 413 || status == 422:
+		return "invalid_request_error"
+	case status == 401:
+		return "authentication_error"
+	case status == 403:
+		return "permission_error"
+	case status == 404:
+		return "not_found_error"
+	case status == 429:
+		return "rate_limit_error"
+	case status == 503:
+		return "service_unavailable"
+	default:
+		return "api_error"
+	}
+}
+
+// NotFoundMessage is the error Ollama returns for a model it does not have.
+func NotFoundMessage(model string) string {
+	return "model " + strconv.Quote(model) + " not found, try pulling it first"
+}
+
+// appendJSONString appends s as a JSON string. strconv.AppendQuote is a
+// valid JSON encoder for printable text but writes \x escapes for control
+// bytes, which JSON lacks, so those are escaped here as \u00XX.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, `\u00`...)
+			b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}

@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+)
+
+// reqState is what the access log and the metrics record of one request.
+type reqState struct {
+	id     string
+	start  time.Time
+	method string
+	route  route
+	model  string
+	node   string
+	status int
+	// ttfb is the time from arrival to the first byte of the answer body
+	// leaving the proxy, 0 when nothing was sent.
+	ttfb             time.Duration
+	promptTokens     int64
+	completionTokens int64
+	cache            string
+	class            string
+	key              string
+	retries          int
+	err              string
+	// deferred is set when a streamed answer outlives the handler: the
+	// relay then ends the request when the stream ends.
+	deferred bool
+	// ctx is nil once the handler has returned.
+	ctx *fasthttp.RequestCtx
+}
+
+// begin starts a request's record and sets its request ID header.
+func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
+	id := ctx.Request.Header.Peek("X-Request-Id")
+	rs := &reqState{
+		start:  time.Now(),
+		method: string(ctx.Method()),
+		route:  rt,
+		class:  "standard",
+		ctx:    ctx,
+	}
+	if len(id) > 0 && len(id) <= 128 {
+		rs.id = string(id)
+	} else {
+		rs.id = s.idPrefix + strconv.FormatUint(s.idSeq.Add(1), 16)
+	}
+	ctx.Response.Header.Set("X-Request-Id", rs.id)
+	return rs
+}
+
+// end records a finished request: metrics and one access log line.
+func (s *Server) end(rs *reqState) {
+	if rs.ctx != nil && rs.status == 0 {
+		rs.status = rs.ctx.Response.StatusCode()
+	}
+	d := time.Since(rs.start)
+	model := s.modelLabel(rs.model)
+	node := rs.node
+	if node == "" {
+		node = "none"
+	}
+	if s.m != nil {
+		s.m.Requests.WithLabelValues(rs.route.name, model, node,
+			strconv.Itoa(rs.status)).Inc()
+		s.m.RequestDuration.WithLabelValues(rs.route.name, model).Observe(d.Seconds())
+		if rs.ttfb > 0 && rs.route.inference {
+			s.m.TimeToFirstTok.WithLabelValues(model).Observe(rs.ttfb.Seconds())
+		}
+	}
+	level := slog.LevelInfo
+	if rs.route.how == handleRoot || rs.route.how == handleAdmin {
+		level = slog.LevelDebug
+	}
+	s.log.LogAttrs(nil, level, "request",
+		slog.String("request_id", rs.id),
+		slog.String("method", rs.method),
+		slog.String("route", rs.route.name),
+		slog.String("model", rs.model),
+		slog.String("node", rs.node),
+		slog.Int("status", rs.status),
+		slog.Duration("duration", d),
+		slog.Duration("ttfb", rs.ttfb),
+		slog.Int64("prompt_tokens", rs.promptTokens),
+		slog.Int64("completion_tokens", rs.completionTokens),
+		slog.String("cache", rs.cache),
+		slog.String("class", rs.class),
+		slog.String("key", rs.key),
+		slog.Int("retries", rs.retries),
+		slog.String("error", rs.err),
+	)
+}
+
+// modelLabel bounds the model label: only models some node lists are
+// named, everything else counts as metrics.OtherModel.
+func (s *Server) modelLabel(model string) string {
+	if model == "" {
+		return "none"
+	}
+	if s.bal.HasModel(model) {
+		return model
+	}
+	return "other"
+}
+
+// observeFinal reads the token counts and timings of an answer's final
+// object: Ollama's done line or an OpenAI object with usage.
+func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
+	v, err := p.ParseBytes(line)
+	if err != nil {
+		return
+	}
+	if u := v.Get("usage"); u != nil && u.Type() == fastjson.TypeObject {
+		rs.promptTokens = u.GetInt64("prompt_tokens")
+		rs.completionTokens = u.GetInt64("completion_tokens")
+		if rs.completionTokens == 0 {
+			rs.completionTokens = u.GetInt64("output_tokens")
+			rs.promptTokens += u.GetInt64("input_tokens")
+		}
+		return
+	}
+	if !v.GetBool("done") {
+		return
+	}
+	rs.promptTokens = v.GetInt64("prompt_eval_count")
+	rs.completionTokens = v.GetInt64("eval_count")
+	evalNs := v.GetInt64("eval_duration")
+	if s.m != nil && evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
+		tps := float64(rs.completionTokens) / (float64(evalNs) / 1e9)
+		s.m.TokensPerSecond.WithLabelValues(rs.node, s.modelLabel(rs.model)).Set(tps)
+	}
+	if s.m != nil && v.GetInt64("load_duration") > int64(time.Second) && rs.node != "" {
+		s.m.ModelLoads.WithLabelValues(rs.node, s.modelLabel(rs.model)).Inc()
+	}
+}
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }

@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// nodeStatus is one node in GET /admin/nodes.
+type nodeStatus struct {
+	Name          string   `json:"name"`
+	URL           string   `json:"url"`
+	State         string   `json:"state"`
+	Breaker       string   `json:"breaker"`
+	Inflight      int64    `json:"inflight"`
+	MaxConcurrent int      `json:"max_concurrent"`
+	Models        []string `json:"models"`
+	LoadedModels  []string `json:"loaded_models"`
+	Version       string   `json:"version"`
+	LastError     string   `json:"last_error"`
+}
+
+// serveAdmin serves the admin routes, behind admin.token when it is set.
+func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
+	if !s.adminAuthorized(ctx) {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="llmproxy admin"`)
+		writeError(ctx, rt, fasthttp.StatusUnauthorized, "admin token required")
+		return
+	}
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	switch {
+	case path == "/admin/nodes" && method == "GET":
+		s.serveNodes(ctx)
+	case strings.HasPrefix(path, "/admin/nodes/") && method == "POST":
+		s.serveNodeAction(ctx, rt, strings.TrimPrefix(path, "/admin/nodes/"))
+	default:
+		if s.adminExtra != nil && s.adminExtra(ctx) {
+			return
+		}
+		writeError(ctx, rt, fasthttp.StatusNotFound, "unknown admin route "+method+" "+path)
+	}
+}
+
+func (s *Server) adminAuthorized(ctx *fasthttp.RequestCtx) bool {
+	token := s.config().Admin.Token
+	if token == "" {
+		return true
+	}
+	auth := ctx.Request.Header.Peek("Authorization")
+	got, ok := strings.CutPrefix(string(auth), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// NodeStatuses returns the state of every node, as GET /admin/nodes shows.
+func (s *Server) NodeStatuses() []nodeStatus {
+	var out []nodeStatus
+	for _, n := range s.bal.Nodes() {
+		st := nodeStatus{
+			Name:          n.Name,
+			URL:           n.URL.String(),
+			State:         nodeState(n.Up(), n.Draining()),
+			Breaker:       "closed",
+			Inflight:      n.Inflight(),
+			MaxConcurrent: n.MaxConcurrent,
+			Version:       n.Version(),
+			LastError:     n.LastError(),
+			Models:        []string{},
+			LoadedModels:  []string{},
+		}
+		if s.breakerState != nil {
+			st.Breaker = s.breakerState(n)
+		}
+		for _, m := range n.Models() {
+			st.Models = append(st.Models, m.Name)
+		}
+		for _, m := range n.LoadedModels() {
+			st.LoadedModels = append(st.LoadedModels, m.Name)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func nodeState(up, draining bool) string {
+	switch {
+	case draining:
+		return "draining"
+	case up:
+		return "up"
+	default:
+		return "down"
+	}
+}
+
+func (s *Server) serveNodes(ctx *fasthttp.RequestCtx) {
+	writeJSON(ctx, map[string]any{"nodes": s.NodeStatuses()})
+}
+
+func (s *Server) serveNodeAction(ctx *fasthttp.RequestCtx, rt route, rest string) {
+	name, action, ok := strings.Cut(rest, "/")
+	n := s.bal.Node(name)
+	if !ok || n == nil {
+		writeError(ctx, rt, fasthttp.StatusNotFound, "unknown node "+quote(name))
+		return
+	}
+	switch action {
+	case "drain":
+		n.SetDraining(true)
+	case "undrain":
+		n.SetDraining(false)
+	default:
+		writeError(ctx, rt, fasthttp.StatusNotFound, "unknown node action "+quote(action))
+		return
+	}
+	s.log.Info("node drain changed", "node", n.Name, "draining", n.Draining())
+	writeJSON(ctx, map[string]any{"node": n.Name, "draining": n.Draining(), "inflight": n.Inflight()})
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(ctx, route{}, fasthttp.StatusInternalServerError, err.Error())
+		return
+	}
+	ctx.SetContentType("application/json; charset=utf-8")
+	ctx.SetBody(b)
+}

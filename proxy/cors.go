@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"net/url"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+)
+
+// applyCORS answers browser requests as Ollama does: an Origin that is
+// neither local nor allowed by cors.allowed_origins gets 403 with an empty
+// body; an allowed one gets the CORS headers. It reports whether the
+// request may go on.
+func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
+	origin := ctx.Request.Header.Peek("Origin")
+	if len(origin) == 0 {
+		return true
+	}
+	if !s.originAllowed(string(origin)) {
+		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		return false
+	}
+	h := &ctx.Response.Header
+	h.SetBytesV("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	if rt.how == handleOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS")
+		h.Set("Access-Control-Allow-Headers",
+			"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-API-Key, "+
+				"X-Priority, X-Request-Id, Cache-Control, OpenAI-Beta, x-stainless-arch, "+
+				"x-stainless-lang, x-stainless-os, x-stainless-package-version, "+
+				"x-stainless-runtime, x-stainless-runtime-version, x-stainless-async")
+		h.Set("Access-Control-Max-Age", "43200")
+	}
+	h.Set("Access-Control-Expose-Headers", "X-Request-Id, X-LLMProxy-Node, X-LLMProxy-Cache")
+	return true
+}
+
+// originAllowed accepts local origins, as Ollama does by default, and
+// those listed in cors.allowed_origins ("*" allows any; a "*" inside an
+// entry matches any text, as in "https://*.example.com").
+func (s *Server) originAllowed(origin string) bool {
+	for _, allowed := range s.config().CORS.AllowedOrigins {
+		if allowed == "*" || allowed == origin || wildcardMatch(allowed, origin) {
+			return true
+		}
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	switch u.Scheme {
+	case "http", "https", "app", "file", "tauri", "vscode-webview":
+	default:
+		return false
+	}
+	host := u.Hostname()
+	return host == "localhost" || host == "127.0.0.1" || host == "::1" || host == "0.0.0.0" ||
+		u.Scheme != "http" && u.Scheme != "https"
+}
+
+func wildcardMatch(pattern, s string) bool {
+	i := strings.IndexByte(pattern, '*')
+	if i < 0 {
+		return false
+	}
+	prefix, suffix := pattern[:i], pattern[i+1:]
+	return len(s) >= len(prefix)+len(suffix) &&
+		strings.HasPrefix(s, prefix) && strings.HasSuffix(s, suffix)
+}

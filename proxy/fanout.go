@@ -1,0 +1,391 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"hash/fnv"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/wire"
+)
+
+// refreshTimeout bounds an inventory refresh made on a request's behalf.
+const refreshTimeout = 5 * time.Second
+
+// serveFanout serves the model management routes that change every node
+// concerned: pull goes to every usable node, delete and copy to the
+// usable nodes that list the model. Success means every node succeeded.
+func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	body := ctx.PostBody()
+	var p fastjson.Parser
+	v, err := p.ParseBytes(body)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid JSON: "+errString(err))
+		return
+	}
+	model := string(v.GetStringBytes("model"))
+	if model == "" {
+		model = string(v.GetStringBytes("name"))
+	}
+	if rt.name == "/api/copy" {
+		model = string(v.GetStringBytes("source"))
+		if model == "" || len(v.GetStringBytes("destination")) == 0 {
+			writeError(ctx, rt, fasthttp.StatusBadRequest, "source and destination are required")
+			return
+		}
+	}
+	if model == "" {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "model is required")
+		return
+	}
+	rs.model = wire.NormalizeModel(model)
+	targets := s.fanoutTargets(rt, rs.model)
+	if len(targets) == 0 {
+		if rt.name == "/api/pull" {
+			writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node to pull onto")
+			return
+		}
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(model))
+		return
+	}
+	stream := rt.streams && streamFlag(v, rt)
+	if stream {
+		s.streamFanout(ctx, rt, rs, targets)
+		return
+	}
+	s.waitFanout(ctx, rt, targets)
+}
+
+func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
+	var out []*balancer.Node
+	for _, n := range s.bal.Usable() {
+		if rt.name == "/api/pull" || n.HasModel(model) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// fanoutResult is one node's outcome of a fanned-out request.
+type fanoutResult struct {
+	node   *balancer.Node
+	status int
+	body   []byte
+	errMsg string
+}
+
+// waitFanout sends the request to every target, waits for all, and
+// answers success only when every node succeeded.
+func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, targets []*balancer.Node) {
+	wctx, watch := watchClient(context.Background(), ctx.Conn())
+	defer watch.finish()
+	req := s.upstreamRequest(ctx)
+	defer fasthttp.ReleaseRequest(req)
+	results := make([]fanoutResult, len(targets))
+	var wg sync.WaitGroup
+	for i, n := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = s.fanoutOne(wctx, n, req, nil)
+		}()
+	}
+	wg.Wait()
+	s.refreshNodes(targets)
+	for _, r := range results {
+		if r.errMsg != "" {
+			status := r.status
+			if status < 400 {
+				status = fasthttp.StatusInternalServerError
+			}
+			writeError(ctx, rt, status, "node "+r.node.Name+": "+r.errMsg)
+			return
+		}
+	}
+	ctx.SetStatusCode(results[0].status)
+	if len(results[0].body) > 0 {
+		ctx.SetContentType("application/json; charset=utf-8")
+		ctx.SetBody(results[0].body)
+	}
+}
+
+// fanoutOne sends req to one node. With lines set, each progress line of
+// a streamed answer is passed on as it arrives, except the node's own
+// final success line: the proxy sends one for all nodes at the end.
+func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
+	lines chan<- []byte) fanoutResult {
+	r := fanoutResult{node: n}
+	local := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(local)
+	req.CopyTo(local)
+	cfg := s.config()
+	t := timeouts{connect: cfg.Upstream.Connect, firstByte: cfg.Upstream.FirstByte, idle: cfg.Upstream.Idle}
+	ex, err := s.upstreamFor(n).send(ctx, local, t)
+	if err != nil {
+		r.errMsg = err.Error()
+		return r
+	}
+	r.status = ex.resp.StatusCode()
+	if lines == nil || !isStreamed(&ex.resp) {
+		r.body, err = ex.readAll(16 << 20)
+		ex.closeWith(err == nil)
+		if err != nil {
+			r.errMsg = err.Error()
+		} else if r.status >= 400 || fastjson.Exists(r.body, "error") {
+			r.errMsg = errorText(r.body)
+		}
+		return r
+	}
+	r.errMsg = relayProgress(ctx, ex, lines)
+	if r.errMsg == "" && r.status >= 400 {
+		r.errMsg = "status " + itoa(r.status)
+	}
+	ex.closeWith(r.errMsg == "")
+	return r
+}
+
+// relayProgress passes a node's NDJSON progress lines on and returns the
+// error the node reported, if any.
+func relayProgress(ctx context.Context, ex *exchange, lines chan<- []byte) string {
+	br := bufio.NewReaderSize(readerOnly{ex}, 16<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			if fastjson.Exists(line, "error") {
+				return errorText(line)
+			}
+			if fastjson.GetString(line, "status") != "success" {
+				select {
+				case lines <- line:
+				case <-ctx.Done():
+					return context.Cause(ctx).Error()
+				}
+			}
+		}
+		if err == io.EOF {
+			return ""
+		}
+		if err != nil {
+			return err.Error()
+		}
+	}
+}
+
+func errorText(body []byte) string {
+	if msg := fastjson.GetString(body, "error"); msg != "" {
+		return msg
+	}
+	return strings.TrimSpace(string(body))
+}
+
+// streamFanout streams the progress of every target to the client as it
+// comes and ends with one success line, or an error line naming the nodes
+// that failed.
+func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
+	fctx, cancel := context.WithCancel(context.Background())
+	wctx, watch := watchClient(fctx, ctx.Conn())
+	req := s.upstreamRequest(ctx)
+	fs := &fanoutStream{lines: make(chan []byte, 64), cancel: cancel, watch: watch, s: s, rs: rs}
+	results := make([]fanoutResult, len(targets))
+	fs.wg.Add(len(targets))
+	for i, n := range targets {
+		go func() {
+			defer fs.wg.Done()
+			results[i] = s.fanoutOne(wctx, n, req, fs.lines)
+		}()
+	}
+	go func() {
+		fs.wg.Wait()
+		fasthttp.ReleaseRequest(req)
+		s.refreshNodes(targets)
+		fs.lines <- finalFanoutLine(results)
+		close(fs.lines)
+	}()
+	ctx.SetContentType("application/x-ndjson")
+	ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	ctx.Response.ImmediateHeaderFlush = true
+	rs.deferred = true
+	rs.status = 200
+	rs.ctx = nil
+	ctx.SetBodyStream(fs, -1)
+}
+
+func finalFanoutLine(results []fanoutResult) []byte {
+	var failed []string
+	for _, r := range results {
+		if r.errMsg != "" {
+			failed = append(failed, "node "+r.node.Name+": "+r.errMsg)
+		}
+	}
+	if len(failed) == 0 {
+		return []byte("{\"status\":\"success\"}\n")
+	}
+	return append(wire.OllamaError(strings.Join(failed, "; ")), '\n')
+}
+
+// fanoutStream is the body of a streamed fan-out: the lines of all nodes,
+// in arrival order.
+type fanoutStream struct {
+	lines   chan []byte
+	pending []byte
+	cancel  context.CancelFunc
+	watch   *clientWatch
+	wg      sync.WaitGroup
+	s       *Server
+	rs      *reqState
+	ended   bool
+}
+
+func (f *fanoutStream) Read(p []byte) (int, error) {
+	if len(f.pending) == 0 {
+		line, ok := <-f.lines
+		if !ok {
+			f.ended = true
+			return 0, io.EOF
+		}
+		f.pending = line
+	}
+	n := copy(p, f.pending)
+	f.pending = f.pending[n:]
+	if f.rs.ttfb == 0 {
+		f.rs.ttfb = elapsed(f.rs.start)
+	}
+	return n, nil
+}
+
+// Close cancels the node requests when the client left early, waits for
+// them, and logs the request.
+func (f *fanoutStream) Close() error {
+	f.watch.finish()
+	if !f.ended {
+		f.cancel()
+		f.rs.status = StatusClientClosed
+		for range f.lines { // let the sender goroutines finish
+		}
+	}
+	f.wg.Wait()
+	f.cancel()
+	f.s.end(f.rs)
+	return nil
+}
+
+// serveUnload sends a keep_alive 0 request without prompt to every node
+// holding the model, so that the model leaves every node's memory.
+func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
+	holders := s.bal.Holding(f.model)
+	if len(holders) <= 1 {
+		if len(holders) == 1 {
+			f.pinned = holders[0]
+		}
+		s.forward(ctx, rt, rs, f)
+		for _, n := range holders {
+			n.MarkUnloaded(f.model)
+		}
+		return
+	}
+	wctx, watch := watchClient(context.Background(), ctx.Conn())
+	defer watch.finish()
+	req := s.upstreamRequest(ctx)
+	defer fasthttp.ReleaseRequest(req)
+	results := make([]fanoutResult, len(holders))
+	var wg sync.WaitGroup
+	for i, n := range holders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = s.fanoutOne(wctx, n, req, nil)
+		}()
+	}
+	wg.Wait()
+	names := make([]string, 0, len(holders))
+	for _, r := range results {
+		if r.errMsg == "" {
+			r.node.MarkUnloaded(f.model)
+		}
+		names = append(names, r.node.Name)
+	}
+	rs.node = strings.Join(names, ",")
+	r := results[0]
+	if r.errMsg != "" && r.status < 400 {
+		writeError(ctx, rt, fasthttp.StatusBadGateway, r.errMsg)
+		return
+	}
+	ctx.SetStatusCode(r.status)
+	ctx.SetContentType(contentTypeJSON(rt))
+	ctx.SetBody(r.body)
+}
+
+// serveSticky serves model creation: blob uploads and the create that
+// uses them must reach one node, so each client address is pinned to one
+// usable node by rendezvous hashing.
+func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	nodes := s.bal.Usable()
+	if len(nodes) == 0 {
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node")
+		return
+	}
+	client := remoteIP(ctx)
+	var best *balancer.Node
+	var bestRank uint64
+	for _, n := range nodes {
+		h := fnv.New64a()
+		h.Write([]byte(client))
+		h.Write([]byte(n.Name))
+		if r := h.Sum64(); best == nil || r > bestRank {
+			best, bestRank = n, r
+		}
+	}
+	f := fields{pinned: best, stream: rt.streams}
+	if rt.name == "/api/create" {
+		var p fastjson.Parser
+		v, err := p.ParseBytes(ctx.PostBody())
+		if err != nil {
+			writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid JSON: "+err.Error())
+			return
+		}
+		f.rawModel = string(v.GetStringBytes("model"))
+		rs.model = wire.NormalizeModel(f.rawModel)
+		f.refresh = true
+	}
+	s.forward(ctx, rt, rs, f)
+}
+
+// refreshNodes refreshes the inventory of nodes whose models changed.
+func (s *Server) refreshNodes(nodes []*balancer.Node) {
+	if s.inv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.inv.Refresh(ctx, n); err != nil {
+				s.log.Debug("inventory refresh failed", "node", n.Name, "error", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// refreshAll refreshes every node's inventory, at most once a second, and
+// reports whether it did.
+func (s *Server) refreshAll(ctx context.Context) bool {
+	now := time.Now().UnixNano()
+	last := s.lastRefresh.Load()
+	if s.inv == nil || now-last < int64(time.Second) || !s.lastRefresh.CompareAndSwap(last, now) {
+		return false
+	}
+	s.refreshNodes(s.bal.Nodes())
+	return ctx.Err() == nil
+}

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/wire"
+)
+
+// fields holds what the proxy reads of a request body. The body itself is
+// forwarded unchanged; nothing here is written back.
+type fields struct {
+	model string // normalised
+	// rawModel is the name as the client sent it, for error messages.
+	rawModel string
+	stream   bool
+	// unload is keep_alive 0: Ollama unloads the model after the request.
+	unload bool
+	// preload is a generate without prompt or a chat without messages,
+	// which Ollama answers by loading the model.
+	preload bool
+	numCtx  int
+	// maxTokens is options.num_predict or max_tokens, 0 when unset.
+	maxTokens int64
+	// includeUsage is stream_options.include_usage on the OpenAI routes.
+	includeUsage bool
+	// pinned, when set, is the only node the request may go to.
+	pinned *balancer.Node
+	// refresh asks for the node's inventory to be refreshed after success.
+	refresh bool
+}
+
+// inspect reads the fields routing needs from body. It returns an error
+// naming the problem when the body is not a JSON object.
+func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
+	var f fields
+	if len(body) == 0 {
+		return f, fmt.Errorf("missing request body")
+	}
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return f, fmt.Errorf("invalid JSON: %w", err)
+	}
+	if v.Type() != fastjson.TypeObject {
+		return f, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
+	}
+	f.rawModel = string(v.GetStringBytes("model"))
+	if f.rawModel == "" && r.name == "/api/show" {
+		f.rawModel = string(v.GetStringBytes("name")) // older clients
+	}
+	f.model = wire.NormalizeModel(f.rawModel)
+	f.stream = streamFlag(v, r)
+	f.unload = isZeroKeepAlive(v.Get("keep_alive"))
+	f.preload = isPreload(v, r.name)
+	opts := v.Get("options")
+	if opts != nil {
+		f.numCtx = opts.GetInt("num_ctx")
+		f.maxTokens = opts.GetInt64("num_predict")
+	}
+	if r.openAI {
+		if n := v.GetInt64("max_tokens"); n > 0 {
+			f.maxTokens = n
+		}
+		if n := v.GetInt64("max_completion_tokens"); n > 0 {
+			f.maxTokens = n
+		}
+		f.includeUsage = v.GetBool("stream_options", "include_usage")
+	}
+	return f, nil
+}
+
+// streamFlag applies each API's default: Ollama streams unless "stream" is
+// false, OpenAI streams only when it is true.
+func streamFlag(v *fastjson.Value, r route) bool {
+	if !r.streams {
+		return false
+	}
+	s := v.Get("stream")
+	if s == nil || s.Type() == fastjson.TypeNull {
+		return !r.openAI
+	}
+	return s.Type() == fastjson.TypeTrue
+}
+
+// isZeroKeepAlive reports keep_alive 0, "0", "0s" or "0m": Ollama then
+// unloads the model once the request is done.
+func isZeroKeepAlive(v *fastjson.Value) bool {
+	if v == nil {
+		return false
+	}
+	switch v.Type() {
+	case fastjson.TypeNumber:
+		return v.GetFloat64() == 0
+	case fastjson.TypeString:
+		s := string(v.GetStringBytes())
+		if s == "0" {
+			return true
+		}
+		d, err := time.ParseDuration(s)
+		return err == nil && d == 0
+	}
+	return false
+}
+
+func isPreload(v *fastjson.Value, name string) bool {
+	switch name {
+	case "/api/generate":
+		return len(v.GetStringBytes("prompt")) == 0 && v.Get("images") == nil
+	case "/api/chat":
+		m := v.Get("messages")
+		if m == nil {
+			return true
+		}
+		a, err := m.Array()
+		return err == nil && len(a) == 0
+	}
+	return false
+}

@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/wire"
+)
+
+// listTimeout bounds the wait for one node's listing; a node slower than
+// this is left out of the merged answer rather than delaying it.
+const listTimeout = 5 * time.Second
+
+// nodeAnswer is one node's answer to a request sent to several nodes.
+type nodeAnswer struct {
+	node   *balancer.Node
+	status int
+	body   []byte
+	err    error
+}
+
+// getAll sends GET path to every usable node at once and returns their
+// answers in node order.
+func (s *Server) getAll(ctx context.Context, path string) []nodeAnswer {
+	nodes := s.bal.Usable()
+	out := make([]nodeAnswer, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = s.getOne(ctx, n, path)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) nodeAnswer {
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.Header.SetMethod("GET")
+	req.SetRequestURI(path)
+	cfg := s.config()
+	t := timeouts{connect: cfg.Upstream.Connect, firstByte: listTimeout, idle: listTimeout}
+	ex, err := s.upstreamFor(n).send(ctx, req, t)
+	if err != nil {
+		return nodeAnswer{node: n, err: err}
+	}
+	body, err := ex.readAll(64 << 20)
+	if err != nil {
+		ex.close()
+		return nodeAnswer{node: n, err: err}
+	}
+	ex.finish()
+	return nodeAnswer{node: n, status: ex.resp.StatusCode(), body: body}
+}
+
+// serveVersion answers the lowest version among usable nodes, so that a
+// client never relies on a feature some node lacks.
+func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
+	var lowest string
+	for _, a := range s.getAll(context.Background(), "/api/version") {
+		if a.err != nil || a.status != 200 {
+			continue
+		}
+		v := fastjson.GetString(a.body, "version")
+		a.node.SetVersion(v)
+		if v != "" && (lowest == "" || wire.CompareVersions(v, lowest) < 0) {
+			lowest = v
+		}
+	}
+	if lowest == "" {
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		return
+	}
+	ctx.SetContentType("application/json; charset=utf-8")
+	ctx.SetBodyString(`{"version":` + strconv.Quote(lowest) + `}`)
+}
+
+// serveTags answers the union of the nodes' model lists, one entry per
+// model, each entry as the first node that lists it sent it.
+func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
+	entries, ok := s.mergeLists("/api/tags", "")
+	if !ok {
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		return
+	}
+	writeModelList(ctx, entries)
+}
+
+// servePS answers the union of the models loaded on the nodes, one entry
+// per model: the one that expires last.
+func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
+	entries, ok := s.mergeLists("/api/ps", "expires_at")
+	if !ok {
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		return
+	}
+	writeModelList(ctx, entries)
+}
+
+type listEntry struct {
+	name string
+	raw  []byte
+	rank string // compared when two nodes list the same model
+}
+
+// mergeLists fetches a {"models":[...]} list from every usable node and
+// keeps one entry per model name. With rankField set, the entry with the
+// greatest value of that field wins; otherwise the first node's.
+func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
+	answers := s.getAll(context.Background(), path)
+	byName := map[string]listEntry{}
+	answered := false
+	var p fastjson.Parser
+	for _, a := range answers {
+		if a.err != nil || a.status != 200 {
+			continue
+		}
+		v, err := p.ParseBytes(a.body)
+		if err != nil {
+			continue
+		}
+		answered = true
+		for _, m := range v.GetArray("models") {
+			e := listEntry{name: string(m.GetStringBytes("name"))}
+			e.raw = m.MarshalTo(nil)
+			if rankField != "" {
+				e.rank = string(m.GetStringBytes(rankField))
+			}
+			old, seen := byName[e.name]
+			if !seen || (rankField != "" && e.rank > old.rank) {
+				byName[e.name] = e
+			}
+		}
+	}
+	out := make([]listEntry, 0, len(byName))
+	for _, e := range byName {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, answered
+}
+
+func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
+	b := make([]byte, 0, 256*len(entries)+16)
+	b = append(b, `{"models":[`...)
+	for i, e := range entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, e.raw...)
+	}
+	b = append(b, "]}"...)
+	ctx.SetContentType("application/json; charset=utf-8")
+	ctx.SetBody(b)
+}
+
+// serveOpenAIModels answers GET /v1/models and /v1/models/{model} from the
+// merged model list, in OpenAI's shape as Ollama builds it.
+func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route) {
+	entries, ok := s.mergeLists("/api/tags", "")
+	if !ok {
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		return
+	}
+	var p fastjson.Parser
+	ctx.SetContentType("application/json")
+	if rt.how == handleModel {
+		want := strings.TrimPrefix(string(ctx.Path()), "/v1/models/")
+		for _, e := range entries {
+			if e.name == wire.NormalizeModel(want) {
+				v, _ := p.ParseBytes(e.raw)
+				ctx.SetBody(appendOpenAIModel(nil, want, v))
+				return
+			}
+		}
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(want))
+		return
+	}
+	b := []byte(`{"object":"list","data":[`)
+	for i, e := range entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		v, _ := p.ParseBytes(e.raw)
+		b = appendOpenAIModel(b, e.name, v)
+	}
+	ctx.SetBody(append(b, "]}"...))
+}
+
+func appendOpenAIModel(b []byte, id string, v *fastjson.Value) []byte {
+	var created int64
+	if v != nil {
+		if t, err := time.Parse(time.RFC3339Nano, string(v.GetStringBytes("modified_at"))); err == nil {
+			created = t.Unix()
+		}
+	}
+	b = append(b, `{"id":`...)
+	b = strconv.AppendQuote(b, id)
+	b = append(b, `,"object":"model","created":`...)
+	b = strconv.AppendInt(b, created, 10)
+	return append(b, `,"owned_by":"library"}`...)
+}
+
+func notFoundMessage(model string) string { return wire.NotFoundMessage(model) }
+
+func quote(s string) string { return strconv.Quote(s) }
+
+func itoa(n int) string { return strconv.Itoa(n) }

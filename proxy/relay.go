@@ -1,0 +1,275 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/wire"
+)
+
+// deliver sends the node's answer to the client: a streamed answer line by
+// line as it arrives, any other answer once read in full.
+func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
+	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
+	ctx.SetStatusCode(ex.resp.StatusCode())
+	copyResponseHeaders(&ctx.Response.Header, &ex.resp)
+	ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
+	if isStreamed(&ex.resp) {
+		s.deliverStream(ctx, rt, rs, f, lease, ex, watch)
+		return
+	}
+	body, err := ex.readAll(maxResponseBytes)
+	watch.finish()
+	if err != nil {
+		ex.close()
+		lease.Release()
+		cause := err
+		if errors.Is(err, errClientGone) {
+			cause = errClientGone
+		} else {
+			s.report(lease.Node, reasonMidStream)
+		}
+		s.failAttempt(ctx, rt, rs, attempt{err: cause})
+		return
+	}
+	ex.finish()
+	lease.Release()
+	rs.ttfb = elapsed(rs.start)
+	ctx.SetBody(body)
+	if ex.resp.StatusCode() < 300 {
+		s.afterSuccess(rs, rt, f, lease.Node)
+		p := s.parsers.Get()
+		s.observeFinal(rs, p, body)
+		s.parsers.Put(p)
+	}
+}
+
+// afterSuccess records what a served request tells of its node.
+func (s *Server) afterSuccess(rs *reqState, rt route, f fields, n *balancer.Node) {
+	if rt.inference && f.model != "" {
+		if f.unload {
+			n.MarkUnloaded(f.model)
+		} else {
+			n.MarkLoaded(f.model, f.numCtx)
+		}
+	}
+	if f.refresh {
+		s.refreshNodes([]*balancer.Node{n})
+	}
+}
+
+// isStreamed reports an answer framed as a stream: NDJSON or SSE.
+func isStreamed(h *fasthttp.ResponseHeader) bool {
+	ct := h.ContentType()
+	return bytes.HasPrefix(ct, []byte("application/x-ndjson")) ||
+		bytes.HasPrefix(ct, []byte("text/event-stream"))
+}
+
+// copyResponseHeaders copies the node's headers except those that
+// describe its connection or framing, which the proxy sets itself.
+func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHeader) {
+	dst.SetContentTypeBytes(src.ContentType())
+	for k, v := range src.All() {
+		switch string(k) {
+		case "Content-Type", "Content-Length", "Transfer-Encoding", "Connection",
+			"Keep-Alive", "Date", "Server", "Trailer":
+			continue
+		}
+		dst.AddBytesKV(k, v)
+	}
+}
+
+// deliverStream hands the answer to fasthttp as a body stream. fasthttp
+// calls relay.Read after the handler returns and writes each read as one
+// HTTP chunk, flushed at once, so a line leaves the proxy as soon as it
+// arrives.
+func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
+	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
+	ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	ctx.Response.ImmediateHeaderFlush = true
+	r := relayPool.Get().(*relay)
+	r.reset(ex.body)
+	r.s, r.rt, r.rs, r.f, r.lease, r.ex, r.watch = s, rt, rs, f, lease, ex, watch
+	r.sse = bytes.HasPrefix(ex.resp.ContentType(), []byte("text/event-stream"))
+	rs.deferred = true
+	rs.status = ex.resp.StatusCode()
+	rs.ctx = nil
+	ctx.SetBodyStream(r, -1)
+}
+
+// relay reads a streamed answer from a node line by line and gives each
+// line to fasthttp as it arrives. It reads the final line for accounting
+// and ends a broken stream with an error in the stream's own format.
+type relay struct {
+	s     *Server
+	rt    route
+	rs    *reqState
+	f     fields
+	lease *balancer.Lease
+	ex    *exchange
+	watch *clientWatch
+	sse   bool
+
+	br      *bufio.Reader
+	pending []byte // the part of a line that did not fit the caller's buffer
+	pendBuf []byte
+	lastNL  bool // the last byte sent ended a line
+	sent    bool
+	done    bool
+	failed  error
+}
+
+var relayPool = sync.Pool{New: func() any {
+	return &relay{br: bufio.NewReaderSize(nil, 64<<10), pendBuf: make([]byte, 0, 4096)}
+}}
+
+func (r *relay) reset(body io.Reader) {
+	r.br.Reset(readerOnly{body})
+	r.pending, r.lastNL, r.sent, r.done, r.failed = nil, true, false, false, nil
+}
+
+// readerOnly hides the exchange's other methods from bufio.
+type readerOnly struct{ io.Reader }
+
+// Read returns the next line of the answer, or the rest of a line that did
+// not fit p.
+func (r *relay) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		r.markSent(p[:n])
+		return n, nil
+	}
+	if r.done {
+		return 0, io.EOF
+	}
+	line, err := r.br.ReadSlice('\n')
+	if len(line) > 0 {
+		if err == nil {
+			r.observe(line)
+		}
+		n := copy(p, line)
+		if n < len(line) {
+			r.pending = append(r.pendBuf[:0], line[n:]...)
+		}
+		r.markSent(p[:n])
+		if err == io.EOF {
+			r.done = true
+		}
+		return n, nil
+	}
+	if err == io.EOF {
+		r.done = true
+		return 0, io.EOF
+	}
+	return r.fail(p, err)
+}
+
+func (r *relay) markSent(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if !r.sent {
+		r.sent = true
+		r.rs.ttfb = elapsed(r.rs.start)
+	}
+	r.lastNL = b[len(b)-1] == '\n'
+}
+
+// observe reads the accounting fields of a final line: Ollama's done line
+// or an SSE event with usage.
+func (r *relay) observe(line []byte) {
+	if r.sse {
+		if !bytes.Contains(line, []byte(`"usage"`)) || !bytes.HasPrefix(line, []byte("data: {")) {
+			return
+		}
+		line = line[len("data: "):]
+	} else if !bytes.Contains(line, []byte(`"done":true`)) {
+		return
+	}
+	p := r.s.parsers.Get()
+	r.s.observeFinal(r.rs, p, line)
+	r.s.parsers.Put(p)
+}
+
+// fail ends a broken stream. When the client went away nothing more can
+// be sent; otherwise the client gets an error line in the stream's own
+// format and a clean end of the response, and the node is charged.
+func (r *relay) fail(p []byte, err error) (int, error) {
+	r.done = true
+	if errors.Is(err, errClientGone) || r.watch.gone() {
+		r.failed = errClientGone
+		return 0, errClientGone
+	}
+	r.failed = err
+	r.s.report(r.lease.Node, reasonMidStream)
+	msg := "node " + r.lease.Node.Name + " failed during the answer: " + err.Error()
+	var b []byte
+	if !r.lastNL {
+		b = append(b, '\n')
+	}
+	if r.sse {
+		b = append(b, "data: "...)
+		b = append(b, wire.OpenAIError(msg, "api_error")...)
+		b = append(b, "\n\n"...)
+	} else {
+		b = append(b, wire.OllamaError(msg)...)
+		b = append(b, '\n')
+	}
+	n := copy(p, b)
+	r.pending = append(r.pendBuf[:0], b[n:]...)
+	return n, nil
+}
+
+// Close ends the request once fasthttp has written the body or given up:
+// it frees the node connection and slot, and logs the request.
+func (r *relay) Close() error {
+	r.watch.finish()
+	complete := r.done && r.failed == nil
+	if complete {
+		r.ex.finish()
+	} else {
+		r.ex.close()
+	}
+	r.lease.Release()
+	rs := r.rs
+	switch {
+	case r.failed != nil && errors.Is(r.failed, errClientGone):
+		rs.status = StatusClientClosed
+		rs.err = errClientGone.Error()
+	case r.failed != nil:
+		rs.err = r.failed.Error()
+	case !r.done:
+		// fasthttp stopped reading: the client connection failed.
+		rs.status = StatusClientClosed
+		rs.err = errClientGone.Error()
+	default:
+		r.s.afterSuccess(rs, r.rt, r.f, r.lease.Node)
+	}
+	s := r.s
+	r.s, r.rs, r.lease, r.ex, r.watch = nil, nil, nil, nil, nil
+	r.br.Reset(nil)
+	relayPool.Put(r)
+	s.end(rs)
+	return nil
+}
+
+// gone reports whether the watch saw the client close its connection.
+func (w *clientWatch) gone() bool {
+	select {
+	case <-w.done:
+		return !w.stopped.Load() && !w.pipelined.Load()
+	default:
+		return false
+	}
+}
+
+var _ = time.Now

@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+)
+
+// attempt is the outcome of sending a request to one node, as far as the
+// retry rules and the node's health are concerned.
+type attempt struct {
+	// err is set when no response headers arrived.
+	err error
+	// status and body are set when the node answered with an error status
+	// that was read in full to decide on a retry.
+	status int
+	body   []byte
+	// coldLoad is set when the node did not have the model loaded, so a
+	// long wait for the first byte was probably a load in progress.
+	coldLoad bool
+}
+
+// Failure reasons counted against a node.
+const (
+	reasonConnect   = "connect"
+	reasonTimeout   = "timeout"
+	reasonStatus5xx = "status_5xx"
+	reasonReset     = "reset"
+	reasonMidStream = "midstream"
+	reasonBusy      = "busy"
+)
+
+// verdict is what the retry rules decide about one attempt.
+type verdict struct {
+	// retry sends the request to another node.
+	retry bool
+	// failure names why the attempt counts against the node; "" when the
+	// node is not at fault (a 4xx, a busy node, a client that went away).
+	failure string
+	// reason labels the retry in metrics.
+	reason string
+}
+
+// judge applies the retry rules. A request is retried only while nothing
+// has reached the client, so judge is never asked about a stream that
+// started. It never retries a 4xx (the request itself is at fault and
+// would fail the same way anywhere), a client that went away, or a
+// first-byte timeout on a node that was loading the model, since another
+// node would have to load it again.
+func judge(a attempt) verdict {
+	switch {
+	case a.err != nil && errors.Is(a.err, errClientGone):
+		return verdict{}
+	case a.err != nil && errors.Is(a.err, errFirstByteTimeout):
+		if a.coldLoad {
+			return verdict{failure: reasonTimeout}
+		}
+		return verdict{retry: true, failure: reasonTimeout, reason: reasonTimeout}
+	case a.err != nil && errors.Is(a.err, context.DeadlineExceeded):
+		return verdict{}
+	case a.err != nil && errors.Is(a.err, errConnect):
+		return verdict{retry: true, failure: reasonConnect, reason: reasonConnect}
+	case a.err != nil:
+		return verdict{retry: true, failure: reasonReset, reason: reasonReset}
+	case a.status == 503 && isBusy(a.body):
+		return verdict{retry: true, reason: reasonBusy}
+	case a.status >= 500:
+		return verdict{retry: true, failure: reasonStatus5xx, reason: reasonStatus5xx}
+	}
+	return verdict{}
+}
+
+// isBusy recognises Ollama's answer when its queue is full
+// (OLLAMA_MAX_QUEUE): 503 {"error":"server busy, please try again. ..."}.
+func isBusy(body []byte) bool {
+	return bytes.Contains(body, []byte("server busy"))
+}
+
+// errConnect marks a failure to open a connection to the node: the node
+// never saw the request.
+var errConnect = errors.New("connect failed")
+
+// backoff returns the wait before retry number n (1 for the first retry):
+// full jitter over an exponential bound, capped by max.
+func backoff(n int, base, max time.Duration) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	bound := base << (n - 1)
+	if bound > max || bound <= 0 {
+		bound = max
+	}
+	return time.Duration(rand.Int64N(int64(bound) + 1))
+}
+
+// sleepCtx waits for d or until ctx ends, and reports whether ctx is
+// still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/balancer"
+)
+
+// maxResponseBytes bounds a non-streamed answer held in memory; the
+// largest real ones are embedding batches of a few megabytes.
+const maxResponseBytes = 512 << 20
+
+// HealthReporter is told the outcome of every request sent to a node, so
+// that passive checks and circuit breakers see real traffic. The health
+// package implements it; nil reports nowhere.
+type HealthReporter interface {
+	// Report records one request's outcome on n: failure is "" for a
+	// success or a reason such as "connect" or "timeout".
+	Report(n *balancer.Node, failure string)
+}
+
+// serveRouted serves a request that one node answers: the node is chosen
+// by model, the body forwarded unchanged, and the answer relayed back.
+func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	p := s.parsers.Get()
+	f, err := inspect(p, rt, ctx.PostBody())
+	s.parsers.Put(p)
+	if err != nil {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
+		return
+	}
+	if f.rawModel == "" {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "model is required")
+		return
+	}
+	rs.model = f.model
+	if f.unload && f.preload {
+		s.serveUnload(ctx, rt, rs, f)
+		return
+	}
+	s.forward(ctx, rt, rs, f)
+}
+
+// forward sends the request to the best node, failing over to others
+// before the first byte reaches the client, and relays the answer.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
+	cfg := s.config()
+	wctx, watch := watchClient(context.Background(), ctx.Conn())
+	if cfg.Upstream.Total > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(wctx, cfg.Upstream.Total)
+		defer cancel()
+	}
+	req := s.upstreamRequest(ctx)
+	defer fasthttp.ReleaseRequest(req)
+
+	var tried []*balancer.Node
+	var last attempt
+	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
+		lease, err := s.acquire(wctx, rt, f, tried)
+		if err != nil {
+			watch.finish()
+			s.failNoNode(ctx, rt, rs, f, err, last)
+			return
+		}
+		node := lease.Node
+		tried = append(tried, node)
+		rs.node = node.Name
+		a, ex := s.try(wctx, node, req, f)
+		if a.err == nil && a.body == nil {
+			s.report(node, "")
+			s.deliver(ctx, rt, rs, f, lease, ex, watch)
+			return
+		}
+		lease.Release()
+		v := judge(a)
+		s.report(node, v.failure)
+		last = a
+		if !v.retry || n == cfg.Retry.Attempts {
+			break
+		}
+		rs.retries++
+		if s.m != nil {
+			s.m.Retries.WithLabelValues(node.Name, v.reason).Inc()
+		}
+		s.log.Debug("retrying on another node", "request_id", rs.id, "node", node.Name,
+			"reason", v.reason, "error", a.err, "status", a.status)
+		if !sleepCtx(wctx, backoff(n, cfg.Retry.Backoff, cfg.Retry.MaxBackoff)) {
+			last = attempt{err: context.Cause(wctx)}
+			break
+		}
+	}
+	watch.finish()
+	s.failAttempt(ctx, rt, rs, last)
+}
+
+// acquire asks the balancer for a node, refreshing the inventories once
+// when no node lists the model: it may have been pulled on a node since
+// the last poll.
+func (s *Server) acquire(ctx context.Context, rt route, f fields, tried []*balancer.Node) (*balancer.Lease, error) {
+	if f.pinned != nil {
+		if len(tried) > 0 {
+			return nil, balancer.ErrNoNode
+		}
+		f.pinned.Acquire()
+		return &balancer.Lease{Node: f.pinned}, nil
+	}
+	req := balancer.Request{Model: f.model, NumCtx: f.numCtx, Tried: tried}
+	lease, err := s.bal.Acquire(ctx, req)
+	if errors.Is(err, balancer.ErrModelNotFound) && s.refreshAll(ctx) {
+		lease, err = s.bal.Acquire(ctx, req)
+	}
+	return lease, err
+}
+
+// try sends the request to node and reads the answer up to its headers.
+// An error status is read in full so that the retry rules can see it.
+func (s *Server) try(ctx context.Context, node *balancer.Node, req *fasthttp.Request, f fields) (attempt, *exchange) {
+	a := attempt{coldLoad: f.model != "" && !node.IsLoaded(f.model, f.numCtx)}
+	cfg := s.config()
+	t := timeouts{
+		connect:   cfg.Upstream.Connect,
+		firstByte: cfg.Upstream.FirstByte,
+		idle:      cfg.Upstream.Idle,
+	}
+	ex, err := s.upstreamFor(node).send(ctx, req, t)
+	if err != nil {
+		a.err = err
+		node.SetLastError(err.Error())
+		return a, nil
+	}
+	if st := ex.resp.StatusCode(); st >= 500 {
+		a.status = st
+		a.body, _ = ex.readAll(64 << 10)
+		if a.body == nil {
+			a.body = []byte{}
+		}
+		ex.finish()
+		node.SetLastError("status " + itoa(st) + ": " + string(a.body))
+		return a, nil
+	}
+	return a, ex
+}
+
+func (s *Server) report(n *balancer.Node, failure string) {
+	if failure != "" && s.m != nil {
+		s.m.NodeFailures.WithLabelValues(n.Name, failure).Inc()
+	}
+	if s.health != nil {
+		s.health.Report(n, failure)
+	}
+}
+
+// failNoNode answers when the balancer has no node for the request.
+func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, err error, last attempt) {
+	switch {
+	case errors.Is(err, balancer.ErrModelNotFound):
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(f.rawModel))
+	case last.err != nil || last.status != 0:
+		s.failAttempt(ctx, rt, rs, last)
+	case errors.Is(err, balancer.ErrNoNode):
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+			"no healthy node can serve model "+quote(f.rawModel)+" now, try again later")
+		ctx.Response.Header.Set("Retry-After", "5")
+	default:
+		s.failAttempt(ctx, rt, rs, attempt{err: err})
+	}
+}
+
+// failAttempt answers with the outcome of the last attempt: the node's own
+// error answer when it sent one, or a gateway error.
+func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a attempt) {
+	if a.err == nil && a.status != 0 {
+		ctx.SetStatusCode(a.status)
+		ctx.SetContentType(contentTypeJSON(rt))
+		ctx.SetBody(a.body)
+		rs.err = "node answered " + itoa(a.status)
+		return
+	}
+	status := statusFor(a.err)
+	rs.err = errString(a.err)
+	if status == StatusClientClosed {
+		rs.status = status
+		ctx.SetConnectionClose()
+		return
+	}
+	writeError(ctx, rt, status, errString(a.err))
+}
+
+// upstreamRequest builds the request sent to nodes: the client's method,
+// path, query and body unchanged, with hop-by-hop headers and Origin
+// removed. The Host header is set per node by the upstream.
+func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx) *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
+	ctx.Request.Header.CopyTo(&req.Header)
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	// A browser's Origin makes Ollama answer 403; the proxy answers CORS
+	// itself.
+	req.Header.Del("Origin")
+	req.Header.Del("Referer")
+	req.SetRequestURIBytes(ctx.RequestURI())
+	req.SetBodyRaw(ctx.PostBody())
+	if ip := remoteIP(ctx); ip != "" {
+		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
+			req.Header.Set("X-Forwarded-For", string(prior)+", "+ip)
+		} else {
+			req.Header.Set("X-Forwarded-For", ip)
+		}
+	}
+	return req
+}
+
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func remoteIP(ctx *fasthttp.RequestCtx) string {
+	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return ""
+}
+
+func contentTypeJSON(rt route) string {
+	if rt.openAI {
+		return "application/json"
+	}
+	return "application/json; charset=utf-8"
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// elapsed is time.Since, kept apart for readability in the relay.
+func elapsed(t time.Time) time.Duration { return time.Since(t) }

@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"bytes"
+	"strings"
+)
+
+// handling says how the proxy serves a route.
+type handling uint8
+
+const (
+	handleNotFound         handling = iota
+	handleRoot                      // HEAD or GET /: the CLI heartbeat
+	handleVersion                   // lowest version among usable nodes
+	handleTags                      // union of /api/tags
+	handlePS                        // union of /api/ps
+	handleModels                    // OpenAI model list, from /api/tags
+	handleModel                     // one OpenAI model, from /api/tags
+	handleRouted                    // sent to one node that has the model
+	handleFanout                    // sent to every node concerned
+	handleSticky                    // model creation: one node chosen per client
+	handleOptions                   // CORS preflight
+	handleAdmin                     // the proxy's own admin routes
+	handleMethodNotAllowed          // a known path with another method
+)
+
+// route is the classification of one request.
+type route struct {
+	// name is the path without parameters, used as a metric label.
+	name string
+	how  handling
+	// openAI marks the OpenAI-compatible routes, whose errors have
+	// OpenAI's shape.
+	openAI bool
+	// inference marks routes that run a model and take a slot on a node.
+	inference bool
+	// streams marks routes whose answer streams unless "stream" is false
+	// (Ollama) or streams only when it is true (OpenAI).
+	streams bool
+}
+
+var (
+	routeNotFound = route{name: "other", how: handleNotFound}
+	routeBadMeth  = route{name: "other", how: handleMethodNotAllowed}
+)
+
+// postRoutes maps the exact paths served by POST.
+var postRoutes = map[string]route{
+	"/api/generate":        {name: "/api/generate", how: handleRouted, inference: true, streams: true},
+	"/api/chat":            {name: "/api/chat", how: handleRouted, inference: true, streams: true},
+	"/api/embed":           {name: "/api/embed", how: handleRouted, inference: true},
+	"/api/embeddings":      {name: "/api/embeddings", how: handleRouted, inference: true},
+	"/api/show":            {name: "/api/show", how: handleRouted},
+	"/api/push":            {name: "/api/push", how: handleRouted, streams: true},
+	"/api/pull":            {name: "/api/pull", how: handleFanout, streams: true},
+	"/api/copy":            {name: "/api/copy", how: handleFanout},
+	"/api/create":          {name: "/api/create", how: handleSticky, streams: true},
+	"/v1/chat/completions": {name: "/v1/chat/completions", how: handleRouted, openAI: true, inference: true, streams: true},
+	"/v1/completions":      {name: "/v1/completions", how: handleRouted, openAI: true, inference: true, streams: true},
+	"/v1/embeddings":       {name: "/v1/embeddings", how: handleRouted, openAI: true, inference: true},
+	"/v1/responses":        {name: "/v1/responses", how: handleRouted, openAI: true, inference: true, streams: true},
+	"/v1/messages":         {name: "/v1/messages", how: handleRouted, openAI: true, inference: true, streams: true},
+}
+
+// getRoutes maps the exact paths served by GET.
+var getRoutes = map[string]route{
+	"/":            {name: "/", how: handleRoot},
+	"/api/version": {name: "/api/version", how: handleVersion},
+	"/api/tags":    {name: "/api/tags", how: handleTags},
+	"/api/ps":      {name: "/api/ps", how: handlePS},
+	"/v1/models":   {name: "/v1/models", how: handleModels, openAI: true},
+}
+
+var (
+	routeDelete = route{name: "/api/delete", how: handleFanout}
+	routeBlobs  = route{name: "/api/blobs", how: handleSticky}
+	routeModel  = route{name: "/v1/models/{model}", how: handleModel, openAI: true}
+	routeAdmin  = route{name: "/admin", how: handleAdmin}
+)
+
+// classify maps a method and path to a route. It allocates nothing for the
+// routes on the request path.
+func classify(method, path []byte) route {
+	p := string(path) // the compiler does not allocate for map lookups
+	if bytes.HasPrefix(path, []byte("/admin")) &&
+		(len(path) == 6 || path[6] == '/') {
+		return routeAdmin
+	}
+	switch string(method) {
+	case "POST":
+		if r, ok := postRoutes[p]; ok {
+			return r
+		}
+		if isBlobPath(p) {
+			return routeBlobs
+		}
+	case "GET", "HEAD":
+		if r, ok := getRoutes[p]; ok {
+			return r
+		}
+		if strings.HasPrefix(p, "/v1/models/") && len(p) > len("/v1/models/") {
+			return routeModel
+		}
+		if string(method) == "HEAD" && isBlobPath(p) {
+			return routeBlobs
+		}
+	case "DELETE":
+		if p == "/api/delete" {
+			return routeDelete
+		}
+	case "OPTIONS":
+		if knownPath(p) {
+			return route{name: "options", how: handleOptions}
+		}
+	}
+	if knownPath(p) {
+		return routeBadMeth
+	}
+	return routeNotFound
+}
+
+func isBlobPath(p string) bool {
+	return strings.HasPrefix(p, "/api/blobs/") && len(p) > len("/api/blobs/")
+}
+
+func knownPath(p string) bool {
+	if _, ok := postRoutes[p]; ok {
+		return true
+	}
+	if _, ok := getRoutes[p]; ok {
+		return true
+	}
+	return p == "/api/delete" || isBlobPath(p) || strings.HasPrefix(p, "/v1/models/")
+}

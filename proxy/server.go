@@ -1,0 +1,245 @@
+// Package proxy is the HTTP face of llmproxy: a fasthttp server that looks
+// to every client like one Ollama server, classifies each request, and
+// serves it locally, from one node chosen by the balancer, or from every
+// node concerned. Request bodies are forwarded byte for byte and streamed
+// answers leave the proxy line by line as they arrive.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/metrics"
+)
+
+// Inventory refreshes what a node lists and holds in memory. The health
+// package implements it; the proxy calls it after it changed a node's
+// models and when a request names a model no node lists.
+type Inventory interface {
+	Refresh(ctx context.Context, n *balancer.Node) error
+}
+
+// Options are the collaborators of a Server. Config, Balancer and Metrics
+// are required.
+type Options struct {
+	Config    *config.Config
+	Balancer  *balancer.Balancer
+	Metrics   *metrics.Metrics
+	Inventory Inventory
+	// Health is told the outcome of every request sent to a node.
+	Health HealthReporter
+	// BreakerState names a node's circuit breaker state for GET /admin/nodes.
+	BreakerState func(*balancer.Node) string
+	// AdminRoutes serves further admin routes and reports whether it did.
+	AdminRoutes func(*fasthttp.RequestCtx) bool
+	Logger      *slog.Logger
+	// Version is the proxy's own version, sent in the Server header of
+	// admin answers.
+	Version string
+}
+
+// Server is the proxy's HTTP server.
+type Server struct {
+	log    *slog.Logger
+	m      *metrics.Metrics
+	bal    *balancer.Balancer
+	inv    Inventory
+	health HealthReporter
+	// breakerState names a node's breaker state for the admin routes.
+	breakerState func(*balancer.Node) string
+	// adminExtra serves admin routes owned by other packages; it reports
+	// whether it answered.
+	adminExtra func(*fasthttp.RequestCtx) bool
+
+	cfg atomic.Pointer[config.Config]
+
+	// upMu guards ups, the connection pool of each node by name.
+	upMu sync.RWMutex
+	ups  map[string]*upstream
+
+	srv      *fasthttp.Server
+	parsers  fastjson.ParserPool
+	idPrefix string
+	idSeq    atomic.Uint64
+
+	// lastRefresh rate-limits inventory refreshes on unknown models.
+	lastRefresh atomic.Int64
+}
+
+// New returns a server for opts. It does not listen until Serve.
+func New(opts Options) *Server {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	var prefix [4]byte
+	_, _ = rand.Read(prefix[:])
+	s := &Server{
+		log:    log.With("component", "proxy"),
+		m:      opts.Metrics,
+		bal:    opts.Balancer,
+		inv:    opts.Inventory,
+		health: opts.Health,
+
+		breakerState: opts.BreakerState,
+		adminExtra:   opts.AdminRoutes,
+		ups:          map[string]*upstream{},
+		idPrefix:     hex.EncodeToString(prefix[:]),
+	}
+	s.SetConfig(opts.Config)
+	s.srv = &fasthttp.Server{
+		Handler:               s.handle,
+		ErrorHandler:          s.handleParseError,
+		Name:                  "",
+		NoDefaultServerHeader: true,
+		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
+		ReadTimeout:           5 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		ReadBufferSize:        16 << 10,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{s.log},
+	}
+	return s
+}
+
+// SetConfig applies a new configuration: connection pools for new nodes,
+// and the limits read on every request. Pools of removed nodes stay until
+// their last request ends and are then collected.
+func (s *Server) SetConfig(cfg *config.Config) {
+	s.cfg.Store(cfg)
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	keep := make(map[string]*upstream, len(s.ups))
+	for _, n := range s.bal.Nodes() {
+		if u, ok := s.ups[n.Name]; ok && u.node == n {
+			keep[n.Name] = u
+			continue
+		}
+		keep[n.Name] = newUpstream(n, cfg.Upstream.Connect)
+	}
+	s.ups = keep
+	if s.srv != nil {
+		s.srv.MaxRequestBodySize = int(cfg.MaxBodyBytes)
+	}
+}
+
+func (s *Server) config() *config.Config { return s.cfg.Load() }
+
+func (s *Server) upstreamFor(n *balancer.Node) *upstream {
+	s.upMu.RLock()
+	u := s.ups[n.Name]
+	s.upMu.RUnlock()
+	if u != nil && u.node == n {
+		return u
+	}
+	// A node the balancer offers before SetConfig saw it.
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	if u = s.ups[n.Name]; u == nil || u.node != n {
+		u = newUpstream(n, s.config().Upstream.Connect)
+		s.ups[n.Name] = u
+	}
+	return u
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections and waits for requests in flight,
+// streams included, until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.srv.ShutdownWithContext(ctx)
+}
+
+// Handler returns the request handler, for tests and embedding.
+func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
+
+// handle is the request pipeline: classify, answer CORS, then serve the
+// route locally, from one node, or from every node concerned.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	rt := classify(ctx.Method(), ctx.Path())
+	rs := s.begin(ctx, rt)
+	if !s.applyCORS(ctx, rt) {
+		s.end(rs)
+		return
+	}
+	switch rt.how {
+	case handleRoot:
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("Ollama is running")
+	case handleVersion:
+		s.serveVersion(ctx, rt)
+	case handleTags:
+		s.serveTags(ctx, rt)
+	case handlePS:
+		s.servePS(ctx, rt)
+	case handleModels, handleModel:
+		s.serveOpenAIModels(ctx, rt)
+	case handleRouted:
+		s.serveRouted(ctx, rt, rs)
+	case handleFanout:
+		s.serveFanout(ctx, rt, rs)
+	case handleSticky:
+		s.serveSticky(ctx, rt, rs)
+	case handleOptions:
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+	case handleAdmin:
+		s.serveAdmin(ctx, rt)
+	case handleMethodNotAllowed:
+		writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
+			"method "+string(ctx.Method())+" not allowed on "+string(ctx.Path()))
+	default:
+		s.serveNotFound(ctx, rt)
+	}
+	if !rs.deferred {
+		s.end(rs)
+	}
+}
+
+func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
+	if len(ctx.Path()) >= 4 && string(ctx.Path()[:4]) == "/v1/" {
+		writeError(ctx, route{openAI: true}, fasthttp.StatusNotFound,
+			"unknown path "+string(ctx.Path()))
+		return
+	}
+	// Ollama's router answers unknown paths with this plain text.
+	ctx.SetStatusCode(fasthttp.StatusNotFound)
+	ctx.SetContentType("text/plain")
+	ctx.SetBodyString("404 page not found")
+}
+
+// handleParseError answers requests fasthttp could not read: a body over
+// max_body_bytes gets 413 in the route's error shape, before the rest of
+// the body is read.
+func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	rt := classify(ctx.Method(), ctx.Path())
+	status := fasthttp.StatusBadRequest
+	msg := "invalid HTTP request: " + err.Error()
+	if err == fasthttp.ErrBodyTooLarge {
+		status = fasthttp.StatusRequestEntityTooLarge
+		msg = "request body exceeds the limit of " +
+			strconv.FormatInt(s.config().MaxBodyBytes, 10) + " bytes (max_body_bytes)"
+	}
+	writeError(ctx, rt, status, msg)
+	ctx.SetConnectionClose()
+	s.log.Debug("request rejected before routing", "path", string(ctx.Path()), "error", err)
+}
+
+// fasthttpLogger sends fasthttp's own messages to slog at Debug.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("fasthttp", "message", sprintf(format, args...))
+}

@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http/httputil"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/balancer"
+)
+
+// upstream sends requests to one node over a pool of keep-alive
+// connections. Each exchange owns its connection, so that cancelling a
+// request closes exactly that connection: Ollama notices the closed
+// connection and stops generating, which frees the node's slot.
+type upstream struct {
+	node *balancer.Node
+	hc   *fasthttp.HostClient
+	host string // the node's host:port, sent as Host
+}
+
+// timeouts are the limits of one exchange.
+type timeouts struct {
+	connect   time.Duration
+	firstByte time.Duration
+	idle      time.Duration
+}
+
+var errIdleTimeout = errors.New("no data from node within the idle timeout")
+
+// errFirstByteTimeout means the node accepted the request but sent no
+// response headers in time.
+var errFirstByteTimeout = errors.New("no response from node within the first-byte timeout")
+
+func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
+	addr := n.URL.Host
+	tls := n.URL.Scheme == "https"
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		if tls {
+			addr += ":443"
+		} else {
+			addr += ":80"
+		}
+	}
+	d := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
+	return &upstream{
+		node: n,
+		host: n.URL.Host,
+		hc: &fasthttp.HostClient{
+			Addr:  addr,
+			IsTLS: tls,
+			Dial: func(a string) (net.Conn, error) {
+				return d.Dial("tcp", a)
+			},
+			// Below the idle timeout of Go servers such as Ollama, so that
+			// the proxy rarely writes to a connection the node is closing.
+			MaxIdleConnDuration:           30 * time.Second,
+			MaxConns:                      1 << 16,
+			NoDefaultUserAgentHeader:      true,
+			DisableHeaderNamesNormalizing: false,
+			ReadBufferSize:                16 << 10,
+			WriteBufferSize:               16 << 10,
+		},
+	}
+}
+
+// exchange is one request to a node, from the sent request to the end of
+// the response body.
+type exchange struct {
+	u    *upstream
+	conn net.Conn
+	// release returns the connection to the pool; discard closes it.
+	release func()
+	discard func()
+	br      *bufio.Reader
+	resp    fasthttp.ResponseHeader
+	body    io.Reader
+	idle    time.Duration
+	reuse   bool // the connection may go back to the pool when done
+	stop    func() bool
+	closed  bool
+}
+
+// send writes req to the node and waits for the response headers. The
+// returned exchange must be closed. ctx cancels the exchange at any point
+// by expiring the connection's deadlines.
+func (u *upstream) send(ctx context.Context, req *fasthttp.Request, t timeouts) (*exchange, error) {
+	ex, err := u.try(ctx, req, t)
+	if err != nil && ex == nil && errors.Is(err, errStaleConn) && ctx.Err() == nil {
+		// The pooled connection was closed by the node before it read the
+		// request, so the node never saw it: sending again is safe.
+		ex, err = u.try(ctx, req, t)
+	}
+	return ex, err
+}
+
+var errStaleConn = errors.New("pooled connection closed by node")
+
+func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (*exchange, error) {
+	cc, err := u.hc.AcquireConn(t.connect, false)
+	if err != nil {
+		return nil, fmt.Errorf("connect to node %s: %w: %w", u.node.Name, errConnect, err)
+	}
+	conn := cc.Conn()
+	ex := &exchange{
+		u:       u,
+		conn:    conn,
+		idle:    t.idle,
+		release: func() { u.hc.ReleaseConn(cc) },
+		discard: func() { u.hc.CloseConn(cc) },
+	}
+	ex.stop = context.AfterFunc(ctx, func() {
+		_ = conn.SetDeadline(time.Unix(1, 0))
+	})
+	reused := !cc.LastUseTime().IsZero()
+	// Ollama bound to loopback rejects a Host that is not its own with 403.
+	req.Header.SetHost(u.host)
+	if err := ex.writeRequest(req); err != nil {
+		ex.close()
+		return nil, ex.wrap(ctx, "send request", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(t.firstByte))
+	ex.br = u.hc.AcquireReader(conn)
+	if err := ex.resp.Read(ex.br); err != nil {
+		ex.close()
+		if reused && isConnClosed(err) && ctx.Err() == nil {
+			return nil, errStaleConn
+		}
+		if isTimeout(err) && ctx.Err() == nil {
+			return nil, fmt.Errorf("node %s: %w", u.node.Name, errFirstByteTimeout)
+		}
+		return nil, ex.wrap(ctx, "read response", err)
+	}
+	ex.setBody()
+	return ex, nil
+}
+
+func (ex *exchange) writeRequest(req *fasthttp.Request) error {
+	bw := ex.u.hc.AcquireWriter(ex.conn)
+	defer ex.u.hc.ReleaseWriter(bw)
+	if err := req.Write(bw); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// setBody prepares the body reader from the framing of the response.
+func (ex *exchange) setBody() {
+	ex.reuse = !ex.resp.ConnectionClose()
+	switch n := ex.resp.ContentLength(); {
+	case n >= 0:
+		ex.body = io.LimitReader(ex.br, int64(n))
+	case n == -1:
+		ex.body = httputil.NewChunkedReader(ex.br)
+	default:
+		// Identity body until the node closes the connection.
+		ex.body = ex.br
+		ex.reuse = false
+	}
+}
+
+// Read reads the response body, bounding the silence between reads by the
+// idle timeout.
+func (ex *exchange) Read(p []byte) (int, error) {
+	if ex.idle > 0 {
+		_ = ex.conn.SetReadDeadline(time.Now().Add(ex.idle))
+	}
+	n, err := ex.body.Read(p)
+	if err != nil && err != io.EOF && isTimeout(err) {
+		return n, errIdleTimeout
+	}
+	if err == io.ErrUnexpectedEOF {
+		ex.reuse = false
+	}
+	return n, err
+}
+
+// readAll reads the whole body, at most limit bytes.
+func (ex *exchange) readAll(limit int64) ([]byte, error) {
+	var buf []byte
+	if n := ex.resp.ContentLength(); n > 0 && int64(n) <= limit {
+		buf = make([]byte, 0, n)
+	}
+	r := io.LimitReader(ex, limit+1)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			ex.reuse = false
+			return buf, err
+		}
+	}
+	if int64(len(buf)) > limit {
+		ex.reuse = false
+		return buf, fmt.Errorf("response body exceeds %d bytes", limit)
+	}
+	return buf, nil
+}
+
+// finish marks the body as fully read, so that the connection may be reused.
+func (ex *exchange) finish() { ex.closeWith(true) }
+
+// close ends the exchange and closes its connection.
+func (ex *exchange) close() { ex.closeWith(false) }
+
+func (ex *exchange) closeWith(complete bool) {
+	if ex.closed {
+		return
+	}
+	ex.closed = true
+	cancelled := ex.stop != nil && !ex.stop()
+	if ex.br != nil {
+		ex.u.hc.ReleaseReader(ex.br)
+		ex.br = nil
+	}
+	if complete && ex.reuse && !cancelled {
+		_ = ex.conn.SetDeadline(time.Time{})
+		ex.release()
+		return
+	}
+	ex.discard()
+}
+
+// wrap names the step that failed, and reports a cancelled context as
+// such rather than as the I/O error it caused.
+func (ex *exchange) wrap(ctx context.Context, step string, err error) error {
+	if cerr := context.Cause(ctx); cerr != nil {
+		return cerr
+	}
+	return fmt.Errorf("%s to node %s: %w", step, ex.u.node.Name, err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func isConnClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || isReset(err)
+}
