@@ -52,9 +52,16 @@ func decodeYAML(data []byte, cfg *Config, lines map[string]int) ([]Problem, bool
 		d.problems = append(d.problems, syntaxProblem(err))
 	}
 
-	if len(doc.Content) > 0 {
-		d.decode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
+	if len(doc.Content) == 0 {
+		return d.problems, true
 	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode && !isNull(root) {
+		d.add(root, "", "want a mapping of settings at the top of the file, got %s",
+			describe(root))
+		return d.problems, false
+	}
+	d.decode(root, reflect.ValueOf(cfg).Elem(), "")
 	return d.problems, d.visited < maxNodes
 }
 

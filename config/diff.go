@@ -143,4 +143,3 @@ func (c *Change) Changed(path string) bool {
 	}
 	return false
 }
-

@@ -112,8 +112,17 @@ func (l *loader) finish(c *Config, decoded []Problem) error {
 	return l.errors(problems)
 }
 
+// maxProblems bounds the problems reported at once, since a file with
+// aliases can repeat one mistake many times.
+const maxProblems = 100
+
 func (l *loader) errors(problems []Problem) *Errors {
 	sortProblems(problems)
+	if n := len(problems); n > maxProblems {
+		problems = append(problems[:maxProblems:maxProblems], Problem{
+			Message: fmt.Sprintf("%d more problems not shown", n-maxProblems),
+		})
+	}
 	return &Errors{Source: l.source, Problems: problems}
 }
 

@@ -89,9 +89,14 @@ func sortProblems(ps []Problem) {
 // suggest returns the candidate closest to word when it is close enough to
 // be a likely typo, or "".
 func suggest(word string, candidates []string) string {
+	word = strings.ToLower(word)
 	best, bestDist := "", -1
 	for _, c := range candidates {
-		d := editDistance(strings.ToLower(word), c)
+		d := editDistance(word, c)
+		if isAbbreviation(word, c) {
+			// "sha" for sha256, "warning" for warn.
+			d = 1
+		}
 		if bestDist < 0 || d < bestDist {
 			best, bestDist = c, d
 		}
@@ -103,6 +108,15 @@ func suggest(word string, candidates []string) string {
 		return ""
 	}
 	return best
+}
+
+// isAbbreviation reports whether one of a and b, at least three bytes
+// long, starts the other.
+func isAbbreviation(a, b string) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	return len(a) >= 3 && strings.HasPrefix(b, a)
 }
 
 // editDistance is the Levenshtein distance between a and b, in bytes.

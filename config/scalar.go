@@ -3,6 +3,7 @@ package config
 import (
 	"math"
 	"reflect"
+	"regexp"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -56,7 +57,15 @@ func (d *decoder) boolean(n *yaml.Node, v reflect.Value, path string) {
 	v.SetBool(b)
 }
 
+// wholeNumber matches an integer that YAML resolved as a float because it
+// does not fit in 64 bits.
+var wholeNumber = regexp.MustCompile(`^[-+]?[0-9_]+$`)
+
 func (d *decoder) integer(n *yaml.Node, v reflect.Value, path string) {
+	if n.Tag == "!!float" && wholeNumber.MatchString(n.Value) {
+		d.add(n, path, "integer %s is out of range", describe(n))
+		return
+	}
 	if n.Tag != "!!int" {
 		d.add(n, path, "want an integer, got %s", describe(n))
 		return
