@@ -1,0 +1,136 @@
+package ratelimit
+
+import (
+	"math"
+	"time"
+)
+
+// tokenWindowLength is the window of tokens_per_minute.
+const tokenWindowLength = time.Minute
+
+var tokenWindowMicros = tokenWindowLength.Microseconds()
+
+// rate is a request rate enforced with GCRA, the generic cell rate
+// algorithm, which admits the same requests as a token bucket of size burst
+// refilled at the rate, but stores one timestamp instead of a count and a
+// time. Times are in microseconds. The zero value means no limit.
+type rate struct {
+	interval int64 // between two requests at the sustained rate
+	burst    int64
+}
+
+// newRate returns the rate for perSec requests per second; perSec of zero
+// means no limit, and a burst below 1 counts as 1.
+func newRate(perSec float64, burst int) rate {
+	if perSec <= 0 {
+		return rate{}
+	}
+	r := rate{
+		interval: max(1, int64(math.Round(1e6/perSec))),
+		burst:    max(1, int64(burst)),
+	}
+	return r
+}
+
+func (r rate) on() bool { return r.interval > 0 }
+
+// check applies GCRA at now to tat, the stored theoretical arrival time (0
+// when none is stored), and returns the time to store if the request is
+// admitted. Each request moves tat one interval later; a request is
+// admitted while tat stays within burst intervals of now.
+func (r rate) check(tat, now int64) (int64, status) {
+	tat = max(tat, now)
+	next := tat + r.interval
+	allowAt := next - r.interval*r.burst
+	if now < allowAt {
+		return tat, status{on: true, exceeded: true, reset: tat - now, retry: allowAt - now}
+	}
+	return next, status{on: true, remaining: (now - allowAt) / r.interval, reset: next - now}
+}
+
+// concurrencyStatus checks one more request against max with held in flight.
+func concurrencyStatus(held, limit int64) status {
+	if held >= limit {
+		return status{on: true, exceeded: true}
+	}
+	return status{on: true, remaining: limit - held - 1}
+}
+
+// quotaStatus checks need more against limit with used already counted.
+func quotaStatus(used, need, limit int64) status {
+	if used+need > limit {
+		return status{on: true, exceeded: true, remaining: max(0, limit-used)}
+	}
+	return status{on: true, remaining: limit - used - need}
+}
+
+// windowEntry is one reservation in a tokenLog.
+type windowEntry struct {
+	at      int64 // admission time, microseconds
+	amount  int64
+	expired bool // left the window; amount no longer counts
+}
+
+// tokenLog is the in-memory sliding window of tokens_per_minute: every
+// reservation of the last minute with its current amount, oldest first.
+type tokenLog struct {
+	entries []*windowEntry
+	sum     int64
+}
+
+// expire drops the entries admitted at or before cutoff.
+func (w *tokenLog) expire(cutoff int64) {
+	n := 0
+	for n < len(w.entries) && w.entries[n].at <= cutoff {
+		e := w.entries[n]
+		e.expired = true
+		w.sum -= e.amount
+		w.entries[n] = nil
+		n++
+	}
+	w.entries = w.entries[n:]
+}
+
+// check tests need more tokens against limit at now. When they do not fit,
+// retry is the time until enough of the oldest entries leave the window.
+func (w *tokenLog) check(limit, need, now int64) status {
+	w.expire(now - tokenWindowMicros)
+	if w.sum+need <= limit {
+		return status{on: true, remaining: limit - w.sum - need}
+	}
+	st := status{on: true, exceeded: true, remaining: max(0, limit-w.sum), retry: tokenWindowMicros}
+	if n := len(w.entries); n > 0 {
+		st.reset = w.entries[n-1].at + tokenWindowMicros - now
+	}
+	freed := int64(0)
+	for _, e := range w.entries {
+		freed += e.amount
+		if w.sum-freed+need <= limit {
+			st.retry = e.at + tokenWindowMicros - now
+			break
+		}
+	}
+	return st
+}
+
+func (w *tokenLog) add(at, amount int64) *windowEntry {
+	e := &windowEntry{at: at, amount: amount}
+	w.entries = append(w.entries, e)
+	w.sum += amount
+	return e
+}
+
+// adjust corrects the amount of e by delta. When e has already left the
+// window, a refund has nothing left to correct, and an extra charge counts
+// from now.
+func (w *tokenLog) adjust(e *windowEntry, delta, now int64) {
+	if !e.expired {
+		amount := max(0, e.amount+delta)
+		w.sum += amount - e.amount
+		e.amount = amount
+		return
+	}
+	if delta > 0 {
+		w.add(now, delta)
+	}
+}

@@ -1,0 +1,53 @@
+// Package ratelimit authenticates API keys and enforces the request, token,
+// concurrency and monthly limits of llmproxy before a request reaches the
+// queue.
+//
+// A Limiter is built once from the auth, rate_limit and redis sections of the
+// configuration. For each request the proxy calls Authenticate, ClientAddr
+// for clients without a key, Key.Allows for the requested model, and then
+// Admit, which checks every limit in one step. Admit returns a Decision,
+// which carries the X-RateLimit-* and Retry-After header values, and, when
+// the request is admitted, a Reservation. The proxy settles the Reservation
+// with the token counts the node reports once the response ends, which
+// corrects the token reservation and frees the concurrency slot.
+//
+// # Limits
+//
+// A request with a key is checked against the key's request rate (GCRA,
+// which behaves as a token bucket of size burst), its tokens per minute
+// (a sliding window of 60 seconds), its requests in flight, and its monthly
+// token and request quotas, which reset at the start of each UTC calendar
+// month. A request without a key is checked against the request rate of its
+// client address only. IPv6 clients are limited per /64 prefix, because one
+// host commonly holds a whole /64. A request that any limit rejects consumes
+// nothing: no rate allowance, no tokens, no request count and no slot.
+//
+// # Shared state
+//
+// When redis.addr is set, every limit is enforced across all instances: one
+// Lua script per admission and one per settlement, each a single round trip.
+// Concurrency slots are leases in a sorted set, scored by their expiry and
+// renewed while held, so the slots of an instance that dies free themselves
+// after Options.LeaseTTL. Without Redis every limit holds per instance.
+//
+// When a Redis call fails or takes longer than redis.timeout, the Limiter
+// decides with its local state instead, so a Redis outage never rejects
+// traffic. It logs the outage once at Warn, counts every operation decided
+// locally in llmproxy_redis_fallback_total{component="ratelimit"}, and tries
+// Redis again once a second by the injected clock. During an outage each
+// instance counts on its own: the rate and token limits then allow up to
+// one full limit per instance, and the monthly quotas continue from the last
+// counts this instance read from Redis.
+//
+// # Clocks
+//
+// Every time a limit depends on comes from Options.Now, and the Redis scripts
+// receive it as an argument, so tests drive refill, windows, lease expiry and
+// the month reset with a fake clock, against Redis too. With several
+// instances the scripts compare timestamps written by different hosts: an
+// instance whose clock runs d ahead sees buckets refill and windows free d
+// early, so it may admit up to d times the rate beyond the limit, and
+// instances disagree about the month for d around midnight UTC at a month's
+// start. Keep the hosts synchronised with NTP, where skew stays in
+// milliseconds, far below the one-second resolution of Retry-After.
+package ratelimit

@@ -1,0 +1,398 @@
+package ratelimit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/metrics"
+)
+
+// AnonymousLabel is the key label of llmproxy_ratelimited_total and
+// llmproxy_tokens_total for requests without a key. Limits per client
+// address are all counted under it, so that label values stay bounded. No
+// key may take this name.
+const AnonymousLabel = "anonymous"
+
+// Options configures New.
+type Options struct {
+	// Auth holds auth.required and auth.keys.
+	Auth config.Auth
+	// RateLimit holds the limits per client address, the trusted proxies
+	// and the default token estimate, with the defaults of config applied:
+	// a PerAddress of zero means no limit per address, and a
+	// DefaultTokenEstimate of zero reserves nothing for a request that
+	// sets no token limit.
+	RateLimit config.RateLimit
+	// Redis is the shared store; an empty Addr keeps every limit per
+	// instance. A zero Timeout means 50ms.
+	Redis config.Redis
+	// Metrics receives the rate limit, token and Redis metrics; nil records
+	// none.
+	Metrics *metrics.Metrics
+	// Logger receives the Redis outage and recovery messages; nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// Now is the clock of every limit, passed to Redis too; nil means
+	// time.Now.
+	Now func() time.Time
+	// LookupEnv reads the keys that auth.keys gives by environment
+	// variable, once, in New; nil means os.LookupEnv.
+	LookupEnv func(string) (string, bool)
+	// LeaseTTL is how long a concurrency slot in Redis outlives the last
+	// renewal by its instance, so it bounds how long the slots of a dead
+	// instance stay taken. Leases are renewed every LeaseTTL/3 of wall
+	// time. Zero means 30s.
+	LeaseTTL time.Duration
+}
+
+// Limiter authenticates keys and enforces every limit. It is safe for
+// concurrent use. Close it to stop lease renewal and close Redis.
+type Limiter struct {
+	// Fixed at New.
+	keys            *keyring
+	proxies         trustedProxies
+	anonRate        rate
+	defaultEstimate int64
+	leaseTTL        time.Duration
+	now             func() time.Time
+	metrics         *metrics.Metrics
+	instanceID      string
+	local           *localStore
+	redis           *redisStore // nil without Redis
+	health          *redisHealth
+
+	leases leaseSet
+	seq    atomic.Uint64
+
+	// ctx ends at Close; it bounds settlements, which outlive the request
+	// context, and the renewal goroutine, which wg waits for.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New builds a Limiter from the configuration. It reads the keys given by
+// environment variable and reports every invalid key, trusted proxy and
+// limit in one error. With Redis configured it starts lease renewal; it
+// does not contact Redis, so New succeeds while Redis is down.
+func New(opts Options) (*Limiter, error) {
+	opts = withDefaults(opts)
+	keys, keysErr := newKeyring(opts.Auth, opts.LookupEnv)
+	proxies, proxiesErr := parseTrustedProxies(opts.RateLimit.TrustedProxies)
+	err := errors.Join(keysErr, proxiesErr, validateRateLimit(opts.RateLimit))
+	if err != nil {
+		return nil, fmt.Errorf("invalid rate limit configuration: %w", err)
+	}
+	id, err := newInstanceID()
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger.With("component", "ratelimit")
+	l := &Limiter{
+		keys:            keys,
+		proxies:         proxies,
+		anonRate:        newRate(opts.RateLimit.PerAddress, opts.RateLimit.Burst),
+		defaultEstimate: opts.RateLimit.DefaultTokenEstimate,
+		leaseTTL:        opts.LeaseTTL,
+		now:             opts.Now,
+		metrics:         opts.Metrics,
+		instanceID:      id,
+		local:           newLocalStore(keys.ordered),
+		health:          &redisHealth{log: log, metrics: opts.Metrics},
+		leases:          leaseSet{byID: make(map[string]string)},
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	if opts.Redis.Addr != "" {
+		l.redis = newRedisStore(opts.Redis, opts.LeaseTTL)
+		l.wg.Add(1)
+		go l.renewLoop(l.ctx)
+	}
+	return l, nil
+}
+
+func withDefaults(opts Options) Options {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.LookupEnv == nil {
+		opts.LookupEnv = os.LookupEnv
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = defaultLeaseTTL
+	}
+	return opts
+}
+
+func validateRateLimit(rl config.RateLimit) error {
+	var errs []error
+	if rl.PerAddress < 0 {
+		errs = append(errs, fmt.Errorf("rate_limit.per_address %v is negative", rl.PerAddress))
+	}
+	if rl.Burst < 0 {
+		errs = append(errs, fmt.Errorf("rate_limit.burst %d is negative", rl.Burst))
+	}
+	if rl.DefaultTokenEstimate < 0 {
+		errs = append(errs, fmt.Errorf("rate_limit.default_token_estimate %d is negative",
+			rl.DefaultTokenEstimate))
+	}
+	return errors.Join(errs...)
+}
+
+// newInstanceID returns a random ID that makes this instance's reservation
+// IDs unique among all instances sharing Redis.
+func newInstanceID() (string, error) {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate instance ID: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// Close stops lease renewal and closes the Redis client. Leases still held
+// expire after LeaseTTL. Calls made after Close decide with local state.
+func (l *Limiter) Close() error {
+	l.cancel()
+	l.wg.Wait()
+	if l.redis == nil {
+		return nil
+	}
+	if err := l.redis.close(); err != nil {
+		return fmt.Errorf("close redis client: %w", err)
+	}
+	return nil
+}
+
+// Authenticate returns the key a request presents in "Authorization:
+// Bearer KEY" or, when that header carries no bearer token, in X-API-Key.
+// It compares the SHA-256 of the presented key with the configured digests.
+//
+// It returns (nil, nil) for a request without a key when auth.required is
+// false, which Admit then limits by client address. It returns
+// ErrMissingKey for a request without a key when auth.required is true, and
+// ErrUnknownKey for a presented key that matches none, even when
+// auth.required is false: a client that sends a wrong key is told so rather
+// than being served anonymously under other limits. When no keys are
+// configured and auth.required is false, every request is anonymous and
+// presented keys are ignored, as Ollama ignores them, because OpenAI
+// clients always send one.
+func (l *Limiter) Authenticate(authorization, xAPIKey []byte) (*Key, error) {
+	return l.keys.authenticate(authorization, xAPIKey)
+}
+
+// Keys returns the configured keys in configuration order.
+func (l *Limiter) Keys() []*Key { return append([]*Key(nil), l.keys.ordered...) }
+
+// ClientAddr returns the address that limits a request without a key. It is
+// the peer address, unless the peer is one of rate_limit.trusted_proxies:
+// then it is the right-most X-Forwarded-For address that is not a trusted
+// proxy, because every address left of it was written by the client itself.
+// xForwardedFor holds every X-Forwarded-For header of the request, joined
+// with commas. IPv4-mapped IPv6 addresses are returned as IPv4. It returns
+// "" for a nil peer, which puts all such requests under one limit.
+func (l *Limiter) ClientAddr(peer net.IP, xForwardedFor []byte) string {
+	return l.proxies.clientAddr(peer, xForwardedFor)
+}
+
+// Request describes one request to Admit.
+type Request struct {
+	// Key is the key from Authenticate; nil for a request without a key.
+	Key *Key
+	// Addr is the client address from ClientAddr. It limits requests
+	// without a key and is unused for requests with one.
+	Addr string
+	// Tokens is the number of tokens the request may generate, from
+	// num_predict or max_tokens. Zero or less means
+	// rate_limit.default_token_estimate. A reservation larger than
+	// tokens_per_minute or monthly_tokens is cut to that limit, so that a
+	// request is never rejected forever; settling charges the real count.
+	Tokens int64
+	// Model is the model label of llmproxy_tokens_total, already bounded by
+	// the caller; empty means metrics.OtherModel.
+	Model string
+}
+
+// admission is one Admit call with every value the stores need.
+type admission struct {
+	now       time.Time
+	nowMicros int64
+	key       *Key   // nil without a key
+	subject   string // names the state: "k:" + key name or "a:" + address
+	label     string // key label of the metrics
+	model     string
+	id        string // reservation ID, unique across instances; keys only
+
+	rate          rate
+	tpm           int64 // tokens_per_minute; 0: no limit
+	tpmNeed       int64 // tokens reserved in the token window
+	concurrency   int64 // max_concurrent; 0: no limit
+	monthTokens   int64 // monthly_tokens; 0: no limit
+	monthRequests int64 // monthly_requests; 0: no limit
+	monthNeed     int64 // tokens reserved in the month
+	month         string
+	monthEnd      time.Time
+}
+
+func (l *Limiter) newAdmission(req Request) *admission {
+	now := l.now()
+	a := &admission{now: now, nowMicros: now.UnixMicro(), key: req.Key, model: req.Model}
+	a.month, a.monthEnd = monthOf(now)
+	if a.model == "" {
+		a.model = metrics.OtherModel
+	}
+	if req.Key == nil {
+		a.subject, a.label, a.rate = addrSubject(req.Addr), AnonymousLabel, l.anonRate
+		return a
+	}
+	k := req.Key
+	need := req.Tokens
+	if need <= 0 {
+		need = l.defaultEstimate
+	}
+	a.subject, a.label, a.rate = "k:"+k.Name, k.Name, k.rate
+	a.id = l.instanceID + "-" + strconv.FormatUint(l.seq.Add(1), 36)
+	a.tpm = k.limits.TokensPerMinute
+	a.tpmNeed = capAt(need, a.tpm)
+	a.concurrency = int64(k.limits.MaxConcurrent)
+	a.monthTokens, a.monthRequests = k.limits.MonthlyTokens, k.limits.MonthlyRequests
+	a.monthNeed = capAt(need, a.monthTokens)
+	return a
+}
+
+// capAt returns n, cut to limit when limit is set.
+func capAt(n, limit int64) int64 {
+	if limit > 0 {
+		return min(n, limit)
+	}
+	return n
+}
+
+// addrSubject names the state of a client address. IPv6 addresses share
+// the state of their /64.
+func addrSubject(addr string) string {
+	a, err := netip.ParseAddr(addr)
+	if err == nil && a.Is6() && !a.Is4In6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return "a:" + p.String()
+	}
+	return "a:" + addr
+}
+
+// Admit checks a request against every limit that applies to it, before it
+// is queued. When the request is admitted, it takes its share of each
+// limit, and the returned Reservation must be settled with Settle or
+// Release once the response ends. When it is rejected, it takes nothing
+// and the Reservation is nil. The Decision carries the header values for
+// either case.
+//
+// With Redis the check is one script call, bounded by redis.timeout. If
+// Redis fails, or ctx ends first, the local state decides, so Admit never
+// fails.
+func (l *Limiter) Admit(ctx context.Context, req Request) (Decision, *Reservation) {
+	a := l.newAdmission(req)
+	var (
+		out    outcome
+		entry  *windowEntry
+		shared bool
+	)
+	if a.key == nil && !a.rate.on() {
+		out.allowed = true
+	} else {
+		out, entry, shared = l.check(ctx, a)
+	}
+	d := decide(a, &out)
+	if !d.Allowed {
+		l.countRejected(a.label, d.Limit)
+		return d, nil
+	}
+	return d, l.reserve(a, entry, shared)
+}
+
+// check runs the admission in Redis when it is available and in the local
+// store otherwise; shared reports whether Redis decided.
+func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntry, bool) {
+	if l.useRedis(a.now) {
+		var floorTokens, floorRequests int64
+		if a.key != nil {
+			_, floorTokens, floorRequests = l.local.snapshot(a.key, a.month)
+		}
+		out, err := l.redis.admit(ctx, a, floorTokens, floorRequests)
+		if err == nil {
+			l.health.succeeded()
+			l.local.mirror(a, &out)
+			return out, nil, true
+		}
+		l.redisFailed(ctx, a.now, err)
+	}
+	out, entry := l.local.admit(a)
+	return out, entry, false
+}
+
+// useRedis reports whether a call at now should go to Redis, and counts a
+// fallback when Redis is configured but down.
+func (l *Limiter) useRedis(now time.Time) bool {
+	if l.redis == nil || l.ctx.Err() != nil {
+		return false
+	}
+	if l.health.shouldTry(now) {
+		return true
+	}
+	l.countFallback()
+	return false
+}
+
+// redisFailed records a failed Redis call and its fallback, unless the call
+// failed because ctx ended or the Limiter closed, which says nothing about
+// Redis.
+func (l *Limiter) redisFailed(ctx context.Context, now time.Time, err error) {
+	if ctx.Err() != nil || l.ctx.Err() != nil {
+		return
+	}
+	l.health.failed(now, err)
+	l.countFallback()
+}
+
+func (l *Limiter) reserve(a *admission, entry *windowEntry, shared bool) *Reservation {
+	r := &Reservation{
+		l:         l,
+		key:       a.key,
+		label:     a.label,
+		model:     a.model,
+		id:        a.id,
+		month:     a.month,
+		tpmNeed:   a.tpmNeed,
+		monthNeed: a.monthNeed,
+		shared:    shared,
+		entry:     entry,
+	}
+	if shared && a.key != nil {
+		l.leases.add(a.id, l.redis.leaseKey(a.key))
+	}
+	return r
+}
+
+func (l *Limiter) countRejected(label string, limit Limit) {
+	if l.metrics != nil {
+		l.metrics.RateLimited.WithLabelValues(label, string(limit)).Inc()
+	}
+}
+
+func (l *Limiter) countFallback() {
+	if l.metrics != nil {
+		l.metrics.RedisFallback.WithLabelValues("ratelimit").Inc()
+	}
+}

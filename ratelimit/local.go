@@ -1,0 +1,187 @@
+package ratelimit
+
+import (
+	"sync"
+)
+
+// addrSweepMicros is how often the per-address states whose bucket is full
+// again are dropped, so that the map stays as small as the set of recent
+// clients.
+const addrSweepMicros = 60_000_000
+
+// localStore holds the limits of one instance in memory. It decides alone
+// without Redis and during a Redis outage. It also counts, in every mode,
+// the requests this instance has in flight and the last monthly counts read
+// from Redis, so that a fallback continues from them.
+type localStore struct {
+	keys map[string]*localKey // by key name, fixed at construction
+
+	addrsMu sync.Mutex
+	addrs   map[string]int64 // GCRA time by client subject
+	sweepAt int64            // next sweep of addrs, microseconds
+}
+
+// localKey is the state of one key.
+type localKey struct {
+	mu            sync.Mutex
+	tat           int64
+	window        tokenLog
+	inflight      int64
+	month         string // month of monthTokens and monthRequests, "2006-01"
+	monthTokens   int64
+	monthRequests int64
+}
+
+func newLocalStore(keys []*Key) *localStore {
+	s := &localStore{
+		keys:  make(map[string]*localKey, len(keys)),
+		addrs: make(map[string]int64),
+	}
+	for _, k := range keys {
+		s.keys[k.Name] = &localKey{}
+	}
+	return s
+}
+
+// admit checks and, when every limit passes, consumes the request's share.
+// It returns the token window entry of the reservation, if any.
+func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
+	if a.key == nil {
+		return s.admitAddr(a), nil
+	}
+	k := s.keys[a.key.Name]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+
+	var out outcome
+	tat := k.tat
+	if a.rate.on() {
+		tat, out.slots[slotRequests] = a.rate.check(k.tat, a.nowMicros)
+	}
+	if a.tpm > 0 {
+		out.slots[slotTokens] = k.window.check(a.tpm, a.tpmNeed, a.nowMicros)
+	}
+	if a.concurrency > 0 {
+		out.slots[slotConcurrency] = concurrencyStatus(k.inflight, a.concurrency)
+	}
+	k.rollMonthLocked(a.month)
+	checkMonthly(a, &out, k.monthTokens, k.monthRequests)
+	out.allowed = !out.anyExceeded()
+	if !out.allowed {
+		out.monthTokens, out.monthRequests = k.monthTokens, k.monthRequests
+		return out, nil
+	}
+
+	// Every limit passed: consume.
+	var entry *windowEntry
+	k.tat = tat
+	if a.tpm > 0 {
+		entry = k.window.add(a.nowMicros, a.tpmNeed)
+	}
+	k.inflight++
+	k.monthTokens += a.monthNeed
+	k.monthRequests++
+	out.monthTokens, out.monthRequests = k.monthTokens, k.monthRequests
+	return out, entry
+}
+
+// checkMonthly fills the monthly slots of out from the month's counts.
+func checkMonthly(a *admission, out *outcome, tokens, requests int64) {
+	if a.monthTokens > 0 {
+		out.slots[slotMonthlyTokens] = quotaStatus(tokens, a.monthNeed, a.monthTokens)
+	}
+	if a.monthRequests > 0 {
+		out.slots[slotMonthlyRequests] = quotaStatus(requests, 1, a.monthRequests)
+	}
+}
+
+// rollMonthLocked starts a new month's counts when month is later than the
+// stored one.
+func (k *localKey) rollMonthLocked(month string) {
+	if month > k.month {
+		k.month, k.monthTokens, k.monthRequests = month, 0, 0
+	}
+}
+
+func (s *localStore) admitAddr(a *admission) outcome {
+	s.addrsMu.Lock()
+	defer s.addrsMu.Unlock()
+	s.sweepLocked(a.nowMicros)
+	tat, st := a.rate.check(s.addrs[a.subject], a.nowMicros)
+	if !st.exceeded {
+		s.addrs[a.subject] = tat
+	}
+	out := outcome{allowed: !st.exceeded}
+	out.slots[slotRequests] = st
+	return out
+}
+
+// sweepLocked drops the clients whose bucket is full again, which is the
+// same state as no entry.
+func (s *localStore) sweepLocked(now int64) {
+	if now < s.sweepAt {
+		return
+	}
+	for subject, tat := range s.addrs {
+		if tat <= now {
+			delete(s.addrs, subject)
+		}
+	}
+	s.sweepAt = now + addrSweepMicros
+}
+
+// mirror records a request that Redis admitted: it holds a slot of this
+// instance, and the month's counts are the shared ones.
+func (s *localStore) mirror(a *admission, out *outcome) {
+	if a.key == nil {
+		return
+	}
+	k := s.keys[a.key.Name]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.inflight++
+	k.setMonthLocked(a.month, out.monthTokens, out.monthRequests)
+}
+
+// mirrorMonth stores monthly counts read from Redis.
+func (s *localStore) mirrorMonth(key *Key, month string, tokens, requests int64) {
+	k := s.keys[key.Name]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.setMonthLocked(month, tokens, requests)
+}
+
+func (k *localKey) setMonthLocked(month string, tokens, requests int64) {
+	k.rollMonthLocked(month)
+	if month == k.month {
+		k.monthTokens, k.monthRequests = tokens, requests
+	}
+}
+
+// settle frees the slot of r and corrects its token window entry, if the
+// local store admitted it, by the actual tokens used. With correctMonth set
+// it also corrects the month's token count; a caller that has just stored
+// the shared counts from Redis leaves it unset.
+func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth bool) {
+	k := s.keys[r.key.Name]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.inflight--
+	if r.entry != nil {
+		k.window.adjust(r.entry, actual-r.tpmNeed, now)
+	}
+	if correctMonth && r.month == k.month {
+		k.monthTokens = max(0, k.monthTokens+actual-r.monthNeed)
+	}
+}
+
+// snapshot returns the in-flight and monthly counts of key for month.
+func (s *localStore) snapshot(key *Key, month string) (inflight, tokens, requests int64) {
+	k := s.keys[key.Name]
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.month == month {
+		tokens, requests = k.monthTokens, k.monthRequests
+	}
+	return k.inflight, tokens, requests
+}

@@ -1,0 +1,240 @@
+package ratelimit
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/config"
+)
+
+var (
+	//go:embed admit.lua
+	admitSource string
+	//go:embed settle.lua
+	settleSource string
+
+	admitScript  = redis.NewScript(admitSource)
+	settleScript = redis.NewScript(settleSource)
+)
+
+// defaultRedisTimeout applies when redis.timeout is zero, as config does.
+const defaultRedisTimeout = 50 * time.Millisecond
+
+// monthKeyGrace keeps a month's counters in Redis this long after the month
+// ends, so that operators can still read the last month.
+const monthKeyGrace = 35 * 24 * time.Hour
+
+// errBadReply means a script returned a reply of the wrong shape.
+var errBadReply = errors.New("unexpected reply from rate limit script")
+
+// redisStore runs the limit scripts on Redis.
+type redisStore struct {
+	client   *redis.Client
+	prefix   string
+	timeout  time.Duration
+	leaseTTL time.Duration
+}
+
+func newRedisStore(cfg config.Redis, leaseTTL time.Duration) *redisStore {
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = defaultRedisTimeout
+	}
+	client := redis.NewClient(&redis.Options{
+		Addr:                  cfg.Addr,
+		Password:              cfg.Password,
+		DB:                    cfg.DB,
+		DialTimeout:           timeout,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+		PoolTimeout:           timeout,
+		ContextTimeoutEnabled: true,
+		// A retried admission could run twice after a timeout whose
+		// script had run, so a failed call falls back instead.
+		MaxRetries:      -1,
+		DisableIdentity: true,
+	})
+	return &redisStore{client: client, prefix: cfg.KeyPrefix, timeout: timeout, leaseTTL: leaseTTL}
+}
+
+// Indexes of the Redis keys of one subject; the scripts use the same order.
+const (
+	keyRate = iota
+	keyWindowTimes
+	keyWindowAmounts
+	keyWindowSum
+	keyLeases
+	keyMonth
+	numKeys
+)
+
+// keyNames returns the Redis keys of subject for month. The braces are a
+// Redis Cluster hash tag that puts every key of a subject in one slot, which
+// a script touching them all requires.
+func (s *redisStore) keyNames(subject, month string) []string {
+	base := s.prefix + "rl:{" + subject + "}:"
+	names := make([]string, numKeys)
+	names[keyRate] = base + "rate"
+	names[keyWindowTimes] = base + "tpm:at"
+	names[keyWindowAmounts] = base + "tpm:tokens"
+	names[keyWindowSum] = base + "tpm:sum"
+	names[keyLeases] = base + "leases"
+	names[keyMonth] = base + "month:" + month
+	return names
+}
+
+// admit runs the admission script for a. floorTokens and floorRequests are
+// this instance's last known monthly counts.
+func (s *redisStore) admit(ctx context.Context, a *admission, floorTokens, floorRequests int64) (outcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	keyed := a.key != nil
+	args := []any{
+		a.nowMicros, a.rate.interval, a.rate.burst,
+		a.tpm, a.tpmNeed, tokenWindowMicros, a.id,
+		flag(keyed), a.concurrency, s.leaseTTL.Microseconds(),
+		flag(keyed), a.monthTokens, a.monthRequests, a.monthNeed,
+		floorTokens, floorRequests, monthKeyTTL(a.now, a.monthEnd),
+	}
+	reply, err := admitScript.Run(ctx, s.client, s.keyNames(a.subject, a.month), args...).Int64Slice()
+	if err != nil {
+		return outcome{}, fmt.Errorf("run admission script: %w", err)
+	}
+	return parseAdmitReply(reply)
+}
+
+func parseAdmitReply(reply []int64) (outcome, error) {
+	if len(reply) != 1+4*numSlots+2 {
+		return outcome{}, fmt.Errorf("admission script returned %d values: %w", len(reply), errBadReply)
+	}
+	out := outcome{allowed: reply[0] == 1}
+	for i := range out.slots {
+		v := reply[1+4*i : 5+4*i]
+		out.slots[i] = status{exceeded: v[0] == 1, remaining: v[1], reset: v[2], retry: v[3]}
+	}
+	out.monthTokens, out.monthRequests = reply[1+4*numSlots], reply[2+4*numSlots]
+	return out, nil
+}
+
+// settle runs the settlement script for r with actual tokens used and
+// returns the month's token and request counts.
+func (s *redisStore) settle(ctx context.Context, r *Reservation, actual int64, now time.Time) (int64, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	_, monthEnd := monthOf(now)
+	args := []any{
+		now.UnixMicro(), r.id, actual - r.tpmNeed, tokenWindowMicros,
+		flag(r.key.limits.TokensPerMinute > 0), flag(true), flag(true), actual - r.monthNeed,
+		monthKeyTTL(now, monthEnd),
+	}
+	names := s.keyNames("k:"+r.key.Name, r.month)
+	keys := []string{
+		names[keyWindowTimes], names[keyWindowAmounts], names[keyWindowSum],
+		names[keyLeases], names[keyMonth],
+	}
+	reply, err := settleScript.Run(ctx, s.client, keys, args...).Int64Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("run settlement script: %w", err)
+	}
+	if len(reply) != 2 {
+		return 0, 0, fmt.Errorf("settlement script returned %d values: %w", len(reply), errBadReply)
+	}
+	return reply[0], reply[1], nil
+}
+
+// renew moves the expiry of the leases, by reservation id, to now plus the
+// lease TTL. A lease that has already expired is not renewed, because
+// another instance may have taken its slot.
+func (s *redisStore) renew(ctx context.Context, leases map[string]string, now time.Time) error {
+	if len(leases) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	expiry := float64(now.Add(s.leaseTTL).UnixMicro())
+	keys := make(map[string]bool)
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for id, key := range leases {
+			p.ZAddXX(ctx, key, redis.Z{Score: expiry, Member: id})
+			keys[key] = true
+		}
+		for key := range keys {
+			p.PExpire(ctx, key, 2*s.leaseTTL)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("renew %d leases: %w", len(leases), err)
+	}
+	return nil
+}
+
+// leaseKey returns the Redis key of the leases of key.
+func (s *redisStore) leaseKey(key *Key) string {
+	return s.prefix + "rl:{k:" + key.Name + "}:leases"
+}
+
+// usageCounts is what Redis holds about one key.
+type usageCounts struct {
+	tokens, requests, inflight int64
+}
+
+// usage reads the month's counts and the live leases of each key.
+func (s *redisStore) usage(ctx context.Context, keys []*Key, now time.Time) ([]usageCounts, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	month, _ := monthOf(now)
+	live := fmt.Sprintf("(%d", now.UnixMicro())
+	months := make([]*redis.SliceCmd, len(keys))
+	leases := make([]*redis.IntCmd, len(keys))
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			names := s.keyNames("k:"+k.Name, month)
+			months[i] = p.HMGet(ctx, names[keyMonth], "t", "r")
+			leases[i] = p.ZCount(ctx, names[keyLeases], live, "+inf")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read usage of %d keys: %w", len(keys), err)
+	}
+	counts := make([]usageCounts, len(keys))
+	for i := range keys {
+		v := months[i].Val()
+		counts[i] = usageCounts{
+			tokens:   parseCount(v[0]),
+			requests: parseCount(v[1]),
+			inflight: leases[i].Val(),
+		}
+	}
+	return counts, nil
+}
+
+// parseCount reads a counter from an HMGET reply, where a missing field is
+// nil and counts as zero.
+func parseCount(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+func (s *redisStore) close() error { return s.client.Close() }
+
+func flag(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// monthKeyTTL is how long the counters of the month ending at monthEnd stay
+// in Redis, in whole seconds.
+func monthKeyTTL(now, monthEnd time.Time) int64 {
+	return int64((monthEnd.Sub(now) + monthKeyGrace) / time.Second)
+}

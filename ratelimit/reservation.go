@@ -1,0 +1,101 @@
+package ratelimit
+
+import (
+	"sync/atomic"
+)
+
+// Reservation is the share of the limits an admitted request holds: a
+// concurrency slot and its reserved tokens. Settle or Release it exactly
+// once when the response ends; later calls do nothing, so a deferred
+// Release after Settle is safe. Methods on a nil Reservation do nothing.
+type Reservation struct {
+	l         *Limiter
+	key       *Key // nil without a key
+	label     string
+	model     string
+	id        string
+	month     string // month the tokens were reserved in
+	tpmNeed   int64
+	monthNeed int64
+	shared    bool         // admitted by Redis
+	entry     *windowEntry // token window entry of a local admission
+
+	done atomic.Bool
+}
+
+// Key returns the key of the request, nil for a request without a key.
+func (r *Reservation) Key() *Key {
+	if r == nil {
+		return nil
+	}
+	return r.key
+}
+
+// Settle ends the request with the token counts the node reported, its
+// prompt_eval_count and eval_count (or the usage of an OpenAI response),
+// for streamed responses the counts of the final chunk. It charges the
+// difference between prompt + completion and the reservation to the token
+// limits, a refund when fewer were used, frees the concurrency slot, and
+// counts llmproxy_tokens_total. Negative counts count as zero. With Redis
+// it makes one script call, bounded by redis.timeout.
+func (r *Reservation) Settle(prompt, completion int64) {
+	if r == nil || !r.done.CompareAndSwap(false, true) {
+		return
+	}
+	r.l.settle(r, max(0, prompt), max(0, completion))
+}
+
+// Release ends a request that used no tokens, such as one that failed
+// before a node answered: it refunds the whole token reservation and frees
+// the slot. The request still counts towards the request rate and
+// monthly_requests.
+func (r *Reservation) Release() { r.Settle(0, 0) }
+
+func (l *Limiter) settle(r *Reservation, prompt, completion int64) {
+	l.countTokens(r, prompt, completion)
+	if r.key == nil {
+		return
+	}
+	actual := prompt + completion
+	now := l.now()
+	if !r.shared {
+		l.local.settle(r, actual, now.UnixMicro(), true)
+		return
+	}
+	l.leases.remove(r.id)
+	stored := l.settleShared(r, actual)
+	l.local.settle(r, actual, now.UnixMicro(), !stored)
+}
+
+// settleShared settles a reservation Redis admitted and reports whether
+// Redis stored it.
+//
+// NOTE: when Redis is down at settlement, the token correction is lost for
+// the other instances and the slot stays taken until its lease expires; the
+// local monthly counts still get the correction.
+func (l *Limiter) settleShared(r *Reservation, actual int64) bool {
+	now := l.now()
+	if !l.useRedis(now) {
+		return false
+	}
+	tokens, requests, err := l.redis.settle(l.ctx, r, actual, now)
+	if err != nil {
+		l.redisFailed(l.ctx, now, err)
+		return false
+	}
+	l.health.succeeded()
+	l.local.mirrorMonth(r.key, r.month, tokens, requests)
+	return true
+}
+
+func (l *Limiter) countTokens(r *Reservation, prompt, completion int64) {
+	if l.metrics == nil {
+		return
+	}
+	if prompt > 0 {
+		l.metrics.Tokens.WithLabelValues(r.label, r.model, "prompt").Add(float64(prompt))
+	}
+	if completion > 0 {
+		l.metrics.Tokens.WithLabelValues(r.label, r.model, "completion").Add(float64(completion))
+	}
+}

@@ -1,0 +1,63 @@
+-- Settlement of one admitted request: frees its lease and corrects its
+-- token reservation by the tokens the node reported. Times are microseconds
+-- from the caller's clock.
+--
+-- KEYS[1..4] as in admit.lua: token window times, amounts and sum, leases.
+-- KEYS[5] month counters of the month the request was admitted in.
+--
+-- ARGV: now, reservation id, window correction (tokens, may be negative),
+-- window length, window (1: the key has tokens_per_minute), lease (1:
+-- free it), monthly (1: counted), month correction, month key TTL seconds.
+--
+-- Reply: the month's token and request counts after the correction.
+
+local now = tonumber(ARGV[1])
+local id = ARGV[2]
+local delta = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local in_window = ARGV[5] == '1'
+local lease = ARGV[6] == '1'
+local monthly = ARGV[7] == '1'
+local month_delta = tonumber(ARGV[8])
+local month_ttl = tonumber(ARGV[9])
+
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+if lease then
+  redis.call('ZREM', KEYS[4], id)
+end
+
+if in_window and delta ~= 0 then
+  local old = tonumber(redis.call('HGET', KEYS[2], id))
+  if old then
+    local amount = math.max(0, old + delta)
+    redis.call('HSET', KEYS[2], id, int(amount))
+    redis.call('INCRBY', KEYS[3], int(amount - old))
+  elseif delta > 0 then
+    -- The reservation has left the window: the extra tokens count from now.
+    local extra = id .. '+'
+    redis.call('ZADD', KEYS[1], int(now), extra)
+    redis.call('HSET', KEYS[2], extra, int(delta))
+    redis.call('INCRBY', KEYS[3], int(delta))
+    for k = 1, 3 do
+      redis.call('PEXPIRE', KEYS[k], int(2 * window / 1000))
+    end
+  end
+end
+
+local t, r = 0, 0
+if monthly then
+  if month_delta ~= 0 then
+    t = redis.call('HINCRBY', KEYS[5], 't', int(month_delta))
+    if t < 0 then
+      redis.call('HSET', KEYS[5], 't', 0)
+    end
+    redis.call('EXPIRE', KEYS[5], int(month_ttl))
+  end
+  local v = redis.call('HMGET', KEYS[5], 't', 'r')
+  t = tonumber(v[1]) or 0
+  r = tonumber(v[2]) or 0
+end
+return {t, r}
