@@ -1,0 +1,298 @@
+package ollamasim
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+type generateRequest struct {
+	Model     string            `json:"model"`
+	Prompt    string            `json:"prompt"`
+	Suffix    string            `json:"suffix"`
+	System    string            `json:"system"`
+	Template  string            `json:"template"`
+	Context   []int             `json:"context"`
+	Stream    *bool             `json:"stream"`
+	Raw       bool              `json:"raw"`
+	Format    json.RawMessage   `json:"format"`
+	KeepAlive json.RawMessage   `json:"keep_alive"`
+	Images    []json.RawMessage `json:"images"`
+	Options   map[string]any    `json:"options"`
+	Think     json.RawMessage   `json:"think"`
+}
+
+// generateLine is one line of /api/generate. Intermediate lines leave the
+// optional fields empty; the final line fills them.
+type generateLine struct {
+	Model      string `json:"model"`
+	CreatedAt  string `json:"created_at"`
+	Response   string `json:"response"`
+	Done       bool   `json:"done"`
+	DoneReason string `json:"done_reason,omitempty"`
+	Context    []int  `json:"context,omitempty"`
+	*metrics
+}
+
+type chatRequest struct {
+	Model     string          `json:"model"`
+	Messages  []chatMessageIn `json:"messages"`
+	Stream    *bool           `json:"stream"`
+	Format    json.RawMessage `json:"format"`
+	KeepAlive json.RawMessage `json:"keep_alive"`
+	Tools     json.RawMessage `json:"tools"`
+	Options   map[string]any  `json:"options"`
+	Think     json.RawMessage `json:"think"`
+}
+
+type chatMessageIn struct {
+	Role      string            `json:"role"`
+	Content   string            `json:"content"`
+	Images    []json.RawMessage `json:"images"`
+	ToolCalls json.RawMessage   `json:"tool_calls"`
+	ToolName  string            `json:"tool_name"`
+}
+
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// chatLine is one line of /api/chat.
+type chatLine struct {
+	Model      string      `json:"model"`
+	CreatedAt  string      `json:"created_at"`
+	Message    chatMessage `json:"message"`
+	Done       bool        `json:"done"`
+	DoneReason string      `json:"done_reason,omitempty"`
+	*metrics
+}
+
+// turn is one chat message reduced to what the prompt template uses.
+type turn struct {
+	role    string
+	content string
+}
+
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req generateRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeAPIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, opts, ok := s.newCompletion(w, start, modelRequest{
+		model:      req.Model,
+		keepAlive:  req.KeepAlive,
+		options:    req.Options,
+		capability: "generate",
+	})
+	if !ok {
+		return
+	}
+
+	now := func() string { return timestamp(s.cfg.Now()) }
+	if req.Prompt == "" && len(req.Images) == 0 {
+		s.loadOrUnload(w, r, c, len(req.KeepAlive) > 0 && c.keepAlive == 0, func(reason string) any {
+			return generateLine{Model: req.Model, CreatedAt: now(), Done: true, DoneReason: reason}
+		})
+		return
+	}
+
+	c.prompt = append(slices.Clone(req.Context), tokenize(renderGenerate(req))...)
+	c.seed = s.completionSeed(req.Model, c.prompt, opts)
+	c.numPredict = opts.numPredict
+	c.asJSON = hasFormat(req.Format)
+	final := func(text string, o *outcome) generateLine {
+		return generateLine{
+			Model:      req.Model,
+			CreatedAt:  now(),
+			Response:   text,
+			Done:       true,
+			DoneReason: o.doneReason,
+			Context:    o.tokens,
+			metrics:    o.metrics(),
+		}
+	}
+	s.respondCompletion(w, r, c, answer{
+		stream: req.Stream == nil || *req.Stream,
+		chunk: func(piece string) any {
+			return generateLine{Model: req.Model, CreatedAt: now(), Response: piece}
+		},
+		final: func(o *outcome) []any { return []any{final("", o)} },
+		whole: func(text string, o *outcome) any { return final(text, o) },
+	})
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var req chatRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeAPIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, opts, ok := s.newCompletion(w, start, modelRequest{
+		model:      req.Model,
+		keepAlive:  req.KeepAlive,
+		options:    req.Options,
+		capability: "chat",
+	})
+	if !ok {
+		return
+	}
+
+	now := func() string { return timestamp(s.cfg.Now()) }
+	assistant := func(content string) chatMessage {
+		return chatMessage{Role: "assistant", Content: content}
+	}
+	if len(req.Messages) == 0 {
+		s.loadOrUnload(w, r, c, len(req.KeepAlive) > 0 && c.keepAlive == 0, func(reason string) any {
+			return chatLine{Model: req.Model, CreatedAt: now(), Message: assistant(""), Done: true, DoneReason: reason}
+		})
+		return
+	}
+
+	turns := make([]turn, 0, len(req.Messages))
+	for _, m := range req.Messages {
+		turns = append(turns, turn{role: m.Role, content: m.Content})
+	}
+	c.prompt = tokenize(renderChat(turns, req.Tools))
+	c.seed = s.completionSeed(req.Model, c.prompt, opts)
+	c.numPredict = opts.numPredict
+	c.asJSON = hasFormat(req.Format)
+	final := func(text string, o *outcome) chatLine {
+		return chatLine{
+			Model:      req.Model,
+			CreatedAt:  now(),
+			Message:    assistant(text),
+			Done:       true,
+			DoneReason: o.doneReason,
+			metrics:    o.metrics(),
+		}
+	}
+	s.respondCompletion(w, r, c, answer{
+		stream: req.Stream == nil || *req.Stream,
+		chunk: func(piece string) any {
+			return chatLine{Model: req.Model, CreatedAt: now(), Message: assistant(piece)}
+		},
+		final: func(o *outcome) []any { return []any{final("", o)} },
+		whole: func(text string, o *outcome) any { return final(text, o) },
+	})
+}
+
+// modelRequest holds the fields every inference request shares.
+type modelRequest struct {
+	model     string
+	keepAlive json.RawMessage
+	options   map[string]any
+	// capability is the capability the model needs, "generate" or "chat",
+	// and "" for embeddings, which any model serves as in Ollama.
+	capability string
+	openAI     bool // answer errors in OpenAI's shape
+}
+
+// newCompletion checks the model and options of a request, and answers the
+// request itself when they are invalid.
+func (s *Server) newCompletion(w http.ResponseWriter, start time.Time, mr modelRequest) (*completion, options, bool) {
+	entry, ok := s.lookupModel(w, mr.model, mr.openAI)
+	if !ok {
+		return nil, options{}, false
+	}
+	if mr.capability != "" && entry.spec.Embedding {
+		message := fmt.Sprintf("%q does not support %s", mr.model, mr.capability)
+		writeError(w, mr.openAI, http.StatusBadRequest, message)
+		return nil, options{}, false
+	}
+	keepAlive, err := s.parseKeepAlive(mr.keepAlive)
+	if err != nil {
+		writeError(w, mr.openAI, http.StatusBadRequest, err.Error())
+		return nil, options{}, false
+	}
+	opts, err := parseOptions(mr.options)
+	if err != nil {
+		writeError(w, mr.openAI, http.StatusBadRequest, err.Error())
+		return nil, options{}, false
+	}
+	return &completion{
+		entry:     entry,
+		numCtx:    s.contextLength(entry.spec, opts.numCtx),
+		keepAlive: keepAlive,
+		start:     start,
+	}, opts, true
+}
+
+// lookupModel returns the model a request names, or answers 400 when it
+// names none and 404 when the node does not have it.
+func (s *Server) lookupModel(w http.ResponseWriter, name string, openAI bool) (*modelEntry, bool) {
+	if name == "" {
+		writeError(w, openAI, http.StatusBadRequest, "model is required")
+		return nil, false
+	}
+	entry := s.models.get(name)
+	if entry == nil {
+		writeError(w, openAI, http.StatusNotFound, notFoundMessage(name))
+		return nil, false
+	}
+	return entry, true
+}
+
+// notFoundMessage is the wording of Ollama versions newer than 0.25 for a
+// model the node does not have; 0.25 says "model 'NAME' not found".
+func notFoundMessage(name string) string {
+	return fmt.Sprintf("model %q not found, try pulling it first", name)
+}
+
+// loadOrUnload answers a request without a prompt: keep_alive 0 unloads the
+// model (done_reason "unload"), anything else loads it ("load").
+func (s *Server) loadOrUnload(w http.ResponseWriter, r *http.Request, c *completion, unload bool, reply func(reason string) any) {
+	if unload {
+		s.sched.expireNow(c.entry.key)
+		writeJSON(w, http.StatusOK, contentJSON, reply("unload"))
+		return
+	}
+	if err := s.preload(r.Context(), c); err != nil {
+		s.completionFailed(w, r, false, false, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, contentJSON, reply("load"))
+}
+
+// renderGenerate applies the chat template to a generate request; raw
+// requests bypass it.
+func renderGenerate(req generateRequest) string {
+	if req.Raw {
+		return req.Prompt
+	}
+	var turns []turn
+	if req.System != "" {
+		turns = append(turns, turn{role: "system", content: req.System})
+	}
+	turns = append(turns, turn{role: "user", content: req.Prompt})
+	return renderChat(turns, nil)
+}
+
+// renderChat applies the chat template to messages. Tools go first in a
+// system message, which makes them count as prompt tokens.
+func renderChat(turns []turn, tools json.RawMessage) string {
+	var b strings.Builder
+	if hasFormat(tools) && !bytes.Equal(bytes.TrimSpace(tools), []byte("[]")) {
+		writeTurn(&b, turn{role: "system", content: "Tools: " + string(tools)})
+	}
+	for _, t := range turns {
+		writeTurn(&b, t)
+	}
+	b.WriteString("<|im_start|>assistant\n")
+	return b.String()
+}
+
+func writeTurn(b *strings.Builder, t turn) {
+	b.WriteString("<|im_start|>")
+	b.WriteString(t.role)
+	b.WriteString("\n")
+	b.WriteString(t.content)
+	b.WriteString("<|im_end|>\n")
+}

@@ -1,0 +1,358 @@
+package ollamasim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxRecordedBody bounds the copy of a request body LastRequest keeps. The
+// handler still reads the whole body.
+const maxRecordedBody = 16 << 20
+
+// Server is a simulated Ollama node. It implements http.Handler; Start
+// serves it on a TCP address. A Server is safe for concurrent use.
+type Server struct {
+	// Fixed at construction.
+	cfg      Config
+	mux      *http.ServeMux
+	control  *http.ServeMux
+	models   *modelStore
+	sched    *scheduler
+	rec      *recorder
+	faults   *faultState
+	hostname string
+	done     chan struct{} // closed by Close
+
+	rngMu sync.Mutex // guards rng
+	rng   *rand.Rand // seeds of varying answers and completion IDs
+
+	applyMu sync.Mutex // serialises fault changes and guards running
+	running *Running
+
+	handlers  handlerTracker
+	closeOnce sync.Once
+}
+
+// route describes a registered route for the middleware.
+type route struct {
+	name      string // the key of Stats.Requests
+	inference bool   // subject to the Busy, ErrorRate and delay faults
+	openAI    bool   // errors in OpenAI's shape
+}
+
+// New returns a node serving cfg. It panics when cfg.Validate reports an
+// error, because a Config is normally a literal in a test or comes from
+// flags that the caller validated.
+func New(cfg Config) *Server {
+	if err := cfg.Validate(); err != nil {
+		panic(fmt.Sprintf("ollamasim: invalid config: %v", err))
+	}
+	cfg = cfg.withDefaults()
+	hostname, _ := os.Hostname()
+	s := &Server{
+		cfg:      cfg,
+		mux:      http.NewServeMux(),
+		control:  http.NewServeMux(),
+		models:   newModelStore(cfg),
+		rec:      newRecorder(),
+		faults:   newFaultState(),
+		hostname: strings.ToLower(hostname),
+		done:     make(chan struct{}),
+		rng:      rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0xda3e39cb94b95bdb)),
+	}
+	s.sched = newScheduler(cfg, s.rec.changes.notify)
+	s.faults.set(cfg.Faults, s.clearFaults)
+	s.registerRoutes()
+	s.registerControlRoutes()
+	return s
+}
+
+func (s *Server) registerRoutes() {
+	general := func(name string) route { return route{name: name} }
+	inference := func(name string) route { return route{name: name, inference: true} }
+	openAI := func(name string, inference bool) route {
+		return route{name: name, inference: inference, openAI: true}
+	}
+
+	s.handle("GET /{$}", general("/"), s.handleRoot)
+	s.handle("GET /api/version", general("/api/version"), s.handleVersion)
+	s.handle("GET /api/tags", general("/api/tags"), s.handleTags)
+	s.handle("GET /api/ps", general("/api/ps"), s.handlePS)
+	s.handle("POST /api/show", general("/api/show"), s.handleShow)
+	s.handle("POST /api/generate", inference("/api/generate"), s.handleGenerate)
+	s.handle("POST /api/chat", inference("/api/chat"), s.handleChat)
+	s.handle("POST /api/embed", inference("/api/embed"), s.handleEmbed)
+	s.handle("POST /api/embeddings", inference("/api/embeddings"), s.handleEmbeddings)
+	s.handle("POST /api/pull", general("/api/pull"), s.handlePull)
+	s.handle("POST /api/push", general("/api/push"), s.handlePush)
+	s.handle("POST /api/create", general("/api/create"), s.handleCreate)
+	s.handle("POST /api/copy", general("/api/copy"), s.handleCopy)
+	s.handle("DELETE /api/delete", general("/api/delete"), s.handleDelete)
+	s.handle("HEAD /api/blobs/{digest}", general("/api/blobs/{digest}"), s.handleHeadBlob)
+	s.handle("POST /api/blobs/{digest}", general("/api/blobs/{digest}"), s.handlePostBlob)
+
+	s.handle("POST /v1/chat/completions", openAI("/v1/chat/completions", true), s.handleOpenAIChat)
+	s.handle("POST /v1/completions", openAI("/v1/completions", true), s.handleOpenAICompletion)
+	s.handle("POST /v1/embeddings", openAI("/v1/embeddings", true), s.handleOpenAIEmbeddings)
+	s.handle("GET /v1/models", openAI("/v1/models", false), s.handleOpenAIModels)
+	s.handle("GET /v1/models/{model...}", openAI("/v1/models/{model}", false), s.handleOpenAIModel)
+
+	s.handle("/", general(RouteUnmatched), s.handleUnmatched)
+}
+
+func (s *Server) handle(pattern string, rt route, h http.HandlerFunc) {
+	s.mux.Handle(pattern, s.middleware(rt, h))
+}
+
+// ServeHTTP serves the Ollama API and, under /_sim/, the control routes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/_sim/") {
+		s.control.ServeHTTP(w, r)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// middleware runs the phases every API request goes through before its
+// handler: tracking, recording, Ollama's origin and host checks, faults.
+func (s *Server) middleware(rt route, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Track the handler so Close can wait for it.
+		if !s.handlers.enter() {
+			writeError(w, rt.openAI, http.StatusServiceUnavailable, errServerClosed.Error())
+			return
+		}
+		defer s.handlers.exit()
+		s.rec.enter()
+		defer s.rec.exit()
+		start := time.Now()
+
+		// Count and copy the request before anything can reject it.
+		if err := s.record(rt.name, r); err != nil {
+			s.rec.noteCancelled()
+			return
+		}
+
+		// Ollama answers 403 with an empty body to a foreign origin or host.
+		if !s.originAllowed(r.Header.Get("Origin")) || !s.hostAllowed(r) {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+
+		if !s.passFaults(w, r, rt) {
+			return
+		}
+		h(w, r)
+		s.cfg.Logger.Debug("request served",
+			"method", r.Method,
+			"route", rt.name,
+			"remote_addr", r.RemoteAddr,
+			"duration", time.Since(start))
+	})
+}
+
+// record reads the body, counts the request and keeps a copy for
+// LastRequest. The handler reads the same bytes afterwards.
+func (s *Server) record(routeName string, r *http.Request) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return fmt.Errorf("read request body: %w", err)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+
+	kept := body
+	if len(kept) > maxRecordedBody {
+		kept = kept[:maxRecordedBody]
+	}
+	s.rec.received(routeName, bodyModel(body), RecordedRequest{
+		Method:     r.Method,
+		RequestURI: r.RequestURI,
+		Host:       r.Host,
+		Header:     r.Header.Clone(),
+		Body:       bytes.Clone(kept),
+	})
+	return nil
+}
+
+// bodyModel returns the "model" (or legacy "name") field of a JSON body, and
+// "" when there is none.
+func bodyModel(body []byte) string {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return ""
+	}
+	var fields struct {
+		Model string `json:"model"`
+		Name  string `json:"name"`
+	}
+	if json.Unmarshal(trimmed, &fields) != nil {
+		return ""
+	}
+	if fields.Model != "" {
+		return fields.Model
+	}
+	return fields.Name
+}
+
+// passFaults applies the active faults to a request and reports whether the
+// handler should run. It has answered the request when it returns false.
+func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bool {
+	f, changed := s.faults.get()
+	for f.Hang && !f.Refuse {
+		select {
+		case <-changed:
+			f, changed = s.faults.get()
+		case <-r.Context().Done():
+			s.rec.noteCancelled()
+			return false
+		case <-s.done:
+			return false
+		}
+	}
+	if f.Refuse {
+		// Close the connection without an answer. Start closes the listener
+		// too; this covers a bare handler and requests already accepted.
+		panic(http.ErrAbortHandler)
+	}
+	if !rt.inference {
+		return true
+	}
+
+	if err := s.pause(r.Context(), f.FirstByteDelay); err != nil {
+		s.rec.noteCancelled()
+		return false
+	}
+	if f.Busy {
+		writeError(w, rt.openAI, http.StatusServiceUnavailable, errServerBusy.Error())
+		return false
+	}
+	if s.faults.drawFailure() {
+		writeError(w, rt.openAI, f.errorStatus(), f.errorMessage())
+		return false
+	}
+	return true
+}
+
+// cutStream reports whether a stream that has sent frames frames must be cut
+// by the CutAfterChunks fault.
+func (s *Server) cutStream(frames int) bool {
+	f, _ := s.faults.get()
+	return f.CutAfterChunks > 0 && frames >= f.CutAfterChunks
+}
+
+// pause waits for d, or returns early with the context's error or
+// errServerClosed.
+func (s *Server) pause(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		return errServerClosed
+	}
+}
+
+// randomSeed returns the next value of the node's generator.
+func (s *Server) randomSeed() uint64 {
+	s.rngMu.Lock()
+	defer s.rngMu.Unlock()
+	return s.rng.Uint64()
+}
+
+// Faults returns the active faults.
+func (s *Server) Faults() Faults {
+	f, _ := s.faults.get()
+	return f
+}
+
+// SetFaults replaces the active faults; Faults{} heals the node. It returns
+// an error when f is invalid, or when clearing Refuse cannot listen again on
+// the node's address.
+func (s *Server) SetFaults(f Faults) error {
+	if err := f.Validate(); err != nil {
+		return fmt.Errorf("set faults: %w", err)
+	}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	return s.setFaultsLocked(f)
+}
+
+func (s *Server) setFaultsLocked(f Faults) error {
+	s.faults.set(f, s.clearFaults)
+	s.cfg.Logger.Info("faults set", "faults", f)
+	if s.running == nil {
+		return nil
+	}
+	if err := s.running.setRefuse(f.Refuse); err != nil {
+		return fmt.Errorf("set faults: %w", err)
+	}
+	return nil
+}
+
+// clearFaults runs when a ClearAfter elapses, unless the faults changed since.
+func (s *Server) clearFaults(gen uint64) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	if !s.faults.isCurrent(gen) {
+		return
+	}
+	if err := s.setFaultsLocked(Faults{}); err != nil {
+		s.cfg.Logger.Error("clear faults", "error", err)
+	}
+}
+
+// Close ends every waiting request, unloads the models and waits for running
+// handlers to return. Requests arriving later get 503. It does not close
+// listeners: Running.Close does that and then calls Close.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.sched.close()
+		s.faults.stop()
+		s.handlers.closeAndWait()
+	})
+	return nil
+}
+
+// handlerTracker counts running handlers so Close can wait for them.
+type handlerTracker struct {
+	mu     sync.Mutex // guards closed and orders Add before Wait
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (t *handlerTracker) enter() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *handlerTracker) exit() {
+	t.wg.Done()
+}
+
+func (t *handlerTracker) closeAndWait() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.wg.Wait()
+}

@@ -1,0 +1,160 @@
+package ollamasim
+
+import (
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"unicode"
+	"unicode/utf8"
+)
+
+// vocabulary holds the words answers are made of. The text is nonsense, like
+// the tiny models Ollama serves in its own tests.
+var vocabulary = []string{
+	"river", "stone", "quiet", "morning", "garden", "lantern", "bridge", "meadow",
+	"sparrow", "harbor", "window", "silver", "golden", "forest", "valley", "candle",
+	"thunder", "willow", "orchard", "pebble", "ember", "cloud", "rain", "snow",
+	"wind", "tower", "road", "field", "lake", "hill", "moon", "star",
+	"sun", "sea", "owl", "fox", "wolf", "bear", "deer", "heron",
+	"walks", "sings", "waits", "dreams", "finds", "hears", "sees", "runs",
+	"sleeps", "drifts", "glows", "turns", "rests", "calls", "follows", "carries",
+	"old", "new", "small", "bright", "dark", "gentle", "brave", "curious",
+	"warm", "cold", "soft", "slow", "green", "blue", "red", "happy",
+	"under", "over", "near", "into", "onto", "beyond", "across", "with",
+	"the", "a", "an", "of", "and", "by", "for", "at",
+	"always", "never", "sometimes", "slowly", "softly", "today", "tomorrow", "again",
+}
+
+// tokenID maps a piece of text to a token ID. The mapping is a hash, so the
+// same piece has the same ID in a prompt and in an answer, and a conversation
+// sent back with the model's answer matches the prompt cache.
+func tokenID(piece string) int {
+	h := fnv.New32a()
+	h.Write([]byte(piece))
+	return int(h.Sum32()%32000) + 3 // IDs 0 to 2 are special tokens in llama vocabularies
+}
+
+// tokenize splits text into pieces and returns their token IDs. A piece is a
+// word with at most one leading space, or any other single character.
+func tokenize(text string) []int {
+	var ids []int
+	for len(text) > 0 {
+		n := pieceLen(text)
+		ids = append(ids, tokenID(text[:n]))
+		text = text[n:]
+	}
+	return ids
+}
+
+// pieceLen returns the length in bytes of the piece text starts with.
+func pieceLen(text string) int {
+	start := 0
+	if text[0] == ' ' && len(text) > 1 {
+		if r, _ := utf8.DecodeRuneInString(text[1:]); isWordRune(r) {
+			start = 1
+		}
+	}
+	r, size := utf8.DecodeRuneInString(text[start:])
+	if !isWordRune(r) {
+		return start + size
+	}
+	n := start + size
+	for n < len(text) {
+		r, size = utf8.DecodeRuneInString(text[n:])
+		if !isWordRune(r) {
+			break
+		}
+		n += size
+	}
+	return n
+}
+
+func isWordRune(r rune) bool {
+	return unicode.IsLetter(r) || unicode.IsDigit(r)
+}
+
+// tokenStream produces the pieces of one answer. Every piece tokenizes to
+// exactly one token, so the token count equals the piece count.
+type tokenStream struct {
+	rng     *rand.Rand
+	pieces  []string // pending fixed pieces: the JSON wrapper
+	words   int      // words left before the answer ends on its own
+	closing []string // pieces that end a JSON answer
+	last    string
+}
+
+// newTokenStream starts an answer of minTokens to maxTokens words, wrapped in
+// a JSON object when asJSON is set (a request with "format").
+func newTokenStream(seed uint64, minTokens, maxTokens int, asJSON bool) *tokenStream {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	ts := &tokenStream{rng: rng, words: minTokens + rng.IntN(maxTokens-minTokens+1)}
+	if asJSON {
+		ts.pieces = []string{"{", `"`, "response", `"`, ":", `"`}
+		ts.closing = []string{`"`, "}"}
+	}
+	return ts
+}
+
+// next returns the next piece and whether it ends the answer.
+func (ts *tokenStream) next() (piece string, last bool) {
+	switch {
+	case len(ts.pieces) > 0:
+		piece, ts.pieces = ts.pieces[0], ts.pieces[1:]
+	case ts.words > 1:
+		ts.words--
+		piece = ts.word()
+	case ts.words == 1:
+		ts.words = 0
+		piece = "."
+		ts.pieces = ts.closing
+	}
+	ts.last = piece
+	return piece, ts.words == 0 && len(ts.pieces) == 0
+}
+
+func (ts *tokenStream) word() string {
+	if ts.last != "." && ts.last != "" && ts.rng.IntN(9) == 0 {
+		return "."
+	}
+	return " " + vocabulary[ts.rng.IntN(len(vocabulary))]
+}
+
+// hashSeed derives a 64-bit seed from the given parts.
+func hashSeed(parts ...string) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// embeddingVector returns the raw vector of text for one model: dims values
+// drawn from a generator seeded by the model and the text. Ollama's legacy
+// /api/embeddings returns such unnormalised values.
+func embeddingVector(model, text string, dims int) []float64 {
+	seed := hashSeed(model, text)
+	rng := rand.New(rand.NewPCG(seed, ^seed))
+	v := make([]float64, dims)
+	for i := range v {
+		v[i] = rng.NormFloat64()
+	}
+	return v
+}
+
+// normalize returns v scaled to unit length as float32, as /api/embed and
+// /v1/embeddings return it.
+func normalize(v []float64) []float32 {
+	var sum float64
+	for _, x := range v {
+		sum += x * x
+	}
+	norm := math.Sqrt(sum)
+	out := make([]float32, len(v))
+	for i, x := range v {
+		if norm > 0 {
+			out[i] = float32(x / norm)
+		}
+	}
+	return out
+}

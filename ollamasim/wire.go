@@ -1,0 +1,166 @@
+package ollamasim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
+
+// Content types as Ollama 0.25 sends them: gin adds a charset to single JSON
+// objects on /api routes, the OpenAI compatibility layer does not.
+const (
+	contentJSON       = "application/json; charset=utf-8"
+	contentOpenAIJSON = "application/json"
+	contentNDJSON     = "application/x-ndjson"
+	contentSSE        = "text/event-stream"
+	contentText       = "text/plain; charset=utf-8"
+)
+
+// errMissingBody is Ollama's answer to a request without a body.
+var errMissingBody = errors.New("missing request body")
+
+// decodeBody decodes the JSON request body into v. The error text is what
+// Ollama returns: encoding/json's message, or "missing request body".
+func decodeBody(r *http.Request, v any) error {
+	err := json.NewDecoder(r.Body).Decode(v)
+	if errors.Is(err, io.EOF) {
+		return errMissingBody
+	}
+	return err
+}
+
+// writeJSON sends v as a single JSON object with the given content type.
+func writeJSON(w http.ResponseWriter, status int, contentType string, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body = fmt.Appendf(nil, `{"error":%q}`, err.Error())
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	w.Write(body)
+}
+
+// apiError is the error body of Ollama's native routes.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeAPIError(w http.ResponseWriter, status int, message string) {
+	writeJSON(w, status, contentJSON, apiError{Error: message})
+}
+
+// openAIError is the error body of the OpenAI-compatible routes.
+type openAIError struct {
+	Error openAIErrorDetail `json:"error"`
+}
+
+type openAIErrorDetail struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+// writeOpenAIError sends an error in OpenAI's shape, with the error type
+// Ollama derives from the status.
+func writeOpenAIError(w http.ResponseWriter, status int, message string) {
+	kind := "api_error"
+	switch status {
+	case http.StatusBadRequest:
+		kind = "invalid_request_error"
+	case http.StatusNotFound:
+		kind = "not_found_error"
+	}
+	body := openAIError{Error: openAIErrorDetail{Message: message, Type: kind}}
+	writeJSON(w, status, contentOpenAIJSON, body)
+}
+
+// writeError sends an error in the shape of the route family.
+func writeError(w http.ResponseWriter, openAI bool, status int, message string) {
+	if openAI {
+		writeOpenAIError(w, status, message)
+		return
+	}
+	writeAPIError(w, status, message)
+}
+
+// timestamp formats t as Ollama's created_at, expires_at and modified_at.
+func timestamp(t time.Time) string {
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// frameWriter writes a streamed answer: NDJSON (one object per line) or
+// server-sent events (one "data:" event per object), flushing after every
+// frame as Ollama does.
+type frameWriter struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	sse    bool
+	frames int
+	cut    func(frames int) bool // reports whether the stream must be cut now
+}
+
+func newFrameWriter(w http.ResponseWriter, sse bool, cut func(int) bool) *frameWriter {
+	contentType := contentNDJSON
+	if sse {
+		contentType = contentSSE
+	}
+	w.Header().Set("Content-Type", contentType)
+	return &frameWriter{w: w, rc: http.NewResponseController(w), sse: sse, cut: cut}
+}
+
+// write sends v as one frame. When the cut fault is due it aborts the
+// connection with http.ErrAbortHandler, so the client never sees the end of
+// the chunked body.
+func (f *frameWriter) write(v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode frame: %w", err)
+	}
+	if err := f.writeRaw(body); err != nil {
+		return err
+	}
+	f.frames++
+	if f.cut != nil && f.cut(f.frames) {
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+func (f *frameWriter) writeRaw(body []byte) error {
+	var frame []byte
+	if f.sse {
+		frame = make([]byte, 0, len(body)+8)
+		frame = append(frame, "data: "...)
+		frame = append(frame, body...)
+		frame = append(frame, "\n\n"...)
+	} else {
+		frame = append(body, '\n')
+	}
+	if _, err := f.w.Write(frame); err != nil {
+		return fmt.Errorf("write frame: %w", err)
+	}
+	if err := f.rc.Flush(); err != nil {
+		return fmt.Errorf("flush frame: %w", err)
+	}
+	return nil
+}
+
+// end finishes an event stream with the "[DONE]" event OpenAI clients wait
+// for. NDJSON streams need no terminator.
+func (f *frameWriter) end() error {
+	if !f.sse {
+		return nil
+	}
+	if _, err := io.WriteString(f.w, "data: [DONE]\n\n"); err != nil {
+		return fmt.Errorf("write end of stream: %w", err)
+	}
+	if err := f.rc.Flush(); err != nil {
+		return fmt.Errorf("flush end of stream: %w", err)
+	}
+	return nil
+}
