@@ -1,0 +1,235 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/metrics"
+)
+
+// Errors returned by Store and StoreEmbeddings. Each says why an answer
+// was not stored; none needs action beyond a debug log.
+var (
+	// ErrNotCacheable is returned for a plan of the wrong Kind.
+	ErrNotCacheable = errors.New("request is not cacheable")
+	// ErrIncomplete is returned for an answer that was cut or cancelled:
+	// the proxy said so, or the stream lacks its final line or [DONE].
+	ErrIncomplete = errors.New("answer incomplete")
+	// ErrInvalidAnswer is returned for an answer that is not valid JSON of
+	// the route's format, carries an error, answers a model load, or holds
+	// a number of embeddings other than the number of inputs.
+	ErrInvalidAnswer = errors.New("invalid answer")
+	// ErrTooLarge is returned for an answer larger than l1.max_bytes.
+	ErrTooLarge = errors.New("answer too large to cache")
+)
+
+// Defaults applied to zero configuration values.
+const (
+	DefaultL1MaxBytes   = 256 << 20
+	DefaultL1TTL        = time.Hour
+	DefaultL2TTL        = 24 * time.Hour
+	DefaultRedisTimeout = 50 * time.Millisecond
+)
+
+// Metric label values of CacheRequests.
+const (
+	tierL1         = "l1"
+	tierL2         = "l2"
+	outcomeHit     = "hit"
+	outcomeMiss    = "miss"
+	outcomeBypass  = "bypass"
+	outcomeError   = "error"
+	redisComponent = "cache"
+)
+
+// Cache is the two-tier response cache. All methods are safe for
+// concurrent use.
+type Cache struct {
+	// Fixed at construction.
+	enabled       bool
+	generateNever bool
+	maxEntryBytes int64
+	l1            *l1Tier
+	l2            *l2Tier // nil when there is no Redis or l2 is disabled
+	m             *metrics.Metrics
+	log           *slog.Logger
+	now           func() time.Time // the clock of Redis retries
+
+	flightsMu sync.Mutex
+	flights   map[string]*flight // guarded by flightsMu
+
+	purgeMu sync.Mutex // serializes Purge
+}
+
+// New returns a cache configured by cfg. rdb is the shared Redis client,
+// nil for an L1-only cache; the cache uses rcfg.Timeout and rcfg.KeyPrefix
+// and never closes rdb. m receives the cache metrics (nil: a private
+// registry) and log the Redis state changes (nil: slog.Default). Zero
+// sizes, TTLs and timeouts take the Default values. New rejects a
+// negative value or an unknown cache.generate.
+func New(
+	cfg config.Cache,
+	rdb *redis.Client,
+	rcfg config.Redis,
+	m *metrics.Metrics,
+	log *slog.Logger,
+) (*Cache, error) {
+	if err := validate(cfg, rcfg); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = metrics.New()
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Cache{
+		enabled:       cfg.Enabled == nil || *cfg.Enabled,
+		generateNever: cfg.Generate == "never",
+		maxEntryBytes: orDefault(cfg.L1.MaxBytes, DefaultL1MaxBytes),
+		m:             m,
+		log:           log.With("component", "cache"),
+		now:           time.Now,
+		flights:       make(map[string]*flight),
+	}
+	l1, err := newL1(c.maxEntryBytes, orDefault(cfg.L1.TTL, DefaultL1TTL),
+		m.CacheBytes.WithLabelValues(tierL1), m.CacheEvictions)
+	if err != nil {
+		return nil, err
+	}
+	c.l1 = l1
+	if rdb != nil && (cfg.L2.Enabled == nil || *cfg.L2.Enabled) {
+		c.l2 = &l2Tier{
+			rdb:     rdb,
+			prefix:  rcfg.KeyPrefix + "cache:",
+			ttl:     orDefault(cfg.L2.TTL, DefaultL2TTL),
+			timeout: orDefault(rcfg.Timeout, DefaultRedisTimeout),
+		}
+	}
+	return c, nil
+}
+
+func validate(cfg config.Cache, rcfg config.Redis) error {
+	var errs []error
+	switch cfg.Generate {
+	case "", "deterministic", "never":
+	default:
+		errs = append(errs, fmt.Errorf(
+			"cache.generate: invalid value %q, want deterministic or never", cfg.Generate))
+	}
+	if cfg.L1.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("cache.l1.max_bytes: %d is negative", cfg.L1.MaxBytes))
+	}
+	if cfg.L1.TTL < 0 {
+		errs = append(errs, fmt.Errorf("cache.l1.ttl: %s is negative", cfg.L1.TTL))
+	}
+	if cfg.L2.TTL < 0 {
+		errs = append(errs, fmt.Errorf("cache.l2.ttl: %s is negative", cfg.L2.TTL))
+	}
+	if rcfg.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("redis.timeout: %s is negative", rcfg.Timeout))
+	}
+	return errors.Join(errs...)
+}
+
+func orDefault[T int64 | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Close stops L1's goroutines and drops its entries. Call it once, after the
+// last call of any other method.
+func (c *Cache) Close() { c.l1.close() }
+
+func (c *Cache) count(tier, outcome string) {
+	c.m.CacheRequests.WithLabelValues(tier, outcome).Inc()
+}
+
+// countBypass counts one request that did not consult the cache.
+func (c *Cache) countBypass() { c.count(tierL1, outcomeBypass) }
+
+// Lookup returns the cached answer of a KindAnswer plan from L1, or from L2
+// (which then fills L1), with ResultHitL1 or ResultHitL2. It returns nil
+// with ResultMiss when neither holds it, and with ResultBypass when the
+// plan is not KindAnswer or has NoCache. A Redis failure counts as an L2
+// miss. It counts CacheRequests for each tier consulted, or one bypass.
+func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
+	if p.Kind != KindAnswer || p.NoCache {
+		c.countBypass()
+		return nil, ResultBypass
+	}
+	if rec, ok := c.l1.get(p.Key); ok && rec.answer != nil {
+		c.count(tierL1, outcomeHit)
+		return &Entry{route: p.route, answer: rec.answer}, ResultHitL1
+	}
+	c.count(tierL1, outcomeMiss)
+	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.answer != nil {
+		return &Entry{route: p.route, answer: rec.answer}, ResultHitL2
+	}
+	return nil, ResultMiss
+}
+
+// Store turns the answer fed to agg into an Entry and stores it in both
+// tiers, unless the plan has NoStore. complete is the proxy's word that
+// the upstream answer arrived whole with status 200: pass false for an
+// error status, a cut or a cancelled stream. Store returns the Entry even
+// with NoStore, for the requests coalesced with this one. An error wraps
+// ErrNotCacheable, ErrIncomplete, ErrInvalidAnswer or ErrTooLarge, and
+// nothing is stored then. A Redis failure is not an error: the entry is
+// then only in L1. Store waits for Redis at most redis.timeout.
+func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete bool) (*Entry, error) {
+	if p.Kind != KindAnswer || agg.route != p.route {
+		return nil, ErrNotCacheable
+	}
+	if !complete {
+		agg.finished = true
+		return nil, ErrIncomplete
+	}
+	ans, err := agg.finish()
+	if err != nil {
+		return nil, err
+	}
+	if !p.NoStore {
+		c.put(ctx, newAnswerRecord(p.Key, p.Model, ans))
+	}
+	return &Entry{route: p.route, answer: ans}, nil
+}
+
+// put stores records in L1, then in L2.
+func (c *Cache) put(ctx context.Context, recs ...*record) {
+	c.l1.set(recs...)
+	c.l2Put(ctx, recs)
+}
+
+// Purge removes every entry, when model is "", or the entries of one model
+// (normalized as NormalizeModel does), from L1 and L2. Other proxy
+// instances keep their own L1 copies until these expire. An error means
+// that L2 could not be purged; L1 is purged in any case.
+func (c *Cache) Purge(ctx context.Context, model string) error {
+	c.purgeMu.Lock()
+	defer c.purgeMu.Unlock()
+	model = NormalizeModel(model)
+	if model == "" {
+		c.l1.clear()
+	} else {
+		c.l1.purgeModel(model)
+	}
+	if c.l2 == nil {
+		return nil
+	}
+	if err := c.l2Purge(ctx, model); err != nil {
+		c.redisFailed(ctx, "purge", err)
+		return fmt.Errorf("purge l2: %w", err)
+	}
+	c.redisSucceeded()
+	return nil
+}

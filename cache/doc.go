@@ -1,0 +1,39 @@
+// Package cache is llmproxy's response cache for Ollama answers, in two
+// tiers: L1 in process memory (ristretto, bounded in bytes) and L2 in
+// Redis, shared by every proxy instance. An L2 hit fills L1. Redis trouble
+// is never an error: every Redis call is bounded by redis.timeout, and on
+// failure the cache works from L1 alone and counts the fallback.
+//
+// Embedding requests are always cached, each input on its own, so a batch
+// with some cached inputs sends only the others upstream. Generation
+// requests are cached when their answer is deterministic. An answer is
+// stored once, in its non-stream form, and rendered as a stream or as one
+// object, whichever the request asks for.
+//
+// A handler uses the cache in this order:
+//
+//	noCache, noStore := cache.ParseCacheControl(cacheControlHeader)
+//	plan := c.Classify(cache.Request{Route: path, Body: body, NoCache: noCache, NoStore: noStore})
+//	switch plan.Kind {
+//	case cache.KindNone:
+//		// forward as is; X-LLMProxy-Cache: bypass
+//	case cache.KindAnswer:
+//		if e, res := c.Lookup(ctx, plan); e != nil {
+//			// send e.Render(plan); X-LLMProxy-Cache: res
+//		}
+//		e, fetched, err := c.Do(ctx, plan, func() *cache.Entry {
+//			agg := c.NewAggregator(plan)
+//			// forward, copying the answer to the client and to agg
+//			e, _ := c.Store(ctx, plan, agg, status == 200 && streamEndedWell)
+//			return e
+//		})
+//		// !fetched and err == nil: send e.Render(plan)
+//	case cache.KindEmbed:
+//		b := c.LookupEmbeddings(ctx, plan)
+//		if e := b.Entry(); e != nil {
+//			// send e.Render(plan); X-LLMProxy-Cache: b.Result()
+//		}
+//		// in Do's fetch: send b.UpstreamBody(), then
+//		// e, err := c.StoreEmbeddings(ctx, b, answer) and send e.Render(plan)
+//	}
+package cache

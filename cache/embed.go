@@ -1,0 +1,338 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/valyala/fastjson"
+)
+
+// embedPlan holds what a KindEmbed plan needs to look up its inputs one by
+// one and to build an upstream body holding only the missing ones.
+type embedPlan struct {
+	body   []byte // the request body, not copied
+	single bool   // one input given as a string, sent upstream unchanged
+	input  span   // span of the input array in body, when !single
+	items  []embedItem
+}
+
+// embedItem is one input of an embedding request.
+type embedItem struct {
+	key string // itemKey of the input
+	raw span   // span of the input string in the body, when !single
+}
+
+// embedFamily returns the name under which r's vectors are cached.
+// /api/embed and /v1/embeddings share it: Ollama serves both with the same
+// normalized vectors, while the legacy /api/embeddings returns vectors
+// that are not normalized.
+func embedFamily(r route) string {
+	if r == routeEmbeddings {
+		return "embeddings"
+	}
+	return "embed"
+}
+
+func planEmbed(p Plan, v *fastjson.Value, body []byte) Plan {
+	top := sortedMembers(v.GetObject())
+	if err := checkDuplicateKeys(top); err != nil {
+		return p.bypass(err.Error())
+	}
+	params, reason := embedParams(p.route, v)
+	if reason != "" {
+		return p.bypass(reason)
+	}
+	texts, single, reason := embedInputs(p.route, v)
+	if reason != "" {
+		return p.bypass(reason)
+	}
+
+	ep := &embedPlan{body: body, single: single, items: make([]embedItem, len(texts))}
+	if !single {
+		spans, ok := inputSpans(body, len(texts))
+		if !ok {
+			return p.bypass("input array not readable")
+		}
+		ep.input = spans[0]
+		for i := range ep.items {
+			ep.items[i].raw = spans[i+1]
+		}
+	}
+	bp := getKeyBuf()
+	buf := *bp
+	family := embedFamily(p.route)
+	for i, t := range texts {
+		ep.items[i].key, buf = itemKey(buf, family, p.Model, params, t)
+	}
+	*bp = buf
+	putKeyBuf(bp)
+
+	key, err := answerKey(p.Route, p.Model, top, p.route.ignoredMember)
+	if err != nil {
+		return p.bypass(err.Error())
+	}
+	p.Kind = KindEmbed
+	p.Key = key
+	p.embed = ep
+	return p
+}
+
+// inputSpans returns the span of the input array followed by the spans of
+// its n elements.
+func inputSpans(body []byte, n int) ([]span, bool) {
+	in, ok := memberSpan(body, "input")
+	if !ok {
+		return nil, false
+	}
+	elems, ok := elementSpans(body, in)
+	if !ok || len(elems) != n {
+		return nil, false
+	}
+	return append([]span{in}, elems...), true
+}
+
+// embedParams returns the canonical form of the request members that change
+// a vector, or the reason the request is not cached.
+func embedParams(r route, v *fastjson.Value) ([]byte, string) {
+	buf := []byte("truncate=")
+	switch r {
+	case routeEmbed:
+		// Ollama truncates unless truncate is false.
+		t := v.Get("truncate")
+		switch {
+		case t == nil || t.Type() == fastjson.TypeTrue:
+			buf = append(buf, "true"...)
+		case t.Type() == fastjson.TypeFalse:
+			buf = append(buf, "false"...)
+		default:
+			return nil, "truncate is not a boolean"
+		}
+	case routeV1Embeddings:
+		// Ollama's /v1 route always truncates and ignores options.
+		f := v.Get("encoding_format")
+		if f != nil && string(f.GetStringBytes()) != "float" {
+			return nil, "encoding_format other than float"
+		}
+		buf = append(buf, "true"...)
+	}
+	buf, err := appendParam(buf, ";dimensions=", v.Get("dimensions"))
+	if err == nil && r != routeV1Embeddings {
+		buf, err = appendParam(buf, ";options=", v.Get("options"))
+	}
+	if err != nil {
+		return nil, err.Error()
+	}
+	return buf, ""
+}
+
+func appendParam(buf []byte, name string, v *fastjson.Value) ([]byte, error) {
+	buf = append(buf, name...)
+	if v == nil {
+		return buf, nil
+	}
+	return appendCanonical(buf, v)
+}
+
+// embedInputs returns the texts of an embedding request, whether they came
+// as one string, or the reason the request is not cached. The texts refer
+// to the parser's memory.
+func embedInputs(r route, v *fastjson.Value) ([][]byte, bool, string) {
+	name := "input"
+	if r == routeEmbeddings {
+		name = "prompt"
+	}
+	in := v.Get(name)
+	if in == nil {
+		return nil, false, "no " + name + ": a model load"
+	}
+	switch in.Type() {
+	case fastjson.TypeString:
+		s, _ := in.StringBytes()
+		if len(s) == 0 {
+			return nil, false, "empty " + name + ": a model load"
+		}
+		return [][]byte{s}, true, ""
+	case fastjson.TypeArray:
+		if r == routeEmbeddings {
+			return nil, false, "prompt is not a string"
+		}
+		return embedArray(in.GetArray())
+	}
+	return nil, false, name + " is not text"
+}
+
+func embedArray(elems []*fastjson.Value) ([][]byte, bool, string) {
+	if len(elems) == 0 {
+		return nil, false, "empty input: a model load"
+	}
+	texts := make([][]byte, len(elems))
+	for i, e := range elems {
+		s, err := e.StringBytes()
+		if err != nil {
+			return nil, false, "input is not text"
+		}
+		if len(s) == 0 {
+			return nil, false, "empty input item"
+		}
+		texts[i] = s
+	}
+	return texts, false, ""
+}
+
+// Batch is the state of one embedding request between LookupEmbeddings and
+// StoreEmbeddings. It refers to the request body of its plan.
+type Batch struct {
+	plan    Plan
+	vectors [][]byte // by input, nil while missing
+	sent    []int    // inputs sent upstream: the first of each missing text
+	result  Result
+}
+
+// Result returns the outcome of the lookup: ResultHitL1 when every input
+// was in L1, ResultHitL2 when every input was cached and some came from L2,
+// ResultMiss when some inputs must be sent upstream, ResultBypass for a
+// request with NoCache or a plan that is not KindEmbed.
+func (b *Batch) Result() Result { return b.result }
+
+// Missing returns the number of distinct inputs that UpstreamBody sends.
+func (b *Batch) Missing() int { return len(b.sent) }
+
+// Partial reports whether UpstreamBody holds only some of the inputs, so
+// that the upstream answer cannot be sent to the client as it is.
+func (b *Batch) Partial() bool {
+	return b.plan.embed != nil && len(b.sent) > 0 && len(b.sent) < len(b.plan.embed.items)
+}
+
+// Entry returns the whole answer when every input was cached, or nil.
+func (b *Batch) Entry() *Entry {
+	if b.plan.embed == nil || len(b.sent) > 0 {
+		return nil
+	}
+	return &Entry{route: b.plan.route, embed: &embedAnswer{vectors: b.vectors}}
+}
+
+// UpstreamBody returns the body to send upstream: the request body itself
+// when every input is missing once, otherwise a copy in which the input
+// array holds only the missing inputs, each once, and every other byte is
+// unchanged. It returns nil when nothing is missing or the plan is not
+// KindEmbed.
+func (b *Batch) UpstreamBody() []byte {
+	ep := b.plan.embed
+	switch {
+	case ep == nil || len(b.sent) == 0:
+		return nil
+	case len(b.sent) == len(ep.items):
+		return ep.body
+	}
+	out := make([]byte, 0, len(ep.body))
+	out = append(out, ep.body[:ep.input.start]...)
+	out = append(out, '[')
+	for j, i := range b.sent {
+		if j > 0 {
+			out = append(out, ',')
+		}
+		s := ep.items[i].raw
+		out = append(out, ep.body[s.start:s.end]...)
+	}
+	out = append(out, ']')
+	return append(out, ep.body[ep.input.end:]...)
+}
+
+// LookupEmbeddings looks up each input of a KindEmbed plan, in L1 and then
+// in L2, and fills L1 with what L2 held. It counts one CacheRequests per
+// input and tier, or one bypass for the request.
+func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
+	b := &Batch{plan: p, result: ResultBypass}
+	if p.Kind != KindEmbed {
+		c.countBypass()
+		return b
+	}
+	b.vectors = make([][]byte, len(p.embed.items))
+	if p.NoCache {
+		c.countBypass()
+	} else {
+		b.result = c.lookupItems(ctx, p, b.vectors)
+	}
+
+	seen := make(map[string]bool, len(p.embed.items))
+	for i, it := range p.embed.items {
+		if b.vectors[i] == nil && !seen[it.key] {
+			seen[it.key] = true
+			b.sent = append(b.sent, i)
+		}
+	}
+	return b
+}
+
+// lookupItems fills vectors with the cached inputs of p and returns the
+// result of the lookup.
+func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Result {
+	var missed []string
+	for i, it := range p.embed.items {
+		if rec, ok := c.l1.get(it.key); ok && rec.vector != nil {
+			vectors[i] = rec.vector
+			c.count(tierL1, outcomeHit)
+			continue
+		}
+		c.count(tierL1, outcomeMiss)
+		missed = append(missed, it.key)
+	}
+	if len(missed) == 0 {
+		return ResultHitL1
+	}
+
+	found := c.l2GetMany(ctx, missed)
+	for i, it := range p.embed.items {
+		if vectors[i] != nil {
+			continue
+		}
+		if rec := found[it.key]; rec != nil && rec.vector != nil {
+			vectors[i] = rec.vector
+		}
+	}
+	for _, v := range vectors {
+		if v == nil {
+			return ResultMiss
+		}
+	}
+	return ResultHitL2
+}
+
+// StoreEmbeddings reads the upstream answer to b.UpstreamBody(), stores the
+// new vectors (unless the plan has NoStore) and returns the whole answer,
+// every input in request order, to render with Entry.Render. Call it only
+// for a 200 answer. It returns an error wrapping ErrInvalidAnswer when the
+// answer cannot be read or holds a number of vectors other than the number
+// of inputs sent; nothing is stored then. It copies what it keeps from
+// upstream.
+func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) (*Entry, error) {
+	if b.plan.Kind != KindEmbed {
+		return nil, ErrNotCacheable
+	}
+	vectors, usage, err := parseEmbedAnswer(b.plan.route, upstream)
+	if err != nil {
+		return nil, err
+	}
+	if len(vectors) != len(b.sent) {
+		return nil, fmt.Errorf("%w: %d embeddings for %d inputs",
+			ErrInvalidAnswer, len(vectors), len(b.sent))
+	}
+
+	items := b.plan.embed.items
+	fresh := make(map[string][]byte, len(b.sent))
+	records := make([]*record, 0, len(b.sent))
+	for j, i := range b.sent {
+		fresh[items[i].key] = vectors[j]
+		records = append(records, newVectorRecord(items[i].key, b.plan.Model, vectors[j]))
+	}
+	all := make([][]byte, len(items))
+	for i, it := range items {
+		if all[i] = b.vectors[i]; all[i] == nil {
+			all[i] = fresh[it.key]
+		}
+	}
+	if !b.plan.NoStore {
+		c.put(ctx, records...)
+	}
+	return &Entry{route: b.plan.route, embed: &embedAnswer{vectors: all, usage: usage}}, nil
+}

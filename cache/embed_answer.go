@@ -1,0 +1,175 @@
+package cache
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/valyala/fastjson"
+)
+
+// embedAnswer is a whole embedding answer: one vector per input, in input
+// order, and what upstream reported for the inputs it computed.
+type embedAnswer struct {
+	vectors [][]byte // each a JSON array of numbers
+	usage   embedUsage
+}
+
+// embedUsage is what upstream reported for the inputs it computed. It is
+// zero when every input came from the cache: no model evaluated anything.
+type embedUsage struct {
+	// /api/embed fields.
+	totalDuration, loadDuration, promptEvalCount int64
+	// /v1/embeddings fields.
+	promptTokens, totalTokens int64
+}
+
+// parseEmbedAnswer returns the vectors of an upstream embedding answer, in
+// input order, with its usage fields.
+func parseEmbedAnswer(r route, body []byte) ([][]byte, embedUsage, error) {
+	parser := parsers.Get()
+	defer parsers.Put(parser)
+	v, err := parser.ParseBytes(body)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		return nil, embedUsage{}, fmt.Errorf("%w: not a JSON object", ErrInvalidAnswer)
+	}
+	if v.Exists("error") {
+		return nil, embedUsage{}, fmt.Errorf("%w: error answer", ErrInvalidAnswer)
+	}
+
+	switch r {
+	case routeEmbed:
+		vectors, err := readVectors(v.GetArray("embeddings"))
+		return vectors, embedUsage{
+			totalDuration:   v.GetInt64("total_duration"),
+			loadDuration:    v.GetInt64("load_duration"),
+			promptEvalCount: v.GetInt64("prompt_eval_count"),
+		}, err
+	case routeEmbeddings:
+		vector, err := readVector(v.Get("embedding"))
+		return [][]byte{vector}, embedUsage{}, err
+	default:
+		vectors, err := readV1Data(v.GetArray("data"))
+		return vectors, embedUsage{
+			promptTokens: v.GetInt64("usage", "prompt_tokens"),
+			totalTokens:  v.GetInt64("usage", "total_tokens"),
+		}, err
+	}
+}
+
+func readVectors(arr []*fastjson.Value) ([][]byte, error) {
+	out := make([][]byte, len(arr))
+	for i, e := range arr {
+		var err error
+		if out[i], err = readVector(e); err != nil {
+			return nil, fmt.Errorf("embedding %d: %w", i, err)
+		}
+	}
+	return out, nil
+}
+
+// readV1Data returns the vectors of an OpenAI embedding list, ordered by
+// their index members.
+func readV1Data(data []*fastjson.Value) ([][]byte, error) {
+	out := make([][]byte, len(data))
+	for _, d := range data {
+		idx := d.Get("index")
+		if idx == nil {
+			return nil, fmt.Errorf("%w: embedding without index", ErrInvalidAnswer)
+		}
+		i, err := idx.Int()
+		if err != nil || i < 0 || i >= len(out) || out[i] != nil {
+			return nil, fmt.Errorf("%w: embedding index %s", ErrInvalidAnswer, idx)
+		}
+		if out[i], err = readVector(d.Get("embedding")); err != nil {
+			return nil, fmt.Errorf("embedding %d: %w", i, err)
+		}
+	}
+	return out, nil
+}
+
+// readVector returns a copy of a non-empty JSON array of numbers.
+func readVector(v *fastjson.Value) ([]byte, error) {
+	if v == nil || v.Type() != fastjson.TypeArray || len(v.GetArray()) == 0 {
+		return nil, fmt.Errorf("%w: embedding is not a non-empty array", ErrInvalidAnswer)
+	}
+	out := make([]byte, 0, 12*len(v.GetArray()))
+	out = append(out, '[')
+	for i, n := range v.GetArray() {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		start := len(out)
+		if n.Type() != fastjson.TypeNumber {
+			return nil, fmt.Errorf("%w: embedding holds a non-number", ErrInvalidAnswer)
+		}
+		if out = n.MarshalTo(out); !isJSONNumber(out[start:]) {
+			return nil, fmt.Errorf("%w: embedding holds %q", ErrInvalidAnswer, out[start:])
+		}
+	}
+	return append(out, ']'), nil
+}
+
+// render returns the answer in the format of route r for the model name
+// the client sent.
+func (a *embedAnswer) render(r route, model string) ([]byte, string) {
+	size := 128 + len(model)
+	for _, v := range a.vectors {
+		size += len(v) + 48
+	}
+	out := make([]byte, 0, size)
+	switch r {
+	case routeEmbeddings:
+		out = append(out, `{"embedding":`...)
+		out = append(out, a.vectors[0]...)
+		return append(out, '}'), contentTypeJSONUTF8
+	case routeV1Embeddings:
+		return a.renderV1(out, model), contentTypeJSON
+	}
+	out = append(out, `{"model":`...)
+	out = appendString(out, model)
+	out = append(out, `,"embeddings":[`...)
+	for i, v := range a.vectors {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	out = append(out, ']')
+	out = appendIntField(out, "total_duration", a.usage.totalDuration)
+	out = appendIntField(out, "load_duration", a.usage.loadDuration)
+	out = appendIntField(out, "prompt_eval_count", a.usage.promptEvalCount)
+	return append(out, '}'), contentTypeJSONUTF8
+}
+
+func (a *embedAnswer) renderV1(out []byte, model string) []byte {
+	out = append(out, `{"object":"list","data":[`...)
+	for i, v := range a.vectors {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, `{"object":"embedding","embedding":`...)
+		out = append(out, v...)
+		out = append(out, `,"index":`...)
+		out = strconv.AppendInt(out, int64(i), 10)
+		out = append(out, '}')
+	}
+	out = append(out, `],"model":`...)
+	out = appendString(out, model)
+	out = append(out, `,"usage":{"prompt_tokens":`...)
+	out = strconv.AppendInt(out, a.usage.promptTokens, 10)
+	out = append(out, `,"total_tokens":`...)
+	out = strconv.AppendInt(out, a.usage.totalTokens, 10)
+	return append(out, "}}"...)
+}
+
+// appendIntField appends ,"name":n unless n is zero, as Ollama omits zero
+// metrics.
+func appendIntField(out []byte, name string, n int64) []byte {
+	if n == 0 {
+		return out
+	}
+	out = append(out, ',', '"')
+	out = append(out, name...)
+	out = append(out, '"', ':')
+	return strconv.AppendInt(out, n, 10)
+}

@@ -1,0 +1,119 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Entry is a cached answer in its one stored form, ready to be rendered
+// for a streaming or a non-streaming request. An Entry is immutable and
+// safe to share between goroutines.
+type Entry struct {
+	route  route
+	answer *answer      // generation routes
+	embed  *embedAnswer // embedding routes
+}
+
+// answer is the stored form of a generation answer: the non-stream form,
+// with the text of every streamed chunk joined. Fields are exported only
+// for encoding/json, which writes the L2 copy.
+type answer struct {
+	// Text is response (/api/generate), message.content (/api/chat),
+	// choices[0].message.content or delta.content (/v1/chat/completions)
+	// or choices[0].text (/v1/completions).
+	Text string `json:"text"`
+	// Thinking is thinking (/api) or reasoning (/v1).
+	Thinking string `json:"thinking,omitempty"`
+	// ToolCalls holds the tool calls in the route's own JSON form.
+	ToolCalls []json.RawMessage `json:"tool_calls,omitempty"`
+	// Logprobs joins the logprobs arrays of an /api answer.
+	Logprobs []json.RawMessage `json:"logprobs,omitempty"`
+	// Final is an object holding the members of Ollama's final line other
+	// than the ones above and model, created_at and done, in the order
+	// received: done_reason, context, the durations and counts.
+	Final json.RawMessage `json:"final,omitempty"`
+	// FinishReason, Usage and Fingerprint are the /v1 finish_reason, usage
+	// object and system_fingerprint. Usage is empty when a stream was
+	// stored that did not ask for it.
+	FinishReason string          `json:"finish_reason,omitempty"`
+	Usage        json.RawMessage `json:"usage,omitempty"`
+	Fingerprint  string          `json:"system_fingerprint,omitempty"`
+}
+
+func (a *answer) size() int64 {
+	n := len(a.Text) + len(a.Thinking) + len(a.Final) + len(a.FinishReason) +
+		len(a.Usage) + len(a.Fingerprint)
+	for _, c := range a.ToolCalls {
+		n += len(c)
+	}
+	for _, l := range a.Logprobs {
+		n += len(l)
+	}
+	return int64(n)
+}
+
+// record is one cached value as both tiers hold it: a whole answer or the
+// vector of one embedding input.
+type record struct {
+	key    string
+	model  string // normalized, for Purge
+	answer *answer
+	vector []byte
+	cost   int64 // bytes charged against l1.max_bytes
+}
+
+// recordOverheadBytes estimates the memory of a record beyond its payload:
+// the key, the struct and the L1 bookkeeping.
+const recordOverheadBytes = 160
+
+func newAnswerRecord(key, model string, a *answer) *record {
+	return &record{key: key, model: model, answer: a,
+		cost: a.size() + int64(len(key)+len(model)) + recordOverheadBytes}
+}
+
+func newVectorRecord(key, model string, vector []byte) *record {
+	return &record{key: key, model: model, vector: vector,
+		cost: int64(len(vector)+len(key)+len(model)) + recordOverheadBytes}
+}
+
+// envelope is the L2 form of a record.
+type envelope struct {
+	Version int             `json:"v"`
+	Model   string          `json:"model"`
+	Answer  *answer         `json:"answer,omitempty"`
+	Vector  json.RawMessage `json:"vector,omitempty"`
+}
+
+// envelopeVersion changes whenever the stored form changes, so that
+// instances running different versions read each other's entries as
+// misses.
+const envelopeVersion = 1
+
+func encodeRecord(r *record) ([]byte, error) {
+	b, err := json.Marshal(envelope{
+		Version: envelopeVersion, Model: r.model, Answer: r.answer, Vector: r.vector,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode cache entry: %w", err)
+	}
+	return b, nil
+}
+
+var errStaleEnvelope = errors.New("cache entry of another version")
+
+func decodeRecord(key string, b []byte) (*record, error) {
+	var e envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("decode cache entry: %w", err)
+	}
+	switch {
+	case e.Version != envelopeVersion:
+		return nil, errStaleEnvelope
+	case e.Answer != nil:
+		return newAnswerRecord(key, e.Model, e.Answer), nil
+	case len(e.Vector) > 0:
+		return newVectorRecord(key, e.Model, e.Vector), nil
+	}
+	return nil, fmt.Errorf("decode cache entry: %w", ErrInvalidAnswer)
+}

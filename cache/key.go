@@ -1,0 +1,89 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"sync"
+)
+
+// NormalizeModel returns the model name as keys and purges use it: a name
+// without a tag gets Ollama's default tag ":latest". A colon before the last
+// slash belongs to a registry host's port, not to a tag.
+func NormalizeModel(name string) string {
+	if name == "" {
+		return ""
+	}
+	if strings.Contains(name[strings.LastIndexByte(name, '/')+1:], ":") {
+		return name
+	}
+	return name + ":latest"
+}
+
+// keyBufPool holds the buffers in which canonical bodies are written before
+// hashing, so that a request does not allocate one the size of its body.
+var keyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 4096)
+	return &b
+}}
+
+// keyBufMaxBytes bounds the buffers put back into keyBufPool, so that one
+// large body does not keep its buffer alive in the pool.
+const keyBufMaxBytes = 1 << 20
+
+func getKeyBuf() *[]byte { return keyBufPool.Get().(*[]byte) }
+
+func putKeyBuf(b *[]byte) {
+	if cap(*b) > keyBufMaxBytes {
+		return
+	}
+	*b = (*b)[:0]
+	keyBufPool.Put(b)
+}
+
+// hashHex returns the lower-case hex SHA-256 of b.
+func hashHex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// answerKey returns the key of a whole answer: the hash of the route and
+// the canonical body, in which the model is normalized and the members
+// that never change the answer are left out.
+func answerKey(routePath, model string, top []member, ignored func(key string) bool) (string, error) {
+	bp := getKeyBuf()
+	defer putKeyBuf(bp)
+	buf := append((*bp)[:0], routePath...)
+	buf = append(buf, 0)
+	normalized := appendString(nil, model)
+	buf, err := appendCanonicalObject(buf, top, func(key []byte) ([]byte, bool) {
+		switch k := string(key); {
+		case k == "model":
+			return normalized, false
+		case ignored(k):
+			return nil, true
+		}
+		return nil, false
+	})
+	*bp = buf
+	if err != nil {
+		return "", err
+	}
+	return hashHex(buf), nil
+}
+
+// itemKey returns the key of one embedding input: the hash of the route
+// family, the model, the canonical parameters that change a vector, and
+// the input text.
+func itemKey(buf []byte, family, model string, params, text []byte) (string, []byte) {
+	buf = append(buf[:0], "item"...)
+	buf = append(buf, 0)
+	buf = append(buf, family...)
+	buf = append(buf, 0)
+	buf = append(buf, model...)
+	buf = append(buf, 0)
+	buf = append(buf, params...)
+	buf = append(buf, 0)
+	buf = appendString(buf, text)
+	return hashHex(buf), buf
+}

@@ -1,0 +1,101 @@
+package cache
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// l1Tier is the in-process tier: a ristretto cache bounded in bytes, each
+// record costing its size.
+type l1Tier struct {
+	cache     *ristretto.Cache[string, *record]
+	ttl       time.Duration
+	bytes     prometheus.Gauge
+	evictions prometheus.Counter
+	// clearing is set while Clear runs, which reports every removed record
+	// to OnEvict: those are not evictions.
+	clearing atomic.Bool
+}
+
+// l1EntryBytesEstimate is the typical record size assumed when sizing
+// ristretto's frequency counters, about a short chat answer; ristretto
+// advises ten counters per record the cache holds when full.
+const l1EntryBytesEstimate = 2048
+
+func newL1(maxBytes int64, ttl time.Duration, bytes prometheus.Gauge, evictions prometheus.Counter) (*l1Tier, error) {
+	t := &l1Tier{ttl: ttl, bytes: bytes, evictions: evictions}
+	counters := max(maxBytes/l1EntryBytesEstimate*10, 1000)
+	c, err := ristretto.NewCache(&ristretto.Config[string, *record]{
+		NumCounters:        min(counters, 1<<24),
+		MaxCost:            maxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		OnEvict:            t.onEvict,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create l1 cache: %w", err)
+	}
+	t.cache = c
+	return t, nil
+}
+
+// onEvict runs in ristretto's goroutine for records evicted to make room,
+// records whose TTL ran out (those carry their expiration), and every
+// record removed by Clear.
+func (t *l1Tier) onEvict(item *ristretto.Item[*record]) {
+	if item.Expiration.IsZero() && !t.clearing.Load() {
+		t.evictions.Inc()
+	}
+	t.updateBytes()
+}
+
+func (t *l1Tier) updateBytes() {
+	t.bytes.Set(float64(t.cache.MaxCost() - t.cache.RemainingCost()))
+}
+
+func (t *l1Tier) get(key string) (*record, bool) {
+	return t.cache.Get(key)
+}
+
+// set stores the records and waits until ristretto has applied them, so
+// that the next get sees them. ristretto may still refuse a record that is
+// larger than the tier or that its admission policy values below the
+// records it would evict.
+func (t *l1Tier) set(recs ...*record) {
+	for _, r := range recs {
+		t.cache.SetWithTTL(r.key, r, r.cost, t.ttl)
+	}
+	t.cache.Wait()
+	t.updateBytes()
+}
+
+// purgeModel removes the records of one model. It visits every record,
+// which is fine for an administrative call.
+func (t *l1Tier) purgeModel(model string) {
+	var keys []string
+	t.cache.IterValues(func(r *record) bool {
+		if r.model == model {
+			keys = append(keys, r.key)
+		}
+		return false
+	})
+	for _, k := range keys {
+		t.cache.Del(k)
+	}
+	t.cache.Wait()
+	t.updateBytes()
+}
+
+// clear removes every record. The caller serializes calls.
+func (t *l1Tier) clear() {
+	t.clearing.Store(true)
+	t.cache.Clear()
+	t.clearing.Store(false)
+	t.updateBytes()
+}
+
+func (t *l1Tier) close() { t.cache.Close() }

@@ -1,0 +1,297 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// l2Tier is the Redis tier shared by every proxy instance. Each record is a
+// string key holding its envelope with a TTL, and each model has a sorted
+// set of its record keys, scored by expiry time, for Purge.
+type l2Tier struct {
+	rdb     *redis.Client
+	prefix  string // redis.key_prefix followed by "cache:"
+	ttl     time.Duration
+	timeout time.Duration // of one Redis call
+
+	healthMu sync.Mutex
+	down     bool      // guarded by healthMu: the last call failed
+	retryAt  time.Time // guarded by healthMu: when a call may try again
+}
+
+// redisRetryInterval is how long the cache stops calling Redis after a
+// failure, so that requests do not each wait out redis.timeout while Redis
+// is unreachable. One call then probes it.
+const redisRetryInterval = time.Second
+
+// purgeBatch is the number of keys read by one SCAN or ZSCAN and removed by
+// one UNLINK during Purge.
+const purgeBatch = 500
+
+func (t *l2Tier) entryKey(key string) string   { return t.prefix + "entry:" + key }
+func (t *l2Tier) modelKey(model string) string { return t.prefix + "model:" + model }
+
+// usable reports whether a call may go to Redis now: always while it is up,
+// once per redisRetryInterval while it is down.
+func (c *Cache) redisUsable() bool {
+	t := c.l2
+	t.healthMu.Lock()
+	defer t.healthMu.Unlock()
+	if !t.down {
+		return true
+	}
+	now := c.now()
+	if now.Before(t.retryAt) {
+		return false
+	}
+	t.retryAt = now.Add(redisRetryInterval)
+	return true
+}
+
+// redisFailed records a failed Redis call, unless it failed because ctx,
+// the caller's context, ended. It logs once per outage.
+func (c *Cache) redisFailed(ctx context.Context, op string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	c.countFallback()
+	c.m.RedisUp.Set(0)
+	t := c.l2
+	t.healthMu.Lock()
+	wasDown := t.down
+	t.down = true
+	t.retryAt = c.now().Add(redisRetryInterval)
+	t.healthMu.Unlock()
+	if !wasDown {
+		c.log.Warn("redis unavailable, cache continues with l1 only",
+			"op", op, "retry_interval", redisRetryInterval, "error", err)
+	}
+}
+
+func (c *Cache) redisSucceeded() {
+	c.m.RedisUp.Set(1)
+	t := c.l2
+	t.healthMu.Lock()
+	wasDown := t.down
+	t.down = false
+	t.healthMu.Unlock()
+	if wasDown {
+		c.log.Info("redis reachable again, cache l2 resumed")
+	}
+}
+
+func (c *Cache) countFallback() {
+	c.m.RedisFallback.WithLabelValues(redisComponent).Inc()
+}
+
+// redisCall runs one Redis call under redis.timeout and records its
+// outcome. It returns false when Redis is down or the call failed; a
+// redis.Nil reply is a success.
+func (c *Cache) redisCall(ctx context.Context, op string, call func(context.Context) error) bool {
+	if !c.redisUsable() {
+		c.countFallback()
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.l2.timeout)
+	defer cancel()
+	if err := call(cctx); err != nil && !errors.Is(err, redis.Nil) {
+		c.redisFailed(ctx, op, err)
+		return false
+	}
+	c.redisSucceeded()
+	return true
+}
+
+// l2Get returns the record of key from L2 and copies it into L1, or nil.
+func (c *Cache) l2Get(ctx context.Context, key string) *record {
+	if c.l2 == nil {
+		return nil
+	}
+	var b []byte
+	ok := c.redisCall(ctx, "get", func(ctx context.Context) error {
+		var err error
+		b, err = c.l2.rdb.Get(ctx, c.l2.entryKey(key)).Bytes()
+		return err
+	})
+	rec := c.decodeL2(key, b, ok)
+	if rec != nil {
+		c.l1.set(rec)
+	}
+	return rec
+}
+
+// l2GetMany returns the records of keys found in L2, by key, and copies
+// them into L1.
+func (c *Cache) l2GetMany(ctx context.Context, keys []string) map[string]*record {
+	if c.l2 == nil {
+		return nil
+	}
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = c.l2.entryKey(k)
+	}
+	var vals []any
+	ok := c.redisCall(ctx, "mget", func(ctx context.Context) error {
+		var err error
+		vals, err = c.l2.rdb.MGet(ctx, full...).Result()
+		return err
+	})
+
+	found := make(map[string]*record)
+	var fill []*record
+	for i, k := range keys {
+		var b []byte
+		if ok && i < len(vals) {
+			if s, isString := vals[i].(string); isString {
+				b = []byte(s)
+			}
+		}
+		if rec := c.decodeL2(k, b, ok); rec != nil {
+			found[k] = rec
+			fill = append(fill, rec)
+		}
+	}
+	if len(fill) > 0 {
+		c.l1.set(fill...)
+	}
+	return found
+}
+
+// decodeL2 counts one L2 lookup and decodes what it returned. An entry that
+// cannot be read, such as one of another envelope version, is a miss.
+func (c *Cache) decodeL2(key string, b []byte, ok bool) *record {
+	switch {
+	case !ok:
+		c.count(tierL2, outcomeError)
+		return nil
+	case b == nil:
+		c.count(tierL2, outcomeMiss)
+		return nil
+	}
+	rec, err := decodeRecord(key, b)
+	if err != nil {
+		c.log.Debug("l2 entry not readable, treated as a miss", "key", key, "error", err)
+		c.count(tierL2, outcomeMiss)
+		return nil
+	}
+	c.count(tierL2, outcomeHit)
+	return rec
+}
+
+// l2Put writes the records to L2 in one pipeline and adds each to its
+// model's index, from which expired members are trimmed on the way.
+func (c *Cache) l2Put(ctx context.Context, recs []*record) {
+	if c.l2 == nil || len(recs) == 0 {
+		return
+	}
+	values := make([][]byte, len(recs))
+	for i, r := range recs {
+		var err error
+		if values[i], err = encodeRecord(r); err != nil {
+			c.log.Debug("cache entry not written to l2", "key", r.key, "error", err)
+			return
+		}
+	}
+	now := c.now()
+	expiry := float64(now.Add(c.l2.ttl).Unix())
+	c.redisCall(ctx, "put", func(ctx context.Context) error {
+		_, err := c.l2.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			models := make(map[string]bool)
+			for i, r := range recs {
+				p.Set(ctx, c.l2.entryKey(r.key), values[i], c.l2.ttl)
+				p.ZAdd(ctx, c.l2.modelKey(r.model), redis.Z{Score: expiry, Member: r.key})
+				models[r.model] = true
+			}
+			for m := range models {
+				p.ZRemRangeByScore(ctx, c.l2.modelKey(m), "-inf", strconv.FormatInt(now.Unix(), 10))
+				p.Expire(ctx, c.l2.modelKey(m), c.l2.ttl)
+			}
+			return nil
+		})
+		return err
+	})
+}
+
+// l2Purge removes every L2 record, or those of one model. Each Redis call
+// has its own timeout, so a large purge is not cut short by redis.timeout.
+func (c *Cache) l2Purge(ctx context.Context, model string) error {
+	if model == "" {
+		return c.l2Scan(ctx, func(ctx context.Context, cursor uint64) ([]string, uint64, error) {
+			return c.l2.rdb.Scan(ctx, cursor, escapeGlob(c.l2.prefix)+"*", purgeBatch).Result()
+		}, func(k string) string { return k })
+	}
+	index := c.l2.modelKey(model)
+	err := c.l2Scan(ctx, func(ctx context.Context, cursor uint64) ([]string, uint64, error) {
+		pairs, next, err := c.l2.rdb.ZScan(ctx, index, cursor, "", purgeBatch).Result()
+		members := make([]string, 0, len(pairs)/2)
+		for i := 0; i < len(pairs); i += 2 {
+			members = append(members, pairs[i])
+		}
+		return members, next, err
+	}, c.l2.entryKey)
+	if err != nil {
+		return err
+	}
+	return c.l2Unlink(ctx, []string{index})
+}
+
+// l2Scan walks a SCAN-like cursor and unlinks the key that name returns
+// for each item found.
+func (c *Cache) l2Scan(
+	ctx context.Context,
+	scan func(context.Context, uint64) ([]string, uint64, error),
+	name func(string) string,
+) error {
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, c.l2.timeout)
+		items, next, err := scan(cctx, cursor)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("scan: %w", err)
+		}
+		keys := make([]string, len(items))
+		for i, it := range items {
+			keys[i] = name(it)
+		}
+		if err := c.l2Unlink(ctx, keys); err != nil {
+			return err
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+func (c *Cache) l2Unlink(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.l2.timeout)
+	defer cancel()
+	if err := c.l2.rdb.Unlink(cctx, keys...).Err(); err != nil {
+		return fmt.Errorf("unlink: %w", err)
+	}
+	return nil
+}
+
+// escapeGlob escapes the characters that SCAN's MATCH pattern treats
+// specially, so that a key prefix matches only itself.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\', '^', '-':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

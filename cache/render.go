@@ -1,0 +1,240 @@
+package cache
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"strconv"
+	"time"
+)
+
+// Content types of Ollama's answers, as a real server sends them.
+const (
+	contentTypeJSONUTF8 = "application/json; charset=utf-8" // /api objects
+	contentTypeNDJSON   = "application/x-ndjson"            // /api streams
+	contentTypeJSON     = "application/json"                // /v1 objects
+	contentTypeSSE      = "text/event-stream"               // /v1 streams
+)
+
+// Render returns the answer as the request of plan p expects it, with its
+// content type: one JSON object, or when p.Stream is set, an NDJSON stream
+// ending in a line with done true (/api) or SSE events ending in
+// data: [DONE] (/v1), with a usage chunk when p.IncludeUsage is set and
+// the usage is known. The model is named as the client of p named it, and
+// created_at or created is the time of the call. p must be the plan of the
+// request being answered; its route is the entry's route, since the route
+// is part of every key.
+func (e *Entry) Render(p Plan) (body []byte, contentType string) {
+	if e.embed != nil {
+		return e.embed.render(e.route, p.requestModel)
+	}
+	now := time.Now()
+	switch e.route {
+	case routeGenerate, routeChat:
+		return e.answer.renderOllama(e.route, p, now)
+	default:
+		return e.answer.renderV1(e.route, p, now)
+	}
+}
+
+// renderOllama writes an /api answer. A stream has a line with the whole
+// text, when there is any, and the final line with done true.
+func (a *answer) renderOllama(r route, p Plan, now time.Time) ([]byte, string) {
+	created := now.UTC().Format(time.RFC3339Nano)
+	out := make([]byte, 0, a.size()+256)
+	if !p.Stream {
+		return a.appendOllamaLine(out, r, p.requestModel, created, true, true), contentTypeJSONUTF8
+	}
+	if a.Text != "" || a.Thinking != "" || len(a.ToolCalls) > 0 || len(a.Logprobs) > 0 {
+		out = a.appendOllamaLine(out, r, p.requestModel, created, true, false)
+		out = append(out, '\n')
+	}
+	out = a.appendOllamaLine(out, r, p.requestModel, created, false, true)
+	return append(out, '\n'), contentTypeNDJSON
+}
+
+// appendOllamaLine writes one /api object: with the text when withText is
+// set, with the final members when done is set.
+func (a *answer) appendOllamaLine(out []byte, r route, model, created string, withText, done bool) []byte {
+	var text, thinking string
+	var calls, logprobs []json.RawMessage
+	if withText {
+		text, thinking, calls, logprobs = a.Text, a.Thinking, a.ToolCalls, a.Logprobs
+	}
+	out = append(out, `{"model":`...)
+	out = appendString(out, model)
+	out = append(out, `,"created_at":"`...)
+	out = append(out, created...)
+	out = append(out, '"')
+	if r == routeGenerate {
+		out = append(out, `,"response":`...)
+		out = appendString(out, text)
+		out = appendOptionalString(out, "thinking", thinking)
+	} else {
+		out = append(out, `,"message":{"role":"assistant","content":`...)
+		out = appendString(out, text)
+		out = appendOptionalString(out, "thinking", thinking)
+		out = appendRawArray(out, "tool_calls", calls)
+		out = append(out, '}')
+	}
+	out = append(out, `,"done":`...)
+	out = strconv.AppendBool(out, done)
+	if done && len(a.Final) > 2 {
+		out = append(out, ',')
+		out = append(out, a.Final[1:len(a.Final)-1]...)
+	}
+	if r == routeGenerate {
+		out = appendRawArray(out, "tool_calls", calls)
+	}
+	out = appendRawArray(out, "logprobs", logprobs)
+	return append(out, '}')
+}
+
+// renderV1 writes a /v1 answer. A stream has a chunk with the whole text,
+// a chunk with the finish reason, an optional usage chunk and [DONE].
+func (a *answer) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
+	h := v1Header{route: r, model: p.requestModel, created: now.Unix(), fingerprint: a.Fingerprint}
+	h.id = "chatcmpl-"
+	if r == routeV1Completions {
+		h.id = "cmpl-"
+	}
+	// Ollama numbers its ids the same way, with a random number below 1000.
+	h.id += strconv.Itoa(rand.IntN(1000))
+
+	out := make([]byte, 0, a.size()+512)
+	if !p.Stream {
+		out = h.appendStart(out, false)
+		out = a.appendV1Choice(out, r, true, false)
+		if len(a.Usage) > 0 {
+			out = append(out, `,"usage":`...)
+			out = append(out, a.Usage...)
+		}
+		return h.appendEnd(out, false), contentTypeJSON
+	}
+
+	out = appendEvent(out, func(out []byte) []byte {
+		return h.appendEnd(a.appendV1Choice(h.appendStart(out, true), r, true, true), true)
+	})
+	out = appendEvent(out, func(out []byte) []byte {
+		return h.appendEnd(a.appendV1Choice(h.appendStart(out, true), r, false, true), true)
+	})
+	if p.IncludeUsage && len(a.Usage) > 0 {
+		out = appendEvent(out, func(out []byte) []byte {
+			out = append(h.appendStart(out, true), `,"choices":[],"usage":`...)
+			return h.appendEnd(append(out, a.Usage...), true)
+		})
+	}
+	return append(out, "data: [DONE]\n\n"...), contentTypeSSE
+}
+
+func appendEvent(out []byte, write func([]byte) []byte) []byte {
+	out = append(out, "data: "...)
+	return append(write(out), "\n\n"...)
+}
+
+// v1Header holds the members that every /v1 object and chunk repeats.
+type v1Header struct {
+	route       route
+	id, model   string
+	created     int64
+	fingerprint string
+}
+
+// appendStart opens an object with id, object and created, and with model
+// and system_fingerprint too except in a /v1/completions chunk, where
+// Ollama writes them last.
+func (h v1Header) appendStart(out []byte, chunk bool) []byte {
+	object := "chat.completion"
+	switch {
+	case h.route == routeV1Completions:
+		object = "text_completion"
+	case chunk:
+		object = "chat.completion.chunk"
+	}
+	out = append(out, `{"id":`...)
+	out = appendString(out, h.id)
+	out = append(out, `,"object":"`...)
+	out = append(out, object...)
+	out = append(out, `","created":`...)
+	out = strconv.AppendInt(out, h.created, 10)
+	if chunk && h.route == routeV1Completions {
+		return out
+	}
+	return h.appendModel(out)
+}
+
+func (h v1Header) appendEnd(out []byte, chunk bool) []byte {
+	if chunk && h.route == routeV1Completions {
+		out = h.appendModel(out)
+	}
+	return append(out, '}')
+}
+
+func (h v1Header) appendModel(out []byte) []byte {
+	out = append(out, `,"model":`...)
+	out = appendString(out, h.model)
+	return appendOptionalString(out, "system_fingerprint", h.fingerprint)
+}
+
+// appendV1Choice writes the choices member: with the text when withText is
+// set, with the finish reason when it is not or when the answer is one
+// object.
+func (a *answer) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
+	var text string
+	if withText {
+		text = a.Text
+	}
+	if r == routeV1Completions {
+		out = append(out, `,"choices":[{"text":`...)
+		out = appendString(out, text)
+		out = append(out, `,"index":0`...)
+	} else {
+		part := "message"
+		if chunk {
+			part = "delta"
+		}
+		out = append(out, `,"choices":[{"index":0,"`...)
+		out = append(out, part...)
+		out = append(out, `":{"role":"assistant","content":`...)
+		out = appendString(out, text)
+		if withText {
+			out = appendOptionalString(out, "reasoning", a.Thinking)
+			out = appendRawArray(out, "tool_calls", a.ToolCalls)
+		}
+		out = append(out, '}')
+	}
+	out = append(out, `,"finish_reason":`...)
+	if chunk && withText {
+		out = append(out, "null"...)
+	} else {
+		out = appendString(out, a.FinishReason)
+	}
+	return append(out, "}]"...)
+}
+
+// appendOptionalString appends ,"name":s unless s is empty.
+func appendOptionalString(out []byte, name, s string) []byte {
+	if s == "" {
+		return out
+	}
+	out = append(out, ',', '"')
+	out = append(out, name...)
+	out = append(out, '"', ':')
+	return appendString(out, s)
+}
+
+// appendRawArray appends ,"name":[...] unless elems is empty.
+func appendRawArray(out []byte, name string, elems []json.RawMessage) []byte {
+	if len(elems) == 0 {
+		return out
+	}
+	out = append(out, ',', '"')
+	out = append(out, name...)
+	out = append(out, `":[`...)
+	for i, e := range elems {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, e...)
+	}
+	return append(out, ']')
+}
