@@ -124,7 +124,7 @@ func (w *tokenLog) add(at, amount int64) *windowEntry {
 // window, a refund has nothing left to correct, and an extra charge counts
 // from now.
 func (w *tokenLog) adjust(e *windowEntry, delta, now int64) {
-	if !e.expired {
+	if !e.expired && e.at > now-tokenWindowMicros {
 		amount := max(0, e.amount+delta)
 		w.sum += amount - e.amount
 		e.amount = amount

@@ -106,17 +106,20 @@ func (s *redisStore) admit(ctx context.Context, a *admission, floorTokens, floor
 	if err != nil {
 		return outcome{}, fmt.Errorf("run admission script: %w", err)
 	}
-	return parseAdmitReply(reply)
+	return parseAdmitReply(a, reply)
 }
 
-func parseAdmitReply(reply []int64) (outcome, error) {
+func parseAdmitReply(a *admission, reply []int64) (outcome, error) {
 	if len(reply) != 1+4*numSlots+2 {
 		return outcome{}, fmt.Errorf("admission script returned %d values: %w", len(reply), errBadReply)
+	}
+	on := [numSlots]bool{
+		a.rate.on(), a.tpm > 0, a.concurrency > 0, a.monthTokens > 0, a.monthRequests > 0,
 	}
 	out := outcome{allowed: reply[0] == 1}
 	for i := range out.slots {
 		v := reply[1+4*i : 5+4*i]
-		out.slots[i] = status{exceeded: v[0] == 1, remaining: v[1], reset: v[2], retry: v[3]}
+		out.slots[i] = status{on: on[i], exceeded: v[0] == 1, remaining: v[1], reset: v[2], retry: v[3]}
 	}
 	out.monthTokens, out.monthRequests = reply[1+4*numSlots], reply[2+4*numSlots]
 	return out, nil

@@ -30,8 +30,9 @@ if lease then
 end
 
 if in_window and delta ~= 0 then
+  local at = tonumber(redis.call('ZSCORE', KEYS[1], id))
   local old = tonumber(redis.call('HGET', KEYS[2], id))
-  if old then
+  if at and old and at > now - window then
     local amount = math.max(0, old + delta)
     redis.call('HSET', KEYS[2], id, int(amount))
     redis.call('INCRBY', KEYS[3], int(amount - old))
