@@ -231,11 +231,43 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		status = fasthttp.StatusRequestEntityTooLarge
 		msg = "request body exceeds the limit of " +
 			strconv.FormatInt(s.config().MaxBodyBytes, 10) + " bytes (max_body_bytes)"
+		discardBody(ctx)
 	}
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
 	s.log.Debug("request rejected before routing", "path", string(ctx.Path()), "error", err)
 }
+
+// discardBody reads and drops the rest of a rejected request body, for at
+// most drainTimeout. Closing a connection with unread data makes the
+// kernel send a reset, and a client still sending its body would then
+// lose the 413 answer. Nothing read is kept, so memory stays bounded.
+func discardBody(ctx *fasthttp.RequestCtx) {
+	conn := ctx.Conn()
+	left := int64(ctx.Request.Header.ContentLength())
+	if conn == nil || left <= 0 {
+		return
+	}
+	// fasthttp may already hold the start of the body in its buffer, so
+	// reading stops at a pause in the data rather than at a byte count.
+	deadline := time.Now().Add(drainTimeout)
+	buf := make([]byte, 32<<10)
+	for left > 0 && time.Now().Before(deadline) {
+		_ = conn.SetReadDeadline(time.Now().Add(drainPause))
+		n, err := conn.Read(buf)
+		left -= int64(n)
+		if err != nil {
+			break
+		}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+}
+
+// drainPause ends discardBody when the client sends nothing for this long.
+const drainPause = 200 * time.Millisecond
+
+// drainTimeout bounds discardBody.
+const drainTimeout = 5 * time.Second
 
 // fasthttpLogger sends fasthttp's own messages to slog at Debug.
 type fasthttpLogger struct{ log *slog.Logger }

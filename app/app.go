@@ -1,0 +1,177 @@
+// Package app wires llmproxy together: configuration, nodes, health
+// checks, the proxy server and its listeners. cmd/llmproxy runs one App;
+// tests start as many as they need in one process.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/health"
+	"github.com/llmproxy/llmproxy/metrics"
+	"github.com/llmproxy/llmproxy/proxy"
+)
+
+// Version is the llmproxy release, set at build time with
+// -ldflags "-X github.com/llmproxy/llmproxy/app.Version=...".
+var Version = "0.1.0-dev"
+
+// App is one running proxy.
+type App struct {
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	bal     *balancer.Balancer
+	checker *health.Checker
+	server  *proxy.Server
+	ln      net.Listener
+
+	// mu guards cfg and nodes.
+	mu    sync.Mutex
+	cfg   *config.Config
+	nodes map[string]*balancer.Node
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// serveErr is the error that ended Serve, read after wg.Wait.
+	serveErr error
+}
+
+// Start builds the proxy for cfg, probes every node once, and starts
+// serving on cfg.Listen (a port of 0 picks a free one; see Addr).
+func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &App{
+		log:     log,
+		metrics: metrics.New(),
+		cfg:     cfg,
+		nodes:   map[string]*balancer.Node{},
+	}
+	nodes, err := a.buildNodes(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.bal = balancer.New(cfg.Balancer.Policy, nodes)
+	a.checker = health.New(cfg, a.bal, a.metrics, log)
+	a.server = proxy.New(proxy.Options{
+		Config:       cfg,
+		Balancer:     a.bal,
+		Metrics:      a.metrics,
+		Inventory:    a.checker,
+		Health:       a.checker,
+		BreakerState: a.checker.BreakerState,
+		Logger:       log,
+		Version:      Version,
+	})
+	a.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.checker.ProbeAll(ctx)
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		a.checker.Run(runCtx)
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.serveErr = a.server.Serve(a.ln)
+	}()
+	log.Info("llmproxy started", "listen", a.ln.Addr().String(), "nodes", len(nodes),
+		"policy", cfg.Balancer.Policy, "version", Version)
+	for _, w := range cfg.Warnings() {
+		log.Warn("risky configuration", "warning", w)
+	}
+	return a, nil
+}
+
+// buildNodes returns the balancer nodes for cfg, reusing the nodes of the
+// running configuration whose URL and limits did not change, so that
+// their in-flight counts and inventories carry over a reload.
+func (a *App) buildNodes(cfg *config.Config) ([]*balancer.Node, error) {
+	out := make([]*balancer.Node, 0, len(cfg.Nodes))
+	next := map[string]*balancer.Node{}
+	for _, nc := range cfg.Nodes {
+		u, err := url.Parse(nc.URL)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", nc.Name, err)
+		}
+		n := a.nodes[nc.Name]
+		if n == nil || n.URL.String() != u.String() || n.MaxConcurrent != nc.MaxConcurrent ||
+			n.Weight != nc.Weight {
+			n = balancer.NewNode(nc.Name, u, nc.MaxConcurrent, nc.Weight)
+		}
+		next[nc.Name] = n
+		out = append(out, n)
+	}
+	a.nodes = next
+	return out, nil
+}
+
+// Addr returns the address the proxy listens on.
+func (a *App) Addr() string { return a.ln.Addr().String() }
+
+// URL returns the proxy's base URL, http://host:port.
+func (a *App) URL() string { return "http://" + a.Addr() }
+
+// Balancer returns the node set, for tests and the admin page.
+func (a *App) Balancer() *balancer.Balancer { return a.bal }
+
+// Metrics returns the metrics registry.
+func (a *App) Metrics() *metrics.Metrics { return a.metrics }
+
+// Config returns the configuration in force.
+func (a *App) Config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// Reload applies cfg without dropping requests in flight: nodes are added,
+// removed or changed, and limits take effect for new requests. Settings
+// that need a restart (listen) are reported and left as they were.
+func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
+	a.mu.Lock()
+	change := config.Diff(a.cfg, cfg)
+	nodes, err := a.buildNodes(cfg)
+	if err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	a.cfg = cfg
+	a.mu.Unlock()
+	a.bal.SetNodes(nodes)
+	a.server.SetConfig(cfg)
+	a.checker.Sync(cfg)
+	a.checker.ProbeAll(ctx)
+	a.log.Info("configuration reloaded", "nodes", len(nodes), "added", len(change.Added),
+		"removed", len(change.Removed), "updated", len(change.Updated),
+		"settings", change.Settings)
+	if change.NeedsRestart() {
+		a.log.Warn("some changes take effect only after a restart", "settings", change.Restart)
+	}
+	return nil
+}
+
+// Shutdown stops accepting connections, lets requests in flight finish
+// until ctx ends, then stops the health checks.
+func (a *App) Shutdown(ctx context.Context) error {
+	err := a.server.Shutdown(ctx)
+	a.cancel()
+	a.wg.Wait()
+	if a.serveErr != nil && !errors.Is(a.serveErr, net.ErrClosed) {
+		err = errors.Join(err, a.serveErr)
+	}
+	a.log.Info("llmproxy stopped")
+	return err
+}

@@ -1,0 +1,169 @@
+// Command llmproxy is an inference-aware reverse proxy and load balancer
+// for Ollama servers. It looks to every client like one Ollama server.
+//
+//	llmproxy [serve] [-config FILE]   run the proxy (the default command)
+//	llmproxy validate -config FILE    check a configuration and list every problem
+//	llmproxy demo                     run the proxy over two simulated nodes
+//	llmproxy version                  print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "validate":
+		return validate(args, stdout, stderr)
+	case "demo":
+		return demo(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "llmproxy", app.Version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "llmproxy: unknown command %q\n\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Usage:
+  llmproxy [serve] [-config FILE]   run the proxy (default command)
+  llmproxy validate -config FILE    check a configuration; exit 1 listing every problem
+  llmproxy demo [-listen ADDR]      run the proxy over two simulated Ollama nodes
+  llmproxy version                  print the version
+
+Without -config, the environment configures the proxy:
+  LLMPROXY_NODES=http://gpu1:11434,http://gpu2:11434   the nodes (required)
+  LLMPROXY_LISTEN=127.0.0.1:11434                      the listen address
+`)
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", os.Getenv("LLMPROXY_CONFIG"),
+		"YAML configuration file; empty reads LLMPROXY_* variables only")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if fs.NArg() > 0 {
+		return "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return *path, nil
+}
+
+func validate(args []string, stdout, stderr io.Writer) int {
+	path, err := configFlag("validate", args, stderr)
+	if err != nil {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	fmt.Fprintf(stdout, "configuration is valid: %d nodes, listen %s\n", len(cfg.Nodes), cfg.Listen)
+	return 0
+}
+
+func serve(args []string, stderr io.Writer) int {
+	path, err := configFlag("serve", args, stderr)
+	if err != nil {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	a, err := app.Start(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "error", err)
+		return 1
+	}
+	return waitAndStop(ctx, a, path, log)
+}
+
+// waitAndStop serves until SIGTERM or SIGINT, reloading on SIGHUP, then
+// shuts down gracefully.
+func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger) int {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			reload(ctx, a, path, log)
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	timeout := a.Config().ShutdownTimeout
+	log.Info("shutting down", "timeout", timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := a.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Error("shutdown", "error", err)
+	}
+	return 0
+}
+
+func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		log.Error("reload rejected, keeping the running configuration", "error", err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.Reload(rctx, cfg); err != nil {
+		log.Error("reload failed", "error", err)
+	}
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	level, err := cfg.Log.SlogLevel()
+	if err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,109 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/valyala/fastjson"
+)
+
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		method, path string
+		how          handling
+		name         string
+		openAI       bool
+	}{
+		{"GET", "/", handleRoot, "/", false},
+		{"HEAD", "/", handleRoot, "/", false},
+		{"POST", "/api/chat", handleRouted, "/api/chat", false},
+		{"POST", "/api/pull", handleFanout, "/api/pull", false},
+		{"DELETE", "/api/delete", handleFanout, "/api/delete", false},
+		{"HEAD", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", false},
+		{"POST", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", false},
+		{"POST", "/v1/chat/completions", handleRouted, "/v1/chat/completions", true},
+		{"GET", "/v1/models/llama3", handleModel, "/v1/models/{model}", true},
+		{"GET", "/api/chat", handleMethodNotAllowed, "other", false},
+		{"POST", "/nothing", handleNotFound, "other", false},
+		{"GET", "/admin/nodes", handleAdmin, "/admin", false},
+		{"GET", "/administrator", handleNotFound, "other", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			r := classify([]byte(tc.method), []byte(tc.path))
+			if r.how != tc.how || r.name != tc.name || r.openAI != tc.openAI {
+				t.Errorf("got %+v, want how %d name %s openAI %v", r, tc.how, tc.name, tc.openAI)
+			}
+		})
+	}
+}
+
+func TestInspectDefaults(t *testing.T) {
+	chat := postRoutes["/api/chat"]
+	oaChat := postRoutes["/v1/chat/completions"]
+	gen := postRoutes["/api/generate"]
+	cases := []struct {
+		name string
+		r    route
+		body string
+		want fields
+	}{
+		{"ollama streams by default", chat, `{"model":"m","messages":[{"role":"user"}]}`,
+			fields{model: "m:latest", rawModel: "m", stream: true}},
+		{"ollama stream false", chat, `{"model":"m","stream":false,"messages":[1]}`,
+			fields{model: "m:latest", rawModel: "m"}},
+		{"openai does not stream by default", oaChat, `{"model":"m","max_tokens":9}`,
+			fields{model: "m:latest", rawModel: "m", maxTokens: 9}},
+		{"preload", gen, `{"model":"m"}`,
+			fields{model: "m:latest", rawModel: "m", stream: true, preload: true}},
+		{"unload", gen, `{"model":"m","keep_alive":0}`,
+			fields{model: "m:latest", rawModel: "m", stream: true, preload: true, unload: true}},
+		{"unload string", gen, `{"model":"m","keep_alive":"0s","prompt":"x"}`,
+			fields{model: "m:latest", rawModel: "m", stream: true, unload: true}},
+		{"options", gen, `{"model":"a/b:7b","prompt":"x","options":{"num_ctx":8192,"num_predict":50}}`,
+			fields{model: "a/b:7b", rawModel: "a/b:7b", stream: true, numCtx: 8192, maxTokens: 50}},
+	}
+	var p fastjson.Parser
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := inspect(&p, tc.r, []byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzClassifyInspect(f *testing.F) {
+	f.Add("POST", "/api/chat", `{"model":"m","messages":[]}`)
+	f.Add("GET", "/v1/models/x", ``)
+	f.Add("POST", "/v1/chat/completions", `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`)
+	f.Add("POST", "/api/generate", `{"model":"m","keep_alive":"0","options":{"num_ctx":"x"}}`)
+	var p fastjson.Parser
+	f.Fuzz(func(t *testing.T, method, path, body string) {
+		r := classify([]byte(method), []byte(path))
+		if r.name == "" {
+			t.Fatalf("route without a name for %s %s", method, path)
+		}
+		if _, err := inspect(&p, r, []byte(body)); err == nil {
+			if v, perr := fastjson.Parse(body); perr != nil || v.Type() != fastjson.TypeObject {
+				t.Fatalf("inspect accepted %q, which is not a JSON object", body)
+			}
+		}
+	})
+}
+
+func BenchmarkClassifyInspect(b *testing.B) {
+	body := []byte(`{"model":"llama3:8b","messages":[{"role":"user","content":"hello there"}],` +
+		`"options":{"temperature":0.7,"num_ctx":4096},"stream":true}`)
+	var p fastjson.Parser
+	b.ReportAllocs()
+	for b.Loop() {
+		r := classify([]byte("POST"), []byte("/api/chat"))
+		if _, err := inspect(&p, r, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,553 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ollama/ollama/api"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// fleet is two simulated nodes behind one proxy: both have "m", only the
+// first has the embedding model "embed-e", only the second has "other".
+type fleet struct {
+	a, b  *ollamasim.Running
+	proxy *app.App
+}
+
+func newFleet(t *testing.T, cfg ollamasim.Config) *fleet {
+	t.Helper()
+	f := &fleet{
+		a: testenv.Sim(t, "m,embed-e", cfg),
+		b: testenv.Sim(t, "m,other", cfg),
+	}
+	f.proxy = testenv.Proxy(t, testenv.Config(t, f.a, f.b))
+	return f
+}
+
+func (f *fleet) client(t *testing.T) *api.Client {
+	t.Helper()
+	u, err := url.Parse(f.proxy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api.NewClient(u, http.DefaultClient)
+}
+
+func (f *fleet) sim(name string) *ollamasim.Server {
+	if name == "n0" {
+		return f.a.Server()
+	}
+	return f.b.Server()
+}
+
+func post(t *testing.T, url, body string, header ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	return resp
+}
+
+func readBody(t *testing.T, resp *http.Response) []byte {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return b
+}
+
+func TestOllamaClientSurface(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	c := f.client(t)
+	ctx := context.Background()
+
+	if err := c.Heartbeat(ctx); err != nil {
+		t.Fatalf("heartbeat: %v", err)
+	}
+	v, err := c.Version(ctx)
+	if err != nil || v == "" {
+		t.Fatalf("version = %q, %v", v, err)
+	}
+	list, err := c.List(ctx)
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	names := map[string]int{}
+	for _, m := range list.Models {
+		names[m.Name]++
+	}
+	for _, want := range []string{"m:latest", "embed-e:latest", "other:latest"} {
+		if names[want] != 1 {
+			t.Errorf("list has %q %d times, want once (list %v)", want, names[want], names)
+		}
+	}
+	show, err := c.Show(ctx, &api.ShowRequest{Model: "other"})
+	if err != nil || show.Details.Family == "" {
+		t.Fatalf("show other: %+v, %v", show, err)
+	}
+
+	var gen api.GenerateResponse
+	stream := false
+	err = c.Generate(ctx, &api.GenerateRequest{Model: "m", Prompt: "hi", Stream: &stream},
+		func(r api.GenerateResponse) error { gen = r; return nil })
+	if err != nil || !gen.Done || gen.Response == "" || gen.EvalCount == 0 {
+		t.Fatalf("generate: %+v, %v", gen, err)
+	}
+
+	var chunks int
+	var last api.ChatResponse
+	err = c.Chat(ctx, &api.ChatRequest{Model: "m", Messages: []api.Message{{Role: "user", Content: "hello"}}},
+		func(r api.ChatResponse) error { chunks++; last = r; return nil })
+	if err != nil {
+		t.Fatalf("chat: %v", err)
+	}
+	if chunks < 3 || !last.Done || last.DoneReason == "" {
+		t.Errorf("chat streamed %d chunks, last %+v; want several and a done line", chunks, last)
+	}
+
+	emb, err := c.Embed(ctx, &api.EmbedRequest{Model: "embed-e", Input: []string{"alpha", "beta", "gamma"}})
+	if err != nil || len(emb.Embeddings) != 3 {
+		t.Fatalf("embed: %d vectors, %v", len(emb.Embeddings), err)
+	}
+	ps, err := c.ListRunning(ctx)
+	if err != nil || len(ps.Models) == 0 {
+		t.Fatalf("ps: %+v, %v", ps, err)
+	}
+	running := map[string]int{}
+	for _, m := range ps.Models {
+		running[m.Name]++
+	}
+	for name, n := range running {
+		if n != 1 {
+			t.Errorf("ps lists %s %d times", name, n)
+		}
+	}
+}
+
+func TestModelManagementFansOut(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	c := f.client(t)
+	ctx := context.Background()
+
+	var statuses []string
+	err := c.Pull(ctx, &api.PullRequest{Model: "fresh"}, func(p api.ProgressResponse) error {
+		statuses = append(statuses, p.Status)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	if len(statuses) < 3 || statuses[len(statuses)-1] != "success" {
+		t.Fatalf("pull progress %v, want progress lines ending in one success", statuses)
+	}
+	for _, s := range statuses[:len(statuses)-1] {
+		if s == "success" {
+			t.Errorf("pull sent a node's own success line before the end: %v", statuses)
+		}
+	}
+	for _, sim := range []*ollamasim.Server{f.a.Server(), f.b.Server()} {
+		if sim.Requests("/api/pull") != 1 {
+			t.Errorf("a node saw %d pulls, want 1", sim.Requests("/api/pull"))
+		}
+	}
+	// The inventory is refreshed at once: the new model routes right away.
+	stream := false
+	err = c.Generate(ctx, &api.GenerateRequest{Model: "fresh", Prompt: "x", Stream: &stream},
+		func(api.GenerateResponse) error { return nil })
+	if err != nil {
+		t.Fatalf("generate on a freshly pulled model: %v", err)
+	}
+
+	if err := c.Copy(ctx, &api.CopyRequest{Source: "fresh", Destination: "fresh-copy"}); err != nil {
+		t.Fatalf("copy: %v", err)
+	}
+	if err := c.Delete(ctx, &api.DeleteRequest{Model: "fresh"}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	for _, sim := range []*ollamasim.Server{f.a.Server(), f.b.Server()} {
+		if sim.Requests("/api/delete") != 1 || sim.Requests("/api/copy") != 1 {
+			t.Errorf("a node saw %d deletes and %d copies, want 1 each",
+				sim.Requests("/api/delete"), sim.Requests("/api/copy"))
+		}
+	}
+	err = c.Delete(ctx, &api.DeleteRequest{Model: "fresh"})
+	var se api.StatusError
+	if !errors.As(err, &se) || se.StatusCode != 404 {
+		t.Fatalf("second delete: %v, want 404", err)
+	}
+
+	resp := post(t, f.proxy.URL()+"/api/pull", `{"model":"another","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"success"`)) {
+		t.Fatalf("pull stream:false = %d %s", resp.StatusCode, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("pull stream:false content type %q", ct)
+	}
+}
+
+func TestUnknownModelIs404(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	resp := post(t, f.proxy.URL()+"/api/generate", `{"model":"nope","prompt":"x"}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 404 {
+		t.Fatalf("status %d, want 404", resp.StatusCode)
+	}
+	want := `{"error":"model \"nope\" not found, try pulling it first"}`
+	if string(body) != want {
+		t.Errorf("body %s, want %s", body, want)
+	}
+	resp = post(t, f.proxy.URL()+"/v1/chat/completions",
+		`{"model":"nope","messages":[{"role":"user","content":"x"}]}`)
+	body = readBody(t, resp)
+	var oe struct {
+		Error struct{ Message, Type string }
+	}
+	if resp.StatusCode != 404 || json.Unmarshal(body, &oe) != nil || oe.Error.Type != "not_found_error" {
+		t.Errorf("openai unknown model: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	base := f.proxy.URL()
+	cases := []struct {
+		name, path, body string
+		status           int
+		contains         string
+	}{
+		{"malformed json", "/api/generate", `{"model":`, 400, "invalid JSON"},
+		{"not an object", "/api/chat", `[1,2]`, 400, "want an object"},
+		{"missing model", "/api/chat", `{"messages":[]}`, 400, "model is required"},
+		{"empty body", "/api/embed", ``, 400, "missing request body"},
+		{"openai malformed", "/v1/chat/completions", `{`, 400, `"type":"invalid_request_error"`},
+		{"unknown path", "/api/nothing", `{}`, 404, "404 page not found"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := post(t, base+tc.path, tc.body)
+			body := readBody(t, resp)
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d (%s)", resp.StatusCode, tc.status, body)
+			}
+			if !strings.Contains(string(body), tc.contains) {
+				t.Errorf("body %s does not contain %q", body, tc.contains)
+			}
+		})
+	}
+}
+
+func TestStreamLinesLeaveAsTheyArrive(t *testing.T) {
+	// 10 tokens per second: one line every 100 ms.
+	f := newFleet(t, ollamasim.Config{TokensPerSec: 10, MinTokens: 30, MaxTokens: 30})
+	resp := post(t, f.proxy.URL()+"/api/chat",
+		`{"model":"m","messages":[{"role":"user","content":"Count to 50"}]}`)
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/x-ndjson" {
+		t.Errorf("content type %q", ct)
+	}
+	if resp.Header.Get("X-Accel-Buffering") != "no" {
+		t.Errorf("X-Accel-Buffering = %q, want no", resp.Header.Get("X-Accel-Buffering"))
+	}
+	node := resp.Header.Get("X-LLMProxy-Node")
+	sim := f.sim(node)
+	br := bufio.NewReader(resp.Body)
+	// The first line arrives while the node is still generating: the
+	// proxy did not wait for the whole answer.
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("first line: %v", err)
+	}
+	if sim.InFlight() != 1 {
+		t.Errorf("node %s has %d requests in flight after the first line, want 1 (buffered?)",
+			node, sim.InFlight())
+	}
+	var first api.ChatResponse
+	if err := json.Unmarshal(line, &first); err != nil || first.Done {
+		t.Fatalf("first line %s: %v", line, err)
+	}
+	lines := 1
+	for {
+		line, err = br.ReadBytes('\n')
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(line) {
+			t.Fatalf("line %d is not one JSON object: %q", lines, line)
+		}
+		lines++
+	}
+	if lines != 31 {
+		t.Errorf("got %d lines, want 30 tokens and a done line", lines)
+	}
+}
+
+func TestClientCancelReachesNode(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{TokensPerSec: 50})
+	t.Run("streaming", func(t *testing.T) {
+		resp := post(t, f.proxy.URL()+"/api/generate",
+			`{"model":"m","prompt":"Write an essay","options":{"num_predict":4000}}`)
+		sim := f.sim(resp.Header.Get("X-LLMProxy-Node"))
+		before := sim.Cancelled()
+		br := bufio.NewReader(resp.Body)
+		for i := 0; i < 3; i++ {
+			if _, err := br.ReadBytes('\n'); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp.Body.Close()
+		testenv.WaitFor(t, 5*time.Second, "node to see the cancel", func() bool {
+			return sim.Cancelled() > before && sim.InFlight() == 0
+		})
+	})
+	t.Run("not streaming", func(t *testing.T) {
+		before := f.a.Server().Cancelled() + f.b.Server().Cancelled()
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "POST", f.proxy.URL()+"/api/generate",
+			strings.NewReader(`{"model":"m","prompt":"Write an essay","stream":false,"options":{"num_predict":4000}}`))
+		_, err := http.DefaultClient.Do(req)
+		if err == nil {
+			t.Fatal("request finished before the client gave up")
+		}
+		testenv.WaitFor(t, 5*time.Second, "node to see the cancel", func() bool {
+			return f.a.Server().Cancelled()+f.b.Server().Cancelled() > before &&
+				f.a.Server().InFlight()+f.b.Server().InFlight() == 0
+		})
+	})
+}
+
+func TestColdLoadIsNotAGatewayError(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{LoadTime: 600 * time.Millisecond})
+	cfg := testenv.Config(t, a)
+	// The idle limit between chunks must not apply to the wait for the
+	// first byte, which covers the load.
+	cfg.Upstream.Idle = 100 * time.Millisecond
+	p := testenv.Proxy(t, cfg)
+	resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"done":true`)) {
+		t.Fatalf("cold load answer: %d %s", resp.StatusCode, body)
+	}
+	if a.Server().Loads("m:latest") != 1 {
+		t.Errorf("loads = %d, want 1", a.Server().Loads("m:latest"))
+	}
+}
+
+func TestOllamaRunStaysOnOneNode(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	base := f.proxy.URL()
+	req, _ := http.NewRequest("HEAD", base+"/", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD /: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	nodes := map[string]bool{}
+	for _, step := range []struct{ path, body string }{
+		{"/api/show", `{"model":"m"}`},
+		{"/api/generate", `{"model":"m"}`},
+		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`},
+		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"x"},{"role":"user","content":"more"}]}`},
+	} {
+		resp := post(t, base+step.path, step.body)
+		readBody(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d", step.path, resp.StatusCode)
+		}
+		nodes[resp.Header.Get("X-LLMProxy-Node")] = true
+	}
+	if len(nodes) != 1 {
+		t.Errorf("the ollama run sequence was served by %v, want one node", nodes)
+	}
+}
+
+func TestLargeBodyForwardedIntact(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	img := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0xAB, 0xCD, 0xEF}, 1<<20))
+	body := `{"model":"m","messages":[{"role":"user","content":"look","images":["` + img + `","` + img +
+		`"]}],"stream":false,"tools":[],"think":false,"format":"json","options":{"temperature":0.1},"future_field":{"x":1}}`
+	if len(body) < 8<<20 {
+		t.Fatalf("test body is only %d bytes", len(body))
+	}
+	cfg := testenv.Config(t, a)
+	p := testenv.Proxy(t, cfg)
+	resp := post(t, p.URL()+"/api/chat?trace=1", body, "Host", "proxy.example")
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	got, ok := a.Server().LastRequest("/api/chat")
+	if !ok {
+		t.Fatal("node saw no chat")
+	}
+	if !bytes.Equal(got.Body, []byte(body)) {
+		t.Errorf("node received %d bytes, want the %d sent, byte for byte", len(got.Body), len(body))
+	}
+	if got.RequestURI != "/api/chat?trace=1" {
+		t.Errorf("request URI %q, want the query kept", got.RequestURI)
+	}
+	if got.Host != a.Addr() {
+		t.Errorf("node saw Host %q, want its own %q", got.Host, a.Addr())
+	}
+
+	cfg2 := testenv.Config(t, a)
+	cfg2.MaxBodyBytes = 1 << 20
+	small := testenv.Proxy(t, cfg2)
+	resp = post(t, small.URL()+"/api/chat", body)
+	out := readBody(t, resp)
+	if resp.StatusCode != 413 {
+		t.Fatalf("over the limit: status %d, want 413", resp.StatusCode)
+	}
+	if msg := errorMessage(t, out); !strings.Contains(msg, "max_body_bytes") {
+		t.Errorf("413 body %s", out)
+	}
+}
+
+func errorMessage(t *testing.T, body []byte) string {
+	t.Helper()
+	var e struct{ Error string }
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("error body %q is not {\"error\":...}: %v", body, err)
+	}
+	return e.Error
+}
+
+func TestEmbedKeepsInputOrder(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	in := `{"model":"embed-e","input":["alpha","beta","gamma"]}`
+	viaProxy := readBody(t, post(t, f.proxy.URL()+"/api/embed", in))
+	direct := readBody(t, post(t, f.a.URL()+"/api/embed", in))
+	var p, d api.EmbedResponse
+	if err := json.Unmarshal(viaProxy, &p); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(direct, &d); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Embeddings) != 3 {
+		t.Fatalf("%d vectors, want 3", len(p.Embeddings))
+	}
+	for i := range d.Embeddings {
+		if p.Embeddings[i][0] != d.Embeddings[i][0] {
+			t.Errorf("vector %d differs from the node's own answer", i)
+		}
+	}
+}
+
+func TestRequestHeaders(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	resp := post(t, f.proxy.URL()+"/api/show", `{"model":"m"}`, "X-Request-Id", "abc-123")
+	readBody(t, resp)
+	if got := resp.Header.Get("X-Request-Id"); got != "abc-123" {
+		t.Errorf("X-Request-Id = %q, want the client's", got)
+	}
+	if resp.Header.Get("X-LLMProxy-Node") == "" {
+		t.Error("no X-LLMProxy-Node header")
+	}
+	resp = post(t, f.proxy.URL()+"/api/show", `{"model":"m"}`)
+	readBody(t, resp)
+	if resp.Header.Get("X-Request-Id") == "" {
+		t.Error("no generated X-Request-Id")
+	}
+}
+
+func TestBrowserOrigin(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	resp := post(t, f.proxy.URL()+"/api/show", `{"model":"m"}`, "Origin", "https://evil.example")
+	readBody(t, resp)
+	if resp.StatusCode != 403 {
+		t.Errorf("foreign origin: status %d, want 403", resp.StatusCode)
+	}
+	resp = post(t, f.proxy.URL()+"/api/show", `{"model":"m"}`, "Origin", "http://localhost:3000")
+	readBody(t, resp)
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" {
+		t.Errorf("local origin: status %d, allow-origin %q", resp.StatusCode,
+			resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+	got, _ := f.sim(resp.Header.Get("X-LLMProxy-Node")).LastRequest("/api/show")
+	if got.Header.Get("Origin") != "" {
+		t.Errorf("node received Origin %q", got.Header.Get("Origin"))
+	}
+}
+
+func TestUnloadReachesEveryHolder(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	stream := false
+	for _, sim := range []*ollamasim.Running{f.a, f.b} {
+		// Load m on both nodes directly.
+		resp := post(t, sim.URL()+"/api/generate", `{"model":"m"}`)
+		readBody(t, resp)
+	}
+	// Let the proxy see both loads.
+	testenv.WaitFor(t, 5*time.Second, "inventory to show m loaded twice", func() bool {
+		return len(f.proxy.Balancer().Holding("m:latest")) == 2
+	})
+	c := f.client(t)
+	err := c.Generate(context.Background(),
+		&api.GenerateRequest{Model: "m", KeepAlive: &api.Duration{Duration: 0}, Stream: &stream},
+		func(r api.GenerateResponse) error {
+			if r.DoneReason != "unload" {
+				t.Errorf("done_reason %q, want unload", r.DoneReason)
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sim := range []*ollamasim.Running{f.a, f.b} {
+		if loaded := sim.Server().LoadedModels(); len(loaded) != 0 {
+			t.Errorf("node %s still holds %v", sim.Addr(), loaded)
+		}
+	}
+}
+
+func TestNodeDownIsNotLost(t *testing.T) {
+	// A listener that is closed at once: nothing serves there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, a)
+	nc := cfg.Nodes[0]
+	nc.Name, nc.URL = "dead", "http://"+dead
+	cfg.Nodes = append(cfg.Nodes, nc)
+	p := testenv.Proxy(t, cfg)
+	resp := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"x","stream":false}`)
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d with one dead node", resp.StatusCode)
+	}
+}
