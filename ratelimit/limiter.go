@@ -78,9 +78,11 @@ type Limiter struct {
 
 	// ctx ends at Close; it bounds settlements, which outlive the request
 	// context, and the renewal goroutine, which wg waits for.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New builds a Limiter from the configuration. It reads the keys given by
@@ -165,16 +167,19 @@ func newInstanceID() (string, error) {
 
 // Close stops lease renewal and closes the Redis client. Leases still held
 // expire after LeaseTTL. Calls made after Close decide with local state.
+// Closing twice returns the first result.
 func (l *Limiter) Close() error {
-	l.cancel()
-	l.wg.Wait()
-	if l.redis == nil {
-		return nil
-	}
-	if err := l.redis.close(); err != nil {
-		return fmt.Errorf("close redis client: %w", err)
-	}
-	return nil
+	l.closeOnce.Do(func() {
+		l.cancel()
+		l.wg.Wait()
+		if l.redis == nil {
+			return
+		}
+		if err := l.redis.close(); err != nil {
+			l.closeErr = fmt.Errorf("close redis client: %w", err)
+		}
+	})
+	return l.closeErr
 }
 
 // Authenticate returns the key a request presents in "Authorization:
