@@ -294,6 +294,7 @@ func (s *Server) SetFaults(f Faults) error {
 
 func (s *Server) setFaultsLocked(f Faults) error {
 	s.faults.set(f, s.clearFaults)
+	s.rec.changes.notify()
 	s.cfg.Logger.Info("faults set", "faults", f)
 	if s.running == nil {
 		return nil

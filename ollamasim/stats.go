@@ -157,8 +157,9 @@ func (s *Server) Stats() Stats {
 }
 
 // WaitFor blocks until cond returns true for a snapshot of the counters, or
-// until ctx is done, and returns ctx's error in that case. cond runs after
-// every change, on the caller's goroutine.
+// until ctx is done, and returns ctx's error in that case. cond runs on the
+// caller's goroutine after every change of the counters, the scheduler or
+// the faults, so it may also test Faults.
 func (s *Server) WaitFor(ctx context.Context, cond func(Stats) bool) error {
 	for {
 		changed := s.rec.changes.wait()

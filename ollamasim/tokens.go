@@ -34,16 +34,26 @@ func tokenID(piece string) int {
 	return int(h.Sum32()%32000) + 3 // IDs 0 to 2 are special tokens in llama vocabularies
 }
 
-// tokenize splits text into pieces and returns their token IDs. A piece is a
-// word with at most one leading space, or any other single character.
+// tokenize returns the token IDs of the pieces of text.
 func tokenize(text string) []int {
-	var ids []int
-	for len(text) > 0 {
-		n := pieceLen(text)
-		ids = append(ids, tokenID(text[:n]))
-		text = text[n:]
+	pieces := splitPieces(text)
+	ids := make([]int, len(pieces))
+	for i, p := range pieces {
+		ids[i] = tokenID(p)
 	}
 	return ids
+}
+
+// splitPieces splits text into pieces: words with at most one leading space,
+// and single other characters. tokenize maps each piece to one token.
+func splitPieces(text string) []string {
+	var pieces []string
+	for len(text) > 0 {
+		n := pieceLen(text)
+		pieces = append(pieces, text[:n])
+		text = text[n:]
+	}
+	return pieces
 }
 
 // pieceLen returns the length in bytes of the piece text starts with.

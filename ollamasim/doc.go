@@ -1,0 +1,109 @@
+// Package ollamasim simulates an Ollama server for tests, demos and
+// benchmarks: the native /api routes and the OpenAI-compatible /v1 routes,
+// with Ollama's wire format, its scheduler's slots, queue and model loads,
+// and injectable faults. It needs no GPU and no model files; answers are
+// nonsense text drawn from a small vocabulary.
+//
+// # Starting a node
+//
+//	srv := ollamasim.New(ollamasim.Config{
+//		Models:       []ollamasim.ModelSpec{{Name: "llama3:8b"}, {Name: "nomic-embed-text", Embedding: true}},
+//		LoadTime:     50 * time.Millisecond,
+//		TokensPerSec: 200,
+//	})
+//	node, err := srv.Start("127.0.0.1:0")
+//	...
+//	defer node.Close()
+//	client := api.NewClient(must(url.Parse(node.URL())), http.DefaultClient)
+//
+// A Server is also an http.Handler, for httptest or another listener; call
+// its Close when done. [Running.Close] closes the listener and the Server.
+//
+// # Wire format
+//
+// The format follows recordings of Ollama 0.25: application/json with a
+// charset for single objects on /api, application/x-ndjson for /api streams
+// (one object per line, flushed per line), text/event-stream for /v1 streams
+// ("data: {...}" events ending with "data: [DONE]"), and application/json
+// without charset for single /v1 objects. Streams are chunked. Field names
+// and their order match Ollama's, including the final line's done,
+// done_reason, context (generate only) and the duration and count fields,
+// which report the real time spent. Errors are {"error":"..."} on /api and
+// {"error":{"message","type","param","code"}} on /v1. A model the node
+// lacks gets 404 "model \"NAME\" not found, try pulling it first", the
+// wording of Ollama releases after 0.25. Malformed JSON gets 400 with
+// encoding/json's message; a missing model field gets 400 "model is
+// required". Like Ollama, a foreign Origin, or a foreign Host on a loopback
+// listener, gets 403 with an empty body.
+//
+// Routes: HEAD and GET /, GET /api/version, /api/tags, /api/ps, POST
+// /api/show, /api/generate, /api/chat, /api/embed, /api/embeddings,
+// /api/pull, /api/push, /api/create, /api/copy, DELETE /api/delete, HEAD and
+// POST /api/blobs/{digest}, POST /v1/chat/completions, /v1/completions,
+// /v1/embeddings, GET /v1/models and /v1/models/{model}. Other paths get 404,
+// or 405 when the path exists for another method.
+//
+// # Behaviour
+//
+// Generation is deterministic when the request sets options.seed or a
+// temperature of 0 (seed or temperature on /v1): the answer then depends
+// only on the model, the prompt tokens and the seed. Other answers vary,
+// from a generator seeded by Config.Seed. An answer ends on its own after
+// Config.MinTokens to Config.MaxTokens tokens (done_reason "stop"), or at
+// num_predict or max_tokens ("length"). Streaming sends one token per line,
+// paced by Config.TokensPerSec; /api/generate and /api/chat stream unless
+// "stream" is false, /v1 routes only when it is true. A "format" (or a /v1
+// response_format other than text) wraps the answer in a JSON object; tools
+// and think are accepted and ignored.
+//
+// A request without a prompt (or chat without messages) loads the model and
+// returns done_reason "load"; with keep_alive 0 it unloads the model and
+// returns "unload". keep_alive is a duration string, a number of seconds or
+// a negative value (forever); a model idle for its keep_alive unloads.
+//
+// Each loaded model has Config.Parallel slots. At most that many requests
+// for a model run at once; the others wait in one FIFO queue, and past
+// Config.MaxQueue waiting requests the node answers 503 "server busy".
+// Loading a model beyond Config.MaxLoaded evicts the least recently used
+// idle model, or waits until one is idle. A cold load takes Config.LoadTime,
+// spent before the first byte; a request whose num_ctx differs from the
+// loaded instance reloads it, as Ollama does. load_duration counts the wait
+// for the slot and the load.
+//
+// Each slot keeps the tokens it processed last (prompt and answer). A
+// request takes the free slot sharing the longest prefix with its prompt and
+// evaluates only the rest, at Config.PromptTokensPerSec; prompt_eval_count
+// reports the evaluated tokens. A conversation sent back with the model's
+// answers therefore skips its history, so a proxy that keeps a conversation
+// on one node is measurably faster.
+//
+// Embeddings are unit vectors derived from a hash of the model and the
+// text, of ModelSpec.EmbeddingLength dimensions. Any model can embed.
+//
+// When a client goes away, the node stops generating at once, frees the
+// slot and counts the request in [Stats].Cancelled.
+//
+// # Faults and control routes
+//
+// [Faults] describe failures: refusing connections, hanging, 503 busy, a
+// share of 500 errors, cut streams, extra delays. Set them with
+// [Server.SetFaults] or over HTTP:
+//
+//	GET    /_sim/faults  returns the active faults as JSON
+//	POST   /_sim/faults  replaces them with the body, for example
+//	                     {"error_rate":0.5,"seed":7} or {"refuse":true,"clear_after":"2s"}
+//	DELETE /_sim/faults  clears them
+//	GET    /_sim/stats   returns [Stats] as JSON
+//
+// The control routes are also served alone by [Server.ControlHandler], for a
+// listener that stays reachable while the node refuses connections.
+//
+// # Observing a node in tests
+//
+// [Server.Stats] counts requests per route and per model, cold loads,
+// cancellations and busy rejections, and reports the requests in flight, the
+// queue and the loaded models. [Server.WaitFor] blocks until a condition on
+// the counters holds, so tests wait on state instead of sleeping.
+// [Server.LastRequest] returns the last request of a route as the node
+// received it, body bytes and Host header included.
+package ollamasim
