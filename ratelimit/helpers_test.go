@@ -137,7 +137,7 @@ func mustReject(t *testing.T, l *Limiter, key string, tokens int64) Decision {
 	return d
 }
 
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	t.Helper()
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
@@ -146,7 +146,7 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
-func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+func gaugeValue(t testing.TB, g prometheus.Gauge) float64 {
 	t.Helper()
 	var m dto.Metric
 	if err := g.Write(&m); err != nil {
@@ -155,7 +155,7 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
-func fallbacks(t *testing.T, l *Limiter) float64 {
+func fallbacks(t testing.TB, l *Limiter) float64 {
 	t.Helper()
 	return counterValue(t, l.metrics.RedisFallback.WithLabelValues("ratelimit"))
 }
