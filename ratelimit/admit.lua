@@ -10,11 +10,18 @@
 -- KEYS[5] leases: reservation id -> expiry time (sorted set)
 -- KEYS[6] month counters: t tokens, r requests (hash)
 --
--- ARGV: now, rate interval (0: no rate), burst, tokens per minute (0: none),
--- tokens to reserve in the window, window length, reservation id, lease
--- (1: take one), max leases (0: no limit), lease TTL, monthly (1: count),
--- monthly tokens limit, monthly requests limit, tokens to reserve in the
--- month, lowest month tokens, lowest month requests, month key TTL seconds.
+-- ARGV[1] now
+-- ARGV[2] rate interval, 0 for no request rate; ARGV[3] burst
+-- ARGV[4] tokens per minute, 0 for no limit; ARGV[5] tokens to reserve in
+--         the window; ARGV[6] window length
+-- ARGV[7] reservation id
+-- ARGV[8] 1 to take a lease; ARGV[9] max leases, 0 for no limit;
+--         ARGV[10] lease TTL
+-- ARGV[11] 1 to count the month; ARGV[12] monthly tokens limit;
+--          ARGV[13] monthly requests limit, 0 for none;
+--          ARGV[14] tokens to reserve in the month
+-- ARGV[15], ARGV[16] lowest month token and request counts to assume
+-- ARGV[17] month key TTL in seconds
 --
 -- Reply: allowed (0 or 1); then exceeded, remaining, reset, retry for each
 -- limit in the order requests, tokens, concurrency, monthly_tokens,
@@ -145,12 +152,12 @@ end
 if lease then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now))
   if max_leases > 0 then
-    local held = redis.call('ZCARD', KEYS[5])
-    if held >= max_leases then
+    local live = redis.call('ZCARD', KEYS[5])
+    if live >= max_leases then
       ok = false
       put(2, true, 0, 0, 0)
     else
-      put(2, false, max_leases - held - 1, 0, 0)
+      put(2, false, max_leases - live - 1, 0, 0)
     end
   end
 end

@@ -48,12 +48,13 @@ func (r rate) check(tat, now int64) (int64, status) {
 	return next, status{on: true, remaining: (now - allowAt) / r.interval, reset: next - now}
 }
 
-// concurrencyStatus checks one more request against max with held in flight.
-func concurrencyStatus(held, limit int64) status {
-	if held >= limit {
+// concurrencyStatus checks one more request against limit with inFlight
+// requests already admitted.
+func concurrencyStatus(inFlight, limit int64) status {
+	if inFlight >= limit {
 		return status{on: true, exceeded: true}
 	}
-	return status{on: true, remaining: limit - held - 1}
+	return status{on: true, remaining: limit - inFlight - 1}
 }
 
 // quotaStatus checks need more against limit with used already counted.

@@ -80,7 +80,7 @@ func TestDecideReportsSmallestShare(t *testing.T) {
 	a := &admission{now: testStart, rate: rate{interval: 1e5, burst: 10}, tpm: 1000}
 	a.month, a.monthEnd = monthOf(testStart)
 	out := outcome{allowed: true}
-	out.slots[slotRequests] = status{on: true, remaining: 5}  // half left
+	out.slots[slotRequests] = status{on: true, remaining: 5} // half left
 	out.slots[slotTokens] = status{on: true, remaining: 100} // a tenth left
 	d := decide(a, &out)
 	if d.Limit != LimitTokens || d.Quota != 1000 || d.Remaining != 100 {

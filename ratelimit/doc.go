@@ -31,23 +31,26 @@
 // after Options.LeaseTTL. Without Redis every limit holds per instance.
 //
 // When a Redis call fails or takes longer than redis.timeout, the Limiter
-// decides with its local state instead, so a Redis outage never rejects
-// traffic. It logs the outage once at Warn, counts every operation decided
-// locally in llmproxy_redis_fallback_total{component="ratelimit"}, and tries
-// Redis again once a second by the injected clock. During an outage each
-// instance counts on its own: the rate and token limits then allow up to
-// one full limit per instance, and the monthly quotas continue from the last
-// counts this instance read from Redis.
+// decides with its local state instead, so a Redis outage never causes a
+// rejection by itself. It logs the outage once at Warn and the recovery at
+// Info, sets llmproxy_redis_up, counts every operation decided locally in
+// llmproxy_redis_fallback_total{component="ratelimit"}, and tries Redis
+// again once a second by the injected clock. During an outage each instance
+// counts on its own. The rate and token limits then allow up to one full
+// limit per instance, max_concurrent counts the requests this instance has
+// in flight, and the monthly quotas continue from the last counts this
+// instance read from Redis.
 //
 // # Clocks
 //
 // Every time a limit depends on comes from Options.Now, and the Redis scripts
 // receive it as an argument, so tests drive refill, windows, lease expiry and
-// the month reset with a fake clock, against Redis too. With several
-// instances the scripts compare timestamps written by different hosts: an
-// instance whose clock runs d ahead sees buckets refill and windows free d
-// early, so it may admit up to d times the rate beyond the limit, and
-// instances disagree about the month for d around midnight UTC at a month's
-// start. Keep the hosts synchronised with NTP, where skew stays in
-// milliseconds, far below the one-second resolution of Retry-After.
+// the month reset with a fake clock, against Redis too. The cost is that with
+// several instances the scripts compare timestamps written by different
+// hosts. An instance whose clock runs d ahead of the others sees buckets
+// refill and windows free d early, so it can admit about rate × d requests
+// beyond the burst, and leases it checks expire d early. Instances also
+// disagree about the month for d around midnight UTC at a month's start.
+// Keep the hosts synchronised with NTP, which holds skew to milliseconds,
+// well below the one-second resolution of Retry-After.
 package ratelimit

@@ -30,10 +30,10 @@ type Options struct {
 	// Auth holds auth.required and auth.keys.
 	Auth config.Auth
 	// RateLimit holds the limits per client address, the trusted proxies
-	// and the default token estimate, with the defaults of config applied:
-	// a PerAddress of zero means no limit per address, and a
-	// DefaultTokenEstimate of zero reserves nothing for a request that
-	// sets no token limit.
+	// and the default token estimate, with the defaults of config applied.
+	// A PerAddress of zero means no limit per address. A
+	// DefaultTokenEstimate of zero reserves nothing for a request that sets
+	// no token limit.
 	RateLimit config.RateLimit
 	// Redis is the shared store; an empty Addr keeps every limit per
 	// instance. A zero Timeout means 50ms.
@@ -91,6 +91,8 @@ type Limiter struct {
 // does not contact Redis, so New succeeds while Redis is down.
 func New(opts Options) (*Limiter, error) {
 	opts = withDefaults(opts)
+
+	// Validate everything, so that one error lists every problem.
 	keys, keysErr := newKeyring(opts.Auth, opts.LookupEnv)
 	proxies, proxiesErr := parseTrustedProxies(opts.RateLimit.TrustedProxies)
 	err := errors.Join(keysErr, proxiesErr, validateRateLimit(opts.RateLimit))
@@ -101,6 +103,7 @@ func New(opts Options) (*Limiter, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	log := opts.Logger.With("component", "ratelimit")
 	l := &Limiter{
 		keys:            keys,
@@ -116,6 +119,7 @@ func New(opts Options) (*Limiter, error) {
 		leases:          leaseSet{byID: make(map[string]string)},
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
+
 	if opts.Redis.Addr != "" {
 		l.redis = newRedisStore(opts.Redis, opts.LeaseTTL)
 		l.wg.Add(1)
@@ -190,8 +194,8 @@ func (l *Limiter) Close() error {
 // false, which Admit then limits by client address. It returns
 // ErrMissingKey for a request without a key when auth.required is true, and
 // ErrUnknownKey for a presented key that matches none, even when
-// auth.required is false: a client that sends a wrong key is told so rather
-// than being served anonymously under other limits. When no keys are
+// auth.required is false. A client that sends a wrong key then learns of
+// its mistake, instead of being served anonymously under other limits. When no keys are
 // configured and auth.required is false, every request is anonymous and
 // presented keys are ignored, as Ollama ignores them, because OpenAI
 // clients always send one.
@@ -305,8 +309,8 @@ func addrSubject(addr string) string {
 // either case.
 //
 // With Redis the check is one script call, bounded by redis.timeout. If
-// Redis fails, or ctx ends first, the local state decides, so Admit never
-// fails.
+// Redis fails, or ctx ends first, the local state decides, so a Redis
+// failure never rejects a request by itself.
 func (l *Limiter) Admit(ctx context.Context, req Request) (Decision, *Reservation) {
 	a := l.newAdmission(req)
 	var (
@@ -361,8 +365,8 @@ func (l *Limiter) useRedis(now time.Time) bool {
 }
 
 // redisFailed records a failed Redis call and its fallback, unless the call
-// failed because ctx ended or the Limiter closed, which says nothing about
-// Redis.
+// failed because ctx ended or the Limiter closed, which is no sign of a
+// Redis failure.
 func (l *Limiter) redisFailed(ctx context.Context, now time.Time, err error) {
 	if ctx.Err() != nil || l.ctx.Err() != nil {
 		return

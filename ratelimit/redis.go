@@ -183,7 +183,8 @@ func (s *redisStore) leaseKey(key *Key) string {
 	return s.prefix + "rl:{k:" + key.Name + "}:leases"
 }
 
-// usageCounts is what Redis holds about one key.
+// usageCounts is the shared usage of one key: the month's counts and the
+// live leases.
 type usageCounts struct {
 	tokens, requests, inflight int64
 }

@@ -60,11 +60,11 @@ func runScenario(t *testing.T, b backend, sc scenario) {
 		RateLimit: sc.rl,
 		Now:       clock.Now,
 	})
-	held := map[int]*Reservation{}
+	reservations := map[int]*Reservation{}
 	for i, s := range sc.steps {
 		clock.Set(start.Add(s.at))
 		if s.settle > 0 {
-			held[s.settle].Settle(s.prompt, s.tokens)
+			reservations[s.settle].Settle(s.prompt, s.tokens)
 			continue
 		}
 		var key *Key
@@ -72,7 +72,7 @@ func runScenario(t *testing.T, b backend, sc scenario) {
 			key = keyNamed(l, s.key)
 		}
 		d, r := l.Admit(context.Background(), Request{Key: key, Addr: s.addr, Tokens: s.tokens})
-		held[i+1] = r
+		reservations[i+1] = r
 		checkStep(t, i+1, s, d, r)
 	}
 }

@@ -5,9 +5,14 @@
 -- KEYS[1..4] as in admit.lua: token window times, amounts and sum, leases.
 -- KEYS[5] month counters of the month the request was admitted in.
 --
--- ARGV: now, reservation id, window correction (tokens, may be negative),
--- window length, window (1: the key has tokens_per_minute), lease (1:
--- free it), monthly (1: counted), month correction, month key TTL seconds.
+-- ARGV[1] now
+-- ARGV[2] reservation id
+-- ARGV[3] window correction in tokens, negative for a refund
+-- ARGV[4] window length
+-- ARGV[5] 1 when the key has tokens_per_minute
+-- ARGV[6] 1 to free the lease
+-- ARGV[7] 1 when the month is counted; ARGV[8] month correction in tokens
+-- ARGV[9] month key TTL in seconds
 --
 -- Reply: the month's token and request counts after the correction.
 

@@ -268,7 +268,7 @@ func TestRedisTimeoutFallsBack(t *testing.T) {
 	}
 }
 
-// silentServer accepts connections on loopback and never answers, as a
+// silentServer accepts connections on loopback and never replies, as a
 // Redis that hangs does. It returns the address.
 func silentServer(t *testing.T) string {
 	t.Helper()
