@@ -144,6 +144,7 @@ func TestKeyStable(t *testing.T) {
 		"number form":      `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0.0,"num_predict":2e1}}`,
 		"string escapes":   `{"model":"tiny","messages":[{"role":"user","content":"\u0068i"}],"options":{"temperature":0,"num_predict":20}}`,
 		"negative zero":    `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperature":-0,"num_predict":20}}`,
+		"null member":      `{"model":"tiny","format":null,"messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
 		"escaped key name": `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperatur\u0065":0,"num_predict":20}}`,
 	}
 	want := tc.plan(t, "/api/chat", base).Key

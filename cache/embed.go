@@ -115,9 +115,13 @@ func embedParams(r route, v *fastjson.Value) ([]byte, string) {
 		}
 		buf = append(buf, "true"...)
 	}
+	options := v.Get("options")
+	if r == routeV1Embeddings {
+		options = nil
+	}
 	buf, err := appendParam(buf, ";dimensions=", v.Get("dimensions"))
-	if err == nil && r != routeV1Embeddings {
-		buf, err = appendParam(buf, ";options=", v.Get("options"))
+	if err == nil {
+		buf, err = appendParam(buf, ";options=", options)
 	}
 	if err != nil {
 		return nil, err.Error()
@@ -125,9 +129,17 @@ func embedParams(r route, v *fastjson.Value) ([]byte, string) {
 	return buf, ""
 }
 
+// appendParam appends name and the canonical value of v. A missing value,
+// null, an empty object and 0 (a dimensions of 0 keeps every dimension)
+// all mean the default, so they are written alike, as nothing.
 func appendParam(buf []byte, name string, v *fastjson.Value) ([]byte, error) {
 	buf = append(buf, name...)
-	if v == nil {
+	switch {
+	case v == nil || v.Type() == fastjson.TypeNull:
+		return buf, nil
+	case v.Type() == fastjson.TypeObject && v.GetObject().Len() == 0:
+		return buf, nil
+	case v.Type() == fastjson.TypeNumber && v.GetFloat64() == 0:
 		return buf, nil
 	}
 	return appendCanonical(buf, v)

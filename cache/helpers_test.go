@@ -34,6 +34,9 @@ type testCache struct {
 type testOptions struct {
 	cfg   config.Cache
 	redis *testredis.Server
+	// redisTimeout is redis.timeout, 1s when zero: far above a loopback
+	// call, even on a loaded machine.
+	redisTimeout time.Duration
 }
 
 func newTestCache(t *testing.T, o testOptions) *testCache {
@@ -45,7 +48,10 @@ func newTestCache(t *testing.T, o testOptions) *testCache {
 	}
 	m := metrics.New()
 	logs := &logRecorder{}
-	rcfg := config.Redis{Timeout: time.Second, KeyPrefix: "test:"}
+	rcfg := config.Redis{Timeout: o.redisTimeout, KeyPrefix: "test:"}
+	if rcfg.Timeout == 0 {
+		rcfg.Timeout = time.Second
+	}
 	c, err := New(o.cfg, rdb, rcfg, m, slog.New(logs))
 	if err != nil {
 		t.Fatalf("New: %v", err)

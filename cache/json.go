@@ -141,7 +141,7 @@ func appendCanonical(dst []byte, v *fastjson.Value) ([]byte, error) {
 func appendCanonicalObject(
 	dst []byte,
 	ms []member,
-	replace func(key []byte) (raw []byte, skip bool),
+	replace func(m member) (raw []byte, skip bool),
 ) ([]byte, error) {
 	if err := checkDuplicateKeys(ms); err != nil {
 		return dst, err
@@ -152,7 +152,7 @@ func appendCanonicalObject(
 		var raw []byte
 		if replace != nil {
 			var skip bool
-			if raw, skip = replace(m.key); skip {
+			if raw, skip = replace(m); skip {
 				continue
 			}
 		}

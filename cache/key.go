@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strings"
 	"sync"
+
+	"github.com/valyala/fastjson"
 )
 
 // NormalizeModel returns the model name as keys and purges use it: a name
@@ -49,18 +51,19 @@ func hashHex(b []byte) string {
 
 // answerKey returns the key of a whole answer: the hash of the route and
 // the canonical body, in which the model is normalized and the members
-// that never change the answer are left out.
+// that never change the answer are left out. So are members set to null,
+// which Go's encoding/json, and so Ollama, reads as absent.
 func answerKey(routePath, model string, top []member, ignored func(key string) bool) (string, error) {
 	bp := getKeyBuf()
 	defer putKeyBuf(bp)
 	buf := append((*bp)[:0], routePath...)
 	buf = append(buf, 0)
 	normalized := appendString(nil, model)
-	buf, err := appendCanonicalObject(buf, top, func(key []byte) ([]byte, bool) {
-		switch k := string(key); {
+	buf, err := appendCanonicalObject(buf, top, func(m member) ([]byte, bool) {
+		switch k := string(m.key); {
 		case k == "model":
 			return normalized, false
-		case ignored(k):
+		case ignored(k) || m.value.Type() == fastjson.TypeNull:
 			return nil, true
 		}
 		return nil, false

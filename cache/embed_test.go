@@ -1,0 +1,308 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ollama/ollama/api"
+	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/llmproxy/llmproxy/internal/testredis"
+)
+
+// vectorOf is the embedding the fake upstream gives text: its length and
+// its first byte, so that a test can tell which text a vector belongs to.
+func vectorOf(text string) []float32 {
+	return []float32{float32(len(text)), float32(text[0])}
+}
+
+// embedUpstream answers /api/embed, /api/embeddings and /v1/embeddings
+// bodies as Ollama would, and keeps every body it received.
+type embedUpstream struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (u *embedUpstream) answer(t *testing.T, route string, body []byte) []byte {
+	t.Helper()
+	u.mu.Lock()
+	u.bodies = append(u.bodies, string(body))
+	u.mu.Unlock()
+	var req struct {
+		Model  string `json:"model"`
+		Input  any    `json:"input"`
+		Prompt string `json:"prompt"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		t.Fatalf("upstream body %s: %v", body, err)
+	}
+	var texts []string
+	switch in := req.Input.(type) {
+	case string:
+		texts = []string{in}
+	case []any:
+		for _, s := range in {
+			texts = append(texts, s.(string))
+		}
+	}
+	var out any
+	switch route {
+	case "/api/embeddings":
+		out = map[string]any{"embedding": vectorOf(req.Prompt)}
+	case "/v1/embeddings":
+		data := make([]openai.Embedding, len(texts))
+		for i, s := range texts {
+			data[i] = openai.Embedding{Object: "embedding", Embedding: vectorOf(s), Index: i}
+		}
+		out = map[string]any{"object": "list", "data": data, "model": req.Model,
+			"usage": map[string]int{"prompt_tokens": len(texts), "total_tokens": len(texts)}}
+	default:
+		vecs := make([][]float32, len(texts))
+		for i, s := range texts {
+			vecs[i] = vectorOf(s)
+		}
+		out = api.EmbedResponse{Model: req.Model, Embeddings: vecs, TotalDuration: 1000, PromptEvalCount: len(texts)}
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (u *embedUpstream) received() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.bodies...)
+}
+
+// embed runs one embedding request through the cache as the proxy does and
+// returns the answer sent to the client.
+func (tc *testCache) embed(t *testing.T, up *embedUpstream, route, body string) ([]byte, Result) {
+	t.Helper()
+	ctx := context.Background()
+	p := tc.plan(t, route, body)
+	b := tc.LookupEmbeddings(ctx, p)
+	if e := b.Entry(); e != nil {
+		out, _ := e.Render(p)
+		return out, b.Result()
+	}
+	e, err := tc.StoreEmbeddings(ctx, b, up.answer(t, route, b.UpstreamBody()))
+	if err != nil {
+		t.Fatalf("StoreEmbeddings: %v", err)
+	}
+	out, _ := e.Render(p)
+	return out, b.Result()
+}
+
+func TestEmbedPartialBatch(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["b"]}`)
+
+	body := `{"model":"tiny", "truncate":true,"input":[ "a" ,"bb","c"],"keep_alive":"5m"}`
+	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["bb"]}`)
+	out, res := tc.embed(t, up, "/api/embed", body)
+	if res != ResultMiss {
+		t.Errorf("result = %s, want miss", res)
+	}
+	sent := up.received()
+	if len(sent) != 3 {
+		t.Fatalf("upstream requests = %d, want 3", len(sent))
+	}
+	if want := `{"model":"tiny", "truncate":true,"input":["a","c"],"keep_alive":"5m"}`; sent[2] != want {
+		t.Errorf("upstream body = %s, want %s", sent[2], want)
+	}
+
+	var got api.EmbedResponse
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("answer %s: %v", out, err)
+	}
+	if len(got.Embeddings) != 3 {
+		t.Fatalf("embeddings = %d, want 3", len(got.Embeddings))
+	}
+	for i, text := range []string{"a", "bb", "c"} {
+		if fmt.Sprint(got.Embeddings[i]) != fmt.Sprint(vectorOf(text)) {
+			t.Errorf("embedding %d = %v, want the vector of %q", i, got.Embeddings[i], text)
+		}
+	}
+	if got.Model != "tiny" || got.PromptEvalCount != 2 {
+		t.Errorf("model %q, prompt_eval_count %d: want tiny and the 2 inputs computed upstream",
+			got.Model, got.PromptEvalCount)
+	}
+
+	out, res = tc.embed(t, up, "/api/embed", `{"model":"tiny:latest","input":["c","a","bb"]}`)
+	if res != ResultHitL1 || len(up.received()) != 3 {
+		t.Errorf("fully cached batch: result %s, upstream requests %d, want hit-l1 and none", res, len(up.received()))
+	}
+	var cached api.EmbedResponse
+	if err := json.Unmarshal(out, &cached); err != nil || cached.PromptEvalCount != 0 {
+		t.Errorf("fully cached answer %s: prompt_eval_count %d, want omitted", out, cached.PromptEvalCount)
+	}
+}
+
+func TestEmbedDuplicateInputsSentOnce(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	out, _ := tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["x","y","x"]}`)
+	if sent := up.received(); sent[0] != `{"model":"tiny","input":["x","y"]}` {
+		t.Errorf("upstream body = %s, want each text once", sent[0])
+	}
+	var got api.EmbedResponse
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Embeddings) != 3 || fmt.Sprint(got.Embeddings[2]) != fmt.Sprint(vectorOf("x")) {
+		t.Errorf("embeddings = %v, want three with the third that of x", got.Embeddings)
+	}
+}
+
+func TestEmbedWholeMissSendsBodyUnchanged(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	body := `{"model":"tiny","input":"hello",  "options":{"num_ctx":64}}`
+	p := tc.plan(t, "/api/embed", body)
+	b := tc.LookupEmbeddings(context.Background(), p)
+	if b.Partial() || b.Missing() != 1 {
+		t.Errorf("Partial %v, Missing %d, want false, 1", b.Partial(), b.Missing())
+	}
+	if string(b.UpstreamBody()) != body {
+		t.Errorf("UpstreamBody = %s, want the request body", b.UpstreamBody())
+	}
+}
+
+func TestEmbedCountMismatchNotStored(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	ctx := context.Background()
+	p := tc.plan(t, "/api/embed", `{"model":"tiny","input":["a","b"]}`)
+	b := tc.LookupEmbeddings(ctx, p)
+	_, err := tc.StoreEmbeddings(ctx, b, []byte(`{"model":"tiny","embeddings":[[1,2]]}`))
+	if !errors.Is(err, ErrInvalidAnswer) {
+		t.Fatalf("StoreEmbeddings with 1 vector for 2 inputs: %v, want ErrInvalidAnswer", err)
+	}
+	for _, bad := range []string{`{"error":"boom"}`, `{"embeddings":[[]]}`, `{"embeddings":[["x"]]}`, `not json`} {
+		if _, err := tc.StoreEmbeddings(ctx, tc.LookupEmbeddings(ctx, tc.plan(t, "/api/embed",
+			`{"model":"tiny","input":"a"}`)), []byte(bad)); !errors.Is(err, ErrInvalidAnswer) {
+			t.Errorf("StoreEmbeddings(%s): %v, want ErrInvalidAnswer", bad, err)
+		}
+	}
+	if res := tc.LookupEmbeddings(ctx, p).Result(); res != ResultMiss {
+		t.Errorf("lookup after rejected answers: %s, want miss", res)
+	}
+}
+
+func TestEmbedSharedBetweenAPIAndV1(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["a","b"]}`)
+	out, res := tc.embed(t, up, "/v1/embeddings", `{"model":"tiny","input":["b","a"],"encoding_format":"float"}`)
+	if res != ResultHitL1 {
+		t.Errorf("/v1 lookup of vectors stored through /api/embed: %s, want hit-l1", res)
+	}
+	var got openai.EmbeddingResponse
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("answer %s: %v", out, err)
+	}
+	if got.Object != "list" || len(got.Data) != 2 || got.Data[1].Index != 1 ||
+		fmt.Sprint(got.Data[0].Embedding) != fmt.Sprint(vectorOf("b")) {
+		t.Errorf("answer = %s, want a list of b's then a's vector", out)
+	}
+
+	// Options change the vectors of /api/embed, so they are in the key.
+	if _, res := tc.embed(t, up, "/api/embed", `{"model":"tiny","input":"a","options":{"num_ctx":8}}`); res != ResultMiss {
+		t.Errorf("lookup with other options: %s, want miss", res)
+	}
+	if _, res := tc.embed(t, up, "/api/embed", `{"model":"tiny","input":"a","truncate":false}`); res != ResultMiss {
+		t.Errorf("lookup with truncate false: %s, want miss", res)
+	}
+}
+
+func TestEmbedLegacyRoute(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	first, _ := tc.embed(t, up, "/api/embeddings", `{"model":"tiny","prompt":"hello"}`)
+	second, res := tc.embed(t, up, "/api/embeddings", `{"model":"tiny","prompt":"hello","keep_alive":"1m"}`)
+	if res != ResultHitL1 {
+		t.Errorf("second lookup: %s, want hit-l1", res)
+	}
+	if !bytes.Equal(first, second) {
+		t.Errorf("cached answer %s differs from %s", second, first)
+	}
+	if _, res := tc.embed(t, up, "/api/embed", `{"model":"tiny","input":"hello"}`); res != ResultMiss {
+		t.Errorf("/api/embed after /api/embeddings: %s, want miss: the legacy vectors are not normalized", res)
+	}
+}
+
+func TestEmbedL2AcrossInstances(t *testing.T) {
+	srv := testredis.Start(t)
+	a := newTestCache(t, testOptions{redis: srv})
+	b := newTestCache(t, testOptions{redis: srv})
+	up := &embedUpstream{}
+	a.embed(t, up, "/api/embed", `{"model":"tiny","input":["a","b"]}`)
+	b.embed(t, up, "/api/embed", `{"model":"tiny","input":["c"]}`)
+	if _, res := b.embed(t, up, "/api/embed", `{"model":"tiny","input":["a","c"]}`); res != ResultHitL2 {
+		t.Errorf("batch cached in L2 and L1: %s, want hit-l2", res)
+	}
+	if _, res := b.embed(t, up, "/api/embed", `{"model":"tiny","input":["a","c"]}`); res != ResultHitL1 {
+		t.Errorf("same batch again: %s, want hit-l1", res)
+	}
+	if n := len(up.received()); n != 2 {
+		t.Errorf("upstream requests = %d, want 2", n)
+	}
+}
+
+// TestEmbedRealClients drives the cache through the Ollama and OpenAI Go
+// clients, so that the rendered answers are checked by their decoders.
+func TestEmbedRealClients(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		out, res := tc.embed(t, up, r.URL.Path, string(body))
+		w.Header().Set("X-LLMProxy-Cache", string(res))
+		_, _ = w.Write(out)
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+
+	client := api.NewClient(u, http.DefaultClient)
+	resp, err := client.Embed(context.Background(), &api.EmbedRequest{Model: "tiny", Input: []string{"a", "b"}})
+	if err != nil {
+		t.Fatalf("Embed: %v", err)
+	}
+	if len(resp.Embeddings) != 2 {
+		t.Errorf("embeddings = %d, want 2", len(resp.Embeddings))
+	}
+	legacy, err := client.Embeddings(context.Background(), &api.EmbeddingRequest{Model: "tiny", Prompt: "a"})
+	if err != nil || len(legacy.Embedding) != 2 {
+		t.Errorf("Embeddings: %v, %v", legacy, err)
+	}
+
+	cfg := openai.DefaultConfig("unused")
+	cfg.BaseURL = srv.URL + "/v1"
+	oc := openai.NewClientWithConfig(cfg)
+	v1, err := oc.CreateEmbeddings(context.Background(), openai.EmbeddingRequestStrings{
+		Model: "tiny", Input: []string{"b", "a"}, EncodingFormat: openai.EmbeddingEncodingFormatFloat,
+	})
+	if err != nil {
+		t.Fatalf("CreateEmbeddings: %v", err)
+	}
+	if len(v1.Data) != 2 || fmt.Sprint(v1.Data[0].Embedding) != fmt.Sprint(resp.Embeddings[1]) {
+		t.Errorf("v1 data = %+v, want b's vector first", v1.Data)
+	}
+	if n := len(up.received()); n != 2 {
+		t.Errorf("upstream requests = %d, want 2: /v1 is served from /api/embed's vectors", n)
+	}
+	if !strings.Contains(up.received()[1], `"prompt":"a"`) {
+		t.Errorf("second upstream request %s, want the legacy prompt", up.received()[1])
+	}
+}
