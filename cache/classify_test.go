@@ -109,7 +109,7 @@ func TestClassifyDelivery(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	msgs := `"messages":[{"role":"user","content":"hi"}]`
 	cases := []struct {
-		name, route, body   string
+		name, route, body    string
 		stream, includeUsage bool
 	}{
 		{"api default", "/api/chat", `{"model":"m",` + msgs + `,"options":{"seed":1}}`, true, false},
