@@ -70,10 +70,12 @@
 // loaded instance reloads it, as Ollama does. load_duration counts the wait
 // for the slot and the load.
 //
-// Each slot keeps the tokens it processed last (prompt and answer). A
-// request takes the free slot sharing the longest prefix with its prompt and
-// evaluates only the rest, at Config.PromptTokensPerSec; prompt_eval_count
-// reports the evaluated tokens. A conversation sent back with the model's
+// Each slot keeps the tokens it processed last (prompt and answer). As in
+// Ollama's runner, a request takes a free slot whose cache its prompt
+// extends, or else the least recently used free slot, seeded with the
+// longest prefix any slot shares with the prompt. It evaluates only the
+// uncached rest, at Config.PromptTokensPerSec; prompt_eval_count reports
+// the evaluated tokens. A conversation sent back with the model's
 // answers therefore skips its history, so a proxy that keeps a conversation
 // on one node is measurably faster.
 //

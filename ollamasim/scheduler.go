@@ -299,26 +299,35 @@ func (inst *instance) markReady() {
 	close(inst.ready)
 }
 
-// take occupies the free slot whose cache shares the longest prefix with
-// prompt, the least recently used one among equals, so a request without a
-// match overwrites the least valuable cache. At least one prompt token is
-// always evaluated, as in llama.cpp.
+// take occupies a slot for prompt the way Ollama's runner picks a cache
+// slot: a free slot whose whole cache the prompt extends, or else the least
+// recently used free slot, seeded with the longest prefix any slot (busy or
+// not) shares with the prompt. At least one prompt token is always
+// evaluated, as in llama.cpp.
 func (inst *instance) take(prompt []int) *lease {
-	best, bestLen := -1, -1
+	longest, longestLen := 0, -1
+	oldest := -1
 	for i, sl := range inst.slots {
-		if sl.busy {
-			continue
+		if n := commonPrefix(sl.cache, prompt); n > longestLen {
+			longest, longestLen = i, n
 		}
-		n := commonPrefix(sl.cache, prompt)
-		if n > bestLen || (n == bestLen && sl.lastUsed < inst.slots[best].lastUsed) {
-			best, bestLen = i, n
+		if !sl.busy && (oldest < 0 || sl.lastUsed < inst.slots[oldest].lastUsed) {
+			oldest = i
 		}
 	}
+
+	chosen := oldest
+	if sl := inst.slots[longest]; !sl.busy && longestLen == len(sl.cache) {
+		chosen = longest
+	} else if longest != oldest {
+		inst.slots[oldest].cache = slices.Clone(inst.slots[longest].cache[:longestLen])
+	}
+
 	inst.uses++
-	inst.slots[best].busy = true
-	inst.slots[best].lastUsed = inst.uses
+	inst.slots[chosen].busy = true
+	inst.slots[chosen].lastUsed = inst.uses
 	inst.active++
-	return &lease{inst: inst, slot: best, cached: min(bestLen, max(len(prompt)-1, 0))}
+	return &lease{inst: inst, slot: chosen, cached: min(longestLen, max(len(prompt)-1, 0))}
 }
 
 func commonPrefix(a, b []int) int {

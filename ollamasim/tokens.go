@@ -4,6 +4,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -58,6 +59,9 @@ func splitPieces(text string) []string {
 
 // pieceLen returns the length in bytes of the piece text starts with.
 func pieceLen(text string) int {
+	if n := specialTokenLen(text); n > 0 {
+		return n
+	}
 	start := 0
 	if text[0] == ' ' && len(text) > 1 {
 		if r, _ := utf8.DecodeRuneInString(text[1:]); isWordRune(r) {
@@ -77,6 +81,25 @@ func pieceLen(text string) int {
 		n += size
 	}
 	return n
+}
+
+// specialTokenLen returns the length of a template marker such as
+// "<|im_start|>" at the start of text, or 0. Like real tokenizers, the
+// simulation counts a marker as one token.
+func specialTokenLen(text string) int {
+	if !strings.HasPrefix(text, "<|") {
+		return 0
+	}
+	end := strings.Index(text[:min(len(text), 32)], "|>")
+	if end < 0 {
+		return 0
+	}
+	for _, r := range text[2:end] {
+		if !isWordRune(r) && r != '_' {
+			return 0
+		}
+	}
+	return end + 2
 }
 
 func isWordRune(r rune) bool {
