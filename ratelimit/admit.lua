@@ -20,7 +20,8 @@
 -- ARGV[11] 1 to count the month; ARGV[12] monthly tokens limit;
 --          ARGV[13] monthly requests limit, 0 for none;
 --          ARGV[14] tokens to reserve in the month
--- ARGV[15], ARGV[16] lowest month token and request counts to assume
+-- ARGV[15], ARGV[16] the month's token and request counts this instance
+--          last knew, used when Redis has none
 -- ARGV[17] month key TTL in seconds
 --
 -- Reply: allowed (0 or 1); then exceeded, remaining, reset, retry for each
@@ -41,8 +42,8 @@ local monthly = ARGV[11] == '1'
 local mt_limit = tonumber(ARGV[12])
 local mr_limit = tonumber(ARGV[13])
 local mt_need = tonumber(ARGV[14])
-local mt_floor = tonumber(ARGV[15])
-local mr_floor = tonumber(ARGV[16])
+local mt_known = tonumber(ARGV[15])
+local mr_known = tonumber(ARGV[16])
 local month_ttl = tonumber(ARGV[17])
 
 -- Numbers go to Redis as integer strings: tostring would print large
@@ -162,13 +163,19 @@ if lease then
   end
 end
 
--- monthly quotas. The floors are this instance's last known counts, which
--- restore the month after Redis lost its data.
+-- monthly quotas. Without counts for the month, Redis has lost its data or
+-- the month has just begun, and the counts this instance last knew restore
+-- the first case. Counts that exist are never raised to them, because
+-- another instance's refunds may have lowered them since.
 local mt, mr = 0, 0
 if monthly then
   local v = redis.call('HMGET', KEYS[6], 't', 'r')
-  mt = math.max(tonumber(v[1]) or 0, mt_floor)
-  mr = math.max(tonumber(v[2]) or 0, mr_floor)
+  if v[1] or v[2] then
+    mt = tonumber(v[1]) or 0
+    mr = tonumber(v[2]) or 0
+  else
+    mt, mr = mt_known, mr_known
+  end
   if mt_limit > 0 then
     if mt + mt_need > mt_limit then
       ok = false

@@ -335,11 +335,11 @@ func (l *Limiter) Admit(ctx context.Context, req Request) (Decision, *Reservatio
 // store otherwise; shared reports whether Redis decided.
 func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntry, bool) {
 	if l.useRedis(a.now) {
-		var floorTokens, floorRequests int64
+		var knownTokens, knownRequests int64
 		if a.key != nil {
-			_, floorTokens, floorRequests = l.local.snapshot(a.key, a.month)
+			_, knownTokens, knownRequests = l.local.snapshot(a.key, a.month)
 		}
-		out, err := l.redis.admit(ctx, a, floorTokens, floorRequests)
+		out, err := l.redis.admit(ctx, a, knownTokens, knownRequests)
 		if err == nil {
 			l.health.succeeded()
 			l.local.mirror(a, &out)

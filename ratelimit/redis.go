@@ -89,9 +89,14 @@ func (s *redisStore) keyNames(subject, month string) []string {
 	return names
 }
 
-// admit runs the admission script for a. floorTokens and floorRequests are
-// this instance's last known monthly counts.
-func (s *redisStore) admit(ctx context.Context, a *admission, floorTokens, floorRequests int64) (outcome, error) {
+// admit runs the admission script for a. knownTokens and knownRequests are
+// the month's counts this instance last knew, which restore the month when
+// Redis has lost its counts.
+func (s *redisStore) admit(
+	ctx context.Context,
+	a *admission,
+	knownTokens, knownRequests int64,
+) (outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	keyed := a.key != nil
@@ -100,7 +105,7 @@ func (s *redisStore) admit(ctx context.Context, a *admission, floorTokens, floor
 		a.tpm, a.tpmNeed, tokenWindowMicros, a.id,
 		flag(keyed), a.concurrency, s.leaseTTL.Microseconds(),
 		flag(keyed), a.monthTokens, a.monthRequests, a.monthNeed,
-		floorTokens, floorRequests, monthKeyTTL(a.now, a.monthEnd),
+		knownTokens, knownRequests, monthKeyTTL(a.now, a.monthEnd),
 	}
 	reply, err := admitScript.Run(ctx, s.client, s.keyNames(a.subject, a.month), args...).Int64Slice()
 	if err != nil {
@@ -125,9 +130,20 @@ func parseAdmitReply(a *admission, reply []int64) (outcome, error) {
 	return out, nil
 }
 
-// settle runs the settlement script for r with actual tokens used and
-// returns the month's token and request counts.
-func (s *redisStore) settle(ctx context.Context, r *Reservation, actual int64, now time.Time) (int64, int64, error) {
+// monthCounts is the month's token and request counts of one key.
+type monthCounts struct {
+	tokens, requests int64
+}
+
+// settle runs the settlement script for r with actual tokens used. It
+// returns the month's counts after the correction, and false when Redis has
+// no counts for the month and so stored no correction.
+func (s *redisStore) settle(
+	ctx context.Context,
+	r *Reservation,
+	actual int64,
+	now time.Time,
+) (monthCounts, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	_, monthEnd := monthOf(now)
@@ -143,12 +159,13 @@ func (s *redisStore) settle(ctx context.Context, r *Reservation, actual int64, n
 	}
 	reply, err := settleScript.Run(ctx, s.client, keys, args...).Int64Slice()
 	if err != nil {
-		return 0, 0, fmt.Errorf("run settlement script: %w", err)
+		return monthCounts{}, false, fmt.Errorf("run settlement script: %w", err)
 	}
-	if len(reply) != 2 {
-		return 0, 0, fmt.Errorf("settlement script returned %d values: %w", len(reply), errBadReply)
+	if len(reply) != 3 {
+		return monthCounts{}, false, fmt.Errorf("settlement script returned %d values: %w",
+			len(reply), errBadReply)
 	}
-	return reply[0], reply[1], nil
+	return monthCounts{tokens: reply[1], requests: reply[2]}, reply[0] == 1, nil
 }
 
 // renew moves the expiry of the leases, by reservation id, to now plus the
@@ -183,10 +200,12 @@ func (s *redisStore) leaseKey(key *Key) string {
 	return s.prefix + "rl:{k:" + key.Name + "}:leases"
 }
 
-// usageCounts is the shared usage of one key: the month's counts and the
-// live leases.
+// usageCounts is the shared usage of one key: the month's counts, unless
+// Redis has none, and the live leases.
 type usageCounts struct {
-	tokens, requests, inflight int64
+	month    monthCounts
+	hasMonth bool
+	inflight int64
 }
 
 // usage reads the month's counts and the live leases of each key.
@@ -212,8 +231,8 @@ func (s *redisStore) usage(ctx context.Context, keys []*Key, now time.Time) ([]u
 	for i := range keys {
 		v := months[i].Val()
 		counts[i] = usageCounts{
-			tokens:   parseCount(v[0]),
-			requests: parseCount(v[1]),
+			month:    monthCounts{tokens: parseCount(v[0]), requests: parseCount(v[1])},
+			hasMonth: v[0] != nil || v[1] != nil,
 			inflight: leases[i].Val(),
 		}
 	}

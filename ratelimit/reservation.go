@@ -68,7 +68,7 @@ func (l *Limiter) settle(r *Reservation, prompt, completion int64) {
 }
 
 // settleShared settles a reservation Redis admitted and reports whether
-// Redis stored it.
+// Redis stored the month's correction.
 //
 // NOTE: when Redis is down at settlement, the token correction is lost for
 // the other instances and the slot stays taken until its lease expires; the
@@ -78,14 +78,16 @@ func (l *Limiter) settleShared(r *Reservation, actual int64) bool {
 	if !l.useRedis(now) {
 		return false
 	}
-	tokens, requests, err := l.redis.settle(l.ctx, r, actual, now)
+	counts, stored, err := l.redis.settle(l.ctx, r, actual, now)
 	if err != nil {
 		l.redisFailed(l.ctx, now, err)
 		return false
 	}
 	l.health.succeeded()
-	l.local.mirrorMonth(r.key, r.month, tokens, requests)
-	return true
+	if stored {
+		l.local.mirrorMonth(r.key, r.month, counts.tokens, counts.requests)
+	}
+	return stored
 }
 
 func (l *Limiter) countTokens(r *Reservation, prompt, completion int64) {

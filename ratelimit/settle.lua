@@ -14,7 +14,10 @@
 -- ARGV[7] 1 when the month is counted; ARGV[8] month correction in tokens
 -- ARGV[9] month key TTL in seconds
 --
--- Reply: the month's token and request counts after the correction.
+-- Reply: 1 when Redis has counts for the month, then the month's token and
+-- request counts after the correction. Without counts, Redis has lost its
+-- data, the correction is not stored, and the next admission restores the
+-- counts from the instance that admits it.
 
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
@@ -53,17 +56,15 @@ if in_window and delta ~= 0 then
   end
 end
 
-local t, r = 0, 0
-if monthly then
-  if month_delta ~= 0 then
-    t = redis.call('HINCRBY', KEYS[5], 't', int(month_delta))
-    if t < 0 then
-      redis.call('HSET', KEYS[5], 't', 0)
-    end
-    redis.call('EXPIRE', KEYS[5], int(month_ttl))
-  end
-  local v = redis.call('HMGET', KEYS[5], 't', 'r')
-  t = tonumber(v[1]) or 0
-  r = tonumber(v[2]) or 0
+if not monthly or redis.call('EXISTS', KEYS[5]) == 0 then
+  return {0, 0, 0}
 end
-return {t, r}
+if month_delta ~= 0 then
+  local t = redis.call('HINCRBY', KEYS[5], 't', int(month_delta))
+  if t < 0 then
+    redis.call('HSET', KEYS[5], 't', 0)
+  end
+  redis.call('EXPIRE', KEYS[5], int(month_ttl))
+end
+local v = redis.call('HMGET', KEYS[5], 't', 'r')
+return {1, tonumber(v[1]) or 0, tonumber(v[2]) or 0}

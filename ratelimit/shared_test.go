@@ -347,3 +347,18 @@ func TestAdmitCanceledContext(t *testing.T) {
 		t.Errorf("%d warnings, want none", n)
 	}
 }
+
+func TestSharedRefundSeenByOtherInstances(t *testing.T) {
+	srv := testredis.Start(t)
+	key := keyWith("k", func(k *config.Key) { k.MonthlyTokens = 1200 })
+	c := newCluster(t, srv, 2, key)
+	a, b := c.instances[0], c.instances[1]
+
+	first := mustAdmit(t, a, "k", 500)
+	mustAdmit(t, b, "k", 500) // b last saw 1000 tokens
+	first.Settle(50, 50)      // 600 now
+	mustAdmit(t, b, "k", 500) // rejected if b's stale 1000 were restored
+	if u := a.Usage(context.Background())[0]; u.MonthlyTokens != 1100 {
+		t.Errorf("month's tokens = %d, want 1100 after the refund", u.MonthlyTokens)
+	}
+}

@@ -55,10 +55,12 @@ func (l *Limiter) Usage(ctx context.Context) []KeyUsage {
 	}
 	l.health.succeeded()
 	for i, c := range counts {
-		// The local counts can only be higher if Redis lost its data, and
-		// the next admission restores them there.
-		usage[i].MonthlyTokens = max(usage[i].MonthlyTokens, c.tokens)
-		usage[i].MonthlyRequests = max(usage[i].MonthlyRequests, c.requests)
+		// Without shared counts the local ones stay: Redis has lost its
+		// data, and the next admission restores them there.
+		if c.hasMonth {
+			usage[i].MonthlyTokens = c.month.tokens
+			usage[i].MonthlyRequests = c.month.requests
+		}
 		usage[i].InFlight = c.inflight
 		usage[i].Shared = true
 	}
