@@ -71,7 +71,7 @@ func (tp trustedProxies) clientAddr(peer net.IP, xForwardedFor []byte) string {
 		a, ok := parseHop(bytes.TrimSpace(hop))
 		if !ok {
 			// A trusted proxy wrote something that is not an address, such as
-			// nginx's "unknown": the nearest known hop is the best answer.
+			// "unknown", so the nearest valid hop is the best estimate.
 			break
 		}
 		client = a

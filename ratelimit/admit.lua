@@ -24,9 +24,9 @@
 --          last knew, used when Redis has none
 -- ARGV[17] month key TTL in seconds
 --
--- Reply: allowed (0 or 1); then exceeded, remaining, reset, retry for each
--- limit in the order requests, tokens, concurrency, monthly_tokens,
--- monthly_requests; then the month's token and request counts.
+-- Reply: allowed (0 or 1), then four values for each limit in the order
+-- requests, tokens, concurrency, monthly_tokens, monthly_requests: exceeded,
+-- remaining, reset and retry. The month's token and request counts end it.
 
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])

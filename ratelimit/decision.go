@@ -50,7 +50,7 @@ type Decision struct {
 	// Quota is the size of Limit: the burst of a request rate, the tokens
 	// per minute, the requests in flight or the monthly quota.
 	Quota int64
-	// Remaining is what is left of Quota after this request, or before it
+	// Remaining is the part of Quota left after this request, or before it
 	// when the request was rejected.
 	Remaining int64
 	// Reset is the time until Limit is back to its full Quota: the bucket

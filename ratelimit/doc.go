@@ -13,11 +13,11 @@
 //
 // # Limits
 //
-// A request with a key is checked against the key's request rate (GCRA,
-// which behaves as a token bucket of size burst), its tokens per minute
-// (a sliding window of 60 seconds), its requests in flight, and its monthly
-// token and request quotas, which reset at the start of each UTC calendar
-// month. A request without a key is checked against the request rate of its
+// A request with a key is checked against five limits of the key. The
+// request rate uses GCRA, which admits what a token bucket of size burst
+// admits. Tokens per minute use a sliding window of 60 seconds. Requests in
+// flight are counted. The monthly token and request quotas reset at the
+// start of each UTC calendar month. A request without a key is checked against the request rate of its
 // client address only. IPv6 clients are limited per /64 prefix, because one
 // host commonly holds a whole /64. A request that any limit rejects consumes
 // nothing: no rate allowance, no tokens, no request count and no slot.

@@ -20,7 +20,7 @@ const (
 	redisDown
 )
 
-// redisHealth tracks whether Redis answers, logs and exports each change,
+// redisHealth tracks whether Redis responds, logs and exports each change,
 // and lets one caller per redisRetryInterval try Redis while it is down.
 type redisHealth struct {
 	log     *slog.Logger

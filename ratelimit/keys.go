@@ -10,7 +10,7 @@ import (
 	"github.com/llmproxy/llmproxy/config"
 )
 
-// Errors returned by Authenticate. The proxy answers both with 401.
+// Errors returned by Authenticate. The proxy responds to both with 401.
 var (
 	// ErrMissingKey means the request carries no key and auth.required is set.
 	ErrMissingKey = errors.New("missing API key")
@@ -88,7 +88,7 @@ func newKeyring(auth config.Auth, lookupEnv func(string) (string, bool)) (*keyri
 			errs = append(errs, fmt.Errorf("auth.keys[%d]: duplicate name %q", i, k.Name))
 			continue
 		case kr.byDigest[digest] != nil:
-			errs = append(errs, fmt.Errorf("auth.keys[%d] %q: same key as %q",
+			errs = append(errs, fmt.Errorf("auth.keys[%d] %q: duplicate key, the same as %q",
 				i, k.Name, kr.byDigest[digest].Name))
 			continue
 		}
@@ -189,9 +189,9 @@ func (kr *keyring) authenticate(authorization, xAPIKey []byte) (*Key, error) {
 		}
 		return nil, nil
 	}
-	// The lookup compares digests, not keys, so its timing tells an attacker
-	// at most how many leading bytes of a digest match, and producing a key
-	// whose digest matches more bytes takes SHA-256 preimage work.
+	// The lookup compares digests, not keys. Its timing can reveal at most
+	// how many leading bytes of a digest match, and finding a key whose
+	// digest matches more bytes takes SHA-256 preimage work.
 	k := kr.byDigest[sha256.Sum256(secret)]
 	if k == nil {
 		return nil, ErrUnknownKey

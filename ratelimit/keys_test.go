@@ -140,7 +140,7 @@ func TestNewReportsEveryProblem(t *testing.T) {
 	}
 	for _, want := range []string{
 		`auth.keys[1]: duplicate name "a"`,
-		`auth.keys[2] "b": same key as "a"`,
+		`auth.keys[2] "b": duplicate key, the same as "a"`,
 		"rate_limit.trusted_proxies[0]",
 		"rate_limit.burst -1 is negative",
 	} {

@@ -169,8 +169,8 @@ func (s *redisStore) settle(
 }
 
 // renew moves the expiry of the leases, by reservation id, to now plus the
-// lease TTL. A lease that has already expired is not renewed, because
-// another instance may have taken its slot.
+// lease TTL. A lease that an admission has already removed as expired is
+// not added again, because another instance may have taken its slot since.
 func (s *redisStore) renew(ctx context.Context, leases map[string]string, now time.Time) error {
 	if len(leases) == 0 {
 		return nil

@@ -46,7 +46,7 @@ func (r *Reservation) Settle(prompt, completion int64) {
 }
 
 // Release ends a request that used no tokens, such as one that failed
-// before a node answered: it refunds the whole token reservation and frees
+// before a node responded. It refunds the whole token reservation and frees
 // the slot. The request still counts towards the request rate and
 // monthly_requests.
 func (r *Reservation) Release() { r.Settle(0, 0) }
@@ -70,9 +70,9 @@ func (l *Limiter) settle(r *Reservation, prompt, completion int64) {
 // settleShared settles a reservation Redis admitted and reports whether
 // Redis stored the month's correction.
 //
-// NOTE: when Redis is down at settlement, the token correction is lost for
-// the other instances and the slot stays taken until its lease expires; the
-// local monthly counts still get the correction.
+// NOTE: when Redis is down at settlement, the other instances never see the
+// token correction, and the slot stays taken until its lease expires. Only
+// this instance's monthly counts get the correction.
 func (l *Limiter) settleShared(r *Reservation, actual int64) bool {
 	now := l.now()
 	if !l.useRedis(now) {
