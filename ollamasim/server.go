@@ -292,16 +292,18 @@ func (s *Server) SetFaults(f Faults) error {
 	return s.setFaultsLocked(f)
 }
 
+// setFaultsLocked changes the listener first and publishes the faults after,
+// so a waiter that sees Refuse set or cleared finds the listener closed or
+// open.
 func (s *Server) setFaultsLocked(f Faults) error {
+	if s.running != nil {
+		if err := s.running.setRefuse(f.Refuse); err != nil {
+			return fmt.Errorf("set faults: %w", err)
+		}
+	}
 	s.faults.set(f, s.clearFaults)
 	s.rec.changes.notify()
 	s.cfg.Logger.Info("faults set", "faults", f)
-	if s.running == nil {
-		return nil
-	}
-	if err := s.running.setRefuse(f.Refuse); err != nil {
-		return fmt.Errorf("set faults: %w", err)
-	}
 	return nil
 }
 
