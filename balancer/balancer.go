@@ -141,7 +141,10 @@ func (b *Balancer) pick(req Request) (*Node, error) {
 	known := false
 	var best *Node
 	var bestScore score
-	for _, n := range b.Nodes() {
+	nodes := b.Nodes()
+	// start rotates the order in which equal candidates win.
+	start := b.rr.Add(1)
+	for i, n := range nodes {
 		if req.Model != "" && !n.HasModel(req.Model) {
 			continue
 		}
@@ -149,7 +152,7 @@ func (b *Balancer) pick(req Request) (*Node, error) {
 		if !n.Usable() || tried(req.Tried, n) {
 			continue
 		}
-		s := b.score(n, req)
+		s := b.score(n, req, (uint64(i)+start)%uint64(len(nodes)))
 		if best == nil || s.less(bestScore) {
 			best, bestScore = n, s
 		}
@@ -168,7 +171,7 @@ func (b *Balancer) pick(req Request) (*Node, error) {
 type score struct {
 	cold int     // 1 when the model would have to be loaded
 	load float64 // in-flight requests per weighted slot
-	tie  uint64  // rendezvous hash of model and node, or round-robin order
+	tie  uint64  // rendezvous hash for a cold placement, else rotation order
 }
 
 func (s score) less(o score) bool {
@@ -181,19 +184,20 @@ func (s score) less(o score) bool {
 	return s.tie < o.tie
 }
 
-func (b *Balancer) score(n *Node, req Request) score {
+func (b *Balancer) score(n *Node, req Request, rotation uint64) score {
 	load := float64(n.Inflight()) / (float64(n.MaxConcurrent) * n.Weight)
 	switch b.policy {
 	case PolicyRoundRobin:
-		return score{tie: b.rr.Add(1)}
+		return score{tie: rotation}
 	case PolicyLeastConn:
-		return score{load: load, tie: rendezvous(req.Model, n.Name)}
+		return score{load: load, tie: rotation}
 	}
-	s := score{load: load, tie: rendezvous(req.Model, n.Name)}
 	if req.Model != "" && !n.IsLoaded(req.Model, req.NumCtx) {
-		s.cold = 1
+		// A cold placement goes where the model's rank is best, so that a
+		// model being loaded lands on one node, not on whichever is free.
+		return score{cold: 1, load: load, tie: rendezvous(req.Model, n.Name)}
 	}
-	return s
+	return score{load: load, tie: rotation}
 }
 
 // rendezvous gives each (model, node) pair a stable pseudo-random rank, so

@@ -77,6 +77,9 @@ func (c *Checker) Sync(cfg *config.Config) {
 			t := newTracker(n, cfg, c.now, c.breakerChanged)
 			c.trackers[n] = t
 			n.SetGate(t)
+			if c.m != nil {
+				c.m.NodeBreaker.WithLabelValues(n.Name).Set(0)
+			}
 		}
 		if c.runCtx != nil {
 			c.startLoopLocked(n)
@@ -201,6 +204,10 @@ func (c *Checker) applyProbe(t *tracker, err error, h config.Health) {
 		t.failStreak = 0
 		t.okStreak++
 		if !n.Up() && (first || t.okStreak >= h.HealthyThreshold) {
+			t.recovered()
+			if c.m != nil {
+				c.m.NodeBreaker.WithLabelValues(n.Name).Set(0)
+			}
 			n.SetUp(true)
 			c.log.Info("node up", "node", n.Name, "good_probes", t.okStreak)
 		}

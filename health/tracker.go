@@ -3,6 +3,7 @@ package health
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -18,8 +19,11 @@ var errNodeFailure = errors.New("node failure")
 // tracker holds the passive state and the circuit breaker of one node. It
 // is the node's balancer.Gate.
 type tracker struct {
-	node    *balancer.Node
-	breaker *gobreaker.CircuitBreaker[struct{}]
+	node *balancer.Node
+	// breaker is replaced by a fresh one when the node recovers.
+	breaker atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
+	// settings builds each breaker.
+	settings gobreaker.Settings
 	// halfOpenMax is how many requests a half-open breaker lets through at
 	// once; more would defeat the breaker's probing.
 	halfOpenMax int64
@@ -48,7 +52,7 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 		failWindow:  cfg.Health.FailTimeout,
 		now:         now,
 	}
-	t.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	t.settings = gobreaker.Settings{
 		Name:        n.Name,
 		MaxRequests: uint32(t.halfOpenMax),
 		Interval:    b.Interval,
@@ -62,8 +66,20 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 		},
 		// gobreaker calls this with its lock held: only hand the event on.
 		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(n, from, to) },
-	})
+	}
+	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
 	return t
+}
+
+// recovered forgets the failures of a node that active probes found up
+// again after it was down: it was restarted or repaired, so it gets
+// traffic at once rather than after the passive and breaker timeouts.
+func (t *tracker) recovered() {
+	t.mu.Lock()
+	t.failures = t.failures[:0]
+	t.outUntil = time.Time{}
+	t.mu.Unlock()
+	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
 }
 
 // Usable implements balancer.Gate: the node is not out after passive
@@ -76,7 +92,7 @@ func (t *tracker) Usable() bool {
 	if out {
 		return false
 	}
-	switch t.breaker.State() {
+	switch t.breaker.Load().State() {
 	case gobreaker.StateOpen:
 		return false
 	case gobreaker.StateHalfOpen:
@@ -92,7 +108,7 @@ func (t *tracker) report(failure string) (tookOut bool) {
 	if failure != "" {
 		err = errNodeFailure
 	}
-	_, _ = t.breaker.Execute(func() (struct{}, error) { return struct{}{}, err })
+	_, _ = t.breaker.Load().Execute(func() (struct{}, error) { return struct{}{}, err })
 	if failure == "" || t.maxFails <= 0 {
 		return false
 	}
@@ -122,7 +138,7 @@ func (t *tracker) passiveOut() bool {
 }
 
 // breakerState names the breaker's state: closed, half-open or open.
-func (t *tracker) breakerState() string { return t.breaker.State().String() }
+func (t *tracker) breakerState() string { return t.breaker.Load().State().String() }
 
 // breakerGauge maps the breaker's state to the value of
 // llmproxy_node_breaker_state: 0 closed, 1 half-open, 2 open.

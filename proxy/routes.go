@@ -22,6 +22,9 @@ const (
 	handleOptions                   // CORS preflight
 	handleAdmin                     // the proxy's own admin routes
 	handleMethodNotAllowed          // a known path with another method
+	handleMetrics                   // Prometheus metrics
+	handleHealthz                   // the process serves
+	handleReadyz                    // at least one node is up
 )
 
 // route is the classification of one request.
@@ -69,6 +72,9 @@ var getRoutes = map[string]route{
 	"/api/tags":    {name: "/api/tags", how: handleTags},
 	"/api/ps":      {name: "/api/ps", how: handlePS},
 	"/v1/models":   {name: "/v1/models", how: handleModels, openAI: true},
+	"/metrics":     {name: "/metrics", how: handleMetrics},
+	"/healthz":     {name: "/healthz", how: handleHealthz},
+	"/readyz":      {name: "/readyz", how: handleReadyz},
 }
 
 var (

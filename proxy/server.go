@@ -69,7 +69,11 @@ type Server struct {
 	upMu sync.RWMutex
 	ups  map[string]*upstream
 
-	srv      *fasthttp.Server
+	srv            *fasthttp.Server
+	metricsHandler fasthttp.RequestHandler
+	// gauges, when set, updates gauges owned by other packages before a
+	// scrape.
+	gauges   func()
 	parsers  fastjson.ParserPool
 	idPrefix string
 	idSeq    atomic.Uint64
@@ -99,6 +103,7 @@ func New(opts Options) *Server {
 		idPrefix:     hex.EncodeToString(prefix[:]),
 	}
 	s.SetConfig(opts.Config)
+	s.initMetricsHandler()
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
 		ErrorHandler:          s.handleParseError,
@@ -197,6 +202,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	case handleAdmin:
 		s.serveAdmin(ctx, rt)
+	case handleMetrics:
+		s.serveMetrics(ctx)
+	case handleHealthz:
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ok")
+	case handleReadyz:
+		s.serveReady(ctx)
 	case handleMethodNotAllowed:
 		writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
 			"method "+string(ctx.Method())+" not allowed on "+string(ctx.Path()))

@@ -1,0 +1,423 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// trio is three simulated nodes that all have model "m", behind a proxy.
+type trio struct {
+	sims  []*ollamasim.Running
+	proxy *app.App
+	cfg   *config.Config
+}
+
+func newTrio(t *testing.T, simCfg ollamasim.Config, tune func(*config.Config)) *trio {
+	t.Helper()
+	tr := &trio{}
+	for i := 0; i < 3; i++ {
+		tr.sims = append(tr.sims, testenv.Sim(t, "m", simCfg))
+	}
+	tr.cfg = testenv.Config(t, tr.sims...)
+	if tune != nil {
+		tune(tr.cfg)
+	}
+	tr.proxy = testenv.Proxy(t, tr.cfg)
+	return tr
+}
+
+// preload loads m on every node and waits until the proxy sees it, so
+// that placement treats the nodes as equals.
+func (tr *trio) preload(t *testing.T) {
+	t.Helper()
+	for _, s := range tr.sims {
+		readBody(t, post(t, s.URL()+"/api/generate", `{"model":"m"}`))
+	}
+	testenv.WaitFor(t, 5*time.Second, "m loaded on every node", func() bool {
+		return len(tr.proxy.Balancer().Holding("m:latest")) == len(tr.sims)
+	})
+}
+
+func (tr *trio) byName(name string) *ollamasim.Running {
+	for i, s := range tr.sims {
+		if tr.cfg.Nodes[i].Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// generateMany sends n non-streaming generates with the given concurrency
+// and returns the status codes seen.
+func generateMany(t *testing.T, url string, n, concurrency int) map[int]int {
+	t.Helper()
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				resp, err := http.Post(url+"/api/generate", "application/json",
+					strings.NewReader(`{"model":"m","prompt":"hi","stream":false,"options":{"num_predict":3}}`))
+				code := -1
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				}
+				mu.Lock()
+				codes[code]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return codes
+}
+
+func TestRefusingNodeLosesNothing(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, nil)
+	if err := tr.sims[1].Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	codes := generateMany(t, tr.proxy.URL(), 1000, 16)
+	if codes[200] != 1000 {
+		t.Fatalf("status codes %v, want 1000 × 200", codes)
+	}
+}
+
+func TestFailingNodeOpensBreaker(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.MaxFails = 0 // isolate the breaker from passive checks
+		c.Breaker.FailureRatio = 0.2
+		c.Breaker.MinRequests = 10
+		c.Breaker.ConsecutiveFailures = 100
+		c.Breaker.OpenTimeout = time.Minute
+	})
+	tr.preload(t)
+	bad := tr.sims[2].Server()
+	if err := bad.SetFaults(ollamasim.Faults{ErrorRate: 0.3, Seed: 7}); err != nil {
+		t.Fatal(err)
+	}
+	codes := generateMany(t, tr.proxy.URL(), 300, 8)
+	if codes[200] != 300 {
+		t.Fatalf("status codes %v, want every request served", codes)
+	}
+	m := tr.proxy.Metrics()
+	if got := testutil.ToFloat64(m.NodeBreaker.WithLabelValues("n2")); got != 2 {
+		t.Errorf("breaker state of n2 = %v, want 2 (open)", got)
+	}
+	if testutil.ToFloat64(m.Retries.WithLabelValues("n2", "status_5xx")) == 0 {
+		t.Error("no retries counted for n2")
+	}
+	if testutil.ToFloat64(m.NodeFailures.WithLabelValues("n2", "status_5xx")) == 0 {
+		t.Error("no failures counted for n2")
+	}
+	// Once open, the node gets no more traffic.
+	before := bad.Requests("/api/generate")
+	generateMany(t, tr.proxy.URL(), 30, 4)
+	if after := bad.Requests("/api/generate"); after != before {
+		t.Errorf("open breaker let %d requests through", after-before)
+	}
+}
+
+func TestClientErrorIsPassedOnUnchanged(t *testing.T) {
+	msg := `think value "high" is not supported for this model`
+	tr := newTrio(t, ollamasim.Config{}, nil)
+	for _, s := range tr.sims {
+		err := s.Server().SetFaults(ollamasim.Faults{ErrorRate: 1, ErrorStatus: 400, ErrorMessage: msg})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp := post(t, tr.proxy.URL()+"/api/chat",
+		`{"model":"m","think":"high","messages":[{"role":"user","content":"x"}]}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 400 {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
+	}
+	want, _ := json.Marshal(map[string]string{"error": msg})
+	if !bytes.Equal(bytes.TrimSpace(body), want) {
+		t.Errorf("body %s, want %s", body, want)
+	}
+	var total int64
+	for _, s := range tr.sims {
+		total += s.Server().Requests("/api/chat")
+	}
+	if total != 1 {
+		t.Errorf("nodes saw %d chats, want 1: a 4xx is never retried", total)
+	}
+	m := tr.proxy.Metrics()
+	for _, n := range []string{"n0", "n1", "n2"} {
+		if c := testutil.CollectAndCount(m.NodeFailures); c != 0 {
+			t.Errorf("node failures counted after a 4xx: %d series (%s)", c, n)
+			break
+		}
+	}
+}
+
+func TestNodeKilledMidStream(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{TokensPerSec: 40, MinTokens: 120, MaxTokens: 120, Parallel: 20},
+		func(c *config.Config) {
+			c.Health.Interval = 100 * time.Millisecond
+			c.Health.Timeout = 200 * time.Millisecond
+		})
+	type result struct {
+		node      string
+		done      bool
+		errLine   bool
+		lastError string
+	}
+	results := make([]result, 20)
+	started := make(chan struct{}, 20)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := post(t, tr.proxy.URL()+"/api/chat",
+				`{"model":"m","messages":[{"role":"user","content":"long story"}]}`)
+			defer resp.Body.Close()
+			results[i].node = resp.Header.Get("X-LLMProxy-Node")
+			sc := bufio.NewScanner(resp.Body)
+			first := true
+			for sc.Scan() {
+				if first {
+					started <- struct{}{}
+					first = false
+				}
+				var line struct {
+					Done  bool
+					Error string
+				}
+				if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+					results[i].lastError = "bad line: " + sc.Text()
+					return
+				}
+				results[i].done = results[i].done || line.Done
+				if line.Error != "" {
+					results[i].errLine = true
+				}
+			}
+		}()
+	}
+	for i := 0; i < 20; i++ {
+		<-started
+	}
+	victim := tr.sims[0]
+	killedAt := time.Now()
+	if err := victim.Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	cut := 0
+	for i, r := range results {
+		if r.lastError != "" {
+			t.Errorf("stream %d: %s", i, r.lastError)
+		}
+		if r.node == "n0" {
+			cut++
+			if !r.errLine || r.done {
+				t.Errorf("stream %d on the killed node: error line %v, done %v", i, r.errLine, r.done)
+			}
+		} else if !r.done || r.errLine {
+			t.Errorf("stream %d on %s: done %v, error line %v", i, r.node, r.done, r.errLine)
+		}
+	}
+	if cut == 0 {
+		t.Fatal("no stream was on the killed node")
+	}
+	t.Logf("%d streams cut; all streams ended %s after the kill", cut, time.Since(killedAt))
+
+	// New chats go to the other nodes.
+	testenv.WaitFor(t, 5*time.Second, "n0 to go down", func() bool {
+		return !tr.proxy.Balancer().Node("n0").Up()
+	})
+	for i := 0; i < 10; i++ {
+		resp := post(t, tr.proxy.URL()+"/api/chat",
+			`{"model":"m","stream":false,"options":{"num_predict":2},"messages":[{"role":"user","content":"x"}]}`)
+		readBody(t, resp)
+		if resp.StatusCode != 200 || resp.Header.Get("X-LLMProxy-Node") == "n0" {
+			t.Fatalf("chat after the kill: %d on %s", resp.StatusCode, resp.Header.Get("X-LLMProxy-Node"))
+		}
+	}
+
+	// The node comes back and gets traffic again, without a restart.
+	if err := victim.Server().SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	testenv.WaitFor(t, 5*time.Second, "n0 to come back", func() bool {
+		return tr.proxy.Balancer().Node("n0").Usable()
+	})
+	t.Logf("n0 usable %s after healing (interval %s × healthy_threshold %d)",
+		time.Since(healed), tr.cfg.Health.Interval, tr.cfg.Health.HealthyThreshold)
+	before := victim.Server().Requests("/api/chat")
+	generateChats(t, tr.proxy.URL(), 12)
+	if victim.Server().Requests("/api/chat") == before {
+		t.Error("the healed node got no traffic")
+	}
+}
+
+func generateChats(t *testing.T, url string, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := post(t, url+"/api/chat",
+				`{"model":"m","messages":[{"role":"user","content":"x"}],"options":{"num_predict":20}}`)
+			readBody(t, resp)
+		}()
+	}
+	wg.Wait()
+}
+
+func TestHangingNodeIsIsolated(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.Interval = 100 * time.Millisecond
+		c.Health.Timeout = 200 * time.Millisecond
+		c.Upstream.FirstByte = 2 * time.Second
+	})
+	hung := tr.sims[1].Server()
+	if err := hung.SetFaults(ollamasim.Faults{Hang: true}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the hanging node to be taken out", func() bool {
+		return !tr.proxy.Balancer().Node("n1").Usable()
+	})
+	sent := hung.Requests("/api/generate")
+	m := tr.proxy.Metrics()
+	timeoutsBefore := testutil.ToFloat64(m.NodeFailures.WithLabelValues("n1", "timeout"))
+	codes := generateMany(t, tr.proxy.URL(), 100, 8)
+	if codes[200] != 100 {
+		t.Fatalf("codes %v", codes)
+	}
+	if hung.Requests("/api/generate") != sent {
+		t.Errorf("the hanging node received %d requests after detection",
+			hung.Requests("/api/generate")-sent)
+	}
+	// Nothing waited for the first-byte timeout of the hanging node.
+	if got := testutil.ToFloat64(m.NodeFailures.WithLabelValues("n1", "timeout")); got != timeoutsBefore {
+		t.Errorf("%v requests timed out on the hanging node after it was taken out",
+			got-timeoutsBefore)
+	}
+}
+
+func TestDrainAndUndrain(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{TokensPerSec: 20}, nil)
+	// A stream in flight on n0 finishes during the drain.
+	resp := post(t, tr.proxy.URL()+"/api/chat",
+		`{"model":"m","messages":[{"role":"user","content":"x"}],"options":{"num_predict":15}}`)
+	node := resp.Header.Get("X-LLMProxy-Node")
+	admin := func(action string) {
+		r := post(t, tr.proxy.URL()+"/admin/nodes/"+node+"/"+action, ``)
+		readBody(t, r)
+		if r.StatusCode != 200 {
+			t.Fatalf("%s: status %d", action, r.StatusCode)
+		}
+	}
+	admin("drain")
+	body := readBody(t, resp)
+	if !bytes.Contains(body, []byte(`"done":true`)) {
+		t.Errorf("in-flight stream did not finish: %s", body)
+	}
+	sim := tr.byName(node).Server()
+	before := sim.Requests("/api/chat")
+	generateChats(t, tr.proxy.URL(), 9)
+	if sim.Requests("/api/chat") != before {
+		t.Errorf("drained node got %d new chats", sim.Requests("/api/chat")-before)
+	}
+	r, err := http.Get(tr.proxy.URL() + "/admin/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status struct {
+		Nodes []struct{ Name, State, Breaker string }
+	}
+	if err := json.Unmarshal(readBody(t, r), &status); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range status.Nodes {
+		if n.Name == node && n.State != "draining" {
+			t.Errorf("node %s state %q, want draining", n.Name, n.State)
+		}
+	}
+	admin("undrain")
+	generateChats(t, tr.proxy.URL(), 9)
+	if sim.Requests("/api/chat") == before {
+		t.Error("undrained node got no traffic")
+	}
+}
+
+func TestPassiveChecksTakeNodeOut(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.MaxFails = 3
+		c.Health.FailTimeout = time.Minute
+	})
+	tr.preload(t)
+	bad := tr.sims[0].Server()
+	if err := bad.SetFaults(ollamasim.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	before := bad.Requests("/api/generate")
+	codes := generateMany(t, tr.proxy.URL(), 60, 1)
+	if codes[200] != 60 {
+		t.Fatalf("codes %v", codes)
+	}
+	if got := bad.Requests("/api/generate") - before; got != 3 {
+		t.Errorf("failing node saw %d requests, want 3 (max_fails) before it was taken out", got)
+	}
+}
+
+func TestEnsureModelsPullsMissing(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	b := testenv.Sim(t, "other", ollamasim.Config{})
+	cfg := testenv.Config(t, a, b)
+	cfg.Models.Ensure = []string{"m"}
+	p := testenv.Proxy(t, cfg)
+	testenv.WaitFor(t, 10*time.Second, "n1 to get m", func() bool {
+		return p.Balancer().Node("n1").HasModel("m:latest")
+	})
+	if b.Server().Requests("/api/pull") != 1 {
+		t.Errorf("n1 saw %d pulls, want 1", b.Server().Requests("/api/pull"))
+	}
+	if a.Server().Requests("/api/pull") != 0 {
+		t.Error("n0 already had m but was pulled")
+	}
+}
+
+func TestHealthMetricsExported(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, nil)
+	generateMany(t, tr.proxy.URL(), 5, 1)
+	resp, err := http.Get(tr.proxy.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(readBody(t, resp))
+	for _, name := range []string{"llmproxy_node_up{node=\"n0\"} 1", "llmproxy_node_breaker_state",
+		"llmproxy_requests_total", "llmproxy_node_inflight"} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+}
