@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestRetryRules(t *testing.T) {
+	busy := []byte(`{"error":"server busy, please try again.  maximum pending requests exceeded"}`)
+	cases := []struct {
+		name    string
+		a       attempt
+		retry   bool
+		failure string
+	}{
+		{"connect refused", attempt{err: fmt.Errorf("dial: %w", errConnect)}, true, reasonConnect},
+		{"reset before headers", attempt{err: errors.New("connection reset")}, true, reasonReset},
+		{"first byte timeout, model loaded", attempt{err: errFirstByteTimeout}, true, reasonTimeout},
+		{"first byte timeout during a load", attempt{err: errFirstByteTimeout, coldLoad: true}, false, reasonTimeout},
+		{"client went away", attempt{err: errClientGone}, false, ""},
+		{"request deadline", attempt{err: context.DeadlineExceeded}, false, ""},
+		{"400 from the node", attempt{status: 400, body: []byte(`{"error":"bad"}`)}, false, ""},
+		{"404 from the node", attempt{status: 404, body: []byte(`{"error":"gone"}`)}, false, ""},
+		{"500", attempt{status: 500, body: []byte(`{"error":"x"}`)}, true, reasonStatus5xx},
+		{"502", attempt{status: 502, body: []byte(`bad gateway`)}, true, reasonStatus5xx},
+		{"503 server busy", attempt{status: 503, body: busy}, true, ""},
+		{"503 other", attempt{status: 503, body: []byte(`{"error":"shutting down"}`)}, true, reasonStatus5xx},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			v := judge(tc.a)
+			if v.retry != tc.retry {
+				t.Errorf("retry = %v, want %v", v.retry, tc.retry)
+			}
+			if v.failure != tc.failure {
+				t.Errorf("failure = %q, want %q", v.failure, tc.failure)
+			}
+		})
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	for n := 1; n <= 10; n++ {
+		for i := 0; i < 100; i++ {
+			d := backoff(n, 50*time.Millisecond, time.Second)
+			if d < 0 || d > time.Second {
+				t.Fatalf("backoff(%d) = %s, outside [0, 1s]", n, d)
+			}
+			if n == 1 && d > 50*time.Millisecond {
+				t.Fatalf("first backoff %s over its base", d)
+			}
+		}
+	}
+	if backoff(3, 0, time.Second) != 0 {
+		t.Error("zero base must not wait")
+	}
+}
