@@ -90,9 +90,9 @@ func specialTokenLen(text string) int {
 	if !strings.HasPrefix(text, "<|") {
 		return 0
 	}
-	end := strings.Index(text[:min(len(text), 32)], "|>")
-	if end < 0 {
-		return 0
+	end := strings.Index(text[2:min(len(text), 32)], "|>") + 2
+	if end <= 2 {
+		return 0 // no closing "|>", or an empty name as in "<||>"
 	}
 	for _, r := range text[2:end] {
 		if !isWordRune(r) && r != '_' {
