@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/config"
@@ -67,4 +68,26 @@ func TestAddrSubject(t *testing.T) {
 			t.Errorf("addrSubject(%q) = %q, want %q", addr, got, want)
 		}
 	}
+}
+
+func FuzzClientAddr(f *testing.F) {
+	tp, err := parseTrustedProxies([]string{"10.0.0.0/8", "fd00::/8"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte{10, 0, 0, 1}, []byte("1.1.1.1, 198.51.100.1"))
+	f.Add([]byte{203, 0, 113, 9}, []byte("198.51.100.1"))
+	f.Add([]byte{10, 0, 0, 1}, []byte(",,[::1]:80, unknown ,"))
+	f.Fuzz(func(t *testing.T, peer, xff []byte) {
+		got := tp.clientAddr(net.IP(peer), xff)
+		if got == "" {
+			if len(peer) == 4 || len(peer) == 16 {
+				t.Errorf("ClientAddr(%v, %q) is empty for a valid peer", peer, xff)
+			}
+			return
+		}
+		if _, err := netip.ParseAddr(got); err != nil {
+			t.Errorf("ClientAddr(%v, %q) = %q, not an address: %v", peer, xff, got, err)
+		}
+	})
 }

@@ -163,3 +163,18 @@ func TestNewKeepsNoSecret(t *testing.T) {
 		t.Errorf("error %q contains the key", err)
 	}
 }
+
+func FuzzPresentedKey(f *testing.F) {
+	f.Add([]byte("Bearer abc"), []byte(""))
+	f.Add([]byte("Basic abc"), []byte(" key "))
+	f.Add([]byte("bearer"), []byte("\x00"))
+	f.Fuzz(func(t *testing.T, authorization, xAPIKey []byte) {
+		k := presentedKey(authorization, xAPIKey)
+		if len(k) > len(authorization)+len(xAPIKey) {
+			t.Errorf("presentedKey returned %d bytes from %d", len(k), len(authorization)+len(xAPIKey))
+		}
+		if len(k) > 0 && (k[0] == ' ' || k[len(k)-1] == ' ') {
+			t.Errorf("presentedKey(%q, %q) = %q, not trimmed", authorization, xAPIKey, k)
+		}
+	})
+}
