@@ -28,13 +28,16 @@ type decoder struct {
 	problems []Problem
 	// visited counts nodes against maxNodes.
 	visited int
+	// merging holds the mappings whose "<<" keys are being expanded, to
+	// stop a mapping that merges itself through an alias.
+	merging map[*yaml.Node]bool
 }
 
 // decodeYAML decodes data over cfg. It records the line of every path it
 // sets in lines and returns the problems found. It returns false when the
 // document as a whole could not be read.
 func decodeYAML(data []byte, cfg *Config, lines map[string]int) ([]Problem, bool) {
-	d := &decoder{lines: lines}
+	d := &decoder{lines: lines, merging: map[*yaml.Node]bool{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 
 	var doc yaml.Node
@@ -162,6 +165,13 @@ type keyValue struct {
 // entries lists the entries of mapping n: those merged in through "<<"
 // first, in the order of precedence YAML gives them, then n's own.
 func (d *decoder) entries(n *yaml.Node, path string) []keyValue {
+	if d.merging[n] {
+		d.add(n, path, "<<: the mapping merges itself")
+		return nil
+	}
+	d.merging[n] = true
+	defer delete(d.merging, n)
+
 	var merged, own []keyValue
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -291,10 +301,10 @@ func (d *decoder) field(n *yaml.Node, f reflect.StructField, v reflect.Value, pa
 	d.decode(n, v, path)
 }
 
-// sequence decodes a list, which replaces the whole of v. Null is the
-// empty list.
+// sequence decodes a list, which replaces the whole of v. Null and the
+// empty list both set v to nil.
 func (d *decoder) sequence(n *yaml.Node, v reflect.Value, path string) {
-	if isNull(n) {
+	if isNull(n) || n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
 		v.SetZero()
 		return
 	}

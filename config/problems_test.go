@@ -62,6 +62,8 @@ func TestParseProblem(t *testing.T) {
 			nil, "max_body_bytes", 3, "not a whole number of bytes"},
 		{"list size", nodeYAML + "max_body_bytes: [1]\n", nil, "max_body_bytes", 3, "want a size"},
 		{"bad merge", nodeYAML + "log:\n  <<: 5\n", nil, "log", 4, "<<: want a mapping"},
+		{"self merge", "nodes:\n  - &n {<<: *n, url: http://127.0.0.1:1}\n",
+			nil, "nodes[0]", 2, "<<: the mapping merges itself"},
 
 		// Top level.
 		{"no nodes", "listen: 127.0.0.1:1\n", nil, "nodes", 0, "no nodes"},
