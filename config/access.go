@@ -86,12 +86,12 @@ func fullModelName(name string) string {
 	return name + ":latest"
 }
 
-// IsEnabled reports whether the cache is on; a nil Enabled counts as true.
+// IsEnabled reports whether the cache is on. A nil Enabled counts as true.
 func (c *Cache) IsEnabled() bool {
 	return c.Enabled == nil || *c.Enabled
 }
 
-// IsEnabled reports whether the L2 tier is turned on; a nil Enabled counts
+// IsEnabled reports whether the L2 tier is turned on. A nil Enabled counts
 // as true. The tier is used only when redis.addr is also set.
 func (c *CacheL2) IsEnabled() bool {
 	return c.Enabled == nil || *c.Enabled

@@ -14,9 +14,9 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// maxNodes bounds the YAML nodes one document may expand to. Aliases let a
-// small file name the same subtree many times over ("billion laughs");
-// a configuration has a few hundred nodes.
+// maxNodes bounds the YAML nodes one document may expand to, because
+// aliases let a small file repeat the same subtree many times over
+// ("billion laughs"). A configuration has a few hundred nodes.
 const maxNodes = 100_000
 
 // decoder decodes a yaml.Node tree over a Config by reflection, following
@@ -50,7 +50,7 @@ func decodeYAML(data []byte, cfg *Config, lines map[string]int) ([]Problem, bool
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case err == nil:
-		d.add(&extra, "", "the file holds more than one YAML document; want one")
+		d.add(&extra, "", "the file contains more than one YAML document, want one")
 	case !errors.Is(err, io.EOF):
 		d.problems = append(d.problems, syntaxProblem(err))
 	}
@@ -97,7 +97,7 @@ func (d *decoder) resolve(n *yaml.Node) *yaml.Node {
 	}
 	d.visited++
 	if d.visited == maxNodes {
-		d.add(n, "", "the document expands to more than %d values; "+
+		d.add(n, "", "the document expands to more than %d values, "+
 			"check for aliases that repeat large sections", maxNodes)
 	}
 	if d.visited >= maxNodes {
@@ -157,7 +157,7 @@ func describe(n *yaml.Node) string {
 // keyValue is one entry of a YAML mapping.
 type keyValue struct {
 	key, value *yaml.Node
-	// merged marks entries brought in by a "<<" merge key; explicit
+	// merged marks entries brought in by a "<<" merge key. Explicit
 	// entries override them and may repeat their keys.
 	merged bool
 }

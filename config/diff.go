@@ -19,8 +19,9 @@ type Change struct {
 	Updated []NodeChange
 	// Settings lists the YAML paths of the changed settings other than
 	// nodes, sorted. Structs are compared field by field, so a path names
-	// a leaf such as "queue.aging"; a list is one value ("auth.keys"), and
-	// the queue classes are compared per class ("queue.classes.batch").
+	// a leaf such as "queue.aging". A list counts as one value
+	// ("auth.keys"), and queue classes are compared one by one
+	// ("queue.classes.batch").
 	Settings []string
 	// Restart lists the Settings that a running proxy cannot apply because
 	// they are bound at start: the listeners and the Redis connection.

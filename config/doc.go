@@ -2,8 +2,8 @@
 //
 // A configuration is built in three layers, each overriding the one before:
 //
-//  1. the defaults of Default, documented on each field of Config;
-//  2. a YAML file, read by Load or Parse, which may set any subset of keys;
+//  1. the defaults of Default, documented on each field of Config.
+//  2. a YAML file, read by Load or Parse, which may set any subset of keys.
 //  3. the LLMPROXY_* environment variables read by Load, ParseEnv and
 //     FromEnv: LLMPROXY_LISTEN, LLMPROXY_NODES, LLMPROXY_REDIS_ADDR,
 //     LLMPROXY_REDIS_PASSWORD, LLMPROXY_ADMIN_TOKEN and LLMPROXY_LOG_LEVEL.

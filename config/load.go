@@ -12,7 +12,8 @@ import (
 // over the defaults and under the LLMPROXY_* variables of the process
 // environment. With an empty path it reads only the environment, as
 // FromEnv does. A configuration with problems returns an *Errors listing
-// all of them; a file that cannot be read returns the wrapped os error.
+// all of them, and a file that cannot be read returns the wrapped os
+// error.
 func Load(path string) (*Config, error) {
 	if path == "" {
 		return FromEnv(os.Getenv)
@@ -25,7 +26,7 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse returns the configuration that the YAML document data sets over the
-// defaults. It applies no LLMPROXY_* variables; it reads from the process
+// defaults. It applies no LLMPROXY_* variables, and reads from the process
 // environment only the variables named by auth.keys[].env. Source names
 // the document in errors, usually its file path. A configuration with
 // problems returns an *Errors listing all of them.
@@ -48,8 +49,9 @@ func FromEnv(getenv func(string) string) (*Config, error) {
 
 // Validate fills in the values that Load derives (node names from URLs,
 // trailing slashes of node URLs, the digests of keys given by env) and
-// then checks c as Load does, for a Config built in code. It reads key
-// variables from the process environment. Problems carry no lines.
+// then checks c as Load does, for a Config built in code. It reads the
+// variable of each env key whose digest is not yet known from the process
+// environment. Problems carry no lines.
 func (c *Config) Validate() error {
 	l := newLoader("", os.Getenv)
 	return l.finish(c, nil)
@@ -97,12 +99,14 @@ func load(data []byte, source string, getenv func(string) string, env bool) (*Co
 // already failed to decode.
 func (l *loader) finish(c *Config, decoded []Problem) error {
 	l.complete(c)
-	v := &validator{lines: l.lines, envs: l.envs, getenv: l.getenv}
+	v := &validator{lines: l.lines, envs: l.envs}
 	v.validate(c)
 
 	problems := decoded
 	for _, p := range v.problems {
-		if !reportedUnder(decoded, p.Path) {
+		// A value from a variable replaced the file's, so the file's
+		// decoding problem does not explain it.
+		if p.Env != "" || !reportedUnder(decoded, p.Path) {
 			problems = append(problems, p)
 		}
 	}
@@ -138,7 +142,7 @@ func reportedUnder(problems []Problem, path string) bool {
 }
 
 // complete fills in derived values: node names, node URLs without their
-// trailing slash, and the digests of keys given by env.
+// trailing slash, and the digests of keys given by env that have none.
 func (l *loader) complete(c *Config) {
 	for i := range c.Nodes {
 		n := &c.Nodes[i]
@@ -155,8 +159,7 @@ func (l *loader) complete(c *Config) {
 	}
 	for i := range c.Auth.Keys {
 		k := &c.Auth.Keys[i]
-		k.envDigest = nil
-		if k.Env == "" || k.SHA256 != "" {
+		if k.Env == "" || k.SHA256 != "" || k.envDigest != nil {
 			continue
 		}
 		if secret := l.getenv(k.Env); secret != "" {

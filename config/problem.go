@@ -8,7 +8,7 @@ import (
 
 // Problem is one thing wrong with a configuration.
 type Problem struct {
-	// Path is the YAML path of the value, such as nodes[1].url; empty for
+	// Path is the YAML path of the value, such as nodes[1].url, or empty for
 	// the document as a whole.
 	Path string
 	// Line is the 1-based line of the value in the file, or 0 when the
@@ -17,7 +17,8 @@ type Problem struct {
 	Line int
 	// Env names the environment variable the value came from, if any.
 	Env string
-	// Message says what is wrong and, where it helps, what is accepted.
+	// Message describes what is wrong and, where it helps, the accepted
+	// values.
 	Message string
 }
 
@@ -45,7 +46,7 @@ func (p Problem) String() string {
 type Errors struct {
 	// Source names what was read: a file path, or "environment".
 	Source string
-	// Problems is sorted by line; problems without a line come last.
+	// Problems is sorted by line, and problems without a line come last.
 	Problems []Problem
 }
 

@@ -12,7 +12,7 @@ import (
 const goodSHA = "e5ae8e9946581d38f09ed9a83454ae912998223740a685d66526e0c4d567e581"
 
 // TestParseProblem checks that each invalid document yields exactly one
-// problem, at the expected path and line, with a message that says why.
+// problem, at the expected path and line, with a message that explains it.
 func TestParseProblem(t *testing.T) {
 	tests := []struct {
 		name string

@@ -16,7 +16,7 @@ func (d *decoder) scalar(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	if isNull(n) {
-		d.add(n, path, "missing value; write \"\" for an empty string")
+		d.add(n, path, "missing value, write \"\" for an empty string")
 		return
 	}
 	switch v.Kind() {

@@ -20,8 +20,8 @@ var byteUnits = map[string]int64{
 
 // ParseByteSize parses a size in bytes: a non-negative number with an
 // optional unit, such as "1024", "512k", "64MiB", "1.5 GB". Units are case
-// insensitive; k, KB, M, MB, G, GB, T and TB are powers of 1000, and Ki,
-// KiB, Mi, MiB, Gi, GiB, Ti and TiB powers of 1024. A fraction is accepted
+// insensitive. The units k, KB, M, MB, G, GB, T and TB are powers of 1000,
+// and Ki, KiB, Mi, MiB, Gi, GiB, Ti and TiB are powers of 1024. A fraction is accepted
 // only when the result is a whole number of bytes. The result must fit in
 // an int64.
 func ParseByteSize(s string) (int64, error) {

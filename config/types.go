@@ -19,7 +19,7 @@ type Config struct {
 	// 413. Default 64 MiB, room for several base64 images.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 
-	// Nodes lists the Ollama servers; at least one is required.
+	// Nodes lists the Ollama servers. At least one is required.
 	Nodes     []Node    `yaml:"nodes"`
 	Upstream  Upstream  `yaml:"upstream"`
 	Discovery Discovery `yaml:"discovery"`
@@ -49,7 +49,7 @@ type Node struct {
 	// MaxConcurrent is the number of requests the node runs at once, its
 	// OLLAMA_NUM_PARALLEL. Default 4; the proxy queues the rest itself.
 	MaxConcurrent int `yaml:"max_concurrent"`
-	// Weight scales the node's share of traffic among equals; it must be
+	// Weight scales the node's share of traffic among equals. It must be
 	// positive. Default 1.
 	Weight float64 `yaml:"weight"`
 }
@@ -77,7 +77,7 @@ type Discovery struct {
 // CORS sets which browser origins may call the proxy.
 type CORS struct {
 	// AllowedOrigins lists origins answered with CORS headers, each
-	// scheme://host[:port]; "*" allows any. Default: none, so browsers on
+	// scheme://host[:port], or "*" for any. Default: none, so browsers on
 	// other origins are rejected as Ollama rejects them.
 	AllowedOrigins []string `yaml:"allowed_origins"`
 }
@@ -152,21 +152,21 @@ type Balancer struct {
 
 // Queue configures the request queue held by the proxy.
 type Queue struct {
-	// Aging is the waiting time that raises a request by one class rank;
-	// 0 turns aging off. Default 10s.
+	// Aging is the waiting time that raises a request by one class rank,
+	// and 0 turns aging off. Default 10s.
 	Aging time.Duration `yaml:"aging"`
 	// Classes holds the limits of the priority, standard and batch classes,
-	// keyed by class name. A file sets any subset; the other classes keep
-	// their defaults.
+	// keyed by class name. A file may set any subset, and the other classes
+	// keep their defaults.
 	Classes map[string]QueueClass `yaml:"classes"`
 }
 
 // QueueClass is the backpressure limit of one priority class.
 type QueueClass struct {
-	// MaxLength is the maximum number of requests waiting in the class;
-	// 0 leaves the class unbounded. Default 1000.
+	// MaxLength is the maximum number of requests waiting in the class,
+	// and 0 leaves the class unbounded. Default 1000.
 	MaxLength int `yaml:"max_length"`
-	// MaxWait is the maximum time a request waits before 503; it must be
+	// MaxWait is the maximum time a request waits before 503. It must be
 	// positive. Default 5m for priority and standard, 30m for batch.
 	MaxWait time.Duration `yaml:"max_wait"`
 }
@@ -181,49 +181,50 @@ type Auth struct {
 
 // Key is one API key with its limits. Zero limits mean unlimited.
 type Key struct {
-	// Name identifies the key in logs, metrics and usage records; it is
-	// required and unique. The key itself is never logged.
+	// Name identifies the key in logs, metrics and usage records. It is
+	// required and unique.
 	Name string `yaml:"name"`
 	// SHA256 is the hex SHA-256 of the key, 64 hex digits. Exactly one of
 	// SHA256 and Env is set.
 	SHA256 string `yaml:"sha256"`
-	// Env names an environment variable holding the key in clear text. Load
-	// reads it once and keeps only its SHA-256, see Digest; the variable
-	// must be non-empty at load time.
+	// Env names an environment variable that contains the key in clear
+	// text. Load reads it once and keeps only its SHA-256 (see Digest), so
+	// the variable must be non-empty at load time.
 	Env string `yaml:"env"`
 	// Priority is the queue class of the key's requests: priority,
 	// standard or batch. Default standard.
 	Priority string `yaml:"priority"`
-	// RequestsPerSec is the sustained request rate; 0 for no limit.
+	// RequestsPerSec is the sustained request rate, 0 for no limit.
 	RequestsPerSec float64 `yaml:"requests_per_second"`
 	// Burst is the number of requests allowed at once above the rate. It
 	// must be at least 1 when RequestsPerSec is set.
 	Burst int `yaml:"burst"`
-	// TokensPerMinute limits the tokens the key's requests use per minute;
+	// TokensPerMinute limits the tokens the key's requests use per minute,
 	// 0 for no limit.
 	TokensPerMinute int64 `yaml:"tokens_per_minute"`
-	// MaxConcurrent limits the key's requests in flight; 0 for no limit.
+	// MaxConcurrent limits the key's requests in flight, 0 for no limit.
 	MaxConcurrent int `yaml:"max_concurrent"`
-	// MonthlyTokens is the token quota per calendar month; 0 for none.
+	// MonthlyTokens is the token quota per calendar month, 0 for none.
 	MonthlyTokens int64 `yaml:"monthly_tokens"`
-	// MonthlyRequests is the request quota per calendar month; 0 for none.
+	// MonthlyRequests is the request quota per calendar month, 0 for none.
 	MonthlyRequests int64 `yaml:"monthly_requests"`
-	// AllowedModels lists the models the key may use; empty allows all.
+	// AllowedModels lists the models the key may use, and empty allows all.
 	// A name without a tag means its :latest tag, as in Ollama.
 	AllowedModels []string `yaml:"allowed_models"`
 
 	// envDigest is the SHA-256 of the Env variable's value, read at load
-	// time; nil for keys given by SHA256 or not loaded.
+	// time. It is nil for keys given by SHA256 and keys not loaded.
 	envDigest *[sha256.Size]byte
 }
 
 // RateLimit configures limits for clients without a key.
 type RateLimit struct {
 	// PerAddress is the request rate per client address in requests per
-	// second; 0 for no limit. Default 10.
+	// second, 0 for no limit. Default 10.
 	PerAddress float64 `yaml:"per_address"`
 	// Burst is the number of requests per client address allowed at once
-	// above the rate; at least 1 when PerAddress is set. Default 20.
+	// above the rate. It must be at least 1 when PerAddress is set.
+	// Default 20.
 	Burst int `yaml:"burst"`
 	// TrustedProxies lists CIDRs, or single addresses, of reverse proxies
 	// whose X-Forwarded-For is trusted. Default: none.
@@ -235,11 +236,11 @@ type RateLimit struct {
 
 // Redis is the shared state of several instances.
 type Redis struct {
-	// Addr is the host:port of the Redis server; empty for none, so that
+	// Addr is the host:port of the Redis server. Empty means none, so that
 	// limits, quotas and the cache stay local to each instance. Default
 	// empty.
 	Addr string `yaml:"addr"`
-	// Password authenticates to Redis; empty for none.
+	// Password authenticates to Redis, empty for none.
 	Password string `yaml:"password"`
 	// DB is the Redis database number. Default 0.
 	DB int `yaml:"db"`
@@ -252,7 +253,7 @@ type Redis struct {
 
 // Cache configures the response cache.
 type Cache struct {
-	// Enabled turns the cache on; nil means true, see IsEnabled.
+	// Enabled turns the cache on. Nil counts as true, see IsEnabled.
 	// Default true.
 	Enabled *bool `yaml:"enabled"`
 	// Generate selects the generation requests that are cached:
@@ -275,8 +276,8 @@ type CacheL1 struct {
 
 // CacheL2 is the Redis tier, used when redis.addr is set.
 type CacheL2 struct {
-	// Enabled turns the tier on when Redis is configured; nil means true,
-	// see IsEnabled. Default true.
+	// Enabled turns the tier on when Redis is configured. Nil counts as
+	// true, see IsEnabled. Default true.
 	Enabled *bool `yaml:"enabled"`
 	// TTL of an entry. Default 24h.
 	TTL time.Duration `yaml:"ttl"`

@@ -13,7 +13,6 @@ import (
 type validator struct {
 	lines    map[string]int
 	envs     map[string]string
-	getenv   func(string) string
 	problems []Problem
 }
 
@@ -106,7 +105,7 @@ func (v *validator) oneOf(path, value string, allowed []string) {
 			return
 		}
 	}
-	v.add(path, "unknown value %q%s; want %s", value, didYouMean(value, allowed), orList(allowed))
+	v.add(path, "unknown value %q%s, want %s", value, didYouMean(value, allowed), orList(allowed))
 }
 
 // orList formats items as "a, b or c".
@@ -213,7 +212,7 @@ func (v *validator) queue(q Queue) {
 	for name, class := range q.Classes {
 		path := "queue.classes." + name
 		if ClassRank(name) < 0 {
-			v.add(path, "unknown class%s; want %s", didYouMean(name, Classes), orList(Classes))
+			v.add(path, "unknown class%s, want %s", didYouMean(name, Classes), orList(Classes))
 			continue
 		}
 		nonNegative(v, path+".max_length", class.MaxLength)
@@ -242,7 +241,7 @@ func (v *validator) rate(ratePath, burstPath string, rate float64, burst int) {
 	nonNegative(v, ratePath, rate)
 	nonNegative(v, burstPath, burst)
 	if rate > 0 && burst == 0 {
-		v.add(burstPath, "must be at least 1 when %s is set; with 0 no request passes",
+		v.add(burstPath, "must be at least 1 when %s is set, since with 0 no request passes",
 			ratePath[strings.LastIndex(ratePath, ".")+1:])
 	}
 }

@@ -16,7 +16,7 @@ func (v *validator) keys(keys []Key) {
 		if v.keySecret(path, k) {
 			d, _ := k.Digest()
 			if first, dup := digests[d]; dup {
-				v.add(path, "same key as auth.keys[%d]; each key may appear once", first)
+				v.add(path, "same key as auth.keys[%d], each key may appear once", first)
 			} else {
 				digests[d] = i
 			}
@@ -37,7 +37,7 @@ func (v *validator) keys(keys []Key) {
 
 func (v *validator) keyName(path, name string, names map[string]int, i int) {
 	if name == "" {
-		v.add(path+".name", "missing; each key needs a name for logs and usage records")
+		v.add(path+".name", "missing, each key needs a name for logs and usage records")
 		return
 	}
 	if first, dup := names[name]; dup {
@@ -52,9 +52,9 @@ func (v *validator) keyName(path, name string, names map[string]int, i int) {
 func (v *validator) keySecret(path string, k *Key) bool {
 	switch {
 	case k.SHA256 != "" && k.Env != "":
-		v.add(path, "sets both sha256 and env; want exactly one")
+		v.add(path, "sets both sha256 and env, want exactly one")
 	case k.SHA256 == "" && k.Env == "":
-		v.add(path, "sets neither sha256 nor env; want exactly one")
+		v.add(path, "sets neither sha256 nor env, want exactly one")
 	case k.SHA256 != "":
 		if msg := sha256Problem(k.SHA256); msg != "" {
 			v.add(path+".sha256", "%s", msg)
@@ -62,8 +62,8 @@ func (v *validator) keySecret(path string, k *Key) bool {
 		}
 		return true
 	case k.envDigest == nil:
-		v.add(path+".env", "environment variable %s is empty or unset; "+
-			"it must hold the key when the config is loaded", k.Env)
+		v.add(path+".env", "environment variable %s is empty or unset, but "+
+			"it must contain the key when the config is loaded", k.Env)
 	default:
 		return true
 	}

@@ -9,7 +9,7 @@ import (
 
 func (v *validator) nodes(nodes []Node) {
 	if len(nodes) == 0 {
-		v.add("nodes", "no nodes; list at least one under nodes, or set %s", EnvNodes)
+		v.add("nodes", "no nodes, list at least one under nodes or set %s", EnvNodes)
 		return
 	}
 	names := map[string]int{}
@@ -37,8 +37,8 @@ func (v *validator) nodes(nodes []Node) {
 func (v *validator) nodeName(path, name string, names map[string]int, i int) {
 	switch {
 	case name == "":
-		// The URL is invalid, so no name could be derived; the URL's
-		// problem says why.
+		// The URL is invalid, so no name could be derived. The URL's own
+		// problem explains why.
 		return
 	case strings.ContainsFunc(name, invalidNameRune):
 		v.add(path, "invalid name %q: must not contain '/', spaces or control characters, "+
@@ -60,7 +60,7 @@ func invalidNameRune(r rune) bool {
 // message saying what is wrong with it.
 func parseNodeURL(raw string) (*url.URL, string) {
 	if raw == "" {
-		return nil, "missing; want a URL such as http://127.0.0.1:11434"
+		return nil, "missing, want a URL such as http://127.0.0.1:11434"
 	}
 	if !strings.Contains(raw, "://") {
 		return nil, "missing scheme, want http:// or https://"
@@ -85,7 +85,7 @@ func nodeURLProblem(u *url.URL) string {
 	case u.User != nil:
 		return "must not contain a user name or password"
 	case u.Path != "" && u.Path != "/":
-		return fmt.Sprintf("must not have a path, got %q; the proxy adds the /api/... "+
+		return fmt.Sprintf("must not have a path, got %q, because the proxy adds the /api/... "+
 			"paths of each request itself", u.Path)
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 		return "must not have a query or fragment"
