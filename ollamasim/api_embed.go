@@ -40,7 +40,7 @@ type embedding struct {
 	loadDuration time.Duration
 }
 
-// errInvalidInput is Ollama's answer to an input that is neither a string
+// errInvalidInput is Ollama's error for an input that is neither a string
 // nor an array of strings.
 var errInvalidInput = errors.New("invalid input type")
 

@@ -95,10 +95,10 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := func() string { return timestamp(s.cfg.Now()) }
 	if req.Prompt == "" && len(req.Images) == 0 {
-		s.loadOrUnload(w, r, c, len(req.KeepAlive) > 0 && c.keepAlive == 0, func(reason string) any {
-			return generateLine{Model: req.Model, CreatedAt: now(), Done: true, DoneReason: reason}
+		unload := len(req.KeepAlive) > 0 && c.keepAlive == 0
+		s.loadOrUnload(w, r, c, unload, func(reason string) any {
+			return generateLine{Model: req.Model, CreatedAt: s.now(), Done: true, DoneReason: reason}
 		})
 		return
 	}
@@ -107,10 +107,15 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	c.seed = s.completionSeed(req.Model, c.prompt, opts)
 	c.numPredict = opts.numPredict
 	c.asJSON = hasFormat(req.Format)
+	s.respondCompletion(w, r, c, s.generateFormat(req))
+}
+
+// generateFormat shapes the lines of /api/generate.
+func (s *Server) generateFormat(req generateRequest) completionFormat {
 	final := func(text string, o *outcome) generateLine {
 		return generateLine{
 			Model:      req.Model,
-			CreatedAt:  now(),
+			CreatedAt:  s.now(),
 			Response:   text,
 			Done:       true,
 			DoneReason: o.doneReason,
@@ -118,14 +123,14 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 			metrics:    o.metrics(),
 		}
 	}
-	s.respondCompletion(w, r, c, answer{
+	return completionFormat{
 		stream: req.Stream == nil || *req.Stream,
 		chunk: func(piece string) any {
-			return generateLine{Model: req.Model, CreatedAt: now(), Response: piece}
+			return generateLine{Model: req.Model, CreatedAt: s.now(), Response: piece}
 		},
 		final: func(o *outcome) []any { return []any{final("", o)} },
 		whole: func(text string, o *outcome) any { return final(text, o) },
-	})
+	}
 }
 
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
@@ -145,13 +150,16 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := func() string { return timestamp(s.cfg.Now()) }
-	assistant := func(content string) chatMessage {
-		return chatMessage{Role: "assistant", Content: content}
-	}
 	if len(req.Messages) == 0 {
-		s.loadOrUnload(w, r, c, len(req.KeepAlive) > 0 && c.keepAlive == 0, func(reason string) any {
-			return chatLine{Model: req.Model, CreatedAt: now(), Message: assistant(""), Done: true, DoneReason: reason}
+		unload := len(req.KeepAlive) > 0 && c.keepAlive == 0
+		s.loadOrUnload(w, r, c, unload, func(reason string) any {
+			return chatLine{
+				Model:      req.Model,
+				CreatedAt:  s.now(),
+				Message:    assistantMessage(""),
+				Done:       true,
+				DoneReason: reason,
+			}
 		})
 		return
 	}
@@ -164,24 +172,38 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	c.seed = s.completionSeed(req.Model, c.prompt, opts)
 	c.numPredict = opts.numPredict
 	c.asJSON = hasFormat(req.Format)
+	s.respondCompletion(w, r, c, s.chatFormat(req))
+}
+
+// chatFormat shapes the lines of /api/chat.
+func (s *Server) chatFormat(req chatRequest) completionFormat {
 	final := func(text string, o *outcome) chatLine {
 		return chatLine{
 			Model:      req.Model,
-			CreatedAt:  now(),
-			Message:    assistant(text),
+			CreatedAt:  s.now(),
+			Message:    assistantMessage(text),
 			Done:       true,
 			DoneReason: o.doneReason,
 			metrics:    o.metrics(),
 		}
 	}
-	s.respondCompletion(w, r, c, answer{
+	return completionFormat{
 		stream: req.Stream == nil || *req.Stream,
 		chunk: func(piece string) any {
-			return chatLine{Model: req.Model, CreatedAt: now(), Message: assistant(piece)}
+			return chatLine{Model: req.Model, CreatedAt: s.now(), Message: assistantMessage(piece)}
 		},
 		final: func(o *outcome) []any { return []any{final("", o)} },
 		whole: func(text string, o *outcome) any { return final(text, o) },
-	})
+	}
+}
+
+func assistantMessage(content string) chatMessage {
+	return chatMessage{Role: "assistant", Content: content}
+}
+
+// now returns the current time as created_at.
+func (s *Server) now() string {
+	return timestamp(s.cfg.Now())
 }
 
 // modelRequest holds the fields every inference request shares.
@@ -192,12 +214,16 @@ type modelRequest struct {
 	// capability is the capability the model needs, "generate" or "chat",
 	// and "" for embeddings, which any model serves as in Ollama.
 	capability string
-	openAI     bool // answer errors in OpenAI's shape
+	openAI     bool // send errors in OpenAI's shape
 }
 
-// newCompletion checks the model and options of a request, and answers the
-// request itself when they are invalid.
-func (s *Server) newCompletion(w http.ResponseWriter, start time.Time, mr modelRequest) (*completion, options, bool) {
+// newCompletion checks the model and options of a request. When they are
+// invalid, it writes the error response and returns false.
+func (s *Server) newCompletion(
+	w http.ResponseWriter,
+	start time.Time,
+	mr modelRequest,
+) (*completion, options, bool) {
 	entry, ok := s.lookupModel(w, mr.model, mr.openAI)
 	if !ok {
 		return nil, options{}, false
@@ -225,8 +251,8 @@ func (s *Server) newCompletion(w http.ResponseWriter, start time.Time, mr modelR
 	}, opts, true
 }
 
-// lookupModel returns the model a request names, or answers 400 when it
-// names none and 404 when the node does not have it.
+// lookupModel returns the model a request names. It writes 400 when the
+// request names none and 404 when the node does not have it.
 func (s *Server) lookupModel(w http.ResponseWriter, name string, openAI bool) (*modelEntry, bool) {
 	if name == "" {
 		writeError(w, openAI, http.StatusBadRequest, "model is required")
@@ -240,15 +266,21 @@ func (s *Server) lookupModel(w http.ResponseWriter, name string, openAI bool) (*
 	return entry, true
 }
 
-// notFoundMessage is the wording of Ollama versions newer than 0.25 for a
-// model the node does not have; 0.25 says "model 'NAME' not found".
+// notFoundMessage returns the error of Ollama versions newer than 0.25 for a
+// model the node does not have. Version 0.25 sends "model 'NAME' not found".
 func notFoundMessage(name string) string {
 	return fmt.Sprintf("model %q not found, try pulling it first", name)
 }
 
-// loadOrUnload answers a request without a prompt: keep_alive 0 unloads the
+// loadOrUnload responds to a request without a prompt: keep_alive 0 unloads the
 // model (done_reason "unload"), anything else loads it ("load").
-func (s *Server) loadOrUnload(w http.ResponseWriter, r *http.Request, c *completion, unload bool, reply func(reason string) any) {
+func (s *Server) loadOrUnload(
+	w http.ResponseWriter,
+	r *http.Request,
+	c *completion,
+	unload bool,
+	reply func(reason string) any,
+) {
 	if unload {
 		s.sched.expireNow(c.entry.key)
 		writeJSON(w, http.StatusOK, contentJSON, reply("unload"))

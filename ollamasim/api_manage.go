@@ -22,8 +22,8 @@ type progress struct {
 	Completed int64  `json:"completed,omitempty"`
 }
 
-// progressPlan is what a progress route sends: steps spread over duration,
-// then either failure as an error or, after commit, "success".
+// progressPlan is the output of a progress route: steps spread over
+// duration, then either failure as an error or, after commit, "success".
 type progressPlan struct {
 	steps    []progress
 	duration time.Duration
@@ -107,7 +107,9 @@ func (s *Server) pullPlan(name string) progressPlan {
 			Completed: layer.size,
 		})
 	}
-	steps = append(steps, progress{Status: "verifying sha256 digest"}, progress{Status: "writing manifest"})
+	steps = append(steps,
+		progress{Status: "verifying sha256 digest"},
+		progress{Status: "writing manifest"})
 	return progressPlan{
 		steps:    steps,
 		duration: s.cfg.PullTime,
@@ -190,13 +192,16 @@ func (s *Server) createFromPlan(name string, req createRequest) progressPlan {
 
 	spec := baseSpec
 	spec.Name = name
-	spec.Digest = derivedDigest(baseSpec.Digest, name, req.Template, req.System, fmt.Sprint(req.Parameters))
+	spec.Digest = derivedDigest(
+		baseSpec.Digest, name, req.Template, req.System, fmt.Sprint(req.Parameters))
 	if req.Quantize != "" {
 		spec.Quantization = strings.ToUpper(req.Quantize)
 	}
-	plan.steps = append(plan.steps, progress{Status: "using existing layer " + layerDigest(baseSpec.Digest, "model")})
+	baseLayer := layerDigest(baseSpec.Digest, "model")
+	plan.steps = append(plan.steps, progress{Status: "using existing layer " + baseLayer})
 	if req.Template != "" || req.System != "" || len(req.Parameters) > 0 {
-		plan.steps = append(plan.steps, progress{Status: "creating new layer " + layerDigest(spec.Digest, "config")})
+		configLayer := layerDigest(spec.Digest, "config")
+		plan.steps = append(plan.steps, progress{Status: "creating new layer " + configLayer})
 	}
 	plan.steps = append(plan.steps, progress{Status: "writing manifest"})
 
@@ -241,7 +246,12 @@ func (s *Server) createFromFilesPlan(name string, req createRequest) (progressPl
 
 // sendProgress sends a plan as NDJSON lines or, when not streaming, as one
 // object with the last status. A failure before any line is sent gets 500.
-func (s *Server) sendProgress(w http.ResponseWriter, r *http.Request, stream bool, plan progressPlan) {
+func (s *Server) sendProgress(
+	w http.ResponseWriter,
+	r *http.Request,
+	stream bool,
+	plan progressPlan,
+) {
 	var frames *frameWriter
 	if stream {
 		frames = newFrameWriter(w, false, s.cutStream)
@@ -268,7 +278,7 @@ func (s *Server) sendProgress(w http.ResponseWriter, r *http.Request, stream boo
 		plan.commit()
 	}
 	if frames == nil {
-		// Ollama's non-streamed progress answer carries no charset.
+		// Ollama sends a non-streamed progress response without a charset.
 		writeJSON(w, status, contentOpenAIJSON, last)
 		return
 	}
@@ -288,7 +298,8 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.TrimSpace(req.Destination) == "" {
-		writeAPIError(w, http.StatusBadRequest, fmt.Sprintf("destination %q is invalid", req.Destination))
+		message := fmt.Sprintf("destination %q is invalid", req.Destination)
+		writeAPIError(w, http.StatusBadRequest, message)
 		return
 	}
 	src := s.models.get(req.Source)

@@ -106,9 +106,8 @@ func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 // memory to the file size, and size_vram equals size, as on a node whose
 // GPU holds the whole model.
 func (s *Server) handlePS(w http.ResponseWriter, r *http.Request) {
-	loaded, _, _, _ := s.sched.snapshot()
 	models := []psModel{}
-	for _, m := range loaded {
+	for _, m := range s.sched.snapshot().loaded {
 		spec := ModelSpec{Name: m.name}.withDefaults()
 		if e := s.models.get(m.key); e != nil {
 			spec = e.spec
@@ -207,10 +206,11 @@ func parameterCount(size string) int64 {
 	return int64(n * mult)
 }
 
-// handleUnmatched answers like gin with HandleMethodNotAllowed, which Ollama
+// handleUnmatched responds like gin with HandleMethodNotAllowed, which Ollama
 // sets: 405 when the path exists for another method, 404 otherwise.
 func (s *Server) handleUnmatched(w http.ResponseWriter, r *http.Request) {
-	for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodHead} {
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodHead}
+	for _, method := range methods {
 		if method == r.Method {
 			continue
 		}

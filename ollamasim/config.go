@@ -81,7 +81,7 @@ type Config struct {
 	// DefaultContextLength.
 	ContextLength int
 
-	// MinTokens and MaxTokens bound the length of an answer that ends on its
+	// MinTokens and MaxTokens bound the length of a completion that ends on its
 	// own (done_reason "stop"); num_predict or max_tokens can cut it shorter
 	// (done_reason "length"). Zero means DefaultMinTokens and DefaultMaxTokens.
 	MinTokens int
@@ -94,12 +94,12 @@ type Config struct {
 	// like OLLAMA_ORIGINS. "*" accepts every origin.
 	AllowedOrigins []string
 
-	// Seed seeds the answers of requests that are not deterministic (no
+	// Seed seeds the completions of requests that are not deterministic (no
 	// options.seed and a temperature other than 0) and the completion IDs, so
 	// a run with a fixed request order repeats itself.
 	Seed uint64
 
-	// Now returns the time stamped on answers (created_at, expires_at,
+	// Now returns the time stamped on responses (created_at, expires_at,
 	// modified_at). Nil means time.Now. Pacing, loads and expiry always use
 	// real timers.
 	Now func() time.Time

@@ -27,7 +27,7 @@ func (s *Server) handleGetFaults(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleSetFaults replaces the faults with the body and returns them. A
-// request that starts refusing connections gets its answer first, because
+// request that starts refusing connections gets its response first, because
 // refusing closes the connection it came on.
 func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 	var f Faults
@@ -40,8 +40,8 @@ func (s *Server) handleSetFaults(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f.Refuse && !s.Faults().Refuse {
-		// Content-Length lets the client read the whole answer even though
-		// the connection closes before the handler returns.
+		// Content-Length lets the client read the whole response even
+		// though the connection closes before the handler returns.
 		body, _ := json.Marshal(f)
 		w.Header().Set("Content-Type", contentJSON)
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))

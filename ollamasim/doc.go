@@ -1,13 +1,16 @@
 // Package ollamasim simulates an Ollama server for tests, demos and
 // benchmarks: the native /api routes and the OpenAI-compatible /v1 routes,
 // with Ollama's wire format, its scheduler's slots, queue and model loads,
-// and injectable faults. It needs no GPU and no model files; answers are
-// nonsense text drawn from a small vocabulary.
+// and injectable faults. It needs no GPU and no model files, because the
+// generated text is nonsense drawn from a small vocabulary.
 //
 // # Starting a node
 //
 //	srv := ollamasim.New(ollamasim.Config{
-//		Models:       []ollamasim.ModelSpec{{Name: "llama3:8b"}, {Name: "nomic-embed-text", Embedding: true}},
+//		Models: []ollamasim.ModelSpec{
+//			{Name: "llama3:8b"},
+//			{Name: "nomic-embed-text", Embedding: true},
+//		},
 //		LoadTime:     50 * time.Millisecond,
 //		TokensPerSec: 200,
 //	})
@@ -46,15 +49,16 @@
 // # Behaviour
 //
 // Generation is deterministic when the request sets options.seed or a
-// temperature of 0 (seed or temperature on /v1): the answer then depends
-// only on the model, the prompt tokens and the seed. Other answers vary,
-// from a generator seeded by Config.Seed. An answer ends on its own after
-// Config.MinTokens to Config.MaxTokens tokens (done_reason "stop"), or at
-// num_predict or max_tokens ("length"). Streaming sends one token per line,
-// paced by Config.TokensPerSec; /api/generate and /api/chat stream unless
-// "stream" is false, /v1 routes only when it is true. A "format" (or a /v1
-// response_format other than text) wraps the answer in a JSON object; tools
-// and think are accepted and ignored.
+// temperature of 0 (seed or temperature on /v1): the generated text then
+// depends only on the model, the prompt tokens and the seed. Other
+// completions vary, drawn from a generator seeded by Config.Seed. A
+// completion ends on its own after Config.MinTokens to Config.MaxTokens
+// tokens (done_reason "stop"), or at num_predict or max_tokens ("length").
+// Streaming sends one token per line, paced by Config.TokensPerSec.
+// /api/generate and /api/chat stream unless "stream" is false, and /v1
+// routes stream only when it is true. A "format" (or a /v1 response_format
+// other than text) wraps the text in a JSON object. Tools and think are
+// accepted and ignored.
 //
 // A request without a prompt (or chat without messages) loads the model and
 // returns done_reason "load"; with keep_alive 0 it unloads the model and
@@ -63,20 +67,20 @@
 //
 // Each loaded model has Config.Parallel slots. At most that many requests
 // for a model run at once; the others wait in one FIFO queue, and past
-// Config.MaxQueue waiting requests the node answers 503 "server busy".
+// Config.MaxQueue waiting requests the node responds 503 "server busy".
 // Loading a model beyond Config.MaxLoaded evicts the least recently used
 // idle model, or waits until one is idle. A cold load takes Config.LoadTime,
 // spent before the first byte; a request whose num_ctx differs from the
 // loaded instance reloads it, as Ollama does. load_duration counts the wait
 // for the slot and the load.
 //
-// Each slot keeps the tokens it processed last (prompt and answer). As in
+// Each slot keeps the tokens it processed last (prompt and generated text). As in
 // Ollama's runner, a request takes a free slot whose cache its prompt
 // extends, or else the least recently used free slot, seeded with the
 // longest prefix any slot shares with the prompt. It evaluates only the
 // uncached rest, at Config.PromptTokensPerSec; prompt_eval_count reports
 // the evaluated tokens. A conversation sent back with the model's
-// answers therefore skips its history, so a proxy that keeps a conversation
+// replies therefore skips its history, so a proxy that keeps a conversation
 // on one node is measurably faster.
 //
 // Embeddings are unit vectors derived from a hash of the model and the

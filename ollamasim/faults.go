@@ -12,25 +12,26 @@ import (
 )
 
 // Faults are the failures the node simulates. The zero value is a healthy
-// node. Refuse and Hang apply to every route except the control routes;
-// the others apply to inference routes only (/api/generate, /api/chat,
+// node. Refuse and Hang apply to every route except the control routes. The
+// other faults apply to inference routes only (/api/generate, /api/chat,
 // /api/embed, /api/embeddings and the /v1 generation and embedding routes),
 // so health checks and model listings keep working.
 type Faults struct {
 	// Refuse stops listening: new connections are refused and open ones are
 	// closed. Clearing it listens again on the same address. On a Server
 	// used as a bare http.Handler (not started with Start), each request's
-	// connection is closed without an answer instead.
+	// connection is closed without a response instead.
 	Refuse bool
 
 	// Hang accepts requests and sends nothing until the fault clears or the
 	// client goes away. Requests then proceed as usual.
 	Hang bool
 
-	// Busy answers 503 with Ollama's "server busy" error.
+	// Busy makes inference requests fail with 503 and Ollama's "server
+	// busy" error.
 	Busy bool
 
-	// ErrorRate is the share of requests, from 0 to 1, answered with
+	// ErrorRate is the share of requests, from 0 to 1, that fail with
 	// ErrorStatus and ErrorMessage. 1 fails every request. The choice is
 	// drawn from a generator seeded by Seed, so a fixed request order fails
 	// the same requests every run.
@@ -47,11 +48,11 @@ type Faults struct {
 	Seed uint64
 
 	// CutAfterChunks closes the connection after that many frames of a
-	// streamed answer (NDJSON lines or SSE events), without the end of the
+	// streamed response (NDJSON lines or SSE events), without the end of the
 	// chunked body. Zero never cuts.
 	CutAfterChunks int
 
-	// FirstByteDelay delays every answer before its first byte.
+	// FirstByteDelay delays every response before its first byte.
 	FirstByteDelay time.Duration
 
 	// TokenDelay slows generation by this much per token, on top of
@@ -169,7 +170,7 @@ func (f *Faults) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// faultState holds the current faults and tells waiters when they change.
+// faultState contains the current faults and wakes waiters when they change.
 type faultState struct {
 	mu         sync.Mutex // guards the fields below
 	current    Faults
@@ -194,9 +195,9 @@ func (fs *faultState) get() (Faults, <-chan struct{}) {
 	return fs.current, fs.changed
 }
 
-// set replaces the faults and returns the change number, which clearIf
-// takes to skip a later change.
-func (fs *faultState) set(f Faults, clear func(gen uint64)) uint64 {
+// set replaces the faults. When f.ClearAfter is positive, it calls clear
+// with the change number after that delay.
+func (fs *faultState) set(f Faults, clear func(gen uint64)) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.current = f
@@ -212,7 +213,6 @@ func (fs *faultState) set(f Faults, clear func(gen uint64)) uint64 {
 	}
 	close(fs.changed)
 	fs.changed = make(chan struct{})
-	return fs.gen
 }
 
 // isCurrent reports whether gen is still the latest change.

@@ -17,7 +17,7 @@ type completion struct {
 	entry      *modelEntry
 	prompt     []int // tokens fed to the model, context included
 	seed       uint64
-	numPredict int // maximum answer tokens; zero or negative means no limit
+	numPredict int // maximum generated tokens; zero or negative means no limit
 	numCtx     int
 	keepAlive  time.Duration
 	asJSON     bool
@@ -28,7 +28,7 @@ type completion struct {
 // them on the final line.
 type outcome struct {
 	doneReason         string // "stop" or "length"
-	tokens             []int  // prompt and answer: generate's "context"
+	tokens             []int  // prompt and generated tokens: generate's "context"
 	promptEvalCount    int
 	evalCount          int
 	totalDuration      time.Duration
@@ -62,7 +62,11 @@ func (o *outcome) metrics() *metrics {
 // tokens the slot has not cached, and generates tokens one by one, passing
 // each piece to emit. It returns the context's error when the client goes
 // away, and errServerBusy when the queue is full.
-func (s *Server) complete(ctx context.Context, c *completion, emit func(string) error) (*outcome, error) {
+func (s *Server) complete(
+	ctx context.Context,
+	c *completion,
+	emit func(piece string) error,
+) (*outcome, error) {
 	// Wait for a slot; load_duration includes the wait, as in Ollama.
 	l, err := s.sched.acquire(ctx, s.ticketFor(c, c.prompt))
 	if err != nil {
@@ -142,19 +146,24 @@ func (s *Server) preload(ctx context.Context, c *completion) error {
 	return nil
 }
 
-// answer tells respondCompletion how one route frames and shapes its answer.
-type answer struct {
+// completionFormat describes how one route frames and shapes a completion.
+type completionFormat struct {
 	stream bool
 	sse    bool // server-sent events; NDJSON otherwise
 	openAI bool // OpenAI error shape and content type
 	chunk  func(piece string) any
 	final  func(o *outcome) []any            // the last frames of a stream
-	whole  func(text string, o *outcome) any // the answer when not streaming
+	whole  func(text string, o *outcome) any // the response when not streaming
 }
 
-// respondCompletion runs c and sends its answer framed and shaped as a
+// respondCompletion runs c and sends the response framed and shaped as a
 // describes.
-func (s *Server) respondCompletion(w http.ResponseWriter, r *http.Request, c *completion, a answer) {
+func (s *Server) respondCompletion(
+	w http.ResponseWriter,
+	r *http.Request,
+	c *completion,
+	a completionFormat,
+) {
 	var frames *frameWriter
 	var text strings.Builder
 	emit := func(piece string) error {
@@ -196,9 +205,15 @@ func (s *Server) respondCompletion(w http.ResponseWriter, r *http.Request, c *co
 	}
 }
 
-// completionFailed answers a request whose completion stopped with err. A
+// completionFailed responds to a request whose completion stopped with err. A
 // client that went away gets nothing and is counted as cancelled.
-func (s *Server) completionFailed(w http.ResponseWriter, r *http.Request, started, openAI bool, err error) {
+func (s *Server) completionFailed(
+	w http.ResponseWriter,
+	r *http.Request,
+	started bool,
+	openAI bool,
+	err error,
+) {
 	switch {
 	case r.Context().Err() != nil:
 		s.rec.noteCancelled()
@@ -255,7 +270,7 @@ func parseOptions(raw map[string]any) (options, error) {
 	return o, nil
 }
 
-// completionSeed returns the seed of an answer: fixed by the model, the
+// completionSeed returns the seed of a completion: fixed by the model, the
 // prompt and options.seed when the request is deterministic (a seed, or
 // temperature 0), drawn from the node's generator otherwise.
 func (s *Server) completionSeed(model string, prompt []int, opts options) uint64 {
@@ -311,7 +326,7 @@ func (s *Server) parseKeepAlive(raw json.RawMessage) (time.Duration, error) {
 	return d, nil
 }
 
-// hasFormat reports whether a "format" value asks for JSON output: "json"
+// hasFormat reports whether a "format" value requests JSON output: "json"
 // or a schema object.
 func hasFormat(raw json.RawMessage) bool {
 	trimmed := bytes.TrimSpace(raw)

@@ -69,7 +69,7 @@ func startNode(t *testing.T, cfg ollamasim.Config) *node {
 	}
 }
 
-// do sends a request with a JSON body and returns the answer. The body is
+// do sends a request with a JSON body and returns the response. The body is
 // closed when the test ends.
 func (n *node) do(t *testing.T, ctx context.Context, method, path, body string) *http.Response {
 	t.Helper()
@@ -92,7 +92,7 @@ func (n *node) do(t *testing.T, ctx context.Context, method, path, body string) 
 	return resp
 }
 
-// post sends a JSON body and returns the status and the whole answer.
+// post sends a JSON body and returns the status and the whole body.
 func (n *node) post(t *testing.T, path, body string) (int, []byte) {
 	t.Helper()
 	resp := n.do(t, context.Background(), http.MethodPost, path, body)
@@ -103,7 +103,7 @@ func (n *node) post(t *testing.T, path, body string) (int, []byte) {
 	return resp.StatusCode, data
 }
 
-// get sends a GET and returns the status and the whole answer.
+// get sends a GET and returns the status and the whole body.
 func (n *node) get(t *testing.T, path string) (int, []byte) {
 	t.Helper()
 	resp := n.do(t, context.Background(), http.MethodGet, path, "")

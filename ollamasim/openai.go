@@ -140,8 +140,9 @@ func (s *Server) handleOpenAIChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, opts, ok := s.newCompletion(w, start, modelRequest{
-		model:      req.Model,
-		options:    openAIOptions(cmpPtr(req.MaxCompletionTokens, req.MaxTokens), req.Temperature, req.Seed),
+		model: req.Model,
+		options: openAIOptions(
+			cmpPtr(req.MaxCompletionTokens, req.MaxTokens), req.Temperature, req.Seed),
 		capability: "chat",
 		openAI:     true,
 	})
@@ -152,12 +153,14 @@ func (s *Server) handleOpenAIChat(w http.ResponseWriter, r *http.Request) {
 	c.prompt = tokenize(renderChat(turns, req.Tools))
 	c.seed = s.completionSeed(req.Model, c.prompt, opts)
 	c.numPredict = opts.numPredict
-	c.asJSON = req.ResponseFormat != nil && req.ResponseFormat.Type != "" && req.ResponseFormat.Type != "text"
+	if rf := req.ResponseFormat; rf != nil {
+		c.asJSON = rf.Type != "" && rf.Type != "text"
+	}
 	s.respondCompletion(w, r, c, s.openAIChatAnswer(req))
 }
 
 // openAIChatAnswer shapes a chat completion and its stream chunks.
-func (s *Server) openAIChatAnswer(req openAIChatRequest) answer {
+func (s *Server) openAIChatAnswer(req openAIChatRequest) completionFormat {
 	base := openAIChatCompletion{
 		ID:                fmt.Sprintf("chatcmpl-%d", s.randomSeed()%1000),
 		Created:           s.cfg.Now().Unix(),
@@ -173,7 +176,7 @@ func (s *Server) openAIChatAnswer(req openAIChatRequest) answer {
 		}}
 		return c
 	}
-	return answer{
+	return completionFormat{
 		stream: req.Stream,
 		sse:    true,
 		openAI: true,
@@ -226,7 +229,7 @@ func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request) 
 }
 
 // openAICompletionAnswer shapes a text completion and its stream chunks.
-func (s *Server) openAICompletionAnswer(req openAICompletionRequest) answer {
+func (s *Server) openAICompletionAnswer(req openAICompletionRequest) completionFormat {
 	id := fmt.Sprintf("cmpl-%d", s.randomSeed()%1000)
 	created := s.cfg.Now().Unix()
 	chunk := func(text string, finish *string) openAICompletionChunk {
@@ -239,7 +242,7 @@ func (s *Server) openAICompletionAnswer(req openAICompletionRequest) answer {
 			SystemFingerprint: systemFingerprint,
 		}
 	}
-	return answer{
+	return completionFormat{
 		stream: req.Stream,
 		sse:    true,
 		openAI: true,
@@ -350,8 +353,8 @@ func openAIModelOf(id string, e *modelEntry) openAIModel {
 // string, an array of parts or null.
 func openAITurns(messages []openAIMessage) ([]turn, error) {
 	if len(messages) == 0 {
-		// NOTE: Ollama treats a chat without messages as a model load; this
-		// simulation rejects it on /v1, where no load answer exists.
+		// NOTE: Ollama treats a chat without messages as a model load. This
+		// simulation rejects it on /v1, which has no load response.
 		return nil, fmt.Errorf("messages is required")
 	}
 	turns := make([]turn, 0, len(messages))

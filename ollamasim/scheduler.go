@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -168,7 +169,7 @@ func (s *scheduler) removeWaitingLocked(t *ticket) {
 }
 
 // release gives the slot back. A non-nil seq replaces the slot's prompt
-// cache: the tokens the slot processed (prompt and answer).
+// cache: the tokens the slot processed (prompt and generated tokens).
 func (s *scheduler) release(l *lease, seq []int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -189,7 +190,7 @@ func (s *scheduler) release(l *lease, seq []int) {
 
 // dispatchLocked grants slots to waiting tickets in FIFO order. A ticket that
 // cannot be served blocks later tickets for the same model, so each model's
-// requests keep their order; tickets for other models may pass it.
+// requests keep their order. Tickets for other models may pass it.
 func (s *scheduler) dispatchLocked() {
 	blocked := make(map[string]bool)
 	old := s.waiting
@@ -419,14 +420,23 @@ type loadedModel struct {
 	expiresAt time.Time
 }
 
-// snapshot returns the loaded models, latest expiry first as /api/ps sorts
-// them, plus the queue length, the slots in use and the load counts.
-func (s *scheduler) snapshot() (loaded []loadedModel, waiting, active int, loads map[string]int64) {
+// schedulerState is a snapshot of the scheduler for /api/ps and Stats.
+type schedulerState struct {
+	loaded  []loadedModel // latest expiry first, as /api/ps sorts them
+	waiting int
+	active  int
+	loads   map[string]int64
+}
+
+// snapshot returns the loaded models, the queue length, the slots in use and
+// the load counts.
+func (s *scheduler) snapshot() schedulerState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	st := schedulerState{waiting: len(s.waiting), loads: maps.Clone(s.loads)}
 	for _, inst := range s.instances {
-		active += inst.active
+		st.active += inst.active
 		if !inst.isReady {
 			continue
 		}
@@ -434,7 +444,7 @@ func (s *scheduler) snapshot() (loaded []loadedModel, waiting, active int, loads
 		if inst.active > 0 {
 			expires = now.Add(inst.keepAlive)
 		}
-		loaded = append(loaded, loadedModel{
+		st.loaded = append(st.loaded, loadedModel{
 			key:       inst.key,
 			name:      inst.name,
 			numCtx:    inst.numCtx,
@@ -442,15 +452,11 @@ func (s *scheduler) snapshot() (loaded []loadedModel, waiting, active int, loads
 			expiresAt: expires,
 		})
 	}
-	slices.SortFunc(loaded, func(a, b loadedModel) int {
+	slices.SortFunc(st.loaded, func(a, b loadedModel) int {
 		if c := b.expiresAt.Compare(a.expiresAt); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.key, b.key)
 	})
-	loads = make(map[string]int64, len(s.loads))
-	for k, v := range s.loads {
-		loads[k] = v
-	}
-	return loaded, len(s.waiting), active, loads
+	return st
 }

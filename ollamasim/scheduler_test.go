@@ -59,8 +59,8 @@ func await(t *testing.T, done <-chan result) result {
 	}
 }
 
-// longAnswers makes every answer take about ten seconds, so requests hold
-// their slots until the test cancels them.
+// longAnswers makes every completion take about ten seconds, so requests
+// hold their slots until the test cancels them.
 var longAnswers = ollamasim.Config{TokensPerSec: 100, MinTokens: 1000, MaxTokens: 1000}
 
 const longGenerate = `{"model":"llama3:8b","prompt":"hold the slot"}`

@@ -33,7 +33,7 @@ type Server struct {
 	done     chan struct{} // closed by Close
 
 	rngMu sync.Mutex // guards rng
-	rng   *rand.Rand // seeds of varying answers and completion IDs
+	rng   *rand.Rand // seeds of non-deterministic completions, and completion IDs
 
 	applyMu sync.Mutex // serialises fault changes and guards running
 	running *Running
@@ -142,7 +142,7 @@ func (s *Server) middleware(rt route, h http.HandlerFunc) http.Handler {
 			return
 		}
 
-		// Ollama answers 403 with an empty body to a foreign origin or host.
+		// Ollama rejects a foreign origin or host with 403 and an empty body.
 		if !s.originAllowed(r.Header.Get("Origin")) || !s.hostAllowed(r) {
 			w.WriteHeader(http.StatusForbidden)
 			return
@@ -204,7 +204,8 @@ func bodyModel(body []byte) string {
 }
 
 // passFaults applies the active faults to a request and reports whether the
-// handler should run. It has answered the request when it returns false.
+// handler should run. When it returns false, the response has been written
+// or the connection dropped.
 func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bool {
 	f, changed := s.faults.get()
 	for f.Hang && !f.Refuse {
@@ -219,7 +220,7 @@ func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bo
 		}
 	}
 	if f.Refuse {
-		// Close the connection without an answer. Start closes the listener
+		// Close the connection without a response. Start closes the listener
 		// too; this covers a bare handler and requests already accepted.
 		panic(http.ErrAbortHandler)
 	}
@@ -293,7 +294,7 @@ func (s *Server) SetFaults(f Faults) error {
 }
 
 // setFaultsLocked changes the listener first and publishes the faults after,
-// so a waiter that sees Refuse set or cleared finds the listener closed or
+// so once Faults reports Refuse set or cleared, the listener is closed or
 // open.
 func (s *Server) setFaultsLocked(f Faults) error {
 	if s.running != nil {

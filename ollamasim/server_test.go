@@ -283,4 +283,3 @@ func BenchmarkGenerate(b *testing.B) {
 		resp.Body.Close()
 	}
 }
-

@@ -30,11 +30,12 @@ type Stats struct {
 	// Loaded lists the models loaded now, as /api/ps shows them.
 	Loaded []string `json:"loaded"`
 
-	// Cancelled counts requests whose client went away before the answer
+	// Cancelled counts requests whose client went away before the response
 	// was complete.
 	Cancelled int64 `json:"cancelled"`
 
-	// Rejected counts 503 "server busy" answers from a full queue.
+	// Rejected counts 503 "server busy" responses sent because the queue
+	// was full. The Busy fault is not counted.
 	Rejected int64 `json:"rejected"`
 
 	// InFlight counts requests inside a handler now, waiting ones included.
@@ -136,17 +137,17 @@ func (b *broadcaster) wait() <-chan struct{} {
 
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
-	loaded, waiting, active, loads := s.sched.snapshot()
+	sched := s.sched.snapshot()
 	st := Stats{
-		Loads:     loads,
-		Loaded:    make([]string, 0, len(loaded)),
+		Loads:     sched.loads,
+		Loaded:    make([]string, 0, len(sched.loaded)),
 		Cancelled: s.rec.cancelled.Load(),
 		Rejected:  s.rec.rejected.Load(),
 		InFlight:  s.rec.inFlight.Load(),
-		Waiting:   waiting,
-		Active:    active,
+		Waiting:   sched.waiting,
+		Active:    sched.active,
 	}
-	for _, m := range loaded {
+	for _, m := range sched.loaded {
 		st.Loaded = append(st.Loaded, m.name)
 	}
 	s.rec.mu.Lock()
@@ -191,7 +192,7 @@ func (s *Server) ModelRequests(model string) int64 {
 }
 
 // Cancelled returns the number of requests whose client went away before
-// the answer was complete.
+// the response was complete.
 func (s *Server) Cancelled() int64 {
 	return s.rec.cancelled.Load()
 }
@@ -203,8 +204,7 @@ func (s *Server) InFlight() int64 {
 
 // Loads returns the number of cold loads of model.
 func (s *Server) Loads(model string) int64 {
-	_, _, _, loads := s.sched.snapshot()
-	return loads[modelKey(model)]
+	return s.sched.snapshot().loads[modelKey(model)]
 }
 
 // LoadedModels returns the names of the loaded models, as /api/ps lists them.

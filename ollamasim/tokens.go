@@ -9,8 +9,8 @@ import (
 	"unicode/utf8"
 )
 
-// vocabulary holds the words answers are made of. The text is nonsense, like
-// the tiny models Ollama serves in its own tests.
+// vocabulary contains the words of the generated text, which is nonsense
+// like the output of the tiny models in Ollama's own tests.
 var vocabulary = []string{
 	"river", "stone", "quiet", "morning", "garden", "lantern", "bridge", "meadow",
 	"sparrow", "harbor", "window", "silver", "golden", "forest", "valley", "candle",
@@ -27,8 +27,8 @@ var vocabulary = []string{
 }
 
 // tokenID maps a piece of text to a token ID. The mapping is a hash, so the
-// same piece has the same ID in a prompt and in an answer, and a conversation
-// sent back with the model's answer matches the prompt cache.
+// same piece has the same ID in a prompt and in generated text, and a
+// conversation sent back with the model's replies matches the prompt cache.
 func tokenID(piece string) int {
 	h := fnv.New32a()
 	h.Write([]byte(piece))
@@ -106,17 +106,17 @@ func isWordRune(r rune) bool {
 	return unicode.IsLetter(r) || unicode.IsDigit(r)
 }
 
-// tokenStream produces the pieces of one answer. Every piece tokenizes to
+// tokenStream produces the pieces of one generated text. Every piece tokenizes to
 // exactly one token, so the token count equals the piece count.
 type tokenStream struct {
 	rng     *rand.Rand
 	pieces  []string // pending fixed pieces: the JSON wrapper
-	words   int      // words left before the answer ends on its own
-	closing []string // pieces that end a JSON answer
+	words   int      // words left before the text ends on its own
+	closing []string // pieces that end a JSON text
 	last    string
 }
 
-// newTokenStream starts an answer of minTokens to maxTokens words, wrapped in
+// newTokenStream starts a text of minTokens to maxTokens words, wrapped in
 // a JSON object when asJSON is set (a request with "format").
 func newTokenStream(seed uint64, minTokens, maxTokens int, asJSON bool) *tokenStream {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -128,7 +128,7 @@ func newTokenStream(seed uint64, minTokens, maxTokens int, asJSON bool) *tokenSt
 	return ts
 }
 
-// next returns the next piece and whether it ends the answer.
+// next returns the next piece and whether it ends the text.
 func (ts *tokenStream) next() (piece string, last bool) {
 	switch {
 	case len(ts.pieces) > 0:

@@ -19,7 +19,7 @@ const (
 	contentText       = "text/plain; charset=utf-8"
 )
 
-// errMissingBody is Ollama's answer to a request without a body.
+// errMissingBody is Ollama's error for a request without a body.
 var errMissingBody = errors.New("missing request body")
 
 // decodeBody decodes the JSON request body into v. The error text is what
@@ -93,7 +93,7 @@ func timestamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339Nano)
 }
 
-// frameWriter writes a streamed answer: NDJSON (one object per line) or
+// frameWriter writes a streamed response: NDJSON (one object per line) or
 // server-sent events (one "data:" event per object), flushing after every
 // frame as Ollama does.
 type frameWriter struct {

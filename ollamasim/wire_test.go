@@ -18,10 +18,10 @@ import (
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
-// The tests in this file compare the node's answers with answers recorded
-// from a real Ollama 0.25 server: status, content type, chunked framing,
-// NDJSON and SSE framing, and the layout of every JSON object (key names,
-// key order and value types; values differ).
+// The tests in this file compare the node's responses with responses
+// recorded from a real Ollama 0.25 server: status, content type, chunked
+// framing, NDJSON and SSE framing, and the layout of every JSON object (key
+// names, key order and value types, because values differ).
 
 const wireDir = "../testdata/ollama-wire"
 

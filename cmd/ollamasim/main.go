@@ -136,7 +136,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"default keep_alive `duration`; negative keeps models loaded forever")
 	fs.IntVar(&o.cfg.ContextLength, "context-length", ollamasim.DefaultContextLength,
 		"num_ctx of requests that set none (OLLAMA_CONTEXT_LENGTH)")
-	fs.StringVar(&o.cfg.Version, "version", ollamasim.DefaultVersion, "version reported by /api/version")
+	fs.StringVar(&o.cfg.Version, "version", ollamasim.DefaultVersion,
+		"version reported by /api/version")
 	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "seed of answers that are not deterministic")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
@@ -144,13 +145,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&faults.Refuse, "refuse", false, "fault: refuse connections")
 	fs.BoolVar(&faults.Hang, "hang", false, "fault: accept requests and never answer")
 	fs.BoolVar(&faults.Busy, "busy", false, "fault: answer inference requests with 503 server busy")
-	fs.Float64Var(&faults.ErrorRate, "error-rate", 0, "fault: share (0..1) of inference requests that fail")
+	fs.Float64Var(&faults.ErrorRate, "error-rate", 0,
+		"fault: share (0..1) of inference requests that fail")
 	fs.IntVar(&faults.ErrorStatus, "error-status", 500, "fault: status of failed requests")
 	fs.StringVar(&faults.ErrorMessage, "error-message", "", "fault: error text of failed requests")
 	fs.Uint64Var(&faults.Seed, "fault-seed", 0, "fault: seed of the -error-rate draws")
 	fs.IntVar(&faults.CutAfterChunks, "cut-after", 0,
 		"fault: close streams abruptly after this many chunks; 0 never cuts")
-	fs.DurationVar(&faults.FirstByteDelay, "first-byte-delay", 0, "fault: extra delay before each answer")
+	fs.DurationVar(&faults.FirstByteDelay, "first-byte-delay", 0,
+		"fault: extra delay before each inference response")
 	fs.DurationVar(&faults.TokenDelay, "token-delay", 0, "fault: extra delay per generated token")
 	fs.DurationVar(&faults.ClearAfter, "clear-faults-after", 0,
 		"clear the fault flags after this `duration`; 0 keeps them")
