@@ -160,15 +160,29 @@ func (a *Aggregator) dispatchEvent() error {
 // parseObject parses one JSON object of the answer and rejects error
 // objects, which Ollama sends in place of an answer or mid-stream.
 func (a *Aggregator) parseObject(b []byte) (*fastjson.Value, error) {
-	v, err := a.parser.ParseBytes(b)
+	v, err := parseStrict(&a.parser, b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidAnswer, err)
+		return nil, err
 	}
 	if v.Type() != fastjson.TypeObject {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidAnswer)
 	}
 	if v.Exists("error") {
 		return nil, fmt.Errorf("%w: error answer", ErrInvalidAnswer)
+	}
+	return v, nil
+}
+
+// parseStrict parses an upstream answer after checking that it is valid
+// JSON: fastjson's parser alone also accepts forms such as "." as a number,
+// which would be stored and sent on to clients as they are.
+func parseStrict(p *fastjson.Parser, b []byte) (*fastjson.Value, error) {
+	if err := fastjson.ValidateBytes(b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidAnswer, err)
+	}
+	v, err := p.ParseBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidAnswer, err)
 	}
 	return v, nil
 }

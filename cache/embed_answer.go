@@ -28,8 +28,11 @@ type embedUsage struct {
 func parseEmbedAnswer(r route, body []byte) ([][]byte, embedUsage, error) {
 	parser := parsers.Get()
 	defer parsers.Put(parser)
-	v, err := parser.ParseBytes(body)
-	if err != nil || v.Type() != fastjson.TypeObject {
+	v, err := parseStrict(parser, body)
+	if err != nil {
+		return nil, embedUsage{}, err
+	}
+	if v.Type() != fastjson.TypeObject {
 		return nil, embedUsage{}, fmt.Errorf("%w: not a JSON object", ErrInvalidAnswer)
 	}
 	if v.Exists("error") {
@@ -87,7 +90,8 @@ func readV1Data(data []*fastjson.Value) ([][]byte, error) {
 	return out, nil
 }
 
-// readVector returns a copy of a non-empty JSON array of numbers.
+// readVector returns a copy of a non-empty JSON array of numbers, from an
+// answer that parseStrict has validated.
 func readVector(v *fastjson.Value) ([]byte, error) {
 	if v == nil || v.Type() != fastjson.TypeArray || len(v.GetArray()) == 0 {
 		return nil, fmt.Errorf("%w: embedding is not a non-empty array", ErrInvalidAnswer)
@@ -98,13 +102,10 @@ func readVector(v *fastjson.Value) ([]byte, error) {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		start := len(out)
 		if n.Type() != fastjson.TypeNumber {
 			return nil, fmt.Errorf("%w: embedding holds a non-number", ErrInvalidAnswer)
 		}
-		if out = n.MarshalTo(out); !isJSONNumber(out[start:]) {
-			return nil, fmt.Errorf("%w: embedding holds %q", ErrInvalidAnswer, out[start:])
-		}
+		out = n.MarshalTo(out)
 	}
 	return append(out, ']'), nil
 }

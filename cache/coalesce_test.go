@@ -1,0 +1,170 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// waitFor fails the test unless cond becomes true within a generous
+// limit. It yields between checks rather than sleeping for a guessed time.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.Gosched()
+	}
+}
+
+// waiters returns the number of requests waiting for the flight of key.
+func (c *Cache) waiters(key string) int {
+	c.flightsMu.Lock()
+	defer c.flightsMu.Unlock()
+	if f, ok := c.flights[key]; ok {
+		return int(f.waiters.Load())
+	}
+	return 0
+}
+
+// doResult is what one caller of Do received.
+type doResult struct {
+	entry   *Entry
+	fetched bool
+	err     error
+}
+
+// runConcurrent calls Do n times at once with fetch and returns every
+// outcome once all have returned.
+func runConcurrent(ctx context.Context, c *Cache, p Plan, n int, fetch func() *Entry) []doResult {
+	results := make([]doResult, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			e, fetched, err := c.Do(ctx, p, fetch)
+			results[i] = doResult{e, fetched, err}
+		})
+	}
+	wg.Wait()
+	return results
+}
+
+func TestDoCoalescesConcurrentMisses(t *testing.T) {
+	const n = 50
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	answer := readTestdata(t, "chat_nostream.body")
+	var calls atomic.Int32
+	fetch := func() *Entry {
+		calls.Add(1)
+		waitFor(t, "every other request to wait", func() bool { return tc.waiters(p.Key) == n-1 })
+		return tc.store(t, p, answer)
+	}
+
+	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
+	if got := calls.Load(); got != 1 {
+		t.Fatalf("upstream calls = %d, want 1", got)
+	}
+	fetched := 0
+	for _, r := range results {
+		if r.err != nil || r.entry == nil {
+			t.Fatalf("Do = %v, %v, want an entry", r.entry, r.err)
+		}
+		if r.fetched {
+			fetched++
+		}
+	}
+	if fetched != 1 {
+		t.Errorf("callers that fetched = %d, want 1", fetched)
+	}
+}
+
+func TestDoFailedLeaderLetsWaitersFetch(t *testing.T) {
+	const n = 5
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	var calls atomic.Int32
+	fetch := func() *Entry {
+		if calls.Add(1) == 1 {
+			waitFor(t, "the other requests to wait", func() bool { return tc.waiters(p.Key) == n-1 })
+		}
+		return nil
+	}
+	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
+	if got := calls.Load(); got != n {
+		t.Errorf("upstream calls = %d, want %d: each waiter fetches after the leader failed", got, n)
+	}
+	for _, r := range results {
+		if !r.fetched || r.err != nil {
+			t.Errorf("Do = fetched %v, err %v, want fetched", r.fetched, r.err)
+		}
+	}
+}
+
+func TestDoWaiterHonoursContext(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	release := make(chan struct{})
+	leaderDone := make(chan struct{})
+	go func() {
+		defer close(leaderDone)
+		_, _, _ = tc.Do(context.Background(), p, func() *Entry {
+			<-release
+			return nil
+		})
+	}()
+	waitFor(t, "the leader to start", func() bool {
+		tc.flightsMu.Lock()
+		defer tc.flightsMu.Unlock()
+		return tc.flights[p.Key] != nil
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		_, _, err := tc.Do(ctx, p, func() *Entry {
+			t.Error("a cancelled waiter fetched")
+			return nil
+		})
+		errs <- err
+	}()
+	waitFor(t, "the waiter to wait", func() bool { return tc.waiters(p.Key) == 1 })
+	cancel()
+	if err := <-errs; !errors.Is(err, context.Canceled) {
+		t.Errorf("waiter error = %v, want context.Canceled", err)
+	}
+	close(release)
+	<-leaderDone
+}
+
+func TestDoFindsAnswerStoredMeanwhile(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	tc.store(t, p, readTestdata(t, "chat_nostream.body"))
+	e, fetched, err := tc.Do(context.Background(), p, func() *Entry {
+		t.Error("fetched an answer that L1 holds")
+		return nil
+	})
+	if err != nil || fetched || e == nil {
+		t.Errorf("Do = %v, %v, %v, want the stored entry", e, fetched, err)
+	}
+}
+
+func TestDoNotCacheableRunsFetch(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	p := tc.Classify(Request{Route: "/api/show", Body: []byte(`{"model":"m"}`)})
+	ran := false
+	_, fetched, err := tc.Do(context.Background(), p, func() *Entry {
+		ran = true
+		return nil
+	})
+	if !ran || !fetched || err != nil {
+		t.Errorf("Do of a KindNone plan: ran %v, fetched %v, err %v", ran, fetched, err)
+	}
+}
