@@ -31,6 +31,18 @@ test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test $(TESTFLAGS) $(PKGS)
 
+# bench compares llmproxy with a direct connection, nginx and HAProxy on
+# 127.0.0.1 and rewrites BENCHMARKS.md; it takes about 15 minutes.
+bench: build
+	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
+	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench"
+
+# bench-quick runs a shorter set in under two minutes for regression
+# checks; it prints the report and writes bench/out/quick.md.
+bench-quick: build
+	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
+	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -quick -out bench/out/quick.md -command "make bench-quick"
+
 vet:
 	$(GO) vet $(PKGS)
 

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/llmproxy/llmproxy/bench/report"
+)
+
+const preface = `Measured by ` + "`make bench`" + `, which rewrites this file: llmproxy
+next to a direct connection to the nodes (the floor), nginx and HAProxy, each
+balancing by least connections over the same simulated Ollama nodes
+(` + "`ollamasim`" + `), all on 127.0.0.1 and all in one run, so that the ratios
+hold on a busy machine. ` + "`make bench-quick`" + ` runs a shorter set in under
+two minutes and writes bench/out/quick.md instead.`
+
+const method = `- Every process runs on the same machine: the load generator (Go,
+  fasthttp for single answers, net/http for streams), the simulated nodes,
+  and the proxy under test. They compete for the CPUs, so absolute numbers
+  depend on the machine; compare rows of one run.
+- Proxy CPU time is utime plus stime from /proc/PID/stat of the proxy and
+  its child processes (nginx's workers), read before and after the phase.
+  Peak RSS is VmHWM from /proc/PID/status, reset by writing 5 to
+  /proc/PID/clear_refs before the phase; for nginx it is the sum over the
+  master and its workers, which counts shared pages more than once.
+- nginx runs ` + "`worker_processes auto`" + `, HAProxy its default of one
+  thread per CPU, and llmproxy GOMAXPROCS equal to the CPUs, so each may use
+  every CPU. nginx has proxy_buffering and proxy_request_buffering off,
+  HTTP/1.1 keep-alive to the nodes and keepalive_requests raised to
+  1,000,000. HAProxy has ` + "`balance leastconn`" + `, ` + "`http-reuse safe`" + `
+  in keep-alive mode, and ` + "`option http-no-delay`" + `, without which it lets the
+  kernel merge small writes and delays streamed tokens. llmproxy runs with
+  ` + "`balancer.policy: least_conn`" + `, the cache and the per-address rate limit
+  off, and log level warn. The configs are written to bench/out/run/.
+- The nodes answer from memory: the numbers show the cost of the proxy
+  path, not of a model. A real node spends milliseconds to seconds per
+  request, which hides most of the differences shown here.
+- Every percentile is exact over all samples of the window.`
+
+// newDocument returns the report's frame: title, machine and method.
+func newDocument(opts options) *report.Document {
+	title := "Benchmarks"
+	if opts.quick {
+		title = "Benchmarks (quick set)"
+	}
+	return &report.Document{
+		Title:   title,
+		Preface: preface,
+		Date:    time.Now(),
+		Command: opts.command,
+		Machine: describeMachine(opts.binDir),
+		Method:  method,
+	}
+}
+
+// describeMachine lists the machine and the versions of the programs
+// measured, with the commit of llmproxy.
+func describeMachine(binDir string) report.Machine {
+	m := report.DescribeMachine(map[string][]string{
+		"llmproxy": {binDir + "/llmproxy", "version"},
+		"nginx":    {"nginx", "-v"},
+		"HAProxy":  {"haproxy", "-v"},
+	})
+	m.Software = append(m.Software, "commit: "+commit())
+	return m
+}
+
+// commit returns the checked-out commit, marked when the tree has changes.
+func commit() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	id := strings.TrimSpace(string(out))
+	status, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
+	if err == nil && len(strings.TrimSpace(string(status))) > 0 {
+		return fmt.Sprintf("%s with uncommitted changes", id)
+	}
+	return id
+}

@@ -1,0 +1,218 @@
+// Command benchrun measures llmproxy against a direct connection, nginx
+// and HAProxy in front of simulated Ollama nodes on 127.0.0.1, and writes
+// the results as Markdown. make bench and make bench-quick run it through
+// bench/run.sh, which installs nginx and HAProxy and raises the open-file
+// limit first.
+//
+// Usage:
+//
+//	benchrun [-quick] [-bin DIR] [-out FILE] [-targets LIST] [-scenarios LIST]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/llmproxy/llmproxy/bench/harness"
+	"github.com/llmproxy/llmproxy/bench/report"
+	"github.com/llmproxy/llmproxy/bench/scenario"
+)
+
+// options are the parsed command-line flags.
+type options struct {
+	quick     bool
+	binDir    string
+	out       string
+	runDir    string
+	command   string
+	scenarios []string
+	verbose   bool
+	settings  scenario.Settings
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "benchrun:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	opts, err := parseFlags(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if opts.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, err := harness.NewEnv(opts.binDir, opts.runDir, log)
+	if err != nil {
+		return err
+	}
+	defer env.StopAll()
+
+	doc, err := measure(ctx, env, opts)
+	if err != nil {
+		return err
+	}
+	return writeReport(doc, opts.out)
+}
+
+// measure runs the selected scenarios and builds the document.
+func measure(ctx context.Context, env *harness.Env, opts options) (*report.Document, error) {
+	r := &scenario.Run{Env: env, Settings: opts.settings}
+	doc := newDocument(opts)
+	for _, s := range scenario.All() {
+		if !selected(s, opts) {
+			continue
+		}
+		start := time.Now()
+		env.Log.Info("scenario started", "name", s.Name)
+		section, err := s.Run(ctx, r)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: %w (logs in %s)", s.Name, err, env.Dir)
+		}
+		env.Log.Info("scenario done", "name", s.Name, "elapsed", time.Since(start).Round(time.Second))
+		doc.Sections = append(doc.Sections, section)
+	}
+	doc.Goals = r.Goals()
+	return doc, nil
+}
+
+func selected(s scenario.Scenario, opts options) bool {
+	if len(opts.scenarios) > 0 {
+		return slices.Contains(opts.scenarios, s.Name)
+	}
+	return s.Quick || !opts.quick
+}
+
+// writeReport prints the document and writes it to path unless path is empty.
+func writeReport(doc *report.Document, path string) error {
+	text := doc.Markdown()
+	fmt.Print(text)
+	if path == "" {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create folder of %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	fmt.Fprintln(os.Stderr, "benchrun: wrote", path)
+	return nil
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var targets, scenarios, levels string
+	var rate float64
+	var rounds int
+	fs := flag.NewFlagSet("benchrun", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&o.quick, "quick", false,
+		"run the short set: shorter phases, 100 streams, no HAProxy")
+	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy and ollamasim binaries")
+	fs.StringVar(&o.out, "out", "", "Markdown `file` to write; empty only prints the report")
+	fs.StringVar(&o.runDir, "run-dir", "bench/out/run",
+		"`folder` for generated configs and process logs, emptied first")
+	fs.StringVar(&o.command, "command", "", "command shown in the report; default: this command line")
+	fs.StringVar(&targets, "targets", "", "comma-separated target `list` from "+
+		strings.Join(harness.Kinds, ",")+"; default: all, or all but haproxy with -quick")
+	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenario `list`; default: all")
+	fs.StringVar(&levels, "streams", "", "comma-separated numbers of concurrent streams; default 100,1000")
+	fs.Float64Var(&rate, "rate", 0, "requests per second of the fixed-rate phase; default 2000")
+	fs.IntVar(&rounds, "rounds", 0, "times each phase runs per target; default 2, or 1 with -quick")
+	fs.BoolVar(&o.verbose, "v", false, "log every process started")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if o.command == "" {
+		o.command = strings.Join(append([]string{"benchrun"}, args...), " ")
+	}
+	o.settings = scenario.DefaultSettings(o.quick)
+	if rounds < 0 {
+		return o, fmt.Errorf("-rounds: %d is negative", rounds)
+	}
+	if rounds > 0 {
+		o.settings.Rounds = rounds
+	}
+	return o, o.applyLists(targets, scenarios, levels, rate)
+}
+
+// applyLists checks the list flags and applies those that were set.
+func (o *options) applyLists(targets, scenarios, levels string, rate float64) error {
+	if targets != "" {
+		o.settings.Targets = splitList(targets)
+		for _, t := range o.settings.Targets {
+			if !slices.Contains(harness.Kinds, t) {
+				return fmt.Errorf("-targets: unknown target %q, want one of %s", t, strings.Join(harness.Kinds, ","))
+			}
+		}
+	}
+	if scenarios != "" {
+		o.scenarios = splitList(scenarios)
+		for _, name := range o.scenarios {
+			if !slices.ContainsFunc(scenario.All(), func(s scenario.Scenario) bool { return s.Name == name }) {
+				return fmt.Errorf("-scenarios: unknown scenario %q", name)
+			}
+		}
+	}
+	if levels != "" {
+		parsed, err := parseLevels(levels)
+		if err != nil {
+			return err
+		}
+		o.settings.StreamLevels = parsed
+	}
+	if rate < 0 {
+		return fmt.Errorf("-rate: %g is negative", rate)
+	}
+	if rate > 0 {
+		o.settings.Rate = rate
+	}
+	return nil
+}
+
+func parseLevels(list string) ([]int, error) {
+	var levels []int
+	for _, s := range splitList(list) {
+		var n int
+		if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+			return nil, fmt.Errorf("-streams: %q is not a positive number", s)
+		}
+		levels = append(levels, n)
+	}
+	return levels, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}

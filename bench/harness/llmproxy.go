@@ -1,0 +1,43 @@
+package harness
+
+import "path/filepath"
+
+// llmproxyConfig sets least-connection balancing, turns off the response
+// cache and the per-address rate limit (10 requests per second by
+// default, which would throttle the load generator), and lets each node
+// take as many requests as the other proxies allow, so that llmproxy
+// queues none.
+const llmproxyConfig = `listen: {{.Listen}}
+nodes:
+{{- range .Nodes}}
+  - name: {{.Name}}
+    url: {{.URL}}
+    max_concurrent: {{$.MaxConnsPerNode}}
+{{- end}}
+log:
+  level: warn
+balancer:
+  policy: least_conn
+rate_limit:
+  per_address: 0
+  burst: 0
+cache:
+  enabled: false
+upstream:
+  connect: 3s
+  first_byte: {{.TimeoutSec}}s
+  idle: {{.TimeoutSec}}s
+  total: 0
+`
+
+func startLLMProxy(e *Env, listen string, fleet *Fleet) (*Proc, error) {
+	path, err := writeConfig(e, "llmproxy.yaml", llmproxyConfig, listen, fleet)
+	if err != nil {
+		return nil, err
+	}
+	return e.Start(ProcSpec{
+		Name: "llmproxy",
+		Path: filepath.Join(e.BinDir, "llmproxy"),
+		Args: []string{"serve", "-config", path},
+	})
+}

@@ -1,0 +1,222 @@
+// Package scenario defines what a benchmark run measures. A scenario is a
+// function: it starts its simulated nodes and targets through the harness,
+// runs load phases against each target in turn, and returns a report
+// section and the goals it checked. Add a scenario by writing such a
+// function and listing it in All.
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/llmproxy/llmproxy/bench/harness"
+	"github.com/llmproxy/llmproxy/bench/report"
+)
+
+// Settings are the sizes and durations of the load phases.
+type Settings struct {
+	// Targets are the target kinds to compare, in report order. The
+	// "added latency" columns need harness.Direct among them.
+	Targets []string
+	// Warmup is load sent before each measured phase and not counted.
+	Warmup time.Duration
+	// Saturation is the length of a closed-loop phase; Conns its workers.
+	Saturation time.Duration
+	Conns      int
+	// Rate is the request rate of an open-loop phase, per second, and
+	// Fixed its length.
+	Rate  float64
+	Fixed time.Duration
+	// StreamLevels are the numbers of concurrent streams to measure.
+	StreamLevels []int
+	// StreamRamp is the time over which streams start; StreamWindow is the
+	// measured time after it.
+	StreamRamp   time.Duration
+	StreamWindow time.Duration
+	// Rounds is how often each phase runs on each target, the targets
+	// taking turns; reports show per target the round that other
+	// processes on the machine disturbed least.
+	Rounds int
+	// QuietWait bounds the wait before each phase for other processes to
+	// use at most quietThreshold of the CPUs.
+	QuietWait time.Duration
+}
+
+// DefaultSettings returns the settings of make bench, or of make
+// bench-quick when quick is set: shorter phases, 100 streams only and no
+// HAProxy, to stay under two minutes.
+func DefaultSettings(quick bool) Settings {
+	if quick {
+		return Settings{
+			Targets:      []string{harness.Direct, harness.LLMProxy, harness.Nginx},
+			Warmup:       time.Second,
+			Saturation:   4 * time.Second,
+			Conns:        64,
+			Rate:         2000,
+			Fixed:        4 * time.Second,
+			StreamLevels: []int{100},
+			StreamRamp:   time.Second,
+			StreamWindow: 4 * time.Second,
+			Rounds:       1,
+			QuietWait:    2 * time.Second,
+		}
+	}
+	return Settings{
+		Targets:      harness.Kinds,
+		Warmup:       2 * time.Second,
+		Saturation:   10 * time.Second,
+		Conns:        64,
+		Rate:         2000,
+		Fixed:        10 * time.Second,
+		StreamLevels: []int{100, 1000},
+		StreamRamp:   2 * time.Second,
+		StreamWindow: 10 * time.Second,
+		Rounds:       2,
+		QuietWait:    10 * time.Second,
+	}
+}
+
+// Run is the state shared by the scenarios of one benchmark run.
+type Run struct {
+	Env      *harness.Env
+	Settings Settings
+	goals    []report.Goal
+}
+
+// AddGoal records a goal checked by a scenario.
+func (r *Run) AddGoal(g report.Goal) { r.goals = append(r.goals, g) }
+
+// Goals returns the goals checked so far.
+func (r *Run) Goals() []report.Goal { return r.goals }
+
+// Scenario is one named measurement.
+type Scenario struct {
+	Name string
+	// Quick marks a scenario that make bench-quick runs too.
+	Quick bool
+	Run   func(ctx context.Context, r *Run) (report.Section, error)
+}
+
+// All returns every scenario in report order.
+func All() []Scenario {
+	return []Scenario{
+		{Name: "generate", Quick: true, Run: runGenerate},
+		{Name: "stream", Quick: true, Run: runStream},
+	}
+}
+
+// startTargets starts every target of the run in front of fleet. The
+// returned stop function stops those that started.
+func startTargets(ctx context.Context, r *Run, fleet *harness.Fleet) ([]*harness.Target, func(), error) {
+	var targets []*harness.Target
+	stop := func() {
+		for _, t := range targets {
+			if err := t.Stop(); err != nil {
+				r.Env.Log.Warn("stop target", "target", t.Kind, "err", err)
+			}
+		}
+	}
+	for _, kind := range r.Settings.Targets {
+		t, err := harness.StartTarget(ctx, r.Env, kind, fleet)
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		targets = append(targets, t)
+	}
+	return targets, stop, nil
+}
+
+// usage is the resource use of a target's proxy during one phase.
+type usage struct {
+	// ok is false for a target without a proxy process.
+	ok           bool
+	cpu          time.Duration
+	peakRSSBytes int64
+	// others is the share of all CPUs that processes outside the
+	// benchmark used during the phase.
+	others float64
+}
+
+// quietThreshold is the share of all CPUs other processes may use before
+// a phase starts without waiting: a tenth of the machine.
+const quietThreshold = 0.1
+
+// quietSample is the span over which WaitQuiet measures other processes.
+// It also separates two phases, so that connections closed by one are
+// gone before the next starts.
+const quietSample = 500 * time.Millisecond
+
+// measureUsage waits for the machine to be quiet, runs phase, and returns
+// the CPU time the target's proxy spent meanwhile, its peak RSS during
+// the phase, and the CPU share of other processes.
+func measureUsage(ctx context.Context, r *Run, t *harness.Target, phase func()) (usage, error) {
+	if _, err := r.Env.WaitQuiet(ctx, quietThreshold, quietSample, r.Settings.QuietWait); err != nil {
+		return usage{}, err
+	}
+	if err := t.ResetPeakRSS(); err != nil {
+		return usage{}, err
+	}
+	machineBefore, err := r.Env.Snapshot()
+	if err != nil {
+		return usage{}, err
+	}
+	before, ok, err := t.Usage()
+	if err != nil {
+		return usage{}, err
+	}
+	phase()
+	after, _, err := t.Usage()
+	if err != nil {
+		return usage{}, fmt.Errorf("%s after the phase: %w", t.Kind, err)
+	}
+	machineAfter, err := r.Env.Snapshot()
+	if err != nil {
+		return usage{}, err
+	}
+	return usage{
+		ok:           ok,
+		cpu:          after.CPU - before.CPU,
+		peakRSSBytes: after.PeakRSSBytes,
+		others:       machineAfter.OthersShare(machineBefore),
+	}, nil
+}
+
+// othersCell formats the CPU share of other processes during a phase.
+func othersCell(u usage) string {
+	return fmt.Sprintf("%.0f", u.others*100)
+}
+
+// othersHeader is the column of othersCell.
+const othersHeader = "others' CPU %"
+
+// disturbed is a phase result that knows how much other processes used
+// the machine while it ran.
+type disturbed interface {
+	disturbance() float64
+}
+
+// inRounds runs phase r.Settings.Rounds times on every target, the
+// targets taking turns, and returns per target the round with the least
+// disturbance. Choosing by disturbance, never by the result, keeps the
+// choice from favouring any target.
+func inRounds[P disturbed](ctx context.Context, r *Run, targets []*harness.Target,
+	phase func(*harness.Target) (P, error)) ([]P, error) {
+	best := make([]P, len(targets))
+	for round := range max(r.Settings.Rounds, 1) {
+		for i, t := range targets {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p, err := phase(t)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", t.Kind, err)
+			}
+			if round == 0 || p.disturbance() < best[i].disturbance() {
+				best[i] = p
+			}
+		}
+	}
+	return best, nil
+}

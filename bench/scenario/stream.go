@@ -1,0 +1,264 @@
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/llmproxy/llmproxy/bench/harness"
+	"github.com/llmproxy/llmproxy/bench/loadgen"
+	"github.com/llmproxy/llmproxy/bench/report"
+)
+
+// tokensPerSec paces the streamed tokens: one chunk about every 15 ms.
+const tokensPerSec = 66
+
+// streamFleet has enough slots that 1,000 streams never queue in a node,
+// even when a balancer sends all of them to one node.
+var streamFleet = harness.FleetSpec{Nodes: 3, TokensPerSec: tokensPerSec, Parallel: 2000, MaxQueue: 4096}
+
+// streamCase is one streamed route.
+type streamCase struct {
+	title  string
+	format loadgen.Format
+	path   string
+	body   []byte
+}
+
+// streamCases are Ollama's NDJSON chat and OpenAI's SSE chat completions.
+// The simulated nodes end an answer after 20 to 40 tokens, before
+// num_predict or max_tokens is reached.
+var streamCases = []streamCase{
+	{
+		title:  "NDJSON POST /api/chat",
+		format: loadgen.NDJSON,
+		path:   "/api/chat",
+		body: []byte(`{"model":"` + harness.Model + `","messages":[{"role":"user",` +
+			`"content":"Tell me a story."}],"options":{"num_predict":64}}`),
+	},
+	{
+		title:  "SSE POST /v1/chat/completions",
+		format: loadgen.SSE,
+		path:   "/v1/chat/completions",
+		body: []byte(`{"model":"` + harness.Model + `","stream":true,"max_tokens":64,` +
+			`"messages":[{"role":"user","content":"Tell me a story."}]}`),
+	},
+}
+
+// streamPhase is the result of one stream phase on one target.
+type streamPhase struct {
+	kind    string
+	streams int
+	res     loadgen.StreamResult
+	use     usage
+}
+
+func (p streamPhase) disturbance() float64 { return p.use.others }
+
+// runStream measures streamed chat on every target at each stream level.
+func runStream(ctx context.Context, r *Run) (report.Section, error) {
+	fleet, err := harness.StartFleet(ctx, r.Env, streamFleet)
+	if err != nil {
+		return report.Section{}, err
+	}
+	defer fleet.Stop()
+	targets, stop, err := startTargets(ctx, r, fleet)
+	if err != nil {
+		return report.Section{}, err
+	}
+	defer stop()
+
+	section := report.Section{Title: "Streaming chat", Intro: streamIntro(r.Settings)}
+	var atMax []streamPhase
+	for _, c := range streamCases {
+		for _, level := range r.Settings.StreamLevels {
+			phases, err := inRounds(ctx, r, targets, func(t *harness.Target) (streamPhase, error) {
+				return streamOnce(ctx, r, t, c, level)
+			})
+			if err != nil {
+				return report.Section{}, err
+			}
+			section.Tables = append(section.Tables, streamTable(c, level, phases))
+			if level == maxLevel(r.Settings.StreamLevels) {
+				atMax = append(atMax, phases...)
+				addChunkGoal(r, c, level, phases)
+			}
+		}
+	}
+	addMemoryGoal(r, maxLevel(r.Settings.StreamLevels), atMax)
+	return section, nil
+}
+
+// streamOnce runs one case at one number of streams on one target.
+func streamOnce(ctx context.Context, r *Run, t *harness.Target, c streamCase,
+	streams int) (streamPhase, error) {
+	load := loadgen.StreamLoad{
+		URLs: t.URLs, Path: c.path, Body: c.body, Format: c.format,
+		Streams: streams, Ramp: r.Settings.StreamRamp, Duration: r.Settings.StreamWindow,
+	}
+	var res loadgen.StreamResult
+	use, err := measureUsage(ctx, r, t, func() { res = loadgen.RunStreams(ctx, load) })
+	return streamPhase{kind: t.Kind, streams: streams, res: res, use: use}, err
+}
+
+func streamIntro(s Settings) string {
+	return fmt.Sprintf("%d simulated nodes stream one token per chunk at %d tokens "+
+		"per second, a chunk about every 15 ms (`ollamasim -tokens-per-sec %d "+
+		"-parallel %d`); an answer has 20 to 40 chunks. Each of N workers opens "+
+		"one stream after another: the workers start within %s, then the "+
+		"samples of the next %s count. The proxy's CPU time and peak RSS "+
+		"(VmHWM, reset before each phase) cover the ramp and the window.\n\n"+
+		"TTFB is the time from sending the request to the first chunk. For "+
+		"NDJSON, chunk latency is the receive time minus the `created_at` time "+
+		"the node wrote into the line, and added latency is a target's "+
+		"percentile minus the direct connection's. SSE chunks carry only "+
+		"whole seconds in `created`, so for SSE the table shows the gap "+
+		"between consecutive chunks of a stream, and added p99 gap is the "+
+		"jitter a proxy adds to it.\n",
+		streamFleet.Nodes, tokensPerSec, tokensPerSec, streamFleet.Parallel, s.StreamRamp, s.StreamWindow)
+}
+
+// streamTable shows one case at one level.
+func streamTable(c streamCase, level int, phases []streamPhase) report.Table {
+	if c.format == loadgen.NDJSON {
+		return ndjsonTable(c, level, phases)
+	}
+	return sseTable(c, level, phases)
+}
+
+func ndjsonTable(c streamCase, level int, phases []streamPhase) report.Table {
+	t := report.Table{
+		Title: fmt.Sprintf("%s, %d streams", c.title, level),
+		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
+			"chunk p50 ms", "chunk p99 ms", "added p50 ms", "added p99 ms",
+			"proxy CPU µs per chunk", "peak RSS MB", othersHeader},
+	}
+	direct, hasDirect := findStream(phases, harness.Direct)
+	for _, p := range phases {
+		addedP50, addedP99 := report.NA, report.NA
+		if hasDirect && p.kind != harness.Direct {
+			addedP50 = report.SignedMillis(p.res.ChunkLatency.P50 - direct.res.ChunkLatency.P50)
+			addedP99 = report.SignedMillis(p.res.ChunkLatency.P99 - direct.res.ChunkLatency.P99)
+		}
+		row := append(streamCommonCells(p),
+			report.Millis(p.res.ChunkLatency.P50), report.Millis(p.res.ChunkLatency.P99),
+			addedP50, addedP99)
+		t.Rows = append(t.Rows, append(row, streamUsageCells(p)...))
+	}
+	return t
+}
+
+func sseTable(c streamCase, level int, phases []streamPhase) report.Table {
+	t := report.Table{
+		Title: fmt.Sprintf("%s, %d streams", c.title, level),
+		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
+			"gap p50 ms", "gap p99 ms", "added p99 gap ms",
+			"proxy CPU µs per chunk", "peak RSS MB", othersHeader},
+	}
+	direct, hasDirect := findStream(phases, harness.Direct)
+	for _, p := range phases {
+		added := report.NA
+		if hasDirect && p.kind != harness.Direct {
+			added = report.SignedMillis(p.res.Gap.P99 - direct.res.Gap.P99)
+		}
+		row := append(streamCommonCells(p),
+			report.Millis(p.res.Gap.P50), report.Millis(p.res.Gap.P99), added)
+		t.Rows = append(t.Rows, append(row, streamUsageCells(p)...))
+	}
+	return t
+}
+
+// streamCommonCells are the first cells of every stream row.
+func streamCommonCells(p streamPhase) []string {
+	return []string{
+		p.kind,
+		fmt.Sprintf("%d", p.res.Streams),
+		fmt.Sprintf("%.0f", float64(p.res.Chunks)/p.res.Window.Seconds()),
+		errorCell(p.res.Errors, p.res.FirstError),
+		report.Millis(p.res.TTFB.P50),
+		report.Millis(p.res.TTFB.P99),
+	}
+}
+
+// streamUsageCells are the proxy's CPU per chunk, its peak RSS and the
+// CPU share of other processes. The CPU
+// time covers the ramp too, so it is divided by the chunks the proxy
+// relayed over the whole phase, estimated from the window's chunk rate.
+func streamUsageCells(p streamPhase) []string {
+	if !p.use.ok {
+		return []string{report.NA, report.NA, othersCell(p.use)}
+	}
+	return []string{
+		fmt.Sprintf("%.1f", cpuPerChunk(p).Seconds()*1e6),
+		report.MB(p.use.peakRSSBytes),
+		othersCell(p.use),
+	}
+}
+
+// cpuPerChunk estimates the proxy's CPU time per relayed chunk.
+// NOTE: the chunks sent during the ramp are estimated as half the
+// window's rate over the ramp, because workers start evenly within it.
+func cpuPerChunk(p streamPhase) time.Duration {
+	rate := float64(p.res.Chunks) / p.res.Window.Seconds()
+	ramp := p.res.Elapsed - p.res.Window
+	chunks := float64(p.res.Chunks) + rate*ramp.Seconds()/2
+	if chunks == 0 {
+		return 0
+	}
+	return time.Duration(float64(p.use.cpu) / chunks)
+}
+
+// addChunkGoal checks llmproxy's added p99 chunk latency on NDJSON.
+func addChunkGoal(r *Run, c streamCase, level int, phases []streamPhase) {
+	lp, okLP := findStream(phases, harness.LLMProxy)
+	direct, okDirect := findStream(phases, harness.Direct)
+	if c.format != loadgen.NDJSON || !okLP || !okDirect {
+		return
+	}
+	added := lp.res.ChunkLatency.P99 - direct.res.ChunkLatency.P99
+	r.AddGoal(report.Goal{
+		Name:     fmt.Sprintf("p99 added latency per NDJSON chunk at %d streams", level),
+		Target:   "under 1 ms",
+		Measured: report.SignedMillis(added) + " ms",
+		Met:      added < time.Millisecond,
+	})
+}
+
+// addMemoryGoal checks llmproxy's peak RSS over the phases at the largest
+// stream level.
+func addMemoryGoal(r *Run, level int, phases []streamPhase) {
+	var peak int64
+	found := false
+	for _, p := range phases {
+		if p.kind == harness.LLMProxy && p.use.ok {
+			peak = max(peak, p.use.peakRSSBytes)
+			found = true
+		}
+	}
+	if !found {
+		return
+	}
+	r.AddGoal(report.Goal{
+		Name:     fmt.Sprintf("peak RSS at %d streams", level),
+		Target:   "under 100 MB",
+		Measured: report.MB(peak) + " MB",
+		Met:      peak < 100_000_000,
+	})
+}
+
+func findStream(phases []streamPhase, kind string) (streamPhase, bool) {
+	for _, p := range phases {
+		if p.kind == kind {
+			return p, true
+		}
+	}
+	return streamPhase{}, false
+}
+
+func maxLevel(levels []int) int {
+	m := 0
+	for _, l := range levels {
+		m = max(m, l)
+	}
+	return m
+}
