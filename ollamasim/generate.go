@@ -138,7 +138,9 @@ func perTokens(rate float64, n int) time.Duration {
 // preload loads the model of c without generating, as a request without a
 // prompt does.
 func (s *Server) preload(ctx context.Context, c *completion) error {
-	l, err := s.sched.acquire(ctx, s.ticketFor(c, nil))
+	t := s.ticketFor(c, nil)
+	t.preload = true
+	l, err := s.sched.acquire(ctx, t)
 	if err != nil {
 		return err
 	}

@@ -72,11 +72,16 @@ type ticket struct {
 	sizeBytes int64
 	prompt    []int
 	keepAlive time.Duration
-	grant     chan *lease // buffered; receives the lease once granted
+	// preload asks only for the model to be loaded. It needs no slot when
+	// the model is already loaded, as in Ollama, where a preload returns at
+	// once even while every slot is busy.
+	preload bool
+	grant   chan *lease // buffered; receives the lease once granted
 }
 
-// lease is a granted slot. cached is the number of leading prompt tokens
-// found in the slot's cache, which need no evaluation.
+// lease is a granted slot, or no slot (slot -1) for a preload of a loaded
+// model. cached is the number of leading prompt tokens found in the slot's
+// cache, which need no evaluation.
 type lease struct {
 	inst   *instance
 	slot   int
@@ -174,12 +179,14 @@ func (s *scheduler) release(l *lease, seq []int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	inst := l.inst
-	sl := &inst.slots[l.slot]
-	sl.busy = false
-	if seq != nil {
-		sl.cache = seq
+	if l.slot >= 0 {
+		sl := &inst.slots[l.slot]
+		sl.busy = false
+		if seq != nil {
+			sl.cache = seq
+		}
+		inst.active--
 	}
-	inst.active--
 	inst.lastUsed = s.now()
 	if inst.active == 0 && s.instances[inst.key] == inst {
 		s.idleLocked(inst)
@@ -192,6 +199,9 @@ func (s *scheduler) release(l *lease, seq []int) {
 // cannot be served blocks later tickets for the same model, so each model's
 // requests keep their order. Tickets for other models may pass it.
 func (s *scheduler) dispatchLocked() {
+	if s.closed {
+		return
+	}
 	blocked := make(map[string]bool)
 	old := s.waiting
 	kept := s.waiting[:0]
@@ -212,8 +222,8 @@ func (s *scheduler) dispatchLocked() {
 func (s *scheduler) grantLocked(t *ticket) bool {
 	inst := s.instances[t.key]
 	if inst != nil && inst.numCtx != t.numCtx {
-		// Ollama reloads a model whose runner options differ; it waits until
-		// the running requests finish.
+		// Ollama reloads a model whose runner options differ, once its
+		// running requests finish.
 		if inst.active > 0 {
 			return false
 		}
@@ -226,11 +236,15 @@ func (s *scheduler) grantLocked(t *ticket) bool {
 		}
 		inst = s.loadLocked(t)
 	}
-	if inst.active >= len(inst.slots) {
+	var l *lease
+	switch {
+	case t.preload && inst.isReady:
+		l = &lease{inst: inst, slot: -1}
+	case inst.active >= len(inst.slots):
 		return false
+	default:
+		l = inst.take(t.prompt)
 	}
-
-	l := inst.take(t.prompt)
 	inst.keepAlive = t.keepAlive
 	inst.expiryGen++
 	if inst.expiry != nil {

@@ -219,6 +219,21 @@ func TestKeepAliveZeroUnloads(t *testing.T) {
 	n.waitFor(t, "unload after the answer", func(s ollamasim.Stats) bool { return len(s.Loaded) == 0 })
 }
 
+func TestPreloadSkipsBusySlots(t *testing.T) {
+	cfg := longAnswers
+	cfg.Parallel = 1
+	n := startNode(t, cfg)
+	n.launch(t, "/api/generate", longGenerate)
+	n.waitFor(t, "the only slot busy", func(s ollamasim.Stats) bool { return s.Active == 1 })
+
+	if r := n.generate(t, "/api/generate", `{"model":"llama3:8b"}`); r.DoneReason != "load" {
+		t.Errorf("preload done_reason = %q, want load", r.DoneReason)
+	}
+	if got := n.srv.Stats().Waiting; got != 0 {
+		t.Errorf("Waiting = %d after the preload, want 0", got)
+	}
+}
+
 func TestKeepAliveExpires(t *testing.T) {
 	tests := []struct {
 		name      string

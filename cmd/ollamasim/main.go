@@ -41,10 +41,12 @@ type options struct {
 }
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "ollamasim:", err)
-		}
+	err := run(os.Args[1:], os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "ollamasim:", err)
 		os.Exit(2)
 	}
 }
@@ -129,22 +131,22 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.cfg.MaxLoaded, "max-loaded", 3, "models loaded at once (OLLAMA_MAX_LOADED_MODELS)")
 	fs.DurationVar(&o.cfg.LoadTime, "load-time", 500*time.Millisecond, "cold load `duration`")
 	fs.DurationVar(&o.cfg.PullTime, "pull-time", 2*time.Second, "`duration` of an /api/pull")
-	fs.Float64Var(&o.cfg.TokensPerSec, "tokens-per-sec", 40, "generation speed; 0 means unpaced")
+	fs.Float64Var(&o.cfg.TokensPerSec, "tokens-per-sec", 40, "generation speed in tokens per second; 0 means unpaced")
 	fs.Float64Var(&o.cfg.PromptTokensPerSec, "prompt-tokens-per-sec", 400,
-		"prompt evaluation speed; 0 means unpaced")
+		"prompt evaluation speed in tokens per second; 0 means unpaced")
 	fs.DurationVar(&o.cfg.KeepAlive, "keep-alive", 5*time.Minute,
 		"default keep_alive `duration`; negative keeps models loaded forever")
 	fs.IntVar(&o.cfg.ContextLength, "context-length", ollamasim.DefaultContextLength,
 		"num_ctx of requests that set none (OLLAMA_CONTEXT_LENGTH)")
 	fs.StringVar(&o.cfg.Version, "version", ollamasim.DefaultVersion,
 		"version reported by /api/version")
-	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "seed of answers that are not deterministic")
+	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "seed of non-deterministic completions")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 
 	fs.BoolVar(&faults.Refuse, "refuse", false, "fault: refuse connections")
-	fs.BoolVar(&faults.Hang, "hang", false, "fault: accept requests and never answer")
-	fs.BoolVar(&faults.Busy, "busy", false, "fault: answer inference requests with 503 server busy")
+	fs.BoolVar(&faults.Hang, "hang", false, "fault: accept requests and never respond")
+	fs.BoolVar(&faults.Busy, "busy", false, "fault: fail inference requests with 503 server busy")
 	fs.Float64Var(&faults.ErrorRate, "error-rate", 0,
 		"fault: share (0..1) of inference requests that fail")
 	fs.IntVar(&faults.ErrorStatus, "error-status", 500, "fault: status of failed requests")
