@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +252,40 @@ func TestPurgeReportsRedisFailure(t *testing.T) {
 	}
 	if _, res := tc.Lookup(context.Background(), p); res == ResultHitL1 {
 		t.Error("L1 kept its entry when the L2 purge failed")
+	}
+}
+
+func TestPurgeDuringStores(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	answer := readTestdata(t, "chat_nostream.body")
+	plans := make([]Plan, 20)
+	for i := range plans {
+		plans[i] = chatPlan(t, tc, "tiny", fmt.Sprint("question ", i))
+	}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; i < len(plans); i += 4 {
+				tc.store(t, plans[i], answer)
+				tc.Lookup(context.Background(), plans[i])
+			}
+		})
+	}
+	for range 3 {
+		if err := tc.Purge(context.Background(), ""); err != nil {
+			t.Errorf("Purge: %v", err)
+		}
+		if err := tc.Purge(context.Background(), "tiny"); err != nil {
+			t.Errorf("Purge(tiny): %v", err)
+		}
+	}
+	wg.Wait()
+	if err := tc.Purge(context.Background(), ""); err != nil {
+		t.Fatalf("Purge: %v", err)
+	}
+	for _, p := range plans {
+		if _, res := tc.Lookup(context.Background(), p); res != ResultMiss {
+			t.Fatalf("Lookup after the last purge: %s, want miss", res)
+		}
 	}
 }

@@ -10,17 +10,21 @@ import (
 	"time"
 )
 
-// waitFor fails the test unless cond becomes true within a generous
-// limit. It yields between checks rather than sleeping for a guessed time.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor waits until cond is true and reports whether it became true
+// within a generous limit. It yields between checks rather than sleeping
+// for a guessed time, and may run outside the test's goroutine, so it
+// reports a timeout with Errorf.
+func waitFor(t *testing.T, what string, cond func() bool) bool {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Errorf("timed out waiting for %s", what)
+			return false
 		}
 		runtime.Gosched()
 	}
+	return true
 }
 
 // waiters returns the number of requests waiting for the flight of key.
@@ -112,6 +116,10 @@ func TestDoWaiterHonoursContext(t *testing.T) {
 	p := chatPlan(t, tc, "tiny", "hi")
 	release := make(chan struct{})
 	leaderDone := make(chan struct{})
+	defer func() {
+		close(release)
+		<-leaderDone
+	}()
 	go func() {
 		defer close(leaderDone)
 		_, _, _ = tc.Do(context.Background(), p, func() *Entry {
@@ -119,11 +127,13 @@ func TestDoWaiterHonoursContext(t *testing.T) {
 			return nil
 		})
 	}()
-	waitFor(t, "the leader to start", func() bool {
+	if !waitFor(t, "the leader to start", func() bool {
 		tc.flightsMu.Lock()
 		defer tc.flightsMu.Unlock()
 		return tc.flights[p.Key] != nil
-	})
+	}) {
+		return
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 1)
@@ -139,8 +149,6 @@ func TestDoWaiterHonoursContext(t *testing.T) {
 	if err := <-errs; !errors.Is(err, context.Canceled) {
 		t.Errorf("waiter error = %v, want context.Canceled", err)
 	}
-	close(release)
-	<-leaderDone
 }
 
 func TestDoFindsAnswerStoredMeanwhile(t *testing.T) {

@@ -14,7 +14,8 @@ import (
 
 // l2Tier is the Redis tier shared by every proxy instance. Each record is a
 // string key holding its envelope with a TTL, and each model has a sorted
-// set of its record keys, scored by expiry time, for Purge.
+// set of its record keys, scored by expiry time, for Purge. The tier's size
+// is not tracked in CacheBytes: Redis reports it (INFO memory).
 type l2Tier struct {
 	rdb     *redis.Client
 	prefix  string // redis.key_prefix followed by "cache:"

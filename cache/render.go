@@ -104,6 +104,10 @@ func (a *answer) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	if !p.Stream {
 		out = h.appendStart(out, false)
 		out = a.appendV1Choice(out, r, true, false)
+		// NOTE: an answer stored from a stream sent without
+		// stream_options.include_usage has no usage, so objects rendered
+		// from it lack the usage member. Asking upstream for usage on
+		// every /v1 stream avoids that.
 		if len(a.Usage) > 0 {
 			out = append(out, `,"usage":`...)
 			out = append(out, a.Usage...)
