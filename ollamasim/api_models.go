@@ -127,8 +127,9 @@ func (s *Server) handlePS(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, contentJSON, map[string]any{"models": models})
 }
 
-// kvBytesPerToken estimates the KV cache of one context token, the order of
-// magnitude of an 8B model with an F16 cache (about 128 KiB).
+// kvBytesPerToken estimates the KV cache of one context token for an 8B
+// llama model with an F16 cache: 32 layers, 8 KV heads of 128 dimensions,
+// keys and values, 2 bytes each, which is 128 KiB.
 const kvBytesPerToken = 128 << 10
 
 // nameRequest is the body of /api/show, /api/delete and similar routes, which

@@ -19,7 +19,7 @@
 //	defer node.Close()
 //	client := api.NewClient(must(url.Parse(node.URL())), http.DefaultClient)
 //
-// A Server is also an http.Handler, for httptest or another listener; call
+// A Server is also an http.Handler, for httptest or another listener. Call
 // its Close when done. [Running.Close] closes the listener and the Server.
 //
 // # Wire format
@@ -35,7 +35,7 @@
 // {"error":{"message","type","param","code"}} on /v1. A model the node
 // lacks gets 404 "model \"NAME\" not found, try pulling it first", the
 // wording of Ollama releases after 0.25. Malformed JSON gets 400 with
-// encoding/json's message; a missing model field gets 400 "model is
+// encoding/json's message, and a missing model field gets 400 "model is
 // required". Like Ollama, a foreign Origin, or a foreign Host on a loopback
 // listener, gets 403 with an empty body.
 //
@@ -60,28 +60,29 @@
 // other than text) wraps the text in a JSON object. Tools and think are
 // accepted and ignored.
 //
-// A request without a prompt (or chat without messages) loads the model and
-// returns done_reason "load"; with keep_alive 0 it unloads the model and
+// A request without a prompt (or chat without messages) loads the model,
+// without waiting for a slot when it is already loaded, and returns
+// done_reason "load". With keep_alive 0 it unloads the model instead and
 // returns "unload". keep_alive is a duration string, a number of seconds or
-// a negative value (forever); a model idle for its keep_alive unloads.
+// a negative value (forever). A model idle for its keep_alive unloads.
 //
 // Each loaded model has Config.Parallel slots. At most that many requests
-// for a model run at once; the others wait in one FIFO queue, and past
+// for a model run at once, and the others wait in one FIFO queue. Past
 // Config.MaxQueue waiting requests the node responds 503 "server busy".
 // Loading a model beyond Config.MaxLoaded evicts the least recently used
-// idle model, or waits until one is idle. A cold load takes Config.LoadTime,
-// spent before the first byte; a request whose num_ctx differs from the
-// loaded instance reloads it, as Ollama does. load_duration counts the wait
-// for the slot and the load.
+// idle model, or waits until one is idle. A cold load takes
+// Config.LoadTime, spent before the first byte. A request whose num_ctx
+// differs from the loaded instance reloads it, as Ollama does.
+// load_duration counts the wait for the slot and the load.
 //
-// Each slot keeps the tokens it processed last (prompt and generated text). As in
-// Ollama's runner, a request takes a free slot whose cache its prompt
-// extends, or else the least recently used free slot, seeded with the
-// longest prefix any slot shares with the prompt. It evaluates only the
-// uncached rest, at Config.PromptTokensPerSec; prompt_eval_count reports
-// the evaluated tokens. A conversation sent back with the model's
-// replies therefore skips its history, so a proxy that keeps a conversation
-// on one node is measurably faster.
+// Each slot keeps the tokens it processed last (prompt and generated
+// text). As in Ollama's runner, a request takes a free slot whose cache its
+// prompt extends, or else the least recently used free slot, seeded with
+// the longest prefix any slot shares with the prompt. It evaluates only the
+// uncached rest, at Config.PromptTokensPerSec, and prompt_eval_count
+// reports the evaluated tokens. A conversation sent back with the model's
+// replies therefore skips its history, so a proxy that keeps a
+// conversation on one node is measurably faster.
 //
 // Embeddings are unit vectors derived from a hash of the model and the
 // text, of ModelSpec.EmbeddingLength dimensions. Any model can embed.

@@ -35,6 +35,7 @@ type scheduler struct {
 	instances map[string]*instance
 	waiting   []*ticket
 	loads     map[string]int64
+	uses      uint64 // counts grants and releases, ordering instances by last use
 	closed    bool
 }
 
@@ -50,8 +51,9 @@ type instance struct {
 	ready     chan struct{} // closed when the load completes
 	isReady   bool
 	loadTimer *time.Timer
-	keepAlive time.Duration // from the last request; forever when negative was asked
-	lastUsed  time.Time
+	keepAlive time.Duration // from the last request; forever never expires
+	lastUsed  time.Time     // stamped by Config.Now, for expires_at
+	useOrder  uint64        // scheduler.uses when last taken or released, for LRU eviction
 	expiresAt time.Time
 	expiry    *time.Timer
 	expiryGen int // invalidates a fired expiry timer that was replaced
@@ -188,6 +190,8 @@ func (s *scheduler) release(l *lease, seq []int) {
 		inst.active--
 	}
 	inst.lastUsed = s.now()
+	s.uses++
+	inst.useOrder = s.uses
 	if inst.active == 0 && s.instances[inst.key] == inst {
 		s.idleLocked(inst)
 	}
@@ -197,7 +201,8 @@ func (s *scheduler) release(l *lease, seq []int) {
 
 // dispatchLocked grants slots to waiting tickets in FIFO order. A ticket that
 // cannot be served blocks later tickets for the same model, so each model's
-// requests keep their order. Tickets for other models may pass it.
+// requests keep their order. Tickets for other models and preloads, which
+// need no slot, may pass it.
 func (s *scheduler) dispatchLocked() {
 	if s.closed {
 		return
@@ -206,7 +211,7 @@ func (s *scheduler) dispatchLocked() {
 	old := s.waiting
 	kept := s.waiting[:0]
 	for _, t := range old {
-		if !blocked[t.key] && s.grantLocked(t) {
+		if (!blocked[t.key] || t.preload) && s.grantLocked(t) {
 			continue
 		}
 		blocked[t.key] = true
@@ -246,6 +251,8 @@ func (s *scheduler) grantLocked(t *ticket) bool {
 		l = inst.take(t.prompt)
 	}
 	inst.keepAlive = t.keepAlive
+	s.uses++
+	inst.useOrder = s.uses
 	inst.expiryGen++
 	if inst.expiry != nil {
 		inst.expiry.Stop()
@@ -266,8 +273,7 @@ func (s *scheduler) makeRoomLocked() bool {
 		if inst.active > 0 {
 			continue
 		}
-		if victim == nil || inst.lastUsed.Before(victim.lastUsed) ||
-			(inst.lastUsed.Equal(victim.lastUsed) && inst.key < victim.key) {
+		if victim == nil || inst.useOrder < victim.useOrder {
 			victim = inst
 		}
 	}

@@ -321,8 +321,10 @@ func (s *Server) clearFaults(gen uint64) {
 }
 
 // Close ends every waiting request, unloads the models and waits for running
-// handlers to return. Requests arriving later get 503. It does not close
-// listeners: Running.Close does that and then calls Close.
+// handlers to return. Requests arriving later get 503. Close does not close
+// listeners, so close them first (Running.Close does): a handler blocked
+// writing to a client that stopped reading returns only when its connection
+// closes.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
