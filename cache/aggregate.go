@@ -8,7 +8,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// Aggregator turns an upstream generation answer, as received, into the
+// Aggregator turns an upstream generation response, as received, into the
 // stored form. It reads NDJSON lines on /api routes (a single object is a
 // one-line stream) and on /v1 routes either SSE events or one JSON object.
 // An Aggregator is not safe for concurrent use.
@@ -18,7 +18,7 @@ type Aggregator struct {
 
 	pending []byte // the start of a line not yet ended
 	event   []byte // SSE: data lines of the event being read
-	object  bool   // /v1: the answer is one JSON object, read at the end
+	object  bool   // /v1: the response is one JSON object, read at the end
 	started bool   // the first non-space byte has been seen
 	held    int64  // bytes held, checked against maxBytes
 
@@ -44,16 +44,16 @@ type toolCall struct {
 	arguments      []byte
 }
 
-// NewAggregator returns an Aggregator for the answer to a KindAnswer plan.
-// It holds at most l1.max_bytes of answer; a larger answer is not stored.
+// NewAggregator returns an Aggregator for the response to a KindResponse plan.
+// It holds at most l1.max_bytes of response; a larger response is not stored.
 func (c *Cache) NewAggregator(p Plan) *Aggregator {
 	return &Aggregator{route: p.route, maxBytes: c.maxEntryBytes}
 }
 
-// Write feeds the next bytes of the upstream answer, in any chunking. It
+// Write feeds the next bytes of the upstream response, in any chunking. It
 // copies what it keeps and always returns len(b) and a nil error, so that
 // it can sit in an io.MultiWriter next to the client without cutting the
-// client's stream. A malformed answer is reported by Cache.Store.
+// client's stream. A malformed response is reported by Cache.Store.
 func (a *Aggregator) Write(b []byte) (int, error) {
 	n := len(b)
 	if a.err != nil || a.finished {
@@ -91,7 +91,7 @@ func (a *Aggregator) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// grow counts n more bytes held and fails the answer past maxBytes.
+// grow counts n more bytes held and fails the response past maxBytes.
 func (a *Aggregator) grow(n int64) {
 	a.held += n
 	if a.held > a.maxBytes && a.err == nil {
@@ -123,7 +123,7 @@ func (a *Aggregator) line(l []byte) {
 		a.event = append(a.event, data...)
 		a.grow(int64(len(data)))
 	}
-	// Other SSE fields (event:, id:, retry:) and comments carry no answer.
+	// Other SSE fields (event:, id:, retry:) and comments carry no response.
 }
 
 func (a *Aggregator) setErr(err error) {
@@ -142,13 +142,13 @@ func (a *Aggregator) dispatchEvent() error {
 	a.event = a.event[:0]
 	if string(data) == "[DONE]" {
 		if a.finishReason == "" {
-			return fmt.Errorf("%w: stream ended without finish_reason", ErrInvalidAnswer)
+			return fmt.Errorf("%w: stream ended without finish_reason", ErrInvalidResponse)
 		}
 		a.done = true
 		return nil
 	}
 	if a.done {
-		return fmt.Errorf("%w: data after [DONE]", ErrInvalidAnswer)
+		return fmt.Errorf("%w: data after [DONE]", ErrInvalidResponse)
 	}
 	v, err := a.parseObject(data)
 	if err != nil {
@@ -157,32 +157,32 @@ func (a *Aggregator) dispatchEvent() error {
 	return a.v1Value(v, "delta")
 }
 
-// parseObject parses one JSON object of the answer and rejects error
-// objects, which Ollama sends in place of an answer or mid-stream.
+// parseObject parses one JSON object of the response and rejects error
+// objects, which Ollama sends in place of a response or mid-stream.
 func (a *Aggregator) parseObject(b []byte) (*fastjson.Value, error) {
 	v, err := parseStrict(&a.parser, b)
 	if err != nil {
 		return nil, err
 	}
 	if v.Type() != fastjson.TypeObject {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidAnswer)
+		return nil, fmt.Errorf("%w: not a JSON object", ErrInvalidResponse)
 	}
 	if v.Exists("error") {
-		return nil, fmt.Errorf("%w: error answer", ErrInvalidAnswer)
+		return nil, fmt.Errorf("%w: error response", ErrInvalidResponse)
 	}
 	return v, nil
 }
 
-// parseStrict parses an upstream answer after checking that it is valid
+// parseStrict parses an upstream response after checking that it is valid
 // JSON: fastjson's parser alone also accepts forms such as "." as a number,
 // which would be stored and sent on to clients as they are.
 func parseStrict(p *fastjson.Parser, b []byte) (*fastjson.Value, error) {
 	if err := fastjson.ValidateBytes(b); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidAnswer, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidResponse, err)
 	}
 	v, err := p.ParseBytes(b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidAnswer, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidResponse, err)
 	}
 	return v, nil
 }
@@ -202,8 +202,8 @@ func (a *Aggregator) addRaw(dst *[]json.RawMessage, arr []*fastjson.Value) {
 	}
 }
 
-// finish reads what is left of the answer and returns its stored form.
-func (a *Aggregator) finish() (*answer, error) {
+// finish reads what is left of the response and returns its stored form.
+func (a *Aggregator) finish() (*response, error) {
 	if !a.finished && a.err == nil {
 		a.flush()
 	}
@@ -219,8 +219,8 @@ func (a *Aggregator) finish() (*answer, error) {
 	return a.result(), nil
 }
 
-// flush reads the last line or event when the answer did not end with a
-// line break, or the whole answer when it is one /v1 object.
+// flush reads the last line or event when the response did not end with a
+// line break, or the whole response when it is one /v1 object.
 func (a *Aggregator) flush() {
 	if a.object {
 		v, err := a.parseObject(a.pending)
@@ -228,7 +228,7 @@ func (a *Aggregator) flush() {
 			err = a.v1Value(v, "message")
 		}
 		if err == nil && a.finishReason == "" {
-			err = fmt.Errorf("%w: no finish_reason", ErrInvalidAnswer)
+			err = fmt.Errorf("%w: no finish_reason", ErrInvalidResponse)
 		}
 		a.done = err == nil
 		a.setErr(err)
@@ -243,8 +243,8 @@ func (a *Aggregator) flush() {
 	}
 }
 
-func (a *Aggregator) result() *answer {
-	ans := &answer{
+func (a *Aggregator) result() *response {
+	ans := &response{
 		Text:         string(a.text),
 		Thinking:     string(a.thinking),
 		ToolCalls:    a.toolCalls,

@@ -6,14 +6,14 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// ndjsonLine reads one line of an /api answer: a chunk with done false, or
+// ndjsonLine reads one line of an /api response: a chunk with done false, or
 // the final line with done true and the metrics.
 func (a *Aggregator) ndjsonLine(line []byte) error {
 	if len(line) == 0 {
 		return nil
 	}
 	if a.done {
-		return fmt.Errorf("%w: data after the final line", ErrInvalidAnswer)
+		return fmt.Errorf("%w: data after the final line", ErrInvalidResponse)
 	}
 	v, err := a.parseObject(line)
 	if err != nil {
@@ -34,11 +34,11 @@ func (a *Aggregator) ndjsonLine(line []byte) error {
 	if !v.GetBool("done") {
 		return nil
 	}
-	// A load or unload answers a request without a prompt; it is no answer
-	// to cache.
+	// A load or an unload is Ollama's reply to a request without a prompt, so
+	// there is nothing to cache.
 	switch reason := string(v.GetStringBytes("done_reason")); reason {
 	case "load", "unload":
-		return fmt.Errorf("%w: done_reason %s", ErrInvalidAnswer, reason)
+		return fmt.Errorf("%w: done_reason %s", ErrInvalidResponse, reason)
 	}
 	a.done = true
 	a.final = finalMembers(v)
@@ -66,7 +66,7 @@ func finalMembers(v *fastjson.Value) []byte {
 	return append(out, '}')
 }
 
-// v1Value reads one /v1 chunk, or the whole /v1 answer object. part names
+// v1Value reads one /v1 chunk, or the whole /v1 response object. part names
 // the member of a choice that holds the text: "delta" in a chunk,
 // "message" in an object. /v1/completions keeps the text in "text".
 func (a *Aggregator) v1Value(v *fastjson.Value, part string) error {
@@ -77,10 +77,10 @@ func (a *Aggregator) v1Value(v *fastjson.Value, part string) error {
 		a.usage = appendValue(a.usage[:0], u)
 	}
 	for _, ch := range v.GetArray("choices") {
-		// Ollama answers with one choice; an answer with several is not
-		// read, so it is never served as if it had one.
+		// Ollama returns one choice. A response with several is rejected, so
+		// that it is never served as if it had one.
 		if ch.GetInt("index") != 0 {
-			return fmt.Errorf("%w: more than one choice", ErrInvalidAnswer)
+			return fmt.Errorf("%w: more than one choice", ErrInvalidResponse)
 		}
 		if a.route == routeV1Completions {
 			a.add(&a.text, ch.GetStringBytes("text"))
@@ -98,7 +98,7 @@ func (a *Aggregator) v1Value(v *fastjson.Value, part string) error {
 
 // mergeToolCalls adds OpenAI tool call deltas: a delta whose index names a
 // known call extends its arguments, any other starts a new call. A whole
-// answer object gives each call whole, which merges the same way.
+// response object gives each call whole, which merges the same way.
 func (a *Aggregator) mergeToolCalls(deltas []*fastjson.Value) {
 	for _, d := range deltas {
 		call := a.toolCallAt(d.Get("index"))

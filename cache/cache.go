@@ -14,20 +14,20 @@ import (
 	"github.com/llmproxy/llmproxy/metrics"
 )
 
-// Errors returned by Store and StoreEmbeddings. Each says why an answer
+// Errors returned by Store and StoreEmbeddings. Each says why a response
 // was not stored; none needs action beyond a debug log.
 var (
 	// ErrNotCacheable is returned for a plan of the wrong Kind.
 	ErrNotCacheable = errors.New("request is not cacheable")
-	// ErrIncomplete is returned for an answer that was cut or cancelled:
+	// ErrIncomplete is returned for a response that was cut or cancelled:
 	// the proxy said so, or the stream lacks its final line or [DONE].
-	ErrIncomplete = errors.New("answer incomplete")
-	// ErrInvalidAnswer is returned for an answer that is not valid JSON of
-	// the route's format, carries an error, answers a model load, or holds
+	ErrIncomplete = errors.New("response incomplete")
+	// ErrInvalidResponse is returned for a response that is not valid JSON of
+	// the route's format, carries an error, reports a model load, or contains
 	// a number of embeddings other than the number of inputs.
-	ErrInvalidAnswer = errors.New("invalid answer")
-	// ErrTooLarge is returned for an answer larger than l1.max_bytes.
-	ErrTooLarge = errors.New("answer too large to cache")
+	ErrInvalidResponse = errors.New("invalid response")
+	// ErrTooLarge is returned for a response larger than l1.max_bytes.
+	ErrTooLarge = errors.New("response too large to cache")
 )
 
 // Defaults applied to zero configuration values.
@@ -157,37 +157,37 @@ func (c *Cache) count(tier, outcome string) {
 // countBypass counts one request that did not consult the cache.
 func (c *Cache) countBypass() { c.count(tierL1, outcomeBypass) }
 
-// Lookup returns the cached answer of a KindAnswer plan from L1, or from L2
+// Lookup returns the cached response of a KindResponse plan from L1, or from L2
 // (which then fills L1), with ResultHitL1 or ResultHitL2. It returns nil
 // with ResultMiss when neither holds it, and with ResultBypass when the
-// plan is not KindAnswer or has NoCache. A Redis failure counts as an L2
+// plan is not KindResponse or has NoCache. A Redis failure counts as an L2
 // miss. It counts CacheRequests for each tier consulted, or one bypass.
 func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
-	if p.Kind != KindAnswer || p.NoCache {
+	if p.Kind != KindResponse || p.NoCache {
 		c.countBypass()
 		return nil, ResultBypass
 	}
-	if rec, ok := c.l1.get(p.Key); ok && rec.answer != nil {
+	if rec, ok := c.l1.get(p.Key); ok && rec.response != nil {
 		c.count(tierL1, outcomeHit)
-		return &Entry{route: p.route, answer: rec.answer}, ResultHitL1
+		return &Entry{route: p.route, response: rec.response}, ResultHitL1
 	}
 	c.count(tierL1, outcomeMiss)
-	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.answer != nil {
-		return &Entry{route: p.route, answer: rec.answer}, ResultHitL2
+	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.response != nil {
+		return &Entry{route: p.route, response: rec.response}, ResultHitL2
 	}
 	return nil, ResultMiss
 }
 
-// Store turns the answer fed to agg into an Entry and stores it in both
+// Store turns the response fed to agg into an Entry and stores it in both
 // tiers, unless the plan has NoStore. complete is the proxy's word that
-// the upstream answer arrived whole with status 200: pass false for an
+// the upstream response arrived whole with status 200: pass false for an
 // error status, a cut or a cancelled stream. Store returns the Entry even
 // with NoStore, for the requests coalesced with this one. An error wraps
-// ErrNotCacheable, ErrIncomplete, ErrInvalidAnswer or ErrTooLarge, and
+// ErrNotCacheable, ErrIncomplete, ErrInvalidResponse or ErrTooLarge, and
 // nothing is stored then. A Redis failure is not an error: the entry is
 // then only in L1. Store waits for Redis at most redis.timeout.
 func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete bool) (*Entry, error) {
-	if p.Kind != KindAnswer || agg.route != p.route {
+	if p.Kind != KindResponse || agg.route != p.route {
 		return nil, ErrNotCacheable
 	}
 	if !complete {
@@ -199,9 +199,9 @@ func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete boo
 		return nil, err
 	}
 	if !p.NoStore {
-		c.put(ctx, newAnswerRecord(p.Key, p.Model, ans))
+		c.put(ctx, newResponseRecord(p.Key, p.Model, ans))
 	}
-	return &Entry{route: p.route, answer: ans}, nil
+	return &Entry{route: p.route, response: ans}, nil
 }
 
 // put stores records in L1, then in L2.

@@ -66,7 +66,7 @@ func TestL2HitFillsL1(t *testing.T) {
 	}
 	body, _ := e.Render(pb)
 	if want := `"model":"tiny:latest"`; !bytes.Contains(body, []byte(want)) {
-		t.Errorf("rendered answer %s does not name the model as this client sent it", body)
+		t.Errorf("rendered response %s does not name the model as this client sent it", body)
 	}
 }
 
@@ -83,10 +83,10 @@ func TestL2Disabled(t *testing.T) {
 func TestNoCacheNoStore(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	body := []byte(`{"model":"tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}`)
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 
 	noStore := tc.Classify(Request{Route: "/api/chat", Body: body, NoStore: true})
-	if e := tc.store(t, noStore, answer); e == nil {
+	if e := tc.store(t, noStore, response); e == nil {
 		t.Fatal("Store with no-store returned no entry for coalesced requests")
 	}
 	plain := tc.Classify(Request{Route: "/api/chat", Body: body})
@@ -94,7 +94,7 @@ func TestNoCacheNoStore(t *testing.T) {
 		t.Fatalf("Lookup after a no-store Store = %s, want miss", res)
 	}
 
-	tc.store(t, plain, answer)
+	tc.store(t, plain, response)
 	noCache := tc.Classify(Request{Route: "/api/chat", Body: body, NoCache: true})
 	if e, res := tc.Lookup(context.Background(), noCache); e != nil || res != ResultBypass {
 		t.Errorf("Lookup with no-cache = %v, %s, want nil, bypass", e, res)
@@ -103,11 +103,11 @@ func TestNoCacheNoStore(t *testing.T) {
 		t.Errorf("bypass count = %v, want 1", got)
 	}
 
-	// no-cache still stores: a fresh answer replaces the cached one.
+	// no-cache still stores: a fresh response replaces the cached one.
 	tc.store(t, noCache, readTestdata(t, "chat_stream.body"))
 	e, _ := tc.Lookup(context.Background(), plain)
-	if e == nil || e.answer.Text[:7] != " dreams" {
-		t.Errorf("answer stored by a no-cache request was not kept")
+	if e == nil || e.response.Text[:7] != " dreams" {
+		t.Errorf("response stored by a no-cache request was not kept")
 	}
 }
 
@@ -115,11 +115,11 @@ func TestPurge(t *testing.T) {
 	srv := testredis.Start(t)
 	a := newTestCache(t, testOptions{redis: srv})
 	b := newTestCache(t, testOptions{redis: srv})
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 	ctx := context.Background()
 	for _, model := range []string{"tiny", "tiny2"} {
 		for _, text := range []string{"one", "two"} {
-			a.store(t, chatPlan(t, a, model, text), answer)
+			a.store(t, chatPlan(t, a, model, text), response)
 		}
 	}
 	embed := a.plan(t, "/api/embed", `{"model":"tiny","input":["x"]}`)
@@ -167,9 +167,9 @@ func TestPurge(t *testing.T) {
 func TestEvictionCounted(t *testing.T) {
 	const maxBytes = 8 << 10
 	tc := newTestCache(t, testOptions{cfg: config.Cache{L1: config.CacheL1{MaxBytes: maxBytes}}})
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 	for i := range 100 {
-		tc.store(t, chatPlan(t, tc, "tiny", fmt.Sprint("question ", i)), answer)
+		tc.store(t, chatPlan(t, tc, "tiny", fmt.Sprint("question ", i)), response)
 	}
 	if got := testutil.ToFloat64(tc.metrics.CacheEvictions); got == 0 {
 		t.Error("no eviction counted after storing far more than l1.max_bytes")
@@ -187,9 +187,9 @@ func TestRedisDownThenBack(t *testing.T) {
 	srv := testredis.Start(t)
 	tc := newTestCache(t, testOptions{redis: srv, redisTimeout: downTimeout})
 	ctx := context.Background()
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 	before := chatPlan(t, tc, "tiny", "before")
-	tc.store(t, before, answer)
+	tc.store(t, before, response)
 	if got := testutil.ToFloat64(tc.metrics.RedisUp); got != 1 {
 		t.Fatalf("redis_up = %v while Redis runs, want 1", got)
 	}
@@ -202,7 +202,7 @@ func TestRedisDownThenBack(t *testing.T) {
 	if _, res := tc.Lookup(ctx, during); res != ResultMiss {
 		t.Errorf("Lookup missing from L1 with Redis down: %s, want miss", res)
 	}
-	tc.store(t, during, answer)
+	tc.store(t, during, response)
 	if _, res := tc.Lookup(ctx, during); res != ResultHitL1 {
 		t.Errorf("entry stored with Redis down: %s, want hit-l1", res)
 	}
@@ -228,7 +228,7 @@ func TestRedisDownThenBack(t *testing.T) {
 	srv.Restart(t)
 	tc.clock.Advance(redisRetryInterval)
 	after := chatPlan(t, tc, "tiny", "after")
-	tc.store(t, after, answer)
+	tc.store(t, after, response)
 	if n := tc.logs.count(slog.LevelInfo, "redis reachable again, cache l2 resumed"); n != 1 {
 		t.Errorf("recovery logs = %d, want 1", n)
 	}
@@ -257,7 +257,7 @@ func TestPurgeReportsRedisFailure(t *testing.T) {
 
 func TestPurgeDuringStores(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 	plans := make([]Plan, 20)
 	for i := range plans {
 		plans[i] = chatPlan(t, tc, "tiny", fmt.Sprint("question ", i))
@@ -266,7 +266,7 @@ func TestPurgeDuringStores(t *testing.T) {
 	for w := range 4 {
 		wg.Go(func() {
 			for i := w; i < len(plans); i += 4 {
-				tc.store(t, plans[i], answer)
+				tc.store(t, plans[i], response)
 				tc.Lookup(context.Background(), plans[i])
 			}
 		})

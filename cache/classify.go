@@ -13,15 +13,15 @@ const (
 	// KindNone is a request the cache does not serve or store: the proxy
 	// forwards it as it is. Plan.Reason says why.
 	KindNone Kind = iota
-	// KindAnswer is a generation request whose whole answer is cached under
+	// KindResponse is a generation request whose whole response is cached under
 	// Plan.Key: use Lookup, Do and Store.
-	KindAnswer
+	KindResponse
 	// KindEmbed is an embedding request whose inputs are cached one by one:
 	// use LookupEmbeddings, Do and StoreEmbeddings.
 	KindEmbed
 )
 
-// route identifies one of the routes whose answers can be cached.
+// route identifies one of the routes whose responses can be cached.
 type route uint8
 
 const (
@@ -55,7 +55,7 @@ func (r route) isEmbedding() bool {
 }
 
 // ignoredMember reports whether the top-level member key never changes the
-// answer of r, so it stays out of the key: stream and stream_options only
+// response of r, so it stays out of the key: stream and stream_options only
 // change the delivery, keep_alive only how long the model stays loaded.
 func (r route) ignoredMember(key string) bool {
 	switch key {
@@ -75,10 +75,10 @@ type Request struct {
 	// KindEmbed plan refers to it until the proxy has built the upstream
 	// body with Batch.UpstreamBody.
 	Body []byte
-	// NoCache skips the lookup but still lets the answer be stored: the
+	// NoCache skips the lookup but still lets the response be stored: the
 	// Cache-Control request directive no-cache.
 	NoCache bool
-	// NoStore keeps the answer out of the cache: the Cache-Control request
+	// NoStore keeps the response out of the cache: the Cache-Control request
 	// directive no-store.
 	NoStore bool
 }
@@ -93,11 +93,11 @@ type Plan struct {
 	// Model is the normalized model name (see NormalizeModel), empty when
 	// the body names none.
 	Model string
-	// Key identifies the answer: the hex SHA-256 of the route and the
+	// Key identifies the response: the hex SHA-256 of the route and the
 	// canonical body. For KindEmbed it identifies the whole request and
 	// serves to coalesce identical requests. Empty for KindNone.
 	Key string
-	// Stream is true when the client asked for a streamed answer: on
+	// Stream is true when the client asked for a streamed response: on
 	// /api routes unless the body sets "stream": false, on /v1 routes when
 	// it sets "stream": true.
 	Stream bool
@@ -132,7 +132,7 @@ var parsers fastjson.ParserPool
 // never fails: anything it cannot read or does not cache gets KindNone.
 //
 // Embedding requests are always cached. Generation requests are cached
-// only when their answer is deterministic (options.temperature 0 or
+// only when their response is deterministic (options.temperature 0 or
 // options.seed other than -1, which Ollama treats as random; on /v1 the
 // top-level temperature and seed), unless cache.generate is "never". No
 // request is cached that only loads a model (no prompt or messages), sets
@@ -173,7 +173,7 @@ func (c *Cache) Classify(req Request) Plan {
 	if p.route.isEmbedding() {
 		return planEmbed(p, v, req.Body)
 	}
-	return c.planAnswer(p, v)
+	return c.planResponse(p, v)
 }
 
 // readDelivery reads the members that choose between a stream and a single
@@ -193,7 +193,7 @@ func (p *Plan) readDelivery(v *fastjson.Value) {
 	}
 }
 
-func (c *Cache) planAnswer(p Plan, v *fastjson.Value) Plan {
+func (c *Cache) planResponse(p Plan, v *fastjson.Value) Plan {
 	if c.generateNever {
 		return p.bypass("generation caching is off (cache.generate: never)")
 	}
@@ -203,22 +203,23 @@ func (c *Cache) planAnswer(p Plan, v *fastjson.Value) Plan {
 	if !deterministic(p.route, v) {
 		return p.bypass("not deterministic: needs temperature 0 or a seed")
 	}
-	key, err := answerKey(p.Route, p.Model, sortedMembers(v.GetObject()), p.route.ignoredMember)
+	key, err := responseKey(p.Route, p.Model, sortedMembers(v.GetObject()), p.route.ignoredMember)
 	if err != nil {
 		return p.bypass(err.Error())
 	}
-	p.Kind = KindAnswer
+	p.Kind = KindResponse
 	p.Key = key
 	return p
 }
 
-// loadOnlyReason returns why a generation request has nothing to answer,
-// or "" when it has a prompt or messages. Ollama answers a request without
-// them by loading the model.
+// loadOnlyReason returns why a generation request has no prompt to reply
+// to, or "" when it has a prompt or messages. Ollama only loads the model
+// for a request without them.
 func loadOnlyReason(r route, v *fastjson.Value) string {
 	switch r {
 	case routeGenerate, routeV1Completions:
-		if p := v.Get("prompt"); p == nil || (p.Type() == fastjson.TypeString && len(p.GetStringBytes()) == 0) {
+		p := v.Get("prompt")
+		if p == nil || (p.Type() == fastjson.TypeString && len(p.GetStringBytes()) == 0) {
 			return "no prompt: a model load"
 		}
 	case routeChat, routeV1Chat:

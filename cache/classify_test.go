@@ -24,26 +24,26 @@ func TestClassifyKinds(t *testing.T) {
 		{"embed empty item", "/api/embed", `{"model":"m","input":["a",""]}`, KindNone},
 		{"embed no input", "/api/embed", `{"model":"m"}`, KindNone},
 		{"embed truncate string", "/api/embed", `{"model":"m","input":"a","truncate":"no"}`, KindNone},
-		{"chat temperature 0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}`, KindAnswer},
-		{"chat temperature 0.0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0.0}}`, KindAnswer},
-		{"chat seed", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":42}}`, KindAnswer},
-		{"chat seed 0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":0}}`, KindAnswer},
+		{"chat temperature 0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}`, KindResponse},
+		{"chat temperature 0.0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0.0}}`, KindResponse},
+		{"chat seed", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":42}}`, KindResponse},
+		{"chat seed 0", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":0}}`, KindResponse},
 		{"chat random seed", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":-1}}`, KindNone},
 		{"chat temperature 0.7", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0.7}}`, KindNone},
 		{"chat default options", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`, KindNone},
 		{"chat top-level temperature", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}`, KindNone},
 		{"chat no messages", "/api/chat", `{"model":"m","messages":[],"options":{"seed":1}}`, KindNone},
-		{"generate seed", "/api/generate", `{"model":"m","prompt":"hi","options":{"seed":1}}`, KindAnswer},
+		{"generate seed", "/api/generate", `{"model":"m","prompt":"hi","options":{"seed":1}}`, KindResponse},
 		{"generate load", "/api/generate", `{"model":"m","options":{"seed":1}}`, KindNone},
 		{"generate empty prompt", "/api/generate", `{"model":"m","prompt":"","options":{"seed":1}}`, KindNone},
 		{"generate keep_alive 0", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":0,"options":{"seed":1}}`, KindNone},
 		{"generate keep_alive 0s", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":"0s","options":{"seed":1}}`, KindNone},
-		{"generate keep_alive 5m", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":"5m","options":{"seed":1}}`, KindAnswer},
+		{"generate keep_alive 5m", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":"5m","options":{"seed":1}}`, KindResponse},
 		{"embed keep_alive 0", "/api/embed", `{"model":"m","input":"a","keep_alive":0}`, KindNone},
-		{"v1 chat temperature 0", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}`, KindAnswer},
-		{"v1 chat seed", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}`, KindAnswer},
+		{"v1 chat temperature 0", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}`, KindResponse},
+		{"v1 chat seed", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}`, KindResponse},
 		{"v1 chat options ignored", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0}}`, KindNone},
-		{"v1 completions seed", "/v1/completions", `{"model":"m","prompt":"hi","seed":7}`, KindAnswer},
+		{"v1 completions seed", "/v1/completions", `{"model":"m","prompt":"hi","seed":7}`, KindResponse},
 		{"v1 completions no prompt", "/v1/completions", `{"model":"m","seed":7}`, KindNone},
 		{"unknown route", "/api/show", `{"model":"m"}`, KindNone},
 		{"missing model", "/api/embed", `{"input":"a"}`, KindNone},
@@ -252,7 +252,7 @@ func BenchmarkKey(b *testing.B) {
 	}
 	defer c.Close()
 	body := []byte(`{"model":"llama3.2","stream":true,"messages":[` +
-		`{"role":"system","content":"You are a helpful assistant. Answer briefly."},` +
+		`{"role":"system","content":"You are a helpful assistant. Response briefly."},` +
 		`{"role":"user","content":"What is the capital of France, and why is it famous?"},` +
 		`{"role":"assistant","content":"Paris. It is famous for art, food and the Eiffel Tower."},` +
 		`{"role":"user","content":"Name three museums there."}],` +
@@ -261,7 +261,7 @@ func BenchmarkKey(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if c.Classify(req).Kind != KindAnswer {
+		if c.Classify(req).Kind != KindResponse {
 			b.Fatal("not cacheable")
 		}
 	}

@@ -8,13 +8,13 @@ import (
 // flight is one upstream request that identical requests wait for.
 type flight struct {
 	done    chan struct{} // closed when the leader's fetch returned
-	entry   *Entry        // the leader's answer, written before done closes
+	entry   *Entry        // the leader's response, written before done closes
 	waiters atomic.Int32  // requests waiting, for tests
 }
 
 // Do coalesces identical requests that missed at the same time. The first
 // caller for p.Key, the leader, runs fetch, which must send the request
-// upstream, answer its own client and return what Store or StoreEmbeddings
+// upstream, send the response to its own client and return what Store or StoreEmbeddings
 // returned (nil when nothing could be stored). Do then returns that entry
 // with fetched set, and the caller has nothing left to send.
 //
@@ -25,11 +25,15 @@ type flight struct {
 // client that went away does not fail the others; Do then returns like a
 // leader. A waiter whose ctx ends returns ctx.Err() and sends nothing.
 //
-// A leader with a KindAnswer plan first looks in L1 again, unless the
-// plan has NoCache, since an identical request may have stored the answer
+// A leader with a KindResponse plan first looks in L1 again, unless the
+// plan has NoCache, since an identical request may have stored the response
 // between this caller's Lookup and Do; a hit returns with fetched unset.
 // A KindNone plan is not coalesced: fetch runs at once.
-func (c *Cache) Do(ctx context.Context, p Plan, fetch func() *Entry) (entry *Entry, fetched bool, err error) {
+func (c *Cache) Do(
+	ctx context.Context,
+	p Plan,
+	fetch func() *Entry,
+) (entry *Entry, fetched bool, err error) {
 	if p.Kind == KindNone {
 		return fetch(), true, nil
 	}
@@ -49,9 +53,9 @@ func (c *Cache) Do(ctx context.Context, p Plan, fetch func() *Entry) (entry *Ent
 		c.flightsMu.Unlock()
 		close(f.done)
 	}()
-	if p.Kind == KindAnswer && !p.NoCache {
-		if rec, ok := c.l1.get(p.Key); ok && rec.answer != nil {
-			f.entry = &Entry{route: p.route, answer: rec.answer}
+	if p.Kind == KindResponse && !p.NoCache {
+		if rec, ok := c.l1.get(p.Key); ok && rec.response != nil {
+			f.entry = &Entry{route: p.route, response: rec.response}
 			return f.entry, false, nil
 		}
 	}

@@ -63,12 +63,12 @@ func TestDoCoalescesConcurrentMisses(t *testing.T) {
 	const n = 50
 	tc := newTestCache(t, testOptions{})
 	p := chatPlan(t, tc, "tiny", "hi")
-	answer := readTestdata(t, "chat_nostream.body")
+	response := readTestdata(t, "chat_nostream.body")
 	var calls atomic.Int32
 	fetch := func() *Entry {
 		calls.Add(1)
 		waitFor(t, "every other request to wait", func() bool { return tc.waiters(p.Key) == n-1 })
-		return tc.store(t, p, answer)
+		return tc.store(t, p, response)
 	}
 
 	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
@@ -156,7 +156,7 @@ func TestDoFindsAnswerStoredMeanwhile(t *testing.T) {
 	p := chatPlan(t, tc, "tiny", "hi")
 	tc.store(t, p, readTestdata(t, "chat_nostream.body"))
 	e, fetched, err := tc.Do(context.Background(), p, func() *Entry {
-		t.Error("fetched an answer that L1 holds")
+		t.Error("fetched a response that L1 holds")
 		return nil
 	})
 	if err != nil || fetched || e == nil {

@@ -8,11 +8,11 @@ type Result string
 
 // Results of a lookup.
 const (
-	// ResultHitL1 is an answer served from this instance's memory.
+	// ResultHitL1 is a response served from this instance's memory.
 	ResultHitL1 Result = "hit-l1"
-	// ResultHitL2 is an answer served from Redis.
+	// ResultHitL2 is a response served from Redis.
 	ResultHitL2 Result = "hit-l2"
-	// ResultMiss is an answer that went upstream, or came from a
+	// ResultMiss is a response that went upstream, or came from a
 	// coalesced identical request that did.
 	ResultMiss Result = "miss"
 	// ResultBypass is a request the cache did not look up: not cacheable,

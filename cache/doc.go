@@ -1,4 +1,4 @@
-// Package cache is llmproxy's response cache for Ollama answers, in two
+// Package cache is llmproxy's response cache for Ollama responses, in two
 // tiers: L1 in process memory (ristretto, bounded in bytes) and L2 in
 // Redis, shared by every proxy instance. An L2 hit fills L1. Redis trouble
 // is never an error: every Redis call is bounded by redis.timeout, and on
@@ -6,7 +6,7 @@
 //
 // Embedding requests are always cached, each input on its own, so a batch
 // with some cached inputs sends only the others upstream. Generation
-// requests are cached when their answer is deterministic. An answer is
+// requests are cached when their response is deterministic. A response is
 // stored once, in its non-stream form, and rendered as a stream or as one
 // object, whichever the request asks for.
 //
@@ -17,13 +17,13 @@
 //	switch plan.Kind {
 //	case cache.KindNone:
 //		// forward as is; X-LLMProxy-Cache: bypass
-//	case cache.KindAnswer:
+//	case cache.KindResponse:
 //		if e, res := c.Lookup(ctx, plan); e != nil {
 //			// send e.Render(plan); X-LLMProxy-Cache: res
 //		}
 //		e, fetched, err := c.Do(ctx, plan, func() *cache.Entry {
 //			agg := c.NewAggregator(plan)
-//			// forward, copying the answer to the client and to agg
+//			// forward, copying the response to the client and to agg
 //			e, _ := c.Store(ctx, plan, agg, status == 200 && streamEndedWell)
 //			return e
 //		})
@@ -34,6 +34,6 @@
 //			// send e.Render(plan); X-LLMProxy-Cache: b.Result()
 //		}
 //		// in Do's fetch: send b.UpstreamBody(), then
-//		// e, err := c.StoreEmbeddings(ctx, b, answer) and send e.Render(plan)
+//		// e, err := c.StoreEmbeddings(ctx, b, response) and send e.Render(plan)
 //	}
 package cache

@@ -67,7 +67,7 @@ func planEmbed(p Plan, v *fastjson.Value, body []byte) Plan {
 	*bp = buf
 	putKeyBuf(bp)
 
-	key, err := answerKey(p.Route, p.Model, top, p.route.ignoredMember)
+	key, err := responseKey(p.Route, p.Model, top, p.route.ignoredMember)
 	if err != nil {
 		return p.bypass(err.Error())
 	}
@@ -210,17 +210,17 @@ func (b *Batch) Result() Result { return b.result }
 func (b *Batch) Missing() int { return len(b.sent) }
 
 // Partial reports whether UpstreamBody holds only some of the inputs, so
-// that the upstream answer cannot be sent to the client as it is.
+// that the upstream response cannot be sent to the client as it is.
 func (b *Batch) Partial() bool {
 	return b.plan.embed != nil && len(b.sent) > 0 && len(b.sent) < len(b.plan.embed.items)
 }
 
-// Entry returns the whole answer when every input was cached, or nil.
+// Entry returns the whole response when every input was cached, or nil.
 func (b *Batch) Entry() *Entry {
 	if b.plan.embed == nil || len(b.sent) > 0 {
 		return nil
 	}
-	return &Entry{route: b.plan.route, embed: &embedAnswer{vectors: b.vectors}}
+	return &Entry{route: b.plan.route, embed: &embedResponse{vectors: b.vectors}}
 }
 
 // UpstreamBody returns the body to send upstream: the request body itself
@@ -310,24 +310,24 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Resul
 	return ResultHitL2
 }
 
-// StoreEmbeddings reads the upstream answer to b.UpstreamBody(), stores the
-// new vectors (unless the plan has NoStore) and returns the whole answer,
+// StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores the
+// new vectors (unless the plan has NoStore) and returns the whole response,
 // every input in request order, to render with Entry.Render. Call it only
-// for a 200 answer. It returns an error wrapping ErrInvalidAnswer when the
-// answer cannot be read or holds a number of vectors other than the number
+// for a 200 response. It returns an error wrapping ErrInvalidResponse when the
+// response cannot be read or holds a number of vectors other than the number
 // of inputs sent; nothing is stored then. It copies what it keeps from
 // upstream.
 func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) (*Entry, error) {
 	if b.plan.Kind != KindEmbed {
 		return nil, ErrNotCacheable
 	}
-	vectors, usage, err := parseEmbedAnswer(b.plan.route, upstream)
+	vectors, usage, err := parseEmbedResponse(b.plan.route, upstream)
 	if err != nil {
 		return nil, err
 	}
 	if len(vectors) != len(b.sent) {
 		return nil, fmt.Errorf("%w: %d embeddings for %d inputs",
-			ErrInvalidAnswer, len(vectors), len(b.sent))
+			ErrInvalidResponse, len(vectors), len(b.sent))
 	}
 
 	items := b.plan.embed.items
@@ -346,5 +346,5 @@ func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) 
 	if !b.plan.NoStore {
 		c.put(ctx, records...)
 	}
-	return &Entry{route: b.plan.route, embed: &embedAnswer{vectors: all, usage: usage}}, nil
+	return &Entry{route: b.plan.route, embed: &embedResponse{vectors: all, usage: usage}}, nil
 }

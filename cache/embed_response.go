@@ -7,9 +7,9 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// embedAnswer is a whole embedding answer: one vector per input, in input
+// embedResponse is a whole embedding response: one vector per input, in input
 // order, and what upstream reported for the inputs it computed.
-type embedAnswer struct {
+type embedResponse struct {
 	vectors [][]byte // each a JSON array of numbers
 	usage   embedUsage
 }
@@ -23,9 +23,9 @@ type embedUsage struct {
 	promptTokens, totalTokens int64
 }
 
-// parseEmbedAnswer returns the vectors of an upstream embedding answer, in
+// parseEmbedResponse returns the vectors of an upstream embedding response, in
 // input order, with its usage fields.
-func parseEmbedAnswer(r route, body []byte) ([][]byte, embedUsage, error) {
+func parseEmbedResponse(r route, body []byte) ([][]byte, embedUsage, error) {
 	parser := parsers.Get()
 	defer parsers.Put(parser)
 	v, err := parseStrict(parser, body)
@@ -33,10 +33,10 @@ func parseEmbedAnswer(r route, body []byte) ([][]byte, embedUsage, error) {
 		return nil, embedUsage{}, err
 	}
 	if v.Type() != fastjson.TypeObject {
-		return nil, embedUsage{}, fmt.Errorf("%w: not a JSON object", ErrInvalidAnswer)
+		return nil, embedUsage{}, fmt.Errorf("%w: not a JSON object", ErrInvalidResponse)
 	}
 	if v.Exists("error") {
-		return nil, embedUsage{}, fmt.Errorf("%w: error answer", ErrInvalidAnswer)
+		return nil, embedUsage{}, fmt.Errorf("%w: error response", ErrInvalidResponse)
 	}
 
 	switch r {
@@ -77,11 +77,11 @@ func readV1Data(data []*fastjson.Value) ([][]byte, error) {
 	for _, d := range data {
 		idx := d.Get("index")
 		if idx == nil {
-			return nil, fmt.Errorf("%w: embedding without index", ErrInvalidAnswer)
+			return nil, fmt.Errorf("%w: embedding without index", ErrInvalidResponse)
 		}
 		i, err := idx.Int()
 		if err != nil || i < 0 || i >= len(out) || out[i] != nil {
-			return nil, fmt.Errorf("%w: embedding index %s", ErrInvalidAnswer, idx)
+			return nil, fmt.Errorf("%w: embedding index %s", ErrInvalidResponse, idx)
 		}
 		if out[i], err = readVector(d.Get("embedding")); err != nil {
 			return nil, fmt.Errorf("embedding %d: %w", i, err)
@@ -91,10 +91,10 @@ func readV1Data(data []*fastjson.Value) ([][]byte, error) {
 }
 
 // readVector returns a copy of a non-empty JSON array of numbers, from an
-// answer that parseStrict has validated.
+// response that parseStrict has validated.
 func readVector(v *fastjson.Value) ([]byte, error) {
 	if v == nil || v.Type() != fastjson.TypeArray || len(v.GetArray()) == 0 {
-		return nil, fmt.Errorf("%w: embedding is not a non-empty array", ErrInvalidAnswer)
+		return nil, fmt.Errorf("%w: embedding is not a non-empty array", ErrInvalidResponse)
 	}
 	out := make([]byte, 0, 12*len(v.GetArray()))
 	out = append(out, '[')
@@ -103,16 +103,16 @@ func readVector(v *fastjson.Value) ([]byte, error) {
 			out = append(out, ',')
 		}
 		if n.Type() != fastjson.TypeNumber {
-			return nil, fmt.Errorf("%w: embedding holds a non-number", ErrInvalidAnswer)
+			return nil, fmt.Errorf("%w: embedding holds a non-number", ErrInvalidResponse)
 		}
 		out = n.MarshalTo(out)
 	}
 	return append(out, ']'), nil
 }
 
-// render returns the answer in the format of route r for the model name
+// render returns the response in the format of route r for the model name
 // the client sent.
-func (a *embedAnswer) render(r route, model string) ([]byte, string) {
+func (a *embedResponse) render(r route, model string) ([]byte, string) {
 	size := 128 + len(model)
 	for _, v := range a.vectors {
 		size += len(v) + 48
@@ -142,7 +142,7 @@ func (a *embedAnswer) render(r route, model string) ([]byte, string) {
 	return append(out, '}'), contentTypeJSONUTF8
 }
 
-func (a *embedAnswer) renderV1(out []byte, model string) []byte {
+func (a *embedResponse) renderV1(out []byte, model string) []byte {
 	out = append(out, `{"object":"list","data":[`...)
 	for i, v := range a.vectors {
 		if i > 0 {

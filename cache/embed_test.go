@@ -26,14 +26,14 @@ func vectorOf(text string) []float32 {
 	return []float32{float32(len(text)), float32(text[0])}
 }
 
-// embedUpstream answers /api/embed, /api/embeddings and /v1/embeddings
+// embedUpstream responses /api/embed, /api/embeddings and /v1/embeddings
 // bodies as Ollama would, and keeps every body it received.
 type embedUpstream struct {
 	mu     sync.Mutex
 	bodies []string
 }
 
-func (u *embedUpstream) answer(t *testing.T, route string, body []byte) []byte {
+func (u *embedUpstream) response(t *testing.T, route string, body []byte) []byte {
 	t.Helper()
 	u.mu.Lock()
 	u.bodies = append(u.bodies, string(body))
@@ -87,7 +87,7 @@ func (u *embedUpstream) received() []string {
 }
 
 // embed runs one embedding request through the cache as the proxy does and
-// returns the answer sent to the client.
+// returns the response sent to the client.
 func (tc *testCache) embed(t *testing.T, up *embedUpstream, route, body string) ([]byte, Result) {
 	t.Helper()
 	ctx := context.Background()
@@ -97,7 +97,7 @@ func (tc *testCache) embed(t *testing.T, up *embedUpstream, route, body string) 
 		out, _ := e.Render(p)
 		return out, b.Result()
 	}
-	e, err := tc.StoreEmbeddings(ctx, b, up.answer(t, route, b.UpstreamBody()))
+	e, err := tc.StoreEmbeddings(ctx, b, up.response(t, route, b.UpstreamBody()))
 	if err != nil {
 		t.Fatalf("StoreEmbeddings: %v", err)
 	}
@@ -126,7 +126,7 @@ func TestEmbedPartialBatch(t *testing.T) {
 
 	var got api.EmbedResponse
 	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("answer %s: %v", out, err)
+		t.Fatalf("response %s: %v", out, err)
 	}
 	if len(got.Embeddings) != 3 {
 		t.Fatalf("embeddings = %d, want 3", len(got.Embeddings))
@@ -147,7 +147,7 @@ func TestEmbedPartialBatch(t *testing.T) {
 	}
 	var cached api.EmbedResponse
 	if err := json.Unmarshal(out, &cached); err != nil || cached.PromptEvalCount != 0 {
-		t.Errorf("fully cached answer %s: prompt_eval_count %d, want omitted", out, cached.PromptEvalCount)
+		t.Errorf("fully cached response %s: prompt_eval_count %d, want omitted", out, cached.PromptEvalCount)
 	}
 }
 
@@ -186,17 +186,17 @@ func TestEmbedCountMismatchNotStored(t *testing.T) {
 	p := tc.plan(t, "/api/embed", `{"model":"tiny","input":["a","b"]}`)
 	b := tc.LookupEmbeddings(ctx, p)
 	_, err := tc.StoreEmbeddings(ctx, b, []byte(`{"model":"tiny","embeddings":[[1,2]]}`))
-	if !errors.Is(err, ErrInvalidAnswer) {
-		t.Fatalf("StoreEmbeddings with 1 vector for 2 inputs: %v, want ErrInvalidAnswer", err)
+	if !errors.Is(err, ErrInvalidResponse) {
+		t.Fatalf("StoreEmbeddings with 1 vector for 2 inputs: %v, want ErrInvalidResponse", err)
 	}
 	for _, bad := range []string{`{"error":"boom"}`, `{"embeddings":[[]]}`, `{"embeddings":[["x"]]}`, `not json`} {
 		if _, err := tc.StoreEmbeddings(ctx, tc.LookupEmbeddings(ctx, tc.plan(t, "/api/embed",
-			`{"model":"tiny","input":"a"}`)), []byte(bad)); !errors.Is(err, ErrInvalidAnswer) {
-			t.Errorf("StoreEmbeddings(%s): %v, want ErrInvalidAnswer", bad, err)
+			`{"model":"tiny","input":"a"}`)), []byte(bad)); !errors.Is(err, ErrInvalidResponse) {
+			t.Errorf("StoreEmbeddings(%s): %v, want ErrInvalidResponse", bad, err)
 		}
 	}
 	if res := tc.LookupEmbeddings(ctx, p).Result(); res != ResultMiss {
-		t.Errorf("lookup after rejected answers: %s, want miss", res)
+		t.Errorf("lookup after rejected responses: %s, want miss", res)
 	}
 }
 
@@ -210,11 +210,11 @@ func TestEmbedSharedBetweenAPIAndV1(t *testing.T) {
 	}
 	var got openai.EmbeddingResponse
 	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("answer %s: %v", out, err)
+		t.Fatalf("response %s: %v", out, err)
 	}
 	if got.Object != "list" || len(got.Data) != 2 || got.Data[1].Index != 1 ||
 		fmt.Sprint(got.Data[0].Embedding) != fmt.Sprint(vectorOf("b")) {
-		t.Errorf("answer = %s, want a list of b's then a's vector", out)
+		t.Errorf("response = %s, want a list of b's then a's vector", out)
 	}
 
 	// Options change the vectors of /api/embed, so they are in the key.
@@ -235,7 +235,7 @@ func TestEmbedLegacyRoute(t *testing.T) {
 		t.Errorf("second lookup: %s, want hit-l1", res)
 	}
 	if !bytes.Equal(first, second) {
-		t.Errorf("cached answer %s differs from %s", second, first)
+		t.Errorf("cached response %s differs from %s", second, first)
 	}
 	if _, res := tc.embed(t, up, "/api/embed", `{"model":"tiny","input":"hello"}`); res != ResultMiss {
 		t.Errorf("/api/embed after /api/embeddings: %s, want miss: the legacy vectors are not normalized", res)
@@ -261,7 +261,7 @@ func TestEmbedL2AcrossInstances(t *testing.T) {
 }
 
 // TestEmbedRealClients drives the cache through the Ollama and OpenAI Go
-// clients, so that the rendered answers are checked by their decoders.
+// clients, so that the rendered responses are checked by their decoders.
 func TestEmbedRealClients(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	up := &embedUpstream{}

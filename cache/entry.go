@@ -6,19 +6,19 @@ import (
 	"fmt"
 )
 
-// Entry is a cached answer in its one stored form, ready to be rendered
+// Entry is a cached response in its one stored form, ready to be rendered
 // for a streaming or a non-streaming request. An Entry is immutable and
 // safe to share between goroutines.
 type Entry struct {
-	route  route
-	answer *answer      // generation routes
-	embed  *embedAnswer // embedding routes
+	route    route
+	response *response      // generation routes
+	embed    *embedResponse // embedding routes
 }
 
-// answer is the stored form of a generation answer: the non-stream form,
+// response is the stored form of a generation response: the non-stream form,
 // with the text of every streamed chunk joined. Fields are exported only
 // for encoding/json, which writes the L2 copy.
-type answer struct {
+type response struct {
 	// Text is response (/api/generate), message.content (/api/chat),
 	// choices[0].message.content or delta.content (/v1/chat/completions)
 	// or choices[0].text (/v1/completions).
@@ -27,7 +27,7 @@ type answer struct {
 	Thinking string `json:"thinking,omitempty"`
 	// ToolCalls holds the tool calls in the route's own JSON form.
 	ToolCalls []json.RawMessage `json:"tool_calls,omitempty"`
-	// Logprobs joins the logprobs arrays of an /api answer.
+	// Logprobs joins the logprobs arrays of an /api response.
 	Logprobs []json.RawMessage `json:"logprobs,omitempty"`
 	// Final is an object holding the members of Ollama's final line other
 	// than the ones above and model, created_at and done, in the order
@@ -41,7 +41,7 @@ type answer struct {
 	Fingerprint  string          `json:"system_fingerprint,omitempty"`
 }
 
-func (a *answer) size() int64 {
+func (a *response) size() int64 {
 	n := len(a.Text) + len(a.Thinking) + len(a.Final) + len(a.FinishReason) +
 		len(a.Usage) + len(a.Fingerprint)
 	for _, c := range a.ToolCalls {
@@ -53,22 +53,22 @@ func (a *answer) size() int64 {
 	return int64(n)
 }
 
-// record is one cached value as both tiers hold it: a whole answer or the
+// record is one cached value as both tiers hold it: a whole response or the
 // vector of one embedding input.
 type record struct {
-	key    string
-	model  string // normalized, for Purge
-	answer *answer
-	vector []byte
-	cost   int64 // bytes charged against l1.max_bytes
+	key      string
+	model    string // normalized, for Purge
+	response *response
+	vector   []byte
+	cost     int64 // bytes charged against l1.max_bytes
 }
 
 // recordOverheadBytes estimates the memory of a record beyond its payload:
 // the key, the struct and the L1 bookkeeping.
 const recordOverheadBytes = 160
 
-func newAnswerRecord(key, model string, a *answer) *record {
-	return &record{key: key, model: model, answer: a,
+func newResponseRecord(key, model string, a *response) *record {
+	return &record{key: key, model: model, response: a,
 		cost: a.size() + int64(len(key)+len(model)) + recordOverheadBytes}
 }
 
@@ -79,10 +79,10 @@ func newVectorRecord(key, model string, vector []byte) *record {
 
 // envelope is the L2 form of a record.
 type envelope struct {
-	Version int             `json:"v"`
-	Model   string          `json:"model"`
-	Answer  *answer         `json:"answer,omitempty"`
-	Vector  json.RawMessage `json:"vector,omitempty"`
+	Version  int             `json:"v"`
+	Model    string          `json:"model"`
+	Response *response       `json:"response,omitempty"`
+	Vector   json.RawMessage `json:"vector,omitempty"`
 }
 
 // envelopeVersion changes whenever the stored form changes, so that
@@ -92,7 +92,7 @@ const envelopeVersion = 1
 
 func encodeRecord(r *record) ([]byte, error) {
 	b, err := json.Marshal(envelope{
-		Version: envelopeVersion, Model: r.model, Answer: r.answer, Vector: r.vector,
+		Version: envelopeVersion, Model: r.model, Response: r.response, Vector: r.vector,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode cache entry: %w", err)
@@ -110,10 +110,10 @@ func decodeRecord(key string, b []byte) (*record, error) {
 	switch {
 	case e.Version != envelopeVersion:
 		return nil, errStaleEnvelope
-	case e.Answer != nil:
-		return newAnswerRecord(key, e.Model, e.Answer), nil
+	case e.Response != nil:
+		return newResponseRecord(key, e.Model, e.Response), nil
 	case len(e.Vector) > 0:
 		return newVectorRecord(key, e.Model, e.Vector), nil
 	}
-	return nil, fmt.Errorf("decode cache entry: %w", ErrInvalidAnswer)
+	return nil, fmt.Errorf("decode cache entry: %w", ErrInvalidResponse)
 }

@@ -50,7 +50,7 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
-// FuzzAggregate checks that no upstream answer makes the Aggregator or
+// FuzzAggregate checks that no upstream response makes the Aggregator or
 // Store panic, and that whatever Store accepts renders both ways as valid
 // JSON lines or events.
 func FuzzAggregate(f *testing.F) {
@@ -70,13 +70,13 @@ func FuzzAggregate(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(c.Close)
-	f.Fuzz(func(t *testing.T, routeIndex uint8, answer []byte) {
+	f.Fuzz(func(t *testing.T, routeIndex uint8, response []byte) {
 		i := int(routeIndex) % len(bodies)
 		p := c.Classify(Request{Route: fuzzRoutes[i], Body: []byte(bodies[i])})
 		agg := c.NewAggregator(p)
-		half := len(answer) / 2
-		_, _ = agg.Write(answer[:half])
-		_, _ = agg.Write(answer[half:])
+		half := len(response) / 2
+		_, _ = agg.Write(response[:half])
+		_, _ = agg.Write(response[half:])
 		e, err := c.Store(context.Background(), p, agg, true)
 		if err != nil {
 			return

@@ -77,13 +77,13 @@ func (tc *testCache) plan(t *testing.T, route, body string) Plan {
 	return p
 }
 
-// store feeds answer to an Aggregator of p and stores it as complete. It
+// store feeds response to an Aggregator of p and stores it as complete. It
 // may run outside the test's goroutine, so it reports a failure with
 // Errorf and returns nil.
-func (tc *testCache) store(t *testing.T, p Plan, answer []byte) *Entry {
+func (tc *testCache) store(t *testing.T, p Plan, response []byte) *Entry {
 	t.Helper()
 	agg := tc.NewAggregator(p)
-	_, _ = agg.Write(answer)
+	_, _ = agg.Write(response)
 	e, err := tc.Store(context.Background(), p, agg, true)
 	if err != nil {
 		t.Errorf("Store: %v", err)

@@ -49,11 +49,15 @@ func hashHex(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// answerKey returns the key of a whole answer: the hash of the route and
+// responseKey returns the key of a whole response: the hash of the route and
 // the canonical body, in which the model is normalized and the members
-// that never change the answer are left out. So are members set to null,
+// that never change the response are left out. So are members set to null,
 // which Go's encoding/json, and so Ollama, reads as absent.
-func answerKey(routePath, model string, top []member, ignored func(key string) bool) (string, error) {
+func responseKey(
+	routePath, model string,
+	top []member,
+	ignored func(key string) bool,
+) (string, error) {
 	bp := getKeyBuf()
 	defer putKeyBuf(bp)
 	buf := append((*bp)[:0], routePath...)

@@ -22,11 +22,16 @@ type l1Tier struct {
 }
 
 // l1EntryBytesEstimate is the typical record size assumed when sizing
-// ristretto's frequency counters, about a short chat answer; ristretto
+// ristretto's frequency counters, about a short chat response; ristretto
 // advises ten counters per record the cache holds when full.
 const l1EntryBytesEstimate = 2048
 
-func newL1(maxBytes int64, ttl time.Duration, bytes prometheus.Gauge, evictions prometheus.Counter) (*l1Tier, error) {
+func newL1(
+	maxBytes int64,
+	ttl time.Duration,
+	bytes prometheus.Gauge,
+	evictions prometheus.Counter,
+) (*l1Tier, error) {
 	t := &l1Tier{ttl: ttl, bytes: bytes, evictions: evictions}
 	counters := max(maxBytes/l1EntryBytesEstimate*10, 1000)
 	c, err := ristretto.NewCache(&ristretto.Config[string, *record]{

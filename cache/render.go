@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Content types of Ollama's answers, as a real server sends them.
+// Content types of Ollama's responses, as a real server sends them.
 const (
 	contentTypeJSONUTF8 = "application/json; charset=utf-8" // /api objects
 	contentTypeNDJSON   = "application/x-ndjson"            // /api streams
@@ -15,7 +15,7 @@ const (
 	contentTypeSSE      = "text/event-stream"               // /v1 streams
 )
 
-// Render returns the answer as the request of plan p expects it, with its
+// Render returns the response as the request of plan p expects it, with its
 // content type: one JSON object, or when p.Stream is set, an NDJSON stream
 // ending in a line with done true (/api) or SSE events ending in
 // data: [DONE] (/v1), with a usage chunk when p.IncludeUsage is set and
@@ -30,42 +30,54 @@ func (e *Entry) Render(p Plan) (body []byte, contentType string) {
 	now := time.Now()
 	switch e.route {
 	case routeGenerate, routeChat:
-		return e.answer.renderOllama(e.route, p, now)
+		return e.response.renderOllama(e.route, p, now)
 	default:
-		return e.answer.renderV1(e.route, p, now)
+		return e.response.renderV1(e.route, p, now)
 	}
 }
 
-// renderOllama writes an /api answer. A stream has a line with the whole
+// renderOllama writes an /api response. A stream has a line with the whole
 // text, when there is any, and the final line with done true.
-func (a *answer) renderOllama(r route, p Plan, now time.Time) ([]byte, string) {
-	created := now.UTC().Format(time.RFC3339Nano)
+func (a *response) renderOllama(r route, p Plan, now time.Time) ([]byte, string) {
+	line := ollamaLine{
+		route:   r,
+		model:   p.requestModel,
+		created: now.UTC().Format(time.RFC3339Nano),
+	}
 	out := make([]byte, 0, a.size()+256)
 	if !p.Stream {
-		return a.appendOllamaLine(out, r, p.requestModel, created, true, true), contentTypeJSONUTF8
+		line.withText, line.done = true, true
+		return a.appendOllamaLine(out, line), contentTypeJSONUTF8
 	}
 	if a.Text != "" || a.Thinking != "" || len(a.ToolCalls) > 0 || len(a.Logprobs) > 0 {
-		out = a.appendOllamaLine(out, r, p.requestModel, created, true, false)
-		out = append(out, '\n')
+		line.withText, line.done = true, false
+		out = append(a.appendOllamaLine(out, line), '\n')
 	}
-	out = a.appendOllamaLine(out, r, p.requestModel, created, false, true)
-	return append(out, '\n'), contentTypeNDJSON
+	line.withText, line.done = false, true
+	return append(a.appendOllamaLine(out, line), '\n'), contentTypeNDJSON
 }
 
-// appendOllamaLine writes one /api object: with the text when withText is
-// set, with the final members when done is set.
-func (a *answer) appendOllamaLine(out []byte, r route, model, created string, withText, done bool) []byte {
+// ollamaLine selects the parts of the response that one /api object carries.
+type ollamaLine struct {
+	route          route
+	model, created string
+	withText       bool // the text, thinking, tool calls and logprobs
+	done           bool // done true and the final members, or done false
+}
+
+// appendOllamaLine writes one /api object.
+func (a *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 	var text, thinking string
 	var calls, logprobs []json.RawMessage
-	if withText {
+	if line.withText {
 		text, thinking, calls, logprobs = a.Text, a.Thinking, a.ToolCalls, a.Logprobs
 	}
 	out = append(out, `{"model":`...)
-	out = appendString(out, model)
+	out = appendString(out, line.model)
 	out = append(out, `,"created_at":"`...)
-	out = append(out, created...)
+	out = append(out, line.created...)
 	out = append(out, '"')
-	if r == routeGenerate {
+	if line.route == routeGenerate {
 		out = append(out, `,"response":`...)
 		out = appendString(out, text)
 		out = appendOptionalString(out, "thinking", thinking)
@@ -77,21 +89,21 @@ func (a *answer) appendOllamaLine(out []byte, r route, model, created string, wi
 		out = append(out, '}')
 	}
 	out = append(out, `,"done":`...)
-	out = strconv.AppendBool(out, done)
-	if done && len(a.Final) > 2 {
+	out = strconv.AppendBool(out, line.done)
+	if line.done && len(a.Final) > 2 {
 		out = append(out, ',')
 		out = append(out, a.Final[1:len(a.Final)-1]...)
 	}
-	if r == routeGenerate {
+	if line.route == routeGenerate {
 		out = appendRawArray(out, "tool_calls", calls)
 	}
 	out = appendRawArray(out, "logprobs", logprobs)
 	return append(out, '}')
 }
 
-// renderV1 writes a /v1 answer. A stream has a chunk with the whole text,
+// renderV1 writes a /v1 response. A stream has a chunk with the whole text,
 // a chunk with the finish reason, an optional usage chunk and [DONE].
-func (a *answer) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
+func (a *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	h := v1Header{route: r, model: p.requestModel, created: now.Unix(), fingerprint: a.Fingerprint}
 	h.id = "chatcmpl-"
 	if r == routeV1Completions {
@@ -104,7 +116,7 @@ func (a *answer) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	if !p.Stream {
 		out = h.appendStart(out, false)
 		out = a.appendV1Choice(out, r, true, false)
-		// NOTE: an answer stored from a stream sent without
+		// NOTE: a response stored from a stream sent without
 		// stream_options.include_usage has no usage, so objects rendered
 		// from it lack the usage member. Asking upstream for usage on
 		// every /v1 stream avoids that.
@@ -180,9 +192,9 @@ func (h v1Header) appendModel(out []byte) []byte {
 }
 
 // appendV1Choice writes the choices member: with the text when withText is
-// set, with the finish reason when it is not or when the answer is one
+// set, with the finish reason when it is not or when the response is one
 // object.
-func (a *answer) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
+func (a *response) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
 	var text string
 	if withText {
 		text = a.Text

@@ -19,13 +19,13 @@ import (
 )
 
 // recordedProxy serves requests from the cache and, on a miss, sends the
-// recorded Ollama answer for the route and delivery, storing it on the way
+// recorded Ollama response for the route and delivery, storing it on the way
 // as the proxy does.
 type recordedProxy struct {
-	t        *testing.T
-	c        *testCache
-	answers  map[string][]byte // by route, with " stream" for streams
-	upstream atomic.Int32      // answers sent from the recordings
+	t         *testing.T
+	c         *testCache
+	responses map[string][]byte // by route, with " stream" for streams
+	upstream  atomic.Int32      // responses sent from the recordings
 }
 
 func (rp *recordedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -51,7 +51,7 @@ func (rp *recordedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if plan.Stream {
 		name += " stream"
 	}
-	answer, ok := rp.answers[name]
+	response, ok := rp.responses[name]
 	if !ok {
 		http.Error(w, "no recording for "+name, http.StatusNotFound)
 		return
@@ -59,7 +59,7 @@ func (rp *recordedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rp.upstream.Add(1)
 	agg := rp.c.NewAggregator(plan)
 	w.Header().Set("X-LLMProxy-Cache", string(ResultMiss))
-	_, _ = io.MultiWriter(w, agg).Write(answer)
+	_, _ = io.MultiWriter(w, agg).Write(response)
 	if _, err := rp.c.Store(r.Context(), plan, agg, true); err != nil {
 		rp.t.Errorf("Store %s: %v", name, err)
 	}
@@ -67,7 +67,7 @@ func (rp *recordedProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func newRecordedProxy(t *testing.T) (*recordedProxy, *url.URL) {
 	t.Helper()
-	rp := &recordedProxy{t: t, c: newTestCache(t, testOptions{}), answers: map[string][]byte{
+	rp := &recordedProxy{t: t, c: newTestCache(t, testOptions{}), responses: map[string][]byte{
 		"/api/chat":                   readTestdata(t, "chat_nostream.body"),
 		"/api/chat stream":            readTestdata(t, "chat_stream.body"),
 		"/api/generate":               readTestdata(t, "generate_nostream.body"),
@@ -129,7 +129,7 @@ func TestRenderChatBothWays(t *testing.T) {
 			after := time.Now()
 
 			if n := rp.upstream.Load(); n != 1 {
-				t.Fatalf("upstream answers = %d, want 1", n)
+				t.Fatalf("upstream responses = %d, want 1", n)
 			}
 			if second.content != first.content {
 				t.Errorf("content = %q, want %q", second.content, first.content)
@@ -139,7 +139,7 @@ func TestRenderChatBothWays(t *testing.T) {
 				t.Errorf("created_at = %v, want the time of serving", at)
 			}
 			if fillStream && second.lines != 1 {
-				t.Errorf("object answer read as %d lines", second.lines)
+				t.Errorf("object response read as %d lines", second.lines)
 			}
 			if !fillStream && second.lines != 2 {
 				t.Errorf("stream has %d lines, want a text line and a done line", second.lines)
@@ -193,7 +193,7 @@ func TestRenderGenerateBothWays(t *testing.T) {
 			gotText, got := generate(!fillStream)
 
 			if n := rp.upstream.Load(); n != 1 {
-				t.Fatalf("upstream answers = %d, want 1", n)
+				t.Fatalf("upstream responses = %d, want 1", n)
 			}
 			if gotText != wantText {
 				t.Errorf("response = %q, want %q", gotText, wantText)
@@ -284,7 +284,7 @@ func TestRenderOpenAIChatObjectFromStream(t *testing.T) {
 		t.Fatalf("CreateChatCompletion: %v", err)
 	}
 	if n := rp.upstream.Load(); n != 1 {
-		t.Fatalf("upstream answers = %d, want 1", n)
+		t.Fatalf("upstream responses = %d, want 1", n)
 	}
 	if len(resp.Choices) != 1 {
 		t.Fatalf("choices = %d, want 1", len(resp.Choices))
@@ -315,7 +315,7 @@ func TestRenderOpenAIChatStreamFromObject(t *testing.T) {
 			}
 			text, finish, usage := readOpenAIChatStream(t, client, includeUsage)
 			if n := rp.upstream.Load(); n != 1 {
-				t.Fatalf("upstream answers = %d, want 1", n)
+				t.Fatalf("upstream responses = %d, want 1", n)
 			}
 			if text != resp.Choices[0].Message.Content {
 				t.Errorf("streamed text = %q, want %q", text, resp.Choices[0].Message.Content)
@@ -367,7 +367,7 @@ func TestRenderOpenAICompletionsBothWays(t *testing.T) {
 		}
 	}
 	if n := rp.upstream.Load(); n != 1 {
-		t.Fatalf("upstream answers = %d, want 1", n)
+		t.Fatalf("upstream responses = %d, want 1", n)
 	}
 	if text != resp.Choices[0].Text {
 		t.Errorf("streamed text = %q, want %q", text, resp.Choices[0].Text)
@@ -380,9 +380,9 @@ func TestRenderOpenAICompletionsBothWays(t *testing.T) {
 func TestRenderContentTypes(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	cases := []struct {
-		route, body, answer string
-		stream              bool
-		want                string
+		route, body, response string
+		stream                bool
+		want                  string
 	}{
 		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"x"}],"stream":false,"options":{"seed":1}}`,
 			"chat_nostream.body", false, "application/json; charset=utf-8"},
@@ -395,7 +395,7 @@ func TestRenderContentTypes(t *testing.T) {
 	}
 	for _, tt := range cases {
 		p := tc.plan(t, tt.route, tt.body)
-		e := tc.store(t, p, readTestdata(t, tt.answer))
+		e := tc.store(t, p, readTestdata(t, tt.response))
 		body, ct := e.Render(p)
 		if ct != tt.want {
 			t.Errorf("%s stream=%v: content type %q, want %q", tt.route, tt.stream, ct, tt.want)
