@@ -48,7 +48,7 @@ type Config struct {
 
 	// MaxQueue is the number of requests that may wait for a slot or a load,
 	// like OLLAMA_MAX_QUEUE. The next one gets 503 "server busy". Zero means
-	// DefaultMaxQueue; a negative value means no request may wait.
+	// DefaultMaxQueue, and a negative value means no request may wait.
 	MaxQueue int
 
 	// MaxLoaded is the number of models held in memory at once, like
@@ -73,7 +73,7 @@ type Config struct {
 	PullTime time.Duration
 
 	// KeepAlive is the default keep_alive of a loaded model. Zero means
-	// DefaultKeepAlive (Ollama's five minutes); a negative value keeps models
+	// DefaultKeepAlive (Ollama's five minutes), and a negative value keeps models
 	// loaded forever.
 	KeepAlive time.Duration
 
@@ -82,7 +82,7 @@ type Config struct {
 	ContextLength int
 
 	// MinTokens and MaxTokens bound the length of a completion that ends on its
-	// own (done_reason "stop"); num_predict or max_tokens can cut it shorter
+	// own (done_reason "stop"). num_predict or max_tokens can cut it shorter
 	// (done_reason "length"). Zero means DefaultMinTokens and DefaultMaxTokens.
 	MinTokens int
 	MaxTokens int

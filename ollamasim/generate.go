@@ -67,7 +67,7 @@ func (s *Server) complete(
 	c *completion,
 	emit func(piece string) error,
 ) (*outcome, error) {
-	// Wait for a slot; load_duration includes the wait, as in Ollama.
+	// Wait for a slot. As in Ollama, load_duration includes the wait.
 	l, err := s.sched.acquire(ctx, s.ticketFor(c, c.prompt))
 	if err != nil {
 		return nil, err
@@ -240,8 +240,8 @@ type options struct {
 	numCtx      int
 }
 
-// parseOptions reads the options the simulation honours; others are
-// accepted and ignored, as a model without them would.
+// parseOptions reads the options the simulation honours. Others are
+// accepted and ignored, as by a model without them.
 func parseOptions(raw map[string]any) (options, error) {
 	var o options
 	for key, v := range raw {

@@ -74,7 +74,7 @@ type ticket struct {
 	sizeBytes int64
 	prompt    []int
 	keepAlive time.Duration
-	// preload asks only for the model to be loaded. It needs no slot when
+	// preload requests only that the model be loaded. It needs no slot when
 	// the model is already loaded, as in Ollama, where a preload returns at
 	// once even while every slot is busy.
 	preload bool
@@ -235,12 +235,14 @@ func (s *scheduler) grantLocked(t *ticket) bool {
 		s.unloadLocked(inst, "num_ctx changed")
 		inst = nil
 	}
+
 	if inst == nil {
 		if !s.makeRoomLocked() {
 			return false
 		}
 		inst = s.loadLocked(t)
 	}
+
 	var l *lease
 	switch {
 	case t.preload && inst.isReady:
@@ -250,6 +252,7 @@ func (s *scheduler) grantLocked(t *ticket) bool {
 	default:
 		l = inst.take(t.prompt)
 	}
+
 	inst.keepAlive = t.keepAlive
 	s.uses++
 	inst.useOrder = s.uses

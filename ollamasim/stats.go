@@ -12,7 +12,7 @@ import (
 const RouteUnmatched = "(unmatched)"
 
 // Stats is a snapshot of the node's counters. Route keys are path patterns
-// such as "/api/generate", "/v1/models/{model}" and "/"; model keys are
+// such as "/api/generate", "/v1/models/{model}" and "/". Model keys are
 // normalised names such as "llama3:latest".
 type Stats struct {
 	// Requests counts requests received per route, including those that
