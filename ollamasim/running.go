@@ -25,7 +25,8 @@ type Running struct {
 }
 
 // Start listens on addr (such as "127.0.0.1:0" for a free port) and serves
-// the node until Close or Shutdown. A Server can be started once.
+// the node until Close or Shutdown. A Server can be started once, and not
+// after Close.
 func (s *Server) Start(addr string) (*Running, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -45,9 +46,9 @@ func (s *Server) Start(addr string) (*Running, error) {
 
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	if s.running != nil {
+	if s.running != nil || s.isClosed() {
 		ln.Close()
-		return nil, errors.New("start: server already started")
+		return nil, errors.New("start: server already started or closed")
 	}
 	s.running = r
 	r.ln = ln

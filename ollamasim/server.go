@@ -335,6 +335,15 @@ func (s *Server) Close() error {
 	return nil
 }
 
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // handlerTracker counts running handlers so Close can wait for them.
 type handlerTracker struct {
 	mu     sync.Mutex // guards closed and orders Add before Wait
