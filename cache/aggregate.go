@@ -44,8 +44,9 @@ type toolCall struct {
 	arguments      []byte
 }
 
-// NewAggregator returns an Aggregator for the response to a KindResponse plan.
-// It holds at most l1.max_bytes of response; a larger response is not stored.
+// NewAggregator returns an Aggregator for the response to a KindResponse
+// plan. It keeps at most l1.max_bytes of a response, and a larger response
+// is not stored.
 func (c *Cache) NewAggregator(p Plan) *Aggregator {
 	return &Aggregator{route: p.route, maxBytes: c.maxEntryBytes}
 }
@@ -117,11 +118,12 @@ func (a *Aggregator) line(l []byte) {
 		a.setErr(a.dispatchEvent())
 	case bytes.HasPrefix(l, []byte("data:")):
 		data := bytes.TrimPrefix(l[len("data:"):], []byte{' '})
-		if len(a.event) > 0 {
+		before := len(a.event)
+		if before > 0 {
 			a.event = append(a.event, '\n')
 		}
 		a.event = append(a.event, data...)
-		a.grow(int64(len(data)))
+		a.grow(int64(len(a.event) - before))
 	}
 	// Other SSE fields (event:, id:, retry:) and comments carry no response.
 }

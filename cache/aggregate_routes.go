@@ -67,7 +67,7 @@ func finalMembers(v *fastjson.Value) []byte {
 }
 
 // v1Value reads one /v1 chunk, or the whole /v1 response object. part names
-// the member of a choice that holds the text: "delta" in a chunk,
+// the member of a choice that contains the text: "delta" in a chunk,
 // "message" in an object. /v1/completions keeps the text in "text".
 func (a *Aggregator) v1Value(v *fastjson.Value, part string) error {
 	if fp := v.GetStringBytes("system_fingerprint"); len(fp) > 0 {

@@ -14,13 +14,13 @@ import (
 	"github.com/llmproxy/llmproxy/metrics"
 )
 
-// Errors returned by Store and StoreEmbeddings. Each says why a response
-// was not stored; none needs action beyond a debug log.
+// Errors returned by Store and StoreEmbeddings. Each gives the reason a
+// response was not stored, and none needs more than a debug log.
 var (
 	// ErrNotCacheable is returned for a plan of the wrong Kind.
 	ErrNotCacheable = errors.New("request is not cacheable")
 	// ErrIncomplete is returned for a response that was cut or cancelled:
-	// the proxy said so, or the stream lacks its final line or [DONE].
+	// the proxy reported it, or the stream lacks its final line or [DONE].
 	ErrIncomplete = errors.New("response incomplete")
 	// ErrInvalidResponse is returned for a response that is not valid JSON of
 	// the route's format, carries an error, reports a model load, or contains
@@ -68,12 +68,12 @@ type Cache struct {
 	purgeMu sync.Mutex // serializes Purge
 }
 
-// New returns a cache configured by cfg. rdb is the shared Redis client,
-// nil for an L1-only cache; the cache uses rcfg.Timeout and rcfg.KeyPrefix
+// New returns a cache configured by cfg. rdb is the shared Redis client, or
+// nil for an L1-only cache. The cache uses rcfg.Timeout and rcfg.KeyPrefix
 // and never closes rdb. m receives the cache metrics (nil: a private
-// registry) and log the Redis state changes (nil: slog.Default). Zero
-// sizes, TTLs and timeouts take the Default values. New rejects a
-// negative value or an unknown cache.generate.
+// registry), and log receives the Redis state changes (nil: slog.Default).
+// Zero sizes, TTLs and timeouts take the Default values. New rejects a
+// negative value or an unknown cache.generate, listing every problem.
 func New(
 	cfg config.Cache,
 	rdb *redis.Client,
@@ -157,9 +157,9 @@ func (c *Cache) count(tier, outcome string) {
 // countBypass counts one request that did not consult the cache.
 func (c *Cache) countBypass() { c.count(tierL1, outcomeBypass) }
 
-// Lookup returns the cached response of a KindResponse plan from L1, or from L2
-// (which then fills L1), with ResultHitL1 or ResultHitL2. It returns nil
-// with ResultMiss when neither holds it, and with ResultBypass when the
+// Lookup returns the cached response of a KindResponse plan from L1, or from
+// L2 (which then fills L1), with ResultHitL1 or ResultHitL2. It returns nil
+// with ResultMiss when neither contains it, and with ResultBypass when the
 // plan is not KindResponse or has NoCache. A Redis failure counts as an L2
 // miss. It counts CacheRequests for each tier consulted, or one bypass.
 func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
@@ -179,13 +179,13 @@ func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
 }
 
 // Store turns the response fed to agg into an Entry and stores it in both
-// tiers, unless the plan has NoStore. complete is the proxy's word that
-// the upstream response arrived whole with status 200: pass false for an
-// error status, a cut or a cancelled stream. Store returns the Entry even
-// with NoStore, for the requests coalesced with this one. An error wraps
-// ErrNotCacheable, ErrIncomplete, ErrInvalidResponse or ErrTooLarge, and
-// nothing is stored then. A Redis failure is not an error: the entry is
-// then only in L1. Store waits for Redis at most redis.timeout.
+// tiers, unless the plan has NoStore. complete is true when the upstream
+// response arrived whole with status 200, and false for an error status, a
+// cut stream or a cancelled one. Store returns the Entry even with NoStore,
+// for the requests coalesced with this one. An error wraps ErrNotCacheable,
+// ErrIncomplete, ErrInvalidResponse or ErrTooLarge, and nothing is stored
+// then. A Redis failure is not an error, and the entry is then only in L1.
+// Store waits for Redis at most redis.timeout.
 func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete bool) (*Entry, error) {
 	if p.Kind != KindResponse || agg.route != p.route {
 		return nil, ErrNotCacheable
@@ -211,9 +211,12 @@ func (c *Cache) put(ctx context.Context, recs ...*record) {
 }
 
 // Purge removes every entry, when model is "", or the entries of one model
-// (normalized as NormalizeModel does), from L1 and L2. Other proxy
-// instances keep their own L1 copies until these expire. An error means
-// that L2 could not be purged; L1 is purged in any case.
+// (normalized as NormalizeModel does), from L1 and L2. An error means that
+// L2 could not be purged, but L1 is purged in any case. An entry stored
+// while Purge runs may remain.
+//
+// NOTE: other proxy instances keep their own L1 copies until l1.ttl ends,
+// so a purge reaches every client only after that time.
 func (c *Cache) Purge(ctx context.Context, model string) error {
 	c.purgeMu.Lock()
 	defer c.purgeMu.Unlock()

@@ -6,12 +6,12 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// Kind tells how the cache treats a request.
+// Kind is the way the cache treats a request.
 type Kind uint8
 
 const (
 	// KindNone is a request the cache does not serve or store: the proxy
-	// forwards it as it is. Plan.Reason says why.
+	// forwards it as it is. Plan.Reason gives the reason.
 	KindNone Kind = iota
 	// KindResponse is a generation request whose whole response is cached under
 	// Plan.Key: use Lookup, Do and Store.
@@ -67,7 +67,7 @@ func (r route) ignoredMember(key string) bool {
 	return false
 }
 
-// Request is what Classify needs from an incoming request.
+// Request contains the parts of an incoming request that Classify reads.
 type Request struct {
 	// Route is the URL path, for example "/api/chat".
 	Route string
@@ -86,7 +86,7 @@ type Request struct {
 // Plan is the result of Classify: whether and how a request is cached. A
 // Plan is a value that the proxy passes back to the other methods.
 type Plan struct {
-	// Kind says how the request is cached; KindNone means not at all.
+	// Kind is the way the request is cached. KindNone means not at all.
 	Kind Kind
 	// Route is Request.Route.
 	Route string
@@ -97,7 +97,7 @@ type Plan struct {
 	// canonical body. For KindEmbed it identifies the whole request and
 	// serves to coalesce identical requests. Empty for KindNone.
 	Key string
-	// Stream is true when the client asked for a streamed response: on
+	// Stream is true when the client requested a streamed response: on
 	// /api routes unless the body sets "stream": false, on /v1 routes when
 	// it sets "stream": true.
 	Stream bool
@@ -106,7 +106,7 @@ type Plan struct {
 	IncludeUsage bool
 	// NoCache and NoStore are copied from the Request.
 	NoCache, NoStore bool
-	// Reason says why Kind is KindNone, for debug logs.
+	// Reason gives the reason Kind is KindNone, for debug logs.
 	Reason string
 
 	route        route

@@ -13,22 +13,23 @@ type flight struct {
 }
 
 // Do coalesces identical requests that missed at the same time. The first
-// caller for p.Key, the leader, runs fetch, which must send the request
-// upstream, send the response to its own client and return what Store or StoreEmbeddings
-// returned (nil when nothing could be stored). Do then returns that entry
-// with fetched set, and the caller has nothing left to send.
+// caller for p.Key, the leader, runs fetch. fetch must send the request
+// upstream, send the response to its own client, and return what Store or
+// StoreEmbeddings returned, or nil when nothing could be stored. Do then
+// returns that entry with fetched set, and the caller has nothing left to
+// send.
 //
 // Callers that arrive while the leader runs wait for it and receive its
-// entry with fetched unset: they must send entry.Render(theirPlan). When
-// the leader returns nil (an upstream error, a cut stream, a panic), each
-// waiter runs its own fetch instead, without coalescing, so that one
-// client that went away does not fail the others; Do then returns like a
-// leader. A waiter whose ctx ends returns ctx.Err() and sends nothing.
+// entry with fetched unset, so they must send entry.Render(theirPlan). When
+// the leader's fetch returns nil (an upstream error, a cut stream, a
+// panic), each waiter runs its own fetch instead, without coalescing, and
+// Do returns as for a leader. So one client that went away does not fail
+// the others. A waiter whose ctx ends returns ctx.Err() and sends nothing.
 //
 // A leader with a KindResponse plan first looks in L1 again, unless the
-// plan has NoCache, since an identical request may have stored the response
-// between this caller's Lookup and Do; a hit returns with fetched unset.
-// A KindNone plan is not coalesced: fetch runs at once.
+// plan has NoCache, because an identical request may have stored the
+// response between this caller's Lookup and Do. A hit returns with fetched
+// unset. A KindNone plan is not coalesced, and fetch runs at once.
 func (c *Cache) Do(
 	ctx context.Context,
 	p Plan,

@@ -21,7 +21,7 @@ const (
 )
 
 // ParseCacheControl returns whether a Cache-Control request header value
-// holds the no-cache and no-store directives. Directive names are matched
+// contains the no-cache and no-store directives. Directive names are matched
 // without case; other directives are ignored.
 func ParseCacheControl(header string) (noCache, noStore bool) {
 	for d := range strings.SplitSeq(header, ",") {

@@ -7,19 +7,18 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// embedPlan holds what a KindEmbed plan needs to look up its inputs one by
-// one and to build an upstream body holding only the missing ones.
+// embedPlan contains what a KindEmbed plan needs to look up its inputs one
+// by one and to build an upstream body with only the missing ones.
 type embedPlan struct {
-	body   []byte // the request body, not copied
-	single bool   // one input given as a string, sent upstream unchanged
-	input  span   // span of the input array in body, when !single
-	items  []embedItem
+	body  []byte // the request body, not copied
+	input span   // span of the input array in body, when there is one
+	items []embedItem
 }
 
 // embedItem is one input of an embedding request.
 type embedItem struct {
 	key string // itemKey of the input
-	raw span   // span of the input string in the body, when !single
+	raw span   // span of the input string in an input array
 }
 
 // embedFamily returns the name under which r's vectors are cached.
@@ -33,6 +32,8 @@ func embedFamily(r route) string {
 	return "embed"
 }
 
+// planEmbed completes the plan of an embedding request: the key of each
+// input, and where the inputs sit in the body.
 func planEmbed(p Plan, v *fastjson.Value, body []byte) Plan {
 	top := sortedMembers(v.GetObject())
 	if err := checkDuplicateKeys(top); err != nil {
@@ -47,7 +48,7 @@ func planEmbed(p Plan, v *fastjson.Value, body []byte) Plan {
 		return p.bypass(reason)
 	}
 
-	ep := &embedPlan{body: body, single: single, items: make([]embedItem, len(texts))}
+	ep := &embedPlan{body: body, items: make([]embedItem, len(texts))}
 	if !single {
 		spans, ok := inputSpans(body, len(texts))
 		if !ok {
@@ -200,16 +201,16 @@ type Batch struct {
 	result  Result
 }
 
-// Result returns the outcome of the lookup: ResultHitL1 when every input
-// was in L1, ResultHitL2 when every input was cached and some came from L2,
-// ResultMiss when some inputs must be sent upstream, ResultBypass for a
-// request with NoCache or a plan that is not KindEmbed.
+// Result returns the outcome of the lookup. It is ResultHitL1 when every
+// input was in L1, and ResultHitL2 when every input was cached and some came
+// from L2. It is ResultMiss when some inputs must be sent upstream, and
+// ResultBypass for a request with NoCache or a plan that is not KindEmbed.
 func (b *Batch) Result() Result { return b.result }
 
 // Missing returns the number of distinct inputs that UpstreamBody sends.
 func (b *Batch) Missing() int { return len(b.sent) }
 
-// Partial reports whether UpstreamBody holds only some of the inputs, so
+// Partial reports whether UpstreamBody contains only some of the inputs, so
 // that the upstream response cannot be sent to the client as it is.
 func (b *Batch) Partial() bool {
 	return b.plan.embed != nil && len(b.sent) > 0 && len(b.sent) < len(b.plan.embed.items)
@@ -223,11 +224,11 @@ func (b *Batch) Entry() *Entry {
 	return &Entry{route: b.plan.route, embed: &embedResponse{vectors: b.vectors}}
 }
 
-// UpstreamBody returns the body to send upstream: the request body itself
-// when every input is missing once, otherwise a copy in which the input
-// array holds only the missing inputs, each once, and every other byte is
-// unchanged. It returns nil when nothing is missing or the plan is not
-// KindEmbed.
+// UpstreamBody returns the body to send upstream. That is the request body
+// itself when every input is missing once, and otherwise a copy in which the
+// input array contains only the missing inputs, each once, and every other
+// byte is unchanged. It returns nil when nothing is missing or the plan is
+// not KindEmbed.
 func (b *Batch) UpstreamBody() []byte {
 	ep := b.plan.embed
 	switch {
@@ -251,7 +252,7 @@ func (b *Batch) UpstreamBody() []byte {
 }
 
 // LookupEmbeddings looks up each input of a KindEmbed plan, in L1 and then
-// in L2, and fills L1 with what L2 held. It counts one CacheRequests per
+// in L2, and copies what L2 returned into L1. It counts one CacheRequests per
 // input and tier, or one bypass for the request.
 func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
 	b := &Batch{plan: p, result: ResultBypass}
@@ -310,13 +311,13 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Resul
 	return ResultHitL2
 }
 
-// StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores the
-// new vectors (unless the plan has NoStore) and returns the whole response,
-// every input in request order, to render with Entry.Render. Call it only
-// for a 200 response. It returns an error wrapping ErrInvalidResponse when the
-// response cannot be read or holds a number of vectors other than the number
-// of inputs sent; nothing is stored then. It copies what it keeps from
-// upstream.
+// StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores
+// the new vectors (unless the plan has NoStore) and returns the whole
+// response, every input in request order, to render with Entry.Render. Call
+// it only for a 200 response. It returns an error wrapping
+// ErrInvalidResponse when the response cannot be read or contains a number
+// of vectors other than the number of inputs sent, and nothing is stored
+// then. It copies what it keeps from upstream.
 func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) (*Entry, error) {
 	if b.plan.Kind != KindEmbed {
 		return nil, ErrNotCacheable

@@ -7,15 +7,16 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// embedResponse is a whole embedding response: one vector per input, in input
-// order, and what upstream reported for the inputs it computed.
+// embedResponse is a whole embedding response: one vector per input, in
+// input order, and the usage upstream reported for the inputs it computed.
 type embedResponse struct {
 	vectors [][]byte // each a JSON array of numbers
 	usage   embedUsage
 }
 
-// embedUsage is what upstream reported for the inputs it computed. It is
-// zero when every input came from the cache: no model evaluated anything.
+// embedUsage contains the usage fields upstream reported for the inputs it
+// computed. It is zero when every input came from the cache, because no
+// model evaluated anything.
 type embedUsage struct {
 	// /api/embed fields.
 	totalDuration, loadDuration, promptEvalCount int64
@@ -23,8 +24,8 @@ type embedUsage struct {
 	promptTokens, totalTokens int64
 }
 
-// parseEmbedResponse returns the vectors of an upstream embedding response, in
-// input order, with its usage fields.
+// parseEmbedResponse returns the vectors of an upstream embedding response,
+// in input order, with its usage fields.
 func parseEmbedResponse(r route, body []byte) ([][]byte, embedUsage, error) {
 	parser := parsers.Get()
 	defer parsers.Put(parser)
@@ -103,7 +104,7 @@ func readVector(v *fastjson.Value) ([]byte, error) {
 			out = append(out, ',')
 		}
 		if n.Type() != fastjson.TypeNumber {
-			return nil, fmt.Errorf("%w: embedding holds a non-number", ErrInvalidResponse)
+			return nil, fmt.Errorf("%w: embedding contains a non-number", ErrInvalidResponse)
 		}
 		out = n.MarshalTo(out)
 	}
@@ -112,39 +113,39 @@ func readVector(v *fastjson.Value) ([]byte, error) {
 
 // render returns the response in the format of route r for the model name
 // the client sent.
-func (a *embedResponse) render(r route, model string) ([]byte, string) {
+func (er *embedResponse) render(r route, model string) ([]byte, string) {
 	size := 128 + len(model)
-	for _, v := range a.vectors {
+	for _, v := range er.vectors {
 		size += len(v) + 48
 	}
 	out := make([]byte, 0, size)
 	switch r {
 	case routeEmbeddings:
 		out = append(out, `{"embedding":`...)
-		out = append(out, a.vectors[0]...)
+		out = append(out, er.vectors[0]...)
 		return append(out, '}'), contentTypeJSONUTF8
 	case routeV1Embeddings:
-		return a.renderV1(out, model), contentTypeJSON
+		return er.renderV1(out, model), contentTypeJSON
 	}
 	out = append(out, `{"model":`...)
 	out = appendString(out, model)
 	out = append(out, `,"embeddings":[`...)
-	for i, v := range a.vectors {
+	for i, v := range er.vectors {
 		if i > 0 {
 			out = append(out, ',')
 		}
 		out = append(out, v...)
 	}
 	out = append(out, ']')
-	out = appendIntField(out, "total_duration", a.usage.totalDuration)
-	out = appendIntField(out, "load_duration", a.usage.loadDuration)
-	out = appendIntField(out, "prompt_eval_count", a.usage.promptEvalCount)
+	out = appendIntField(out, "total_duration", er.usage.totalDuration)
+	out = appendIntField(out, "load_duration", er.usage.loadDuration)
+	out = appendIntField(out, "prompt_eval_count", er.usage.promptEvalCount)
 	return append(out, '}'), contentTypeJSONUTF8
 }
 
-func (a *embedResponse) renderV1(out []byte, model string) []byte {
+func (er *embedResponse) renderV1(out []byte, model string) []byte {
 	out = append(out, `{"object":"list","data":[`...)
-	for i, v := range a.vectors {
+	for i, v := range er.vectors {
 		if i > 0 {
 			out = append(out, ',')
 		}
@@ -157,9 +158,9 @@ func (a *embedResponse) renderV1(out []byte, model string) []byte {
 	out = append(out, `],"model":`...)
 	out = appendString(out, model)
 	out = append(out, `,"usage":{"prompt_tokens":`...)
-	out = strconv.AppendInt(out, a.usage.promptTokens, 10)
+	out = strconv.AppendInt(out, er.usage.promptTokens, 10)
 	out = append(out, `,"total_tokens":`...)
-	out = strconv.AppendInt(out, a.usage.totalTokens, 10)
+	out = strconv.AppendInt(out, er.usage.totalTokens, 10)
 	return append(out, "}}"...)
 }
 

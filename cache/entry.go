@@ -25,7 +25,7 @@ type response struct {
 	Text string `json:"text"`
 	// Thinking is thinking (/api) or reasoning (/v1).
 	Thinking string `json:"thinking,omitempty"`
-	// ToolCalls holds the tool calls in the route's own JSON form.
+	// ToolCalls contains the tool calls in the route's own JSON form.
 	ToolCalls []json.RawMessage `json:"tool_calls,omitempty"`
 	// Logprobs joins the logprobs arrays of an /api response.
 	Logprobs []json.RawMessage `json:"logprobs,omitempty"`
@@ -41,19 +41,19 @@ type response struct {
 	Fingerprint  string          `json:"system_fingerprint,omitempty"`
 }
 
-func (a *response) size() int64 {
-	n := len(a.Text) + len(a.Thinking) + len(a.Final) + len(a.FinishReason) +
-		len(a.Usage) + len(a.Fingerprint)
-	for _, c := range a.ToolCalls {
+func (rs *response) size() int64 {
+	n := len(rs.Text) + len(rs.Thinking) + len(rs.Final) + len(rs.FinishReason) +
+		len(rs.Usage) + len(rs.Fingerprint)
+	for _, c := range rs.ToolCalls {
 		n += len(c)
 	}
-	for _, l := range a.Logprobs {
+	for _, l := range rs.Logprobs {
 		n += len(l)
 	}
 	return int64(n)
 }
 
-// record is one cached value as both tiers hold it: a whole response or the
+// record is one cached value as both tiers store it: a whole response or the
 // vector of one embedding input.
 type record struct {
 	key      string
@@ -67,9 +67,9 @@ type record struct {
 // the key, the struct and the L1 bookkeeping.
 const recordOverheadBytes = 160
 
-func newResponseRecord(key, model string, a *response) *record {
-	return &record{key: key, model: model, response: a,
-		cost: a.size() + int64(len(key)+len(model)) + recordOverheadBytes}
+func newResponseRecord(key, model string, rs *response) *record {
+	return &record{key: key, model: model, response: rs,
+		cost: rs.size() + int64(len(key)+len(model)) + recordOverheadBytes}
 }
 
 func newVectorRecord(key, model string, vector []byte) *record {

@@ -22,7 +22,7 @@ func NormalizeModel(name string) string {
 	return name + ":latest"
 }
 
-// keyBufPool holds the buffers in which canonical bodies are written before
+// keyBufPool contains the buffers in which canonical bodies are written before
 // hashing, so that a request does not allocate one the size of its body.
 var keyBufPool = sync.Pool{New: func() any {
 	b := make([]byte, 0, 4096)

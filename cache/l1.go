@@ -23,7 +23,7 @@ type l1Tier struct {
 
 // l1EntryBytesEstimate is the typical record size assumed when sizing
 // ristretto's frequency counters, about a short chat response; ristretto
-// advises ten counters per record the cache holds when full.
+// advises ten counters per record the cache contains when full.
 const l1EntryBytesEstimate = 2048
 
 func newL1(

@@ -38,23 +38,23 @@ func (e *Entry) Render(p Plan) (body []byte, contentType string) {
 
 // renderOllama writes an /api response. A stream has a line with the whole
 // text, when there is any, and the final line with done true.
-func (a *response) renderOllama(r route, p Plan, now time.Time) ([]byte, string) {
+func (rs *response) renderOllama(r route, p Plan, now time.Time) ([]byte, string) {
 	line := ollamaLine{
 		route:   r,
 		model:   p.requestModel,
 		created: now.UTC().Format(time.RFC3339Nano),
 	}
-	out := make([]byte, 0, a.size()+256)
+	out := make([]byte, 0, rs.size()+256)
 	if !p.Stream {
 		line.withText, line.done = true, true
-		return a.appendOllamaLine(out, line), contentTypeJSONUTF8
+		return rs.appendOllamaLine(out, line), contentTypeJSONUTF8
 	}
-	if a.Text != "" || a.Thinking != "" || len(a.ToolCalls) > 0 || len(a.Logprobs) > 0 {
+	if rs.Text != "" || rs.Thinking != "" || len(rs.ToolCalls) > 0 || len(rs.Logprobs) > 0 {
 		line.withText, line.done = true, false
-		out = append(a.appendOllamaLine(out, line), '\n')
+		out = append(rs.appendOllamaLine(out, line), '\n')
 	}
 	line.withText, line.done = false, true
-	return append(a.appendOllamaLine(out, line), '\n'), contentTypeNDJSON
+	return append(rs.appendOllamaLine(out, line), '\n'), contentTypeNDJSON
 }
 
 // ollamaLine selects the parts of the response that one /api object carries.
@@ -66,11 +66,11 @@ type ollamaLine struct {
 }
 
 // appendOllamaLine writes one /api object.
-func (a *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
+func (rs *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 	var text, thinking string
 	var calls, logprobs []json.RawMessage
 	if line.withText {
-		text, thinking, calls, logprobs = a.Text, a.Thinking, a.ToolCalls, a.Logprobs
+		text, thinking, calls, logprobs = rs.Text, rs.Thinking, rs.ToolCalls, rs.Logprobs
 	}
 	out = append(out, `{"model":`...)
 	out = appendString(out, line.model)
@@ -90,9 +90,9 @@ func (a *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 	}
 	out = append(out, `,"done":`...)
 	out = strconv.AppendBool(out, line.done)
-	if line.done && len(a.Final) > 2 {
+	if line.done && len(rs.Final) > 2 {
 		out = append(out, ',')
-		out = append(out, a.Final[1:len(a.Final)-1]...)
+		out = append(out, rs.Final[1:len(rs.Final)-1]...)
 	}
 	if line.route == routeGenerate {
 		out = appendRawArray(out, "tool_calls", calls)
@@ -103,8 +103,8 @@ func (a *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 
 // renderV1 writes a /v1 response. A stream has a chunk with the whole text,
 // a chunk with the finish reason, an optional usage chunk and [DONE].
-func (a *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
-	h := v1Header{route: r, model: p.requestModel, created: now.Unix(), fingerprint: a.Fingerprint}
+func (rs *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
+	h := v1Header{route: r, model: p.requestModel, created: now.Unix(), fingerprint: rs.Fingerprint}
 	h.id = "chatcmpl-"
 	if r == routeV1Completions {
 		h.id = "cmpl-"
@@ -112,31 +112,31 @@ func (a *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	// Ollama numbers its ids the same way, with a random number below 1000.
 	h.id += strconv.Itoa(rand.IntN(1000))
 
-	out := make([]byte, 0, a.size()+512)
+	out := make([]byte, 0, rs.size()+512)
 	if !p.Stream {
 		out = h.appendStart(out, false)
-		out = a.appendV1Choice(out, r, true, false)
+		out = rs.appendV1Choice(out, r, true, false)
 		// NOTE: a response stored from a stream sent without
 		// stream_options.include_usage has no usage, so objects rendered
 		// from it lack the usage member. Asking upstream for usage on
 		// every /v1 stream avoids that.
-		if len(a.Usage) > 0 {
+		if len(rs.Usage) > 0 {
 			out = append(out, `,"usage":`...)
-			out = append(out, a.Usage...)
+			out = append(out, rs.Usage...)
 		}
 		return h.appendEnd(out, false), contentTypeJSON
 	}
 
 	out = appendEvent(out, func(out []byte) []byte {
-		return h.appendEnd(a.appendV1Choice(h.appendStart(out, true), r, true, true), true)
+		return h.appendEnd(rs.appendV1Choice(h.appendStart(out, true), r, true, true), true)
 	})
 	out = appendEvent(out, func(out []byte) []byte {
-		return h.appendEnd(a.appendV1Choice(h.appendStart(out, true), r, false, true), true)
+		return h.appendEnd(rs.appendV1Choice(h.appendStart(out, true), r, false, true), true)
 	})
-	if p.IncludeUsage && len(a.Usage) > 0 {
+	if p.IncludeUsage && len(rs.Usage) > 0 {
 		out = appendEvent(out, func(out []byte) []byte {
 			out = append(h.appendStart(out, true), `,"choices":[],"usage":`...)
-			return h.appendEnd(append(out, a.Usage...), true)
+			return h.appendEnd(append(out, rs.Usage...), true)
 		})
 	}
 	return append(out, "data: [DONE]\n\n"...), contentTypeSSE
@@ -147,7 +147,7 @@ func appendEvent(out []byte, write func([]byte) []byte) []byte {
 	return append(write(out), "\n\n"...)
 }
 
-// v1Header holds the members that every /v1 object and chunk repeats.
+// v1Header contains the members that every /v1 object and chunk repeats.
 type v1Header struct {
 	route       route
 	id, model   string
@@ -194,10 +194,10 @@ func (h v1Header) appendModel(out []byte) []byte {
 // appendV1Choice writes the choices member: with the text when withText is
 // set, with the finish reason when it is not or when the response is one
 // object.
-func (a *response) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
+func (rs *response) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
 	var text string
 	if withText {
-		text = a.Text
+		text = rs.Text
 	}
 	if r == routeV1Completions {
 		out = append(out, `,"choices":[{"text":`...)
@@ -213,8 +213,8 @@ func (a *response) appendV1Choice(out []byte, r route, withText, chunk bool) []b
 		out = append(out, `":{"role":"assistant","content":`...)
 		out = appendString(out, text)
 		if withText {
-			out = appendOptionalString(out, "reasoning", a.Thinking)
-			out = appendRawArray(out, "tool_calls", a.ToolCalls)
+			out = appendOptionalString(out, "reasoning", rs.Thinking)
+			out = appendRawArray(out, "tool_calls", rs.ToolCalls)
 		}
 		out = append(out, '}')
 	}
@@ -222,7 +222,7 @@ func (a *response) appendV1Choice(out []byte, r route, withText, chunk bool) []b
 	if chunk && withText {
 		out = append(out, "null"...)
 	} else {
-		out = appendString(out, a.FinishReason)
+		out = appendString(out, rs.FinishReason)
 	}
 	return append(out, "}]"...)
 }
