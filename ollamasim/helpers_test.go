@@ -125,7 +125,7 @@ func (n *node) waitFor(t *testing.T, what string, cond func(ollamasim.Stats) boo
 	}
 }
 
-// stream is a streamed answer being read line by line.
+// stream is a streamed response being read line by line.
 type stream struct {
 	resp   *http.Response
 	lines  *bufio.Scanner
@@ -180,7 +180,7 @@ type generateResult struct {
 	} `json:"message"`
 }
 
-// generate posts a non-streamed request to path and decodes the answer,
+// generate posts a non-streamed request to path and decodes the response,
 // failing the test unless it is 200.
 func (n *node) generate(t *testing.T, path, body string) generateResult {
 	t.Helper()

@@ -19,9 +19,9 @@ import (
 )
 
 // The tests in this file compare the node's responses with responses
-// recorded from a real Ollama 0.25 server: status, content type, chunked
-// framing, NDJSON and SSE framing, and the layout of every JSON object (key
-// names, key order and value types, because values differ).
+// recorded from a real Ollama 0.25 server. They compare the status, the
+// content type, chunked framing, NDJSON and SSE framing, and the layout of
+// every JSON object: key names, key order and value types, but not values.
 
 const wireDir = "../testdata/ollama-wire"
 
@@ -180,18 +180,18 @@ func compareBodies(t *testing.T, tc wireCase, got, want []byte) {
 	}
 }
 
-func compareShapes(t *testing.T, what string, got, want []byte, opaque []string) {
+func compareShapes(t *testing.T, part string, got, want []byte, opaque []string) {
 	t.Helper()
 	gotShape, err := shape(got, opaque)
 	if err != nil {
-		t.Fatalf("%s: %v in %s", what, err, got)
+		t.Fatalf("%s: %v in %s", part, err, got)
 	}
 	wantShape, err := shape(want, opaque)
 	if err != nil {
-		t.Fatalf("recorded %s: %v", what, err)
+		t.Fatalf("recorded %s: %v", part, err)
 	}
 	if gotShape != wantShape {
-		t.Errorf("%s layout differs\n got: %s\nwant: %s", what, gotShape, wantShape)
+		t.Errorf("%s layout differs\n got: %s\nwant: %s", part, gotShape, wantShape)
 	}
 }
 
