@@ -16,15 +16,20 @@ type l1Tier struct {
 	ttl       time.Duration
 	bytes     prometheus.Gauge
 	evictions prometheus.Counter
-	// clearing is set while Clear runs, which reports every removed record
-	// to OnEvict: those are not evictions.
+	// clearing is set while ristretto's Clear runs. Clear reports every
+	// removed record to OnEvict, and those are not evictions.
 	clearing atomic.Bool
 }
 
-// l1EntryBytesEstimate is the typical record size assumed when sizing
-// ristretto's frequency counters, about a short chat response; ristretto
-// advises ten counters per record the cache contains when full.
+// l1EntryBytesEstimate is an estimate of the typical record size, about a
+// short chat response, used to size ristretto's frequency counters.
+// ristretto's documentation advises ten counters per record the cache
+// contains when full.
 const l1EntryBytesEstimate = 2048
+
+// maxL1Counters caps the counters, at about 3 bytes each (ristretto's
+// figure), to some 50 MiB whatever l1.max_bytes is.
+const maxL1Counters = 1 << 24
 
 func newL1(
 	maxBytes int64,
@@ -35,7 +40,7 @@ func newL1(
 	t := &l1Tier{ttl: ttl, bytes: bytes, evictions: evictions}
 	counters := max(maxBytes/l1EntryBytesEstimate*10, 1000)
 	c, err := ristretto.NewCache(&ristretto.Config[string, *record]{
-		NumCounters:        min(counters, 1<<24),
+		NumCounters:        min(counters, maxL1Counters),
 		MaxCost:            maxBytes,
 		BufferItems:        64,
 		IgnoreInternalCost: true,

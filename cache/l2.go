@@ -39,7 +39,7 @@ const purgeBatch = 500
 func (t *l2Tier) entryKey(key string) string   { return t.prefix + "entry:" + key }
 func (t *l2Tier) modelKey(model string) string { return t.prefix + "model:" + model }
 
-// usable reports whether a call may go to Redis now: always while it is up,
+// redisUsable reports whether a call may go to Redis now: always while it is up,
 // once per redisRetryInterval while it is down.
 func (c *Cache) redisUsable() bool {
 	t := c.l2

@@ -15,14 +15,14 @@ const (
 	contentTypeSSE      = "text/event-stream"               // /v1 streams
 )
 
-// Render returns the response as the request of plan p expects it, with its
-// content type: one JSON object, or when p.Stream is set, an NDJSON stream
-// ending in a line with done true (/api) or SSE events ending in
-// data: [DONE] (/v1), with a usage chunk when p.IncludeUsage is set and
-// the usage is known. The model is named as the client of p named it, and
-// created_at or created is the time of the call. p must be the plan of the
-// request being answered; its route is the entry's route, since the route
-// is part of every key.
+// Render returns the response in the form the request of plan p expects,
+// with its content type. That is one JSON object, or when p.Stream is set,
+// an NDJSON stream ending in a line with done true (/api) or SSE events
+// ending in data: [DONE] (/v1). A /v1 stream has a usage chunk when
+// p.IncludeUsage is set and the usage is known. The model is named as the
+// client of p named it, and created_at or created is the time of the call.
+// p must be the plan of the request being served, whose route is the
+// entry's route because the route is part of every key.
 func (e *Entry) Render(p Plan) (body []byte, contentType string) {
 	if e.embed != nil {
 		return e.embed.render(e.route, p.requestModel)
@@ -104,13 +104,19 @@ func (rs *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 // renderV1 writes a /v1 response. A stream has a chunk with the whole text,
 // a chunk with the finish reason, an optional usage chunk and [DONE].
 func (rs *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
-	h := v1Header{route: r, model: p.requestModel, created: now.Unix(), fingerprint: rs.Fingerprint}
+	h := v1Header{
+		route:       r,
+		model:       p.requestModel,
+		created:     now.Unix(),
+		fingerprint: rs.Fingerprint,
+	}
+	// Ollama 0.17 (middleware/openai.go) numbers its ids the same way, with
+	// a random number below 999.
 	h.id = "chatcmpl-"
 	if r == routeV1Completions {
 		h.id = "cmpl-"
 	}
-	// Ollama numbers its ids the same way, with a random number below 1000.
-	h.id += strconv.Itoa(rand.IntN(1000))
+	h.id += strconv.Itoa(rand.IntN(999))
 
 	out := make([]byte, 0, rs.size()+512)
 	if !p.Stream {
