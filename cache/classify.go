@@ -129,14 +129,17 @@ func (p Plan) bypass(reason string) Plan {
 var parsers fastjson.ParserPool
 
 // Classify decides whether a request is cached, and computes its keys. It
-// never fails: anything it cannot read or does not cache gets KindNone.
+// has no error result, because a body that it cannot read or does not
+// cache gets KindNone.
 //
-// Embedding requests are always cached. Generation requests are cached
-// only when their response is deterministic (options.temperature 0 or
-// options.seed other than -1, which Ollama treats as random; on /v1 the
-// top-level temperature and seed), unless cache.generate is "never". No
-// request is cached that only loads a model (no prompt or messages), sets
-// keep_alive to 0, or has two keys that differ only in case.
+// Embedding requests are cached whatever their options, unless their input
+// is token arrays or /v1 asks for base64 vectors. Generation requests are
+// cached only when their response is deterministic, and never with
+// cache.generate "never". Deterministic means options.temperature 0, or
+// options.seed other than -1 (which Ollama treats as random), and on /v1
+// the top-level temperature and seed. No request is cached that only loads
+// a model (no prompt, input or messages), sets keep_alive to 0, or has two
+// keys that differ only in case.
 func (c *Cache) Classify(req Request) Plan {
 	p := Plan{
 		Route:   req.Route,

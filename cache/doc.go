@@ -8,7 +8,7 @@
 // with some cached inputs sends only the others upstream. Generation
 // requests are cached when their response is deterministic. A response is
 // stored once, in its non-stream form, and rendered as a stream or as one
-// object, whichever the request asks for.
+// object, whichever the request expects.
 //
 // A handler uses the cache in this order:
 //

@@ -33,8 +33,7 @@ type embedUpstream struct {
 	bodies []string
 }
 
-func (u *embedUpstream) response(t *testing.T, route string, body []byte) []byte {
-	t.Helper()
+func (u *embedUpstream) response(route string, body []byte) ([]byte, error) {
 	u.mu.Lock()
 	u.bodies = append(u.bodies, string(body))
 	u.mu.Unlock()
@@ -44,8 +43,9 @@ func (u *embedUpstream) response(t *testing.T, route string, body []byte) []byte
 		Prompt string `json:"prompt"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		t.Fatalf("upstream body %s: %v", body, err)
+		return nil, fmt.Errorf("upstream body %s: %w", body, err)
 	}
+
 	var texts []string
 	switch in := req.Input.(type) {
 	case string:
@@ -55,6 +55,7 @@ func (u *embedUpstream) response(t *testing.T, route string, body []byte) []byte
 			texts = append(texts, s.(string))
 		}
 	}
+
 	var out any
 	switch route {
 	case "/api/embeddings":
@@ -73,11 +74,7 @@ func (u *embedUpstream) response(t *testing.T, route string, body []byte) []byte
 		}
 		out = api.EmbedResponse{Model: req.Model, Embeddings: vecs, TotalDuration: 1000, PromptEvalCount: len(texts)}
 	}
-	b, err := json.Marshal(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return json.Marshal(out)
 }
 
 func (u *embedUpstream) received() []string {
@@ -90,19 +87,36 @@ func (u *embedUpstream) received() []string {
 // returns the response sent to the client.
 func (tc *testCache) embed(t *testing.T, up *embedUpstream, route, body string) ([]byte, Result) {
 	t.Helper()
+	out, res, err := tc.serveEmbed(up, route, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, res
+}
+
+// serveEmbed is embed for use outside the test's goroutine.
+func (tc *testCache) serveEmbed(up *embedUpstream, route, body string) ([]byte, Result, error) {
 	ctx := context.Background()
-	p := tc.plan(t, route, body)
+	p := tc.Classify(Request{Route: route, Body: []byte(body)})
+	if p.Kind != KindEmbed {
+		return nil, "", fmt.Errorf("Classify(%s %s): not cacheable: %s", route, body, p.Reason)
+	}
 	b := tc.LookupEmbeddings(ctx, p)
 	if e := b.Entry(); e != nil {
 		out, _ := e.Render(p)
-		return out, b.Result()
+		return out, b.Result(), nil
 	}
-	e, err := tc.StoreEmbeddings(ctx, b, up.response(t, route, b.UpstreamBody()))
+
+	answer, err := up.response(route, b.UpstreamBody())
 	if err != nil {
-		t.Fatalf("StoreEmbeddings: %v", err)
+		return nil, "", err
+	}
+	e, err := tc.StoreEmbeddings(ctx, b, answer)
+	if err != nil {
+		return nil, "", fmt.Errorf("StoreEmbeddings: %w", err)
 	}
 	out, _ := e.Render(p)
-	return out, b.Result()
+	return out, b.Result(), nil
 }
 
 func TestEmbedPartialBatch(t *testing.T) {
@@ -267,7 +281,12 @@ func TestEmbedRealClients(t *testing.T) {
 	up := &embedUpstream{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		out, res := tc.embed(t, up, r.URL.Path, string(body))
+		out, res, err := tc.serveEmbed(up, r.URL.Path, string(body))
+		if err != nil {
+			t.Errorf("serve %s: %v", r.URL.Path, err)
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("X-LLMProxy-Cache", string(res))
 		_, _ = w.Write(out)
 	}))

@@ -72,8 +72,8 @@ func (t *l1Tier) get(key string) (*record, bool) {
 }
 
 // set stores the records and waits until ristretto has applied them, so
-// that the next get sees them. ristretto may still refuse a record that is
-// larger than the tier or that its admission policy values below the
+// that the next get returns them. ristretto may still reject a record that
+// is larger than the tier, or that its admission policy values below the
 // records it would evict.
 func (t *l1Tier) set(recs ...*record) {
 	for _, r := range recs {

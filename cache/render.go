@@ -72,6 +72,7 @@ func (rs *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 	if line.withText {
 		text, thinking, calls, logprobs = rs.Text, rs.Thinking, rs.ToolCalls, rs.Logprobs
 	}
+
 	out = append(out, `{"model":`...)
 	out = appendString(out, line.model)
 	out = append(out, `,"created_at":"`...)
@@ -88,12 +89,14 @@ func (rs *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 		out = appendRawArray(out, "tool_calls", calls)
 		out = append(out, '}')
 	}
+
 	out = append(out, `,"done":`...)
 	out = strconv.AppendBool(out, line.done)
 	if line.done && len(rs.Final) > 2 {
 		out = append(out, ',')
 		out = append(out, rs.Final[1:len(rs.Final)-1]...)
 	}
+	// GenerateResponse has its tool_calls after the metrics.
 	if line.route == routeGenerate {
 		out = appendRawArray(out, "tool_calls", calls)
 	}
