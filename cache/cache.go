@@ -185,7 +185,10 @@ func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
 // for the requests coalesced with this one. An error wraps ErrNotCacheable,
 // ErrIncomplete, ErrInvalidResponse or ErrTooLarge, and nothing is stored
 // then. A Redis failure is not an error, and the entry is then only in L1.
-// Store waits for Redis at most redis.timeout.
+// Store waits for Redis at most redis.timeout, and skips it when ctx has
+// ended, so pass a context that outlives the client's connection, such as
+// context.WithoutCancel(requestCtx). StoreEmbeddings and Purge use ctx the
+// same way.
 func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete bool) (*Entry, error) {
 	if p.Kind != KindResponse || agg.route != p.route {
 		return nil, ErrNotCacheable

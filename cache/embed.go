@@ -252,8 +252,9 @@ func (b *Batch) UpstreamBody() []byte {
 }
 
 // LookupEmbeddings looks up each input of a KindEmbed plan, in L1 and then
-// in L2, and copies what L2 returned into L1. It counts one CacheRequests per
-// input and tier, or one bypass for the request.
+// in L2, and copies what L2 returned into L1. It counts one CacheRequests
+// per input in L1 and per distinct input missing from L1 in L2, or one
+// bypass for the request.
 func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
 	b := &Batch{plan: p, result: ResultBypass}
 	if p.Kind != KindEmbed {
@@ -281,6 +282,7 @@ func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
 // result of the lookup.
 func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Result {
 	var missed []string
+	seen := make(map[string]bool)
 	for i, it := range p.embed.items {
 		if rec, ok := c.l1.get(it.key); ok && rec.vector != nil {
 			vectors[i] = rec.vector
@@ -288,7 +290,10 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Resul
 			continue
 		}
 		c.count(tierL1, outcomeMiss)
-		missed = append(missed, it.key)
+		if !seen[it.key] {
+			seen[it.key] = true
+			missed = append(missed, it.key)
+		}
 	}
 	if len(missed) == 0 {
 		return ResultHitL1
