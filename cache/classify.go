@@ -133,7 +133,7 @@ var parsers fastjson.ParserPool
 // cache gets KindNone.
 //
 // Embedding requests are cached whatever their options, unless their input
-// is token arrays or /v1 asks for base64 vectors. Generation requests are
+// is token arrays or /v1 requests base64 vectors. Generation requests are
 // cached only when their response is deterministic, and never with
 // cache.generate "never". Deterministic means options.temperature 0, or
 // options.seed other than -1 (which Ollama treats as random), and on /v1
