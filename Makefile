@@ -33,15 +33,20 @@ test: deps
 
 # bench compares llmproxy with a direct connection, nginx and HAProxy on
 # 127.0.0.1 and rewrites BENCHMARKS.md; it takes about 15 minutes.
+# BENCHFLAGS adds benchrun flags, such as -profile for CPU profiles of
+# llmproxy in bench/out/profiles.
 bench: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
-	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench"
+	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
+	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench" $(BENCHFLAGS)
 
 # bench-quick runs a shorter set in under two minutes for regression
 # checks; it prints the report and writes bench/out/quick.md.
 bench-quick: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
-	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -quick -out bench/out/quick.md -command "make bench-quick"
+	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
+	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -quick -out bench/out/quick.md \
+		-command "make bench-quick" $(BENCHFLAGS)
 
 vet:
 	$(GO) vet $(PKGS)

@@ -23,6 +23,7 @@ rate_limit:
   burst: 0
 cache:
   enabled: false
+shutdown_timeout: 2s
 upstream:
   connect: 3s
   first_byte: {{.TimeoutSec}}s
@@ -34,6 +35,13 @@ func startLLMProxy(e *Env, listen string, fleet *Fleet) (*Proc, error) {
 	path, err := writeConfig(e, "llmproxy.yaml", llmproxyConfig, listen, fleet)
 	if err != nil {
 		return nil, err
+	}
+	if e.ProfileDir != "" {
+		return e.Start(ProcSpec{
+			Name: "llmproxy",
+			Path: filepath.Join(e.BinDir, "llmproxyprof"),
+			Args: []string{"-config", path, "-profile-dir", e.ProfileDir},
+		})
 	}
 	return e.Start(ProcSpec{
 		Name: "llmproxy",

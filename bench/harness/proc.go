@@ -27,7 +27,10 @@ type Env struct {
 	BinDir string
 	// Dir receives configs and logs; it is created by NewEnv.
 	Dir string
-	Log *slog.Logger
+	// ProfileDir, when set, makes llmproxy targets run as llmproxyprof,
+	// which writes CPU profiles there on request.
+	ProfileDir string
+	Log        *slog.Logger
 
 	// procsMu guards procs.
 	procsMu sync.Mutex

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -87,14 +88,24 @@ func statFields(pid int) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read stat of %d: %w", pid, err)
 	}
-	// The command name is in parentheses and may contain spaces.
+	fields, err := parseStat(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse stat of %d: %w", pid, err)
+	}
+	return fields, nil
+}
+
+// parseStat splits the contents of /proc/PID/stat as statFields returns it.
+func parseStat(data []byte) ([]string, error) {
+	// The command name is in parentheses and may contain spaces and
+	// parentheses itself, so the last ')' ends it.
 	end := bytes.LastIndexByte(data, ')')
 	if end < 0 {
-		return nil, fmt.Errorf("parse stat of %d: no command name", pid)
+		return nil, errors.New("no command name")
 	}
 	fields := strings.Fields(string(data[end+1:]))
 	if len(fields) < 13 {
-		return nil, fmt.Errorf("parse stat of %d: %d fields", pid, len(fields))
+		return nil, fmt.Errorf("%d fields after the command name, want at least 13", len(fields))
 	}
 	return fields, nil
 }

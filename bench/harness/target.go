@@ -38,6 +38,11 @@ type Target struct {
 	URLs []string
 	// Proc is the proxy process; nil for Direct.
 	Proc *Proc
+
+	// profileDir is where a profiled llmproxy writes its CPU profiles;
+	// profiles counts the profiles started.
+	profileDir string
+	profiles   int
 }
 
 // StartTarget starts a target of kind in front of fleet and waits until it
@@ -65,6 +70,9 @@ func StartTarget(ctx context.Context, e *Env, kind string, fleet *Fleet) (*Targe
 		return nil, fmt.Errorf("start %s: %w", kind, err)
 	}
 	t := &Target{Kind: kind, URLs: []string{"http://" + addr}, Proc: p}
+	if kind == LLMProxy {
+		t.profileDir = e.ProfileDir
+	}
 	if err := WaitReady(ctx, p, t.URLs[0]+"/api/generate", WarmBody); err != nil {
 		p.Stop()
 		return nil, fmt.Errorf("start %s: %w", kind, err)

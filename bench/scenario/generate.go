@@ -93,7 +93,9 @@ func saturate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, err
 
 	cfg.Duration = s.Saturation
 	var res loadgen.Result
-	use, err := measureUsage(ctx, r, t, func() { res = loadgen.RunClosed(ctx, client, cfg) })
+	use, err := measureUsage(ctx, r, t, "generate-saturation", func() {
+		res = loadgen.RunClosed(ctx, client, cfg)
+	})
 	return requestPhase{kind: t.Kind, res: res, use: use}, err
 }
 
@@ -110,7 +112,9 @@ func fixedRate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, er
 
 	cfg.Duration = s.Fixed
 	var res loadgen.Result
-	use, err := measureUsage(ctx, r, t, func() { res = loadgen.RunOpen(ctx, client, cfg) })
+	use, err := measureUsage(ctx, r, t, "generate-fixed-rate", func() {
+		res = loadgen.RunOpen(ctx, client, cfg)
+	})
 	return requestPhase{kind: t.Kind, res: res, use: use}, err
 }
 

@@ -82,6 +82,8 @@ type Run struct {
 	Env      *harness.Env
 	Settings Settings
 	goals    []report.Goal
+	// round is the round inRounds is running, from 1.
+	round int
 }
 
 // AddGoal records a goal checked by a scenario.
@@ -150,8 +152,10 @@ const quietSample = 500 * time.Millisecond
 
 // measureUsage waits for the machine to be quiet, runs phase, and returns
 // the CPU time the target's proxy spent meanwhile, its peak RSS during
-// the phase, and the CPU share of other processes.
-func measureUsage(ctx context.Context, r *Run, t *harness.Target, phase func()) (usage, error) {
+// the phase, and the CPU share of other processes. A profiled target
+// saves the phase's CPU profile under label.
+func measureUsage(ctx context.Context, r *Run, t *harness.Target, label string,
+	phase func()) (usage, error) {
 	if _, err := r.Env.WaitQuiet(ctx, quietThreshold, quietSample, r.Settings.QuietWait); err != nil {
 		return usage{}, err
 	}
@@ -166,7 +170,14 @@ func measureUsage(ctx context.Context, r *Run, t *harness.Target, phase func()) 
 	if err != nil {
 		return usage{}, err
 	}
+	if err := t.StartProfile(); err != nil {
+		return usage{}, err
+	}
 	phase()
+	profile := fmt.Sprintf("%s-round%d", label, r.round)
+	if err := t.StopProfile(profile); err != nil {
+		return usage{}, err
+	}
 	after, _, err := t.Usage()
 	if err != nil {
 		return usage{}, fmt.Errorf("%s after the phase: %w", t.Kind, err)
@@ -205,6 +216,7 @@ func inRounds[P disturbed](ctx context.Context, r *Run, targets []*harness.Targe
 	phase func(*harness.Target) (P, error)) ([]P, error) {
 	best := make([]P, len(targets))
 	for round := range max(r.Settings.Rounds, 1) {
+		r.round = round + 1
 		for i, t := range targets {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()

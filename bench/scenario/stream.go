@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/llmproxy/llmproxy/bench/harness"
@@ -97,7 +98,8 @@ func streamOnce(ctx context.Context, r *Run, t *harness.Target, c streamCase,
 		Streams: streams, Ramp: r.Settings.StreamRamp, Duration: r.Settings.StreamWindow,
 	}
 	var res loadgen.StreamResult
-	use, err := measureUsage(ctx, r, t, func() { res = loadgen.RunStreams(ctx, load) })
+	label := fmt.Sprintf("stream-%s-%d", strings.ToLower(c.format.String()), streams)
+	use, err := measureUsage(ctx, r, t, label, func() { res = loadgen.RunStreams(ctx, load) })
 	return streamPhase{kind: t.Kind, streams: streams, res: res, use: use}, err
 }
 

@@ -36,6 +36,7 @@ type options struct {
 	out       string
 	runDir    string
 	command   string
+	profile   bool
 	scenarios []string
 	verbose   bool
 	settings  scenario.Settings
@@ -68,12 +69,32 @@ func run(args []string) error {
 		return err
 	}
 	defer env.StopAll()
+	if opts.profile {
+		if env.ProfileDir, err = profileDir(); err != nil {
+			return err
+		}
+	}
 
 	doc, err := measure(ctx, env, opts)
 	if err != nil {
 		return err
 	}
 	return writeReport(doc, opts.out)
+}
+
+// profileDir empties and returns the folder of CPU profiles.
+func profileDir() (string, error) {
+	dir, err := filepath.Abs("bench/out/profiles")
+	if err != nil {
+		return "", fmt.Errorf("resolve profile folder: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clear profile folder: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create profile folder: %w", err)
+	}
+	return dir, nil
 }
 
 // measure runs the selected scenarios and builds the document.
@@ -141,6 +162,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&levels, "streams", "", "comma-separated numbers of concurrent streams; default 100,1000")
 	fs.Float64Var(&rate, "rate", 0, "requests per second of the fixed-rate phase; default 2000")
 	fs.IntVar(&rounds, "rounds", 0, "times each phase runs per target; default 2, or 1 with -quick")
+	fs.BoolVar(&o.profile, "profile", false,
+		"run llmproxy as llmproxyprof (built next to benchrun) and save a CPU profile of each\n"+
+			"measured llmproxy phase in bench/out/profiles")
 	fs.BoolVar(&o.verbose, "v", false, "log every process started")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -1,0 +1,148 @@
+package harness
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestParseStat(t *testing.T) {
+	tests := []struct {
+		name      string
+		stat      string
+		wantPPID  string
+		wantUTime string
+		wantErr   bool
+	}{
+		{
+			name:      "plain name",
+			stat:      "42 (nginx) S 7 42 42 0 -1 4194560 100 0 0 0 250 30 0 0 20 0 1 0",
+			wantPPID:  "7",
+			wantUTime: "250",
+		},
+		{
+			name:      "name with spaces and parentheses",
+			stat:      "42 (a (b) c) R 9 42 42 0 -1 4194560 100 0 0 0 11 3 0 0 20 0 1 0",
+			wantPPID:  "9",
+			wantUTime: "11",
+		},
+		{name: "no name", stat: "42 nginx S 7", wantErr: true},
+		{name: "truncated", stat: "42 (nginx) S 7 42", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fields, err := parseStat([]byte(tt.stat))
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("parseStat(%q) = %v, want an error", tt.stat, fields)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseStat: %v", err)
+			}
+			if fields[1] != tt.wantPPID {
+				t.Errorf("parent PID = %s, want %s", fields[1], tt.wantPPID)
+			}
+			if fields[11] != tt.wantUTime {
+				t.Errorf("utime = %s, want %s", fields[11], tt.wantUTime)
+			}
+		})
+	}
+}
+
+func TestTreeUsageOfSelf(t *testing.T) {
+	u, err := TreeUsage(os.Getpid())
+	if err != nil {
+		t.Fatalf("TreeUsage: %v", err)
+	}
+	if u.Processes < 1 {
+		t.Errorf("processes = %d, want at least 1", u.Processes)
+	}
+	if u.PeakRSSBytes <= 0 {
+		t.Errorf("peak RSS = %d, want > 0", u.PeakRSSBytes)
+	}
+	if err := ResetPeakRSS(os.Getpid()); err != nil {
+		t.Errorf("ResetPeakRSS: %v", err)
+	}
+}
+
+func newTestEnv(t *testing.T) *Env {
+	t.Helper()
+	e, err := NewEnv("", filepath.Join(t.TempDir(), "run"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("NewEnv: %v", err)
+	}
+	t.Cleanup(e.StopAll)
+	return e
+}
+
+func TestProcStopEndsProcess(t *testing.T) {
+	e := newTestEnv(t)
+	p, err := e.Start(ProcSpec{Name: "sleep", Path: "sleep", Args: []string{"60"}})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if p.Exited() {
+		t.Fatal("process exited at once")
+	}
+	if err := p.Stop(); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if !p.Exited() {
+		t.Error("process still running after Stop")
+	}
+	if _, err := os.Stat(e.Path("sleep.log")); err != nil {
+		t.Errorf("log file: %v", err)
+	}
+}
+
+func TestTreeUsageCountsChildren(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	e := newTestEnv(t)
+	p, err := e.Start(ProcSpec{Name: "shell", Path: "sh", Args: []string{"-c", "sleep 60 & wait"}})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(processTree(p.PID())) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("tree of %d = %v, want the shell and its sleep", p.PID(), processTree(p.PID()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tree := processTree(p.PID())
+	if !slices.Contains(tree, p.PID()) {
+		t.Errorf("tree %v lacks the shell %d", tree, p.PID())
+	}
+	u, err := TreeUsage(p.PID())
+	if err != nil {
+		t.Fatalf("TreeUsage: %v", err)
+	}
+	if u.Processes != 2 {
+		t.Errorf("processes = %d, want 2", u.Processes)
+	}
+}
+
+func TestOthersShareIsAShare(t *testing.T) {
+	e := newTestEnv(t)
+	before, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // a span to measure, not synchronisation
+	after, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	if share := after.OthersShare(before); share < 0 || share > 1.05 {
+		t.Errorf("others' share = %v, want within 0..1", share)
+	}
+}
