@@ -116,7 +116,11 @@ func streamIntro(s Settings) string {
 		"percentile minus the direct connection's. SSE chunks carry only "+
 		"whole seconds in `created`, so for SSE the table shows the gap "+
 		"between consecutive chunks of a stream, and added p99 gap is the "+
-		"jitter a proxy adds to it.\n",
+		"jitter a proxy adds to it.\n\n"+
+		"A stream sends about 66 chunks per second, so N streams ask for "+
+		"about 66 N chunks per second, less the pauses between streams. A "+
+		"chunks/s figure well below the direct row's means the set-up ran "+
+		"out of CPU and the latencies include queueing for it.\n",
 		streamFleet.Nodes, tokensPerSec, tokensPerSec, streamFleet.Parallel, s.StreamRamp, s.StreamWindow)
 }
 

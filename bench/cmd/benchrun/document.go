@@ -16,7 +16,9 @@ balancing by least connections over the same simulated Ollama nodes
 hold on a busy machine. ` + "`make bench-quick`" + ` runs a shorter set in under
 two minutes and writes bench/out/quick.md instead.`
 
-const method = `- Every process runs on the same machine: the load generator (Go,
+// methodFormat takes the number of rounds and the longest wait for a
+// quiet machine.
+const methodFormat = `- Every process runs on the same machine: the load generator (Go,
   fasthttp for single answers, net/http for streams), the simulated nodes,
   and the proxy under test. They compete for the CPUs, so absolute numbers
   depend on the machine; compare rows of one run.
@@ -37,7 +39,19 @@ const method = `- Every process runs on the same machine: the load generator (Go
 - The nodes answer from memory: the numbers show the cost of the proxy
   path, not of a model. A real node spends milliseconds to seconds per
   request, which hides most of the differences shown here.
-- Every percentile is exact over all samples of the window.`
+- Each phase ran once per round on every target, the targets taking
+  turns, for %d rounds. Before each phase the runner waited, up to %s,
+  until processes outside the benchmark used at most a tenth of the CPUs.
+  The "others' CPU %%" column is the share of all CPUs those processes
+  used during the phase, from /proc/stat minus the benchmark's own
+  processes. The tables show per target the round with
+  the lowest share, a choice that does not look at the results.
+- Every percentile is exact over all samples of the window.
+- SSE chunks carry their time only in "created", in whole seconds, so SSE
+  rows show the gap between chunks instead of a per-chunk latency. An
+  ollamasim option that adds an SSE comment line with the time the node
+  wrote each event (": sent_at 2026-01-02T03:04:05.123456789Z", which SSE
+  clients ignore) would give SSE the same per-chunk latency as NDJSON.`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
@@ -51,7 +65,7 @@ func newDocument(opts options) *report.Document {
 		Date:    time.Now(),
 		Command: opts.command,
 		Machine: describeMachine(opts.binDir),
-		Method:  method,
+		Method:  fmt.Sprintf(methodFormat, opts.settings.Rounds, opts.settings.QuietWait),
 	}
 }
 
