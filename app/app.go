@@ -59,7 +59,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 	if err != nil {
 		return nil, err
 	}
-	a.bal = balancer.New(cfg.Balancer.Policy, nodes)
+	a.bal = balancer.New(balancer.SettingsFrom(cfg), nodes, a.metrics)
 	a.checker = health.New(cfg, a.bal, a.metrics, log)
 	a.server = proxy.New(proxy.Options{
 		Config:       cfg,
@@ -150,6 +150,7 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 	a.cfg = cfg
 	a.mu.Unlock()
+	a.bal.SetSettings(balancer.SettingsFrom(cfg))
 	a.bal.SetNodes(nodes)
 	a.server.SetConfig(cfg)
 	a.checker.Sync(cfg)

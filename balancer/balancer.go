@@ -1,20 +1,32 @@
-// Package balancer owns the set of nodes, what each one holds, and the
-// choice of the node that serves a request. It knows nothing of HTTP: the
-// proxy asks it for a lease on a node and returns the lease when done.
+// Package balancer owns the set of nodes, what each one holds, the slots
+// each one has, the queue of requests waiting for a slot, and the choice
+// of the node that serves each request. It knows nothing of HTTP: the
+// proxy asks for a lease on a node and releases it when done.
+//
+// Inference requests (generation and embeddings) take one of a node's
+// max_concurrent slots, so a node never runs more than it can at once and
+// the queue lives here, where it can be ordered by priority class, aged,
+// and shared fairly between clients. A waiting request is placed when a
+// slot frees (late binding), on the node where it should finish first.
 package balancer
 
 import (
 	"context"
 	"errors"
 	"hash/fnv"
+	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/metrics"
 )
 
 // Placement policies.
 const (
-	PolicyInferenceAware = "inference_aware"
-	PolicyLeastConn      = "least_conn"
-	PolicyRoundRobin     = "round_robin"
+	PolicyInferenceAware = config.PolicyInferenceAware
+	PolicyLeastConn      = config.PolicyLeastConn
+	PolicyRoundRobin     = config.PolicyRoundRobin
 )
 
 var (
@@ -35,32 +47,104 @@ type Request struct {
 	NumCtx int
 	// Tried lists nodes already tried by this request; they are skipped.
 	Tried []*Node
+	// Slot marks an inference request, which takes one of the node's
+	// slots and may wait in the queue for one.
+	Slot bool
+	// Class is the priority class; "" means standard.
+	Class string
+	// Client identifies the client for fair sharing within a class: the
+	// key name, or the client address.
+	Client string
+	// Affinity identifies a conversation (0: none). Its turns go to the
+	// node that served the first one, where Ollama can reuse the prompt
+	// cache, while that node is not overloaded.
+	Affinity uint64
 }
 
-// Balancer chooses nodes. It is safe for concurrent use; SetNodes may
-// replace the node set while requests run.
-type Balancer struct {
-	policy string
-	nodes  atomic.Pointer[[]*Node]
-	rr     atomic.Uint64
+// Settings are the scheduling settings, taken from the balancer and queue
+// sections of the configuration.
+type Settings struct {
+	Policy             string
+	AffinityLoadFactor float64
+	Aging              time.Duration
+	Classes            map[string]config.QueueClass
 }
 
-// New returns a balancer over nodes with the given policy (one of the
-// Policy constants; "" selects inference_aware).
-func New(policy string, nodes []*Node) *Balancer {
-	if policy == "" {
-		policy = PolicyInferenceAware
+// SettingsFrom extracts the scheduling settings of cfg.
+func SettingsFrom(cfg *config.Config) Settings {
+	return Settings{
+		Policy:             cfg.Balancer.Policy,
+		AffinityLoadFactor: cfg.Balancer.AffinityLoadFactor,
+		Aging:              cfg.Queue.Aging,
+		Classes:            cfg.Queue.Classes,
 	}
-	b := &Balancer{policy: policy}
+}
+
+func (s Settings) classLimit(class string) config.QueueClass {
+	return s.Classes[class]
+}
+
+// Balancer chooses nodes and holds the queue. It is safe for concurrent
+// use; SetNodes and SetSettings may change it while requests run.
+type Balancer struct {
+	nodes atomic.Pointer[[]*Node]
+	rr    atomic.Uint64
+	m     *metrics.Metrics
+
+	// mu guards every field below and the slot counts of the nodes.
+	mu       sync.Mutex
+	settings Settings
+	waiting  []*waiter
+	depth    map[string]int
+	vclock   map[string]uint64
+	lastTag  map[string]map[string]uint64
+	est      estimates
+	affinity affinityTable
+}
+
+// New returns a balancer over nodes. m may be nil.
+func New(s Settings, nodes []*Node, m *metrics.Metrics) *Balancer {
+	b := &Balancer{
+		m:        m,
+		depth:    map[string]int{},
+		vclock:   map[string]uint64{},
+		lastTag:  map[string]map[string]uint64{},
+		est:      newEstimates(),
+		affinity: newAffinityTable(affinityEntries),
+	}
+	b.SetSettings(s)
 	b.SetNodes(nodes)
 	return b
 }
 
-// SetNodes replaces the node set. Leases on removed nodes stay valid until
-// released.
+// SetSettings replaces the scheduling settings for new decisions.
+func (b *Balancer) SetSettings(s Settings) {
+	if s.Policy == "" {
+		s.Policy = PolicyInferenceAware
+	}
+	if s.AffinityLoadFactor <= 0 {
+		s.AffinityLoadFactor = 1.25
+	}
+	b.mu.Lock()
+	b.settings = s
+	b.mu.Unlock()
+}
+
+// SetNodes replaces the node set and places waiting requests on new
+// nodes. Leases on removed nodes stay valid until released.
 func (b *Balancer) SetNodes(nodes []*Node) {
 	cp := append([]*Node(nil), nodes...)
 	b.nodes.Store(&cp)
+	b.Dispatch()
+}
+
+// Dispatch places waiting requests on free slots. Call it when a node
+// becomes usable, so that requests waiting for it do not wait for the
+// next slot to free elsewhere.
+func (b *Balancer) Dispatch() {
+	b.mu.Lock()
+	b.dispatchLocked(time.Now())
+	b.mu.Unlock()
 }
 
 // Nodes returns the current node set in configuration order.
@@ -111,93 +195,144 @@ func (b *Balancer) Usable() []*Node {
 // Lease is one request's hold on a node. Release it exactly once; further
 // calls do nothing.
 type Lease struct {
-	Node     *Node
+	Node *Node
+	// Cold is set when the node did not hold the model when it was chosen.
+	Cold     bool
+	b        *Balancer
+	req      Request
+	start    time.Time
 	released atomic.Bool
 }
 
-// Release returns the node's slot.
-func (l *Lease) Release() {
-	if l.released.CompareAndSwap(false, true) {
-		l.Node.Release()
-	}
+// NewLease returns a lease on n taken outside placement, for requests
+// that must reach one given node. It counts the request in flight.
+func NewLease(n *Node) *Lease {
+	n.Acquire()
+	return &Lease{Node: n}
 }
 
-// Acquire chooses a node for req and counts the request in flight on it.
-// It returns ErrModelNotFound when no node lists the model and ErrNoNode
-// when none of those that do may take it.
+// Release returns the node's slot and places the next waiting request.
+func (l *Lease) Release() {
+	if !l.released.CompareAndSwap(false, true) {
+		return
+	}
+	if l.b == nil || !l.req.Slot {
+		l.Node.Release()
+		return
+	}
+	b := l.b
+	b.mu.Lock()
+	b.freeSlotLocked(l.Node, l.req)
+	b.dispatchLocked(time.Now())
+	b.mu.Unlock()
+}
+
+// Acquire chooses a node for req and counts the request on it. An
+// inference request (req.Slot) waits in the queue while no node that
+// should serve it has a free slot, until ctx ends or its class's max_wait
+// passes. It returns ErrModelNotFound when no node lists the model,
+// ErrNoNode when none of those may take it, ErrQueueFull or
+// ErrQueueTimeout when the queue rejects it, or the context's error.
 func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	n, err := b.pick(req)
+	if req.Class == "" {
+		req.Class = config.ClassStandard
+	}
+	if !req.Slot {
+		n, err := b.pickNow(req)
+		if err != nil {
+			return nil, err
+		}
+		n.Acquire()
+		return &Lease{Node: n, b: b, req: req, start: time.Now()}, nil
+	}
+	b.mu.Lock()
+	if err := b.checkCandidates(req); err != nil {
+		b.mu.Unlock()
+		return nil, err
+	}
+	now := time.Now()
+	if n := b.placeLocked(req, 0); n != nil {
+		cold := b.takeSlotLocked(n, req)
+		b.mu.Unlock()
+		return &Lease{Node: n, Cold: cold, b: b, req: req, start: now}, nil
+	}
+	w := &waiter{req: req, rank: max(config.ClassRank(req.Class), 0), arrived: now,
+		ready: make(chan *Node, 1)}
+	if err := b.enqueueLocked(w); err != nil {
+		b.mu.Unlock()
+		if b.m != nil {
+			b.m.QueueRejected.WithLabelValues(req.Class, "full").Inc()
+		}
+		return nil, err
+	}
+	b.mu.Unlock()
+	n, err := b.wait(ctx, w)
 	if err != nil {
 		return nil, err
 	}
-	n.Acquire()
-	return &Lease{Node: n}, nil
+	return &Lease{Node: n, Cold: w.cold, b: b, req: req, start: time.Now()}, nil
 }
 
-func (b *Balancer) pick(req Request) (*Node, error) {
+// checkCandidates tells a model no node lists, and a model whose nodes
+// are all unusable, from one that only has to wait.
+func (b *Balancer) checkCandidates(req Request) error {
 	known := false
-	var best *Node
-	var bestScore score
-	nodes := b.Nodes()
-	// start rotates the order in which equal candidates win.
-	start := b.rr.Add(1)
-	for i, n := range nodes {
+	for _, n := range b.Nodes() {
 		if req.Model != "" && !n.HasModel(req.Model) {
 			continue
 		}
 		known = true
-		if !n.Usable() || tried(req.Tried, n) {
-			continue
-		}
-		s := b.score(n, req, (uint64(i)+start)%uint64(len(nodes)))
-		if best == nil || s.less(bestScore) {
-			best, bestScore = n, s
+		if n.Usable() && !tried(req.Tried, n) {
+			return nil
 		}
 	}
-	switch {
-	case best != nil:
-		return best, nil
-	case !known:
-		return nil, ErrModelNotFound
-	default:
-		return nil, ErrNoNode
+	if !known {
+		return ErrModelNotFound
 	}
+	return ErrNoNode
 }
 
-// score ranks a candidate; lower is better.
-type score struct {
-	cold int     // 1 when the model would have to be loaded
-	load float64 // in-flight requests per weighted slot
-	tie  uint64  // rendezvous hash for a cold placement, else rotation order
+// pickNow chooses a node for a request that takes no slot, such as
+// /api/show: the node a generation of the same model would go to, so
+// that the `ollama run` sequence (show, preload, chat) stays on one node.
+func (b *Balancer) pickNow(req Request) (*Node, error) {
+	if err := b.checkCandidates(req); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n := b.bestLocked(req, 0, false); n != nil {
+		return n, nil
+	}
+	return nil, ErrNoNode
 }
 
-func (s score) less(o score) bool {
-	if s.cold != o.cold {
-		return s.cold < o.cold
-	}
-	if s.load != o.load {
-		return s.load < o.load
-	}
-	return s.tie < o.tie
-}
-
-func (b *Balancer) score(n *Node, req Request, rotation uint64) score {
-	load := float64(n.Inflight()) / (float64(n.MaxConcurrent) * n.Weight)
-	switch b.policy {
-	case PolicyRoundRobin:
-		return score{tie: rotation}
-	case PolicyLeastConn:
-		return score{load: load, tie: rotation}
-	}
+// takeSlotLocked counts a slot taken on n and reports whether the model
+// had to be loaded there. A cold placement marks the model loaded at
+// once, so that the next request for it waits for this load instead of
+// starting another one on a second node.
+func (b *Balancer) takeSlotLocked(n *Node, req Request) (cold bool) {
+	n.slots++
+	n.Acquire()
 	if req.Model != "" && !n.IsLoaded(req.Model, req.NumCtx) {
-		// A cold placement goes where the model's rank is best, so that a
-		// model being loaded lands on one node, not on whichever is free.
-		return score{cold: 1, load: load, tie: rendezvous(req.Model, n.Name)}
+		cold = true
+		n.MarkLoaded(req.Model, req.NumCtx)
+		if b.m != nil {
+			b.m.ModelLoads.WithLabelValues(n.Name, req.Model).Inc()
+		}
 	}
-	return score{load: load, tie: rotation}
+	if req.Affinity != 0 {
+		b.affinity.put(req.Affinity, n.Name)
+	}
+	return cold
+}
+
+func (b *Balancer) freeSlotLocked(n *Node, req Request) {
+	n.slots--
+	n.Release()
 }
 
 // rendezvous gives each (model, node) pair a stable pseudo-random rank, so

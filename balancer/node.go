@@ -50,6 +50,10 @@ type Node struct {
 	MaxConcurrent int
 	Weight        float64
 
+	// slots counts the slot leases held on the node, guarded by the
+	// balancer's mu.
+	slots int
+
 	up       atomic.Bool
 	draining atomic.Bool
 	inflight atomic.Int64

@@ -180,6 +180,9 @@ func (c *Checker) probe(ctx context.Context, t *tracker) {
 		return
 	}
 	c.applyProbe(t, err, cfg.Health)
+	// Usability also changes with time (passive time outs, breaker
+	// timeouts), so waiting requests get a chance at every probe.
+	c.bal.Dispatch()
 	if err == nil && n.Up() {
 		c.ensureModels(ctx, n, cfg.Models.Ensure)
 	}

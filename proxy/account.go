@@ -8,6 +8,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/balancer"
 )
 
 // reqState is what the access log and the metrics record of one request.
@@ -27,8 +29,13 @@ type reqState struct {
 	cache            string
 	class            string
 	key              string
-	retries          int
-	err              string
+	// client identifies the client for fair queuing: key name or address.
+	client string
+	// lease is the node lease of a routed request, told the timings the
+	// node reports.
+	lease   *balancer.Lease
+	retries int
+	err     string
 	// deferred is set when a streamed answer outlives the handler: the
 	// relay then ends the request when the stream ends.
 	deferred bool
@@ -135,8 +142,9 @@ func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
 		tps := float64(rs.completionTokens) / (float64(evalNs) / 1e9)
 		s.m.TokensPerSecond.WithLabelValues(rs.node, s.modelLabel(rs.model)).Set(tps)
 	}
-	if s.m != nil && v.GetInt64("load_duration") > int64(time.Second) && rs.node != "" {
-		s.m.ModelLoads.WithLabelValues(rs.node, s.modelLabel(rs.model)).Inc()
+	if rs.lease != nil {
+		rs.lease.Observe(time.Duration(v.GetInt64("load_duration")),
+			time.Duration(v.GetInt64("total_duration")))
 	}
 }
 

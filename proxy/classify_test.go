@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/valyala/fastjson"
@@ -69,6 +70,11 @@ func TestInspectDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			hasUser := strings.Contains(tc.body, `"role":"user"`)
+			if (got.affinity != 0) != hasUser {
+				t.Errorf("affinity %x for a body with a user message: %v", got.affinity, hasUser)
+			}
+			got.affinity = 0
 			if got != tc.want {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
 			}
@@ -105,5 +111,29 @@ func BenchmarkClassifyInspect(b *testing.B) {
 		if _, err := inspect(&p, r, body); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestConversationKey(t *testing.T) {
+	var p fastjson.Parser
+	key := func(body string) uint64 {
+		v, err := p.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conversationKey("m:latest", v.GetArray("messages"))
+	}
+	first := key(`{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}`)
+	later := key(`{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},` +
+		`{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}`)
+	other := key(`{"messages":[{"role":"system","content":"be long"},{"role":"user","content":"hi"}]}`)
+	if first == 0 || first != later {
+		t.Errorf("turns of one conversation: %x and %x, want equal and non-zero", first, later)
+	}
+	if other == first {
+		t.Error("another system prompt gave the same key")
+	}
+	if key(`{"messages":[{"role":"assistant","content":"x"}]}`) != 0 {
+		t.Error("a chat without a user message has a key")
 	}
 }

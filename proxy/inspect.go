@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -31,6 +32,8 @@ type fields struct {
 	pinned *balancer.Node
 	// refresh asks for the node's inventory to be refreshed after success.
 	refresh bool
+	// affinity identifies the conversation of a chat, 0 for none.
+	affinity uint64
 }
 
 // inspect reads the fields routing needs from body. It returns an error
@@ -55,6 +58,9 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	f.stream = streamFlag(v, r)
 	f.unload = isZeroKeepAlive(v.Get("keep_alive"))
 	f.preload = isPreload(v, r.name)
+	if r.name == "/api/chat" || r.name == "/v1/chat/completions" {
+		f.affinity = conversationKey(f.model, v.GetArray("messages"))
+	}
 	opts := v.Get("options")
 	if opts != nil {
 		f.numCtx = opts.GetInt("num_ctx")
@@ -118,4 +124,32 @@ func isPreload(v *fastjson.Value, name string) bool {
 		return err == nil && len(a) == 0
 	}
 	return false
+}
+
+// conversationKey identifies a conversation by its model, its system
+// messages and its first user message, which every later turn repeats:
+// turns of one conversation share the key, and so the node whose prompt
+// cache holds their common prefix. It returns 0 when there is no user
+// message.
+func conversationKey(model string, messages []*fastjson.Value) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(model))
+	var buf []byte
+	for _, m := range messages {
+		role := m.GetStringBytes("role")
+		if string(role) != "system" && string(role) != "user" {
+			continue
+		}
+		buf = append(buf[:0], 0)
+		buf = append(buf, role...)
+		buf = append(buf, 0)
+		if c := m.Get("content"); c != nil {
+			buf = c.MarshalTo(buf)
+		}
+		h.Write(buf)
+		if string(role) == "user" {
+			return h.Sum64() | 1 // never 0
+		}
+	}
+	return 0
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
 )
 
 // maxResponseBytes bounds a non-streamed answer held in memory; the
@@ -39,6 +41,9 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = f.model
+	if !s.classify(ctx, rt, rs) {
+		return
+	}
 	if f.unload && f.preload {
 		s.serveUnload(ctx, rt, rs, f)
 		return
@@ -62,7 +67,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	var tried []*balancer.Node
 	var last attempt
 	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
-		lease, err := s.acquire(wctx, rt, f, tried)
+		lease, err := s.acquire(wctx, rt, rs, f, tried)
 		if err != nil {
 			watch.finish()
 			s.failNoNode(ctx, rt, rs, f, err, last)
@@ -71,6 +76,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		node := lease.Node
 		tried = append(tried, node)
 		rs.node = node.Name
+		rs.lease = lease
 		a, ex := s.try(wctx, node, req, f)
 		if a.err == nil && a.body == nil {
 			s.report(node, "")
@@ -102,15 +108,23 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 // acquire asks the balancer for a node, refreshing the inventories once
 // when no node lists the model: it may have been pulled on a node since
 // the last poll.
-func (s *Server) acquire(ctx context.Context, rt route, f fields, tried []*balancer.Node) (*balancer.Lease, error) {
+func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
+	tried []*balancer.Node) (*balancer.Lease, error) {
 	if f.pinned != nil {
 		if len(tried) > 0 {
 			return nil, balancer.ErrNoNode
 		}
-		f.pinned.Acquire()
-		return &balancer.Lease{Node: f.pinned}, nil
+		return balancer.NewLease(f.pinned), nil
 	}
-	req := balancer.Request{Model: f.model, NumCtx: f.numCtx, Tried: tried}
+	req := balancer.Request{
+		Model:    f.model,
+		NumCtx:   f.numCtx,
+		Tried:    tried,
+		Slot:     rt.inference && !f.preload,
+		Class:    rs.class,
+		Client:   rs.client,
+		Affinity: f.affinity,
+	}
 	lease, err := s.bal.Acquire(ctx, req)
 	if errors.Is(err, balancer.ErrModelNotFound) && s.refreshAll(ctx) {
 		lease, err = s.bal.Acquire(ctx, req)
@@ -161,12 +175,23 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 	switch {
 	case errors.Is(err, balancer.ErrModelNotFound):
 		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(f.rawModel))
-	case last.err != nil || last.status != 0:
+	case (last.err != nil || last.status != 0) && errors.Is(err, balancer.ErrNoNode):
 		s.failAttempt(ctx, rt, rs, last)
+	case errors.Is(err, errClientGone):
+		s.failAttempt(ctx, rt, rs, attempt{err: err})
 	case errors.Is(err, balancer.ErrNoNode):
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
 			"no healthy node can serve model "+quote(f.rawModel)+" now, try again later")
 		ctx.Response.Header.Set("Retry-After", "5")
+	case errors.Is(err, balancer.ErrQueueFull):
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+			"the "+rs.class+" queue is full (queue.classes."+rs.class+".max_length), try again later")
+		ctx.Response.Header.Set("Retry-After", "10")
+	case errors.Is(err, balancer.ErrQueueTimeout):
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+			"no node could take the request within the "+rs.class+
+				" queue's max_wait, try again later")
+		ctx.Response.Header.Set("Retry-After", "10")
 	default:
 		s.failAttempt(ctx, rt, rs, attempt{err: err})
 	}
@@ -245,3 +270,21 @@ func errString(err error) string {
 
 // elapsed is time.Since, kept apart for readability in the relay.
 func elapsed(t time.Time) time.Duration { return time.Since(t) }
+
+// classify sets the request's priority class from X-Priority, and its
+// client identity for fair queuing. An unknown class gets 400.
+func (s *Server) classify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
+	if p := ctx.Request.Header.Peek("X-Priority"); len(p) > 0 {
+		class := strings.ToLower(strings.TrimSpace(string(p)))
+		if config.ClassRank(class) < 0 {
+			writeError(ctx, rt, fasthttp.StatusBadRequest, "unknown priority class "+quote(string(p))+
+				" in X-Priority, want one of "+strings.Join(config.Classes, ", "))
+			return false
+		}
+		rs.class = class
+	}
+	if rs.client == "" {
+		rs.client = remoteIP(ctx)
+	}
+	return true
+}

@@ -1,0 +1,106 @@
+package balancer
+
+import "time"
+
+// Defaults used until nodes have reported real timings. A cold load of a
+// 7-8B model from local disk takes a few seconds on a GPU node; a short
+// chat answer takes a couple of seconds.
+const (
+	defaultLoadTime    = 5 * time.Second
+	defaultServiceTime = 2 * time.Second
+	// ewmaWeight is the weight of a new observation.
+	ewmaWeight = 0.2
+	// affinityEntries bounds the conversations remembered for affinity.
+	affinityEntries = 100_000
+)
+
+// estimates are learned timings, in seconds, guarded by the balancer's mu.
+type estimates struct {
+	load    map[string]float64 // node and model
+	loadAny map[string]float64 // model, over all nodes
+	service map[string]float64 // model
+}
+
+func newEstimates() estimates {
+	return estimates{load: map[string]float64{}, loadAny: map[string]float64{},
+		service: map[string]float64{}}
+}
+
+func (e *estimates) loadTime(node, model string) float64 {
+	if v, ok := e.load[node+"\x00"+model]; ok {
+		return v
+	}
+	if v, ok := e.loadAny[model]; ok {
+		return v
+	}
+	return defaultLoadTime.Seconds()
+}
+
+func (e *estimates) serviceTime(model string) float64 {
+	if v, ok := e.service[model]; ok {
+		return v
+	}
+	return defaultServiceTime.Seconds()
+}
+
+func ewma(m map[string]float64, key string, v float64) {
+	if old, ok := m[key]; ok {
+		m[key] = old + ewmaWeight*(v-old)
+		return
+	}
+	m[key] = v
+}
+
+// Observe records the timings a node reported for the lease's request:
+// the time spent loading the model (Ollama's load_duration) and the
+// whole request. Loads are learned only from cold placements, since a
+// warm request reports a load_duration of a few milliseconds.
+func (l *Lease) Observe(load, total time.Duration) {
+	if l.b == nil || l.req.Model == "" || total <= 0 {
+		return
+	}
+	b := l.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l.Cold && load > 0 {
+		ewma(b.est.load, l.Node.Name+"\x00"+l.req.Model, load.Seconds())
+		ewma(b.est.loadAny, l.req.Model, load.Seconds())
+	}
+	if l.req.Slot {
+		ewma(b.est.service, l.req.Model, (total - load).Seconds())
+	}
+}
+
+// affinityTable maps conversations to the node that served them, keeping
+// the most recent entries up to a bound.
+type affinityTable struct {
+	nodes map[uint64]string
+	ring  []uint64
+	next  int
+	size  int
+}
+
+func newAffinityTable(size int) affinityTable {
+	return affinityTable{nodes: map[uint64]string{}, ring: make([]uint64, 0, min(size, 1024)),
+		size: size}
+}
+
+func (t *affinityTable) get(key uint64) (string, bool) {
+	n, ok := t.nodes[key]
+	return n, ok
+}
+
+func (t *affinityTable) put(key uint64, node string) {
+	if _, ok := t.nodes[key]; ok {
+		t.nodes[key] = node
+		return
+	}
+	if len(t.ring) < t.size {
+		t.ring = append(t.ring, key)
+	} else {
+		delete(t.nodes, t.ring[t.next])
+		t.ring[t.next] = key
+		t.next = (t.next + 1) % len(t.ring)
+	}
+	t.nodes[key] = node
+}

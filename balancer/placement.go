@@ -1,0 +1,206 @@
+package balancer
+
+import (
+	"time"
+)
+
+// candidate is a node that could serve a request, as placement sees it.
+type candidate struct {
+	n    *Node
+	free bool    // a slot is free (always true for requests without slots)
+	warm bool    // the model is loaded with a fitting context size
+	load float64 // slots in use per weighted slot
+	rot  uint64  // rotation order, for ties
+	cost float64 // expected seconds until the request could start
+}
+
+// placeLocked returns the node with a free slot where req should start
+// now, or nil when it should wait for a slot.
+func (b *Balancer) placeLocked(req Request, waited time.Duration) *Node {
+	return b.bestLocked(req, waited, true)
+}
+
+// bestLocked applies the policy. With slots false every candidate counts
+// as free, for requests that take no slot.
+func (b *Balancer) bestLocked(req Request, waited time.Duration, slots bool) *Node {
+	cands := b.candidatesLocked(req, slots)
+	if len(cands) == 0 {
+		return nil
+	}
+	switch b.settings.Policy {
+	case PolicyRoundRobin:
+		return pickRoundRobin(cands)
+	case PolicyLeastConn:
+		return pickLeastConn(cands)
+	}
+	return b.pickInferenceAware(cands, req, waited)
+}
+
+func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
+	nodes := b.Nodes()
+	start := b.rr.Add(1)
+	cands := make([]candidate, 0, len(nodes))
+	for i, n := range nodes {
+		if !n.Usable() || tried(req.Tried, n) || (req.Model != "" && !n.HasModel(req.Model)) {
+			continue
+		}
+		used := n.slots
+		if !slots {
+			used = int(n.Inflight())
+		}
+		cands = append(cands, candidate{
+			n:    n,
+			free: !slots || n.slots < n.MaxConcurrent,
+			warm: req.Model == "" || n.IsLoaded(req.Model, req.NumCtx),
+			load: float64(used) / (float64(n.MaxConcurrent) * n.Weight),
+			rot:  (uint64(i) + start) % uint64(len(nodes)),
+		})
+	}
+	return cands
+}
+
+// pickRoundRobin takes the free candidate next in rotation.
+func pickRoundRobin(cands []candidate) *Node {
+	var best *candidate
+	for i := range cands {
+		c := &cands[i]
+		if c.free && (best == nil || c.rot < best.rot) {
+			best = c
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return best.n
+}
+
+// pickLeastConn takes the free candidate with the fewest requests per
+// slot, as nginx's least_conn does.
+func pickLeastConn(cands []candidate) *Node {
+	var best *candidate
+	for i := range cands {
+		c := &cands[i]
+		if !c.free {
+			continue
+		}
+		if best == nil || c.load < best.load || (c.load == best.load && c.rot < best.rot) {
+			best = c
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return best.n
+}
+
+// pickInferenceAware places a request where it should start first: a
+// conversation's own node while it is not overloaded; otherwise the node
+// with the least expected wait, where a cold model load counts as the time
+// the load takes, learned from the loads nodes report. A busy node that
+// holds the model wins over an idle one that would have to load it when
+// its wait is shorter than the load; the request then waits for it, and
+// goes to the idle node once it has waited as long as that load.
+func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited time.Duration) *Node {
+	if n := b.affinityNode(cands, req); n != nil {
+		return n
+	}
+	busyWait := b.busyWaitLocked(cands, req)
+	best := -1
+	for i := range cands {
+		c := &cands[i]
+		if !c.free {
+			c.cost += busyWait
+		}
+		if !c.warm {
+			c.cost += b.est.loadTime(c.n.Name, req.Model)
+		}
+		if best < 0 || cheaper(c, &cands[best], req.Model) {
+			best = i
+		}
+	}
+	if cands[best].free {
+		return cands[best].n
+	}
+	var fallback *candidate
+	for i := range cands {
+		c := &cands[i]
+		if c.free && waited.Seconds() >= c.cost && (fallback == nil || cheaper(c, fallback, req.Model)) {
+			fallback = c
+		}
+	}
+	if fallback == nil {
+		return nil
+	}
+	return fallback.n
+}
+
+// cheaper orders candidates by cost, then free before busy, then load,
+// then a stable rank: the model's rendezvous rank for a cold placement,
+// so that one model's loads land on one node, else rotation.
+func cheaper(c, o *candidate, model string) bool {
+	if c.cost != o.cost {
+		return c.cost < o.cost
+	}
+	if c.free != o.free {
+		return c.free
+	}
+	if c.load != o.load {
+		return c.load < o.load
+	}
+	if !c.warm && !o.warm {
+		return rendezvous(model, c.n.Name) < rendezvous(model, o.n.Name)
+	}
+	return c.rot < o.rot
+}
+
+// busyWaitLocked estimates, in seconds, how long a request for req.Model
+// waits for a slot on a busy node that holds the model: the requests for
+// that model already waiting plus this one, served by the slots of the
+// nodes that hold it, each taking the model's usual service time.
+func (b *Balancer) busyWaitLocked(cands []candidate, req Request) float64 {
+	slots := 0
+	for _, c := range cands {
+		if c.warm {
+			slots += c.n.MaxConcurrent
+		}
+	}
+	ahead := 0
+	for _, w := range b.waiting {
+		if w.req.Model == req.Model {
+			ahead++
+		}
+	}
+	return b.est.serviceTime(req.Model) * float64(ahead+1) / float64(max(slots, 1))
+}
+
+// affinityNode returns the node that served the conversation before,
+// when it has a free slot and its load is within the bound
+// (balancer.affinity_load_factor times the average load, counting this
+// request), as in consistent hashing with bounded loads.
+func (b *Balancer) affinityNode(cands []candidate, req Request) *Node {
+	if req.Affinity == 0 {
+		return nil
+	}
+	name, ok := b.affinity.get(req.Affinity)
+	if !ok {
+		return nil
+	}
+	var total, slots float64
+	var home *candidate
+	for i := range cands {
+		c := &cands[i]
+		total += float64(c.n.slots)
+		slots += float64(c.n.MaxConcurrent) * c.n.Weight
+		if c.n.Name == name {
+			home = c
+		}
+	}
+	if home == nil || !home.free {
+		return nil
+	}
+	avg := (total + 1) / slots
+	if home.load > avg*b.settings.AffinityLoadFactor {
+		return nil
+	}
+	return home.n
+}
