@@ -68,6 +68,9 @@ type Settings struct {
 	AffinityLoadFactor float64
 	Aging              time.Duration
 	Classes            map[string]config.QueueClass
+	// Clock returns the time used for waiting and aging; nil is time.Now.
+	// Tests set it to order waiters deterministically.
+	Clock func() time.Time
 }
 
 // SettingsFrom extracts the scheduling settings of cfg.
@@ -90,6 +93,7 @@ type Balancer struct {
 	nodes atomic.Pointer[[]*Node]
 	rr    atomic.Uint64
 	m     *metrics.Metrics
+	clock atomic.Pointer[func() time.Time]
 
 	// mu guards every field below and the slot counts of the nodes.
 	mu       sync.Mutex
@@ -117,6 +121,15 @@ func New(s Settings, nodes []*Node, m *metrics.Metrics) *Balancer {
 	return b
 }
 
+// now reads the clock of the settings. It needs no lock: the clock is
+// fixed before requests run.
+func (b *Balancer) now() time.Time {
+	if c := b.clock.Load(); c != nil {
+		return (*c)()
+	}
+	return time.Now()
+}
+
 // SetSettings replaces the scheduling settings for new decisions.
 func (b *Balancer) SetSettings(s Settings) {
 	if s.Policy == "" {
@@ -124,6 +137,9 @@ func (b *Balancer) SetSettings(s Settings) {
 	}
 	if s.AffinityLoadFactor <= 0 {
 		s.AffinityLoadFactor = 1.25
+	}
+	if s.Clock != nil {
+		b.clock.Store(&s.Clock)
 	}
 	b.mu.Lock()
 	b.settings = s
@@ -143,7 +159,7 @@ func (b *Balancer) SetNodes(nodes []*Node) {
 // next slot to free elsewhere.
 func (b *Balancer) Dispatch() {
 	b.mu.Lock()
-	b.dispatchLocked(time.Now())
+	b.dispatchLocked(b.now())
 	b.mu.Unlock()
 }
 
@@ -223,7 +239,7 @@ func (l *Lease) Release() {
 	b := l.b
 	b.mu.Lock()
 	b.freeSlotLocked(l.Node, l.req)
-	b.dispatchLocked(time.Now())
+	b.dispatchLocked(b.now())
 	b.mu.Unlock()
 }
 
@@ -246,14 +262,14 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 			return nil, err
 		}
 		n.Acquire()
-		return &Lease{Node: n, b: b, req: req, start: time.Now()}, nil
+		return &Lease{Node: n, b: b, req: req, start: b.now()}, nil
 	}
 	b.mu.Lock()
 	if err := b.checkCandidates(req); err != nil {
 		b.mu.Unlock()
 		return nil, err
 	}
-	now := time.Now()
+	now := b.now()
 	if n := b.placeLocked(req, 0); n != nil {
 		cold := b.takeSlotLocked(n, req)
 		b.mu.Unlock()
@@ -273,7 +289,7 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Lease{Node: n, Cold: w.cold, b: b, req: req, start: time.Now()}, nil
+	return &Lease{Node: n, Cold: w.cold, b: b, req: req, start: b.now()}, nil
 }
 
 // checkCandidates tells a model no node lists, and a model whose nodes

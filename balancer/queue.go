@@ -169,10 +169,10 @@ func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
 		// Placed while giving up: hand the slot back.
 		n := <-w.ready
 		b.freeSlotLocked(n, w.req)
-		b.dispatchLocked(time.Now())
+		b.dispatchLocked(b.now())
 	} else {
 		b.removeLocked(w)
-		b.observeWait(w.req.Class, time.Since(w.arrived))
+		b.observeWait(w.req.Class, b.now().Sub(w.arrived))
 	}
 	if b.m != nil && errors.Is(cause, ErrQueueTimeout) {
 		b.m.QueueRejected.WithLabelValues(w.req.Class, "timeout").Inc()
@@ -184,7 +184,7 @@ func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
 func (b *Balancer) Waiting() []WaitingRequest {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := time.Now()
+	now := b.now()
 	ws := append([]*waiter(nil), b.waiting...)
 	sort.SliceStable(ws, func(i, j int) bool { return ws[i].before(ws[j], now, b.settings.Aging) })
 	out := make([]WaitingRequest, 0, len(ws))

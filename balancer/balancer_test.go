@@ -1,0 +1,366 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+)
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func testNode(t *testing.T, name string, slots int, models []string, loaded ...string) *Node {
+	t.Helper()
+	u, _ := url.Parse("http://" + name + ":11434")
+	n := NewNode(name, u, slots, 1)
+	var ms []Model
+	for _, m := range models {
+		ms = append(ms, Model{Name: m})
+	}
+	var ls []Loaded
+	for _, m := range loaded {
+		ls = append(ls, Loaded{Name: m})
+	}
+	n.SetInventory(ms, ls, time.Time{})
+	return n
+}
+
+func testBalancer(t *testing.T, clock *fakeClock, policy string, nodes ...*Node) *Balancer {
+	t.Helper()
+	cfg := config.Default()
+	s := SettingsFrom(&cfg)
+	s.Policy = policy
+	s.Aging = 10 * time.Second
+	if clock != nil {
+		s.Clock = clock.now
+	}
+	return New(s, nodes, nil)
+}
+
+// queued starts Acquire in a goroutine and waits until the request is in
+// the queue, so that arrival order is the call order.
+type queued struct {
+	name  string
+	lease chan *Lease
+	err   chan error
+}
+
+func enqueue(t *testing.T, b *Balancer, name string, req Request) *queued {
+	t.Helper()
+	q := &queued{name: name, lease: make(chan *Lease, 1), err: make(chan error, 1)}
+	before := len(b.Waiting())
+	go func() {
+		l, err := b.Acquire(context.Background(), req)
+		if err != nil {
+			q.err <- err
+			return
+		}
+		q.lease <- l
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.Waiting()) == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never queued", name)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return q
+}
+
+// releaseOrder frees the held lease, then records which queued request got
+// the slot, one at a time.
+func releaseOrder(t *testing.T, held *Lease, qs []*queued) []string {
+	t.Helper()
+	var order []string
+	for range qs {
+		held.Release()
+		select {
+		case l := <-anyLease(qs, &order):
+			held = l
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no request placed after a release; order so far %v", order)
+		}
+	}
+	held.Release()
+	return order
+}
+
+func anyLease(qs []*queued, order *[]string) <-chan *Lease {
+	out := make(chan *Lease, 1)
+	go func() {
+		for {
+			for _, q := range qs {
+				select {
+				case l := <-q.lease:
+					*order = append(*order, q.name)
+					out <- l
+					return
+				default:
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return out
+}
+
+func slotReq(class, client string) Request {
+	return Request{Model: "a:latest", Slot: true, Class: class, Client: client}
+}
+
+func TestPriorityClassesOrder(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
+	held, err := b.Acquire(context.Background(), slotReq("standard", "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs := []*queued{
+		enqueue(t, b, "batch", slotReq("batch", "c1")),
+		enqueue(t, b, "standard", slotReq("standard", "c2")),
+		enqueue(t, b, "priority", slotReq("priority", "c3")),
+	}
+	got := releaseOrder(t, held, qs)
+	want := []string{"priority", "standard", "batch"}
+	if !equal(got, want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+}
+
+func TestAgingLiftsBatch(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
+	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
+	old := enqueue(t, b, "old-batch", slotReq("batch", "c1"))
+	// Two agings later the batch request ranks with priority requests and,
+	// having waited longer, goes first.
+	clock.advance(25 * time.Second)
+	fresh := enqueue(t, b, "fresh-priority", slotReq("priority", "c2"))
+	got := releaseOrder(t, held, []*queued{old, fresh})
+	if got[0] != "old-batch" {
+		t.Errorf("order %v, want the aged batch request first", got)
+	}
+}
+
+func TestFairSharingWithinClass(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
+	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
+	var qs []*queued
+	for i := 0; i < 6; i++ {
+		qs = append(qs, enqueue(t, b, "A", slotReq("standard", "A")))
+	}
+	for i := 0; i < 2; i++ {
+		qs = append(qs, enqueue(t, b, "B", slotReq("standard", "B")))
+	}
+	got := releaseOrder(t, held, qs)
+	// B's two requests are served among A's first ones, not after all six.
+	lastB := 0
+	for i, name := range got {
+		if name == "B" {
+			lastB = i
+		}
+	}
+	if lastB > 3 {
+		t.Errorf("order %v: client B waited behind client A's burst", got)
+	}
+}
+
+func TestQueueLimits(t *testing.T) {
+	b := testBalancer(t, nil, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
+	b.mu.Lock()
+	b.settings.Classes = map[string]config.QueueClass{
+		"standard": {MaxLength: 1, MaxWait: 50 * time.Millisecond},
+	}
+	b.mu.Unlock()
+	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
+	defer held.Release()
+	q := enqueue(t, b, "first", slotReq("standard", "y"))
+	if _, err := b.Acquire(context.Background(), slotReq("standard", "z")); !errors.Is(err, ErrQueueFull) {
+		t.Errorf("second waiter: %v, want ErrQueueFull", err)
+	}
+	select {
+	case err := <-q.err:
+		if !errors.Is(err, ErrQueueTimeout) {
+			t.Errorf("waiter: %v, want ErrQueueTimeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter never timed out")
+	}
+	if d := b.Depth()["standard"]; d != 0 {
+		t.Errorf("depth %d after the timeout, want 0", d)
+	}
+}
+
+func TestCancelledWaiterLeavesQueue(t *testing.T) {
+	b := testBalancer(t, nil, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
+	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Acquire(ctx, slotReq("standard", "y"))
+		done <- err
+	}()
+	for len(b.Waiting()) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("err %v, want context.Canceled", err)
+	}
+	if len(b.Waiting()) != 0 {
+		t.Error("cancelled request still queued")
+	}
+	held.Release()
+	if n := b.Node("n1"); n.slots != 0 || n.Inflight() != 0 {
+		t.Errorf("slots %d, inflight %d after all released", n.slots, n.Inflight())
+	}
+}
+
+func TestLoadedModelsAvoidSwaps(t *testing.T) {
+	both := []string{"a:latest", "b:latest"}
+	n1 := testNode(t, "n1", 2, both, "a:latest")
+	n2 := testNode(t, "n2", 2, both, "b:latest")
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, n2)
+	for i := 0; i < 20; i++ {
+		model := "a:latest"
+		want := "n1"
+		if i%2 == 1 {
+			model, want = "b:latest", "n2"
+		}
+		l, err := b.Acquire(context.Background(), Request{Model: model, Slot: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Node.Name != want || l.Cold {
+			t.Fatalf("request %d for %s went to %s (cold %v), want %s warm", i, model, l.Node.Name, l.Cold, want)
+		}
+		l.Release()
+	}
+}
+
+func TestBusyLoadedNodeBeatsColdIdleNode(t *testing.T) {
+	n1 := testNode(t, "n1", 1, []string{"a:latest"}, "a:latest")
+	n2 := testNode(t, "n2", 1, []string{"a:latest"})
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, n2)
+	held, _ := b.Acquire(context.Background(), Request{Model: "a:latest", Slot: true})
+	if held.Node != n1 {
+		t.Fatalf("first request on %s, want n1 where a is loaded", held.Node.Name)
+	}
+	// The default estimates say a load (5s) takes longer than waiting for
+	// n1 (2s), so the request waits for n1.
+	q := enqueue(t, b, "second", Request{Model: "a:latest", Slot: true})
+	held.Release()
+	select {
+	case l := <-q.lease:
+		if l.Node != n1 {
+			t.Errorf("second request placed on %s, want n1", l.Node.Name)
+		}
+		l.Release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("second request never placed")
+	}
+}
+
+func TestConversationAffinity(t *testing.T) {
+	n1 := testNode(t, "n1", 4, []string{"a:latest"}, "a:latest")
+	n2 := testNode(t, "n2", 4, []string{"a:latest"}, "a:latest")
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, n2)
+	req := Request{Model: "a:latest", Slot: true, Affinity: 42}
+	first, _ := b.Acquire(context.Background(), req)
+	first.Release()
+	for turn := 0; turn < 10; turn++ {
+		l, _ := b.Acquire(context.Background(), req)
+		if l.Node != first.Node {
+			t.Fatalf("turn %d went to %s, want %s", turn, l.Node.Name, first.Node.Name)
+		}
+		l.Release()
+	}
+	// Turns held at once fill the home node only up to the load bound;
+	// the rest go to the other node.
+	var hold []*Lease
+	home := 0
+	for i := 0; i < 4; i++ {
+		l, _ := b.Acquire(context.Background(), req)
+		if l.Node == first.Node {
+			home++
+		}
+		hold = append(hold, l)
+	}
+	for _, l := range hold {
+		l.Release()
+	}
+	if home < 2 || home == 4 {
+		t.Errorf("%d of 4 concurrent turns on the home node, want at least 2 but not all", home)
+	}
+}
+
+func TestPolicies(t *testing.T) {
+	for _, policy := range []string{PolicyRoundRobin, PolicyLeastConn} {
+		t.Run(policy, func(t *testing.T) {
+			n1 := testNode(t, "n1", 8, []string{"a:latest"}, "a:latest")
+			n2 := testNode(t, "n2", 8, []string{"a:latest"})
+			b := testBalancer(t, nil, policy, n1, n2)
+			seen := map[string]int{}
+			var held []*Lease
+			for i := 0; i < 8; i++ {
+				l, err := b.Acquire(context.Background(), Request{Model: "a:latest", Slot: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[l.Node.Name]++
+				held = append(held, l)
+			}
+			for _, l := range held {
+				l.Release()
+			}
+			if seen["n1"] != 4 || seen["n2"] != 4 {
+				t.Errorf("spread %v, want 4 and 4 regardless of loaded models", seen)
+			}
+		})
+	}
+}
+
+func TestUnknownModelAndNoNode(t *testing.T) {
+	n1 := testNode(t, "n1", 1, []string{"a:latest"})
+	b := testBalancer(t, nil, PolicyInferenceAware, n1)
+	if _, err := b.Acquire(context.Background(), Request{Model: "zz:latest", Slot: true}); !errors.Is(err, ErrModelNotFound) {
+		t.Errorf("unknown model: %v", err)
+	}
+	n1.SetUp(false)
+	if _, err := b.Acquire(context.Background(), Request{Model: "a:latest", Slot: true}); !errors.Is(err, ErrNoNode) {
+		t.Errorf("down node: %v", err)
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
