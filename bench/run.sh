@@ -4,8 +4,8 @@
 # concurrent streams through a proxy exceed at the usual 1024.
 #
 # On a machine running systemd, apt-get may also enable and start the
-# packages' system services; the benchmark starts its own instances on
-# 127.0.0.1 and does not use them.
+# packages' system services. The benchmark does not use them, because it
+# starts its own instances on 127.0.0.1.
 set -eu
 
 bin=${BENCH_BIN:-bin}

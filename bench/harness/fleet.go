@@ -18,11 +18,12 @@ var WarmBody = []byte(`{"model":"` + Model + `","prompt":"warm","stream":false,`
 type FleetSpec struct {
 	// Nodes is the number of ollamasim processes.
 	Nodes int
-	// TokensPerSec paces streamed tokens; 0 answers at once.
+	// TokensPerSec paces streamed tokens, and 0 turns pacing off.
 	TokensPerSec float64
-	// Parallel is the slots per node; requests beyond it queue in the node.
+	// Parallel is the number of slots per node. Requests beyond it queue in
+	// the node.
 	Parallel int
-	// MaxQueue is the requests a node queues before it answers 503.
+	// MaxQueue is the number of requests a node queues before it responds 503.
 	MaxQueue int
 	// ExtraArgs are added to every node's command line, such as fault flags.
 	ExtraArgs []string

@@ -131,7 +131,7 @@ func TestTreeUsageCountsChildren(t *testing.T) {
 	}
 }
 
-func TestOthersShareIsAShare(t *testing.T) {
+func TestOthersShareWithinRange(t *testing.T) {
 	e := newTestEnv(t)
 	before, err := e.Snapshot()
 	if err != nil {

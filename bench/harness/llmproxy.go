@@ -2,11 +2,10 @@ package harness
 
 import "path/filepath"
 
-// llmproxyConfig sets least-connection balancing, turns off the response
-// cache and the per-address rate limit (10 requests per second by
-// default, which would throttle the load generator), and lets each node
-// take as many requests as the other proxies allow, so that llmproxy
-// queues none.
+// llmproxyConfig sets least-connection balancing and turns off the
+// response cache and the per-address rate limit, whose default of 10
+// requests per second would throttle the load generator. Each node takes
+// as many requests as the other proxies allow, so llmproxy queues none.
 const llmproxyConfig = `listen: {{.Listen}}
 nodes:
 {{- range .Nodes}}

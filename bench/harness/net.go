@@ -11,7 +11,7 @@ import (
 )
 
 // FreeAddr returns a free TCP address on 127.0.0.1. Another process may
-// take the port before the caller binds it; the caller then fails to
+// take the port before the caller binds it. The caller then fails to
 // start and the run stops with that error.
 func FreeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -22,10 +22,10 @@ func FreeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// readyTimeout bounds the wait for a started server to answer.
+// readyTimeout bounds the wait for a started server to respond.
 const readyTimeout = 15 * time.Second
 
-// WaitReady posts body to url until the answer has status 200, the process
+// WaitReady posts body to url until the response has status 200, the process
 // exits, or readyTimeout passes. A POST of a generation request also loads
 // the model on the node that serves it.
 func WaitReady(ctx context.Context, p *Proc, url string, body []byte) error {

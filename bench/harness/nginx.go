@@ -86,7 +86,8 @@ func findSystemBinary(name string) (string, error) {
 	}
 	p := "/usr/sbin/" + name
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("%s not found in PATH or /usr/sbin; install it with apt-get install %s", name, name)
+		return "", fmt.Errorf("%s not found in PATH or /usr/sbin: install it with apt-get install %s",
+			name, name)
 	}
 	return p, nil
 }

@@ -36,7 +36,7 @@ func (e *Env) Snapshot() (CPUSnapshot, error) {
 		if p.Exited() {
 			continue
 		}
-		// A process may end between the check and the read; its time is
+		// A process may end between the check and the read. Its time is
 		// then missing from ours, which only overstates others' share.
 		if u, err := TreeUsage(p.PID()); err == nil {
 			ours += u.CPU
@@ -61,7 +61,12 @@ func (s CPUSnapshot) OthersShare(prev CPUSnapshot) float64 {
 // WaitQuiet samples the CPU use of other processes over spans of sample
 // until it is at most threshold (a share of all CPUs) or maxWait passes,
 // and returns the last share measured.
-func (e *Env) WaitQuiet(ctx context.Context, threshold float64, sample, maxWait time.Duration) (float64, error) {
+func (e *Env) WaitQuiet(
+	ctx context.Context,
+	threshold float64,
+	sample time.Duration,
+	maxWait time.Duration,
+) (float64, error) {
 	deadline := time.Now().Add(maxWait)
 	for {
 		before, err := e.Snapshot()

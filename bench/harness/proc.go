@@ -25,7 +25,7 @@ const stopTimeout = 5 * time.Second
 type Env struct {
 	// BinDir contains the llmproxy and ollamasim binaries.
 	BinDir string
-	// Dir receives configs and logs; it is created by NewEnv.
+	// Dir receives configs and logs. NewEnv creates it.
 	Dir string
 	// ProfileDir, when set, makes llmproxy targets run as llmproxyprof,
 	// which writes CPU profiles there on request.
@@ -67,7 +67,7 @@ type Proc struct {
 
 // ProcSpec describes a process to start.
 type ProcSpec struct {
-	// Name labels the process in logs; the log file is Name.log.
+	// Name labels the process in logs and names its log file, Name.log.
 	Name string
 	Path string
 	Args []string

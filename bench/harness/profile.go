@@ -17,7 +17,7 @@ func (t *Target) profiled() bool {
 	return t.Kind == LLMProxy && t.profileDir != ""
 }
 
-// StartProfile starts a CPU profile of a profiled target; other targets
+// StartProfile starts a CPU profile of a profiled target. Other targets
 // ignore it.
 func (t *Target) StartProfile() error {
 	if !t.profiled() {

@@ -29,17 +29,17 @@ const (
 	streamTimeoutSec = 120
 )
 
-// Target is what a load generator sends requests to: the nodes themselves
-// (Direct) or a proxy in front of them.
+// Target is the endpoint a load generator sends requests to: the nodes
+// themselves (Direct) or a proxy in front of them.
 type Target struct {
 	Kind string
 	// URLs are the base URLs to spread requests over: every node for
 	// Direct, the proxy's one address otherwise.
 	URLs []string
-	// Proc is the proxy process; nil for Direct.
+	// Proc is the proxy process, or nil for Direct.
 	Proc *Proc
 
-	// profileDir is where a profiled llmproxy writes its CPU profiles;
+	// profileDir is the folder of a profiled llmproxy's CPU profiles, and
 	// profiles counts the profiles started.
 	profileDir string
 	profiles   int
@@ -80,7 +80,7 @@ func StartTarget(ctx context.Context, e *Env, kind string, fleet *Fleet) (*Targe
 	return t, nil
 }
 
-// Usage returns the resource use of the proxy; ok is false for Direct.
+// Usage returns the resource use of the proxy. ok is false for Direct.
 func (t *Target) Usage() (u Usage, ok bool, err error) {
 	if t.Proc == nil {
 		return Usage{}, false, nil
@@ -89,7 +89,7 @@ func (t *Target) Usage() (u Usage, ok bool, err error) {
 	return u, err == nil, err
 }
 
-// ResetPeakRSS starts a new peak RSS window for the proxy; Direct has none.
+// ResetPeakRSS starts a new peak RSS window for the proxy. Direct has none.
 func (t *Target) ResetPeakRSS() error {
 	if t.Proc == nil {
 		return nil
@@ -97,7 +97,7 @@ func (t *Target) ResetPeakRSS() error {
 	return ResetPeakRSS(t.Proc.PID())
 }
 
-// Stop stops the proxy; Direct has nothing to stop.
+// Stop stops the proxy. Direct has nothing to stop.
 func (t *Target) Stop() error {
 	if t.Proc == nil {
 		return nil
@@ -105,7 +105,7 @@ func (t *Target) Stop() error {
 	return t.Proc.Stop()
 }
 
-// configData is what the config templates of the proxies read.
+// configData is the input of the proxies' config templates.
 type configData struct {
 	Listen          string
 	Dir             string

@@ -19,7 +19,7 @@ type Request struct {
 	Body []byte
 }
 
-// StatusError is an answer whose status is not 200.
+// StatusError is a response whose status is not 200.
 type StatusError struct {
 	Status int
 	Body   string
@@ -68,7 +68,7 @@ func NewClient(baseURLs []string, maxConnsPerHost int) (*Client, error) {
 	return c, nil
 }
 
-// Do sends r to the next base URL and returns nil for a 200 answer.
+// Do sends r to the next base URL and returns nil for a 200 response.
 func (c *Client) Do(r Request) error {
 	h := c.hosts[c.next.Add(1)%uint64(len(c.hosts))]
 	req := fasthttp.AcquireRequest()
@@ -85,7 +85,8 @@ func (c *Client) Do(r Request) error {
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
 		body := resp.Body()
-		return &StatusError{Status: resp.StatusCode(), Body: string(bytes.TrimSpace(body[:min(len(body), 200)]))}
+		excerpt := bytes.TrimSpace(body[:min(len(body), 200)])
+		return &StatusError{Status: resp.StatusCode(), Body: string(excerpt)}
 	}
 	return nil
 }

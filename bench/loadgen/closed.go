@@ -7,7 +7,7 @@ import (
 )
 
 // ClosedLoop is a saturation phase: Conns workers each send Request,
-// wait for the answer and send the next, for Duration.
+// wait for the response and send the next, for Duration.
 type ClosedLoop struct {
 	Conns    int
 	Duration time.Duration

@@ -7,13 +7,13 @@ import (
 )
 
 // OpenLoop is a fixed-rate phase: requests are due at Rate per second,
-// evenly spaced, whether or not earlier ones have been answered.
+// evenly spaced, whether or not earlier ones have completed.
 type OpenLoop struct {
 	Rate     float64
 	Duration time.Duration
-	// Workers send the requests; worker w sends requests w, w+Workers, ...
-	// It must exceed Rate times the slowest latency, or requests leave
-	// late; the lateness still counts in their latency.
+	// Workers is the number of senders: worker w sends requests w,
+	// w+Workers, and so on. It must exceed Rate times the slowest latency,
+	// or requests leave late, and the lateness counts in their latency.
 	Workers int
 	Request Request
 }

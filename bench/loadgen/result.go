@@ -8,11 +8,11 @@ import (
 
 // Result is the outcome of a closed- or open-loop phase.
 type Result struct {
-	// Requests counts the answers with status 200.
+	// Requests counts the responses with status 200.
 	Requests int64
 	// Errors counts failed requests: transport errors and other statuses.
 	Errors int64
-	// FirstError describes the first failure; empty when none failed.
+	// FirstError describes the first failure, or is empty when none failed.
 	FirstError string
 	// Elapsed is the wall time of the phase.
 	Elapsed time.Duration
@@ -40,7 +40,7 @@ func (l *errorLog) add(err error) {
 	l.once.Do(func() { l.first = err.Error() })
 }
 
-// firstError returns the first failure; call it after every worker ended.
+// firstError returns the first failure. Call it after every worker ended.
 func (l *errorLog) firstError() string {
 	return l.first
 }

@@ -21,7 +21,7 @@ type Summary struct {
 	Max   time.Duration
 }
 
-// Summarize sorts samples in place and returns their summary; an empty set
+// Summarize sorts samples in place and returns their summary. An empty set
 // gives the zero Summary.
 func Summarize(samples []time.Duration) Summary {
 	if len(samples) == 0 {

@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// Format is the framing of a streamed answer.
+// Format is the framing of a streamed response.
 type Format int
 
 const (
@@ -36,7 +36,7 @@ func (f Format) String() string {
 // starts within Ramp, then opens one stream after another until the phase
 // ends. Samples count only in the window of Duration that follows Ramp.
 type StreamLoad struct {
-	// URLs are base URLs; each new stream takes the next one.
+	// URLs are base URLs, and each new stream takes the next one.
 	URLs     []string
 	Path     string
 	Body     []byte
@@ -57,7 +57,7 @@ type StreamResult struct {
 	// Errors counts streams that failed or ended without a final line.
 	Errors     int64
 	FirstError string
-	// Window is the measured time; Elapsed is the whole phase, ramp
+	// Window is the measured time. Elapsed is the whole phase, ramp
 	// included.
 	Window  time.Duration
 	Elapsed time.Duration
@@ -65,16 +65,16 @@ type StreamResult struct {
 	// streams that started in the window.
 	TTFB Summary
 	// ChunkLatency is the receive time of a chunk minus the created_at
-	// time the node wrote into it; NDJSON only.
+	// time the node wrote into it, for NDJSON only.
 	ChunkLatency Summary
 	// Gap is the time between two consecutive chunks of one stream.
 	Gap Summary
 }
 
-// maxLineBytes bounds one line of a streamed answer.
+// maxLineBytes bounds one line of a streamed response.
 const maxLineBytes = 64 << 10
 
-// RunStreams runs the phase; it returns when the window has ended and
+// RunStreams runs the phase and returns when the window has ended and
 // every worker has stopped.
 func RunStreams(ctx context.Context, cfg StreamLoad) StreamResult {
 	transport := &http.Transport{
@@ -105,7 +105,7 @@ func RunStreams(ctx context.Context, cfg StreamLoad) StreamResult {
 	return g.collect(workers)
 }
 
-// streamGen holds what the workers of one phase share.
+// streamGen is the state that the workers of one phase share.
 type streamGen struct {
 	start       time.Time
 	cfg         StreamLoad
@@ -176,10 +176,11 @@ func (w *streamWorker) run(ctx context.Context, index int, delay time.Duration) 
 	}
 }
 
-// stream sends one request and reads its answer to the end.
+// stream sends one request and reads its response to the end.
 func (w *streamWorker) stream(ctx context.Context, base string, start time.Time) error {
 	cfg := w.g.cfg
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+cfg.Path, bytes.NewReader(cfg.Body))
+	body := bytes.NewReader(cfg.Body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+cfg.Path, body)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
@@ -200,7 +201,7 @@ func (w *streamWorker) stream(ctx context.Context, base string, start time.Time)
 // errNoFinalLine means the stream ended before its final line or event.
 var errNoFinalLine = errors.New("stream ended without its final line")
 
-// readChunks reads the answer and records each chunk's samples. It
+// readChunks reads the response and records each chunk's samples. It
 // returns nil once the final line (NDJSON) or [DONE] event (SSE) arrived
 // and the body ended.
 func (w *streamWorker) readChunks(start time.Time) error {
@@ -245,8 +246,8 @@ func (w *streamWorker) chunk(line []byte) (payload []byte, last, ok bool) {
 	return data, false, true
 }
 
-// record adds the samples of a chunk received at now; prev is the time of
-// the stream's previous chunk, zero for its first.
+// record adds the samples of a chunk received at now. prev is the time of
+// the stream's previous chunk, or zero for its first.
 func (w *streamWorker) record(payload []byte, start, prev, now time.Time) {
 	if prev.IsZero() {
 		if w.g.inWindow(start) {

@@ -22,9 +22,9 @@ type Machine struct {
 	Software []string
 }
 
-// DescribeMachine reads the machine's description from /proc and the
-// version of each program in tools, found in PATH or /usr/sbin; a program
-// that is missing or fails is listed as such.
+// DescribeMachine reads the machine's description from /proc and runs the
+// version command of each program in tools. A program that is missing or
+// fails is listed as unavailable.
 func DescribeMachine(tools map[string][]string) Machine {
 	m := Machine{
 		CPUs:      runtime.NumCPU(),

@@ -55,7 +55,8 @@ func (d *Document) Markdown() string {
 	if d.Preface != "" {
 		fmt.Fprintf(&b, "%s\n\n", strings.TrimSpace(d.Preface))
 	}
-	fmt.Fprintf(&b, "Date: %s. Command: `%s`.\n\n", d.Date.UTC().Format("2006-01-02 15:04 MST"), d.Command)
+	date := d.Date.UTC().Format("2006-01-02 15:04 MST")
+	fmt.Fprintf(&b, "Date: %s. Command: `%s`.\n\n", date, d.Command)
 	b.WriteString(d.Machine.Markdown())
 	if len(d.Goals) > 0 {
 		b.WriteString("\n## Goals\n\n")

@@ -11,7 +11,7 @@ import (
 	"github.com/llmproxy/llmproxy/bench/report"
 )
 
-// generateRequest is a short non-streamed generation. The nodes answer it
+// generateRequest is a short non-streamed generation. The nodes respond
 // at once (tokens-per-sec 0), so the phase measures the path, not the
 // model.
 var generateRequest = loadgen.Request{
@@ -37,7 +37,7 @@ type requestPhase struct {
 
 func (p requestPhase) disturbance() float64 { return p.use.others }
 
-// cpuPer10k returns the proxy's CPU seconds per 10,000 answered requests.
+// cpuPer10k returns the proxy's CPU seconds per 10,000 completed requests.
 func (p requestPhase) cpuPer10k() float64 {
 	if !p.use.ok || p.res.Requests == 0 {
 		return 0
@@ -74,9 +74,12 @@ func runGenerate(ctx context.Context, r *Run) (report.Section, error) {
 
 	addGenerateGoals(r, saturated, fixed)
 	return report.Section{
-		Title:  "Non-streaming POST /api/generate",
-		Intro:  generateIntro(r.Settings),
-		Tables: []report.Table{saturationTable(r.Settings, saturated), fixedRateTable(r.Settings, fixed, saturated)},
+		Title: "Non-streaming POST /api/generate",
+		Intro: generateIntro(r.Settings),
+		Tables: []report.Table{
+			saturationTable(r.Settings, saturated),
+			fixedRateTable(r.Settings, fixed, saturated),
+		},
 	}, nil
 }
 
@@ -107,7 +110,12 @@ func fixedRate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, er
 		return requestPhase{}, err
 	}
 	defer client.Close()
-	cfg := loadgen.OpenLoop{Rate: s.Rate, Duration: s.Warmup, Workers: openLoopWorkers, Request: generateRequest}
+	cfg := loadgen.OpenLoop{
+		Rate:     s.Rate,
+		Duration: s.Warmup,
+		Workers:  openLoopWorkers,
+		Request:  generateRequest,
+	}
 	loadgen.RunOpen(ctx, client, cfg)
 
 	cfg.Duration = s.Fixed
@@ -119,17 +127,18 @@ func fixedRate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, er
 }
 
 func generateIntro(s Settings) string {
-	return fmt.Sprintf("Each request is `POST /api/generate` with `\"stream\":false` and "+
-		"`num_predict` 8, spread over %d simulated nodes that answer at once "+
+	nodes := fmt.Sprintf("Each request is `POST /api/generate` with `\"stream\":false` and "+
+		"`num_predict` 8, spread over %d simulated nodes that respond at once "+
 		"(`ollamasim -tokens-per-sec 0 -parallel %d`). A direct connection "+
-		"sends each request to the next node in turn.\n",
-		generateFleet.Nodes, generateFleet.Parallel) + "\n" + fmt.Sprintf(
-		"Saturation: %d connections, each sending its next request when the "+
-			"last is answered, for %s after %s of warmup. Fixed rate: %s requests "+
-			"per second, evenly spaced and sent whether or not earlier ones were "+
-			"answered, for %s after %s of warmup; latency counts from the time a "+
-			"request was due.\n",
+		"sends each request to the next node in turn.\n\n",
+		generateFleet.Nodes, generateFleet.Parallel)
+	phases := fmt.Sprintf("Saturation: %d connections, each sending its next request when the "+
+		"last is complete, for %s after %s of warmup. Fixed rate: %s requests "+
+		"per second, evenly spaced and sent whether or not earlier ones are "+
+		"complete, for %s after %s of warmup. Latency counts from the time a "+
+		"request was due.\n",
 		s.Conns, s.Saturation, s.Warmup, strconv.FormatFloat(s.Rate, 'f', -1, 64), s.Fixed, s.Warmup)
+	return nodes + phases
 }
 
 // saturationTable shows throughput and CPU cost at saturation.
@@ -161,7 +170,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 		})
 	}
 	t.Note = "The load generator, the nodes and the proxy share the machine's " +
-		"CPUs, so requests/s is the throughput of the whole set-up; the " +
+		"CPUs, so requests/s is the throughput of the whole set-up. The " +
 		"direct row is its ceiling without a proxy."
 	return t
 }
@@ -171,7 +180,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 func fixedRateTable(s Settings, phases, saturated []requestPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("Latency at %s requests/s", strconv.FormatFloat(s.Rate, 'f', -1, 64)),
-		Header: []string{"target", "answered", "p50 ms", "p99 ms", "p99.9 ms",
+		Header: []string{"target", "completed", "p50 ms", "p99 ms", "p99.9 ms",
 			"added p50 ms", "added p99 ms", "errors", "proxy CPU s per 10k requests", othersHeader},
 	}
 	direct, hasDirect := find(phases, harness.Direct)
@@ -214,42 +223,48 @@ func rateWarning(s Settings, saturated []requestPhase) string {
 // addGenerateGoals checks llmproxy's throughput and CPU against nginx and
 // its added latency at the fixed rate against the direct connection.
 func addGenerateGoals(r *Run, saturated, fixed []requestPhase) {
-	lp, okLP := find(saturated, harness.LLMProxy)
-	ng, okNg := find(saturated, harness.Nginx)
-	if okLP && okNg {
+	if lp, ng, ok := pair(saturated, harness.LLMProxy, harness.Nginx); ok {
 		r.AddGoal(report.Goal{
-			Name:     "throughput at saturation",
-			Target:   "at least nginx's",
-			Measured: fmt.Sprintf("%.0f vs %.0f requests/s (%s)", lp.res.Throughput(), ng.res.Throughput(), report.Ratio(lp.res.Throughput(), ng.res.Throughput())),
-			Met:      lp.res.Throughput() >= ng.res.Throughput(),
+			Name:   "throughput at saturation",
+			Target: "at least nginx's",
+			Measured: fmt.Sprintf("%.0f vs %.0f requests/s (%s)",
+				lp.res.Throughput(), ng.res.Throughput(),
+				report.Ratio(lp.res.Throughput(), ng.res.Throughput())),
+			Met: lp.res.Throughput() >= ng.res.Throughput(),
 		})
-		r.AddGoal(report.Goal{
-			Name:     "CPU per request at saturation",
-			Target:   "at most nginx's",
-			Measured: fmt.Sprintf("%.2f vs %.2f s per 10k requests (%s)", lp.cpuPer10k(), ng.cpuPer10k(), report.Ratio(lp.cpuPer10k(), ng.cpuPer10k())),
-			Met:      lp.cpuPer10k() <= ng.cpuPer10k(),
-		})
+		r.AddGoal(cpuGoal("CPU per request at saturation", lp, ng))
 	}
-	lpf, okLP := find(fixed, harness.LLMProxy)
-	ngf, okNg := find(fixed, harness.Nginx)
-	if okLP && okNg {
-		r.AddGoal(report.Goal{
-			Name:     "CPU per request at the fixed rate",
-			Target:   "at most nginx's",
-			Measured: fmt.Sprintf("%.2f vs %.2f s per 10k requests (%s)", lpf.cpuPer10k(), ngf.cpuPer10k(), report.Ratio(lpf.cpuPer10k(), ngf.cpuPer10k())),
-			Met:      lpf.cpuPer10k() <= ngf.cpuPer10k(),
-		})
+	if lp, ng, ok := pair(fixed, harness.LLMProxy, harness.Nginx); ok {
+		r.AddGoal(cpuGoal("CPU per request at the fixed rate", lp, ng))
 	}
-	direct, okDirect := find(fixed, harness.Direct)
-	if okLP && okDirect {
-		added := lpf.res.Latency.P99 - direct.res.Latency.P99
+	if lp, direct, ok := pair(fixed, harness.LLMProxy, harness.Direct); ok {
+		added := lp.res.Latency.P99 - direct.res.Latency.P99
 		r.AddGoal(report.Goal{
-			Name:     fmt.Sprintf("p99 added latency at %s requests/s", strconv.FormatFloat(r.Settings.Rate, 'f', -1, 64)),
+			Name: fmt.Sprintf("p99 added latency at %s requests/s",
+				strconv.FormatFloat(r.Settings.Rate, 'f', -1, 64)),
 			Target:   "under 1 ms",
 			Measured: report.SignedMillis(added) + " ms",
 			Met:      added < time.Millisecond,
 		})
 	}
+}
+
+// cpuGoal compares llmproxy's CPU time per request with nginx's.
+func cpuGoal(name string, lp, ng requestPhase) report.Goal {
+	return report.Goal{
+		Name:   name,
+		Target: "at most nginx's",
+		Measured: fmt.Sprintf("%.2f vs %.2f s per 10k requests (%s)",
+			lp.cpuPer10k(), ng.cpuPer10k(), report.Ratio(lp.cpuPer10k(), ng.cpuPer10k())),
+		Met: lp.cpuPer10k() <= ng.cpuPer10k(),
+	}
+}
+
+// pair returns the phases of targets a and b. ok is false unless both ran.
+func pair(phases []requestPhase, a, b string) (pa, pb requestPhase, ok bool) {
+	pa, okA := find(phases, a)
+	pb, okB := find(phases, b)
+	return pa, pb, okA && okB
 }
 
 // find returns the phase of target kind.

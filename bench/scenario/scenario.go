@@ -21,7 +21,8 @@ type Settings struct {
 	Targets []string
 	// Warmup is load sent before each measured phase and not counted.
 	Warmup time.Duration
-	// Saturation is the length of a closed-loop phase; Conns its workers.
+	// Saturation is the length of a closed-loop phase, and Conns its
+	// number of workers.
 	Saturation time.Duration
 	Conns      int
 	// Rate is the request rate of an open-loop phase, per second, and
@@ -30,12 +31,12 @@ type Settings struct {
 	Fixed time.Duration
 	// StreamLevels are the numbers of concurrent streams to measure.
 	StreamLevels []int
-	// StreamRamp is the time over which streams start; StreamWindow is the
+	// StreamRamp is the time over which streams start, and StreamWindow the
 	// measured time after it.
 	StreamRamp   time.Duration
 	StreamWindow time.Duration
 	// Rounds is how often each phase runs on each target, the targets
-	// taking turns; reports show per target the round that other
+	// taking turns. Reports show per target the round that other
 	// processes on the machine disturbed least.
 	Rounds int
 	// QuietWait bounds the wait before each phase for other processes to
@@ -110,7 +111,11 @@ func All() []Scenario {
 
 // startTargets starts every target of the run in front of fleet. The
 // returned stop function stops those that started.
-func startTargets(ctx context.Context, r *Run, fleet *harness.Fleet) ([]*harness.Target, func(), error) {
+func startTargets(
+	ctx context.Context,
+	r *Run,
+	fleet *harness.Fleet,
+) ([]*harness.Target, func(), error) {
 	var targets []*harness.Target
 	stop := func() {
 		for _, t := range targets {
@@ -202,7 +207,7 @@ func othersCell(u usage) string {
 // othersHeader is the column of othersCell.
 const othersHeader = "others' CPU %"
 
-// disturbed is a phase result that knows how much other processes used
+// disturbed is a phase result that reports how much other processes used
 // the machine while it ran.
 type disturbed interface {
 	disturbance() float64

@@ -16,7 +16,12 @@ const tokensPerSec = 66
 
 // streamFleet has enough slots that 1,000 streams never queue in a node,
 // even when a balancer sends all of them to one node.
-var streamFleet = harness.FleetSpec{Nodes: 3, TokensPerSec: tokensPerSec, Parallel: 2000, MaxQueue: 4096}
+var streamFleet = harness.FleetSpec{
+	Nodes:        3,
+	TokensPerSec: tokensPerSec,
+	Parallel:     2000,
+	MaxQueue:     4096,
+}
 
 // streamCase is one streamed route.
 type streamCase struct {
@@ -27,7 +32,7 @@ type streamCase struct {
 }
 
 // streamCases are Ollama's NDJSON chat and OpenAI's SSE chat completions.
-// The simulated nodes end an answer after 20 to 40 tokens, before
+// The simulated nodes end a response after 20 to 40 tokens, before
 // num_predict or max_tokens is reached.
 var streamCases = []streamCase{
 	{
@@ -106,7 +111,7 @@ func streamOnce(ctx context.Context, r *Run, t *harness.Target, c streamCase,
 func streamIntro(s Settings) string {
 	return fmt.Sprintf("%d simulated nodes stream one token per chunk at %d tokens "+
 		"per second, a chunk about every 15 ms (`ollamasim -tokens-per-sec %d "+
-		"-parallel %d`); an answer has 20 to 40 chunks. Each of N workers opens "+
+		"-parallel %d`), and a response has 20 to 40 chunks. Each of N workers opens "+
 		"one stream after another: the workers start within %s, then the "+
 		"samples of the next %s count. The proxy's CPU time and peak RSS "+
 		"(VmHWM, reset before each phase) cover the ramp and the window.\n\n"+

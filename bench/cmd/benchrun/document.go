@@ -19,7 +19,7 @@ two minutes and writes bench/out/quick.md instead.`
 // methodFormat takes the number of rounds and the longest wait for a
 // quiet machine.
 const methodFormat = `- Every process runs on the same machine: the load generator (Go,
-  fasthttp for single answers, net/http for streams), the simulated nodes,
+  fasthttp for single responses, net/http for streams), the simulated nodes,
   and the proxy under test. They compete for the CPUs, so absolute numbers
   depend on the machine; compare rows of one run.
 - Proxy CPU time is utime plus stime from /proc/PID/stat of the proxy and
@@ -36,7 +36,7 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   kernel merge small writes and delays streamed tokens. llmproxy runs with
   ` + "`balancer.policy: least_conn`" + `, the cache and the per-address rate limit
   off, and log level warn. The configs are written to bench/out/run/.
-- The nodes answer from memory: the numbers show the cost of the proxy
+- The nodes respond from memory: the numbers show the cost of the proxy
   path, not of a model. A real node spends milliseconds to seconds per
   request, which hides most of the differences shown here.
 - Each phase ran once per round on every target, the targets taking

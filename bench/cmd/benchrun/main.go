@@ -142,30 +142,44 @@ func writeReport(doc *report.Document, path string) error {
 	return nil
 }
 
+// overrides are the flags that change the default settings. Their zero
+// values keep the defaults.
+type overrides struct {
+	targets   string
+	scenarios string
+	streams   string
+	rate      float64
+	rounds    int
+}
+
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
-	var targets, scenarios, levels string
-	var rate float64
-	var rounds int
+	var ov overrides
 	fs := flag.NewFlagSet("benchrun", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+
 	fs.BoolVar(&o.quick, "quick", false,
 		"run the short set: shorter phases, 100 streams, no HAProxy")
 	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy and ollamasim binaries")
-	fs.StringVar(&o.out, "out", "", "Markdown `file` to write; empty only prints the report")
+	fs.StringVar(&o.out, "out", "", "Markdown `file` to write, or empty to print the report only")
 	fs.StringVar(&o.runDir, "run-dir", "bench/out/run",
 		"`folder` for generated configs and process logs, emptied first")
-	fs.StringVar(&o.command, "command", "", "command shown in the report; default: this command line")
-	fs.StringVar(&targets, "targets", "", "comma-separated target `list` from "+
-		strings.Join(harness.Kinds, ",")+"; default: all, or all but haproxy with -quick")
-	fs.StringVar(&scenarios, "scenarios", "", "comma-separated scenario `list`; default: all")
-	fs.StringVar(&levels, "streams", "", "comma-separated numbers of concurrent streams; default 100,1000")
-	fs.Float64Var(&rate, "rate", 0, "requests per second of the fixed-rate phase; default 2000")
-	fs.IntVar(&rounds, "rounds", 0, "times each phase runs per target; default 2, or 1 with -quick")
+	fs.StringVar(&o.command, "command", "", "command shown in the report (default: this command line)")
 	fs.BoolVar(&o.profile, "profile", false,
 		"run llmproxy as llmproxyprof (built next to benchrun) and save a CPU profile of each\n"+
 			"measured llmproxy phase in bench/out/profiles")
 	fs.BoolVar(&o.verbose, "v", false, "log every process started")
+
+	fs.StringVar(&ov.targets, "targets", "", "comma-separated target `list` from "+
+		strings.Join(harness.Kinds, ",")+" (default: all, or all but haproxy with -quick)")
+	fs.StringVar(&ov.scenarios, "scenarios", "",
+		"comma-separated scenario `list` from generate,stream (default: all)")
+	fs.StringVar(&ov.streams, "streams", "",
+		"comma-separated `numbers` of concurrent streams (default: 100,1000, or 100 with -quick)")
+	fs.Float64Var(&ov.rate, "rate", 0, "requests per second of the fixed-rate phase (default: 2000)")
+	fs.IntVar(&ov.rounds, "rounds", 0,
+		"times each phase runs per target (default: 2, or 1 with -quick)")
+
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -176,47 +190,66 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.command = strings.Join(append([]string{"benchrun"}, args...), " ")
 	}
 	o.settings = scenario.DefaultSettings(o.quick)
-	if rounds < 0 {
-		return o, fmt.Errorf("-rounds: %d is negative", rounds)
-	}
-	if rounds > 0 {
-		o.settings.Rounds = rounds
-	}
-	return o, o.applyLists(targets, scenarios, levels, rate)
+	return o, o.apply(ov)
 }
 
-// applyLists checks the list flags and applies those that were set.
-func (o *options) applyLists(targets, scenarios, levels string, rate float64) error {
+// apply checks the overrides and applies those that were set.
+func (o *options) apply(ov overrides) error {
+	if err := o.applyNames(ov.targets, ov.scenarios); err != nil {
+		return err
+	}
+	if ov.streams != "" {
+		levels, err := parseLevels(ov.streams)
+		if err != nil {
+			return err
+		}
+		o.settings.StreamLevels = levels
+	}
+	if ov.rate < 0 {
+		return fmt.Errorf("-rate: %g is negative, want a rate above 0", ov.rate)
+	}
+	if ov.rate > 0 {
+		o.settings.Rate = ov.rate
+	}
+	if ov.rounds < 0 {
+		return fmt.Errorf("-rounds: %d is negative, want 1 or more", ov.rounds)
+	}
+	if ov.rounds > 0 {
+		o.settings.Rounds = ov.rounds
+	}
+	return nil
+}
+
+// applyNames checks and applies the lists of targets and scenarios.
+func (o *options) applyNames(targets, scenarios string) error {
 	if targets != "" {
 		o.settings.Targets = splitList(targets)
 		for _, t := range o.settings.Targets {
 			if !slices.Contains(harness.Kinds, t) {
-				return fmt.Errorf("-targets: unknown target %q, want one of %s", t, strings.Join(harness.Kinds, ","))
+				return fmt.Errorf("-targets: unknown target %q, want one of %s",
+					t, strings.Join(harness.Kinds, ","))
 			}
 		}
 	}
-	if scenarios != "" {
-		o.scenarios = splitList(scenarios)
-		for _, name := range o.scenarios {
-			if !slices.ContainsFunc(scenario.All(), func(s scenario.Scenario) bool { return s.Name == name }) {
-				return fmt.Errorf("-scenarios: unknown scenario %q", name)
-			}
+	if scenarios == "" {
+		return nil
+	}
+	o.scenarios = splitList(scenarios)
+	for _, name := range o.scenarios {
+		if !knownScenario(name) {
+			return fmt.Errorf("-scenarios: unknown scenario %q, want generate or stream", name)
 		}
-	}
-	if levels != "" {
-		parsed, err := parseLevels(levels)
-		if err != nil {
-			return err
-		}
-		o.settings.StreamLevels = parsed
-	}
-	if rate < 0 {
-		return fmt.Errorf("-rate: %g is negative", rate)
-	}
-	if rate > 0 {
-		o.settings.Rate = rate
 	}
 	return nil
+}
+
+func knownScenario(name string) bool {
+	for _, s := range scenario.All() {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func parseLevels(list string) ([]int, error) {

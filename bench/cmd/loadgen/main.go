@@ -1,6 +1,6 @@
 // Command loadgen sends one load phase to running servers and prints its
 // summary: a closed loop, an open loop at a fixed rate, or concurrent
-// streams. It starts no server; benchrun uses the same package for the
+// streams. It starts no server. benchrun uses the same package for the
 // full comparison.
 //
 // Usage:
@@ -77,11 +77,14 @@ func runRequests(ctx context.Context, o options, stdout io.Writer) error {
 	defer client.Close()
 	var res loadgen.Result
 	if o.mode == "closed" {
-		res = loadgen.RunClosed(ctx, client, loadgen.ClosedLoop{Conns: o.conns, Duration: o.duration, Request: req})
+		cfg := loadgen.ClosedLoop{Conns: o.conns, Duration: o.duration, Request: req}
+		res = loadgen.RunClosed(ctx, client, cfg)
 	} else {
-		res = loadgen.RunOpen(ctx, client, loadgen.OpenLoop{Rate: o.rate, Duration: o.duration, Workers: 256, Request: req})
+		cfg := loadgen.OpenLoop{Rate: o.rate, Duration: o.duration, Workers: 256, Request: req}
+		res = loadgen.RunOpen(ctx, client, cfg)
 	}
-	fmt.Fprintf(stdout, "requests %d, errors %d, %.0f requests/s\n", res.Requests, res.Errors, res.Throughput())
+	fmt.Fprintf(stdout, "requests %d, errors %d, %.0f requests/s\n",
+		res.Requests, res.Errors, res.Throughput())
 	printSummary(stdout, "latency", res.Latency)
 	if res.FirstError != "" {
 		fmt.Fprintln(stdout, "first error:", res.FirstError)
@@ -92,7 +95,8 @@ func runRequests(ctx context.Context, o options, stdout io.Writer) error {
 func runStreams(ctx context.Context, o options, stdout io.Writer) error {
 	load := loadgen.StreamLoad{
 		URLs: o.urls, Format: loadgen.NDJSON, Path: "/api/chat",
-		Body:    []byte(`{"model":"` + o.model + `","messages":[{"role":"user","content":"Tell me a story."}]}`),
+		Body: []byte(`{"model":"` + o.model + `",` +
+			`"messages":[{"role":"user","content":"Tell me a story."}]}`),
 		Streams: o.streams, Ramp: o.ramp, Duration: o.duration,
 	}
 	if o.format == "sse" {
@@ -124,9 +128,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.mode, "mode", "closed", "load `pattern`: closed, open or stream")
 	fs.StringVar(&urls, "url", "http://127.0.0.1:11434",
-		"comma-separated base `URLs`; requests go to each in turn")
+		"comma-separated base `URLs`, which requests take in turn")
 	fs.StringVar(&o.model, "model", "llama3:8b", "model `name` in every request")
-	fs.StringVar(&o.format, "format", "ndjson", "stream `format`: ndjson (/api/chat) or sse (/v1/chat/completions)")
+	fs.StringVar(&o.format, "format", "ndjson",
+		"stream `format`: ndjson (/api/chat) or sse (/v1/chat/completions)")
 	fs.IntVar(&o.conns, "conns", 64, "connections of the closed loop")
 	fs.Float64Var(&o.rate, "rate", 1000, "requests per second of the open loop")
 	fs.IntVar(&o.streams, "streams", 100, "concurrent streams")
