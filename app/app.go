@@ -17,6 +17,7 @@ import (
 	"github.com/llmproxy/llmproxy/health"
 	"github.com/llmproxy/llmproxy/metrics"
 	"github.com/llmproxy/llmproxy/proxy"
+	"github.com/llmproxy/llmproxy/ratelimit"
 )
 
 // Version is the llmproxy release, set at build time with
@@ -30,6 +31,9 @@ type App struct {
 	bal     *balancer.Balancer
 	checker *health.Checker
 	server  *proxy.Server
+	// limiter is replaced on reload; the old one is closed at Shutdown.
+	limiter *ratelimit.Limiter
+	retired []*ratelimit.Limiter
 	ln      net.Listener
 
 	// mu guards cfg and nodes.
@@ -61,7 +65,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 	}
 	a.bal = balancer.New(balancer.SettingsFrom(cfg), nodes, a.metrics)
 	a.checker = health.New(cfg, a.bal, a.metrics, log)
+	a.limiter, err = a.newLimiter(cfg)
+	if err != nil {
+		return nil, err
+	}
 	a.server = proxy.New(proxy.Options{
+		Limiter:      a.limiter,
 		Config:       cfg,
 		Balancer:     a.bal,
 		Metrics:      a.metrics,
@@ -143,6 +152,17 @@ func (a *App) Config() *config.Config {
 func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
 	change := config.Diff(a.cfg, cfg)
+	if change.Changed("auth") || change.Changed("rate_limit") || change.Changed("redis") {
+		lim, err := a.newLimiter(cfg)
+		if err != nil {
+			a.mu.Unlock()
+			return err
+		}
+		// Requests admitted by the old limiter still settle with it.
+		a.retired = append(a.retired, a.limiter)
+		a.limiter = lim
+		a.server.SetLimiter(lim)
+	}
 	nodes, err := a.buildNodes(cfg)
 	if err != nil {
 		a.mu.Unlock()
@@ -170,9 +190,33 @@ func (a *App) Shutdown(ctx context.Context) error {
 	err := a.server.Shutdown(ctx)
 	a.cancel()
 	a.wg.Wait()
+	a.mu.Lock()
+	for _, l := range append(a.retired, a.limiter) {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	a.retired, a.limiter = nil, nil
+	a.mu.Unlock()
 	if a.serveErr != nil && !errors.Is(a.serveErr, net.ErrClosed) {
 		err = errors.Join(err, a.serveErr)
 	}
 	a.log.Info("llmproxy stopped")
 	return err
+}
+
+// newLimiter builds the key and limit checks of cfg. It contacts no
+// Redis server, so it succeeds while Redis is down.
+func (a *App) newLimiter(cfg *config.Config) (*ratelimit.Limiter, error) {
+	lim, err := ratelimit.New(ratelimit.Options{
+		Auth:      cfg.Auth,
+		RateLimit: cfg.RateLimit,
+		Redis:     cfg.Redis,
+		Metrics:   a.metrics,
+		Logger:    a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rate limits: %w", err)
+	}
+	return lim, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/ratelimit"
 )
 
 // reqState is what the access log and the metrics record of one request.
@@ -33,9 +34,14 @@ type reqState struct {
 	client string
 	// lease is the node lease of a routed request, told the timings the
 	// node reports.
-	lease   *balancer.Lease
-	retries int
-	err     string
+	lease *balancer.Lease
+	// apiKey is the client's key, nil for anonymous clients.
+	apiKey *ratelimit.Key
+	// reservation holds the tokens and slot admitted for the request,
+	// settled when it ends.
+	reservation *ratelimit.Reservation
+	retries     int
+	err         string
 	// deferred is set when a streamed answer outlives the handler: the
 	// relay then ends the request when the stream ends.
 	deferred bool
@@ -67,6 +73,7 @@ func (s *Server) end(rs *reqState) {
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
 	}
+	rs.settle()
 	d := time.Since(rs.start)
 	model := s.modelLabel(rs.model)
 	node := rs.node

@@ -34,6 +34,8 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	switch {
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
+	case path == "/admin/queue" && method == "GET":
+		writeJSON(ctx, map[string]any{"depth": s.bal.Depth(), "waiting": s.bal.Waiting()})
 	case strings.HasPrefix(path, "/admin/nodes/") && method == "POST":
 		s.serveNodeAction(ctx, rt, strings.TrimPrefix(path, "/admin/nodes/"))
 	default:

@@ -179,6 +179,9 @@ func TestNodeKilledMidStream(t *testing.T) {
 		func(c *config.Config) {
 			c.Health.Interval = 100 * time.Millisecond
 			c.Health.Timeout = 200 * time.Millisecond
+			for i := range c.Nodes {
+				c.Nodes[i].MaxConcurrent = 20 // every stream starts at once
+			}
 		})
 	type result struct {
 		node      string
@@ -186,6 +189,7 @@ func TestNodeKilledMidStream(t *testing.T) {
 		errLine   bool
 		lastError string
 	}
+	tr.preload(t) // spread the streams over the three nodes
 	results := make([]result, 20)
 	started := make(chan struct{}, 20)
 	var wg sync.WaitGroup

@@ -47,6 +47,9 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = wire.NormalizeModel(model)
+	if !s.admit(ctx, rt, rs, fields{model: rs.model, rawModel: model}) {
+		return
+	}
 	targets := s.fanoutTargets(rt, rs.model)
 	if len(targets) == 0 {
 		if rt.name == "/api/pull" {
@@ -61,7 +64,7 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		s.streamFanout(ctx, rt, rs, targets)
 		return
 	}
-	s.waitFanout(ctx, rt, targets)
+	s.waitFanout(ctx, rt, rs, targets)
 }
 
 func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
@@ -84,10 +87,10 @@ type fanoutResult struct {
 
 // waitFanout sends the request to every target, waits for all, and
 // answers success only when every node succeeded.
-func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, targets []*balancer.Node) {
+func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
-	req := s.upstreamRequest(ctx)
+	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
 	results := make([]fanoutResult, len(targets))
 	var wg sync.WaitGroup
@@ -192,7 +195,7 @@ func errorText(body []byte) string {
 func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
 	fctx, cancel := context.WithCancel(context.Background())
 	wctx, watch := watchClient(fctx, ctx.Conn())
-	req := s.upstreamRequest(ctx)
+	req := s.upstreamRequest(ctx, rs)
 	fs := &fanoutStream{lines: make(chan []byte, 64), cancel: cancel, watch: watch, s: s, rs: rs}
 	results := make([]fanoutResult, len(targets))
 	fs.wg.Add(len(targets))
@@ -293,7 +296,7 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	}
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
-	req := s.upstreamRequest(ctx)
+	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
 	results := make([]fanoutResult, len(holders))
 	var wg sync.WaitGroup
@@ -354,6 +357,9 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		f.rawModel = string(v.GetStringBytes("model"))
 		rs.model = wire.NormalizeModel(f.rawModel)
 		f.refresh = true
+	}
+	if !s.admit(ctx, rt, rs, f) {
+		return
 	}
 	s.forward(ctx, rt, rs, f)
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
-	"github.com/llmproxy/llmproxy/config"
 )
 
 // maxResponseBytes bounds a non-streamed answer held in memory; the
@@ -41,7 +39,7 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = f.model
-	if !s.classify(ctx, rt, rs) {
+	if !s.admit(ctx, rt, rs, f) {
 		return
 	}
 	if f.unload && f.preload {
@@ -61,7 +59,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		wctx, cancel = context.WithTimeout(wctx, cfg.Upstream.Total)
 		defer cancel()
 	}
-	req := s.upstreamRequest(ctx)
+	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
 
 	var tried []*balancer.Node
@@ -220,9 +218,12 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 // upstreamRequest builds the request sent to nodes: the client's method,
 // path, query and body unchanged, with hop-by-hop headers and Origin
 // removed. The Host header is set per node by the upstream.
-func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx) *fasthttp.Request {
+func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
+	if rs.apiKey != nil {
+		stripProxyKey(&req.Header)
+	}
 	for _, h := range hopHeaders {
 		req.Header.Del(h)
 	}
@@ -270,21 +271,3 @@ func errString(err error) string {
 
 // elapsed is time.Since, kept apart for readability in the relay.
 func elapsed(t time.Time) time.Duration { return time.Since(t) }
-
-// classify sets the request's priority class from X-Priority, and its
-// client identity for fair queuing. An unknown class gets 400.
-func (s *Server) classify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
-	if p := ctx.Request.Header.Peek("X-Priority"); len(p) > 0 {
-		class := strings.ToLower(strings.TrimSpace(string(p)))
-		if config.ClassRank(class) < 0 {
-			writeError(ctx, rt, fasthttp.StatusBadRequest, "unknown priority class "+quote(string(p))+
-				" in X-Priority, want one of "+strings.Join(config.Classes, ", "))
-			return false
-		}
-		rs.class = class
-	}
-	if rs.client == "" {
-		rs.client = remoteIP(ctx)
-	}
-	return true
-}

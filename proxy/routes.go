@@ -138,3 +138,14 @@ func knownPath(p string) bool {
 	}
 	return p == "/api/delete" || isBlobPath(p) || strings.HasPrefix(p, "/v1/models/")
 }
+
+// api reports whether the route is part of the Ollama or OpenAI API, which
+// keys protect; the heartbeat, probes, metrics and admin routes are not.
+func (r route) api() bool {
+	switch r.how {
+	case handleRoot, handleOptions, handleAdmin, handleMetrics, handleHealthz, handleReadyz,
+		handleNotFound, handleMethodNotAllowed:
+		return false
+	}
+	return true
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/metrics"
+	"github.com/llmproxy/llmproxy/ratelimit"
 )
 
 // Inventory refreshes what a node lists and holds in memory. The health
@@ -40,6 +41,8 @@ type Options struct {
 	Inventory Inventory
 	// Health is told the outcome of every request sent to a node.
 	Health HealthReporter
+	// Limiter authenticates keys and enforces limits; nil disables both.
+	Limiter *ratelimit.Limiter
 	// BreakerState names a node's circuit breaker state for GET /admin/nodes.
 	BreakerState func(*balancer.Node) string
 	// AdminRoutes serves further admin routes and reports whether it did.
@@ -57,6 +60,7 @@ type Server struct {
 	bal    *balancer.Balancer
 	inv    Inventory
 	health HealthReporter
+	lim    atomic.Pointer[ratelimit.Limiter]
 	// breakerState names a node's breaker state for the admin routes.
 	breakerState func(*balancer.Node) string
 	// adminExtra serves admin routes owned by other packages; it reports
@@ -103,6 +107,7 @@ func New(opts Options) *Server {
 		idPrefix:     hex.EncodeToString(prefix[:]),
 	}
 	s.SetConfig(opts.Config)
+	s.SetLimiter(opts.Limiter)
 	s.initMetricsHandler()
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
@@ -142,6 +147,11 @@ func (s *Server) SetConfig(cfg *config.Config) {
 
 func (s *Server) config() *config.Config { return s.cfg.Load() }
 
+// SetLimiter replaces the limiter used for new requests, after a reload.
+func (s *Server) SetLimiter(l *ratelimit.Limiter) { s.lim.Store(l) }
+
+func (s *Server) limiter() *ratelimit.Limiter { return s.lim.Load() }
+
 func (s *Server) upstreamFor(n *balancer.Node) *upstream {
 	s.upMu.RLock()
 	u := s.ups[n.Name]
@@ -176,7 +186,7 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	rt := classify(ctx.Method(), ctx.Path())
 	rs := s.begin(ctx, rt)
-	if !s.applyCORS(ctx, rt) {
+	if !s.applyCORS(ctx, rt) || (rt.api() && !s.identify(ctx, rt, rs)) {
 		s.end(rs)
 		return
 	}

@@ -63,6 +63,9 @@ func Config(t testing.TB, nodes ...*ollamasim.Running) *config.Config {
 	cfg.Discovery.Interval = 200 * time.Millisecond
 	cfg.Retry.Backoff = 5 * time.Millisecond
 	cfg.Retry.MaxBackoff = 20 * time.Millisecond
+	// Tests send bursts from one loopback address.
+	cfg.RateLimit.PerAddress = 0
+	cfg.RateLimit.Burst = 0
 	return &cfg
 }
 

@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/ratelimit"
+)
+
+// identify finds the request's API key and client identity, and its
+// priority class. A missing or unknown key gets 401 when keys are
+// required; a class above the key's own, or an unknown one, gets 400.
+// It reports whether the request may go on.
+func (s *Server) identify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
+	lim := s.limiter()
+	if lim != nil {
+		key, err := lim.Authenticate(ctx.Request.Header.Peek("Authorization"),
+			ctx.Request.Header.Peek("X-API-Key"))
+		if err != nil {
+			msg := "invalid API key: send a valid key as Authorization: Bearer KEY or X-API-Key"
+			if errors.Is(err, ratelimit.ErrMissingKey) {
+				msg = "missing API key: send it as Authorization: Bearer KEY or X-API-Key"
+			}
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="llmproxy"`)
+			writeError(ctx, rt, fasthttp.StatusUnauthorized, msg)
+			return false
+		}
+		rs.apiKey = key
+	}
+	rs.client = s.clientAddr(ctx)
+	if rs.apiKey != nil {
+		rs.key = rs.apiKey.Name
+		rs.client = "key:" + rs.apiKey.Name
+		rs.class = rs.apiKey.Priority
+	}
+	return s.chooseClass(ctx, rt, rs)
+}
+
+// chooseClass applies X-Priority. With a key, the key's class is the
+// highest a request may ask for, so a batch key cannot jump the queue.
+func (s *Server) chooseClass(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
+	p := ctx.Request.Header.Peek("X-Priority")
+	if len(p) == 0 {
+		return true
+	}
+	class := strings.ToLower(strings.TrimSpace(string(p)))
+	if config.ClassRank(class) < 0 {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "unknown priority class "+quote(string(p))+
+			" in X-Priority, want one of "+strings.Join(config.Classes, ", "))
+		return false
+	}
+	if rs.apiKey != nil && config.ClassRank(class) < config.ClassRank(rs.class) {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "priority class "+quote(class)+
+			" is above the "+quote(rs.class)+" class of key "+quote(rs.apiKey.Name))
+		return false
+	}
+	rs.class = class
+	return true
+}
+
+// clientAddr returns the client's address, taken from X-Forwarded-For
+// only when the peer is a trusted proxy.
+func (s *Server) clientAddr(ctx *fasthttp.RequestCtx) string {
+	if lim := s.limiter(); lim != nil {
+		xff := bytes.Join(ctx.Request.Header.PeekAll("X-Forwarded-For"), []byte(","))
+		return lim.ClientAddr(ctx.RemoteIP(), xff)
+	}
+	return remoteIP(ctx)
+}
+
+// admit checks the key's model list and every limit before the request
+// reaches the queue. A rejected request consumes nothing and gets 403 or
+// 429 with the limit named and the rate limit headers set.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
+	lim := s.limiter()
+	if lim == nil {
+		return true
+	}
+	if rs.apiKey != nil && f.model != "" && !rs.apiKey.Allows(f.model) {
+		writeError(ctx, rt, fasthttp.StatusForbidden,
+			"key "+quote(rs.apiKey.Name)+" may not use model "+quote(f.rawModel))
+		return false
+	}
+	addr := ""
+	if rs.apiKey == nil {
+		addr = rs.client
+	}
+	d, res := lim.Admit(context.Background(), ratelimit.Request{
+		Key:    rs.apiKey,
+		Addr:   addr,
+		Tokens: f.maxTokens,
+		Model:  s.modelLabel(f.model),
+	})
+	d.VisitHeaders(ctx.Response.Header.Set)
+	if !d.Allowed {
+		who := "this client address"
+		if rs.apiKey != nil {
+			who = "key " + quote(rs.apiKey.Name)
+		}
+		writeError(ctx, rt, fasthttp.StatusTooManyRequests,
+			"rate limit exceeded: "+limitText(d.Limit)+" of "+who+", retry after "+retryAfter(d))
+		return false
+	}
+	rs.reservation = res
+	return true
+}
+
+func limitText(l ratelimit.Limit) string {
+	switch l {
+	case ratelimit.LimitRequests:
+		return "request rate"
+	case ratelimit.LimitTokens:
+		return "tokens per minute"
+	case ratelimit.LimitConcurrency:
+		return "concurrent requests"
+	case ratelimit.LimitMonthlyTokens:
+		return "monthly token quota"
+	case ratelimit.LimitMonthlyRequests:
+		return "monthly request quota"
+	}
+	return string(l)
+}
+
+func retryAfter(d ratelimit.Decision) string {
+	secs := int64(d.RetryAfter.Seconds() + 0.999)
+	return itoa(int(max(secs, 1))) + "s"
+}
+
+// settle charges the tokens the node reported and frees the key's slot.
+func (rs *reqState) settle() {
+	if rs.reservation == nil {
+		return
+	}
+	rs.reservation.Settle(rs.promptTokens, rs.completionTokens)
+	rs.reservation = nil
+}
+
+// stripProxyKey removes the proxy's own API key from a request before it
+// is forwarded: nodes need no key, and must never see one.
+func stripProxyKey(h *fasthttp.RequestHeader) {
+	h.Del("Authorization")
+	h.Del("X-API-Key")
+}
