@@ -12,7 +12,10 @@ import (
 	"net/url"
 	"sync"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/cache"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/health"
 	"github.com/llmproxy/llmproxy/metrics"
@@ -34,6 +37,8 @@ type App struct {
 	// limiter is replaced on reload; the old one is closed at Shutdown.
 	limiter *ratelimit.Limiter
 	retired []*ratelimit.Limiter
+	cache   *cache.Cache
+	redis   *redis.Client
 	ln      net.Listener
 
 	// mu guards cfg and nodes.
@@ -69,8 +74,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 	if err != nil {
 		return nil, err
 	}
+	if err := a.startCache(cfg); err != nil {
+		return nil, err
+	}
 	a.server = proxy.New(proxy.Options{
 		Limiter:      a.limiter,
+		Cache:        a.cache,
 		Config:       cfg,
 		Balancer:     a.bal,
 		Metrics:      a.metrics,
@@ -198,6 +207,12 @@ func (a *App) Shutdown(ctx context.Context) error {
 	}
 	a.retired, a.limiter = nil, nil
 	a.mu.Unlock()
+	if a.cache != nil {
+		a.cache.Close()
+	}
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
 	if a.serveErr != nil && !errors.Is(a.serveErr, net.ErrClosed) {
 		err = errors.Join(err, a.serveErr)
 	}
@@ -219,4 +234,30 @@ func (a *App) newLimiter(cfg *config.Config) (*ratelimit.Limiter, error) {
 		return nil, fmt.Errorf("rate limits: %w", err)
 	}
 	return lim, nil
+}
+
+// startCache builds the response cache of cfg: in process, and in Redis
+// when redis.addr is set.
+// NOTE: cache settings are read at start; a reload does not change them.
+func (a *App) startCache(cfg *config.Config) error {
+	if !cfg.Cache.IsEnabled() {
+		return nil
+	}
+	if cfg.Redis.Addr != "" && cfg.Cache.L2.IsEnabled() {
+		a.redis = redis.NewClient(&redis.Options{
+			Addr:         cfg.Redis.Addr,
+			Password:     cfg.Redis.Password,
+			DB:           cfg.Redis.DB,
+			DialTimeout:  cfg.Redis.Timeout,
+			ReadTimeout:  cfg.Redis.Timeout,
+			WriteTimeout: cfg.Redis.Timeout,
+			MaxRetries:   -1,
+		})
+	}
+	c, err := cache.New(cfg.Cache, a.redis, cfg.Redis, a.metrics, a.log)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	a.cache = c
+	return nil
 }

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"strings"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
 // nodeStatus is one node in GET /admin/nodes.
@@ -34,6 +37,10 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	switch {
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
+	case path == "/admin/cache/purge" && method == "POST":
+		s.servePurge(ctx, rt)
+	case path == "/admin/usage" && method == "GET":
+		s.serveUsage(ctx, rt)
 	case path == "/admin/queue" && method == "GET":
 		writeJSON(ctx, map[string]any{"depth": s.bal.Depth(), "waiting": s.bal.Waiting()})
 	case strings.HasPrefix(path, "/admin/nodes/") && method == "POST":
@@ -129,4 +136,44 @@ func writeJSON(ctx *fasthttp.RequestCtx, v any) {
 	}
 	ctx.SetContentType("application/json; charset=utf-8")
 	ctx.SetBody(b)
+}
+
+// servePurge empties the response cache, whole or for the model named by
+// the "model" query parameter or JSON body field.
+func (s *Server) servePurge(ctx *fasthttp.RequestCtx, rt route) {
+	if s.cache == nil {
+		writeError(ctx, rt, fasthttp.StatusNotFound, "the response cache is disabled")
+		return
+	}
+	model := string(ctx.QueryArgs().Peek("model"))
+	if model == "" && len(ctx.PostBody()) > 0 {
+		var body struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(ctx.PostBody(), &body); err != nil {
+			writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid JSON: "+err.Error())
+			return
+		}
+		model = body.Model
+	}
+	if model != "" {
+		model = wire.NormalizeModel(model)
+	}
+	if err := s.cache.Purge(context.Background(), model); err != nil {
+		// The in-process tier is purged even when Redis fails.
+		writeError(ctx, rt, fasthttp.StatusBadGateway, "purge the shared cache: "+err.Error())
+		return
+	}
+	s.log.Info("cache purged", "model", model)
+	writeJSON(ctx, map[string]any{"purged": true, "model": model})
+}
+
+// serveUsage lists each key's usage this month and its limits.
+func (s *Server) serveUsage(ctx *fasthttp.RequestCtx, rt route) {
+	lim := s.limiter()
+	if lim == nil {
+		writeJSON(ctx, map[string]any{"keys": []any{}})
+		return
+	}
+	writeJSON(ctx, map[string]any{"keys": lim.Usage(context.Background())})
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 
@@ -75,7 +76,7 @@ func TestInspectDefaults(t *testing.T) {
 				t.Errorf("affinity %x for a body with a user message: %v", got.affinity, hasUser)
 			}
 			got.affinity = 0
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
 			}
 		})

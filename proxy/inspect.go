@@ -34,6 +34,10 @@ type fields struct {
 	refresh bool
 	// affinity identifies the conversation of a chat, 0 for none.
 	affinity uint64
+	// body, when set, is sent to the node in place of the client's body.
+	body []byte
+	// store, when set, collects a streamed answer for the cache.
+	store *pendingStore
 }
 
 // inspect reads the fields routing needs from body. It returns an error

@@ -156,6 +156,9 @@ func (r *relay) Read(p []byte) (int, error) {
 		if err == nil {
 			r.observe(line)
 		}
+		if r.f.store != nil {
+			_, _ = r.f.store.agg.Write(line)
+		}
 		n := copy(p, line)
 		if n < len(line) {
 			r.pending = append(r.pendBuf[:0], line[n:]...)
@@ -241,6 +244,9 @@ func (r *relay) Close() error {
 	}
 	r.lease.Release()
 	rs := r.rs
+	if r.f.store != nil {
+		r.f.store.finish(complete && rs.status == fasthttp.StatusOK)
+	}
 	switch {
 	case r.failed != nil && errors.Is(r.failed, errClientGone):
 		rs.status = StatusClientClosed

@@ -46,6 +46,9 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		s.serveUnload(ctx, rt, rs, f)
 		return
 	}
+	if s.serveCached(ctx, rt, rs, f) {
+		return
+	}
 	s.forward(ctx, rt, rs, f)
 }
 
@@ -61,6 +64,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	}
 	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
+	if f.body != nil {
+		req.SetBodyRaw(f.body)
+	}
 
 	var tried []*balancer.Node
 	var last attempt

@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/cache"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/metrics"
 	"github.com/llmproxy/llmproxy/ratelimit"
@@ -43,6 +44,8 @@ type Options struct {
 	Health HealthReporter
 	// Limiter authenticates keys and enforces limits; nil disables both.
 	Limiter *ratelimit.Limiter
+	// Cache is the response cache; nil disables caching.
+	Cache *cache.Cache
 	// BreakerState names a node's circuit breaker state for GET /admin/nodes.
 	BreakerState func(*balancer.Node) string
 	// AdminRoutes serves further admin routes and reports whether it did.
@@ -61,6 +64,8 @@ type Server struct {
 	inv    Inventory
 	health HealthReporter
 	lim    atomic.Pointer[ratelimit.Limiter]
+	// cache is the response cache; nil when cache.enabled is false.
+	cache *cache.Cache
 	// breakerState names a node's breaker state for the admin routes.
 	breakerState func(*balancer.Node) string
 	// adminExtra serves admin routes owned by other packages; it reports
@@ -100,6 +105,7 @@ func New(opts Options) *Server {
 		bal:    opts.Balancer,
 		inv:    opts.Inventory,
 		health: opts.Health,
+		cache:  opts.Cache,
 
 		breakerState: opts.BreakerState,
 		adminExtra:   opts.AdminRoutes,

@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/cache"
+)
+
+// storeTimeout bounds the write of an answer to the cache after it was
+// sent, so that a slow Redis never holds a request open for long.
+const storeTimeout = 2 * time.Second
+
+// cacheable marks the routes whose answers the cache may hold.
+func cacheable(rt route) bool {
+	return rt.inference && rt.name != "/v1/responses" && rt.name != "/v1/messages"
+}
+
+// serveCached serves a request through the response cache: a hit is
+// answered at once in the form the client asked for; identical
+// non-streaming misses wait for one upstream request; a miss is stored
+// when its answer completes. It reports whether it answered; false means
+// the request is not cacheable and should be forwarded as usual.
+func (s *Server) serveCached(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
+	c := s.cache
+	if c == nil || !cacheable(rt) || f.preload || f.unload {
+		return false
+	}
+	noCache, noStore := cache.ParseCacheControl(string(ctx.Request.Header.Peek("Cache-Control")))
+	plan := c.Classify(cache.Request{Route: rt.name, Body: ctx.PostBody(),
+		NoCache: noCache, NoStore: noStore})
+	switch plan.Kind {
+	case cache.KindResponse:
+		s.serveCachedResponse(ctx, rt, rs, f, plan)
+	case cache.KindEmbed:
+		s.serveCachedEmbeddings(ctx, rt, rs, f, plan)
+	default:
+		setCacheResult(ctx, rs, cache.ResultBypass)
+		return false
+	}
+	return true
+}
+
+func setCacheResult(ctx *fasthttp.RequestCtx, rs *reqState, r cache.Result) {
+	rs.cache = string(r)
+	ctx.Response.Header.Set("X-LLMProxy-Cache", string(r))
+}
+
+// sendEntry answers from a cached entry rendered for this request.
+func sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry, plan cache.Plan, r cache.Result) {
+	body, ct := e.Render(plan)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType(ct)
+	ctx.SetBody(body)
+	if plan.Stream {
+		ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	}
+	setCacheResult(ctx, rs, r)
+	rs.ttfb = elapsed(rs.start)
+}
+
+func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, plan cache.Plan) {
+	c := s.cache
+	if e, r := c.Lookup(context.Background(), plan); e != nil {
+		sendEntry(ctx, rs, e, plan, r)
+		return
+	}
+	if plan.Stream {
+		// A streamed miss is relayed as it arrives and stored when it
+		// completes.
+		// NOTE: streamed misses are not coalesced with identical requests,
+		// since the leader's answer leaves the handler before it is complete.
+		f.store = &pendingStore{cache: c, plan: plan, agg: c.NewAggregator(plan)}
+		setCacheResult(ctx, rs, cache.ResultMiss)
+		s.forward(ctx, rt, rs, f)
+		return
+	}
+	wctx, watch := watchClient(context.Background(), ctx.Conn())
+	e, fetched, err := c.Do(wctx, plan, func() *cache.Entry {
+		watch.stop()
+		setCacheResult(ctx, rs, cache.ResultMiss)
+		s.forward(ctx, rt, rs, f)
+		return s.storeAnswer(ctx, plan)
+	})
+	watch.finish()
+	switch {
+	case err != nil:
+		rs.status = StatusClientClosed
+		ctx.SetConnectionClose()
+	case !fetched && e != nil:
+		sendEntry(ctx, rs, e, plan, cache.ResultMiss)
+		rs.cache = "coalesced"
+	}
+}
+
+// storeAnswer stores the non-streamed answer forward left in ctx, and
+// returns the entry for the requests that waited for it.
+func (s *Server) storeAnswer(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.Entry {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK {
+		return nil
+	}
+	agg := s.cache.NewAggregator(plan)
+	_, _ = agg.Write(ctx.Response.Body())
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	e, err := s.cache.Store(sctx, plan, agg, true)
+	if err != nil && !errors.Is(err, cache.ErrNotCacheable) {
+		s.log.Debug("answer not cached", "route", plan.Route, "error", err)
+	}
+	return e
+}
+
+// serveCachedEmbeddings answers the cached inputs of an embedding request
+// from the cache and sends only the missing ones to a node.
+func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, plan cache.Plan) {
+	c := s.cache
+	b := c.LookupEmbeddings(context.Background(), plan)
+	if e := b.Entry(); e != nil {
+		sendEntry(ctx, rs, e, plan, b.Result())
+		return
+	}
+	f.body = b.UpstreamBody()
+	wctx, watch := watchClient(context.Background(), ctx.Conn())
+	e, fetched, err := c.Do(wctx, plan, func() *cache.Entry {
+		watch.stop()
+		setCacheResult(ctx, rs, b.Result())
+		s.forward(ctx, rt, rs, f)
+		return s.storeEmbeddings(ctx, rs, b, plan)
+	})
+	watch.finish()
+	switch {
+	case err != nil:
+		rs.status = StatusClientClosed
+		ctx.SetConnectionClose()
+	case !fetched && e != nil:
+		sendEntry(ctx, rs, e, plan, cache.ResultMiss)
+		rs.cache = "coalesced"
+	}
+}
+
+// storeEmbeddings stores the vectors a node computed for the missing
+// inputs and answers the whole request, in input order.
+func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cache.Batch, plan cache.Plan) *cache.Entry {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	e, err := s.cache.StoreEmbeddings(sctx, b, ctx.Response.Body())
+	if err != nil {
+		if b.Partial() {
+			writeError(ctx, route{openAI: plan.Route == "/v1/embeddings"}, fasthttp.StatusBadGateway,
+				"node answered an invalid embedding response: "+err.Error())
+		}
+		return nil
+	}
+	if b.Partial() {
+		body, ct := e.Render(plan)
+		ctx.SetContentType(ct)
+		ctx.SetBody(body)
+	}
+	return e
+}
+
+// pendingStore collects a streamed answer for the cache while it is
+// relayed, and stores it when the stream ends complete.
+type pendingStore struct {
+	cache *cache.Cache
+	plan  cache.Plan
+	agg   *cache.Aggregator
+}
+
+func (p *pendingStore) finish(complete bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	_, _ = p.cache.Store(ctx, p.plan, p.agg, complete)
+}
