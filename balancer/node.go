@@ -144,6 +144,13 @@ func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
 	n.invMu.Unlock()
 }
 
+// Refreshed returns when the inventory was last replaced.
+func (n *Node) Refreshed() time.Time {
+	n.invMu.RLock()
+	defer n.invMu.RUnlock()
+	return n.refreshed
+}
+
 // SetModels replaces only the listed models, after a poll of /api/tags.
 func (n *Node) SetModels(models []Model) {
 	m := make(map[string]Model, len(models))

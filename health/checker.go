@@ -168,12 +168,15 @@ func (c *Checker) tracker(n *balancer.Node) *tracker {
 }
 
 // probe checks one node with a cheap call (/api/version) and, when it
-// answers, refreshes its inventory on the same round.
+// answers, refreshes its inventory on the same round once
+// discovery.interval has passed since the last refresh, or when the node
+// was down.
 func (c *Checker) probe(ctx context.Context, t *tracker) {
 	cfg := c.config()
 	n := t.node
 	err := c.checkVersion(ctx, n, cfg.Health.Timeout)
-	if err == nil {
+	stale := c.now().Sub(n.Refreshed()) >= cfg.Discovery.Interval
+	if err == nil && (stale || !n.Up() || !t.probed) {
 		err = c.Refresh(ctx, n)
 	}
 	if ctx.Err() != nil {
