@@ -11,8 +11,10 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/cache"
@@ -40,6 +42,9 @@ type App struct {
 	cache   *cache.Cache
 	redis   *redis.Client
 	ln      net.Listener
+	// adminLn and adminSrv serve admin.listen when it is set.
+	adminLn  net.Listener
+	adminSrv *fasthttp.Server
 
 	// mu guards cfg and nodes.
 	mu    sync.Mutex
@@ -93,6 +98,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	if err := a.listenAdmin(cfg); err != nil {
+		a.ln.Close()
+		return nil, err
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.checker.ProbeAll(ctx)
@@ -105,6 +114,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 		defer a.wg.Done()
 		a.serveErr = a.server.Serve(a.ln)
 	}()
+	if a.adminLn != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			_ = a.adminSrv.Serve(a.adminLn)
+		}()
+	}
 	log.Info("llmproxy started", "listen", a.ln.Addr().String(), "nodes", len(nodes),
 		"policy", cfg.Balancer.Policy, "version", Version)
 	for _, w := range cfg.Warnings() {
@@ -197,6 +213,9 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 // until ctx ends, then stops the health checks.
 func (a *App) Shutdown(ctx context.Context) error {
 	err := a.server.Shutdown(ctx)
+	if a.adminSrv != nil {
+		err = errors.Join(err, a.adminSrv.ShutdownWithContext(ctx))
+	}
 	a.cancel()
 	a.wg.Wait()
 	a.mu.Lock()
@@ -260,4 +279,33 @@ func (a *App) startCache(cfg *config.Config) error {
 	}
 	a.cache = c
 	return nil
+}
+
+// listenAdmin opens admin.listen when it is set.
+func (a *App) listenAdmin(cfg *config.Config) error {
+	if cfg.Admin.Listen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on admin.listen %s: %w", cfg.Admin.Listen, err)
+	}
+	a.adminLn = ln
+	a.adminSrv = &fasthttp.Server{
+		Handler:               a.server.AdminHandler(),
+		NoDefaultServerHeader: true,
+		ReadTimeout:           30 * time.Second,
+		IdleTimeout:           2 * time.Minute,
+		CloseOnShutdown:       true,
+	}
+	a.log.Info("admin routes listening", "listen", ln.Addr().String())
+	return nil
+}
+
+// AdminAddr returns the address of admin.listen, "" when it is not set.
+func (a *App) AdminAddr() string {
+	if a.adminLn == nil {
+		return ""
+	}
+	return a.adminLn.Addr().String()
 }

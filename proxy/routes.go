@@ -149,3 +149,9 @@ func (r route) api() bool {
 	}
 	return true
 }
+
+// operational reports the routes that admin.listen moves to their own
+// listener: admin routes and metrics.
+func (r route) operational() bool {
+	return r.how == handleAdmin || r.how == handleMetrics
+}

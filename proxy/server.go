@@ -184,6 +184,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.ShutdownWithContext(ctx)
 }
 
+// AdminHandler serves the admin routes, metrics and probes alone, for the
+// separate listener of admin.listen.
+func (s *Server) AdminHandler() fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		rt := classify(ctx.Method(), ctx.Path())
+		if !rt.operational() && rt.how != handleHealthz && rt.how != handleReadyz {
+			s.serveNotFound(ctx, rt)
+			return
+		}
+		s.handleOperational(ctx, rt)
+	}
+}
+
 // Handler returns the request handler, for tests and embedding.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
@@ -191,6 +204,10 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 // route locally, from one node, or from every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	rt := classify(ctx.Method(), ctx.Path())
+	if rt.operational() && s.config().Admin.Listen != "" {
+		// Admin routes and metrics are served on admin.listen only.
+		rt = routeNotFound
+	}
 	rs := s.begin(ctx, rt)
 	if !s.applyCORS(ctx, rt) || (rt.api() && !s.identify(ctx, rt, rs)) {
 		s.end(rs)
@@ -302,4 +319,21 @@ type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug("fasthttp", "message", sprintf(format, args...))
+}
+
+// handleOperational serves the admin routes, metrics and probes.
+func (s *Server) handleOperational(ctx *fasthttp.RequestCtx, rt route) {
+	rs := s.begin(ctx, rt)
+	switch rt.how {
+	case handleAdmin:
+		s.serveAdmin(ctx, rt)
+	case handleMetrics:
+		s.serveMetrics(ctx)
+	case handleHealthz:
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ok")
+	case handleReadyz:
+		s.serveReady(ctx)
+	}
+	s.end(rs)
 }

@@ -124,9 +124,23 @@ func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	changed := make(chan struct{}, 1)
+	if path != "" {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		if err := watchConfig(wctx, path, changed, log); err != nil {
+			log.Warn("config file changes will not be noticed; send SIGHUP to reload",
+				"path", path, "error", err)
+		}
+	}
 	for {
 		select {
 		case <-hup:
+			log.Info("reloading on SIGHUP", "path", path)
+			reload(ctx, a, path, log)
+			continue
+		case <-changed:
+			log.Info("reloading after the config file changed", "path", path)
 			reload(ctx, a, path, log)
 			continue
 		case <-ctx.Done():
@@ -144,6 +158,10 @@ func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger)
 }
 
 func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
+	if path == "" {
+		log.Info("no config file to reload; the environment is read only at start")
+		return
+	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		log.Error("reload rejected, keeping the running configuration", "error", err)
