@@ -59,14 +59,14 @@ func runGenerate(ctx context.Context, r *Run) (report.Section, error) {
 	}
 	defer stop()
 
-	saturated, err := inRounds(ctx, r, targets, func(t *harness.Target) (requestPhase, error) {
-		return saturate(ctx, r, t)
+	saturated, err := inRounds(ctx, r, func(kind string) (requestPhase, error) {
+		return saturate(ctx, r, targets[kind])
 	})
 	if err != nil {
 		return report.Section{}, err
 	}
-	fixed, err := inRounds(ctx, r, targets, func(t *harness.Target) (requestPhase, error) {
-		return fixedRate(ctx, r, t)
+	fixed, err := inRounds(ctx, r, func(kind string) (requestPhase, error) {
+		return fixedRate(ctx, r, targets[kind])
 	})
 	if err != nil {
 		return report.Section{}, err

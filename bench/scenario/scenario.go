@@ -109,19 +109,18 @@ func All() []Scenario {
 	}
 }
 
-// startTargets starts every target of the run in front of fleet. The
-// returned stop function stops those that started.
+// startTargets starts every target of the run in front of fleet and
+// returns them by kind. The returned stop function stops those that
+// started.
 func startTargets(
 	ctx context.Context,
 	r *Run,
 	fleet *harness.Fleet,
-) ([]*harness.Target, func(), error) {
-	var targets []*harness.Target
+) (map[string]*harness.Target, func(), error) {
+	targets := map[string]*harness.Target{}
 	stop := func() {
 		for _, t := range targets {
-			if err := t.Stop(); err != nil {
-				r.Env.Log.Warn("stop target", "target", t.Kind, "err", err)
-			}
+			stopTarget(r, t)
 		}
 	}
 	for _, kind := range r.Settings.Targets {
@@ -130,9 +129,17 @@ func startTargets(
 			stop()
 			return nil, nil, err
 		}
-		targets = append(targets, t)
+		targets[kind] = t
 	}
 	return targets, stop, nil
+}
+
+// stopTarget stops t and logs a failure to stop, which leaves the
+// measurements valid.
+func stopTarget(r *Run, t *harness.Target) {
+	if err := t.Stop(); err != nil {
+		r.Env.Log.Warn("stop target", "target", t.Kind, "err", err)
+	}
 }
 
 // usage is the resource use of a target's proxy during one phase.
@@ -213,22 +220,22 @@ type disturbed interface {
 	disturbance() float64
 }
 
-// inRounds runs phase r.Settings.Rounds times on every target, the
-// targets taking turns, and returns per target the round with the least
-// disturbance. Choosing by disturbance, never by the result, keeps the
-// choice from favouring any target.
-func inRounds[P disturbed](ctx context.Context, r *Run, targets []*harness.Target,
-	phase func(*harness.Target) (P, error)) ([]P, error) {
-	best := make([]P, len(targets))
+// inRounds runs phase r.Settings.Rounds times on every target kind of the
+// run, the targets taking turns, and returns per target the round with
+// the least disturbance. Choosing by disturbance, never by the result,
+// keeps the choice from favouring any target.
+func inRounds[P disturbed](ctx context.Context, r *Run, phase func(kind string) (P, error)) ([]P, error) {
+	kinds := r.Settings.Targets
+	best := make([]P, len(kinds))
 	for round := range max(r.Settings.Rounds, 1) {
 		r.round = round + 1
-		for i, t := range targets {
+		for i, kind := range kinds {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			p, err := phase(t)
+			p, err := phase(kind)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", t.Kind, err)
+				return nil, fmt.Errorf("%s: %w", kind, err)
 			}
 			if round == 0 || p.disturbance() < best[i].disturbance() {
 				best[i] = p

@@ -17,17 +17,16 @@ type fakePhase struct {
 func (p fakePhase) disturbance() float64 { return p.others }
 
 func TestInRoundsKeepsLeastDisturbedRound(t *testing.T) {
-	r := &Run{Settings: Settings{Rounds: 3}}
-	targets := []*harness.Target{{Kind: harness.Direct}, {Kind: harness.LLMProxy}}
+	r := &Run{Settings: Settings{Rounds: 3, Targets: []string{harness.Direct, harness.LLMProxy}}}
 	// others[kind][round]: direct is quietest in round 2, llmproxy in round 3.
 	others := map[string][]float64{
 		harness.Direct:   {0.5, 0.1, 0.3},
 		harness.LLMProxy: {0.4, 0.4, 0.2},
 	}
 	var order []string
-	got, err := inRounds(context.Background(), r, targets, func(t *harness.Target) (fakePhase, error) {
-		order = append(order, t.Kind)
-		return fakePhase{kind: t.Kind, round: r.round, others: others[t.Kind][r.round-1]}, nil
+	got, err := inRounds(context.Background(), r, func(kind string) (fakePhase, error) {
+		order = append(order, kind)
+		return fakePhase{kind: kind, round: r.round, others: others[kind][r.round-1]}, nil
 	})
 	if err != nil {
 		t.Fatalf("inRounds: %v", err)

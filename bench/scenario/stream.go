@@ -68,18 +68,13 @@ func runStream(ctx context.Context, r *Run) (report.Section, error) {
 		return report.Section{}, err
 	}
 	defer fleet.Stop()
-	targets, stop, err := startTargets(ctx, r, fleet)
-	if err != nil {
-		return report.Section{}, err
-	}
-	defer stop()
 
 	section := report.Section{Title: "Streaming chat", Intro: streamIntro(r.Settings)}
 	var atMax []streamPhase
 	for _, c := range streamCases {
 		for _, level := range r.Settings.StreamLevels {
-			phases, err := inRounds(ctx, r, targets, func(t *harness.Target) (streamPhase, error) {
-				return streamOnce(ctx, r, t, c, level)
+			phases, err := inRounds(ctx, r, func(kind string) (streamPhase, error) {
+				return streamOnce(ctx, r, fleet, kind, streamCall{c: c, streams: level})
 			})
 			if err != nil {
 				return report.Section{}, err
@@ -95,9 +90,25 @@ func runStream(ctx context.Context, r *Run) (report.Section, error) {
 	return section, nil
 }
 
-// streamOnce runs one case at one number of streams on one target.
-func streamOnce(ctx context.Context, r *Run, t *harness.Target, c streamCase,
-	streams int) (streamPhase, error) {
+// streamCall is one stream phase: a case at a number of streams.
+type streamCall struct {
+	c       streamCase
+	streams int
+}
+
+// streamOnce runs one case at one number of streams on a target of kind
+// started for this phase alone. A process returns freed memory to the
+// system slowly, if at all, so a target that ran an earlier phase would
+// carry that phase's resident set into this phase's peak.
+func streamOnce(ctx context.Context, r *Run, fleet *harness.Fleet, kind string,
+	call streamCall) (streamPhase, error) {
+	c, streams := call.c, call.streams
+	t, err := harness.StartTarget(ctx, r.Env, kind, fleet)
+	if err != nil {
+		return streamPhase{}, err
+	}
+	defer stopTarget(r, t)
+
 	load := loadgen.StreamLoad{
 		URLs: t.URLs, Path: c.path, Body: c.body, Format: c.format,
 		Streams: streams, Ramp: r.Settings.StreamRamp, Duration: r.Settings.StreamWindow,
@@ -113,8 +124,9 @@ func streamIntro(s Settings) string {
 		"per second, a chunk about every 15 ms (`ollamasim -tokens-per-sec %d "+
 		"-parallel %d`), and a response has 20 to 40 chunks. Each of N workers opens "+
 		"one stream after another: the workers start within %s, then the "+
-		"samples of the next %s count. The proxy's CPU time and peak RSS "+
-		"(VmHWM, reset before each phase) cover the ramp and the window.\n\n"+
+		"samples of the next %s count. Each phase starts a new proxy "+
+		"process, and its CPU time and peak RSS (VmHWM) cover the ramp and "+
+		"the window.\n\n"+
 		"TTFB is the time from sending the request to the first chunk. For "+
 		"NDJSON, chunk latency is the receive time minus the `created_at` time "+
 		"the node wrote into the line, and added latency is a target's "+
