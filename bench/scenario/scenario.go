@@ -52,15 +52,15 @@ func DefaultSettings(quick bool) Settings {
 		return Settings{
 			Targets:      []string{harness.Direct, harness.LLMProxy, harness.Nginx},
 			Warmup:       time.Second,
-			Saturation:   4 * time.Second,
+			Saturation:   3 * time.Second,
 			Conns:        64,
 			Rate:         2000,
-			Fixed:        4 * time.Second,
+			Fixed:        3 * time.Second,
 			StreamLevels: []int{100},
 			StreamRamp:   time.Second,
-			StreamWindow: 4 * time.Second,
+			StreamWindow: 3 * time.Second,
 			Rounds:       1,
-			QuietWait:    2 * time.Second,
+			QuietWait:    time.Second,
 		}
 	}
 	return Settings{

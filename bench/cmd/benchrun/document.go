@@ -47,6 +47,11 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   processes. The tables show per target the round with
   the lowest share, a choice that does not look at the results.
 - Every percentile is exact over all samples of the window.
+- ` + "`make bench BENCHFLAGS=-profile`" + ` runs llmproxy as bench/cmd/llmproxyprof,
+  the same server with CPU profiling on signal, and saves a profile of each
+  measured llmproxy phase in bench/out/profiles; read one with
+  ` + "`go tool pprof -top bin/llmproxyprof FILE`" + `. Profiling costs a few
+  percent of CPU, so the numbers of such a run are not comparable.
 - SSE chunks carry their time only in "created", in whole seconds, so SSE
   rows show the gap between chunks instead of a per-chunk latency. An
   ollamasim option that adds an SSE comment line with the time the node
