@@ -81,7 +81,7 @@ func processTree(pid int) []int {
 }
 
 // statFields returns the fields of /proc/PID/stat after the command name,
-// starting with the state: fields[1] is the parent PID, fields[11] and
+// starting with the state. fields[1] is the parent PID, and fields[11] and
 // fields[12] are utime and stime.
 func statFields(pid int) ([]string, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -60,7 +60,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "stream":
 		return runStreams(ctx, o, stdout)
 	default:
-		return fmt.Errorf("-mode: %q is not closed, open or stream", o.mode)
+		return fmt.Errorf("-mode: %q is invalid, want closed, open or stream", o.mode)
 	}
 }
 
@@ -126,30 +126,34 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var urls string
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+
 	fs.StringVar(&o.mode, "mode", "closed", "load `pattern`: closed, open or stream")
 	fs.StringVar(&urls, "url", "http://127.0.0.1:11434",
 		"comma-separated base `URLs`, which requests take in turn")
 	fs.StringVar(&o.model, "model", "llama3:8b", "model `name` in every request")
 	fs.StringVar(&o.format, "format", "ndjson",
 		"stream `format`: ndjson (/api/chat) or sse (/v1/chat/completions)")
+
 	fs.IntVar(&o.conns, "conns", 64, "connections of the closed loop")
 	fs.Float64Var(&o.rate, "rate", 1000, "requests per second of the open loop")
 	fs.IntVar(&o.streams, "streams", 100, "concurrent streams")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured `time`")
 	fs.DurationVar(&o.ramp, "ramp", time.Second, "`time` over which streams start, not measured")
+
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+
 	for _, u := range strings.Split(urls, ",") {
 		if u = strings.TrimSpace(u); u != "" {
 			o.urls = append(o.urls, u)
 		}
 	}
 	if o.format != "ndjson" && o.format != "sse" {
-		return o, fmt.Errorf("-format: %q is not ndjson or sse", o.format)
+		return o, fmt.Errorf("-format: %q is invalid, want ndjson or sse", o.format)
 	}
 	return o, nil
 }
