@@ -118,6 +118,12 @@ func New(s Settings, nodes []*Node, m *metrics.Metrics) *Balancer {
 	}
 	b.SetSettings(s)
 	b.SetNodes(nodes)
+	if m != nil {
+		for _, c := range config.Classes {
+			m.QueueDepth.WithLabelValues(c).Set(0)
+			m.QueueWait.WithLabelValues(c)
+		}
+	}
 	return b
 }
 
@@ -272,6 +278,7 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	now := b.now()
 	if n := b.placeLocked(req, 0); n != nil {
 		cold := b.takeSlotLocked(n, req)
+		b.observeWait(req.Class, 0)
 		b.mu.Unlock()
 		return &Lease{Node: n, Cold: cold, b: b, req: req, start: now}, nil
 	}

@@ -19,11 +19,12 @@ type estimates struct {
 	load    map[string]float64 // node and model
 	loadAny map[string]float64 // model, over all nodes
 	service map[string]float64 // model
+	tps     map[string]float64 // node: generated tokens per second
 }
 
 func newEstimates() estimates {
 	return estimates{load: map[string]float64{}, loadAny: map[string]float64{},
-		service: map[string]float64{}}
+		service: map[string]float64{}, tps: map[string]float64{}}
 }
 
 func (e *estimates) loadTime(node, model string) float64 {
@@ -43,6 +44,27 @@ func (e *estimates) serviceTime(model string) float64 {
 	return defaultServiceTime.Seconds()
 }
 
+// speedFactor returns how long a generation takes on node relative to the
+// average node, from the token throughput nodes reported: 0.5 for a node
+// twice as fast as the average, 1 when nothing is known.
+// A node not measured yet counts as fast as the fastest one, so that it
+// gets the traffic that measures it.
+func (e *estimates) speedFactor(node string) float64 {
+	if len(e.tps) < 2 {
+		return 1
+	}
+	var sum, fastest float64
+	for _, x := range e.tps {
+		sum += x
+		fastest = max(fastest, x)
+	}
+	v, ok := e.tps[node]
+	if !ok || v <= 0 {
+		v = fastest
+	}
+	return sum / float64(len(e.tps)) / v
+}
+
 func ewma(m map[string]float64, key string, v float64) {
 	if old, ok := m[key]; ok {
 		m[key] = old + ewmaWeight*(v-old)
@@ -52,10 +74,11 @@ func ewma(m map[string]float64, key string, v float64) {
 }
 
 // Observe records the timings a node reported for the lease's request:
-// the time spent loading the model (Ollama's load_duration) and the
-// whole request. Loads are learned only from cold placements, since a
-// warm request reports a load_duration of a few milliseconds.
-func (l *Lease) Observe(load, total time.Duration) {
+// the time spent loading the model (Ollama's load_duration), the whole
+// request, and the tokens generated in evalTime. Loads are learned only
+// from cold placements, since a warm request reports a load_duration of a
+// few milliseconds.
+func (l *Lease) Observe(load, total time.Duration, evalTokens int64, evalTime time.Duration) {
 	if l.b == nil || l.req.Model == "" || total <= 0 {
 		return
 	}
@@ -68,6 +91,9 @@ func (l *Lease) Observe(load, total time.Duration) {
 	}
 	if l.req.Slot {
 		ewma(b.est.service, l.req.Model, (total - load).Seconds())
+	}
+	if evalTokens > 0 && evalTime > 0 {
+		ewma(b.est.tps, l.Node.Name, float64(evalTokens)/evalTime.Seconds())
 	}
 }
 

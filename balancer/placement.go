@@ -4,6 +4,13 @@ import (
 	"time"
 )
 
+// Two expected costs count as equal when they differ by less than
+// costTolerance of the larger one or less than minCostDifference seconds.
+const (
+	costTolerance     = 0.15
+	minCostDifference = 0.05
+)
+
 // candidate is a node that could serve a request, as placement sees it.
 type candidate struct {
 	n    *Node
@@ -11,7 +18,10 @@ type candidate struct {
 	warm bool    // the model is loaded with a fitting context size
 	load float64 // slots in use per weighted slot
 	rot  uint64  // rotation order, for ties
-	cost float64 // expected seconds until the request could start
+	cost float64 // expected seconds until the request would finish
+	// delay is the part of cost spent before generation starts: waiting
+	// for a slot and loading the model.
+	delay float64
 }
 
 // placeLocked returns the node with a free slot where req should start
@@ -105,15 +115,18 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 		return n
 	}
 	busyWait := b.busyWaitLocked(cands, req)
+	svc := b.est.serviceTime(req.Model)
 	best := -1
 	for i := range cands {
 		c := &cands[i]
+		// A slower node takes longer to generate the same answer.
 		if !c.free {
-			c.cost += busyWait
+			c.delay += busyWait
 		}
 		if !c.warm {
-			c.cost += b.est.loadTime(c.n.Name, req.Model)
+			c.delay += b.est.loadTime(c.n.Name, req.Model)
 		}
+		c.cost = c.delay + svc*b.est.speedFactor(c.n.Name)
 		if best < 0 || cheaper(c, &cands[best], req.Model) {
 			best = i
 		}
@@ -124,7 +137,7 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 	var fallback *candidate
 	for i := range cands {
 		c := &cands[i]
-		if c.free && waited.Seconds() >= c.cost && (fallback == nil || cheaper(c, fallback, req.Model)) {
+		if c.free && waited.Seconds() >= c.delay && (fallback == nil || cheaper(c, fallback, req.Model)) {
 			fallback = c
 		}
 	}
@@ -136,9 +149,13 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 
 // cheaper orders candidates by cost, then free before busy, then load,
 // then a stable rank: the model's rendezvous rank for a cold placement,
-// so that one model's loads land on one node, else rotation.
+// so that one model's loads land on one node, else rotation. Costs within
+// costTolerance of each other count as equal, so that noise in the
+// measured speeds does not send every request to one node.
 func cheaper(c, o *candidate, model string) bool {
-	if c.cost != o.cost {
+	d := c.cost - o.cost
+	tolerance := max(costTolerance*max(c.cost, o.cost), minCostDifference)
+	if d > tolerance || -d > tolerance {
 		return c.cost < o.cost
 	}
 	if c.free != o.free {

@@ -151,7 +151,8 @@ func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
 	}
 	if rs.lease != nil {
 		rs.lease.Observe(time.Duration(v.GetInt64("load_duration")),
-			time.Duration(v.GetInt64("total_duration")))
+			time.Duration(v.GetInt64("total_duration")),
+			rs.completionTokens, time.Duration(evalNs))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/pprofhandler"
 
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
@@ -37,6 +38,11 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	switch {
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
+	case strings.HasPrefix(path, "/admin/debug/pprof"):
+		// Profiles for finding where the proxy spends time; behind the
+		// admin token like every admin route.
+		ctx.URI().SetPath(strings.TrimPrefix(path, "/admin"))
+		pprofhandler.PprofHandler(ctx)
 	case path == "/admin/cache/purge" && method == "POST":
 		s.servePurge(ctx, rt)
 	case path == "/admin/usage" && method == "GET":
