@@ -364,3 +364,24 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+func BenchmarkAcquireRelease(b *testing.B) {
+	nodes := []*Node{}
+	for i := 0; i < 8; i++ {
+		u, _ := url.Parse("http://node:11434")
+		n := NewNode("n"+string(rune('a'+i)), u, 64, 1)
+		n.SetInventory([]Model{{Name: "a:latest"}, {Name: "b:latest"}}, []Loaded{{Name: "a:latest"}}, time.Time{})
+		nodes = append(nodes, n)
+	}
+	cfg := config.Default()
+	bal := New(SettingsFrom(&cfg), nodes, nil)
+	req := Request{Model: "a:latest", Slot: true, Class: "standard", Client: "c", Affinity: 7}
+	b.ReportAllocs()
+	for b.Loop() {
+		l, err := bal.Acquire(context.Background(), req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.Release()
+	}
+}

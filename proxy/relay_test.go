@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/llmproxy/llmproxy/balancer"
+)
+
+// chunkReader returns one line per Read, as a node's chunked stream does.
+type chunkReader struct {
+	lines [][]byte
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.lines) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.lines[0])
+	c.lines[0] = c.lines[0][n:]
+	if len(c.lines[0]) == 0 {
+		c.lines = c.lines[1:]
+	}
+	return n, nil
+}
+
+func newTestRelay(body io.Reader, sse bool) *relay {
+	r := relayPool.Get().(*relay)
+	r.reset(body)
+	r.s = &Server{}
+	r.rs = &reqState{}
+	r.sse = sse
+	r.lease = balancer.NewLease(balancer.NewNode("n", nil, 1, 1))
+	r.watch = &clientWatch{done: make(chan struct{})}
+	return r
+}
+
+func TestRelayKeepsLines(t *testing.T) {
+	lines := []string{`{"a":1}` + "\n", `{"b":2}` + "\n", `{"done":false}` + "\n"}
+	var src [][]byte
+	for _, l := range lines {
+		src = append(src, []byte(l))
+	}
+	r := newTestRelay(&chunkReader{lines: src}, false)
+	buf := make([]byte, 4096)
+	var got []string
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			got = append(got, string(buf[:n]))
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Join(got, "|") != strings.Join(lines, "|") {
+		t.Errorf("reads %q, want one line per read %q", got, lines)
+	}
+}
+
+func TestRelaySplitsLongLine(t *testing.T) {
+	long := append(bytes.Repeat([]byte("x"), 10000), '\n')
+	r := newTestRelay(&chunkReader{lines: [][]byte{long}}, false)
+	buf := make([]byte, 4096)
+	var out []byte
+	for {
+		n, err := r.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+	}
+	if !bytes.Equal(out, long) {
+		t.Errorf("got %d bytes, want the %d-byte line intact", len(out), len(long))
+	}
+}
+
+func TestRelayEndsBrokenStreamWithErrorLine(t *testing.T) {
+	for _, sse := range []bool{false, true} {
+		body := io.MultiReader(strings.NewReader(`{"partial":`), errReader{io.ErrUnexpectedEOF})
+		r := newTestRelay(body, sse)
+		r.s = &Server{}
+		buf := make([]byte, 4096)
+		var out []byte
+		for {
+			n, err := r.Read(buf)
+			out = append(out, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := "\n{\"error\":"
+		if sse {
+			want = "\ndata: {\"error\":{"
+		}
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("sse=%v: output %q lacks an error event %q", sse, out, want)
+		}
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+func BenchmarkRelayLine(b *testing.B) {
+	line := []byte(`{"model":"llama3:8b","created_at":"2026-12-04T15:56:26.467480373Z",` +
+		`"message":{"role":"assistant","content":" dreams"},"done":false}` + "\n")
+	src := &chunkReader{}
+	r := newTestRelay(src, false)
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(line)))
+	for b.Loop() {
+		src.lines = append(src.lines[:0], line)
+		r.done = false
+		if _, err := r.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
