@@ -14,15 +14,18 @@ import (
 )
 
 // tool returns the path of an external checker, or skips the test with
-// the package that provides it.
+// the package that provides it. It also looks in /usr/sbin, where Debian
+// installs nginx, because that folder is not on the PATH of most users.
 func tool(t *testing.T, name, apt string) string {
 	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not found, so this check does not run; install it with: apt-get install -y %s",
-			name, apt)
+	for _, candidate := range []string{name, "/usr/sbin/" + name} {
+		if path, err := exec.LookPath(candidate); err == nil {
+			return path
+		}
 	}
-	return path
+	t.Skipf("%s not found, so this check does not run; install it with: apt-get install -y %s",
+		name, apt)
+	return ""
 }
 
 // run runs a checker and returns its combined output, failing the test

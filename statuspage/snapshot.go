@@ -48,9 +48,9 @@ type NodeStatus struct {
 	MaxConcurrent int `json:"max_concurrent"`
 	// LoadedModels lists the models the node reports in memory (/api/ps).
 	LoadedModels []string `json:"loaded_models"`
-	// TokensPerSecond is the generation speed of the node's latest finished
-	// generation (eval_count divided by eval_duration), or 0 before the
-	// first one.
+	// TokensPerSecond is the node's recent generation speed, from the
+	// eval_count and eval_duration of its finished generations, or 0 before
+	// the first one.
 	TokensPerSecond float64 `json:"tokens_per_second"`
 	// LastError is the node's latest probe or request error, or empty.
 	LastError string `json:"last_error"`
