@@ -271,6 +271,8 @@ func (a *App) startCache(cfg *config.Config) error {
 			ReadTimeout:  cfg.Redis.Timeout,
 			WriteTimeout: cfg.Redis.Timeout,
 			MaxRetries:   -1,
+			// One dial per call, so a stopped Redis fails within Timeout.
+			DialerRetries: 1,
 		})
 	}
 	c, err := cache.New(cfg.Cache, a.redis, cfg.Redis, a.metrics, a.log)

@@ -130,3 +130,11 @@ func (t *affinityTable) put(key uint64, node string) {
 	}
 	t.nodes[key] = node
 }
+
+// NodeTokensPerSecond returns the generation speed last measured on the
+// node, a moving average, or 0 before the first measurement.
+func (b *Balancer) NodeTokensPerSecond(node string) float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.est.tps[node]
+}

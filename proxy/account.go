@@ -11,6 +11,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/ratelimit"
+	"github.com/llmproxy/llmproxy/statuspage"
 )
 
 // reqState is what the access log and the metrics record of one request.
@@ -87,6 +88,11 @@ func (s *Server) end(rs *reqState) {
 		if rs.ttfb > 0 && rs.route.inference {
 			s.m.TimeToFirstTok.WithLabelValues(model).Observe(rs.ttfb.Seconds())
 		}
+	}
+	if rs.status >= 500 || rs.status == 429 {
+		// Never a prompt or a key: only what identifies the request.
+		s.recentErrors.Add(statuspage.ErrorRecord{RequestID: rs.id, Route: rs.route.name,
+			Model: rs.model, Node: rs.node, Status: rs.status, Error: rs.err})
 	}
 	level := slog.LevelInfo
 	if rs.route.how == handleRoot || rs.route.how == handleAdmin {

@@ -5,11 +5,13 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/pprofhandler"
 
 	"github.com/llmproxy/llmproxy/internal/wire"
+	"github.com/llmproxy/llmproxy/statuspage"
 )
 
 // nodeStatus is one node in GET /admin/nodes.
@@ -28,14 +30,22 @@ type nodeStatus struct {
 
 // serveAdmin serves the admin routes, behind admin.token when it is set.
 func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	// The page holds no data and a browser cannot send a bearer token when
+	// it opens it; the page sends the token on its own requests.
+	if (path == "/admin" || path == "/admin/") && (method == "GET" || method == "HEAD") {
+		statuspage.Page(ctx)
+		return
+	}
 	if !s.adminAuthorized(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="llmproxy admin"`)
 		writeError(ctx, rt, fasthttp.StatusUnauthorized, "admin token required")
 		return
 	}
-	path := string(ctx.Path())
-	method := string(ctx.Method())
 	switch {
+	case path == "/admin/status" && (method == "GET" || method == "HEAD"):
+		s.statusJSON(ctx)
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
 	case strings.HasPrefix(path, "/admin/debug/pprof"):
@@ -182,4 +192,32 @@ func (s *Server) serveUsage(ctx *fasthttp.RequestCtx, rt route) {
 		return
 	}
 	writeJSON(ctx, map[string]any{"keys": lim.Usage(context.Background())})
+}
+
+// statusSnapshot gathers what the status page shows.
+func (s *Server) statusSnapshot() statuspage.Snapshot {
+	snap := statuspage.Snapshot{
+		Version:       s.version,
+		UptimeSeconds: time.Since(s.started).Seconds(),
+		Time:          time.Now(),
+		QueueDepth:    s.bal.Depth(),
+		RecentErrors:  s.recentErrors.List(),
+	}
+	if s.m != nil {
+		snap.Cache = statuspage.CacheStatsFrom(s.m.CacheRequests)
+	}
+	for _, n := range s.NodeStatuses() {
+		snap.Nodes = append(snap.Nodes, statuspage.NodeStatus{
+			Name:            n.Name,
+			URL:             n.URL,
+			State:           n.State,
+			Breaker:         n.Breaker,
+			Inflight:        n.Inflight,
+			MaxConcurrent:   n.MaxConcurrent,
+			LoadedModels:    n.LoadedModels,
+			TokensPerSecond: s.bal.NodeTokensPerSecond(n.Name),
+			LastError:       n.LastError,
+		})
+	}
+	return snap
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/metrics"
 	"github.com/llmproxy/llmproxy/ratelimit"
+	"github.com/llmproxy/llmproxy/statuspage"
 )
 
 // Inventory refreshes what a node lists and holds in memory. The health
@@ -87,6 +88,11 @@ type Server struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 
+	version      string
+	started      time.Time
+	recentErrors *statuspage.RecentErrors
+	statusJSON   fasthttp.RequestHandler
+
 	// lastRefresh rate-limits inventory refreshes on unknown models.
 	lastRefresh atomic.Int64
 }
@@ -112,6 +118,10 @@ func New(opts Options) *Server {
 		ups:          map[string]*upstream{},
 		idPrefix:     hex.EncodeToString(prefix[:]),
 	}
+	s.version = opts.Version
+	s.started = time.Now()
+	s.recentErrors = statuspage.NewRecentErrors(0)
+	s.statusJSON = statuspage.JSON(statuspage.SourceFunc(s.statusSnapshot))
 	s.SetConfig(opts.Config)
 	s.SetLimiter(opts.Limiter)
 	s.initMetricsHandler()

@@ -345,6 +345,11 @@ func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntr
 			l.local.mirror(a, &out)
 			return out, nil, true
 		}
+		// The failed call may have taken up to redis.timeout: judge the
+		// request at the time it falls back, not when it arrived, or it
+		// would count as older than requests admitted locally meanwhile.
+		a.now = l.now()
+		a.nowMicros = a.now.UnixMicro()
 		l.redisFailed(ctx, a.now, err)
 	}
 	out, entry := l.local.admit(a)

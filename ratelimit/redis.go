@@ -57,7 +57,10 @@ func newRedisStore(cfg config.Redis, leaseTTL time.Duration) *redisStore {
 		ContextTimeoutEnabled: true,
 		// A retried admission could run twice after a timeout whose
 		// script had run, so a failed call falls back instead.
-		MaxRetries:      -1,
+		MaxRetries: -1,
+		// One dial per call: go-redis otherwise dials again several times,
+		// 100ms apart, so a call to a stopped Redis outlasts the timeout.
+		DialerRetries:   1,
 		DisableIdentity: true,
 	})
 	return &redisStore{client: client, prefix: cfg.KeyPrefix, timeout: timeout, leaseTTL: leaseTTL}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/sdnotify"
 )
 
 func main() {
@@ -115,6 +116,9 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("start failed", "error", err)
 		return 1
 	}
+	if err := sdnotify.Ready(); err != nil {
+		log.Warn("systemd readiness notification failed", "error", err)
+	}
 	return waitAndStop(ctx, a, path, log)
 }
 
@@ -149,6 +153,7 @@ func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger)
 	}
 	timeout := a.Config().ShutdownTimeout
 	log.Info("shutting down", "timeout", timeout)
+	_ = sdnotify.Stopping()
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := a.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -162,6 +167,9 @@ func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
 		log.Info("no config file to reload; the environment is read only at start")
 		return
 	}
+	_ = sdnotify.Reloading()
+	// systemd waits for READY=1 after RELOADING=1, whatever the outcome.
+	defer func() { _ = sdnotify.Ready() }()
 	cfg, err := config.Load(path)
 	if err != nil {
 		log.Error("reload rejected, keeping the running configuration", "error", err)
