@@ -19,13 +19,19 @@ build:
 run:
 	$(GO) run ./cmd/llmproxy demo
 
-# deps installs the programs the test suite starts: redis-server.
+# deps installs the programs the test suite starts: redis-server for the
+# shared-state tests and Chromium for the status page test. It needs root
+# or sudo, and does nothing when both are present.
 deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server"; \
+	@missing=; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; \
-	}
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 test: deps
 	$(GO) vet $(PKGS)
