@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -549,5 +551,39 @@ func TestNodeDownIsNotLost(t *testing.T) {
 	readBody(t, resp)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d with one dead node", resp.StatusCode)
+	}
+}
+
+func TestCreateFromBlobStaysOnOneNode(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	c := f.client(t)
+	ctx := context.Background()
+	data := []byte("GGUF fake weights for a test model")
+	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
+	if err := c.CreateBlob(ctx, digest, bytes.NewReader(data)); err != nil {
+		t.Fatalf("create blob: %v", err)
+	}
+	var last string
+	err := c.Create(ctx, &api.CreateRequest{Model: "made", Files: map[string]string{"model.gguf": digest}},
+		func(p api.ProgressResponse) error { last = p.Status; return nil })
+	if err != nil || last != "success" {
+		t.Fatalf("create: %v, last status %q", err, last)
+	}
+	blobs := f.a.Server().Requests("/api/blobs/{digest}") + f.b.Server().Requests("/api/blobs/{digest}")
+	creates := f.a.Server().Requests("/api/create") + f.b.Server().Requests("/api/create")
+	if creates != 1 || blobs < 1 {
+		t.Fatalf("nodes saw %d creates and %d blob requests", creates, blobs)
+	}
+	for _, sim := range []*ollamasim.Server{f.a.Server(), f.b.Server()} {
+		if sim.Requests("/api/create") == 1 && sim.Requests("/api/blobs/{digest}") == 0 {
+			t.Error("the create ran on a node that never received the blob")
+		}
+	}
+	// The new model routes at once.
+	stream := false
+	err = c.Generate(ctx, &api.GenerateRequest{Model: "made", Prompt: "x", Stream: &stream},
+		func(api.GenerateResponse) error { return nil })
+	if err != nil {
+		t.Fatalf("generate on the created model: %v", err)
 	}
 }
