@@ -1,0 +1,74 @@
+package wire
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestNormalizeModel(t *testing.T) {
+	cases := map[string]string{
+		"llama3":                            "llama3:latest",
+		"llama3:8b":                         "llama3:8b",
+		"registry.ollama.ai/library/llama3": "llama3:latest",
+		"library/qwen2.5:0.5b":              "qwen2.5:0.5b",
+		"hf.co/bartowski/Llama-3.2-1B-GGUF": "hf.co/bartowski/Llama-3.2-1B-GGUF:latest",
+		"hf.co/user/model:Q4_K_M":           "hf.co/user/model:Q4_K_M",
+		"  spaced  ":                        "spaced:latest",
+		"":                                  "",
+	}
+	for in, want := range cases {
+		if got := NormalizeModel(in); got != want {
+			t.Errorf("NormalizeModel(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestCompareVersions(t *testing.T) {
+	cases := []struct {
+		a, b string
+		want int
+	}{
+		{"0.25.0", "0.25.0", 0},
+		{"0.9.0", "0.25.0", -1},
+		{"0.25.0-rc0-10-gf63eea3d2", "0.25.0", -1},
+		{"0.25.1", "0.25.0-rc1", 1},
+		{"v1.0.0", "0.99.9", 1},
+		{"garbage", "0.1.0", -1},
+	}
+	for _, tc := range cases {
+		if got := CompareVersions(tc.a, tc.b); got != tc.want {
+			t.Errorf("CompareVersions(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+func TestErrorBodiesAreJSON(t *testing.T) {
+	msg := "bad \"quote\" \\ and\ncontrol \x01 ünïcode"
+	var o struct{ Error string }
+	if err := json.Unmarshal(OllamaError(msg), &o); err != nil || o.Error != msg {
+		t.Errorf("OllamaError: %v, %q", err, o.Error)
+	}
+	var oa struct {
+		Error struct {
+			Message, Type string
+			Param, Code   any
+		}
+	}
+	if err := json.Unmarshal(OpenAIError(msg, "api_error"), &oa); err != nil || oa.Error.Message != msg ||
+		oa.Error.Type != "api_error" {
+		t.Errorf("OpenAIError: %v, %+v", err, oa)
+	}
+}
+
+func FuzzErrorBodies(f *testing.F) {
+	f.Add("plain")
+	f.Add("\x00\x1f\"\\")
+	f.Fuzz(func(t *testing.T, msg string) {
+		if !json.Valid(OllamaError(msg)) {
+			t.Fatalf("OllamaError(%q) is not JSON", msg)
+		}
+		if !json.Valid(OpenAIError(msg, "x")) {
+			t.Fatalf("OpenAIError(%q) is not JSON", msg)
+		}
+	})
+}
