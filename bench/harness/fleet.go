@@ -1,10 +1,14 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // Model is the model every node serves and every request names.
@@ -108,4 +112,26 @@ func startNode(e *Env, spec FleetSpec, index int) (*Node, error) {
 		return nil, err
 	}
 	return &Node{Name: name, Addr: addr, URL: "http://" + addr, Proc: p}, nil
+}
+
+// SetFaults replaces the node's faults through its control route, POST
+// /_sim/faults. body is the faults as JSON, such as {"error_rate":0.5} or
+// {"refuse":true,"clear_after":"2s"}; "{}" clears them.
+func (n *Node) SetFaults(ctx context.Context, body string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.URL+"/_sim/faults",
+		strings.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build fault request for %s: %w", n.Name, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("set faults of %s: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("set faults of %s: status %d: %s", n.Name, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return nil
 }

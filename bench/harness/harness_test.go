@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
 func TestParseStat(t *testing.T) {
@@ -144,5 +147,31 @@ func TestOthersShareWithinRange(t *testing.T) {
 	}
 	if share := after.OthersShare(before); share < 0 || share > 1.05 {
 		t.Errorf("others' share = %v, want within 0..1", share)
+	}
+}
+
+func TestNodeSetFaults(t *testing.T) {
+	srv := ollamasim.New(ollamasim.Config{Models: []ollamasim.ModelSpec{{Name: Model}}})
+	running, err := srv.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	t.Cleanup(func() { running.Close() })
+	n := &Node{Name: "node1", URL: running.URL()}
+
+	if err := n.SetFaults(context.Background(), `{"error_rate":0.5,"seed":7}`); err != nil {
+		t.Fatalf("SetFaults: %v", err)
+	}
+	if got := srv.Faults().ErrorRate; got != 0.5 {
+		t.Errorf("error rate = %v, want 0.5", got)
+	}
+	if err := n.SetFaults(context.Background(), `{"error_rate":2}`); err == nil {
+		t.Error("SetFaults accepted an error rate of 2")
+	}
+	if err := n.SetFaults(context.Background(), `{}`); err != nil {
+		t.Fatalf("clear faults: %v", err)
+	}
+	if got := srv.Faults().ErrorRate; got != 0 {
+		t.Errorf("error rate after clearing = %v, want 0", got)
 	}
 }

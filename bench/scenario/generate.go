@@ -86,6 +86,9 @@ func runGenerate(ctx context.Context, r *Run) (report.Section, error) {
 // saturate runs a closed-loop phase after a warmup.
 func saturate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, error) {
 	s := r.Settings
+	if err := waitQuiet(ctx, r); err != nil {
+		return requestPhase{}, err
+	}
 	client, err := loadgen.NewClient(t.URLs, s.Conns)
 	if err != nil {
 		return requestPhase{}, err
@@ -96,7 +99,7 @@ func saturate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, err
 
 	cfg.Duration = s.Saturation
 	var res loadgen.Result
-	use, err := measureUsage(ctx, r, t, "generate-saturation", func() {
+	use, err := measureUsage(r, t, "generate-saturation", func() {
 		res = loadgen.RunClosed(ctx, client, cfg)
 	})
 	return requestPhase{kind: t.Kind, res: res, use: use}, err
@@ -105,6 +108,9 @@ func saturate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, err
 // fixedRate runs an open-loop phase after a warmup at the same rate.
 func fixedRate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, error) {
 	s := r.Settings
+	if err := waitQuiet(ctx, r); err != nil {
+		return requestPhase{}, err
+	}
 	client, err := loadgen.NewClient(t.URLs, openLoopWorkers)
 	if err != nil {
 		return requestPhase{}, err
@@ -120,7 +126,7 @@ func fixedRate(ctx context.Context, r *Run, t *harness.Target) (requestPhase, er
 
 	cfg.Duration = s.Fixed
 	var res loadgen.Result
-	use, err := measureUsage(ctx, r, t, "generate-fixed-rate", func() {
+	use, err := measureUsage(r, t, "generate-fixed-rate", func() {
 		res = loadgen.RunOpen(ctx, client, cfg)
 	})
 	return requestPhase{kind: t.Kind, res: res, use: use}, err

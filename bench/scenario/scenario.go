@@ -3,6 +3,13 @@
 // runs load phases against each target in turn, and returns a report
 // section and the goals it checked. Add a scenario by writing such a
 // function and listing it in All.
+//
+// The helpers shared by scenarios are startTargets (one instance of each
+// target for the whole scenario) or harness.StartTarget (one per phase),
+// inRounds (every target in turn, for Settings.Rounds rounds), waitQuiet
+// before a phase, and measureUsage around it. A failure scenario can start
+// nodes with fault flags through harness.FleetSpec.ExtraArgs, or change
+// the faults of a running node with harness.Node.SetFaults.
 package scenario
 
 import (
@@ -162,15 +169,19 @@ const quietThreshold = 0.1
 // gone before the next starts.
 const quietSample = 500 * time.Millisecond
 
-// measureUsage waits for the machine to be quiet, runs phase, and returns
-// the CPU time the target's proxy spent meanwhile, its peak RSS during
-// the phase, and the CPU share of other processes. A profiled target
-// saves the phase's CPU profile under label.
-func measureUsage(ctx context.Context, r *Run, t *harness.Target, label string,
+// waitQuiet waits, up to Settings.QuietWait, for other processes to use
+// at most quietThreshold of the CPUs. Phases call it before their warmup.
+func waitQuiet(ctx context.Context, r *Run) error {
+	_, err := r.Env.WaitQuiet(ctx, quietThreshold, quietSample, r.Settings.QuietWait)
+	return err
+}
+
+// measureUsage runs phase and returns the CPU time the target's proxy
+// spent meanwhile, its peak RSS during the phase, and the CPU share of
+// other processes. A profiled target saves the phase's CPU profile under
+// label.
+func measureUsage(r *Run, t *harness.Target, label string,
 	phase func()) (usage, error) {
-	if _, err := r.Env.WaitQuiet(ctx, quietThreshold, quietSample, r.Settings.QuietWait); err != nil {
-		return usage{}, err
-	}
 	if err := t.ResetPeakRSS(); err != nil {
 		return usage{}, err
 	}

@@ -103,6 +103,9 @@ type streamCall struct {
 func streamOnce(ctx context.Context, r *Run, fleet *harness.Fleet, kind string,
 	call streamCall) (streamPhase, error) {
 	c, streams := call.c, call.streams
+	if err := waitQuiet(ctx, r); err != nil {
+		return streamPhase{}, err
+	}
 	t, err := harness.StartTarget(ctx, r.Env, kind, fleet)
 	if err != nil {
 		return streamPhase{}, err
@@ -115,7 +118,7 @@ func streamOnce(ctx context.Context, r *Run, fleet *harness.Fleet, kind string,
 	}
 	var res loadgen.StreamResult
 	label := fmt.Sprintf("stream-%s-%d", strings.ToLower(c.format.String()), streams)
-	use, err := measureUsage(ctx, r, t, label, func() { res = loadgen.RunStreams(ctx, load) })
+	use, err := measureUsage(r, t, label, func() { res = loadgen.RunStreams(ctx, load) })
 	return streamPhase{kind: t.Kind, streams: streams, res: res, use: use}, err
 }
 
