@@ -175,3 +175,38 @@ func TestNodeSetFaults(t *testing.T) {
 		t.Errorf("error rate after clearing = %v, want 0", got)
 	}
 }
+
+func TestKillLeftoversEndsOrphans(t *testing.T) {
+	e := newTestEnv(t)
+	shell, err := e.Start(ProcSpec{Name: "shell", Path: "sh", Args: []string{"-c", "sleep 60 & wait"}})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(processTree(shell.PID())) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the shell started no child")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	orphan := processTree(shell.PID())[1]
+
+	// SIGKILL leaves the shell's child running, as it leaves nginx workers.
+	if err := shell.cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill shell: %v", err)
+	}
+	<-shell.done
+	e.killLeftovers()
+	for running(orphan) {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d still running after killLeftovers", orphan)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	fields, err := statFields(pid)
+	return err == nil && fields[0] != "Z"
+}

@@ -38,19 +38,23 @@ type Env struct {
 }
 
 // NewEnv creates dir, emptying it first, and returns an Env that starts
-// binaries from binDir.
+// binaries from binDir. It first kills what is left of an earlier run in
+// the same folder that was itself killed before it could stop its
+// processes.
 func NewEnv(binDir, dir string, log *slog.Logger) (*Env, error) {
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("clear run folder: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create run folder: %w", err)
-	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("resolve run folder: %w", err)
 	}
-	return &Env{BinDir: binDir, Dir: abs, Log: log}, nil
+	e := &Env{BinDir: binDir, Dir: abs, Log: log}
+	e.killLeftovers()
+	if err := os.RemoveAll(abs); err != nil {
+		return nil, fmt.Errorf("clear run folder: %w", err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("create run folder: %w", err)
+	}
+	return e, nil
 }
 
 // Path returns the path of name inside the run folder.
@@ -152,4 +156,5 @@ func (e *Env) StopAll() {
 			e.Log.Warn("stop process", "name", procs[i].Name, "err", err)
 		}
 	}
+	e.killLeftovers()
 }
