@@ -74,9 +74,13 @@ func (s *Server) end(rs *reqState) {
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
 	}
-	rs.settle()
-	d := time.Since(rs.start)
 	model := s.modelLabel(rs.model)
+	if rs.reservation != nil {
+		rs.settle() // the limiter counts the tokens it settles
+	} else {
+		s.countTokens(rs, model)
+	}
+	d := time.Since(rs.start)
 	node := rs.node
 	if node == "" {
 		node = "none"
@@ -163,3 +167,20 @@ func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
 }
 
 func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// countTokens counts the tokens of a request that no limiter settled.
+func (s *Server) countTokens(rs *reqState, model string) {
+	if s.m == nil {
+		return
+	}
+	key := rs.key
+	if key == "" {
+		key = ratelimit.AnonymousLabel
+	}
+	if rs.promptTokens > 0 {
+		s.m.Tokens.WithLabelValues(key, model, "prompt").Add(float64(rs.promptTokens))
+	}
+	if rs.completionTokens > 0 {
+		s.m.Tokens.WithLabelValues(key, model, "completion").Add(float64(rs.completionTokens))
+	}
+}

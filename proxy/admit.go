@@ -78,8 +78,8 @@ func (s *Server) clientAddr(ctx *fasthttp.RequestCtx) string {
 // 429 with the limit named and the rate limit headers set.
 func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
 	lim := s.limiter()
-	if lim == nil {
-		return true
+	if lim == nil || (rs.apiKey == nil && s.config().RateLimit.PerAddress == 0) {
+		return true // nothing to enforce
 	}
 	if rs.apiKey != nil && f.model != "" && !rs.apiKey.Allows(f.model) {
 		writeError(ctx, rt, fasthttp.StatusForbidden,

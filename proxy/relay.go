@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -26,12 +25,13 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		return
 	}
 	body, err := ex.readAll(maxResponseBytes)
+	gone := watch.gone()
 	watch.finish()
 	if err != nil {
 		ex.close()
 		lease.Release()
 		cause := err
-		if errors.Is(err, errClientGone) {
+		if gone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
 			cause = errClientGone
 		} else {
 			s.report(lease.Node, reasonMidStream)
@@ -127,8 +127,12 @@ type relay struct {
 	failed  error
 }
 
+// relayBufferSize bounds what a relay reads ahead of the client. Ollama's
+// stream lines are a few hundred bytes; a longer line passes in pieces.
+const relayBufferSize = 8 << 10
+
 var relayPool = sync.Pool{New: func() any {
-	return &relay{br: bufio.NewReaderSize(nil, 64<<10), pendBuf: make([]byte, 0, 4096)}
+	return &relay{br: bufio.NewReaderSize(nil, relayBufferSize), pendBuf: make([]byte, 0, 4096)}
 }}
 
 func (r *relay) reset(body io.Reader) {
@@ -208,7 +212,7 @@ func (r *relay) observe(line []byte) {
 // format and a clean end of the response, and the node is charged.
 func (r *relay) fail(p []byte, err error) (int, error) {
 	r.done = true
-	if errors.Is(err, errClientGone) || r.watch.gone() {
+	if errors.Is(err, errClientGone) || errors.Is(err, errCancelled) || r.watch.gone() {
 		r.failed = errClientGone
 		return 0, errClientGone
 	}
@@ -267,15 +271,3 @@ func (r *relay) Close() error {
 	s.end(rs)
 	return nil
 }
-
-// gone reports whether the watch saw the client close its connection.
-func (w *clientWatch) gone() bool {
-	select {
-	case <-w.done:
-		return !w.stopped.Load() && !w.pipelined.Load()
-	default:
-		return false
-	}
-}
-
-var _ = time.Now

@@ -133,9 +133,10 @@ func New(opts Options) *Server {
 		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
 		ReadTimeout:           5 * time.Minute,
 		IdleTimeout:           2 * time.Minute,
-		ReadBufferSize:        16 << 10,
-		CloseOnShutdown:       true,
-		Logger:                fasthttpLogger{s.log},
+		// Also the largest request header fasthttp accepts.
+		ReadBufferSize:  8 << 10,
+		CloseOnShutdown: true,
+		Logger:          fasthttpLogger{s.log},
 	}
 	return s
 }

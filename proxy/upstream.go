@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http/httputil"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,9 @@ type timeouts struct {
 }
 
 var errIdleTimeout = errors.New("no data from node within the idle timeout")
+
+// errCancelled ends the read of an exchange whose context ended.
+var errCancelled = errors.New("exchange cancelled")
 
 // errFirstByteTimeout means the node accepted the request but sent no
 // response headers in time.
@@ -65,8 +69,8 @@ func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 			MaxConns:                      1 << 16,
 			NoDefaultUserAgentHeader:      true,
 			DisableHeaderNamesNormalizing: false,
-			ReadBufferSize:                16 << 10,
-			WriteBufferSize:               16 << 10,
+			ReadBufferSize:                8 << 10,
+			WriteBufferSize:               8 << 10,
 		},
 	}
 }
@@ -83,9 +87,14 @@ type exchange struct {
 	resp    fasthttp.ResponseHeader
 	body    io.Reader
 	idle    time.Duration
-	reuse   bool // the connection may go back to the pool when done
-	stop    func() bool
-	closed  bool
+	// deadline is the read deadline last set on the connection.
+	deadline time.Time
+	reuse    bool // the connection may go back to the pool when done
+	// cancelled is set when the exchange's context ended, before the
+	// connection's deadline is moved to the past.
+	cancelled atomic.Bool
+	stop      func() bool
+	closed    bool
 }
 
 // send writes req to the node and waits for the response headers. The
@@ -117,6 +126,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		discard: func() { u.hc.CloseConn(cc) },
 	}
 	ex.stop = context.AfterFunc(ctx, func() {
+		ex.cancelled.Store(true)
 		_ = conn.SetDeadline(time.Unix(1, 0))
 	})
 	reused := !cc.LastUseTime().IsZero()
@@ -167,10 +177,20 @@ func (ex *exchange) setBody() {
 }
 
 // Read reads the response body, bounding the silence between reads by the
-// idle timeout.
+// idle timeout. The deadline moves only once half of it has passed, since
+// moving it on every chunk of a stream costs more than the read.
 func (ex *exchange) Read(p []byte) (int, error) {
 	if ex.idle > 0 {
-		_ = ex.conn.SetReadDeadline(time.Now().Add(ex.idle))
+		now := time.Now()
+		if ex.deadline.Sub(now) < ex.idle/2 {
+			ex.deadline = now.Add(ex.idle)
+			_ = ex.conn.SetReadDeadline(ex.deadline)
+			// A cancellation between the check and the new deadline
+			// would otherwise be undone.
+			if ex.cancelled.Load() {
+				return 0, errCancelled
+			}
+		}
 	}
 	n, err := ex.body.Read(p)
 	if err != nil && err != io.EOF && isTimeout(err) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -11,6 +12,12 @@ import (
 // errClientGone is the cancellation cause when the client closed its
 // connection before the answer was complete.
 var errClientGone = errors.New("client closed the connection")
+
+// watchDelay is how long a request waits before its client connection is
+// watched. Most answers come sooner and then cost no goroutine and no
+// deadline changes; a client that leaves a longer request is noticed at
+// most this much later.
+const watchDelay = 20 * time.Millisecond
 
 // clientWatch notices a client that closes its connection while the proxy
 // waits on a node. fasthttp reports no such event, and a request waiting
@@ -20,21 +27,25 @@ var errClientGone = errors.New("client closed the connection")
 // closes the connection (EOF or reset).
 //
 // NOTE: a client that pipelines its next request before this answer is
-// complete loses the first byte of it to the watch, which then lets the
-// connection close after the answer. Ollama and OpenAI clients do not
-// pipeline.
+// complete loses the first byte of it to the watch. Ollama and OpenAI
+// clients do not pipeline.
 type clientWatch struct {
-	conn    net.Conn
-	cancel  context.CancelCauseFunc
-	done    chan struct{}
+	conn   net.Conn
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	timer  *time.Timer
+
+	// mu orders starting the read against stopping the watch.
+	mu      sync.Mutex
+	started bool
 	stopped atomic.Bool
 	// pipelined is set when the client sent bytes during the answer.
 	pipelined atomic.Bool
 }
 
-// watchClient starts a watch on conn and returns a context cancelled with
-// errClientGone when the client goes away. Stop the watch before the
-// server reads from conn again.
+// watchClient returns a context cancelled with errClientGone when the
+// client goes away, watching conn from watchDelay on. Stop the watch
+// before the server reads from conn again.
 func watchClient(parent context.Context, conn net.Conn) (context.Context, *clientWatch) {
 	ctx, cancel := context.WithCancelCause(parent)
 	w := &clientWatch{conn: conn, cancel: cancel, done: make(chan struct{})}
@@ -42,8 +53,18 @@ func watchClient(parent context.Context, conn net.Conn) (context.Context, *clien
 		close(w.done)
 		return ctx, w
 	}
-	go w.run()
+	w.timer = time.AfterFunc(watchDelay, w.start)
 	return ctx, w
+}
+
+func (w *clientWatch) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped.Load() {
+		return
+	}
+	w.started = true
+	go w.run()
 }
 
 func (w *clientWatch) run() {
@@ -74,10 +95,19 @@ func (w *clientWatch) run() {
 // stop ends the watch and waits for its goroutine, leaving the connection
 // without a read deadline. It is safe to call more than once.
 func (w *clientWatch) stop() {
-	if w.stopped.Swap(true) {
+	if w.conn == nil {
+		w.stopped.Store(true)
 		return
 	}
-	if w.conn == nil {
+	w.mu.Lock()
+	first := !w.stopped.Swap(true)
+	started := w.started
+	w.mu.Unlock()
+	if !first {
+		return
+	}
+	w.timer.Stop()
+	if !started {
 		return
 	}
 	_ = w.conn.SetReadDeadline(time.Unix(1, 0))
@@ -89,4 +119,20 @@ func (w *clientWatch) stop() {
 func (w *clientWatch) finish() {
 	w.stop()
 	w.cancel(context.Canceled)
+}
+
+// gone reports whether the watch saw the client close its connection.
+func (w *clientWatch) gone() bool {
+	w.mu.Lock()
+	started := w.started
+	w.mu.Unlock()
+	if !started {
+		return false
+	}
+	select {
+	case <-w.done:
+		return !w.stopped.Load() && !w.pipelined.Load()
+	default:
+		return false
+	}
 }
