@@ -7,13 +7,12 @@ import (
 	"syscall"
 )
 
-// killLeftovers sends SIGKILL to every process, other than the benchmark
-// itself, whose standard output is a file in the run folder: processes
-// that survived a crash of an earlier run in the same folder, or nginx
-// workers whose master was killed. Every process an Env starts writes its
-// output there, and children inherit it. The environment cannot mark
-// them, because nginx writes its process titles over the memory that
-// /proc/PID/environ reads.
+// killLeftovers sends SIGKILL to every other process whose standard output
+// is a file in the run folder. Such processes survived a crash of an
+// earlier run in the same folder, or are nginx workers whose master was
+// killed. Every process an Env starts writes its output there, and
+// children inherit it. The environment cannot mark them, because nginx
+// writes its process titles over the memory that /proc/PID/environ reads.
 func (e *Env) killLeftovers() {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
