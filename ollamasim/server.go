@@ -177,6 +177,7 @@ func (s *Server) record(routeName string, r *http.Request) error {
 		Method:     r.Method,
 		RequestURI: r.RequestURI,
 		Host:       r.Host,
+		RemoteAddr: r.RemoteAddr,
 		Header:     r.Header.Clone(),
 		Body:       bytes.Clone(kept),
 	})

@@ -54,6 +54,9 @@ type RecordedRequest struct {
 	// RequestURI is the target as sent on the request line, query included.
 	RequestURI string
 	Host       string
+	// RemoteAddr is the client's address and port, which tells the
+	// connections a client reused.
+	RemoteAddr string
 	Header     http.Header
 	Body       []byte
 }

@@ -587,3 +587,20 @@ func TestCreateFromBlobStaysOnOneNode(t *testing.T) {
 		t.Fatalf("generate on the created model: %v", err)
 	}
 }
+
+func TestUpstreamConnectionsAreReused(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	p := testenv.Proxy(t, testenv.Config(t, a))
+	conns := map[string]bool{}
+	for i := 0; i < 20; i++ {
+		readBody(t, post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"x","stream":false}`))
+		readBody(t, post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"x"}]}`))
+	}
+	for _, route := range []string{"/api/generate", "/api/chat"} {
+		last, _ := a.Server().LastRequest(route)
+		conns[last.RemoteAddr] = true
+	}
+	if len(conns) != 1 {
+		t.Errorf("the last generate and chat came over %d connections, want one reused connection", len(conns))
+	}
+}

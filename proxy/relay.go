@@ -26,9 +26,11 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	}
 	body, err := ex.readAll(maxResponseBytes)
 	gone := watch.gone()
-	watch.finish()
+	// The exchange ends before the watch cancels its context, or the
+	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
 		ex.close()
+		watch.finish()
 		lease.Release()
 		cause := err
 		if gone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
@@ -40,6 +42,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		return
 	}
 	ex.finish()
+	watch.finish()
 	lease.Release()
 	rs.ttfb = elapsed(rs.start)
 	ctx.SetBody(body)
@@ -239,13 +242,15 @@ func (r *relay) fail(p []byte, err error) (int, error) {
 // Close ends the request once fasthttp has written the body or given up:
 // it frees the node connection and slot, and logs the request.
 func (r *relay) Close() error {
-	r.watch.finish()
 	complete := r.done && r.failed == nil
+	// The exchange ends before the watch cancels its context, as in
+	// deliver.
 	if complete {
 		r.ex.finish()
 	} else {
 		r.ex.close()
 	}
+	r.watch.finish()
 	r.lease.Release()
 	rs := r.rs
 	if r.f.store != nil {
