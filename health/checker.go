@@ -258,7 +258,8 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
 			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
 	}
-	if c.m != nil {
+	// A success changes nothing the gauge shows; /metrics refreshes it.
+	if c.m != nil && failure != "" {
 		up := 0.0
 		if n.Usable() {
 			up = 1

@@ -24,7 +24,10 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		s.deliverStream(ctx, rt, rs, f, lease, ex, watch)
 		return
 	}
-	body, err := ex.readAll(maxResponseBytes)
+	// The body goes straight into fasthttp's pooled response buffer.
+	ctx.Response.ResetBody()
+	err := ex.readInto(ctx.Response.BodyWriter(), maxResponseBytes)
+	body := ctx.Response.Body()
 	gone := watch.gone()
 	// The exchange ends before the watch cancels its context, or the
 	// cancellation would close a connection that could go back to the pool.
@@ -45,7 +48,6 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	watch.finish()
 	lease.Release()
 	rs.ttfb = elapsed(rs.start)
-	ctx.SetBody(body)
 	if ex.resp.StatusCode() < 300 {
 		s.afterSuccess(rs, rt, f, lease.Node)
 		p := s.parsers.Get()

@@ -230,6 +230,20 @@ func (ex *exchange) readAll(limit int64) ([]byte, error) {
 	return buf, nil
 }
 
+// readInto copies the whole body to w, failing past limit bytes.
+func (ex *exchange) readInto(w io.Writer, limit int64) error {
+	n, err := io.Copy(w, io.LimitReader(ex, limit+1))
+	if err != nil {
+		ex.reuse = false
+		return err
+	}
+	if n > limit {
+		ex.reuse = false
+		return fmt.Errorf("response body exceeds %d bytes", limit)
+	}
+	return nil
+}
+
 // finish marks the body as fully read, so that the connection may be reused.
 func (ex *exchange) finish() { ex.closeWith(true) }
 
