@@ -69,8 +69,8 @@ func Config(t testing.TB, nodes ...*ollamasim.Running) *config.Config {
 	return &cfg
 }
 
-// Proxy validates cfg and starts a proxy on it, shut down when the test
-// ends.
+// Proxy validates cfg and starts a proxy with it. The proxy shuts down when
+// the test ends.
 func Proxy(t testing.TB, cfg *config.Config) *app.App {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
@@ -90,8 +90,8 @@ func Proxy(t testing.TB, cfg *config.Config) *app.App {
 	return a
 }
 
-// WaitFor polls cond every few milliseconds until it holds or the limit
-// passes, and fails the test with msg in the second case.
+// WaitFor polls cond every few milliseconds until it returns true. If limit
+// passes first, WaitFor fails the test with msg.
 func WaitFor(t testing.TB, limit time.Duration, msg string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)

@@ -1,6 +1,6 @@
-// Package wire holds small facts of Ollama's wire format shared by several
-// packages: how model names are compared, how versions are ordered and how
-// errors are shaped on the Ollama and OpenAI routes.
+// Package wire contains helpers for Ollama's wire format that several
+// packages share. They normalize model names, order versions and build the
+// error bodies of the Ollama and OpenAI routes.
 package wire
 
 import (
@@ -8,11 +8,11 @@ import (
 	"strings"
 )
 
-// NormalizeModel returns the name Ollama lists a model under: a name whose
-// last path element has no tag gets ":latest", and the default registry
-// prefix is dropped, so "llama3", "llama3:latest" and
-// "registry.ollama.ai/library/llama3" compare equal. Case is kept, as
-// Ollama's model names are case-sensitive on disk.
+// NormalizeModel returns the name under which Ollama lists a model. It trims
+// spaces, drops the "registry.ollama.ai/" and "library/" prefixes and adds
+// ":latest" when the last path element has no tag, so "llama3",
+// "llama3:latest" and "registry.ollama.ai/library/llama3" compare equal.
+// Case is kept because Ollama's model names are case-sensitive on disk.
 func NormalizeModel(name string) string {
 	name = strings.TrimSpace(name)
 	name = strings.TrimPrefix(name, "registry.ollama.ai/")
@@ -30,10 +30,11 @@ func NormalizeModel(name string) string {
 	return name
 }
 
-// CompareVersions orders two Ollama version strings such as "0.25.0" and
-// "0.25.0-rc0-10-gf63eea3d2": it returns -1, 0 or 1. Numeric parts compare
-// as numbers; a pre-release suffix sorts before the release itself, as in
-// semantic versioning. An empty or unparsable version sorts first.
+// CompareVersions compares two Ollama version strings such as "0.25.0" and
+// "0.25.0-rc0-10-gf63eea3d2" and returns -1, 0 or 1. Numeric parts compare
+// as numbers. A suffix after "-" or "+" sorts before the release itself, as
+// a pre-release does in semantic versioning, and two suffixes compare as
+// strings. An empty or unparsable version sorts first.
 func CompareVersions(a, b string) int {
 	ca, pa := splitVersion(a)
 	cb, pb := splitVersion(b)
@@ -115,14 +116,15 @@ func OpenAIErrorType(status int) string {
 	}
 }
 
-// NotFoundMessage is the error Ollama returns for a model it does not have.
+// NotFoundMessage returns the error message Ollama sends for a model it
+// does not have.
 func NotFoundMessage(model string) string {
 	return "model " + strconv.Quote(model) + " not found, try pulling it first"
 }
 
-// appendJSONString appends s as a JSON string. strconv.AppendQuote is a
-// valid JSON encoder for printable text but writes \x escapes for control
-// bytes, which JSON lacks, so those are escaped here as \u00XX.
+// appendJSONString appends s as a JSON string. It does not use
+// strconv.AppendQuote because that writes \x escapes for control bytes,
+// which JSON lacks. Control bytes are escaped here as \u00XX.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	for i := 0; i < len(s); i++ {

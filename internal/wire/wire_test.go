@@ -45,8 +45,11 @@ func TestCompareVersions(t *testing.T) {
 func TestErrorBodiesAreJSON(t *testing.T) {
 	msg := "bad \"quote\" \\ and\ncontrol \x01 ünïcode"
 	var o struct{ Error string }
-	if err := json.Unmarshal(OllamaError(msg), &o); err != nil || o.Error != msg {
-		t.Errorf("OllamaError: %v, %q", err, o.Error)
+	if err := json.Unmarshal(OllamaError(msg), &o); err != nil {
+		t.Errorf("OllamaError: invalid JSON: %v", err)
+	}
+	if o.Error != msg {
+		t.Errorf("OllamaError: error = %q, want %q", o.Error, msg)
 	}
 	var oa struct {
 		Error struct {
@@ -54,9 +57,14 @@ func TestErrorBodiesAreJSON(t *testing.T) {
 			Param, Code   any
 		}
 	}
-	if err := json.Unmarshal(OpenAIError(msg, "api_error"), &oa); err != nil || oa.Error.Message != msg ||
-		oa.Error.Type != "api_error" {
-		t.Errorf("OpenAIError: %v, %+v", err, oa)
+	if err := json.Unmarshal(OpenAIError(msg, "api_error"), &oa); err != nil {
+		t.Errorf("OpenAIError: invalid JSON: %v", err)
+	}
+	if oa.Error.Message != msg {
+		t.Errorf("OpenAIError: message = %q, want %q", oa.Error.Message, msg)
+	}
+	if oa.Error.Type != "api_error" {
+		t.Errorf("OpenAIError: type = %q, want %q", oa.Error.Type, "api_error")
 	}
 }
 
