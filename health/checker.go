@@ -1,7 +1,7 @@
-// Package health watches the nodes: active probes on a schedule of their
-// own, passive tracking of failures seen on real traffic, a circuit
-// breaker per node, and the refresh of each node's model inventory. It
-// sets node state in the balancer and never chooses nodes itself.
+// Package health watches the nodes with active probes on a schedule per
+// node, passive tracking of failures seen on real traffic, a circuit
+// breaker per node and the refresh of each node's model inventory. It sets
+// node state in the balancer and never chooses nodes itself.
 package health
 
 import (
@@ -30,7 +30,7 @@ type Checker struct {
 	client *fasthttp.Client
 	now    func() time.Time
 
-	// mu guards cfg, trackers and loops.
+	// mu guards cfg, trackers, loops and runCtx.
 	mu       sync.Mutex
 	cfg      *config.Config
 	trackers map[*balancer.Node]*tracker
@@ -38,8 +38,8 @@ type Checker struct {
 	runCtx   context.Context
 	wg       sync.WaitGroup
 
-	// pulling records the models being pulled by models.ensure, by node
-	// and model, so that one pull runs at a time for each.
+	// pulling contains a key for each node and model that models.ensure
+	// is pulling, so that at most one pull runs per pair. pullMu guards it.
 	pullMu  sync.Mutex
 	pulling map[string]bool
 }
@@ -64,8 +64,9 @@ func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *sl
 	return c
 }
 
-// Sync adopts a new configuration and node set: new nodes get a tracker
-// and, once Run has started, a probe loop; removed nodes lose theirs.
+// Sync adopts cfg and the balancer's current node set. A new node gets a
+// tracker, and a probe loop once Run has started. A node that was removed
+// while it had a probe loop has the loop stopped and its tracker dropped.
 func (c *Checker) Sync(cfg *config.Config) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,9 +95,9 @@ func (c *Checker) Sync(cfg *config.Config) {
 	}
 }
 
-// Run probes every node once, so that routing starts from a known state,
-// then keeps probing each node on its own schedule until ctx ends, and
-// waits for its loops to stop.
+// Run probes every node once so that routing starts from a known state.
+// It then probes each node in its own loop every health.interval until ctx
+// ends, and returns once the loops and any model pulls have stopped.
 func (c *Checker) Run(ctx context.Context) {
 	c.ProbeAll(ctx)
 	c.mu.Lock()
@@ -109,8 +110,9 @@ func (c *Checker) Run(ctx context.Context) {
 	c.wg.Wait()
 }
 
-// ProbeAll probes every node at once and waits for the results. A node
-// probed for the first time takes the state of that probe directly.
+// ProbeAll probes every node concurrently and waits for the probes to
+// finish. A node probed for the first time takes the state of that probe
+// directly.
 func (c *Checker) ProbeAll(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, n := range c.bal.Nodes() {
@@ -167,10 +169,11 @@ func (c *Checker) tracker(n *balancer.Node) *tracker {
 	return c.trackers[n]
 }
 
-// probe checks one node with a cheap call (/api/version) and, when it
-// answers, refreshes its inventory on the same round once
-// discovery.interval has passed since the last refresh, or when the node
-// was down.
+// probe checks one node with a cheap GET /api/version. When the node
+// responds, probe also refreshes its inventory if discovery.interval has
+// passed since the last refresh, the node is down or this is its first
+// probe. A node that is up afterwards gets pulls of its missing
+// models.ensure models.
 func (c *Checker) probe(ctx context.Context, t *tracker) {
 	cfg := c.config()
 	n := t.node
@@ -183,8 +186,8 @@ func (c *Checker) probe(ctx context.Context, t *tracker) {
 		return
 	}
 	c.applyProbe(t, err, cfg.Health)
-	// Usability also changes with time (passive time outs, breaker
-	// timeouts), so waiting requests get a chance at every probe.
+	// Usability also changes as passive fail timeouts and breaker open
+	// timeouts expire, so queued requests get another chance at every probe.
 	c.bal.Dispatch()
 	if err == nil && n.Up() {
 		c.ensureModels(ctx, n, cfg.Models.Ensure)
@@ -246,8 +249,9 @@ func (c *Checker) breakerChanged(n *balancer.Node, from, to gobreaker.State) {
 	c.log.Info("node breaker changed", "node", n.Name, "from", from.String(), "to", to.String())
 }
 
-// Report implements the proxy's HealthReporter: it feeds the node's
-// breaker and passive failure count with one request's outcome.
+// Report records the outcome of one request on n in the node's breaker and
+// passive failure count. An empty failure is a success. Report implements
+// the proxy's HealthReporter.
 func (c *Checker) Report(n *balancer.Node, failure string) {
 	t := c.tracker(n)
 	if t == nil {
@@ -258,7 +262,8 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
 			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
 	}
-	// A success changes nothing the gauge shows; /metrics refreshes it.
+	// A success cannot make the node unusable, so only a failure updates the
+	// gauge here. /metrics refreshes it on every scrape.
 	if c.m != nil && failure != "" {
 		up := 0.0
 		if n.Usable() {
@@ -268,7 +273,9 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	}
 }
 
-// BreakerState names the node's breaker state: closed, half-open or open.
+// BreakerState returns the state of the node's breaker: closed, half-open
+// or open, with " (passive out)" appended while passive checks keep the node
+// out, or "unknown" for a node without a tracker.
 func (c *Checker) BreakerState(n *balancer.Node) string {
 	if t := c.tracker(n); t != nil {
 		if t.passiveOut() {
@@ -306,7 +313,7 @@ func (c *Checker) checkVersion(ctx context.Context, n *balancer.Node, timeout ti
 	}
 	v := fastjson.GetString(body, "version")
 	if v == "" {
-		return fmt.Errorf("node %s: /api/version has no version", n.Name)
+		return fmt.Errorf("node %s: /api/version response has no version field", n.Name)
 	}
 	n.SetVersion(v)
 	return nil

@@ -15,7 +15,8 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// pullTimeout bounds one model pull started by models.ensure.
+// pullTimeout is the maximum duration of one model pull started by
+// models.ensure.
 const pullTimeout = 2 * time.Hour
 
 // ensureModels starts a pull of each model in ensure that the node lacks.
@@ -88,7 +89,7 @@ func (c *Checker) streamPull(ctx context.Context, n *balancer.Node, model string
 	for sc.Scan() {
 		line := sc.Bytes()
 		if msg := fastjson.GetString(line, "error"); msg != "" {
-			return fmt.Errorf("node reported: %s", msg)
+			return fmt.Errorf("POST /api/pull: node reported error: %s", msg)
 		}
 		status := fastjson.GetString(line, "status")
 		if status != last {
@@ -97,10 +98,10 @@ func (c *Checker) streamPull(ctx context.Context, n *balancer.Node, model string
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return err
+		return fmt.Errorf("read /api/pull progress: %w", err)
 	}
 	if last != "success" {
-		return fmt.Errorf("pull ended without success (last status %q)", last)
+		return fmt.Errorf("POST /api/pull: ended without status \"success\" (last status %q)", last)
 	}
 	return nil
 }

@@ -12,20 +12,20 @@ import (
 	"github.com/llmproxy/llmproxy/config"
 )
 
-// errNodeFailure is what the breaker is told when a request failed
-// because of the node.
+// errNodeFailure is the error recorded in the breaker for a request that
+// failed because of the node.
 var errNodeFailure = errors.New("node failure")
 
-// tracker holds the passive state and the circuit breaker of one node. It
-// is the node's balancer.Gate.
+// tracker is the passive failure state and the circuit breaker of one
+// node. It is the node's balancer.Gate.
 type tracker struct {
 	node *balancer.Node
 	// breaker is replaced by a fresh one when the node recovers.
 	breaker atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
-	// settings builds each breaker.
+	// settings configures every breaker built for the node.
 	settings gobreaker.Settings
-	// halfOpenMax is how many requests a half-open breaker lets through at
-	// once; more would defeat the breaker's probing.
+	// halfOpenMax is the maximum number of requests in flight that a
+	// half-open breaker allows. More would defeat its trial requests.
 	halfOpenMax int64
 	maxFails    int
 	failWindow  time.Duration
@@ -64,16 +64,18 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 			return b.FailureRatio > 0 && c.Requests >= max(b.MinRequests, 1) &&
 				float64(c.TotalFailures)/float64(c.Requests) >= b.FailureRatio
 		},
-		// gobreaker calls this with its lock held: only hand the event on.
+		// gobreaker calls OnStateChange with its lock held, so this only
+		// passes the event on.
 		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(n, from, to) },
 	}
 	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
 	return t
 }
 
-// recovered forgets the failures of a node that active probes found up
-// again after it was down: it was restarted or repaired, so it gets
-// traffic at once rather than after the passive and breaker timeouts.
+// recovered clears the passive failures and replaces the breaker of a node
+// that active probes found up again after it was down. Such a node was
+// restarted or repaired, so it gets traffic at once rather than after the
+// passive and breaker timeouts.
 func (t *tracker) recovered() {
 	t.mu.Lock()
 	t.failures = t.failures[:0]
@@ -82,9 +84,9 @@ func (t *tracker) recovered() {
 	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
 }
 
-// Usable implements balancer.Gate: the node is not out after passive
-// failures, and its breaker is closed, or half-open with room for one more
-// probe request.
+// Usable implements balancer.Gate. It reports whether passive checks do
+// not keep the node out and its breaker is closed, or half-open with fewer
+// than halfOpenMax requests in flight on the node.
 func (t *tracker) Usable() bool {
 	t.mu.Lock()
 	out := t.now().Before(t.outUntil)
@@ -130,14 +132,14 @@ func (t *tracker) report(failure string) (tookOut bool) {
 	return false
 }
 
-// passiveOut reports whether passive checks hold the node out now.
+// passiveOut reports whether passive checks keep the node out now.
 func (t *tracker) passiveOut() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.now().Before(t.outUntil)
 }
 
-// breakerState names the breaker's state: closed, half-open or open.
+// breakerState returns the breaker's state: closed, half-open or open.
 func (t *tracker) breakerState() string { return t.breaker.Load().State().String() }
 
 // breakerGauge maps the breaker's state to the value of

@@ -93,12 +93,18 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		tr.report("status_5xx")
 	}
-	if tr.breakerState() != "open" || tr.Usable() {
-		t.Fatalf("breaker %s, usable %v after 3 consecutive failures", tr.breakerState(), tr.Usable())
+	if got := tr.breakerState(); got != "open" {
+		t.Fatalf("breaker %s after 3 consecutive failures, want open", got)
+	}
+	if tr.Usable() {
+		t.Fatal("usable after 3 consecutive failures")
 	}
 	tr.recovered()
-	if tr.breakerState() != "closed" || !tr.Usable() {
-		t.Errorf("after recovery: breaker %s, usable %v", tr.breakerState(), tr.Usable())
+	if got := tr.breakerState(); got != "closed" {
+		t.Errorf("breaker %s after recovery, want closed", got)
+	}
+	if !tr.Usable() {
+		t.Error("not usable after recovery")
 	}
 }
 
@@ -130,15 +136,37 @@ func TestHalfOpenLimitsProbes(t *testing.T) {
 
 func TestParseInventory(t *testing.T) {
 	models, err := parseTags([]byte(`{"models":[{"name":"tiny:latest","digest":"abc","size":5},{"model":"x"}]}`))
-	if err != nil || len(models) != 2 || models[0].Name != "tiny:latest" || models[1].Name != "x:latest" {
-		t.Fatalf("tags: %+v, %v", models, err)
+	if err != nil {
+		t.Fatalf("tags: %v", err)
 	}
+	if len(models) != 2 {
+		t.Fatalf("tags: %d models, want 2: %+v", len(models), models)
+	}
+	if models[0].Name != "tiny:latest" {
+		t.Errorf("tags: models[0].Name = %q, want tiny:latest", models[0].Name)
+	}
+	if models[1].Name != "x:latest" {
+		t.Errorf("tags: models[1].Name = %q, want x:latest", models[1].Name)
+	}
+
 	loaded, err := parsePS([]byte(`{"models":[{"name":"tiny","size_vram":42,"context_length":8192,` +
 		`"expires_at":"2026-12-04T16:01:26.568513778Z"}]}`))
-	if err != nil || len(loaded) != 1 || loaded[0].SizeVRAM != 42 || loaded[0].NumCtx != 8192 ||
-		loaded[0].ExpiresAt.IsZero() {
-		t.Fatalf("ps: %+v, %v", loaded, err)
+	if err != nil {
+		t.Fatalf("ps: %v", err)
 	}
+	if len(loaded) != 1 {
+		t.Fatalf("ps: %d models, want 1: %+v", len(loaded), loaded)
+	}
+	if loaded[0].SizeVRAM != 42 {
+		t.Errorf("ps: SizeVRAM = %d, want 42", loaded[0].SizeVRAM)
+	}
+	if loaded[0].NumCtx != 8192 {
+		t.Errorf("ps: NumCtx = %d, want 8192", loaded[0].NumCtx)
+	}
+	if loaded[0].ExpiresAt.IsZero() {
+		t.Error("ps: ExpiresAt not parsed")
+	}
+
 	if _, err := parseTags([]byte(`not json`)); err == nil {
 		t.Error("invalid tags accepted")
 	}
