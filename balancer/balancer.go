@@ -1,13 +1,14 @@
-// Package balancer owns the set of nodes, what each one holds, the slots
-// each one has, the queue of requests waiting for a slot, and the choice
-// of the node that serves each request. It knows nothing of HTTP: the
-// proxy asks for a lease on a node and releases it when done.
+// Package balancer owns the set of nodes, the models and slots of each
+// one, the queue of requests waiting for a slot, and the choice of the
+// node that serves each request. It does not depend on HTTP. The proxy
+// acquires a lease on a node and releases it when the request ends.
 //
 // Inference requests (generation and embeddings) take one of a node's
-// max_concurrent slots, so a node never runs more than it can at once and
-// the queue lives here, where it can be ordered by priority class, aged,
-// and shared fairly between clients. A waiting request is placed when a
-// slot frees (late binding), on the node where it should finish first.
+// max_concurrent slots, so the balancer never places more of them on a
+// node than it can run at once. The queue lives here, where it can be
+// ordered by priority class, aged and shared fairly between clients. A
+// waiting request is placed when a slot frees (late binding), on the node
+// where it should finish first.
 package balancer
 
 import (
@@ -37,39 +38,47 @@ var (
 	ErrNoNode = errors.New("no usable node")
 )
 
-// Request describes what placement needs to know of one request.
+// Request is the part of one request that placement uses.
 type Request struct {
-	// Model is the normalised model name; "" for a request that any node
-	// can serve.
+	// Model is the normalized model name, or "" for a request that any
+	// node can serve.
 	Model string
-	// NumCtx is options.num_ctx when set: a loaded model with another
-	// context size is reloaded by Ollama, so it counts as not loaded.
+	// NumCtx is options.num_ctx, or 0 when unset. Ollama reloads a model
+	// that is loaded with another context size, so such a model counts as
+	// not loaded.
 	NumCtx int
-	// Tried lists nodes already tried by this request; they are skipped.
+	// Tried lists the nodes this request has already tried. Placement
+	// skips them.
 	Tried []*Node
 	// Slot marks an inference request, which takes one of the node's
 	// slots and may wait in the queue for one.
 	Slot bool
 	// Class is the priority class; "" means standard.
 	Class string
-	// Client identifies the client for fair sharing within a class: the
-	// key name, or the client address.
+	// Client identifies the client for fair sharing within a class. It is
+	// the API key name, or the client address.
 	Client string
-	// Affinity identifies a conversation (0: none). Its turns go to the
-	// node that served the first one, where Ollama can reuse the prompt
-	// cache, while that node is not overloaded.
+	// Affinity identifies a conversation, or is 0 for none. Each turn goes
+	// to the node that served the previous one, where Ollama can reuse the
+	// prompt cache, while that node is not overloaded.
 	Affinity uint64
 }
 
 // Settings are the scheduling settings, taken from the balancer and queue
 // sections of the configuration.
 type Settings struct {
-	Policy             string
+	// Policy is the placement policy. "" means PolicyInferenceAware.
+	Policy string
+	// AffinityLoadFactor bounds the load of a conversation's node relative
+	// to the average load. Zero or less means 1.25.
 	AffinityLoadFactor float64
-	Aging              time.Duration
-	Classes            map[string]config.QueueClass
-	// Clock returns the time used for waiting and aging; nil is time.Now.
-	// Tests set it to order waiters deterministically.
+	// Aging is the waiting time that raises a request one priority class.
+	// Zero disables aging.
+	Aging time.Duration
+	// Classes maps each priority class to its queue limits.
+	Classes map[string]config.QueueClass
+	// Clock returns the time used for waiting and aging, and nil means
+	// time.Now. Tests set it to order waiters deterministically.
 	Clock func() time.Time
 }
 
@@ -87,8 +96,9 @@ func (s Settings) classLimit(class string) config.QueueClass {
 	return s.Classes[class]
 }
 
-// Balancer chooses nodes and holds the queue. It is safe for concurrent
-// use; SetNodes and SetSettings may change it while requests run.
+// Balancer chooses nodes and owns the queue of waiting requests. It is
+// safe for concurrent use, and SetNodes and SetSettings may change it while
+// requests run.
 type Balancer struct {
 	nodes atomic.Pointer[[]*Node]
 	rr    atomic.Uint64
@@ -127,8 +137,8 @@ func New(s Settings, nodes []*Node, m *metrics.Metrics) *Balancer {
 	return b
 }
 
-// now reads the clock of the settings. It needs no lock: the clock is
-// fixed before requests run.
+// now returns the time from the settings' clock, or time.Now when none is
+// set. The clock is an atomic pointer, so now needs no lock.
 func (b *Balancer) now() time.Time {
 	if c := b.clock.Load(); c != nil {
 		return (*c)()
@@ -136,7 +146,8 @@ func (b *Balancer) now() time.Time {
 	return time.Now()
 }
 
-// SetSettings replaces the scheduling settings for new decisions.
+// SetSettings replaces the scheduling settings for new decisions. A nil
+// Clock keeps the clock already set.
 func (b *Balancer) SetSettings(s Settings) {
 	if s.Policy == "" {
 		s.Policy = PolicyInferenceAware
@@ -214,11 +225,12 @@ func (b *Balancer) Usable() []*Node {
 	return out
 }
 
-// Lease is one request's hold on a node. Release it exactly once; further
-// calls do nothing.
+// Lease is one request's claim on a node. Call Release when the request
+// ends. Calls after the first do nothing.
 type Lease struct {
 	Node *Node
-	// Cold is set when the node did not hold the model when it was chosen.
+	// Cold is set when the model was not loaded on the node when the node
+	// was chosen.
 	Cold     bool
 	b        *Balancer
 	req      Request
@@ -233,7 +245,8 @@ func NewLease(n *Node) *Lease {
 	return &Lease{Node: n}
 }
 
-// Release returns the node's slot and places the next waiting request.
+// Release frees the node's slot, if the request took one, and places
+// waiting requests on free slots.
 func (l *Lease) Release() {
 	if !l.released.CompareAndSwap(false, true) {
 		return
@@ -299,8 +312,9 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	return &Lease{Node: n, Cold: w.cold, b: b, req: req, start: b.now()}, nil
 }
 
-// checkCandidates tells a model no node lists, and a model whose nodes
-// are all unusable, from one that only has to wait.
+// checkCandidates returns ErrModelNotFound when no node lists the model,
+// and ErrNoNode when no node that lists it is usable and untried. It
+// returns nil when the request can be placed now or wait for a slot.
 func (b *Balancer) checkCandidates(req Request) error {
 	known := false
 	for _, n := range b.Nodes() {
@@ -319,8 +333,9 @@ func (b *Balancer) checkCandidates(req Request) error {
 }
 
 // pickNow chooses a node for a request that takes no slot, such as
-// /api/show: the node a generation of the same model would go to, so
-// that the `ollama run` sequence (show, preload, chat) stays on one node.
+// /api/show. It picks the node that a generation of the same model would
+// go to, so that the `ollama run` sequence (show, preload, chat) stays on
+// one node.
 func (b *Balancer) pickNow(req Request) (*Node, error) {
 	if err := b.checkCandidates(req); err != nil {
 		return nil, err
@@ -333,10 +348,11 @@ func (b *Balancer) pickNow(req Request) (*Node, error) {
 	return nil, ErrNoNode
 }
 
-// takeSlotLocked counts a slot taken on n and reports whether the model
+// takeSlotLocked takes a slot on n for req and reports whether the model
 // had to be loaded there. A cold placement marks the model loaded at
 // once, so that the next request for it waits for this load instead of
-// starting another one on a second node.
+// starting another one on a second node. It also records n as the node of
+// req's conversation.
 func (b *Balancer) takeSlotLocked(n *Node, req Request) (cold bool) {
 	n.slots++
 	n.Acquire()
@@ -358,10 +374,10 @@ func (b *Balancer) freeSlotLocked(n *Node, req Request) {
 	n.Release()
 }
 
-// rendezvous gives each (model, node) pair a stable pseudo-random rank, so
-// that equal candidates are broken the same way every time: the requests
-// of one model land on one node until load says otherwise. This keeps the
-// `ollama run` sequence (show, preload, chat) on one node.
+// rendezvous returns a stable pseudo-random rank for a model and node
+// pair. Ties between equal candidates then break the same way every time,
+// so the requests of one model go to one node until the loads differ. This
+// keeps the `ollama run` sequence (show, preload, chat) on one node.
 func rendezvous(model, node string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(model))

@@ -57,14 +57,16 @@ func testBalancer(t *testing.T, clock *fakeClock, policy string, nodes ...*Node)
 	return New(s, nodes, nil)
 }
 
-// queued starts Acquire in a goroutine and waits until the request is in
-// the queue, so that arrival order is the call order.
+// queued is a request started by enqueue, with channels that receive its
+// lease or its error.
 type queued struct {
 	name  string
 	lease chan *Lease
 	err   chan error
 }
 
+// enqueue starts Acquire in a goroutine and waits until the request is in
+// the queue, so that arrival order is the call order.
 func enqueue(t *testing.T, b *Balancer, name string, req Request) *queued {
 	t.Helper()
 	q := &queued{name: name, lease: make(chan *Lease, 1), err: make(chan error, 1)}
@@ -252,8 +254,11 @@ func TestLoadedModelsAvoidSwaps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if l.Node.Name != want || l.Cold {
-			t.Fatalf("request %d for %s went to %s (cold %v), want %s warm", i, model, l.Node.Name, l.Cold, want)
+		if l.Node.Name != want {
+			t.Fatalf("request %d for %s went to %s, want %s", i, model, l.Node.Name, want)
+		}
+		if l.Cold {
+			t.Fatalf("request %d for %s placed cold on %s, want warm", i, model, l.Node.Name)
 		}
 		l.Release()
 	}
@@ -267,7 +272,7 @@ func TestBusyLoadedNodeBeatsColdIdleNode(t *testing.T) {
 	if held.Node != n1 {
 		t.Fatalf("first request on %s, want n1 where a is loaded", held.Node.Name)
 	}
-	// The default estimates say a load (5s) takes longer than waiting for
+	// With the default estimates a load (5s) takes longer than waiting for
 	// n1 (2s), so the request waits for n1.
 	q := enqueue(t, b, "second", Request{Model: "a:latest", Slot: true})
 	held.Release()
@@ -296,7 +301,7 @@ func TestConversationAffinity(t *testing.T) {
 		}
 		l.Release()
 	}
-	// Turns held at once fill the home node only up to the load bound;
+	// Concurrent turns fill the home node only up to the load bound, and
 	// the rest go to the other node.
 	var hold []*Lease
 	home := 0

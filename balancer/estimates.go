@@ -2,24 +2,27 @@ package balancer
 
 import "time"
 
-// Defaults used until nodes have reported real timings. A cold load of a
-// 7-8B model from local disk takes a few seconds on a GPU node; a short
-// chat answer takes a couple of seconds.
+// Defaults used until nodes have reported real timings. They are rough
+// estimates: a cold load of a 7-8B model from local disk takes a few
+// seconds on a GPU node, and a short chat response takes a couple of
+// seconds.
 const (
 	defaultLoadTime    = 5 * time.Second
 	defaultServiceTime = 2 * time.Second
 	// ewmaWeight is the weight of a new observation.
 	ewmaWeight = 0.2
-	// affinityEntries bounds the conversations remembered for affinity.
+	// affinityEntries is the maximum number of conversations remembered
+	// for affinity.
 	affinityEntries = 100_000
 )
 
-// estimates are learned timings, in seconds, guarded by the balancer's mu.
+// estimates are the timings learned from node reports, in seconds. The
+// balancer's mu guards them.
 type estimates struct {
-	load    map[string]float64 // node and model
-	loadAny map[string]float64 // model, over all nodes
-	service map[string]float64 // model
-	tps     map[string]float64 // node: generated tokens per second
+	load    map[string]float64 // load time by node and model
+	loadAny map[string]float64 // load time by model, over all nodes
+	service map[string]float64 // service time by model
+	tps     map[string]float64 // generated tokens per second by node
 }
 
 func newEstimates() estimates {
@@ -45,10 +48,10 @@ func (e *estimates) serviceTime(model string) float64 {
 }
 
 // speedFactor returns how long a generation takes on node relative to the
-// average node, from the token throughput nodes reported: 0.5 for a node
-// twice as fast as the average, 1 when nothing is known.
-// A node not measured yet counts as fast as the fastest one, so that it
-// gets the traffic that measures it.
+// average node, from the token throughput that nodes reported. It is 0.5
+// for a node twice as fast as the average, and 1 while fewer than two
+// nodes have been measured. A node not measured yet counts as fast as the
+// fastest one, so that it gets the traffic that measures it.
 func (e *estimates) speedFactor(node string) float64 {
 	if len(e.tps) < 2 {
 		return 1
@@ -73,11 +76,12 @@ func ewma(m map[string]float64, key string, v float64) {
 	m[key] = v
 }
 
-// Observe records the timings a node reported for the lease's request:
-// the time spent loading the model (Ollama's load_duration), the whole
-// request, and the tokens generated in evalTime. Loads are learned only
-// from cold placements, since a warm request reports a load_duration of a
-// few milliseconds.
+// Observe adds the timings a node reported for the lease's request to the
+// estimates. load is Ollama's load_duration, total is the whole request,
+// and evalTokens are the tokens generated in evalTime. Load times are
+// learned only from cold placements, because a warm request reports a
+// load_duration of a few milliseconds. Service times are learned only from
+// requests that took a slot.
 func (l *Lease) Observe(load, total time.Duration, evalTokens int64, evalTime time.Duration) {
 	if l.b == nil || l.req.Model == "" || total <= 0 {
 		return
@@ -97,8 +101,9 @@ func (l *Lease) Observe(load, total time.Duration, evalTokens int64, evalTime ti
 	}
 }
 
-// affinityTable maps conversations to the node that served them, keeping
-// the most recent entries up to a bound.
+// affinityTable maps conversations to the node that served their latest
+// turn. It keeps at most size entries and then evicts the conversation
+// added first, even if it is still active.
 type affinityTable struct {
 	nodes map[uint64]string
 	ring  []uint64
@@ -131,8 +136,9 @@ func (t *affinityTable) put(key uint64, node string) {
 	t.nodes[key] = node
 }
 
-// NodeTokensPerSecond returns the generation speed last measured on the
-// node, a moving average, or 0 before the first measurement.
+// NodeTokensPerSecond returns the node's generation speed in tokens per
+// second, an exponentially weighted moving average of its reports, or 0
+// before the first report.
 func (b *Balancer) NodeTokensPerSecond(node string) float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -12,18 +12,18 @@ import (
 
 // Model is one model present on a node, as listed by its /api/tags.
 type Model struct {
-	// Name is the normalised name ("llama3:latest").
+	// Name is the normalized name ("llama3:latest").
 	Name string
 	// Digest and Size come from the listing.
 	Digest string
 	Size   int64
 	// Raw is the listing entry as the node sent it, kept so that the proxy
-	// can merge listings without re-encoding fields it does not know.
+	// can merge listings without re-encoding fields it does not parse.
 	Raw []byte
 }
 
-// Loaded is one model a node holds in memory, as listed by its /api/ps or
-// assumed after the node served a request for it.
+// Loaded is one model loaded in a node's memory, as listed by its /api/ps
+// or assumed after a request for it was placed on the node.
 type Loaded struct {
 	Name      string
 	SizeVRAM  int64
@@ -34,24 +34,25 @@ type Loaded struct {
 	Raw    []byte
 }
 
-// Gate decides whether a node may take new requests beyond being up: the
-// health package implements it with passive failure tracking and a circuit
-// breaker. A nil Gate always allows.
+// Gate decides whether a node that is up may take new requests. The health
+// package implements it with passive failure tracking and a circuit
+// breaker. A nil Gate allows every request.
 type Gate interface {
 	// Usable reports whether the node may be offered new requests now.
 	Usable() bool
 }
 
-// Node is one Ollama server and what the proxy knows of it. The fields set
-// at construction never change; the rest is safe for concurrent use.
+// Node is one Ollama server and the proxy's view of its state. The
+// exported fields are set at construction and never change. The methods
+// are safe for concurrent use.
 type Node struct {
 	Name          string
 	URL           *url.URL
 	MaxConcurrent int
 	Weight        float64
 
-	// slots counts the slot leases held on the node, guarded by the
-	// balancer's mu.
+	// slots is the number of slot leases taken on the node. The
+	// balancer's mu guards it.
 	slots int
 
 	up       atomic.Bool
@@ -119,17 +120,19 @@ func (n *Node) Usable() bool {
 	return true
 }
 
-// Inflight returns the requests the proxy has in flight on the node.
+// Inflight returns the number of requests the proxy has in flight on the
+// node.
 func (n *Node) Inflight() int64 { return n.inflight.Load() }
 
-// Acquire counts one more request in flight; Release undoes it.
+// Acquire counts one more request in flight on the node.
 func (n *Node) Acquire() { n.inflight.Add(1) }
 
 // Release counts one request fewer in flight.
 func (n *Node) Release() { n.inflight.Add(-1) }
 
-// SetInventory replaces the models the node lists and those it holds in
-// memory, after a successful poll of /api/tags and /api/ps.
+// SetInventory replaces the node's listed and loaded models after a
+// successful poll of /api/tags and /api/ps, and records now as the time of
+// the refresh.
 func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
 	m := make(map[string]Model, len(models))
 	for _, x := range models {
@@ -173,8 +176,9 @@ func (n *Node) SetLoaded(loaded []Loaded) {
 	n.invMu.Unlock()
 }
 
-// MarkLoaded records that the node has just served model with numCtx, so
-// that follow-up requests prefer it before the next poll confirms it.
+// MarkLoaded records model as loaded on the node with numCtx, so that
+// follow-up requests prefer the node before the next poll confirms it. A
+// numCtx of 0 keeps the context size already known.
 func (n *Node) MarkLoaded(model string, numCtx int) {
 	n.invMu.Lock()
 	l := n.loaded[model]
@@ -193,7 +197,8 @@ func (n *Node) MarkUnloaded(model string) {
 	n.invMu.Unlock()
 }
 
-// HasModel reports whether the node lists the model (a normalised name).
+// HasModel reports whether the node lists model, which must be a
+// normalized name.
 func (n *Node) HasModel(model string) bool {
 	n.invMu.RLock()
 	_, ok := n.models[model]
@@ -201,8 +206,9 @@ func (n *Node) HasModel(model string) bool {
 	return ok
 }
 
-// IsLoaded reports whether the node holds the model in memory with a
-// context size that serves numCtx without a reload (0: any).
+// IsLoaded reports whether model is loaded on the node with a context size
+// that serves numCtx without a reload. A numCtx of 0, or an unknown loaded
+// context size, matches any.
 func (n *Node) IsLoaded(model string, numCtx int) bool {
 	n.invMu.RLock()
 	l, ok := n.loaded[model]
@@ -225,7 +231,7 @@ func (n *Node) Models() []Model {
 	return out
 }
 
-// LoadedModels returns the models the node holds in memory, sorted by name.
+// LoadedModels returns the models loaded on the node, sorted by name.
 func (n *Node) LoadedModels() []Loaded {
 	n.invMu.RLock()
 	out := make([]Loaded, 0, len(n.loaded))

@@ -11,12 +11,13 @@ const (
 	minCostDifference = 0.05
 )
 
-// candidate is a node that could serve a request, as placement sees it.
+// candidate is a node that could serve a request, with the values that
+// placement compares.
 type candidate struct {
 	n    *Node
 	free bool    // a slot is free (always true for requests without slots)
 	warm bool    // the model is loaded with a fitting context size
-	load float64 // slots in use per weighted slot
+	load float64 // slots in use (requests in flight without slots) per weighted slot
 	rot  uint64  // rotation order, for ties
 	cost float64 // expected seconds until the request would finish
 	// delay is the part of cost spent before generation starts: waiting
@@ -69,7 +70,7 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 	return cands
 }
 
-// pickRoundRobin takes the free candidate next in rotation.
+// pickRoundRobin returns the free candidate next in rotation.
 func pickRoundRobin(cands []candidate) *Node {
 	var best *candidate
 	for i := range cands {
@@ -84,8 +85,8 @@ func pickRoundRobin(cands []candidate) *Node {
 	return best.n
 }
 
-// pickLeastConn takes the free candidate with the fewest requests per
-// slot, as nginx's least_conn does.
+// pickLeastConn returns the free candidate with the fewest requests per
+// weighted slot, as nginx's least_conn does.
 func pickLeastConn(cands []candidate) *Node {
 	var best *candidate
 	for i := range cands {
@@ -103,12 +104,13 @@ func pickLeastConn(cands []candidate) *Node {
 	return best.n
 }
 
-// pickInferenceAware places a request where it should start first: a
-// conversation's own node while it is not overloaded; otherwise the node
-// with the least expected wait, where a cold model load counts as the time
-// the load takes, learned from the loads nodes report. A busy node that
-// holds the model wins over an idle one that would have to load it when
-// its wait is shorter than the load; the request then waits for it, and
+// pickInferenceAware returns the node where the request should finish
+// first, or nil when it should wait. A conversation goes to the node that
+// served its previous turn while that node is not overloaded. Otherwise
+// the lowest expected cost wins, where a cold model load adds the load
+// time learned from the nodes' reports. A busy node that has the model
+// loaded wins over an idle one that would have to load it when its wait
+// is shorter than the load. The request then waits for the busy node, and
 // goes to the idle node once it has waited as long as that load.
 func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited time.Duration) *Node {
 	if n := b.affinityNode(cands, req); n != nil {
@@ -119,13 +121,13 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 	best := -1
 	for i := range cands {
 		c := &cands[i]
-		// A slower node takes longer to generate the same answer.
 		if !c.free {
 			c.delay += busyWait
 		}
 		if !c.warm {
 			c.delay += b.est.loadTime(c.n.Name, req.Model)
 		}
+		// A slower node takes longer to generate the same response.
 		c.cost = c.delay + svc*b.est.speedFactor(c.n.Name)
 		if best < 0 || cheaper(c, &cands[best], req.Model) {
 			best = i
@@ -147,11 +149,12 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 	return fallback.n
 }
 
-// cheaper orders candidates by cost, then free before busy, then load,
-// then a stable rank: the model's rendezvous rank for a cold placement,
-// so that one model's loads land on one node, else rotation. Costs within
-// costTolerance of each other count as equal, so that noise in the
-// measured speeds does not send every request to one node.
+// cheaper reports whether c comes before o. It orders candidates by cost,
+// then free before busy, then by load, then by a stable rank. The rank is
+// the model's rendezvous rank when both would have to load the model, so
+// that one model's loads go to one node, and the rotation order otherwise.
+// Costs within costTolerance of each other count as equal, so that noise
+// in the measured speeds does not send every request to one node.
 func cheaper(c, o *candidate, model string) bool {
 	d := c.cost - o.cost
 	tolerance := max(costTolerance*max(c.cost, o.cost), minCostDifference)
@@ -170,10 +173,11 @@ func cheaper(c, o *candidate, model string) bool {
 	return c.rot < o.rot
 }
 
-// busyWaitLocked estimates, in seconds, how long a request for req.Model
-// waits for a slot on a busy node that holds the model: the requests for
-// that model already waiting plus this one, served by the slots of the
-// nodes that hold it, each taking the model's usual service time.
+// busyWaitLocked estimates in seconds how long a request for req.Model
+// waits for a slot on a busy node that has the model loaded. The estimate
+// shares the queued requests for the model, plus this one, among the slots
+// of the candidates that have it loaded, each request taking the model's
+// usual service time.
 func (b *Balancer) busyWaitLocked(cands []candidate, req Request) float64 {
 	slots := 0
 	for _, c := range cands {
@@ -190,10 +194,10 @@ func (b *Balancer) busyWaitLocked(cands []candidate, req Request) float64 {
 	return b.est.serviceTime(req.Model) * float64(ahead+1) / float64(max(slots, 1))
 }
 
-// affinityNode returns the node that served the conversation before,
-// when it has a free slot and its load is within the bound
-// (balancer.affinity_load_factor times the average load, counting this
-// request), as in consistent hashing with bounded loads.
+// affinityNode returns the node that served the conversation's previous
+// turn if that node has a free slot and a load of at most
+// balancer.affinity_load_factor times the average load, counting this
+// request. This is the bound of consistent hashing with bounded loads.
 func (b *Balancer) affinityNode(cands []candidate, req Request) *Node {
 	if req.Affinity == 0 {
 		return nil

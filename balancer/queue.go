@@ -13,26 +13,27 @@ var (
 	// ErrQueueFull means the request's class already has queue.max_length
 	// requests waiting.
 	ErrQueueFull = errors.New("queue full")
-	// ErrQueueTimeout means the request waited queue.max_wait without a
-	// slot freeing on a node that can serve it.
+	// ErrQueueTimeout means the request waited its class's max_wait
+	// without a slot freeing on a node that can serve it.
 	ErrQueueTimeout = errors.New("queue wait timed out")
 )
 
 // waiter is one request waiting for a slot.
 type waiter struct {
 	req     Request
-	rank    int // class rank: 0 for priority, rising towards batch
-	tag     uint64
+	rank    int    // class rank: 0 for priority, rising towards batch
+	tag     uint64 // start-time fair-queuing tag within the class
 	arrived time.Time
 	// ready receives the node the request was placed on.
 	ready chan *Node
-	// placed is set, under the balancer's lock, once ready was sent to.
+	// placed is set under the balancer's mu when a node was sent on ready.
 	placed bool
 	// cold is set with placed when the node had to load the model.
 	cold bool
 }
 
-// WaitingRequest describes one waiting request for GET /admin/queue.
+// WaitingRequest is one request waiting for a slot, as listed by
+// GET /admin/queue.
 type WaitingRequest struct {
 	Model   string        `json:"model"`
 	Class   string        `json:"class"`
@@ -40,9 +41,9 @@ type WaitingRequest struct {
 	Waiting time.Duration `json:"waiting_ns"`
 }
 
-// level is the waiter's effective class rank after aging: each
-// queue.aging of waiting raises it one class, so batch work always
-// progresses.
+// level returns the waiter's effective class rank after aging. Each
+// queue.aging of waiting raises it one class, so batch requests are not
+// starved.
 func (w *waiter) level(now time.Time, aging time.Duration) int {
 	lvl := w.rank
 	if aging > 0 {
@@ -51,9 +52,10 @@ func (w *waiter) level(now time.Time, aging time.Duration) int {
 	return max(lvl, 0)
 }
 
-// before orders two waiters: higher effective class first; within one
-// class the fair-queuing tag, which interleaves clients; across classes
-// that aged to the same level, the one that waited longer.
+// before reports whether w comes before o. The higher effective class
+// comes first. Within one class the lower fair-queuing tag comes first,
+// which interleaves clients. Between classes that aged to the same level,
+// the request that waited longer comes first.
 func (w *waiter) before(o *waiter, now time.Time, aging time.Duration) bool {
 	lw, lo := w.level(now, aging), o.level(now, aging)
 	if lw != lo {
@@ -65,10 +67,11 @@ func (w *waiter) before(o *waiter, now time.Time, aging time.Duration) bool {
 	return w.arrived.Before(o.arrived)
 }
 
-// enqueueLocked adds a waiter, giving it a start-time fair-queuing tag:
-// a client's next request is tagged after its previous one, and no
-// earlier than the class's virtual time, so that a client arriving late
-// is served next rather than after a long burst of another client.
+// enqueueLocked adds w to the queue with a start-time fair-queuing tag, or
+// returns ErrQueueFull when its class already has max_length requests
+// waiting. A client's request is tagged after that client's previous one
+// and after the class's virtual time, so that a client arriving late is
+// served next rather than after a long burst of another client.
 func (b *Balancer) enqueueLocked(w *waiter) error {
 	limit := b.settings.classLimit(w.req.Class)
 	if limit.MaxLength > 0 && b.depth[w.req.Class] >= limit.MaxLength {
@@ -102,8 +105,10 @@ func (b *Balancer) removeLocked(w *waiter) {
 	b.forgetIdleClientsLocked(w.req.Class)
 }
 
-// forgetIdleClientsLocked drops the tags of clients whose requests have
-// all been served, so the map stays as small as the set of waiting clients.
+// forgetIdleClientsLocked drops the tags that are not after the class's
+// virtual time. The next request of such a client is tagged after the
+// virtual time anyway, so dropping them changes no tag. It runs only once
+// the class has 1024 clients or more.
 func (b *Balancer) forgetIdleClientsLocked(class string) {
 	clients := b.lastTag[class]
 	if len(clients) < 1024 {
@@ -118,9 +123,10 @@ func (b *Balancer) forgetIdleClientsLocked(class string) {
 }
 
 // dispatchLocked places waiting requests on free slots, best-ranked
-// first. A waiter whose best node is busy stays, so that it waits for
-// the node that has its model loaded instead of loading it elsewhere;
-// one that waited longer than that load would take goes anywhere.
+// first. A waiter whose best node is busy stays queued, so that it waits
+// for the node that has its model loaded instead of loading it elsewhere.
+// A waiter that has waited longer than that load would take goes to a free
+// node.
 func (b *Balancer) dispatchLocked(now time.Time) {
 	if len(b.waiting) == 0 {
 		return
@@ -166,7 +172,7 @@ func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if w.placed {
-		// Placed while giving up: hand the slot back.
+		// The waiter was placed while it gave up, so free the slot.
 		n := <-w.ready
 		b.freeSlotLocked(n, w.req)
 		b.dispatchLocked(b.now())
