@@ -1,6 +1,6 @@
-// Package app wires llmproxy together: configuration, nodes, health
-// checks, the proxy server and its listeners. cmd/llmproxy runs one App;
-// tests start as many as they need in one process.
+// Package app connects the parts of llmproxy: configuration, nodes, health
+// checks, the proxy server and its listeners. cmd/llmproxy runs one App,
+// and tests start as many as they need in one process.
 package app
 
 import (
@@ -36,7 +36,8 @@ type App struct {
 	bal     *balancer.Balancer
 	checker *health.Checker
 	server  *proxy.Server
-	// limiter is replaced on reload; the old one is closed at Shutdown.
+	// limiter is replaced on reload. The old one moves to retired, and
+	// Shutdown closes both.
 	limiter *ratelimit.Limiter
 	retired []*ratelimit.Limiter
 	cache   *cache.Cache
@@ -46,7 +47,7 @@ type App struct {
 	adminLn  net.Listener
 	adminSrv *fasthttp.Server
 
-	// mu guards cfg and nodes.
+	// mu guards cfg, nodes, limiter and retired.
 	mu    sync.Mutex
 	cfg   *config.Config
 	nodes map[string]*balancer.Node
@@ -57,8 +58,9 @@ type App struct {
 	serveErr error
 }
 
-// Start builds the proxy for cfg, probes every node once, and starts
-// serving on cfg.Listen (a port of 0 picks a free one; see Addr).
+// Start builds the proxy for cfg, probes every node once and starts serving
+// on cfg.Listen, and on admin.listen when it is set. A port of 0 picks a
+// free port, which Addr returns.
 func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, error) {
 	if log == nil {
 		log = slog.Default()
@@ -69,6 +71,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 		cfg:     cfg,
 		nodes:   map[string]*balancer.Node{},
 	}
+
 	nodes, err := a.buildNodes(cfg)
 	if err != nil {
 		return nil, err
@@ -82,6 +85,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 	if err := a.startCache(cfg); err != nil {
 		return nil, err
 	}
+
 	a.server = proxy.New(proxy.Options{
 		Limiter:      a.limiter,
 		Cache:        a.cache,
@@ -94,6 +98,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 		Logger:       log,
 		Version:      Version,
 	})
+
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -102,6 +107,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 		a.ln.Close()
 		return nil, err
 	}
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.checker.ProbeAll(ctx)
@@ -121,6 +127,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 			_ = a.adminSrv.Serve(a.adminLn)
 		}()
 	}
+
 	log.Info("llmproxy started", "listen", a.ln.Addr().String(), "nodes", len(nodes),
 		"policy", cfg.Balancer.Policy, "version", Version)
 	for _, w := range cfg.Warnings() {
@@ -158,7 +165,8 @@ func (a *App) Addr() string { return a.ln.Addr().String() }
 // URL returns the proxy's base URL, http://host:port.
 func (a *App) URL() string { return "http://" + a.Addr() }
 
-// Balancer returns the node set, for tests and the admin page.
+// Balancer returns the balancer, which owns the node set, for tests and
+// the admin page.
 func (a *App) Balancer() *balancer.Balancer { return a.bal }
 
 // Metrics returns the metrics registry.
@@ -171,11 +179,12 @@ func (a *App) Config() *config.Config {
 	return a.cfg
 }
 
-// Reload applies cfg without dropping requests in flight: nodes are added,
-// removed or changed, and limits take effect for new requests. Settings
-// that need a restart (listen) are reported and left as they were.
+// Reload applies cfg without dropping requests in flight. Nodes are added,
+// removed or changed, and new limits apply to new requests. Settings that
+// need a restart, such as listen, are logged and keep their old values.
 func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
+
 	change := config.Diff(a.cfg, cfg)
 	if change.Changed("auth") || change.Changed("rate_limit") || change.Changed("redis") {
 		lim, err := a.newLimiter(cfg)
@@ -188,6 +197,7 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 		a.limiter = lim
 		a.server.SetLimiter(lim)
 	}
+
 	nodes, err := a.buildNodes(cfg)
 	if err != nil {
 		a.mu.Unlock()
@@ -195,11 +205,13 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 	a.cfg = cfg
 	a.mu.Unlock()
+
 	a.bal.SetSettings(balancer.SettingsFrom(cfg))
 	a.bal.SetNodes(nodes)
 	a.server.SetConfig(cfg)
 	a.checker.Sync(cfg)
 	a.checker.ProbeAll(ctx)
+
 	a.log.Info("configuration reloaded", "nodes", len(nodes), "added", len(change.Added),
 		"removed", len(change.Removed), "updated", len(change.Updated),
 		"settings", change.Settings)
@@ -209,8 +221,9 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	return nil
 }
 
-// Shutdown stops accepting connections, lets requests in flight finish
-// until ctx ends, then stops the health checks.
+// Shutdown stops accepting connections and lets requests in flight finish
+// until ctx ends. It then stops the health checks and closes the limiters,
+// the cache and the Redis client.
 func (a *App) Shutdown(ctx context.Context) error {
 	err := a.server.Shutdown(ctx)
 	if a.adminSrv != nil {
@@ -239,8 +252,8 @@ func (a *App) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// newLimiter builds the key and limit checks of cfg. It contacts no
-// Redis server, so it succeeds while Redis is down.
+// newLimiter builds the API key checks and rate limits of cfg. It contacts
+// no Redis server, so it succeeds while Redis is down.
 func (a *App) newLimiter(cfg *config.Config) (*ratelimit.Limiter, error) {
 	lim, err := ratelimit.New(ratelimit.Options{
 		Auth:      cfg.Auth,
@@ -255,9 +268,10 @@ func (a *App) newLimiter(cfg *config.Config) (*ratelimit.Limiter, error) {
 	return lim, nil
 }
 
-// startCache builds the response cache of cfg: in process, and in Redis
-// when redis.addr is set.
-// NOTE: cache settings are read at start; a reload does not change them.
+// startCache builds the response cache of cfg. The cache is in process,
+// and also in Redis when redis.addr is set and cache.l2 is enabled.
+// NOTE: cache settings are read at start, and a reload does not change
+// them or warn that they changed.
 func (a *App) startCache(cfg *config.Config) error {
 	if !cfg.Cache.IsEnabled() {
 		return nil
