@@ -5,15 +5,24 @@ package harness
 // keep-alive mode rather than http-server-close). option http-no-delay
 // sends each chunk at once: without it HAProxy lets the kernel hold small
 // writes to merge them, which delays streamed tokens by up to about 200 ms.
+// With Options.Failover HAProxy checks each node with GET /api/version
+// and retries a failed request on another node (option redispatch 1
+// redispatches on every retry, where the default waits for the last).
 const haproxyConfig = `global
     maxconn 8000
 
 defaults
     mode http
     option http-no-delay
-    timeout connect 3s
     timeout client {{.TimeoutSec}}s
+{{- with .Failover}}
+    timeout connect {{ms .Connect}}ms
+    timeout server {{ms .FirstByte}}ms
+    timeout check {{ms .HealthTimeout}}ms
+{{- else}}
+    timeout connect 3s
     timeout server {{.TimeoutSec}}s
+{{- end}}
     timeout http-keep-alive 60s
     timeout http-request 10s
 
@@ -25,23 +34,30 @@ frontend bench
 backend nodes
     balance leastconn
     http-reuse safe
+{{- with .Failover}}
+    option httpchk GET /api/version
+    retries {{.Retries}}
+    option redispatch 1
+    retry-on all-retryable-errors
+{{- end}}
 {{- range .Nodes}}
     server {{.Name}} {{.Addr}} maxconn {{$.MaxConnsPerNode}}
+{{- with $.Failover}} check inter {{ms .HealthInterval}}ms fall 3 rise 2{{end}}
 {{- end}}
 `
 
-func startHAProxy(e *Env, listen string, fleet *Fleet) (*Proc, error) {
+func startHAProxy(e *Env, listen string, fleet *Fleet, opts Options) (*Proc, error) {
 	bin, err := findSystemBinary("haproxy")
 	if err != nil {
 		return nil, err
 	}
-	path, err := writeConfig(e, "haproxy.cfg", haproxyConfig, listen, fleet)
+	path, err := writeConfig(e, ".cfg", haproxyConfig, listen, fleet, opts)
 	if err != nil {
 		return nil, err
 	}
 	// -db keeps HAProxy in the foreground, so its PID is the one started.
 	return e.Start(ProcSpec{
-		Name: "haproxy",
+		Name: opts.Name,
 		Path: bin,
 		Args: []string{"-db", "-f", path},
 	})

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -157,7 +158,8 @@ func TestNodeSetFaults(t *testing.T) {
 		t.Fatalf("start node: %v", err)
 	}
 	t.Cleanup(func() { running.Close() })
-	n := &Node{Name: "node1", URL: running.URL()}
+	// The node's own listener also serves the control routes.
+	n := &Node{Name: "node1", URL: running.URL(), ControlURL: running.URL()}
 
 	if err := n.SetFaults(context.Background(), `{"error_rate":0.5,"seed":7}`); err != nil {
 		t.Fatalf("SetFaults: %v", err)
@@ -173,6 +175,108 @@ func TestNodeSetFaults(t *testing.T) {
 	}
 	if got := srv.Faults().ErrorRate; got != 0 {
 		t.Errorf("error rate after clearing = %v, want 0", got)
+	}
+}
+
+func TestNodeStatsCountsRequests(t *testing.T) {
+	srv := ollamasim.New(ollamasim.Config{Models: []ollamasim.ModelSpec{{Name: Model}}})
+	running, err := srv.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("start node: %v", err)
+	}
+	t.Cleanup(func() { running.Close() })
+	n := &Node{Name: "node1", URL: running.URL(), ControlURL: running.URL()}
+	if err := WaitReady(context.Background(), nil, n.URL+"/api/generate", WarmBody); err != nil {
+		t.Fatalf("generate: %v", err)
+	}
+	st, err := n.Stats(context.Background())
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	if got := st.Requests["/api/generate"]; got != 1 {
+		t.Errorf("generate requests = %d, want 1", got)
+	}
+	if got := st.Loads[Model]; got != 1 {
+		t.Errorf("loads of %s = %d, want 1 (loads: %v)", Model, got, st.Loads)
+	}
+}
+
+func TestStartRedisAnswersPing(t *testing.T) {
+	if _, err := findSystemBinary("redis-server"); err != nil {
+		t.Skip(err)
+	}
+	e := newTestEnv(t)
+	r, err := StartRedis(context.Background(), e)
+	if err != nil {
+		t.Fatalf("StartRedis: %v", err)
+	}
+	if !strings.HasPrefix(r.Addr, "127.0.0.1:") {
+		t.Errorf("addr = %s, want 127.0.0.1", r.Addr)
+	}
+	if err := pingRedis(context.Background(), r.Addr); err != nil {
+		t.Errorf("PING: %v", err)
+	}
+}
+
+func TestConfigsFollowOptions(t *testing.T) {
+	e := newTestEnv(t)
+	fleet := &Fleet{Nodes: []*Node{{Name: "node1", Addr: "127.0.0.1:1", URL: "http://127.0.0.1:1"}}}
+	failover := &Failover{
+		HealthInterval: time.Second, HealthTimeout: 500 * time.Millisecond,
+		Connect: time.Second, FirstByte: 3 * time.Second, Attempts: 3,
+	}
+	tests := []struct {
+		name    string
+		ext     string
+		tmpl    string
+		opts    Options
+		want    []string
+		notWant []string
+	}{
+		{"llmproxy default", ".yaml", llmproxyConfig, Options{},
+			[]string{"policy: least_conn", "max_concurrent: 4096", "enabled: false", "first_byte: 120s"},
+			[]string{"health:", "redis:"}},
+		{"llmproxy scheduler", ".yaml", llmproxyConfig,
+			Options{Policy: "round_robin", MaxConnsPerNode: 2},
+			[]string{"policy: round_robin", "max_concurrent: 2"}, nil},
+		{"llmproxy cache", ".yaml", llmproxyConfig, Options{Cache: true, RedisAddr: "127.0.0.1:6379"},
+			[]string{"enabled: true", "addr: 127.0.0.1:6379"}, nil},
+		{"llmproxy failover", ".yaml", llmproxyConfig, Options{Failover: failover},
+			[]string{"interval: 1000ms", "timeout: 500ms", "attempts: 3", "first_byte: 3000ms"}, nil},
+		{"nginx failover", ".conf", nginxConfig, Options{Failover: failover},
+			[]string{"http_503 non_idempotent;", "proxy_next_upstream_tries 3;",
+				"proxy_read_timeout 3000ms;"},
+			[]string{"proxy_read_timeout 120s;"}},
+		{"haproxy default", ".cfg", haproxyConfig, Options{},
+			[]string{"timeout server 120s", "maxconn 4096\n"}, []string{"check", "retry-on"}},
+		{"haproxy failover", ".cfg", haproxyConfig, Options{Failover: failover},
+			[]string{"option httpchk GET /api/version", "retries 2", "option redispatch 1",
+				"retry-on all-retryable-errors", "timeout server 3000ms",
+				"maxconn 4096 check inter 1000ms fall 3 rise 2"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.Name = "test"
+			path, err := writeConfig(e, tt.ext, tt.tmpl, "127.0.0.1:2", fleet, tt.opts)
+			if err != nil {
+				t.Fatalf("writeConfig: %v", err)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("read config: %v", err)
+			}
+			text := string(data)
+			for _, w := range tt.want {
+				if !strings.Contains(text, w) {
+					t.Errorf("config lacks %q:\n%s", w, text)
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(text, w) {
+					t.Errorf("config contains %q:\n%s", w, text)
+				}
+			}
+		})
 	}
 }
 

@@ -29,6 +29,22 @@ const readyTimeout = 15 * time.Second
 // exits, or readyTimeout passes. A POST of a generation request also loads
 // the model on the node that serves it.
 func WaitReady(ctx context.Context, p *Proc, url string, body []byte) error {
+	return waitFor(ctx, p, url, func(ctx context.Context) error {
+		return requestOnce(ctx, http.MethodPost, url, body)
+	})
+}
+
+// WaitReadyGet gets url until the response has status 200, the process
+// exits, or readyTimeout passes.
+func WaitReadyGet(ctx context.Context, p *Proc, url string) error {
+	return waitFor(ctx, p, url, func(ctx context.Context) error {
+		return requestOnce(ctx, http.MethodGet, url, nil)
+	})
+}
+
+// waitFor calls try every 50 ms until it returns nil, the process exits,
+// or readyTimeout passes.
+func waitFor(ctx context.Context, p *Proc, url string, try func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	var last error
@@ -36,7 +52,7 @@ func WaitReady(ctx context.Context, p *Proc, url string, body []byte) error {
 		if p != nil && p.Exited() {
 			return fmt.Errorf("%s exited before it was ready: %w (see its log)", p.Name, p.waitErr)
 		}
-		last = postOnce(ctx, url, body)
+		last = try(ctx)
 		if last == nil {
 			return nil
 		}
@@ -48,12 +64,14 @@ func WaitReady(ctx context.Context, p *Proc, url string, body []byte) error {
 	}
 }
 
-func postOnce(ctx context.Context, url string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+func requestOnce(ctx context.Context, method, url string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err

@@ -11,7 +11,10 @@ import (
 // for responses, proxy_request_buffering off for requests. It keeps the
 // client's Host header, because a node on loopback rejects a foreign one.
 // keepalive_requests is raised from its default of 1000 so that neither
-// side closes connections during a phase.
+// side closes connections during a phase. With Options.Failover nginx
+// passes a request that failed to the next node, POSTs included
+// (non_idempotent), and marks a node failed for 10s after one failure
+// (max_fails and fail_timeout left at their defaults).
 const nginxConfig = `worker_processes auto;
 worker_rlimit_nofile 65536;
 pid {{.Dir}}/nginx/nginx.pid;
@@ -51,15 +54,22 @@ http {
             proxy_set_header Host $http_host;
             proxy_buffering off;
             proxy_request_buffering off;
+            proxy_send_timeout {{.TimeoutSec}}s;
+{{- with .Failover}}
+            proxy_next_upstream error timeout http_500 http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries {{.Attempts}};
+            proxy_connect_timeout {{ms .Connect}}ms;
+            proxy_read_timeout {{ms .FirstByte}}ms;
+{{- else}}
             proxy_connect_timeout 3s;
             proxy_read_timeout {{.TimeoutSec}}s;
-            proxy_send_timeout {{.TimeoutSec}}s;
+{{- end}}
         }
     }
 }
 `
 
-func startNginx(e *Env, listen string, fleet *Fleet) (*Proc, error) {
+func startNginx(e *Env, listen string, fleet *Fleet, opts Options) (*Proc, error) {
 	bin, err := findSystemBinary("nginx")
 	if err != nil {
 		return nil, err
@@ -67,12 +77,12 @@ func startNginx(e *Env, listen string, fleet *Fleet) (*Proc, error) {
 	if err := os.MkdirAll(e.Path("nginx"), 0o755); err != nil {
 		return nil, fmt.Errorf("create nginx prefix: %w", err)
 	}
-	path, err := writeConfig(e, "nginx.conf", nginxConfig, listen, fleet)
+	path, err := writeConfig(e, ".conf", nginxConfig, listen, fleet, opts)
 	if err != nil {
 		return nil, err
 	}
 	return e.Start(ProcSpec{
-		Name: "nginx",
+		Name: opts.Name,
 		Path: bin,
 		Args: []string{"-p", e.Path("nginx"), "-e", "stderr", "-c", path, "-g", "daemon off;"},
 	})
