@@ -70,6 +70,13 @@ func NewClient(baseURLs []string, maxConnsPerHost int) (*Client, error) {
 
 // Do sends r to the next base URL and returns nil for a 200 response.
 func (c *Client) Do(r Request) error {
+	_, err := c.DoHeader(r, "")
+	return err
+}
+
+// DoHeader sends r to the next base URL like Do and also returns the
+// value of the response header named header, when header is not empty.
+func (c *Client) DoHeader(r Request, header string) (string, error) {
 	h := c.hosts[c.next.Add(1)%uint64(len(c.hosts))]
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
@@ -81,14 +88,17 @@ func (c *Client) Do(r Request) error {
 	req.Header.SetContentType("application/json")
 	req.SetBodyRaw(r.Body)
 	if err := h.hc.DoTimeout(req, resp, requestTimeout); err != nil {
-		return err
+		return "", err
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
 		body := resp.Body()
 		excerpt := bytes.TrimSpace(body[:min(len(body), 200)])
-		return &StatusError{Status: resp.StatusCode(), Body: string(excerpt)}
+		return "", &StatusError{Status: resp.StatusCode(), Body: string(excerpt)}
 	}
-	return nil
+	if header == "" {
+		return "", nil
+	}
+	return string(resp.Header.Peek(header)), nil
 }
 
 // Close closes the idle connections.

@@ -34,6 +34,7 @@ func RunClosed(ctx context.Context, c *Client, cfg ClosedLoop) Result {
 		Requests:   int64(len(latencies)),
 		Errors:     errs.count.Load(),
 		FirstError: errs.firstError(),
+		ErrorKinds: errs.errorKinds(),
 		Elapsed:    time.Since(start),
 		Latency:    Summarize(latencies),
 	}

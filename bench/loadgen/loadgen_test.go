@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -137,7 +138,8 @@ func TestRunStreamsSSE(t *testing.T) {
 		t.Fatal("no stream completed")
 	}
 	if res.ChunkLatency.Count != 0 {
-		t.Errorf("chunk latency samples = %d, want none for SSE", res.ChunkLatency.Count)
+		t.Errorf("chunk latency samples = %d, want none for SSE without sent_at",
+			res.ChunkLatency.Count)
 	}
 	if res.Gap.Count == 0 {
 		t.Error("no gap sample")
@@ -177,21 +179,24 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-func TestCreatedAt(t *testing.T) {
+func TestTimeField(t *testing.T) {
 	want := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
 	tests := []struct {
 		name string
+		key  []byte
 		line string
 		ok   bool
 	}{
-		{"chat line", `{"model":"m","created_at":"2026-01-02T03:04:05.123456789Z","message":{}}`, true},
-		{"no field", `{"model":"m","done":true}`, false},
-		{"unterminated", `{"created_at":"2026-01-02T03:04`, false},
-		{"not a time", `{"created_at":"yesterday"}`, false},
+		{"chat line", createdAtKey, `{"model":"m","created_at":"2026-01-02T03:04:05.123456789Z","message":{}}`, true},
+		{"stamped event", sentAtKey, `{"sent_at":"2026-01-02T03:04:05.123456789Z","id":"chatcmpl-1"}`, true},
+		{"event without stamp", sentAtKey, `{"id":"chatcmpl-1","created":1767323045}`, false},
+		{"no field", createdAtKey, `{"model":"m","done":true}`, false},
+		{"unterminated", createdAtKey, `{"created_at":"2026-01-02T03:04`, false},
+		{"not a time", createdAtKey, `{"created_at":"yesterday"}`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := createdAt([]byte(tt.line))
+			got, ok := timeField([]byte(tt.line), tt.key)
 			if ok != tt.ok {
 				t.Fatalf("ok = %v, want %v", ok, tt.ok)
 			}
@@ -199,5 +204,97 @@ func TestCreatedAt(t *testing.T) {
 				t.Errorf("time = %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+func TestRunTraceReusesPromptCache(t *testing.T) {
+	url := startNode(t, 400, ollamasim.Faults{})
+	long := strings.Repeat("river stone garden lantern ", 20)
+	results := RunTrace(context.Background(), Trace{
+		BaseURL: url,
+		Conversations: []Conversation{{
+			Model:  testModel,
+			Class:  "batch",
+			System: "You are terse.",
+			Turns:  []string{long, "and then?", "why?"},
+			Think:  []time.Duration{time.Millisecond, time.Millisecond},
+		}},
+		Deadline: 10 * time.Second,
+	})
+	if len(results) != 3 {
+		t.Fatalf("results = %d, want one per turn (3)", len(results))
+	}
+	for i, r := range results {
+		if r.Err != nil {
+			t.Fatalf("turn %d: %v", i+1, r.Err)
+		}
+		if r.TTFT <= 0 {
+			t.Errorf("turn %d: TTFT = %v, want > 0", i+1, r.TTFT)
+		}
+		if r.Class != "batch" || r.Model != testModel {
+			t.Errorf("turn %d: class %q, model %q, want batch and %s", i+1, r.Class, r.Model, testModel)
+		}
+	}
+	// The node's slot holds the first turn, so the second evaluates only
+	// its new message.
+	if results[1].PromptEvalCount >= results[0].PromptEvalCount {
+		t.Errorf("prompt tokens evaluated: turn 2 %d, turn 1 %d, want fewer in turn 2",
+			results[1].PromptEvalCount, results[0].PromptEvalCount)
+	}
+}
+
+func TestRunTraceStopsAtDeadline(t *testing.T) {
+	url := startNode(t, 400, ollamasim.Faults{})
+	results := RunTrace(context.Background(), Trace{
+		BaseURL: url,
+		Conversations: []Conversation{{
+			Start: time.Hour, Model: testModel, Turns: []string{"hi", "again"},
+			Think: []time.Duration{time.Millisecond},
+		}},
+		Deadline: 50 * time.Millisecond,
+	})
+	for i, r := range results {
+		if !errors.Is(r.Err, ErrDeadline) {
+			t.Errorf("turn %d: error = %v, want ErrDeadline", i+1, r.Err)
+		}
+	}
+}
+
+func TestRunTraceSkipsAfterFailure(t *testing.T) {
+	url := startNode(t, 400, ollamasim.Faults{ErrorRate: 1})
+	results := RunTrace(context.Background(), Trace{
+		BaseURL: url,
+		Conversations: []Conversation{{
+			Model: testModel, Turns: []string{"hi", "again"}, Think: []time.Duration{time.Millisecond},
+		}},
+		Deadline: 10 * time.Second,
+	})
+	var status *StatusError
+	if !errors.As(results[0].Err, &status) || status.Status != 500 {
+		t.Errorf("turn 1: error = %v, want status 500", results[0].Err)
+	}
+	if !errors.Is(results[1].Err, ErrSkipped) {
+		t.Errorf("turn 2: error = %v, want ErrSkipped", results[1].Err)
+	}
+}
+
+func TestRunOpenCountsErrorKinds(t *testing.T) {
+	c := newClient(t, startNode(t, 0, ollamasim.Faults{ErrorRate: 1}))
+	res := RunOpen(context.Background(), c, OpenLoop{
+		Rate: 100, Duration: 100 * time.Millisecond, Workers: 4, Request: generate,
+	})
+	if got := res.ErrorKinds["status 500"]; got != res.Errors || got == 0 {
+		t.Errorf("error kinds = %v, want all %d errors as status 500", res.ErrorKinds, res.Errors)
+	}
+}
+
+func TestDoHeaderReturnsHeader(t *testing.T) {
+	c := newClient(t, startNode(t, 0, ollamasim.Faults{}))
+	got, err := c.DoHeader(generate, "Content-Type")
+	if err != nil {
+		t.Fatalf("DoHeader: %v", err)
+	}
+	if !strings.HasPrefix(got, "application/json") {
+		t.Errorf("Content-Type = %q, want application/json", got)
 	}
 }

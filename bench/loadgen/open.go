@@ -48,6 +48,7 @@ func RunOpen(ctx context.Context, c *Client, cfg OpenLoop) Result {
 		Requests:   int64(len(latencies)),
 		Errors:     errs.count.Load(),
 		FirstError: errs.firstError(),
+		ErrorKinds: errs.errorKinds(),
 		Elapsed:    time.Since(start),
 		Latency:    Summarize(latencies),
 	}

@@ -16,6 +16,7 @@ type Summary struct {
 	Mean  time.Duration
 	P50   time.Duration
 	P90   time.Duration
+	P95   time.Duration
 	P99   time.Duration
 	P999  time.Duration
 	Max   time.Duration
@@ -37,6 +38,7 @@ func Summarize(samples []time.Duration) Summary {
 		Mean:  sum / time.Duration(len(samples)),
 		P50:   Percentile(samples, 0.50),
 		P90:   Percentile(samples, 0.90),
+		P95:   Percentile(samples, 0.95),
 		P99:   Percentile(samples, 0.99),
 		P999:  Percentile(samples, 0.999),
 		Max:   samples[len(samples)-1],

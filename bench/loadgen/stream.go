@@ -64,8 +64,10 @@ type StreamResult struct {
 	// TTFB is the time from sending the request to the first chunk, for
 	// streams that started in the window.
 	TTFB Summary
-	// ChunkLatency is the receive time of a chunk minus the created_at
-	// time the node wrote into it, for NDJSON only.
+	// ChunkLatency is the receive time of a chunk minus the time the node
+	// wrote into it: created_at in NDJSON lines, and sent_at in SSE events
+	// from a node that adds it (bench/cmd/stampsim). It is empty for SSE
+	// events without sent_at.
 	ChunkLatency Summary
 	// Gap is the time between two consecutive chunks of one stream.
 	Gap Summary
@@ -260,19 +262,26 @@ func (w *streamWorker) record(payload []byte, start, prev, now time.Time) {
 		return
 	}
 	w.chunks++
-	if w.g.cfg.Format != NDJSON {
-		return
+	key := createdAtKey
+	if w.g.cfg.Format == SSE {
+		key = sentAtKey
 	}
-	if created, ok := createdAt(payload); ok {
-		w.latency = append(w.latency, now.Sub(created))
+	if sent, ok := timeField(payload, key); ok {
+		w.latency = append(w.latency, now.Sub(sent))
 	}
 }
 
-var createdAtKey = []byte(`"created_at":"`)
+// createdAtKey starts the time field of an Ollama NDJSON line, and
+// sentAtKey the one that bench/cmd/stampsim adds to SSE events.
+var (
+	createdAtKey = []byte(`"created_at":"`)
+	sentAtKey    = []byte(`"sent_at":"`)
+)
 
-// createdAt returns the created_at time of an Ollama NDJSON line.
-func createdAt(line []byte) (time.Time, bool) {
-	_, rest, found := bytes.Cut(line, createdAtKey)
+// timeField returns the RFC 3339 time of the JSON string field that key
+// starts, such as `"created_at":"`.
+func timeField(line, key []byte) (time.Time, bool) {
+	_, rest, found := bytes.Cut(line, key)
 	if !found {
 		return time.Time{}, false
 	}
