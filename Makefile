@@ -44,6 +44,7 @@ test: deps
 bench: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
 	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
+	$(GO) build -o $(BIN)/stampsim ./bench/cmd/stampsim
 	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench" $(BENCHFLAGS)
 
 # bench-quick runs a shorter set in under two minutes for regression
@@ -51,6 +52,7 @@ bench: build
 bench-quick: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
 	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
+	$(GO) build -o $(BIN)/stampsim ./bench/cmd/stampsim
 	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -quick -out bench/out/quick.md \
 		-command "make bench-quick" $(BENCHFLAGS)
 

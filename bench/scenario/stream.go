@@ -15,12 +15,15 @@ import (
 const tokensPerSec = 66
 
 // streamFleet has enough slots that 1,000 streams never queue in a node,
-// even when a balancer sends all of them to one node.
+// even when a balancer sends all of them to one node. Its nodes are
+// stampsim, ollamasim that adds the time it wrote each SSE event, so that
+// SSE chunks have a latency as NDJSON lines do.
 var streamFleet = harness.FleetSpec{
 	Nodes:        3,
 	TokensPerSec: tokensPerSec,
 	Parallel:     2000,
 	MaxQueue:     4096,
+	Binary:       "stampsim",
 }
 
 // streamCase is one streamed route.
@@ -124,19 +127,21 @@ func streamOnce(ctx context.Context, r *Run, fleet *harness.Fleet, kind string,
 
 func streamIntro(s Settings) string {
 	return fmt.Sprintf("%d simulated nodes stream one token per chunk at %d tokens "+
-		"per second, a chunk about every 15 ms (`ollamasim -tokens-per-sec %d "+
+		"per second, a chunk about every 15 ms (`stampsim -tokens-per-sec %d "+
 		"-parallel %d`), and a response has 20 to 40 chunks. Each of N workers opens "+
 		"one stream after another: the workers start within %s, then the "+
 		"samples of the next %s count. Each phase starts a new proxy "+
 		"process, and its CPU time and peak RSS (VmHWM) cover the ramp and "+
 		"the window.\n\n"+
-		"TTFB is the time from sending the request to the first chunk. For "+
-		"NDJSON, chunk latency is the receive time minus the `created_at` time "+
-		"the node wrote into the line, and added latency is a target's "+
-		"percentile minus the direct connection's. SSE chunks carry only "+
-		"whole seconds in `created`, so for SSE the table shows the gap "+
-		"between consecutive chunks of a stream, and added p99 gap is the "+
-		"jitter a proxy adds to it.\n\n"+
+		"The nodes are bench/cmd/stampsim: ollamasim with a wrapper that writes "+
+		"the time of writing into each SSE event (`data: {\"sent_at\":\"...\",...}`), "+
+		"because OpenAI chunks carry only whole seconds in `created`. NDJSON lines "+
+		"carry `created_at`, which the node sets as it writes the line.\n\n"+
+		"TTFB is the time from sending the request to the first chunk. Chunk "+
+		"latency is the receive time minus the time the node wrote into the chunk "+
+		"(`created_at` or `sent_at`), and added latency is a target's percentile "+
+		"minus the direct connection's. Gap is the time between consecutive "+
+		"chunks of a stream.\n\n"+
 		"A stream sends about 66 chunks per second, so N streams ask for "+
 		"about 66 N chunks per second, less the pauses between streams. A "+
 		"chunks/s figure well below the direct row's means the set-up ran "+
@@ -144,19 +149,13 @@ func streamIntro(s Settings) string {
 		streamFleet.Nodes, tokensPerSec, tokensPerSec, streamFleet.Parallel, s.StreamRamp, s.StreamWindow)
 }
 
-// streamTable shows one case at one level.
+// streamTable shows one case at one level: per-chunk latency, and what
+// each proxy adds to the direct connection's at the same percentile.
 func streamTable(c streamCase, level int, phases []streamPhase) report.Table {
-	if c.format == loadgen.NDJSON {
-		return ndjsonTable(c, level, phases)
-	}
-	return sseTable(c, level, phases)
-}
-
-func ndjsonTable(c streamCase, level int, phases []streamPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("%s, %d streams", c.title, level),
 		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
-			"chunk p50 ms", "chunk p99 ms", "added p50 ms", "added p99 ms",
+			"chunk p50 ms", "chunk p99 ms", "added p50 ms", "added p99 ms", "gap p99 ms",
 			"proxy CPU µs per chunk", "peak RSS MB", othersHeader},
 	}
 	direct, hasDirect := findStream(phases, harness.Direct)
@@ -168,27 +167,7 @@ func ndjsonTable(c streamCase, level int, phases []streamPhase) report.Table {
 		}
 		row := append(streamCommonCells(p),
 			report.Millis(p.res.ChunkLatency.P50), report.Millis(p.res.ChunkLatency.P99),
-			addedP50, addedP99)
-		t.Rows = append(t.Rows, append(row, streamUsageCells(p)...))
-	}
-	return t
-}
-
-func sseTable(c streamCase, level int, phases []streamPhase) report.Table {
-	t := report.Table{
-		Title: fmt.Sprintf("%s, %d streams", c.title, level),
-		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
-			"gap p50 ms", "gap p99 ms", "added p99 gap ms",
-			"proxy CPU µs per chunk", "peak RSS MB", othersHeader},
-	}
-	direct, hasDirect := findStream(phases, harness.Direct)
-	for _, p := range phases {
-		added := report.NA
-		if hasDirect && p.kind != harness.Direct {
-			added = report.SignedMillis(p.res.Gap.P99 - direct.res.Gap.P99)
-		}
-		row := append(streamCommonCells(p),
-			report.Millis(p.res.Gap.P50), report.Millis(p.res.Gap.P99), added)
+			addedP50, addedP99, report.Millis(p.res.Gap.P99))
 		t.Rows = append(t.Rows, append(row, streamUsageCells(p)...))
 	}
 	return t
@@ -234,16 +213,16 @@ func cpuPerChunk(p streamPhase) time.Duration {
 	return time.Duration(float64(p.use.cpu) / chunks)
 }
 
-// addChunkGoal checks llmproxy's added p99 chunk latency on NDJSON.
+// addChunkGoal checks llmproxy's added p99 chunk latency.
 func addChunkGoal(r *Run, c streamCase, level int, phases []streamPhase) {
 	lp, okLP := findStream(phases, harness.LLMProxy)
 	direct, okDirect := findStream(phases, harness.Direct)
-	if c.format != loadgen.NDJSON || !okLP || !okDirect {
+	if !okLP || !okDirect {
 		return
 	}
 	added := lp.res.ChunkLatency.P99 - direct.res.ChunkLatency.P99
 	r.AddGoal(report.Goal{
-		Name:     fmt.Sprintf("p99 added latency per NDJSON chunk at %d streams", level),
+		Name:     fmt.Sprintf("p99 added latency per %s chunk at %d streams", c.format, level),
 		Target:   "under 1 ms",
 		Measured: report.SignedMillis(added) + " ms",
 		Met:      added < time.Millisecond,
