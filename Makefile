@@ -38,14 +38,16 @@ test: deps
 	$(GO) test $(TESTFLAGS) $(PKGS)
 
 # bench compares llmproxy with a direct connection, nginx and HAProxy on
-# 127.0.0.1 and rewrites BENCHMARKS.md; it takes about 15 minutes.
+# 127.0.0.1, runs the failure, scheduler, cache and Go benchmark scenarios
+# and rewrites BENCHMARKS.md; it takes about 25 minutes.
 # BENCHFLAGS adds benchrun flags, such as -profile for CPU profiles of
 # llmproxy in bench/out/profiles.
 bench: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
 	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
 	$(GO) build -o $(BIN)/stampsim ./bench/cmd/stampsim
-	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench" $(BENCHFLAGS)
+	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench" \
+		-go $(GO) $(BENCHFLAGS)
 
 # bench-quick runs a shorter set in under two minutes for regression
 # checks; it prints the report and writes bench/out/quick.md.

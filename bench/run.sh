@@ -1,7 +1,7 @@
 #!/bin/sh
-# Runs bin/benchrun with the given flags after installing nginx and HAProxy
-# when they are missing and raising the open-file limit, which 1,000
-# concurrent streams through a proxy exceed at the usual 1024.
+# Runs bin/benchrun with the given flags after installing nginx, HAProxy
+# and redis-server when they are missing and raising the open-file limit,
+# which 1,000 concurrent streams through a proxy exceed at the usual 1024.
 #
 # On a machine running systemd, apt-get may also enable and start the
 # packages' system services. The benchmark does not use them, because it
@@ -10,7 +10,7 @@ set -eu
 
 bin=${BENCH_BIN:-bin}
 missing=
-for tool in nginx haproxy; do
+for tool in nginx haproxy redis-server; do
 	if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
 		missing="$missing $tool"
 	fi

@@ -49,6 +49,28 @@ type Settings struct {
 	// QuietWait bounds the wait before each phase for other processes to
 	// use at most quietThreshold of the CPUs.
 	QuietWait time.Duration
+
+	// FailureRate is the request rate of the failure scenario, per
+	// second, and FailureWindow the length of its measured window.
+	FailureRate   float64
+	FailureWindow time.Duration
+
+	// TraceArrivals is the time over which the scheduler trace's
+	// conversations arrive, at TraceRate per second, and TraceDrain the
+	// time after it that the run waits for open turns.
+	TraceArrivals time.Duration
+	TraceRate     float64
+	TraceDrain    time.Duration
+
+	// CacheProbes is the distinct requests of each cache tier's latency
+	// phase, and CacheRequests the requests of the repeated-embedding
+	// workload, drawn from CacheInputs strings.
+	CacheProbes   int
+	CacheRequests int
+	CacheInputs   int
+
+	// GoTool is the go command that runs the Go benchmarks.
+	GoTool string
 }
 
 // DefaultSettings returns the settings of make bench, or of make
@@ -68,6 +90,19 @@ func DefaultSettings(quick bool) Settings {
 			StreamWindow: 3 * time.Second,
 			Rounds:       1,
 			QuietWait:    time.Second,
+
+			FailureRate:   200,
+			FailureWindow: 4 * time.Second,
+
+			TraceArrivals: 20 * time.Second,
+			TraceRate:     1,
+			TraceDrain:    20 * time.Second,
+
+			CacheProbes:   300,
+			CacheRequests: 2000,
+			CacheInputs:   400,
+
+			GoTool: "go",
 		}
 	}
 	return Settings{
@@ -82,6 +117,19 @@ func DefaultSettings(quick bool) Settings {
 		StreamWindow: 10 * time.Second,
 		Rounds:       2,
 		QuietWait:    10 * time.Second,
+
+		FailureRate:   200,
+		FailureWindow: 16 * time.Second,
+
+		TraceArrivals: 60 * time.Second,
+		TraceRate:     1,
+		TraceDrain:    60 * time.Second,
+
+		CacheProbes:   2000,
+		CacheRequests: 10000,
+		CacheInputs:   2000,
+
+		GoTool: "go",
 	}
 }
 
@@ -113,6 +161,10 @@ func All() []Scenario {
 	return []Scenario{
 		{Name: "generate", Quick: true, Run: runGenerate},
 		{Name: "stream", Quick: true, Run: runStream},
+		{Name: "failure", Quick: true, Run: runFailure},
+		{Name: "schedule", Run: runSchedule},
+		{Name: "cache", Quick: true, Run: runCache},
+		{Name: "gobench", Run: runGoBench},
 	}
 }
 

@@ -13,8 +13,11 @@ const preface = `Measured by ` + "`make bench`" + `, which rewrites this file: l
 next to a direct connection to the nodes (the floor), nginx and HAProxy, each
 balancing by least connections over the same simulated Ollama nodes
 (` + "`ollamasim`" + `), all on 127.0.0.1 and all in one run, so that the ratios
-hold on a busy machine. ` + "`make bench-quick`" + ` runs a shorter set in under
-two minutes and writes bench/out/quick.md instead.`
+hold on a busy machine; then the three proxies while a node fails, llmproxy's
+placement policies on a trace of multi-turn conversations, its response
+cache with two instances sharing Redis, and the Go benchmarks of its hot
+path. ` + "`make bench-quick`" + ` runs a shorter set in under two minutes, without
+the trace and the Go benchmarks, and writes bench/out/quick.md instead.`
 
 // methodFormat takes the number of rounds and the longest wait for a
 // quiet machine.
@@ -35,12 +38,15 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   in keep-alive mode, and ` + "`option http-no-delay`" + `, without which it lets the
   kernel merge small writes and delays streamed tokens. llmproxy runs with
   ` + "`balancer.policy: least_conn`" + `, the cache and the per-address rate limit
-  off, and log level warn. The configs are written to bench/out/run/.
+  off, and log level warn. The failure, scheduler and cache scenarios change
+  these settings as their sections say. The configs are written to
+  bench/out/run/.
 - The nodes respond from memory: the numbers show the cost of the proxy
   path, not of a model. A real node spends milliseconds to seconds per
   request, which hides most of the differences shown here.
-- Each phase ran once per round on every target, the targets taking
-  turns, for %d rounds. Before each phase the runner waited, up to %s,
+- Each phase of the throughput and streaming scenarios ran once per round
+  on every target, the targets taking turns, for %d rounds; the other
+  scenarios run once. Before each phase the runner waited, up to %s,
   until processes outside the benchmark used at most a tenth of the CPUs.
   The "others' CPU %%" column is the share of all CPUs those processes
   used during the phase, from /proc/stat minus the benchmark's own

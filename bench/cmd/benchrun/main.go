@@ -1,12 +1,12 @@
 // Command benchrun measures llmproxy against a direct connection, nginx
 // and HAProxy in front of simulated Ollama nodes on 127.0.0.1, and writes
-// the results as Markdown. make bench and make bench-quick run it through
-// bench/run.sh, which installs nginx and HAProxy and raises the open-file
-// limit first.
+// the results as Markdown. The scenarios are listed by scenario.All. make
+// bench and make bench-quick run it through bench/run.sh, which installs
+// nginx, HAProxy and redis-server and raises the open-file limit first.
 //
 // Usage:
 //
-//	benchrun [-quick] [-bin DIR] [-out FILE] [-targets LIST] [-scenarios LIST]
+//	benchrun [-quick] [-bin DIR] [-out FILE] [-targets LIST] [-scenarios LIST] [-go CMD]
 package main
 
 import (
@@ -150,6 +150,7 @@ type overrides struct {
 	streams   string
 	rate      float64
 	rounds    int
+	goTool    string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -159,8 +160,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 
 	fs.BoolVar(&o.quick, "quick", false,
-		"run the short set: shorter phases, 100 streams, no HAProxy")
-	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy and ollamasim binaries")
+		"run the short set: shorter phases, 100 streams, no HAProxy, no scheduler trace\n"+
+			"and no Go benchmarks")
+	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy, ollamasim and stampsim binaries")
 	fs.StringVar(&o.out, "out", "", "Markdown `file` to write, or empty to print the report only")
 	fs.StringVar(&o.runDir, "run-dir", "bench/out/run",
 		"`folder` for generated configs and process logs, emptied first")
@@ -173,7 +175,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&ov.targets, "targets", "", "comma-separated target `list` from "+
 		strings.Join(harness.Kinds, ",")+" (default: all, or all but haproxy with -quick)")
 	fs.StringVar(&ov.scenarios, "scenarios", "",
-		"comma-separated scenario `list` from generate,stream (default: all)")
+		"comma-separated scenario `list` from "+strings.Join(scenarioNames(), ",")+
+			" (default: all, or those of the short set with -quick)")
+	fs.StringVar(&ov.goTool, "go", "", "go `command` that runs the Go benchmarks (default: go)")
 	fs.StringVar(&ov.streams, "streams", "",
 		"comma-separated `numbers` of concurrent streams (default: 100,1000, or 100 with -quick)")
 	fs.Float64Var(&ov.rate, "rate", 0, "requests per second of the fixed-rate phase (default: 2000)")
@@ -217,6 +221,9 @@ func (o *options) apply(ov overrides) error {
 	if ov.rounds > 0 {
 		o.settings.Rounds = ov.rounds
 	}
+	if ov.goTool != "" {
+		o.settings.GoTool = ov.goTool
+	}
 	return nil
 }
 
@@ -236,20 +243,21 @@ func (o *options) applyNames(targets, scenarios string) error {
 	}
 	o.scenarios = splitList(scenarios)
 	for _, name := range o.scenarios {
-		if !knownScenario(name) {
-			return fmt.Errorf("-scenarios: unknown scenario %q, want generate or stream", name)
+		if !slices.Contains(scenarioNames(), name) {
+			return fmt.Errorf("-scenarios: unknown scenario %q, want one of %s",
+				name, strings.Join(scenarioNames(), ","))
 		}
 	}
 	return nil
 }
 
-func knownScenario(name string) bool {
+// scenarioNames returns the names of every scenario in report order.
+func scenarioNames() []string {
+	var names []string
 	for _, s := range scenario.All() {
-		if s.Name == name {
-			return true
-		}
+		names = append(names, s.Name)
 	}
-	return false
+	return names
 }
 
 func parseLevels(list string) ([]int, error) {
