@@ -15,9 +15,9 @@ import (
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
-// demoNodes are the two simulated nodes of the demo: each holds a model
-// the other lacks, and both hold one in common, so that routing by model
-// and by load can both be seen.
+// demoNodes are the two simulated nodes of the demo. Each has a model that
+// the other lacks, and both have llama3.2:1b, so that routing by model and
+// by load can both be seen.
 var demoNodes = []struct {
 	name   string
 	models string
@@ -32,7 +32,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:11434", "address the proxy listens on")
-	tps := fs.Float64("tokens-per-sec", 40, "generation speed of the simulated nodes")
+	tps := fs.Float64("tokens-per-sec", 40, "generation speed of the simulated nodes, in tokens per second")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -52,7 +52,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	for _, n := range demoNodes {
 		sim, err := startSimNode(n.models, *tps, log.With("node", n.name))
 		if err != nil {
-			log.Error("start simulated node", "node", n.name, "error", err)
+			log.Error("simulated node start failed", "node", n.name, "error", err)
 			return 1
 		}
 		sims = append(sims, sim)

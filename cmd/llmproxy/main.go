@@ -1,5 +1,5 @@
 // Command llmproxy is an inference-aware reverse proxy and load balancer
-// for Ollama servers. It looks to every client like one Ollama server.
+// for Ollama servers. Clients see it as one Ollama server.
 //
 //	llmproxy [serve] [-config FILE]   run the proxy (the default command)
 //	llmproxy validate -config FILE    check a configuration and list every problem
@@ -57,12 +57,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `Usage:
   llmproxy [serve] [-config FILE]   run the proxy (default command)
-  llmproxy validate -config FILE    check a configuration; exit 1 listing every problem
+  llmproxy validate -config FILE    check a configuration, list every problem and exit 1 if any
   llmproxy demo [-listen ADDR]      run the proxy over two simulated Ollama nodes
   llmproxy version                  print the version
 
-Without -config, the environment configures the proxy:
-  LLMPROXY_NODES=http://gpu1:11434,http://gpu2:11434   the nodes (required)
+Without -config or LLMPROXY_CONFIG, the environment configures the proxy:
+  LLMPROXY_NODES=http://gpu1:11434,http://gpu2:11434   comma-separated node URLs (required)
   LLMPROXY_LISTEN=127.0.0.1:11434                      the listen address
 `)
 }
@@ -71,11 +71,13 @@ func configFlag(name string, args []string, stderr io.Writer) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", os.Getenv("LLMPROXY_CONFIG"),
-		"YAML configuration file; empty reads LLMPROXY_* variables only")
+		"YAML configuration file, overridden by LLMPROXY_* variables. "+
+			"If empty, the variables alone configure the proxy")
 	if err := fs.Parse(args); err != nil {
 		return "", err
 	}
 	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "llmproxy %s: unexpected argument %q\n", name, fs.Arg(0))
 		return "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	return *path, nil
@@ -133,7 +135,7 @@ func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger)
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		if err := watchConfig(wctx, path, changed, log); err != nil {
-			log.Warn("config file changes will not be noticed; send SIGHUP to reload",
+			log.Warn("config file watch failed, send SIGHUP to reload",
 				"path", path, "error", err)
 		}
 	}
@@ -157,14 +159,14 @@ func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger)
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := a.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		log.Error("shutdown", "error", err)
+		log.Error("shutdown failed", "error", err)
 	}
 	return 0
 }
 
 func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
 	if path == "" {
-		log.Info("no config file to reload; the environment is read only at start")
+		log.Info("reload skipped: no config file, and the environment is read only at start")
 		return
 	}
 	_ = sdnotify.Reloading()

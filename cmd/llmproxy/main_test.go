@@ -134,8 +134,11 @@ func TestValidateCommand(t *testing.T) {
 		}
 	}
 	out.Reset()
-	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "llmproxy ") {
-		t.Errorf("version: %d %q", code, out.String())
+	if code := run([]string{"version"}, &out, &errOut); code != 0 {
+		t.Errorf("version: exit %d, want 0", code)
+	}
+	if !strings.HasPrefix(out.String(), "llmproxy ") {
+		t.Errorf("version output %q, want prefix %q", out.String(), "llmproxy ")
 	}
 }
 

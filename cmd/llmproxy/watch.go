@@ -9,14 +9,15 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// settleDelay is how long the config file must stay unchanged before it is
-// reloaded: editors write a file in several steps (truncate, write,
+// settleDelay is the time the config file must stay unchanged before it is
+// reloaded. Editors write a file in several steps (truncate, write,
 // rename), and reading it half way would reject a good file.
 const settleDelay = 300 * time.Millisecond
 
 // watchConfig sends on changed each time the file at path has changed and
 // then stayed unchanged for settleDelay, until ctx ends. It watches the
-// file's folder, since editors often replace the file rather than write it.
+// file's directory, because editors often replace the file rather than
+// write it.
 func watchConfig(ctx context.Context, path string, changed chan<- struct{}, log *slog.Logger) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
