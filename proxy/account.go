@@ -14,7 +14,8 @@ import (
 	"github.com/llmproxy/llmproxy/statuspage"
 )
 
-// reqState is what the access log and the metrics record of one request.
+// reqState is the record of one request for the access log and the
+// metrics.
 type reqState struct {
 	id     string
 	start  time.Time
@@ -23,34 +24,36 @@ type reqState struct {
 	model  string
 	node   string
 	status int
-	// ttfb is the time from arrival to the first byte of the answer body
-	// leaving the proxy, 0 when nothing was sent.
+	// ttfb is the time from arrival to the first byte of the response body
+	// leaving the proxy, or 0 when nothing was sent.
 	ttfb             time.Duration
 	promptTokens     int64
 	completionTokens int64
 	cache            string
 	class            string
 	key              string
-	// client identifies the client for fair queuing: key name or address.
+	// client identifies the client for fair queuing by key name or address.
 	client string
-	// lease is the node lease of a routed request, told the timings the
-	// node reports.
+	// lease is the node lease of a routed request. observeFinal passes it
+	// the timings the node reports.
 	lease *balancer.Lease
 	// apiKey is the client's key, nil for anonymous clients.
 	apiKey *ratelimit.Key
-	// reservation holds the tokens and slot admitted for the request,
-	// settled when it ends.
+	// reservation is the tokens and slot admitted for the request, settled
+	// when it ends.
 	reservation *ratelimit.Reservation
 	retries     int
 	err         string
-	// deferred is set when a streamed answer outlives the handler: the
+	// deferred is set when a streamed response outlives the handler. The
 	// relay then ends the request when the stream ends.
 	deferred bool
 	// ctx is nil once the handler has returned.
 	ctx *fasthttp.RequestCtx
 }
 
-// begin starts a request's record and sets its request ID header.
+// begin starts a request's record and sets the X-Request-Id response
+// header. It reuses the client's X-Request-Id when that is at most 128
+// bytes long.
 func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
 	id := ctx.Request.Header.Peek("X-Request-Id")
 	rs := &reqState{
@@ -121,8 +124,9 @@ func (s *Server) end(rs *reqState) {
 	)
 }
 
-// modelLabel bounds the model label: only models some node lists are
-// named, everything else counts as metrics.OtherModel.
+// modelLabel bounds the model label. Only models that some node lists are
+// named, "" becomes "none", and every other model counts as "other"
+// (metrics.OtherModel).
 func (s *Server) modelLabel(model string) string {
 	if model == "" {
 		return "none"
@@ -133,7 +137,7 @@ func (s *Server) modelLabel(model string) string {
 	return "other"
 }
 
-// observeFinal reads the token counts and timings of an answer's final
+// observeFinal reads the token counts and timings of a response's final
 // object: Ollama's done line or an OpenAI object with usage.
 func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
 	v, err := p.ParseBytes(line)

@@ -28,12 +28,13 @@ type nodeStatus struct {
 	LastError     string   `json:"last_error"`
 }
 
-// serveAdmin serves the admin routes, behind admin.token when it is set.
+// serveAdmin serves the admin routes. Every route except the status page
+// requires admin.token when it is set.
 func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	path := string(ctx.Path())
 	method := string(ctx.Method())
-	// The page holds no data and a browser cannot send a bearer token when
-	// it opens it; the page sends the token on its own requests.
+	// The page contains no data, and a browser cannot send a bearer token
+	// when it opens a page. The page sends the token on its own requests.
 	if (path == "/admin" || path == "/admin/") && (method == "GET" || method == "HEAD") {
 		statuspage.Page(ctx)
 		return
@@ -49,8 +50,8 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
 	case strings.HasPrefix(path, "/admin/debug/pprof"):
-		// Profiles for finding where the proxy spends time; behind the
-		// admin token like every admin route.
+		// Go runtime profiles, behind the admin token like the other admin
+		// routes.
 		ctx.URI().SetPath(strings.TrimPrefix(path, "/admin"))
 		pprofhandler.PprofHandler(ctx)
 	case path == "/admin/cache/purge" && method == "POST":
@@ -194,7 +195,7 @@ func (s *Server) serveUsage(ctx *fasthttp.RequestCtx, rt route) {
 	writeJSON(ctx, map[string]any{"keys": lim.Usage(context.Background())})
 }
 
-// statusSnapshot gathers what the status page shows.
+// statusSnapshot returns the data that the status page shows.
 func (s *Server) statusSnapshot() statuspage.Snapshot {
 	snap := statuspage.Snapshot{
 		Version:       s.version,

@@ -12,10 +12,10 @@ import (
 	"github.com/llmproxy/llmproxy/ratelimit"
 )
 
-// identify finds the request's API key and client identity, and its
-// priority class. A missing or unknown key gets 401 when keys are
-// required; a class above the key's own, or an unknown one, gets 400.
-// It reports whether the request may go on.
+// identify finds the request's API key, client identity and priority
+// class. A missing or unknown key gets 401 when keys are required. A class
+// above the key's own, or an unknown class, gets 400. It reports whether
+// the request may continue.
 func (s *Server) identify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
 	lim := s.limiter()
 	if lim != nil {
@@ -98,12 +98,12 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 	})
 	d.VisitHeaders(ctx.Response.Header.Set)
 	if !d.Allowed {
-		who := "this client address"
+		subject := "this client address"
 		if rs.apiKey != nil {
-			who = "key " + quote(rs.apiKey.Name)
+			subject = "key " + quote(rs.apiKey.Name)
 		}
 		writeError(ctx, rt, fasthttp.StatusTooManyRequests,
-			"rate limit exceeded: "+limitText(d.Limit)+" of "+who+", retry after "+retryAfter(d))
+			"rate limit exceeded: "+limitText(d.Limit)+" of "+subject+", retry after "+retryAfter(d))
 		return false
 	}
 	rs.reservation = res
@@ -141,7 +141,7 @@ func (rs *reqState) settle() {
 }
 
 // stripProxyKey removes the proxy's own API key from a request before it
-// is forwarded: nodes need no key, and must never see one.
+// is forwarded. Nodes need no key and must never see one.
 func stripProxyKey(h *fasthttp.RequestHeader) {
 	h.Del("Authorization")
 	h.Del("X-API-Key")

@@ -149,7 +149,7 @@ func TestCacheControlDirectives(t *testing.T) {
 	resp = post(t, f.proxy.URL()+"/api/embed", body, "Cache-Control", "no-cache")
 	readBody(t, resp)
 	if cacheHeader(resp) == "hit-l1" {
-		t.Error("no-cache was answered from the cache")
+		t.Error("no-cache request was served from the cache")
 	}
 	if n := f.a.Server().Requests("/api/embed"); n != 3 {
 		t.Errorf("node saw %d requests, want 3", n)

@@ -10,19 +10,20 @@ import (
 	"github.com/llmproxy/llmproxy/cache"
 )
 
-// storeTimeout bounds the write of an answer to the cache after it was
-// sent, so that a slow Redis never holds a request open for long.
+// storeTimeout is the maximum time for writing a response to the cache
+// after it was sent, so that a slow Redis cannot hold a request open for
+// long.
 const storeTimeout = 2 * time.Second
 
-// cacheable marks the routes whose answers the cache may hold.
+// cacheable reports whether the cache may store the responses of rt.
 func cacheable(rt route) bool {
 	return rt.inference && rt.name != "/v1/responses" && rt.name != "/v1/messages"
 }
 
-// serveCached serves a request through the response cache: a hit is
-// answered at once in the form the client asked for; identical
-// non-streaming misses wait for one upstream request; a miss is stored
-// when its answer completes. It reports whether it answered; false means
+// serveCached serves a request through the response cache. A hit is sent
+// at once in the form the client requested. Identical non-streaming misses
+// wait for one upstream request, and a miss is stored when its response
+// completes. It reports whether it served the request. False means that
 // the request is not cacheable and should be forwarded as usual.
 func (s *Server) serveCached(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
 	c := s.cache
@@ -49,7 +50,7 @@ func setCacheResult(ctx *fasthttp.RequestCtx, rs *reqState, r cache.Result) {
 	ctx.Response.Header.Set("X-LLMProxy-Cache", string(r))
 }
 
-// sendEntry answers from a cached entry rendered for this request.
+// sendEntry responds with a cached entry rendered for this request.
 func sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry, plan cache.Plan, r cache.Result) {
 	body, ct := e.Render(plan)
 	ctx.SetStatusCode(fasthttp.StatusOK)
@@ -72,7 +73,8 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 		// A streamed miss is relayed as it arrives and stored when it
 		// completes.
 		// NOTE: streamed misses are not coalesced with identical requests,
-		// since the leader's answer leaves the handler before it is complete.
+		// because the first request's response leaves the handler before it
+		// is complete.
 		f.store = &pendingStore{cache: c, plan: plan, agg: c.NewAggregator(plan)}
 		setCacheResult(ctx, rs, cache.ResultMiss)
 		s.forward(ctx, rt, rs, f)
@@ -83,7 +85,7 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 		watch.stop()
 		setCacheResult(ctx, rs, cache.ResultMiss)
 		s.forward(ctx, rt, rs, f)
-		return s.storeAnswer(ctx, plan)
+		return s.storeResponse(ctx, plan)
 	})
 	watch.finish()
 	switch {
@@ -96,9 +98,9 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 	}
 }
 
-// storeAnswer stores the non-streamed answer forward left in ctx, and
-// returns the entry for the requests that waited for it.
-func (s *Server) storeAnswer(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.Entry {
+// storeResponse stores the non-streamed response that forward left in
+// ctx, and returns the entry for the requests that waited for it.
+func (s *Server) storeResponse(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.Entry {
 	if ctx.Response.StatusCode() != fasthttp.StatusOK {
 		return nil
 	}
@@ -108,12 +110,12 @@ func (s *Server) storeAnswer(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.E
 	defer cancel()
 	e, err := s.cache.Store(sctx, plan, agg, true)
 	if err != nil && !errors.Is(err, cache.ErrNotCacheable) {
-		s.log.Debug("answer not cached", "route", plan.Route, "error", err)
+		s.log.Debug("response not cached", "route", plan.Route, "error", err)
 	}
 	return e
 }
 
-// serveCachedEmbeddings answers the cached inputs of an embedding request
+// serveCachedEmbeddings serves the cached inputs of an embedding request
 // from the cache and sends only the missing ones to a node.
 func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, plan cache.Plan) {
 	c := s.cache
@@ -142,7 +144,7 @@ func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *r
 }
 
 // storeEmbeddings stores the vectors a node computed for the missing
-// inputs and answers the whole request, in input order.
+// inputs and responds to the whole request, in input order.
 func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cache.Batch, plan cache.Plan) *cache.Entry {
 	if ctx.Response.StatusCode() != fasthttp.StatusOK {
 		return nil
@@ -153,7 +155,7 @@ func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cach
 	if err != nil {
 		if b.Partial() {
 			writeError(ctx, route{openAI: plan.Route == "/v1/embeddings"}, fasthttp.StatusBadGateway,
-				"node answered an invalid embedding response: "+err.Error())
+				"node returned an invalid embedding response: "+err.Error())
 		}
 		return nil
 	}
@@ -165,8 +167,8 @@ func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cach
 	return e
 }
 
-// pendingStore collects a streamed answer for the cache while it is
-// relayed, and stores it when the stream ends complete.
+// pendingStore collects a streamed response for the cache while it is
+// relayed, and stores it if the stream completes.
 type pendingStore struct {
 	cache *cache.Cache
 	plan  cache.Plan

@@ -7,10 +7,10 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// applyCORS answers browser requests as Ollama does: an Origin that is
-// neither local nor allowed by cors.allowed_origins gets 403 with an empty
-// body; an allowed one gets the CORS headers. It reports whether the
-// request may go on.
+// applyCORS handles the Origin header as Ollama does. A request whose
+// Origin is neither local nor allowed by cors.allowed_origins gets 403 with
+// an empty body, and an allowed one gets the CORS headers. It reports
+// whether the request may continue.
 func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	origin := ctx.Request.Header.Peek("Origin")
 	if len(origin) == 0 {
@@ -36,9 +36,12 @@ func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	return true
 }
 
-// originAllowed accepts local origins, as Ollama does by default, and
-// those listed in cors.allowed_origins ("*" allows any; a "*" inside an
-// entry matches any text, as in "https://*.example.com").
+// originAllowed reports whether origin is allowed. Like Ollama's default,
+// it allows http and https origins on localhost, 127.0.0.1, ::1 or 0.0.0.0,
+// and every origin with the app, file, tauri or vscode-webview scheme. It
+// also allows the entries of cors.allowed_origins, where "*" allows any
+// origin and a "*" inside an entry matches any text, as in
+// "https://*.example.com".
 func (s *Server) originAllowed(origin string) bool {
 	for _, allowed := range s.config().CORS.AllowedOrigins {
 		if allowed == "*" || allowed == origin || wildcardMatch(allowed, origin) {

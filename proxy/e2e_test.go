@@ -281,7 +281,7 @@ func TestStreamLinesLeaveAsTheyArrive(t *testing.T) {
 	sim := f.sim(node)
 	br := bufio.NewReader(resp.Body)
 	// The first line arrives while the node is still generating: the
-	// proxy did not wait for the whole answer.
+	// proxy did not wait for the whole response.
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		t.Fatalf("first line: %v", err)
@@ -358,7 +358,7 @@ func TestColdLoadIsNotAGatewayError(t *testing.T) {
 	resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
 	body := readBody(t, resp)
 	if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"done":true`)) {
-		t.Fatalf("cold load answer: %d %s", resp.StatusCode, body)
+		t.Fatalf("cold load response: %d %s", resp.StatusCode, body)
 	}
 	if a.Server().Loads("m:latest") != 1 {
 		t.Errorf("loads = %d, want 1", a.Server().Loads("m:latest"))
@@ -461,7 +461,7 @@ func TestEmbedKeepsInputOrder(t *testing.T) {
 	}
 	for i := range d.Embeddings {
 		if p.Embeddings[i][0] != d.Embeddings[i][0] {
-			t.Errorf("vector %d differs from the node's own answer", i)
+			t.Errorf("vector %d differs from the node's own response", i)
 		}
 	}
 }
@@ -528,7 +528,7 @@ func TestUnloadReachesEveryHolder(t *testing.T) {
 	}
 	for _, sim := range []*ollamasim.Running{f.a, f.b} {
 		if loaded := sim.Server().LoadedModels(); len(loaded) != 0 {
-			t.Errorf("node %s still holds %v", sim.Addr(), loaded)
+			t.Errorf("node %s still has %v loaded", sim.Addr(), loaded)
 		}
 	}
 }

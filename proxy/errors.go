@@ -12,8 +12,8 @@ import (
 )
 
 // StatusClientClosed is the status logged and counted for a request whose
-// client went away before the answer was complete (nginx's 499). It is
-// never sent, as nobody is left to receive it.
+// client went away before the response was complete (nginx's 499). It is
+// never sent, because nobody is left to receive it.
 const StatusClientClosed = 499
 
 // writeError sends an error in the shape the route's clients parse:

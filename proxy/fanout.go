@@ -17,7 +17,8 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// refreshTimeout bounds an inventory refresh made on a request's behalf.
+// refreshTimeout is the maximum duration of an inventory refresh made for
+// a request.
 const refreshTimeout = 5 * time.Second
 
 // serveFanout serves the model management routes that change every node
@@ -85,8 +86,9 @@ type fanoutResult struct {
 	errMsg string
 }
 
-// waitFanout sends the request to every target, waits for all, and
-// answers success only when every node succeeded.
+// waitFanout sends the request to every target and waits for all of them.
+// It responds with the first node's response when every node succeeded,
+// and otherwise with the error of the first node that failed.
 func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
@@ -121,8 +123,8 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, ta
 }
 
 // fanoutOne sends req to one node. With lines set, each progress line of
-// a streamed answer is passed on as it arrives, except the node's own
-// final success line: the proxy sends one for all nodes at the end.
+// a streamed response is passed on as it arrives, except the node's own
+// final success line, because the proxy sends one for all nodes at the end.
 func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
 	lines chan<- []byte) fanoutResult {
 	r := fanoutResult{node: n}
@@ -281,7 +283,7 @@ func (f *fanoutStream) Close() error {
 }
 
 // serveUnload sends a keep_alive 0 request without prompt to every node
-// holding the model, so that the model leaves every node's memory.
+// that has the model loaded, so that the model leaves every node's memory.
 func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
 	holders := s.bal.Holding(f.model)
 	if len(holders) <= 1 {
@@ -384,8 +386,8 @@ func (s *Server) refreshNodes(nodes []*balancer.Node) {
 	wg.Wait()
 }
 
-// refreshAll refreshes every node's inventory, at most once a second, and
-// reports whether it did.
+// refreshAll refreshes every node's inventory, at most once a second. It
+// reports whether it refreshed and ctx is still live.
 func (s *Server) refreshAll(ctx context.Context) bool {
 	now := time.Now().UnixNano()
 	last := s.lastRefresh.Load()

@@ -11,17 +11,18 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// fields holds what the proxy reads of a request body. The body itself is
-// forwarded unchanged; nothing here is written back.
+// fields are the values the proxy reads from a request body, and the
+// routing state derived from them. The proxy forwards the body unchanged
+// unless body is set.
 type fields struct {
-	model string // normalised
+	model string // normalized name
 	// rawModel is the name as the client sent it, for error messages.
 	rawModel string
 	stream   bool
 	// unload is keep_alive 0: Ollama unloads the model after the request.
 	unload bool
-	// preload is a generate without prompt or a chat without messages,
-	// which Ollama answers by loading the model.
+	// preload is a generate without prompt or a chat without messages, to
+	// which Ollama responds by loading the model.
 	preload bool
 	numCtx  int
 	// maxTokens is options.num_predict or max_tokens, 0 when unset.
@@ -30,13 +31,13 @@ type fields struct {
 	includeUsage bool
 	// pinned, when set, is the only node the request may go to.
 	pinned *balancer.Node
-	// refresh asks for the node's inventory to be refreshed after success.
+	// refresh requests a refresh of the node's inventory after a success.
 	refresh bool
 	// affinity identifies the conversation of a chat, 0 for none.
 	affinity uint64
 	// body, when set, is sent to the node in place of the client's body.
 	body []byte
-	// store, when set, collects a streamed answer for the cache.
+	// store, when set, collects a streamed response for the cache.
 	store *pendingStore
 }
 
@@ -82,8 +83,8 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	return f, nil
 }
 
-// streamFlag applies each API's default: Ollama streams unless "stream" is
-// false, OpenAI streams only when it is true.
+// streamFlag applies each API's default. Ollama streams unless "stream"
+// is false, and OpenAI streams only when it is true.
 func streamFlag(v *fastjson.Value, r route) bool {
 	if !r.streams {
 		return false
@@ -95,8 +96,9 @@ func streamFlag(v *fastjson.Value, r route) bool {
 	return s.Type() == fastjson.TypeTrue
 }
 
-// isZeroKeepAlive reports keep_alive 0, "0", "0s" or "0m": Ollama then
-// unloads the model once the request is done.
+// isZeroKeepAlive reports whether keep_alive is 0 or a zero duration such
+// as "0", "0s" or "0m". Ollama then unloads the model once the request is
+// done.
 func isZeroKeepAlive(v *fastjson.Value) bool {
 	if v == nil {
 		return false
@@ -130,11 +132,11 @@ func isPreload(v *fastjson.Value, name string) bool {
 	return false
 }
 
-// conversationKey identifies a conversation by its model, its system
-// messages and its first user message, which every later turn repeats:
-// turns of one conversation share the key, and so the node whose prompt
-// cache holds their common prefix. It returns 0 when there is no user
-// message.
+// conversationKey hashes the model, the system messages before the first
+// user message, and that user message, which every later turn repeats.
+// Turns of one conversation therefore share the key, and so the node whose
+// prompt cache contains their common prefix. It returns 0 when there is no
+// user message.
 func conversationKey(model string, messages []*fastjson.Value) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(model))

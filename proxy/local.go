@@ -15,23 +15,23 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// listTimeout bounds the wait for one node's listing; a node slower than
-// this is left out of the merged answer rather than delaying it.
+// listTimeout is the maximum wait for one node's listing. A node slower
+// than this is left out of the merged response rather than delaying it.
 const listTimeout = 5 * time.Second
 
-// nodeAnswer is one node's answer to a request sent to several nodes.
-type nodeAnswer struct {
+// nodeResponse is one node's response to a request sent to several nodes.
+type nodeResponse struct {
 	node   *balancer.Node
 	status int
 	body   []byte
 	err    error
 }
 
-// getAll sends GET path to every usable node at once and returns their
-// answers in node order.
-func (s *Server) getAll(ctx context.Context, path string) []nodeAnswer {
+// getAll sends GET path to every usable node concurrently and returns
+// their responses in node order.
+func (s *Server) getAll(ctx context.Context, path string) []nodeResponse {
 	nodes := s.bal.Usable()
-	out := make([]nodeAnswer, len(nodes))
+	out := make([]nodeResponse, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
 		wg.Add(1)
@@ -44,7 +44,7 @@ func (s *Server) getAll(ctx context.Context, path string) []nodeAnswer {
 	return out
 }
 
-func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) nodeAnswer {
+func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) nodeResponse {
 	ctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
 	req := fasthttp.AcquireRequest()
@@ -55,19 +55,19 @@ func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) node
 	t := timeouts{connect: cfg.Upstream.Connect, firstByte: listTimeout, idle: listTimeout}
 	ex, err := s.upstreamFor(n).send(ctx, req, t)
 	if err != nil {
-		return nodeAnswer{node: n, err: err}
+		return nodeResponse{node: n, err: err}
 	}
 	body, err := ex.readAll(64 << 20)
 	if err != nil {
 		ex.close()
-		return nodeAnswer{node: n, err: err}
+		return nodeResponse{node: n, err: err}
 	}
 	ex.finish()
-	return nodeAnswer{node: n, status: ex.resp.StatusCode(), body: body}
+	return nodeResponse{node: n, status: ex.resp.StatusCode(), body: body}
 }
 
-// serveVersion answers the lowest version among usable nodes, so that a
-// client never relies on a feature some node lacks.
+// serveVersion responds with the lowest version among usable nodes, so
+// that a client does not rely on a feature that some node lacks.
 func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
 	var lowest string
 	for _, a := range s.getAll(context.Background(), "/api/version") {
@@ -81,30 +81,30 @@ func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
 		}
 	}
 	if lowest == "" {
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
 	}
 	ctx.SetContentType("application/json; charset=utf-8")
 	ctx.SetBodyString(`{"version":` + strconv.Quote(lowest) + `}`)
 }
 
-// serveTags answers the union of the nodes' model lists, one entry per
-// model, each entry as the first node that lists it sent it.
+// serveTags responds with the union of the nodes' model lists, with one
+// entry per model as the first node that lists it sent it.
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
 	entries, ok := s.mergeLists("/api/tags", "")
 	if !ok {
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
 	}
 	writeModelList(ctx, entries)
 }
 
-// servePS answers the union of the models loaded on the nodes, one entry
-// per model: the one that expires last.
+// servePS responds with the union of the models loaded on the nodes, with
+// one entry per model: the entry that expires last.
 func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
 	entries, ok := s.mergeLists("/api/ps", "expires_at")
 	if !ok {
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
 	}
 	writeModelList(ctx, entries)
@@ -113,18 +113,22 @@ func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
 type listEntry struct {
 	name string
 	raw  []byte
-	rank string // compared when two nodes list the same model
+	// rank is compared as a string when two nodes list the same model.
+	// NOTE: for expires_at this orders correctly only when the nodes report
+	// times in the same time zone.
+	rank string
 }
 
 // mergeLists fetches a {"models":[...]} list from every usable node and
 // keeps one entry per model name. With rankField set, the entry with the
-// greatest value of that field wins; otherwise the first node's.
+// greatest value of that field wins, and otherwise the first node's entry.
+// The bool reports whether any node responded with a valid list.
 func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
-	answers := s.getAll(context.Background(), path)
+	responses := s.getAll(context.Background(), path)
 	byName := map[string]listEntry{}
-	answered := false
+	responded := false
 	var p fastjson.Parser
-	for _, a := range answers {
+	for _, a := range responses {
 		if a.err != nil || a.status != 200 {
 			continue
 		}
@@ -132,7 +136,7 @@ func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
 		if err != nil {
 			continue
 		}
-		answered = true
+		responded = true
 		for _, m := range v.GetArray("models") {
 			e := listEntry{name: string(m.GetStringBytes("name"))}
 			e.raw = m.MarshalTo(nil)
@@ -150,7 +154,7 @@ func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
 		out = append(out, e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
-	return out, answered
+	return out, responded
 }
 
 func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
@@ -167,12 +171,12 @@ func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
 	ctx.SetBody(b)
 }
 
-// serveOpenAIModels answers GET /v1/models and /v1/models/{model} from the
+// serveOpenAIModels serves GET /v1/models and /v1/models/{model} from the
 // merged model list, in OpenAI's shape as Ollama builds it.
 func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route) {
 	entries, ok := s.mergeLists("/api/tags", "")
 	if !ok {
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node answered")
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
 	}
 	var p fastjson.Parser

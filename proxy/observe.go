@@ -40,9 +40,9 @@ func (s *Server) initMetricsHandler() {
 	s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(h)
 }
 
-// serveReady answers 200 when at least one node may take requests, and
-// 503 otherwise, for load balancers and orchestrators in front of the
-// proxy.
+// serveReady responds with 200 when at least one node may take requests,
+// and with 503 otherwise, for load balancers and orchestrators in front of
+// the proxy.
 func (s *Server) serveReady(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("text/plain; charset=utf-8")
 	if len(s.bal.Usable()) == 0 {

@@ -30,7 +30,7 @@ func TestOpenAIChat(t *testing.T) {
 		t.Fatalf("chat: %v", err)
 	}
 	if len(resp.Choices) != 1 || resp.Choices[0].Message.Content == "" || resp.Usage.TotalTokens == 0 {
-		t.Errorf("chat answer %+v", resp)
+		t.Errorf("chat response %+v", resp)
 	}
 
 	req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}

@@ -13,8 +13,9 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// deliver sends the node's answer to the client: a streamed answer line by
-// line as it arrives, any other answer once read in full.
+// deliver sends the node's response to the client. A streamed response
+// goes line by line as it arrives, and any other response once read in
+// full.
 func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
 	ctx.SetStatusCode(ex.resp.StatusCode())
@@ -28,7 +29,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	ctx.Response.ResetBody()
 	err := ex.readInto(ctx.Response.BodyWriter(), maxResponseBytes)
 	body := ctx.Response.Body()
-	gone := watch.gone()
+	clientGone := watch.gone()
 	// The exchange ends before the watch cancels its context, or the
 	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
@@ -36,7 +37,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		watch.finish()
 		lease.Release()
 		cause := err
-		if gone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
+		if clientGone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
 			cause = errClientGone
 		} else {
 			s.report(lease.Node, reasonMidStream)
@@ -56,7 +57,9 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	}
 }
 
-// afterSuccess records what a served request tells of its node.
+// afterSuccess updates the node's inventory after a successful request.
+// It marks the model loaded or unloaded, and refreshes the node when the
+// request changed its models.
 func (s *Server) afterSuccess(rs *reqState, rt route, f fields, n *balancer.Node) {
 	if rt.inference && f.model != "" {
 		if f.unload {
@@ -70,7 +73,8 @@ func (s *Server) afterSuccess(rs *reqState, rt route, f fields, n *balancer.Node
 	}
 }
 
-// isStreamed reports an answer framed as a stream: NDJSON or SSE.
+// isStreamed reports whether a response is framed as a stream: NDJSON or
+// SSE.
 func isStreamed(h *fasthttp.ResponseHeader) bool {
 	ct := h.ContentType()
 	return bytes.HasPrefix(ct, []byte("application/x-ndjson")) ||
@@ -91,7 +95,7 @@ func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHea
 	}
 }
 
-// deliverStream hands the answer to fasthttp as a body stream. fasthttp
+// deliverStream hands the response to fasthttp as a body stream. fasthttp
 // calls relay.Read after the handler returns and writes each read as one
 // HTTP chunk, flushed at once, so a line leaves the proxy as soon as it
 // arrives.
@@ -110,7 +114,7 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	ctx.SetBodyStream(r, -1)
 }
 
-// relay reads a streamed answer from a node line by line and gives each
+// relay reads a streamed response from a node line by line and gives each
 // line to fasthttp as it arrives. It reads the final line for accounting
 // and ends a broken stream with an error in the stream's own format.
 type relay struct {
@@ -132,8 +136,9 @@ type relay struct {
 	failed  error
 }
 
-// relayBufferSize bounds what a relay reads ahead of the client. Ollama's
-// stream lines are a few hundred bytes; a longer line passes in pieces.
+// relayBufferSize is the maximum number of bytes that a relay reads ahead
+// of the client. Ollama's stream lines are a few hundred bytes, and a longer
+// line passes in pieces.
 const relayBufferSize = 8 << 10
 
 var relayPool = sync.Pool{New: func() any {
@@ -148,8 +153,8 @@ func (r *relay) reset(body io.Reader) {
 // readerOnly hides the exchange's other methods from bufio.
 type readerOnly struct{ io.Reader }
 
-// Read returns the next line of the answer, or the rest of a line that did
-// not fit p.
+// Read copies the next line of the response into p, or the rest of a line
+// that did not fit.
 func (r *relay) Read(p []byte) (int, error) {
 	if len(r.pending) > 0 {
 		n := copy(p, r.pending)
@@ -212,9 +217,10 @@ func (r *relay) observe(line []byte) {
 	r.s.parsers.Put(p)
 }
 
-// fail ends a broken stream. When the client went away nothing more can
-// be sent; otherwise the client gets an error line in the stream's own
-// format and a clean end of the response, and the node is charged.
+// fail ends a broken stream. When the client went away, nothing more can
+// be sent. Otherwise the client gets an error line in the stream's own
+// format and a clean end of the response, and the failure counts against
+// the node.
 func (r *relay) fail(p []byte, err error) (int, error) {
 	r.done = true
 	if errors.Is(err, errClientGone) || errors.Is(err, errCancelled) || r.watch.gone() {
@@ -223,7 +229,7 @@ func (r *relay) fail(p []byte, err error) (int, error) {
 	}
 	r.failed = err
 	r.s.report(r.lease.Node, reasonMidStream)
-	msg := "node " + r.lease.Node.Name + " failed during the answer: " + err.Error()
+	msg := "node " + r.lease.Node.Name + " failed during the response: " + err.Error()
 	var b []byte
 	if !r.lastNL {
 		b = append(b, '\n')
@@ -241,8 +247,8 @@ func (r *relay) fail(p []byte, err error) (int, error) {
 	return n, nil
 }
 
-// Close ends the request once fasthttp has written the body or given up:
-// it frees the node connection and slot, and logs the request.
+// Close ends the request once fasthttp has written the body or given up.
+// It frees the node connection and slot, and logs the request.
 func (r *relay) Close() error {
 	complete := r.done && r.failed == nil
 	// The exchange ends before the watch cancels its context, as in

@@ -13,8 +13,8 @@ import (
 type attempt struct {
 	// err is set when no response headers arrived.
 	err error
-	// status and body are set when the node answered with an error status
-	// that was read in full to decide on a retry.
+	// status and body are set when the node responded with a 5xx status,
+	// whose body was read to decide on a retry.
 	status int
 	body   []byte
 	// coldLoad is set when the node did not have the model loaded, so a
@@ -32,12 +32,12 @@ const (
 	reasonBusy      = "busy"
 )
 
-// verdict is what the retry rules decide about one attempt.
+// verdict is the decision of the retry rules on one attempt.
 type verdict struct {
 	// retry sends the request to another node.
 	retry bool
-	// failure names why the attempt counts against the node; "" when the
-	// node is not at fault (a 4xx, a busy node, a client that went away).
+	// failure names why the attempt counts against the node. It is "" when
+	// the node is not at fault (a 4xx, a busy node, a client that went away).
 	failure string
 	// reason labels the retry in metrics.
 	reason string
@@ -45,10 +45,11 @@ type verdict struct {
 
 // judge applies the retry rules. A request is retried only while nothing
 // has reached the client, so judge is never asked about a stream that
-// started. It never retries a 4xx (the request itself is at fault and
-// would fail the same way anywhere), a client that went away, or a
-// first-byte timeout on a node that was loading the model, since another
-// node would have to load it again.
+// started. It never retries a 4xx, because the request itself is at fault
+// and would fail the same way anywhere. Nor does it retry a client that
+// went away, the end of upstream.total, or a first-byte timeout on a node
+// that was loading the model, because another node would have to load it
+// again.
 func judge(a attempt) verdict {
 	switch {
 	case a.err != nil && errors.Is(a.err, errClientGone):
@@ -72,7 +73,7 @@ func judge(a attempt) verdict {
 	return verdict{}
 }
 
-// isBusy recognises Ollama's answer when its queue is full
+// isBusy recognizes Ollama's response when its queue is full
 // (OLLAMA_MAX_QUEUE): 503 {"error":"server busy, please try again. ..."}.
 func isBusy(body []byte) bool {
 	return bytes.Contains(body, []byte("server busy"))

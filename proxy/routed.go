@@ -11,21 +11,22 @@ import (
 	"github.com/llmproxy/llmproxy/balancer"
 )
 
-// maxResponseBytes bounds a non-streamed answer held in memory; the
-// largest real ones are embedding batches of a few megabytes.
+// maxResponseBytes is the maximum size of a non-streamed response held in
+// memory. The largest real ones are embedding batches of a few megabytes.
 const maxResponseBytes = 512 << 20
 
-// HealthReporter is told the outcome of every request sent to a node, so
+// HealthReporter receives the outcome of every request sent to a node, so
 // that passive checks and circuit breakers see real traffic. The health
-// package implements it; nil reports nowhere.
+// package implements it. A nil HealthReporter discards the outcomes.
 type HealthReporter interface {
-	// Report records one request's outcome on n: failure is "" for a
-	// success or a reason such as "connect" or "timeout".
+	// Report records one request's outcome on n. failure is "" for a
+	// success, or a reason such as "connect" or "timeout".
 	Report(n *balancer.Node, failure string)
 }
 
-// serveRouted serves a request that one node answers: the node is chosen
-// by model, the body forwarded unchanged, and the answer relayed back.
+// serveRouted serves a request that one node handles. After the API key
+// and limit checks, it serves the request from the cache when it can, or
+// forwards it to a node chosen by model and relays the response back.
 func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	p := s.parsers.Get()
 	f, err := inspect(p, rt, ctx.PostBody())
@@ -53,7 +54,7 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 }
 
 // forward sends the request to the best node, failing over to others
-// before the first byte reaches the client, and relays the answer.
+// before the first byte reaches the client, and relays the response.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
 	cfg := s.config()
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
@@ -109,9 +110,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	s.failAttempt(ctx, rt, rs, last)
 }
 
-// acquire asks the balancer for a node, refreshing the inventories once
-// when no node lists the model: it may have been pulled on a node since
-// the last poll.
+// acquire gets a lease on a node from the balancer, or on f.pinned when it
+// is set. When no node lists the model, acquire refreshes the inventories
+// (at most once a second) and tries again, because the model may have been
+// pulled on a node since the last poll.
 func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
 	tried []*balancer.Node) (*balancer.Lease, error) {
 	if f.pinned != nil {
@@ -136,8 +138,9 @@ func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
 	return lease, err
 }
 
-// try sends the request to node and reads the answer up to its headers.
-// An error status is read in full so that the retry rules can see it.
+// try sends the request to node and reads the response up to its headers.
+// A 5xx response body is read, up to 64 KiB, so that the retry rules can
+// see it.
 func (s *Server) try(ctx context.Context, node *balancer.Node, req *fasthttp.Request, f fields) (attempt, *exchange) {
 	a := attempt{coldLoad: f.model != "" && !node.IsLoaded(f.model, f.numCtx)}
 	cfg := s.config()
@@ -174,7 +177,7 @@ func (s *Server) report(n *balancer.Node, failure string) {
 	}
 }
 
-// failNoNode answers when the balancer has no node for the request.
+// failNoNode responds when the balancer returns no node for the request.
 func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, err error, last attempt) {
 	switch {
 	case errors.Is(err, balancer.ErrModelNotFound):
@@ -201,14 +204,14 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 	}
 }
 
-// failAttempt answers with the outcome of the last attempt: the node's own
-// error answer when it sent one, or a gateway error.
+// failAttempt responds with the outcome of the last attempt: the node's own
+// error response when it sent one, or a gateway error.
 func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a attempt) {
 	if a.err == nil && a.status != 0 {
 		ctx.SetStatusCode(a.status)
 		ctx.SetContentType(contentTypeJSON(rt))
 		ctx.SetBody(a.body)
-		rs.err = "node answered " + itoa(a.status)
+		rs.err = "node returned status " + itoa(a.status)
 		return
 	}
 	status := statusFor(a.err)
@@ -222,8 +225,9 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 }
 
 // upstreamRequest builds the request sent to nodes: the client's method,
-// path, query and body unchanged, with hop-by-hop headers and Origin
-// removed. The Host header is set per node by the upstream.
+// path, query, headers and body, without hop-by-hop headers, Origin,
+// Referer and the proxy's API key, and with the client address appended to
+// X-Forwarded-For. The upstream sets the Host header per node.
 func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
@@ -233,8 +237,8 @@ func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fastht
 	for _, h := range hopHeaders {
 		req.Header.Del(h)
 	}
-	// A browser's Origin makes Ollama answer 403; the proxy answers CORS
-	// itself.
+	// Ollama responds with 403 to a browser Origin it does not allow, and
+	// the proxy has already applied CORS itself.
 	req.Header.Del("Origin")
 	req.Header.Del("Referer")
 	req.SetRequestURIBytes(ctx.RequestURI())

@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// handling says how the proxy serves a route.
+// handling is the way the proxy serves a route.
 type handling uint8
 
 const (
@@ -23,7 +23,7 @@ const (
 	handleAdmin                     // the proxy's own admin routes
 	handleMethodNotAllowed          // a known path with another method
 	handleMetrics                   // Prometheus metrics
-	handleHealthz                   // the process serves
+	handleHealthz                   // the process is serving
 	handleReadyz                    // at least one node is up
 )
 
@@ -37,8 +37,8 @@ type route struct {
 	openAI bool
 	// inference marks routes that run a model and take a slot on a node.
 	inference bool
-	// streams marks routes whose answer streams unless "stream" is false
-	// (Ollama) or streams only when it is true (OpenAI).
+	// streams marks routes whose response can stream. Ollama routes stream
+	// unless "stream" is false, and OpenAI routes only when it is true.
 	streams bool
 }
 
@@ -87,7 +87,9 @@ var (
 // classify maps a method and path to a route. It allocates nothing for the
 // routes on the request path.
 func classify(method, path []byte) route {
-	p := string(path) // the compiler does not allocate for map lookups
+	// p does not escape, so the compiler converts paths of up to 32 bytes
+	// in a stack buffer.
+	p := string(path)
 	if bytes.HasPrefix(path, []byte("/admin")) &&
 		(len(path) == 6 || path[6] == '/') {
 		return routeAdmin
@@ -140,7 +142,7 @@ func knownPath(p string) bool {
 }
 
 // api reports whether the route is part of the Ollama or OpenAI API, which
-// keys protect; the heartbeat, probes, metrics and admin routes are not.
+// API keys protect. The heartbeat, probes, metrics and admin routes are not.
 func (r route) api() bool {
 	switch r.how {
 	case handleRoot, handleOptions, handleAdmin, handleMetrics, handleHealthz, handleReadyz,

@@ -63,7 +63,7 @@ func TestPriorityClassesUnderLoad(t *testing.T) {
 	finish := map[string][]time.Duration{}
 	for r := range results {
 		if r.code != 200 {
-			t.Fatalf("%s request answered %d", r.class, r.code)
+			t.Fatalf("%s request got status %d", r.class, r.code)
 		}
 		finish[r.class] = append(finish[r.class], r.at.Sub(start))
 	}
@@ -133,7 +133,7 @@ func TestSecondClientNotStarved(t *testing.T) {
 	}
 }
 
-func TestQueueFullAnswers503(t *testing.T) {
+func TestQueueFullReturns503(t *testing.T) {
 	a := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20})
 	cfg := testenv.Config(t, a)
 	cfg.Nodes[0].MaxConcurrent = 1

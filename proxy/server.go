@@ -1,8 +1,8 @@
-// Package proxy is the HTTP face of llmproxy: a fasthttp server that looks
-// to every client like one Ollama server, classifies each request, and
-// serves it locally, from one node chosen by the balancer, or from every
-// node concerned. Request bodies are forwarded byte for byte and streamed
-// answers leave the proxy line by line as they arrive.
+// Package proxy is the HTTP server of llmproxy, a fasthttp server that
+// clients see as one Ollama server. It classifies each request and serves
+// it locally, from one node chosen by the balancer, or from every node
+// concerned. Request bodies are forwarded byte for byte, and streamed
+// responses leave the proxy line by line as they arrive.
 package proxy
 
 import (
@@ -27,9 +27,9 @@ import (
 	"github.com/llmproxy/llmproxy/statuspage"
 )
 
-// Inventory refreshes what a node lists and holds in memory. The health
-// package implements it; the proxy calls it after it changed a node's
-// models and when a request names a model no node lists.
+// Inventory refreshes a node's listed and loaded models. The health package
+// implements it. The proxy calls it after it changed a node's models and
+// when a request names a model that no node lists.
 type Inventory interface {
 	Refresh(ctx context.Context, n *balancer.Node) error
 }
@@ -41,19 +41,21 @@ type Options struct {
 	Balancer  *balancer.Balancer
 	Metrics   *metrics.Metrics
 	Inventory Inventory
-	// Health is told the outcome of every request sent to a node.
+	// Health receives the outcome of every request sent to a node.
 	Health HealthReporter
 	// Limiter authenticates keys and enforces limits; nil disables both.
 	Limiter *ratelimit.Limiter
 	// Cache is the response cache; nil disables caching.
 	Cache *cache.Cache
-	// BreakerState names a node's circuit breaker state for GET /admin/nodes.
+	// BreakerState returns a node's circuit breaker state for
+	// GET /admin/nodes.
 	BreakerState func(*balancer.Node) string
-	// AdminRoutes serves further admin routes and reports whether it did.
+	// AdminRoutes serves additional admin routes and reports whether it
+	// handled the request.
 	AdminRoutes func(*fasthttp.RequestCtx) bool
 	Logger      *slog.Logger
-	// Version is the proxy's own version, sent in the Server header of
-	// admin answers.
+	// Version is the proxy's own version, shown by the admin status page
+	// and GET /admin/status.
 	Version string
 }
 
@@ -67,10 +69,10 @@ type Server struct {
 	lim    atomic.Pointer[ratelimit.Limiter]
 	// cache is the response cache; nil when cache.enabled is false.
 	cache *cache.Cache
-	// breakerState names a node's breaker state for the admin routes.
+	// breakerState returns a node's breaker state for the admin routes.
 	breakerState func(*balancer.Node) string
-	// adminExtra serves admin routes owned by other packages; it reports
-	// whether it answered.
+	// adminExtra serves admin routes owned by other packages and reports
+	// whether it handled the request.
 	adminExtra func(*fasthttp.RequestCtx) bool
 
 	cfg atomic.Pointer[config.Config]
@@ -93,7 +95,8 @@ type Server struct {
 	recentErrors *statuspage.RecentErrors
 	statusJSON   fasthttp.RequestHandler
 
-	// lastRefresh rate-limits inventory refreshes on unknown models.
+	// lastRefresh is the time of the last refreshAll in Unix nanoseconds,
+	// which limits such refreshes to one a second.
 	lastRefresh atomic.Int64
 }
 
@@ -176,7 +179,7 @@ func (s *Server) upstreamFor(n *balancer.Node) *upstream {
 	if u != nil && u.node == n {
 		return u
 	}
-	// A node the balancer offers before SetConfig saw it.
+	// The balancer can offer a node before SetConfig has created its pool.
 	s.upMu.Lock()
 	defer s.upMu.Unlock()
 	if u = s.ups[n.Name]; u == nil || u.node != n {
@@ -211,8 +214,9 @@ func (s *Server) AdminHandler() fasthttp.RequestHandler {
 // Handler returns the request handler, for tests and embedding.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
-// handle is the request pipeline: classify, answer CORS, then serve the
-// route locally, from one node, or from every node concerned.
+// handle is the request pipeline. It classifies the request, applies CORS
+// and API key checks, then serves the route locally, from one node, or from
+// every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	rt := classify(ctx.Method(), ctx.Path())
 	if rt.operational() && s.config().Admin.Listen != "" {
@@ -270,15 +274,15 @@ func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
 			"unknown path "+string(ctx.Path()))
 		return
 	}
-	// Ollama's router answers unknown paths with this plain text.
+	// Ollama's router responds to unknown paths with this plain text.
 	ctx.SetStatusCode(fasthttp.StatusNotFound)
 	ctx.SetContentType("text/plain")
 	ctx.SetBodyString("404 page not found")
 }
 
-// handleParseError answers requests fasthttp could not read: a body over
-// max_body_bytes gets 413 in the route's error shape, before the rest of
-// the body is read.
+// handleParseError responds to requests that fasthttp could not read. A
+// body over max_body_bytes gets 413 in the route's error shape without
+// being read in full.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	rt := classify(ctx.Method(), ctx.Path())
 	status := fasthttp.StatusBadRequest
@@ -297,7 +301,7 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 // discardBody reads and drops the rest of a rejected request body, for at
 // most drainTimeout. Closing a connection with unread data makes the
 // kernel send a reset, and a client still sending its body would then
-// lose the 413 answer. Nothing read is kept, so memory stays bounded.
+// lose the 413 response. Nothing read is kept, so memory stays bounded.
 func discardBody(ctx *fasthttp.RequestCtx) {
 	conn := ctx.Conn()
 	left := int64(ctx.Request.Header.ContentLength())
@@ -322,7 +326,7 @@ func discardBody(ctx *fasthttp.RequestCtx) {
 // drainPause ends discardBody when the client sends nothing for this long.
 const drainPause = 200 * time.Millisecond
 
-// drainTimeout bounds discardBody.
+// drainTimeout is the maximum time discardBody spends reading.
 const drainTimeout = 5 * time.Second
 
 // fasthttpLogger sends fasthttp's own messages to slog at Debug.

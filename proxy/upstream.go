@@ -19,7 +19,7 @@ import (
 
 // upstream sends requests to one node over a pool of keep-alive
 // connections. Each exchange owns its connection, so that cancelling a
-// request closes exactly that connection: Ollama notices the closed
+// request closes exactly that connection. Ollama notices the closed
 // connection and stops generating, which frees the node's slot.
 type upstream struct {
 	node *balancer.Node
@@ -63,8 +63,9 @@ func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 			Dial: func(a string) (net.Conn, error) {
 				return d.Dial("tcp", a)
 			},
-			// Below the idle timeout of Go servers such as Ollama, so that
-			// the proxy rarely writes to a connection the node is closing.
+			// Ollama's http.Server sets no idle timeout, so this bound is
+			// the proxy's own. It limits how long idle connections to a
+			// restarted or unreachable node linger in the pool.
 			MaxIdleConnDuration:           30 * time.Second,
 			MaxConns:                      1 << 16,
 			NoDefaultUserAgentHeader:      true,
@@ -103,8 +104,10 @@ type exchange struct {
 func (u *upstream) send(ctx context.Context, req *fasthttp.Request, t timeouts) (*exchange, error) {
 	ex, err := u.try(ctx, req, t)
 	if err != nil && ex == nil && errors.Is(err, errStaleConn) && ctx.Err() == nil {
-		// The pooled connection was closed by the node before it read the
-		// request, so the node never saw it: sending again is safe.
+		// The node closed the pooled connection before it read the request,
+		// so the node never saw it and sending again is safe.
+		// NOTE: a node that read the request and then closed the connection
+		// without a response looks the same, so it gets the request twice.
 		ex, err = u.try(ctx, req, t)
 	}
 	return ex, err
@@ -130,12 +133,14 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		_ = conn.SetDeadline(time.Unix(1, 0))
 	})
 	reused := !cc.LastUseTime().IsZero()
+
 	// Ollama bound to loopback rejects a Host that is not its own with 403.
 	req.Header.SetHost(u.host)
 	if err := ex.writeRequest(req); err != nil {
 		ex.close()
 		return nil, ex.wrap(ctx, "send request", err)
 	}
+
 	_ = conn.SetReadDeadline(time.Now().Add(t.firstByte))
 	ex.br = u.hc.AcquireReader(conn)
 	if err := ex.resp.Read(ex.br); err != nil {
@@ -177,8 +182,8 @@ func (ex *exchange) setBody() {
 }
 
 // Read reads the response body, bounding the silence between reads by the
-// idle timeout. The deadline moves only once half of it has passed, since
-// moving it on every chunk of a stream costs more than the read.
+// idle timeout. The deadline moves only once half of it has passed,
+// because moving it on every chunk of a stream costs more than the read.
 func (ex *exchange) Read(p []byte) (int, error) {
 	if ex.idle > 0 {
 		now := time.Now()
@@ -202,7 +207,7 @@ func (ex *exchange) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readAll reads the whole body, at most limit bytes.
+// readAll reads the whole body and fails when it exceeds limit bytes.
 func (ex *exchange) readAll(limit int64) ([]byte, error) {
 	var buf []byte
 	if n := ex.resp.ContentLength(); n > 0 && int64(n) <= limit {
@@ -244,7 +249,8 @@ func (ex *exchange) readInto(w io.Writer, limit int64) error {
 	return nil
 }
 
-// finish marks the body as fully read, so that the connection may be reused.
+// finish ends an exchange whose body was read in full, and returns the
+// connection to the pool when it can be reused.
 func (ex *exchange) finish() { ex.closeWith(true) }
 
 // close ends the exchange and closes its connection.

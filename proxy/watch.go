@@ -10,23 +10,23 @@ import (
 )
 
 // errClientGone is the cancellation cause when the client closed its
-// connection before the answer was complete.
+// connection before the response was complete.
 var errClientGone = errors.New("client closed the connection")
 
-// watchDelay is how long a request waits before its client connection is
-// watched. Most answers come sooner and then cost no goroutine and no
-// deadline changes; a client that leaves a longer request is noticed at
+// watchDelay is the time a request runs before its client connection is
+// watched. Most responses complete sooner and then cost no goroutine and no
+// deadline changes. A client that leaves a longer request is noticed at
 // most this much later.
 const watchDelay = 20 * time.Millisecond
 
 // clientWatch notices a client that closes its connection while the proxy
 // waits on a node. fasthttp reports no such event, and a request waiting
-// for a cold model load writes nothing for minutes, so the watch blocks in
-// a read on the client connection: a keep-alive client sends nothing
-// while it waits for an answer, so the read returns only when the client
-// closes the connection (EOF or reset).
+// for a cold model load writes nothing for minutes. So the watch blocks in
+// a read on the client connection. A keep-alive client sends nothing while
+// it waits for a response, so the read returns only when the client closes
+// the connection (EOF or reset).
 //
-// NOTE: a client that pipelines its next request before this answer is
+// NOTE: a client that pipelines its next request before this response is
 // complete loses the first byte of it to the watch. Ollama and OpenAI
 // clients do not pipeline.
 type clientWatch struct {
@@ -39,7 +39,7 @@ type clientWatch struct {
 	mu      sync.Mutex
 	started bool
 	stopped atomic.Bool
-	// pipelined is set when the client sent bytes during the answer.
+	// pipelined is set when the client sent bytes during the response.
 	pipelined atomic.Bool
 }
 
