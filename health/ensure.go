@@ -36,6 +36,10 @@ func (c *Checker) ensureModels(ctx context.Context, n *balancer.Node, ensure []s
 		if busy {
 			continue
 		}
+		// NOTE: the pull inherits the probe's ctx. A pull started by the
+		// ProbeAll of App.Start or App.Reload is cancelled when that call's
+		// context ends, and the next probe pulls again, so the node may see
+		// two pull requests.
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
