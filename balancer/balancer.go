@@ -203,7 +203,7 @@ func (b *Balancer) HasModel(model string) bool {
 	return false
 }
 
-// Holding returns the usable nodes that hold the model in memory.
+// Holding returns the usable nodes that have the model loaded.
 func (b *Balancer) Holding(model string) []*Node {
 	var out []*Node
 	for _, n := range b.Nodes() {
