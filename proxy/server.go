@@ -308,8 +308,9 @@ func discardBody(ctx *fasthttp.RequestCtx) {
 	if conn == nil || left <= 0 {
 		return
 	}
-	// fasthttp may already hold the start of the body in its buffer, so
-	// reading stops at a pause in the data rather than at a byte count.
+	// fasthttp may already have read the start of the body into its
+	// buffer, so reading stops at a pause in the data rather than at a byte
+	// count.
 	deadline := time.Now().Add(drainTimeout)
 	buf := make([]byte, 32<<10)
 	for left > 0 && time.Now().Before(deadline) {
