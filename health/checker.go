@@ -42,6 +42,9 @@ type Checker struct {
 	// is pulling, so that at most one pull runs per pair. pullMu guards it.
 	pullMu  sync.Mutex
 	pulling map[string]bool
+	// pullCtx outlives single probes; Run cancels it when it ends.
+	pullCtx    context.Context
+	pullCancel context.CancelFunc
 }
 
 // New returns a checker for the nodes of bal. m may be nil.
@@ -60,6 +63,7 @@ func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *sl
 		loops:    map[*balancer.Node]context.CancelFunc{},
 		pulling:  map[string]bool{},
 	}
+	c.pullCtx, c.pullCancel = context.WithCancel(context.Background())
 	c.Sync(cfg)
 	return c
 }
@@ -107,6 +111,7 @@ func (c *Checker) Run(ctx context.Context) {
 	}
 	c.mu.Unlock()
 	<-ctx.Done()
+	c.pullCancel()
 	c.wg.Wait()
 }
 
@@ -190,7 +195,7 @@ func (c *Checker) probe(ctx context.Context, t *tracker) {
 	// timeouts expire, so queued requests get another chance at every probe.
 	c.bal.Dispatch()
 	if err == nil && n.Up() {
-		c.ensureModels(ctx, n, cfg.Models.Ensure)
+		c.ensureModels(n, cfg.Models.Ensure)
 	}
 }
 

@@ -22,7 +22,7 @@ const pullTimeout = 2 * time.Hour
 // ensureModels starts a pull of each model in ensure that the node lacks.
 // The node gets traffic for a model only once its inventory lists it,
 // which happens on the refresh after the pull.
-func (c *Checker) ensureModels(ctx context.Context, n *balancer.Node, ensure []string) {
+func (c *Checker) ensureModels(n *balancer.Node, ensure []string) {
 	for _, name := range ensure {
 		model := wire.NormalizeModel(name)
 		if n.HasModel(model) {
@@ -36,10 +36,8 @@ func (c *Checker) ensureModels(ctx context.Context, n *balancer.Node, ensure []s
 		if busy {
 			continue
 		}
-		// NOTE: the pull inherits the probe's ctx. A pull started by the
-		// ProbeAll of App.Start or App.Reload is cancelled when that call's
-		// context ends, and the next probe pulls again, so the node may see
-		// two pull requests.
+		// The pull runs on the checker's own context, not the probe's:
+		// a probe made for App.Start or App.Reload ends long before a pull.
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -48,7 +46,7 @@ func (c *Checker) ensureModels(ctx context.Context, n *balancer.Node, ensure []s
 				delete(c.pulling, key)
 				c.pullMu.Unlock()
 			}()
-			c.pull(ctx, n, model)
+			c.pull(c.pullCtx, n, model)
 		}()
 	}
 }
