@@ -214,6 +214,17 @@ func (b *Balancer) Holding(model string) []*Node {
 	return out
 }
 
+// Listing returns the usable nodes that list the model.
+func (b *Balancer) Listing(model string) []*Node {
+	var out []*Node
+	for _, n := range b.Nodes() {
+		if n.Usable() && n.HasModel(model) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // Usable returns the nodes that may take requests now.
 func (b *Balancer) Usable() []*Node {
 	var out []*Node

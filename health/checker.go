@@ -262,7 +262,7 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	if t == nil {
 		return
 	}
-	if t.report(failure) {
+	if t.report(failure, c.othersUsable(n)) {
 		cfg := c.config()
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
 			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
@@ -395,4 +395,16 @@ func parsePS(body []byte) ([]balancer.Loaded, error) {
 		out = append(out, l)
 	}
 	return out, nil
+}
+
+// othersUsable reports whether a node other than n may take requests, so
+// that passive checks never take the last usable node out: a node that
+// fails some requests serves better than none.
+func (c *Checker) othersUsable(n *balancer.Node) bool {
+	for _, o := range c.bal.Nodes() {
+		if o != n && o.Usable() {
+			return true
+		}
+	}
+	return false
 }

@@ -105,7 +105,7 @@ func (t *tracker) Usable() bool {
 
 // report records one request's outcome and reports whether the node was
 // just taken out by passive checks.
-func (t *tracker) report(failure string) (tookOut bool) {
+func (t *tracker) report(failure string, mayTakeOut bool) (tookOut bool) {
 	var err error
 	if failure != "" {
 		err = errNodeFailure
@@ -124,7 +124,7 @@ func (t *tracker) report(failure string) (tookOut bool) {
 		}
 	}
 	t.failures = append(keep, now)
-	if len(t.failures) >= t.maxFails && !now.Before(t.outUntil) {
+	if mayTakeOut && len(t.failures) >= t.maxFails && !now.Before(t.outUntil) {
 		t.outUntil = now.Add(t.failWindow)
 		t.failures = t.failures[:0]
 		return true

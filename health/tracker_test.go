@@ -49,14 +49,14 @@ func TestPassiveWindow(t *testing.T) {
 		cfg.Breaker.ConsecutiveFailures = 100
 		cfg.Breaker.FailureRatio = 0
 	})
-	tr.report("connect")
-	tr.report("connect")
+	tr.report("connect", true)
+	tr.report("connect", true)
 	c.advance(31 * time.Second) // the first two fall out of the window
-	if tr.report("connect") {
+	if tr.report("connect", true) {
 		t.Fatal("taken out after one failure in the window")
 	}
-	tr.report("connect")
-	if !tr.report("connect") {
+	tr.report("connect", true)
+	if !tr.report("connect", true) {
 		t.Fatal("not taken out after three failures in the window")
 	}
 	if tr.Usable() {
@@ -75,7 +75,7 @@ func TestPassiveWindow(t *testing.T) {
 func TestSuccessesDoNotCountAsFailures(t *testing.T) {
 	tr, _ := newTestTracker(t, func(cfg *config.Config) { cfg.Health.MaxFails = 1 })
 	for i := 0; i < 10; i++ {
-		if tr.report("") {
+		if tr.report("", true) {
 			t.Fatal("a success took the node out")
 		}
 	}
@@ -91,7 +91,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Hour
 	})
 	for i := 0; i < 3; i++ {
-		tr.report("status_5xx")
+		tr.report("status_5xx", true)
 	}
 	if got := tr.breakerState(); got != "open" {
 		t.Fatalf("breaker %s after 3 consecutive failures, want open", got)
@@ -115,7 +115,7 @@ func TestHalfOpenLimitsProbes(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Millisecond
 		cfg.Breaker.HalfOpenRequests = 2
 	})
-	tr.report("timeout")
+	tr.report("timeout", true)
 	deadline := time.Now().Add(5 * time.Second)
 	for tr.breakerState() != "half-open" {
 		if time.Now().After(deadline) {

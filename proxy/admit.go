@@ -54,6 +54,14 @@ func (s *Server) chooseClass(ctx *fasthttp.RequestCtx, rt route, rs *reqState) b
 			" in X-Priority, want one of "+strings.Join(config.Classes, ", "))
 		return false
 	}
+	if rs.apiKey == nil && len(s.config().Auth.Keys) > 0 &&
+		config.ClassRank(class) < config.ClassRank(config.ClassStandard) {
+		// Where keys exist, a client without one gets no more than the
+		// standard class, so that dropping a key never outranks holding one.
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "priority class "+quote(class)+
+			" needs an API key with that class")
+		return false
+	}
 	if rs.apiKey != nil && config.ClassRank(class) < config.ClassRank(rs.class) {
 		writeError(ctx, rt, fasthttp.StatusBadRequest, "priority class "+quote(class)+
 			" is above the "+quote(rs.class)+" class of key "+quote(rs.apiKey.Name))

@@ -604,3 +604,58 @@ func TestUpstreamConnectionsAreReused(t *testing.T) {
 		t.Errorf("the last generate and chat came over %d connections, want one reused connection", len(conns))
 	}
 }
+
+func TestStreamOutlivesFirstByteTimeout(t *testing.T) {
+	// 20 lines 100 ms apart: the stream lasts about 2 s, past first_byte.
+	a := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 10, MinTokens: 20, MaxTokens: 20})
+	cfg := testenv.Config(t, a)
+	cfg.Upstream.FirstByte = 700 * time.Millisecond
+	cfg.Upstream.Idle = 5 * time.Second
+	p := testenv.Proxy(t, cfg)
+	body := readBody(t, post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"x"}]}`))
+	if bytes.Contains(body, []byte(`"error"`)) || !bytes.Contains(body, []byte(`"done":true`)) {
+		t.Errorf("stream cut: %s", body[max(0, len(body)-200):])
+	}
+}
+
+func TestExpectContinueIsServed(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", f.proxy.URL()+"/api/show",
+		strings.NewReader(`{"model":"m"}`))
+	req.Header.Set("Expect", "100-continue")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("request with Expect: 100-continue: %v", err)
+	}
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Errorf("status %d", resp.StatusCode)
+	}
+}
+
+func TestDuplicateKeysRejected(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	resp := post(t, f.proxy.URL()+"/api/generate", `{"model":"m","model":"other","prompt":"x"}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 400 || !strings.Contains(errorMessage(t, body), `duplicate key "model"`) {
+		t.Errorf("status %d body %s", resp.StatusCode, body)
+	}
+}
+
+func TestHeadBlobAnswersAtOnce(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "HEAD",
+		f.proxy.URL()+"/api/blobs/sha256:"+strings.Repeat("0", 64), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("HEAD blob: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("status %d, want 404 for a missing blob", resp.StatusCode)
+	}
+}

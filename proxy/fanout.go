@@ -285,7 +285,9 @@ func (f *fanoutStream) Close() error {
 // serveUnload sends a keep_alive 0 request without prompt to every node
 // that has the model loaded, so that the model leaves every node's memory.
 func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
-	holders := s.bal.Holding(f.model)
+	// Every usable node that lists the model: the proxy's view of what is
+	// loaded may be a poll old, and unloading an idle model costs nothing.
+	holders := s.bal.Listing(f.model)
 	if len(holders) <= 1 {
 		if len(holders) == 1 {
 			f.pinned = holders[0]
@@ -318,6 +320,7 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 		names = append(names, r.node.Name)
 	}
 	rs.node = strings.Join(names, ",")
+	ctx.Response.Header.Set("X-LLMProxy-Node", rs.node)
 	r := results[0]
 	if r.errMsg != "" && r.status < 400 {
 		writeError(ctx, rt, fasthttp.StatusBadGateway, r.errMsg)

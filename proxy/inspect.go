@@ -55,6 +55,12 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	if v.Type() != fastjson.TypeObject {
 		return f, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
 	}
+	if key := duplicateKey(v); key != "" {
+		// Ollama's JSON decoder takes the last value and this reader the
+		// first, so the proxy would route, check and bill another request
+		// than the node runs.
+		return f, fmt.Errorf("invalid JSON: duplicate key %q", key)
+	}
 	f.rawModel = string(v.GetStringBytes("model"))
 	if f.rawModel == "" && r.name == "/api/show" {
 		f.rawModel = string(v.GetStringBytes("name")) // older clients
@@ -158,4 +164,24 @@ func conversationKey(model string, messages []*fastjson.Value) uint64 {
 		}
 	}
 	return 0
+}
+
+// duplicateKey returns a top-level key that the object has more than once,
+// or "".
+func duplicateKey(v *fastjson.Value) string {
+	obj, err := v.Object()
+	if err != nil {
+		return ""
+	}
+	var keys [][]byte
+	dup := ""
+	obj.Visit(func(k []byte, _ *fastjson.Value) {
+		for _, seen := range keys {
+			if dup == "" && string(seen) == string(k) {
+				dup = string(k)
+			}
+		}
+		keys = append(keys, k)
+	})
+	return dup
 }

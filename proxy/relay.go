@@ -105,7 +105,9 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	ctx.Response.ImmediateHeaderFlush = true
 	r := relayPool.Get().(*relay)
-	r.reset(ex.body)
+	// Reads go through the exchange, which replaces the first-byte
+	// deadline with the idle one.
+	r.reset(ex)
 	r.s, r.rt, r.rs, r.f, r.lease, r.ex, r.watch = s, rt, rs, f, lease, ex, watch
 	r.sse = bytes.HasPrefix(ex.resp.ContentType(), []byte("text/event-stream"))
 	rs.deferred = true

@@ -152,7 +152,9 @@ func (s *Server) try(ctx context.Context, node *balancer.Node, req *fasthttp.Req
 	ex, err := s.upstreamFor(node).send(ctx, req, t)
 	if err != nil {
 		a.err = err
-		node.SetLastError(err.Error())
+		if !errors.Is(err, errClientGone) {
+			node.SetLastError(err.Error())
+		}
 		return a, nil
 	}
 	if st := ex.resp.StatusCode(); st >= 500 {
@@ -256,6 +258,9 @@ func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fastht
 var hopHeaders = []string{
 	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	// The proxy answered the client's 100-continue itself and sends the
+	// whole body at once, so the node must not wait to send its own.
+	"Expect",
 }
 
 func remoteIP(ctx *fasthttp.RequestCtx) string {

@@ -157,3 +157,22 @@ func (r route) api() bool {
 func (r route) operational() bool {
 	return r.how == handleAdmin || r.how == handleMetrics
 }
+
+// allowedMethods returns the Allow header of a known path.
+func allowedMethods(path []byte) string {
+	p := string(path)
+	var methods []string
+	if _, ok := getRoutes[p]; ok || strings.HasPrefix(p, "/v1/models/") {
+		methods = append(methods, "GET", "HEAD")
+	}
+	if _, ok := postRoutes[p]; ok || isBlobPath(p) {
+		methods = append(methods, "POST")
+	}
+	if isBlobPath(p) {
+		methods = append(methods, "HEAD")
+	}
+	if p == "/api/delete" {
+		methods = append(methods, "DELETE")
+	}
+	return strings.Join(append(methods, "OPTIONS"), ", ")
+}

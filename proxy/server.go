@@ -6,12 +6,14 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,6 +260,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case handleReadyz:
 		s.serveReady(ctx)
 	case handleMethodNotAllowed:
+		rt.openAI = bytes.HasPrefix(ctx.Path(), []byte("/v1/"))
+		ctx.Response.Header.Set("Allow", allowedMethods(ctx.Path()))
 		writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
 			"method "+string(ctx.Method())+" not allowed on "+string(ctx.Path()))
 	default:
@@ -286,7 +290,13 @@ func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	rt := classify(ctx.Method(), ctx.Path())
 	status := fasthttp.StatusBadRequest
-	msg := "invalid HTTP request: " + err.Error()
+	msg := "invalid HTTP request"
+	if strings.Contains(err.Error(), "small read buffer") {
+		// fasthttp's message quotes the raw request head, keys included,
+		// so it is never sent back.
+		status = fasthttp.StatusRequestHeaderFieldsTooLarge
+		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes"
+	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge
 		msg = "request body exceeds the limit of " +

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httputil"
 	"sync/atomic"
 	"syscall"
@@ -153,7 +154,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		}
 		return nil, ex.wrap(ctx, "read response", err)
 	}
-	ex.setBody()
+	ex.setBody(req.Header.IsHead())
 	return ex, nil
 }
 
@@ -166,9 +167,16 @@ func (ex *exchange) writeRequest(req *fasthttp.Request) error {
 	return bw.Flush()
 }
 
-// setBody prepares the body reader from the framing of the response.
-func (ex *exchange) setBody() {
+// setBody prepares the body reader from the framing of the response. A
+// response to HEAD, and a 1xx, 204 or 304, has no body whatever its
+// Content-Length says.
+func (ex *exchange) setBody(head bool) {
 	ex.reuse = !ex.resp.ConnectionClose()
+	st := ex.resp.StatusCode()
+	if head || st < 200 || st == 204 || st == 304 {
+		ex.body = http.NoBody
+		return
+	}
 	switch n := ex.resp.ContentLength(); {
 	case n >= 0:
 		ex.body = io.LimitReader(ex.br, int64(n))
