@@ -3,10 +3,14 @@ package scenario
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/llmproxy/llmproxy/bench/report"
@@ -27,50 +31,100 @@ type goBenchLine struct {
 	nsPerOp, bytesPerOp, allocs string
 }
 
-// runGoBench runs the hot-path Go benchmarks and reports their cost per
-// operation. The output of each command is saved in the run folder.
+// runGoBench runs each hot-path Go benchmark command Settings.GoBenchRuns
+// times and reports, per benchmark, the median ns/op with the fastest and
+// slowest run, and the memory cost. The output of each run is saved in the
+// run folder.
 func runGoBench(ctx context.Context, r *Run) (report.Section, error) {
-	var lines []goBenchLine
-	var commands []string
+	runs := max(r.Settings.GoBenchRuns, 1)
+	results := map[string][]goBenchLine{}
+	var order, commands []string
 	for i, args := range goBenchCommands {
-		if err := waitQuiet(ctx, r); err != nil {
-			return report.Section{}, err
+		for run := range runs {
+			if err := waitQuiet(ctx, r); err != nil {
+				return report.Section{}, err
+			}
+			log := r.Env.Path(fmt.Sprintf("gobench-%d-run%d.log", i+1, run+1))
+			out, err := runGoTest(ctx, r.Settings.GoTool, args, log)
+			if err != nil {
+				return report.Section{}, err
+			}
+			for _, l := range parseGoBench(out) {
+				key := l.pkg + " " + l.name
+				if len(results[key]) == 0 {
+					order = append(order, key)
+				}
+				results[key] = append(results[key], l)
+			}
 		}
-		cmd := exec.CommandContext(ctx, r.Settings.GoTool, args...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		log := r.Env.Path(fmt.Sprintf("gobench-%d.log", i+1))
-		if werr := os.WriteFile(log, append(stdout.Bytes(), stderr.Bytes()...), 0o644); werr != nil {
-			return report.Section{}, fmt.Errorf("save go test output: %w", werr)
-		}
-		if err != nil {
-			return report.Section{}, fmt.Errorf("go %s: %w (output in %s)", strings.Join(args, " "), err, log)
-		}
-		lines = append(lines, parseGoBench(stdout.String())...)
 		commands = append(commands, "`go "+strings.Join(args, " ")+"`")
 	}
-	t := report.Table{
-		Title:  "Cost per operation",
-		Header: []string{"package", "benchmark", "ns/op", "B/op", "allocs/op"},
-	}
-	for _, l := range lines {
-		t.Rows = append(t.Rows, []string{l.pkg, l.name, l.nsPerOp, l.bytesPerOp, l.allocs})
-	}
 	return report.Section{
-		Title: "Limit check cost and hot-path Go benchmarks",
-		Intro: "The runner runs " + strings.Join(commands, " and ") + " from the " +
-			"repository root, with the Go toolchain listed above, after the load " +
-			"scenarios. BenchmarkAdmitLocal is one admission and its settlement of an " +
-			"API key with every limit set, against the in-process limiter; " +
-			"BenchmarkAdmitRedis is the same against a redis-server on 127.0.0.1 that " +
-			"the benchmark starts, so its time includes the round trips over loopback. " +
-			"The other rows are request classification (BenchmarkClassifyInspect), one " +
-			"streamed line through the relay (BenchmarkRelayLine), a slot taken and " +
-			"given back on the balancer (BenchmarkAcquireRelease) and the cache key " +
-			"of a request (BenchmarkKey).\n",
-		Tables: []report.Table{t},
+		Title:  "Limit check cost and hot-path Go benchmarks",
+		Intro:  goBenchIntro(commands, runs),
+		Tables: []report.Table{goBenchTable(order, results)},
 	}, nil
+}
+
+// runGoTest runs go with args, saves its output in log and returns its
+// standard output.
+func runGoTest(ctx context.Context, goTool string, args []string, log string) (string, error) {
+	cmd := exec.CommandContext(ctx, goTool, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if werr := os.WriteFile(log, append(stdout.Bytes(), stderr.Bytes()...), 0o644); werr != nil {
+		return "", fmt.Errorf("save go test output: %w", werr)
+	}
+	if err != nil {
+		return "", fmt.Errorf("go %s: %w (output in %s)", strings.Join(args, " "), err, log)
+	}
+	return stdout.String(), nil
+}
+
+func goBenchIntro(commands []string, runs int) string {
+	return "The runner runs " + strings.Join(commands, " and ") + fmt.Sprintf(" %d times "+
+		"each from the repository root, with the Go toolchain listed above, after the "+
+		"load scenarios. The table shows per benchmark the median ns/op of the runs, "+
+		"the fastest and slowest run, and B/op and allocs/op of the median run. "+
+		"BenchmarkAdmitLocal is one admission and its settlement of an API key with "+
+		"every limit set, against the in-process limiter. BenchmarkAdmitRedis is the "+
+		"same against a redis-server on 127.0.0.1 that the benchmark starts, so its "+
+		"time includes the round trips over loopback. The other rows are request "+
+		"classification (BenchmarkClassifyInspect), one streamed line through the "+
+		"relay (BenchmarkRelayLine), a slot taken and given back on the balancer "+
+		"(BenchmarkAcquireRelease) and the cache key of a request (BenchmarkKey).\n", runs)
+}
+
+// goBenchTable shows each benchmark's runs in the order first seen.
+func goBenchTable(order []string, results map[string][]goBenchLine) report.Table {
+	t := report.Table{
+		Title: "Cost per operation",
+		Header: []string{"package", "benchmark", "ns/op (median)", "ns/op range", "B/op",
+			"allocs/op"},
+	}
+	for _, key := range order {
+		runs := results[key]
+		slices.SortFunc(runs, func(a, b goBenchLine) int {
+			return cmp.Compare(parseNs(a.nsPerOp), parseNs(b.nsPerOp))
+		})
+		median := runs[(len(runs)-1)/2]
+		t.Rows = append(t.Rows, []string{
+			median.pkg, median.name, median.nsPerOp,
+			runs[0].nsPerOp + "–" + runs[len(runs)-1].nsPerOp,
+			median.bytesPerOp, median.allocs,
+		})
+	}
+	return t
+}
+
+// parseNs returns the value of an ns/op cell, or +Inf when it is missing.
+func parseNs(cell string) float64 {
+	v, err := strconv.ParseFloat(cell, 64)
+	if err != nil {
+		return math.Inf(1)
+	}
+	return v
 }
 
 // parseGoBench reads the result lines of go test -bench output, such as

@@ -10,6 +10,8 @@
 // before a phase, and measureUsage around it. A failure scenario can start
 // nodes with fault flags through harness.FleetSpec.ExtraArgs, or change
 // the faults of a running node with harness.Node.SetFaults.
+// harness.StartTargetWith changes a proxy's config from that of the
+// throughput scenarios: placement policy, per-node limit, failover, cache.
 package scenario
 
 import (
@@ -69,8 +71,10 @@ type Settings struct {
 	CacheRequests int
 	CacheInputs   int
 
-	// GoTool is the go command that runs the Go benchmarks.
-	GoTool string
+	// GoTool is the go command that runs the Go benchmarks, and
+	// GoBenchRuns how often each benchmark command runs.
+	GoTool      string
+	GoBenchRuns int
 }
 
 // DefaultSettings returns the settings of make bench, or of make
@@ -102,7 +106,8 @@ func DefaultSettings(quick bool) Settings {
 			CacheRequests: 2000,
 			CacheInputs:   400,
 
-			GoTool: "go",
+			GoTool:      "go",
+			GoBenchRuns: 3,
 		}
 	}
 	return Settings{
@@ -129,7 +134,8 @@ func DefaultSettings(quick bool) Settings {
 		CacheRequests: 10000,
 		CacheInputs:   2000,
 
-		GoTool: "go",
+		GoTool:      "go",
+		GoBenchRuns: 3,
 	}
 }
 

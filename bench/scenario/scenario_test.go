@@ -216,3 +216,20 @@ func TestBucketCellFormatsBounds(t *testing.T) {
 		t.Errorf("bucketCell(300, +Inf) = %q", got)
 	}
 }
+
+func TestGoBenchTableTakesMedian(t *testing.T) {
+	runs := []goBenchLine{
+		{pkg: "cache", name: "BenchmarkKey-2", nsPerOp: "5000", bytesPerOp: "808", allocs: "19"},
+		{pkg: "cache", name: "BenchmarkKey-2", nsPerOp: "3000", bytesPerOp: "808", allocs: "19"},
+		{pkg: "cache", name: "BenchmarkKey-2", nsPerOp: "4000", bytesPerOp: "809", allocs: "19"},
+	}
+	table := goBenchTable([]string{"cache BenchmarkKey-2"},
+		map[string][]goBenchLine{"cache BenchmarkKey-2": runs})
+	if len(table.Rows) != 1 {
+		t.Fatalf("rows = %v, want one", table.Rows)
+	}
+	want := []string{"cache", "BenchmarkKey-2", "4000", "3000–5000", "809", "19"}
+	if !reflect.DeepEqual(table.Rows[0], want) {
+		t.Errorf("row = %v, want %v", table.Rows[0], want)
+	}
+}

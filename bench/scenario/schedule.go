@@ -55,10 +55,10 @@ var schedulePolicies = []string{
 // traceSeed seeds the trace, so that every policy meets the same one.
 const traceSeed = 20260101
 
-// The shape of a conversation: 1 to 5 turns, a pause of 1 to 3 s between
-// a response and the next turn, a system message of 150 words shared by
-// the conversations of a model, a first user message of 80 words and
-// later ones of 20.
+// The shape of a conversation: 1 to 5 turns, with a pause of 1 to 3 s
+// between a response and the next turn. The system message has 150 words
+// and is shared by the conversations of a model. The first user message
+// has 80 words and later ones 20.
 const (
 	maxTurns       = 5
 	minThink       = time.Second

@@ -43,7 +43,9 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   bench/out/run/.
 - The nodes respond from memory: the numbers show the cost of the proxy
   path, not of a model. A real node spends milliseconds to seconds per
-  request, which hides most of the differences shown here.
+  request, which hides most of the differences shown here. The scheduler
+  trace is the exception: its nodes pace prompt evaluation, generation
+  and model loads.
 - Each phase of the throughput and streaming scenarios ran once per round
   on every target, the targets taking turns, for %d rounds; the other
   scenarios run once. Before each phase the runner waited, up to %s,
@@ -52,15 +54,18 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   used during the phase, from /proc/stat minus the benchmark's own
   processes. The tables show per target the round with
   the lowest share, a choice that does not look at the results.
-- Every percentile is exact over all samples of the window.
+- Every percentile is exact over all samples of the window, except the
+  queue-wait buckets of the scheduler trace.
 - ` + "`make bench BENCHFLAGS=-profile`" + ` runs llmproxy as bench/cmd/llmproxyprof,
   the same server with CPU profiling on signal, and saves a profile of each
   measured llmproxy phase in bench/out/profiles; read one with
   ` + "`go tool pprof -top bin/llmproxyprof FILE`" + `. Profiling costs a few
   percent of CPU, so the numbers of such a run are not comparable.
 - SSE per-chunk latency relies on bench/cmd/stampsim, which adds a
-  "sent_at" field to each event; the extra 46 bytes per event pass
-  through every target alike.`
+  "sent_at" field of up to 43 bytes to each event. Every target relays
+  the same longer events.
+- The runner measures no other processes while the Go benchmarks run, so
+  their table shows the spread of several runs instead.`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
