@@ -4,30 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testclock"
 )
-
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func testNode(t *testing.T, name string, slots int, models []string, loaded ...string) *Node {
 	t.Helper()
@@ -45,14 +27,14 @@ func testNode(t *testing.T, name string, slots int, models []string, loaded ...s
 	return n
 }
 
-func testBalancer(t *testing.T, clock *fakeClock, policy string, nodes ...*Node) *Balancer {
+func testBalancer(t *testing.T, clock *testclock.Clock, policy string, nodes ...*Node) *Balancer {
 	t.Helper()
 	cfg := config.Default()
 	s := SettingsFrom(&cfg)
 	s.Policy = policy
 	s.Aging = 10 * time.Second
 	if clock != nil {
-		s.Clock = clock.now
+		s.Clock = clock.Now
 	}
 	return New(s, nodes, nil)
 }
@@ -131,7 +113,7 @@ func slotReq(class, client string) Request {
 }
 
 func TestPriorityClassesOrder(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
 	held, err := b.Acquire(context.Background(), slotReq("standard", "x"))
 	if err != nil {
@@ -150,13 +132,13 @@ func TestPriorityClassesOrder(t *testing.T) {
 }
 
 func TestAgingLiftsBatch(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
 	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
 	old := enqueue(t, b, "old-batch", slotReq("batch", "c1"))
 	// Two agings later the batch request ranks with priority requests and,
 	// having waited longer, goes first.
-	clock.advance(25 * time.Second)
+	clock.Advance(25 * time.Second)
 	fresh := enqueue(t, b, "fresh-priority", slotReq("priority", "c2"))
 	got := releaseOrder(t, held, []*queued{old, fresh})
 	if got[0] != "old-batch" {
@@ -165,7 +147,7 @@ func TestAgingLiftsBatch(t *testing.T) {
 }
 
 func TestFairSharingWithinClass(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := testclock.New(time.Unix(1000, 0))
 	b := testBalancer(t, clock, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
 	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))
 	var qs []*queued

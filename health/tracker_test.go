@@ -2,7 +2,6 @@ package health
 
 import (
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,26 +9,10 @@ import (
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testclock"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestTracker(t *testing.T, tune func(*config.Config)) (*tracker, *clock) {
+func newTestTracker(t *testing.T, tune func(*config.Config)) (*tracker, *testclock.Clock) {
 	t.Helper()
 	u, _ := url.Parse("http://n:11434")
 	n := balancer.NewNode("n", u, 4, 1)
@@ -37,8 +20,8 @@ func newTestTracker(t *testing.T, tune func(*config.Config)) (*tracker, *clock) 
 	if tune != nil {
 		tune(&cfg)
 	}
-	c := &clock{t: time.Unix(1000, 0)}
-	tr := newTracker(n, &cfg, c.now, func(*balancer.Node, gobreaker.State, gobreaker.State) {})
+	c := testclock.New(time.Unix(1000, 0))
+	tr := newTracker(n, &cfg, c.Now, func(*balancer.Node, gobreaker.State, gobreaker.State) {})
 	return tr, c
 }
 
@@ -51,7 +34,7 @@ func TestPassiveWindow(t *testing.T) {
 	})
 	tr.report("connect", true)
 	tr.report("connect", true)
-	c.advance(31 * time.Second) // the first two fall out of the window
+	c.Advance(31 * time.Second) // the first two fall out of the window
 	if tr.report("connect", true) {
 		t.Fatal("taken out after one failure in the window")
 	}
@@ -62,11 +45,11 @@ func TestPassiveWindow(t *testing.T) {
 	if tr.Usable() {
 		t.Error("usable while taken out")
 	}
-	c.advance(29 * time.Second)
+	c.Advance(29 * time.Second)
 	if tr.Usable() {
 		t.Error("usable before fail_timeout passed")
 	}
-	c.advance(2 * time.Second)
+	c.Advance(2 * time.Second)
 	if !tr.Usable() {
 		t.Error("not usable after fail_timeout")
 	}
