@@ -16,7 +16,7 @@ type Clock struct {
 // New returns a clock reading t.
 func New(t time.Time) *Clock { return &Clock{t: t} }
 
-// Now returns the clock's time; pass the method value where a
+// Now returns the clock's time. Pass the method value where a
 // func() time.Time is expected.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
