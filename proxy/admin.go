@@ -76,7 +76,9 @@ func (s *Server) adminAuthorized(ctx *fasthttp.RequestCtx) bool {
 		return true
 	}
 	auth := ctx.Request.Header.Peek("Authorization")
-	got, ok := strings.CutPrefix(string(auth), "Bearer ")
+	// The scheme is case-insensitive (RFC 9110, section 11.1).
+	scheme, got, ok := strings.Cut(string(auth), " ")
+	ok = ok && strings.EqualFold(scheme, "Bearer")
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 

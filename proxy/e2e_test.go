@@ -247,6 +247,8 @@ func TestBadInput(t *testing.T) {
 		{"malformed json", "/api/generate", `{"model":`, 400, "invalid JSON"},
 		{"not an object", "/api/chat", `[1,2]`, 400, "want an object"},
 		{"missing model", "/api/chat", `{"messages":[]}`, 400, "model is required"},
+		{"model not a string", "/api/chat", `{"model":5,"messages":[]}`, 400, "invalid model"},
+		{"duplicate key", "/v1/chat/completions", `{"model":"m","model":"x"}`, 400, "duplicate key"},
 		{"empty body", "/api/embed", ``, 400, "missing request body"},
 		{"openai malformed", "/v1/chat/completions", `{`, 400, `"type":"invalid_request_error"`},
 		{"unknown path", "/api/nothing", `{}`, 404, "404 page not found"},

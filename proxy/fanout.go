@@ -21,6 +21,9 @@ import (
 // a request.
 const refreshTimeout = 5 * time.Second
 
+// modelOpTimeout bounds the silences of a fanned-out model operation.
+const modelOpTimeout = 6 * time.Hour
+
 // serveFanout serves the model management routes that change every node
 // concerned: pull goes to every usable node, delete and copy to the
 // usable nodes that list the model. Success means every node succeeded.
@@ -132,7 +135,10 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 	defer fasthttp.ReleaseRequest(local)
 	req.CopyTo(local)
 	cfg := s.config()
-	t := timeouts{connect: cfg.Upstream.Connect, firstByte: cfg.Upstream.FirstByte, idle: cfg.Upstream.Idle}
+	// A pull with "stream": false sends nothing until the whole model is
+	// downloaded, which can take far longer than a model load.
+	t := timeouts{connect: cfg.Upstream.Connect, firstByte: max(cfg.Upstream.FirstByte, modelOpTimeout),
+		idle: max(cfg.Upstream.Idle, modelOpTimeout)}
 	ex, err := s.upstreamFor(n).send(ctx, local, t)
 	if err != nil {
 		r.errMsg = err.Error()

@@ -35,6 +35,8 @@ type fields struct {
 	refresh bool
 	// affinity identifies the conversation of a chat, 0 for none.
 	affinity uint64
+	// modelNotString is set when "model" is present but not a string.
+	modelNotString bool
 	// body, when set, is sent to the node in place of the client's body.
 	body []byte
 	// store, when set, collects a streamed response for the cache.
@@ -62,6 +64,9 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 		return f, fmt.Errorf("invalid JSON: duplicate key %q", key)
 	}
 	f.rawModel = string(v.GetStringBytes("model"))
+	if m := v.Get("model"); m != nil && m.Type() != fastjson.TypeString && m.Type() != fastjson.TypeNull {
+		f.modelNotString = true
+	}
 	if f.rawModel == "" && r.name == "/api/show" {
 		f.rawModel = string(v.GetStringBytes("name")) // older clients
 	}

@@ -305,7 +305,9 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
-	s.log.Debug("request rejected before routing", "path", string(ctx.Path()), "error", err)
+	rs := s.begin(ctx, rt)
+	rs.err = msg
+	s.end(rs)
 }
 
 // discardBody reads and drops the rest of a rejected request body, for at
