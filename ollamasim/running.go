@@ -136,7 +136,9 @@ func (r *Running) Close() error {
 	err := r.http.Close()
 	r.serving.Wait()
 	r.srv.Close()
-	if err != nil {
+	// A listener or connection that a Refuse fault already closed is no
+	// error here.
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("close %s: %w", r.addr, err)
 	}
 	return nil

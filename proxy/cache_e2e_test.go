@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ollama/ollama/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -178,6 +179,9 @@ func TestSharedCacheAcrossInstances(t *testing.T) {
 	start := func() *app.App {
 		cfg := testenv.Config(t, sim)
 		cfg.Redis.Addr = rds.Addr
+		// Sharing is under test, not the timeout: a loaded machine must not
+		// turn a slow Redis reply into a miss.
+		cfg.Redis.Timeout = 2 * time.Second
 		return testenv.Proxy(t, cfg)
 	}
 	one, two := start(), start()

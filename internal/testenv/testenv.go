@@ -64,6 +64,9 @@ func Config(t testing.TB, nodes ...*ollamasim.Running) *config.Config {
 	cfg.Retry.Backoff = 5 * time.Millisecond
 	cfg.Retry.MaxBackoff = 20 * time.Millisecond
 	// Tests send bursts from one loopback address.
+	// Redis replies on a loaded test machine can take longer than the
+	// production default of 50ms.
+	cfg.Redis.Timeout = time.Second
 	cfg.RateLimit.PerAddress = 0
 	cfg.RateLimit.Burst = 0
 	return &cfg
