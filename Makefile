@@ -39,7 +39,7 @@ test: deps
 
 # bench compares llmproxy with a direct connection, nginx and HAProxy on
 # 127.0.0.1, runs the failure, scheduler, cache and Go benchmark scenarios
-# and rewrites BENCHMARKS.md; it takes about 25 minutes.
+# and rewrites BENCHMARKS.md; it takes about 20 minutes.
 # BENCHFLAGS adds benchrun flags, such as -profile for CPU profiles of
 # llmproxy in bench/out/profiles.
 bench: build
