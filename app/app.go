@@ -229,6 +229,12 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if a.adminSrv != nil {
 		err = errors.Join(err, a.adminSrv.ShutdownWithContext(ctx))
 	}
+	// fasthttp closes only the listeners its Serve has registered, so a
+	// shutdown that comes before Serve got going would leave it accepting.
+	_ = a.ln.Close()
+	if a.adminLn != nil {
+		_ = a.adminLn.Close()
+	}
 	a.cancel()
 	a.wg.Wait()
 	a.mu.Lock()
