@@ -96,7 +96,7 @@ func DefaultSettings(quick bool) Settings {
 			QuietWait:    time.Second,
 
 			FailureRate:   200,
-			FailureWindow: 4 * time.Second,
+			FailureWindow: 3 * time.Second,
 
 			TraceArrivals: 20 * time.Second,
 			TraceRate:     1,

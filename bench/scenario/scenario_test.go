@@ -54,6 +54,9 @@ func TestDefaultSettingsQuickIsSmaller(t *testing.T) {
 	if quick.Saturation >= full.Saturation || quick.StreamWindow >= full.StreamWindow {
 		t.Error("quick phases are not shorter than full ones")
 	}
+	if quick.FailureWindow >= full.FailureWindow || quick.CacheRequests >= full.CacheRequests {
+		t.Error("quick failure and cache phases are not smaller than full ones")
+	}
 	if maxLevel(quick.StreamLevels) != 100 {
 		t.Errorf("quick stream levels = %v, want 100 only", quick.StreamLevels)
 	}
