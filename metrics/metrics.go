@@ -51,7 +51,7 @@ type Metrics struct {
 	CacheEvictions prometheus.Counter
 }
 
-// Buckets for request latency in seconds, from a cached answer (sub-ms) to
+// Buckets for request latency in seconds, from a cached response (sub-ms) to
 // a long generation with a cold load (minutes).
 var latencyBuckets = []float64{
 	.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,

@@ -13,7 +13,7 @@ import (
 
 // StatusClientClosed is the status logged and counted for a request whose
 // client went away before the response was complete (nginx's 499). It is
-// never sent, because nobody is left to receive it.
+// never sent, because the client is no longer connected.
 const StatusClientClosed = 499
 
 // writeError sends an error in the shape the route's clients parse:

@@ -41,7 +41,7 @@ func newTrio(t *testing.T, simCfg ollamasim.Config, tune func(*config.Config)) *
 	return tr
 }
 
-// preload loads m on every node and waits until the proxy sees it, so
+// preload loads m on every node and waits until the proxy lists it as loaded, so
 // that placement treats the nodes as equals.
 func (tr *trio) preload(t *testing.T) {
 	t.Helper()

@@ -262,8 +262,8 @@ func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fastht
 var hopHeaders = []string{
 	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-	// The proxy answered the client's 100-continue itself and sends the
-	// whole body at once, so the node must not wait to send its own.
+	// fasthttp already sent the client 100 Continue, and the proxy sends
+	// the whole body at once, so the node must not wait for the body.
 	"Expect",
 }
 

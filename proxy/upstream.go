@@ -168,8 +168,8 @@ func (ex *exchange) writeRequest(req *fasthttp.Request) error {
 }
 
 // setBody prepares the body reader from the framing of the response. A
-// response to HEAD, and a 1xx, 204 or 304, has no body whatever its
-// Content-Length says.
+// response to HEAD, and a 1xx, 204 or 304, has no body, whatever its
+// Content-Length header states.
 func (ex *exchange) setBody(head bool) {
 	ex.reuse = !ex.resp.ConnectionClose()
 	st := ex.resp.StatusCode()
