@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -56,9 +57,10 @@ type reqState struct {
 // bytes long.
 func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
 	id := ctx.Request.Header.Peek("X-Request-Id")
-	rs := &reqState{
+	rs := reqStates.Get().(*reqState)
+	*rs = reqState{
 		start:  time.Now(),
-		method: string(ctx.Method()),
+		method: methodString(ctx.Method()),
 		route:  rt,
 		class:  "standard",
 		ctx:    ctx,
@@ -72,7 +74,28 @@ func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
 	return rs
 }
 
-// end records a finished request: metrics and one access log line.
+// reqStates recycles request records: end is the last use of each.
+var reqStates = sync.Pool{New: func() any { return new(reqState) }}
+
+// methodString returns the usual methods without allocating.
+func methodString(m []byte) string {
+	switch string(m) {
+	case fasthttp.MethodPost:
+		return fasthttp.MethodPost
+	case fasthttp.MethodGet:
+		return fasthttp.MethodGet
+	case fasthttp.MethodHead:
+		return fasthttp.MethodHead
+	case fasthttp.MethodDelete:
+		return fasthttp.MethodDelete
+	case fasthttp.MethodOptions:
+		return fasthttp.MethodOptions
+	}
+	return string(m)
+}
+
+// end records a finished request, metrics and one access log line, and
+// recycles rs.
 func (s *Server) end(rs *reqState) {
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
@@ -122,6 +145,8 @@ func (s *Server) end(rs *reqState) {
 		slog.Int("retries", rs.retries),
 		slog.String("error", rs.err),
 	)
+	*rs = reqState{}
+	reqStates.Put(rs)
 }
 
 // modelLabel bounds the model label. Only models that some node lists are

@@ -425,3 +425,51 @@ func TestHealthMetricsExported(t *testing.T) {
 		}
 	}
 }
+
+// upstream.total bounds the whole request, the streamed body included: a
+// stream that outlasts it ends with an error line in its own format, a
+// short one is untouched, and a non-streamed response that outlasts it
+// gets 504. None of this counts against the node.
+func TestUpstreamTotalBoundsWholeRequest(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{TokensPerSec: 20, MinTokens: 60, MaxTokens: 60}, func(c *config.Config) {
+		c.Upstream.Total = 600 * time.Millisecond
+	})
+	tr.preload(t)
+
+	short := readBody(t, post(t, tr.proxy.URL()+"/api/chat",
+		`{"model":"m","options":{"num_predict":3},"messages":[{"role":"user","content":"x"}]}`))
+	if !bytes.Contains(short, []byte(`"done":true`)) || bytes.Contains(short, []byte(`"error"`)) {
+		t.Errorf("a stream shorter than upstream.total: %s", short)
+	}
+
+	for _, tc := range []struct{ path, body, errPrefix string }{
+		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"long"}]}`, `{"error":`},
+		{"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"long"}]}`,
+			`data: {"error":`},
+	} {
+		start := time.Now()
+		resp := post(t, tr.proxy.URL()+tc.path, tc.body)
+		body := readBody(t, resp)
+		took := time.Since(start)
+		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+		last := lines[len(lines)-1]
+		if resp.StatusCode != 200 || len(lines) < 3 || !strings.HasPrefix(last, tc.errPrefix) ||
+			!strings.Contains(last, "upstream.total") {
+			t.Errorf("%s: status %d, %d lines, last %q", tc.path, resp.StatusCode, len(lines), last)
+		}
+		if took > 2*time.Second {
+			t.Errorf("%s: the stream took %s, upstream.total is 600ms", tc.path, took)
+		}
+	}
+
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"long","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusGatewayTimeout || !bytes.Contains(body, []byte(`"error"`)) {
+		t.Errorf("non-streamed response past upstream.total: %d %s", resp.StatusCode, body)
+	}
+	for _, n := range tr.proxy.Balancer().Nodes() {
+		if !n.Usable() {
+			t.Errorf("node %s is out after requests hit upstream.total", n.Name)
+		}
+	}
+}

@@ -178,15 +178,22 @@ func duplicateKey(v *fastjson.Value) string {
 	if err != nil {
 		return ""
 	}
-	var keys [][]byte
-	dup := ""
+	// Request bodies have a dozen top-level keys, so a quadratic scan over
+	// a buffer on the stack beats a map.
+	var buf [32][]byte
+	keys := buf[:0]
+	var dup []byte
 	obj.Visit(func(k []byte, _ *fastjson.Value) {
+		if dup != nil {
+			return
+		}
 		for _, seen := range keys {
-			if dup == "" && string(seen) == string(k) {
-				dup = string(k)
+			if string(seen) == string(k) {
+				dup = k
+				return
 			}
 		}
 		keys = append(keys, k)
 	})
-	return dup
+	return string(dup)
 }

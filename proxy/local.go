@@ -57,13 +57,14 @@ func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) node
 	if err != nil {
 		return nodeResponse{node: n, err: err}
 	}
+	status := ex.resp.StatusCode()
 	body, err := ex.readAll(64 << 20)
 	if err != nil {
 		ex.close()
 		return nodeResponse{node: n, err: err}
 	}
 	ex.finish()
-	return nodeResponse{node: n, status: ex.resp.StatusCode(), body: body}
+	return nodeResponse{node: n, status: status, body: body}
 }
 
 // serveVersion responds with the lowest version among usable nodes, so

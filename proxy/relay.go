@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"sync"
@@ -18,7 +19,8 @@ import (
 // full.
 func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
-	ctx.SetStatusCode(ex.resp.StatusCode())
+	status := ex.resp.StatusCode()
+	ctx.SetStatusCode(status)
 	copyResponseHeaders(&ctx.Response.Header, &ex.resp)
 	ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
 	if isStreamed(&ex.resp) {
@@ -34,10 +36,12 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
 		ex.close()
-		watch.finish()
+		watch.release()
 		lease.Release()
 		cause := err
-		if clientGone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
+		if errors.Is(watch.Err(), context.DeadlineExceeded) {
+			cause = errTotalTimeout
+		} else if clientGone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
 			cause = errClientGone
 		} else {
 			s.report(lease.Node, reasonMidStream)
@@ -46,10 +50,10 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		return
 	}
 	ex.finish()
-	watch.finish()
+	watch.release()
 	lease.Release()
 	rs.ttfb = elapsed(rs.start)
-	if ex.resp.StatusCode() < 300 {
+	if status < 300 {
 		s.afterSuccess(rs, rt, f, lease.Node)
 		p := s.parsers.Get()
 		s.observeFinal(rs, p, body)
@@ -222,16 +226,24 @@ func (r *relay) observe(line []byte) {
 // fail ends a broken stream. When the client went away, nothing more can
 // be sent. Otherwise the client gets an error line in the stream's own
 // format and a clean end of the response, and the failure counts against
-// the node.
+// the node unless the stream outlasted upstream.total.
 func (r *relay) fail(p []byte, err error) (int, error) {
 	r.done = true
-	if errors.Is(err, errClientGone) || errors.Is(err, errCancelled) || r.watch.gone() {
+	timedOut := errors.Is(r.watch.Err(), context.DeadlineExceeded)
+	if !timedOut && (errors.Is(err, errClientGone) || errors.Is(err, errCancelled) || r.watch.gone()) {
 		r.failed = errClientGone
 		return 0, errClientGone
 	}
-	r.failed = err
-	r.s.report(r.lease.Node, reasonMidStream)
-	msg := "node " + r.lease.Node.Name + " failed during the response: " + err.Error()
+	var msg string
+	if timedOut {
+		// The proxy's own limit, not the node's fault.
+		r.failed = errTotalTimeout
+		msg = errTotalTimeout.Error()
+	} else {
+		r.failed = err
+		r.s.report(r.lease.Node, reasonMidStream)
+		msg = "node " + r.lease.Node.Name + " failed during the response: " + err.Error()
+	}
 	var b []byte
 	if !r.lastNL {
 		b = append(b, '\n')
@@ -260,7 +272,7 @@ func (r *relay) Close() error {
 	} else {
 		r.ex.close()
 	}
-	r.watch.finish()
+	r.watch.release()
 	r.lease.Release()
 	rs := r.rs
 	if r.f.store != nil {

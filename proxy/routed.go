@@ -62,11 +62,7 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
 	cfg := s.config()
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
-	if cfg.Upstream.Total > 0 {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeout(wctx, cfg.Upstream.Total)
-		defer cancel()
-	}
+	watch.limit(cfg.Upstream.Total)
 	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
 	if f.body != nil {
@@ -78,7 +74,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
 		lease, err := s.acquire(wctx, rt, rs, f, tried)
 		if err != nil {
-			watch.finish()
+			watch.release()
 			s.failNoNode(ctx, rt, rs, f, err, last)
 			return
 		}
@@ -110,7 +106,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 			break
 		}
 	}
-	watch.finish()
+	watch.release()
 	s.failAttempt(ctx, rt, rs, last)
 }
 

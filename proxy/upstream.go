@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -39,6 +40,9 @@ var errIdleTimeout = errors.New("no data from node within the idle timeout")
 
 // errCancelled ends the read of an exchange whose context ended.
 var errCancelled = errors.New("exchange cancelled")
+
+// errTotalTimeout ends a response that outlasted upstream.total.
+var errTotalTimeout = fmt.Errorf("request exceeded upstream.total: %w", context.DeadlineExceeded)
 
 // errFirstByteTimeout means the node accepted the request but sent no
 // response headers in time.
@@ -78,16 +82,20 @@ func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 }
 
 // exchange is one request to a node, from the sent request to the end of
-// the response body.
+// the response body. Exchanges are pooled: after finish or close, the
+// exchange and its response header belong to the pool.
 type exchange struct {
 	u    *upstream
 	conn net.Conn
-	// release returns the connection to the pool; discard closes it.
-	release func()
-	discard func()
-	br      *bufio.Reader
-	resp    fasthttp.ResponseHeader
-	body    io.Reader
+	// done returns the connection to the pool when reuse is true, and
+	// closes it otherwise.
+	done func(reuse bool)
+	br   *bufio.Reader
+	resp fasthttp.ResponseHeader
+	body io.Reader
+	// limited backs body for a response with a Content-Length, so that
+	// it is not allocated per exchange.
+	limited io.LimitedReader
 	idle    time.Duration
 	// deadline is the read deadline last set on the connection.
 	deadline time.Time
@@ -95,9 +103,14 @@ type exchange struct {
 	// cancelled is set when the exchange's context ended, before the
 	// connection's deadline is moved to the past.
 	cancelled atomic.Bool
-	stop      func() bool
-	closed    bool
+	// watch is the request's client watch when the exchange is attached
+	// to it; stop ends the cancellation callback on any other context.
+	watch  *clientWatch
+	stop   func() bool
+	closed bool
 }
+
+var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
 
 // send writes req to the node and waits for the response headers. The
 // returned exchange must be closed. ctx cancels the exchange at any point
@@ -122,24 +135,27 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		return nil, fmt.Errorf("connect to node %s: %w: %w", u.node.Name, errConnect, err)
 	}
 	conn := cc.Conn()
-	ex := &exchange{
-		u:       u,
-		conn:    conn,
-		idle:    t.idle,
-		release: func() { u.hc.ReleaseConn(cc) },
-		discard: func() { u.hc.CloseConn(cc) },
+	ex := exchangePool.Get().(*exchange)
+	ex.u, ex.conn, ex.idle = u, conn, t.idle
+	ex.done = func(reuse bool) {
+		if reuse {
+			u.hc.ReleaseConn(cc)
+		} else {
+			u.hc.CloseConn(cc)
+		}
 	}
-	ex.stop = context.AfterFunc(ctx, func() {
-		ex.cancelled.Store(true)
-		_ = conn.SetDeadline(time.Unix(1, 0))
-	})
+	if w, ok := ctx.(*clientWatch); ok && w.attach(ex) {
+		ex.watch = w
+	} else {
+		ex.stop = context.AfterFunc(ctx, ex.abort)
+	}
 	reused := !cc.LastUseTime().IsZero()
 
 	// Ollama bound to loopback rejects a Host that is not its own with 403.
 	req.Header.SetHost(u.host)
 	if err := ex.writeRequest(req); err != nil {
 		ex.close()
-		return nil, ex.wrap(ctx, "send request", err)
+		return nil, u.wrap(ctx, "send request", err)
 	}
 
 	_ = conn.SetReadDeadline(time.Now().Add(t.firstByte))
@@ -152,7 +168,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		if isTimeout(err) && ctx.Err() == nil {
 			return nil, fmt.Errorf("node %s: %w", u.node.Name, errFirstByteTimeout)
 		}
-		return nil, ex.wrap(ctx, "read response", err)
+		return nil, u.wrap(ctx, "read response", err)
 	}
 	ex.setBody(req.Header.IsHead())
 	return ex, nil
@@ -179,7 +195,8 @@ func (ex *exchange) setBody(head bool) {
 	}
 	switch n := ex.resp.ContentLength(); {
 	case n >= 0:
-		ex.body = io.LimitReader(ex.br, int64(n))
+		ex.limited = io.LimitedReader{R: ex.br, N: int64(n)}
+		ex.body = &ex.limited
 	case n == -1:
 		ex.body = httputil.NewChunkedReader(ex.br)
 	default:
@@ -243,18 +260,47 @@ func (ex *exchange) readAll(limit int64) ([]byte, error) {
 	return buf, nil
 }
 
+// copyBuffers holds the buffers of readInto, which io.Copy would
+// otherwise allocate for every response.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 16<<10)
+	return &b
+}}
+
 // readInto copies the whole body to w, failing past limit bytes.
 func (ex *exchange) readInto(w io.Writer, limit int64) error {
-	n, err := io.Copy(w, io.LimitReader(ex, limit+1))
-	if err != nil {
-		ex.reuse = false
-		return err
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, err := ex.Read(buf)
+		if n > 0 {
+			total += int64(n)
+			if total > limit {
+				ex.reuse = false
+				return fmt.Errorf("response body exceeds %d bytes", limit)
+			}
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				ex.reuse = false
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			ex.reuse = false
+			return err
+		}
 	}
-	if n > limit {
-		ex.reuse = false
-		return fmt.Errorf("response body exceeds %d bytes", limit)
-	}
-	return nil
+}
+
+// abort ends the exchange from another goroutine when its context ends:
+// the pending read or write fails at once.
+func (ex *exchange) abort() {
+	ex.cancelled.Store(true)
+	_ = ex.conn.SetDeadline(time.Unix(1, 0))
 }
 
 // finish ends an exchange whose body was read in full, and returns the
@@ -269,26 +315,47 @@ func (ex *exchange) closeWith(complete bool) {
 		return
 	}
 	ex.closed = true
-	cancelled := ex.stop != nil && !ex.stop()
+	var cancelled bool
+	if ex.watch != nil {
+		cancelled = !ex.watch.detach(ex)
+	} else if ex.stop != nil {
+		cancelled = !ex.stop()
+	}
 	if ex.br != nil {
 		ex.u.hc.ReleaseReader(ex.br)
 		ex.br = nil
 	}
-	if complete && ex.reuse && !cancelled {
+	reuse := complete && ex.reuse && !cancelled
+	if reuse {
 		_ = ex.conn.SetDeadline(time.Time{})
-		ex.release()
+	}
+	ex.done(reuse)
+	if cancelled {
+		// The cancellation callback may still be running and holds ex.
 		return
 	}
-	ex.discard()
+	ex.recycle()
+}
+
+// recycle clears the exchange and puts it back in the pool, keeping the
+// buffers of its response header.
+func (ex *exchange) recycle() {
+	ex.u, ex.conn, ex.done, ex.body, ex.stop, ex.watch = nil, nil, nil, nil, nil, nil
+	ex.limited = io.LimitedReader{}
+	ex.idle, ex.deadline = 0, time.Time{}
+	ex.reuse, ex.closed = false, false
+	ex.cancelled.Store(false)
+	ex.resp.Reset()
+	exchangePool.Put(ex)
 }
 
 // wrap names the step that failed, and reports a cancelled context as
 // such rather than as the I/O error it caused.
-func (ex *exchange) wrap(ctx context.Context, step string, err error) error {
+func (u *upstream) wrap(ctx context.Context, step string, err error) error {
 	if cerr := context.Cause(ctx); cerr != nil {
 		return cerr
 	}
-	return fmt.Errorf("%s to node %s: %w", step, ex.u.node.Name, err)
+	return fmt.Errorf("%s to node %s: %w", step, u.node.Name, err)
 }
 
 func isTimeout(err error) bool {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -10,8 +9,14 @@ import (
 )
 
 // errClientGone is the cancellation cause when the client closed its
-// connection before the response was complete.
-var errClientGone = errors.New("client closed the connection")
+// connection before the response was complete. It matches
+// context.Canceled, as the error of a cancelled context should.
+var errClientGone error = clientGoneError{}
+
+type clientGoneError struct{}
+
+func (clientGoneError) Error() string        { return "client closed the connection" }
+func (clientGoneError) Is(target error) bool { return target == context.Canceled }
 
 // watchDelay is the time a request runs before its client connection is
 // watched. Most responses complete sooner and then cost no goroutine and no
@@ -20,58 +25,110 @@ var errClientGone = errors.New("client closed the connection")
 const watchDelay = 20 * time.Millisecond
 
 // clientWatch notices a client that closes its connection while the proxy
-// waits on a node. fasthttp reports no such event, and a request waiting
-// for a cold model load writes nothing for minutes. So the watch blocks in
-// a read on the client connection. A keep-alive client sends nothing while
-// it waits for a response, so the read returns only when the client closes
-// the connection (EOF or reset).
+// waits on a node, and is the context of the work done for the client.
+// fasthttp reports no such event, and a request waiting for a cold model
+// load writes nothing for minutes. So the watch blocks in a read on the
+// client connection. A keep-alive client sends nothing while it waits for a
+// response, so the read returns only when the client closes the
+// connection (EOF or reset).
+//
+// The watch implements context.Context itself, and aborts the one
+// exchange attached to it directly, so that a request costs no context
+// allocations. Watches are pooled: release hands one back once nothing
+// uses it as a context any more.
 //
 // NOTE: a client that pipelines its next request before this response is
 // complete loses the first byte of it to the watch. Ollama and OpenAI
 // clients do not pipeline.
 type clientWatch struct {
-	conn   net.Conn
-	cancel context.CancelCauseFunc
-	done   chan struct{}
-	timer  *time.Timer
+	parent context.Context
+	// stopParent ends the propagation of the parent's cancellation.
+	stopParent func() bool
+	conn       net.Conn
+	// timer starts the read after watchDelay. It belongs to the watch and
+	// is reset for each use.
+	timer *time.Timer
 
-	// mu orders starting the read against stopping the watch.
-	mu      sync.Mutex
+	// mu guards the fields below and orders starting the read against
+	// stopping the watch.
+	mu sync.Mutex
+	// armed is set while the watch may start its read; a timer that fires
+	// after stop finds it clear.
+	armed   bool
 	started bool
+	// readDone is closed when the read goroutine ends.
+	readDone chan struct{}
+	// done is the context's Done channel, made when first asked for.
+	done chan struct{}
+	err  error
+	// ex is the exchange that a cancellation aborts.
+	ex *exchange
+	// deadline, when set, ends the context with DeadlineExceeded through
+	// limitTimer.
+	deadline   time.Time
+	limitTimer *time.Timer
+	// uses counts the uses of the pooled watch, so that a limit timer
+	// that fires late cannot end a later use.
+	uses uint64
+
 	stopped atomic.Bool
 	// pipelined is set when the client sent bytes during the response.
 	pipelined atomic.Bool
 }
 
-// watchClient returns a context cancelled with errClientGone when the
-// client goes away, watching conn from watchDelay on. Stop the watch
-// before the server reads from conn again.
+var watchPool = sync.Pool{New: func() any {
+	w := &clientWatch{}
+	w.timer = time.AfterFunc(time.Hour, w.start)
+	w.timer.Stop()
+	return w
+}}
+
+// closedChan is the Done channel of a watch cancelled before anyone asked
+// for its channel.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// watchClient returns a watch, which is also a context cancelled with
+// errClientGone when the client goes away, watching conn from watchDelay
+// on. Stop the watch before the server reads from conn again.
 func watchClient(parent context.Context, conn net.Conn) (context.Context, *clientWatch) {
-	ctx, cancel := context.WithCancelCause(parent)
-	w := &clientWatch{conn: conn, cancel: cancel, done: make(chan struct{})}
-	if conn == nil {
-		close(w.done)
-		return ctx, w
+	w := watchPool.Get().(*clientWatch)
+	w.parent, w.conn = parent, conn
+	w.stopped.Store(false)
+	w.pipelined.Store(false)
+	if parent.Done() != nil {
+		w.stopParent = context.AfterFunc(parent, func() { w.cancel(context.Cause(parent)) })
 	}
-	w.timer = time.AfterFunc(watchDelay, w.start)
-	return ctx, w
+	if conn == nil {
+		w.stopped.Store(true)
+		return w, w
+	}
+	w.mu.Lock()
+	w.armed = true
+	w.mu.Unlock()
+	w.timer.Reset(watchDelay)
+	return w, w
 }
 
 func (w *clientWatch) start() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.stopped.Load() {
+	if !w.armed || w.started || w.stopped.Load() {
 		return
 	}
 	w.started = true
-	go w.run()
+	w.readDone = make(chan struct{})
+	go w.run(w.conn, w.readDone)
 }
 
-func (w *clientWatch) run() {
-	defer close(w.done)
+func (w *clientWatch) run(conn net.Conn, done chan struct{}) {
+	defer close(done)
 	var b [1]byte
 	for {
-		n, err := w.conn.Read(b[:])
+		n, err := conn.Read(b[:])
 		if n > 0 {
 			w.pipelined.Store(true)
 			return
@@ -84,12 +141,116 @@ func (w *clientWatch) run() {
 		}
 		if isTimeout(err) {
 			// A read deadline left by the server's read timeout.
-			_ = w.conn.SetReadDeadline(time.Time{})
+			_ = conn.SetReadDeadline(time.Time{})
 			continue
 		}
 		w.cancel(errClientGone)
 		return
 	}
+}
+
+// limit ends the context with context.DeadlineExceeded after d, unless d
+// is 0.
+func (w *clientWatch) limit(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.deadline = time.Now().Add(d)
+	use := w.uses
+	w.limitTimer = time.AfterFunc(d, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.uses == use {
+			w.cancelLocked(context.DeadlineExceeded)
+		}
+	})
+}
+
+// Deadline, Done, Err and Value make the watch a context.Context.
+
+func (w *clientWatch) Deadline() (time.Time, bool) {
+	w.mu.Lock()
+	d := w.deadline
+	w.mu.Unlock()
+	if !d.IsZero() {
+		return d, true
+	}
+	return w.parent.Deadline()
+}
+
+func (w *clientWatch) Done() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done == nil {
+		if w.err != nil {
+			w.done = closedChan
+		} else {
+			w.done = make(chan struct{})
+		}
+	}
+	return w.done
+}
+
+// Err returns the cause of the cancellation, such as errClientGone, which
+// is also what context.Cause returns for the watch.
+func (w *clientWatch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *clientWatch) Value(key any) any { return w.parent.Value(key) }
+
+// cancel ends the context with cause, aborting the attached exchange.
+func (w *clientWatch) cancel(cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.cancelLocked(cause)
+}
+
+func (w *clientWatch) cancelLocked(cause error) {
+	if w.err != nil {
+		return
+	}
+	w.err = cause
+	if w.done != nil {
+		close(w.done)
+	}
+	if w.ex != nil {
+		w.ex.abort()
+		w.ex = nil
+	}
+}
+
+// attach makes a cancellation abort ex, and reports whether it could:
+// a watch holds one exchange at a time. An exchange attached to a
+// cancelled watch is aborted at once.
+func (w *clientWatch) attach(ex *exchange) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ex != nil {
+		return false
+	}
+	if w.err != nil {
+		ex.abort()
+		return true
+	}
+	w.ex = ex
+	return true
+}
+
+// detach undoes attach, and reports false when a cancellation aborted ex
+// first.
+func (w *clientWatch) detach(ex *exchange) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ex != ex {
+		return false
+	}
+	w.ex = nil
+	return true
 }
 
 // stop ends the watch and waits for its goroutine, leaving the connection
@@ -102,6 +263,7 @@ func (w *clientWatch) stop() {
 	w.mu.Lock()
 	first := !w.stopped.Swap(true)
 	started := w.started
+	w.armed = false
 	w.mu.Unlock()
 	if !first {
 		return
@@ -111,26 +273,48 @@ func (w *clientWatch) stop() {
 		return
 	}
 	_ = w.conn.SetReadDeadline(time.Unix(1, 0))
-	<-w.done
+	<-w.readDone
 	_ = w.conn.SetReadDeadline(time.Time{})
 }
 
-// finish stops the watch and releases its context.
+// finish stops the watch and ends its context.
 func (w *clientWatch) finish() {
 	w.stop()
+	w.mu.Lock()
+	if w.limitTimer != nil {
+		w.limitTimer.Stop()
+		w.limitTimer = nil
+	}
+	w.mu.Unlock()
 	w.cancel(context.Canceled)
+	if w.stopParent != nil {
+		w.stopParent()
+		w.stopParent = nil
+	}
+}
+
+// release finishes the watch and puts it back in the pool. Call it only
+// when no goroutine holds the watch as a context any more.
+func (w *clientWatch) release() {
+	w.finish()
+	w.mu.Lock()
+	w.parent, w.conn, w.ex, w.err, w.done, w.readDone = nil, nil, nil, nil, nil, nil
+	w.started, w.armed, w.deadline = false, false, time.Time{}
+	w.uses++
+	w.mu.Unlock()
+	watchPool.Put(w)
 }
 
 // gone reports whether the watch saw the client close its connection.
 func (w *clientWatch) gone() bool {
 	w.mu.Lock()
-	started := w.started
+	started, done := w.started, w.readDone
 	w.mu.Unlock()
 	if !started {
 		return false
 	}
 	select {
-	case <-w.done:
+	case <-done:
 		return !w.stopped.Load() && !w.pipelined.Load()
 	default:
 		return false
