@@ -180,8 +180,16 @@ func (n *Node) SetLoaded(loaded []Loaded) {
 // follow-up requests prefer the node before the next poll confirms it. A
 // numCtx of 0 keeps the context size already known.
 func (n *Node) MarkLoaded(model string, numCtx int) {
+	// Nearly every request finds the model marked already, and a read lock
+	// keeps the requests of all cores from queueing on the write lock.
+	n.invMu.RLock()
+	l, ok := n.loaded[model]
+	n.invMu.RUnlock()
+	if ok && (numCtx <= 0 || l.NumCtx == numCtx) {
+		return
+	}
 	n.invMu.Lock()
-	l := n.loaded[model]
+	l = n.loaded[model]
 	l.Name = model
 	if numCtx > 0 {
 		l.NumCtx = numCtx

@@ -34,7 +34,13 @@ type tracker struct {
 	// mu guards the passive failure record.
 	mu       sync.Mutex
 	failures []time.Time
-	outUntil time.Time
+	// outUntil is the end of a passive take-out in Unix nanoseconds, 0 for
+	// none. Usable reads it without the lock.
+	outUntil atomic.Int64
+	// tripped is set while the breaker is not closed, so that Usable, called
+	// for every candidate of every request, skips the breaker's lock in the
+	// usual closed state.
+	tripped atomic.Bool
 
 	// Active probe state, touched only by the node's probe loop.
 	okStreak   int
@@ -66,7 +72,10 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 		},
 		// gobreaker calls OnStateChange with its lock held, so this only
 		// passes the event on.
-		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(n, from, to) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			t.tripped.Store(to != gobreaker.StateClosed)
+			onChange(n, from, to)
+		},
 	}
 	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
 	return t
@@ -79,20 +88,21 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 func (t *tracker) recovered() {
 	t.mu.Lock()
 	t.failures = t.failures[:0]
-	t.outUntil = time.Time{}
+	t.outUntil.Store(0)
 	t.mu.Unlock()
 	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
+	t.tripped.Store(false)
 }
 
 // Usable implements balancer.Gate. It reports whether passive checks do
 // not keep the node out and its breaker is closed, or half-open with fewer
 // than halfOpenMax requests in flight on the node.
 func (t *tracker) Usable() bool {
-	t.mu.Lock()
-	out := t.now().Before(t.outUntil)
-	t.mu.Unlock()
-	if out {
+	if t.passiveOut() {
 		return false
+	}
+	if !t.tripped.Load() {
+		return true
 	}
 	switch t.breaker.Load().State() {
 	case gobreaker.StateOpen:
@@ -124,8 +134,8 @@ func (t *tracker) report(failure string, mayTakeOut bool) (tookOut bool) {
 		}
 	}
 	t.failures = append(keep, now)
-	if mayTakeOut && len(t.failures) >= t.maxFails && !now.Before(t.outUntil) {
-		t.outUntil = now.Add(t.failWindow)
+	if mayTakeOut && len(t.failures) >= t.maxFails && now.UnixNano() >= t.outUntil.Load() {
+		t.outUntil.Store(now.Add(t.failWindow).UnixNano())
 		t.failures = t.failures[:0]
 		return true
 	}
@@ -134,9 +144,8 @@ func (t *tracker) report(failure string, mayTakeOut bool) (tookOut bool) {
 
 // passiveOut reports whether passive checks keep the node out now.
 func (t *tracker) passiveOut() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.now().Before(t.outUntil)
+	until := t.outUntil.Load()
+	return until != 0 && t.now().UnixNano() < until
 }
 
 // breakerState returns the breaker's state: closed, half-open or open.

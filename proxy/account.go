@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fastjson"
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/ratelimit"
@@ -164,34 +163,23 @@ func (s *Server) modelLabel(model string) string {
 
 // observeFinal reads the token counts and timings of a response's final
 // object: Ollama's done line or an OpenAI object with usage.
-func (s *Server) observeFinal(rs *reqState, p *fastjson.Parser, line []byte) {
-	v, err := p.ParseBytes(line)
-	if err != nil {
+func (s *Server) observeFinal(rs *reqState, line []byte) {
+	st := scanFinal(line)
+	if st.usage {
+		rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
 		return
 	}
-	if u := v.Get("usage"); u != nil && u.Type() == fastjson.TypeObject {
-		rs.promptTokens = u.GetInt64("prompt_tokens")
-		rs.completionTokens = u.GetInt64("completion_tokens")
-		if rs.completionTokens == 0 {
-			rs.completionTokens = u.GetInt64("output_tokens")
-			rs.promptTokens += u.GetInt64("input_tokens")
-		}
+	if !st.done {
 		return
 	}
-	if !v.GetBool("done") {
-		return
-	}
-	rs.promptTokens = v.GetInt64("prompt_eval_count")
-	rs.completionTokens = v.GetInt64("eval_count")
-	evalNs := v.GetInt64("eval_duration")
-	if s.m != nil && evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
-		tps := float64(rs.completionTokens) / (float64(evalNs) / 1e9)
+	rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
+	if s.m != nil && st.evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
+		tps := float64(rs.completionTokens) / (float64(st.evalNs) / 1e9)
 		s.m.TokensPerSecond.WithLabelValues(rs.node, s.modelLabel(rs.model)).Set(tps)
 	}
 	if rs.lease != nil {
-		rs.lease.Observe(time.Duration(v.GetInt64("load_duration")),
-			time.Duration(v.GetInt64("total_duration")),
-			rs.completionTokens, time.Duration(evalNs))
+		rs.lease.Observe(time.Duration(st.loadNs), time.Duration(st.totalNs),
+			rs.completionTokens, time.Duration(st.evalNs))
 	}
 }
 

@@ -151,6 +151,10 @@ func (rs *reqState) settle() {
 // stripProxyKey removes the proxy's own API key from a request before it
 // is forwarded. Nodes need no key and must never see one.
 func stripProxyKey(h *fasthttp.RequestHeader) {
-	h.Del("Authorization")
-	h.Del("X-API-Key")
+	for _, k := range proxyKeyHeaders {
+		h.Del(k)
+	}
 }
+
+// proxyKeyHeaders are the headers that carry the proxy's API key.
+var proxyKeyHeaders = []string{"Authorization", "X-API-Key"}

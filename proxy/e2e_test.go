@@ -437,6 +437,38 @@ func TestLargeBodyForwardedIntact(t *testing.T) {
 	}
 }
 
+func TestForwardedHeaders(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	p := testenv.Proxy(t, testenv.Config(t, a))
+	resp := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"x","stream":false}`,
+		"Keep-Alive", "timeout=5", "Proxy-Authorization", "Basic eDp5", "Te", "trailers",
+		"Upgrade", "h2c", "Referer", "http://ui.example/chat", "X-Forwarded-For", "192.0.2.7",
+		"X-Custom", "kept", "Authorization", "Bearer node-token")
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	got, ok := a.Server().LastRequest("/api/generate")
+	if !ok {
+		t.Fatal("node saw no generate")
+	}
+	for _, h := range []string{"Keep-Alive", "Proxy-Authorization", "Te", "Upgrade", "Referer"} {
+		if v := got.Header.Get(h); v != "" {
+			t.Errorf("node received %s: %q, want it dropped", h, v)
+		}
+	}
+	if v := got.Header.Get("X-Forwarded-For"); v != "192.0.2.7, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want the client address appended", v)
+	}
+	if v := got.Header.Get("X-Custom"); v != "kept" {
+		t.Errorf("X-Custom %q, want it passed on", v)
+	}
+	// Without API keys configured, Authorization belongs to the node.
+	if v := got.Header.Get("Authorization"); v != "Bearer node-token" {
+		t.Errorf("Authorization %q, want it passed on when the proxy checks no keys", v)
+	}
+}
+
 func errorMessage(t *testing.T, body []byte) string {
 	t.Helper()
 	var e struct{ Error string }

@@ -55,9 +55,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	rs.ttfb = elapsed(rs.start)
 	if status < 300 {
 		s.afterSuccess(rs, rt, f, lease.Node)
-		p := s.parsers.Get()
-		s.observeFinal(rs, p, body)
-		s.parsers.Put(p)
+		s.observeFinal(rs, body)
 	}
 }
 
@@ -218,9 +216,7 @@ func (r *relay) observe(line []byte) {
 	} else if !bytes.Contains(line, []byte(`"done":true`)) {
 		return
 	}
-	p := r.s.parsers.Get()
-	r.s.observeFinal(r.rs, p, line)
-	r.s.parsers.Put(p)
+	r.s.observeFinal(r.rs, line)
 }
 
 // fail ends a broken stream. When the client went away, nothing more can

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -233,26 +235,51 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	ctx.Request.Header.CopyTo(&req.Header)
-	if rs.apiKey != nil {
-		stripProxyKey(&req.Header)
+	// One pass finds the headers to drop, which most requests do not have;
+	// a Del per name would search the headers once per name.
+	var dropBuf [4]string
+	drop := dropBuf[:0]
+	for k := range req.Header.All() {
+		if dropHeader(k, rs.apiKey != nil) {
+			drop = append(drop, string(k))
+		}
 	}
-	for _, h := range hopHeaders {
-		req.Header.Del(h)
+	for _, k := range drop {
+		req.Header.Del(k)
 	}
-	// Ollama responds with 403 to a browser Origin it does not allow, and
-	// the proxy has already applied CORS itself.
-	req.Header.Del("Origin")
-	req.Header.Del("Referer")
 	req.SetRequestURIBytes(ctx.RequestURI())
 	req.SetBodyRaw(ctx.PostBody())
-	if ip := remoteIP(ctx); ip != "" {
+	var ipBuf [64]byte
+	if ip := appendRemoteIP(ipBuf[:0], ctx); len(ip) > 0 {
 		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-			req.Header.Set("X-Forwarded-For", string(prior)+", "+ip)
+			v := append(append(append([]byte(nil), prior...), ", "...), ip...)
+			req.Header.SetBytesV("X-Forwarded-For", v)
 		} else {
-			req.Header.Set("X-Forwarded-For", ip)
+			req.Header.SetBytesV("X-Forwarded-For", ip)
 		}
 	}
 	return req
+}
+
+// dropHeader reports whether a client header stays out of the request to
+// the node: hop-by-hop headers, Origin and Referer, and, when the proxy
+// checked an API key, the headers that carry it. Ollama responds with 403
+// to a browser Origin it does not allow, and the proxy has already applied
+// CORS itself.
+func dropHeader(name []byte, keyChecked bool) bool {
+	for _, h := range hopHeaders {
+		if len(h) == len(name) && strings.EqualFold(h, string(name)) {
+			return true
+		}
+	}
+	if keyChecked {
+		for _, h := range proxyKeyHeaders {
+			if len(h) == len(name) && strings.EqualFold(h, string(name)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 var hopHeaders = []string{
@@ -261,13 +288,20 @@ var hopHeaders = []string{
 	// fasthttp already sent the client 100 Continue, and the proxy sends
 	// the whole body at once, so the node must not wait for the body.
 	"Expect",
+	"Origin", "Referer",
 }
 
-func remoteIP(ctx *fasthttp.RequestCtx) string {
-	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
-		return a.IP.String()
+// appendRemoteIP appends the client's IP address to b, or nothing when the
+// client is not on TCP.
+func appendRemoteIP(b []byte, ctx *fasthttp.RequestCtx) []byte {
+	a, ok := ctx.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return b
 	}
-	return ""
+	if ip, ok := netip.AddrFromSlice(a.IP); ok {
+		return ip.Unmap().AppendTo(b)
+	}
+	return b
 }
 
 func contentTypeJSON(rt route) string {
@@ -286,3 +320,8 @@ func errString(err error) string {
 
 // elapsed is time.Since, kept apart for readability in the relay.
 func elapsed(t time.Time) time.Duration { return time.Since(t) }
+
+func remoteIP(ctx *fasthttp.RequestCtx) string {
+	var buf [64]byte
+	return string(appendRemoteIP(buf[:0], ctx))
+}

@@ -1,0 +1,54 @@
+package proxy
+
+import "testing"
+
+func TestScanFinal(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want finalStats
+	}{
+		{"ollama done", `{"model":"m","response":"hi","done":true,"context":[1,2,3],"total_duration":900,` +
+			`"load_duration":100,"prompt_eval_count":12,"prompt_eval_duration":50,"eval_count":34,"eval_duration":700}`,
+			finalStats{done: true, promptTokens: 12, completionTokens: 34, loadNs: 100, totalNs: 900, evalNs: 700}},
+		{"not done", `{"model":"m","response":"hi","done":false,"eval_count":3}`, finalStats{}},
+		{"spaces", `{"done": true, "eval_count" : 7, "prompt_eval_count":	2}`,
+			finalStats{done: true, completionTokens: 7, promptTokens: 2}},
+		{"keys quoted in the answer", `{"response":"say \"eval_count\":99 and \"done\":true","done":true,"eval_count":5}`,
+			finalStats{done: true, completionTokens: 5}},
+		{"string value equal to a key", `{"response":"\"done\"","note":"done","done":true,"eval_count":1}`,
+			finalStats{done: true, completionTokens: 1}},
+		{"openai usage", `{"id":"x","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}`,
+			finalStats{usage: true, promptTokens: 9, completionTokens: 4}},
+		{"responses usage", `{"id":"x","usage":{"input_tokens":6,"output_tokens":2}}`,
+			finalStats{usage: true, promptTokens: 6, completionTokens: 2}},
+		{"usage null", `{"id":"x","usage":null,"done":true,"eval_count":1}`,
+			finalStats{done: true, completionTokens: 1}},
+		{"float is not a count", `{"done":true,"eval_count":1.5,"prompt_eval_count":1e3}`, finalStats{done: true}},
+		{"overflow", `{"done":true,"eval_count":99999999999999999999}`, finalStats{done: true}},
+		{"negative", `{"done":true,"eval_duration":-5}`, finalStats{done: true, evalNs: -5}},
+		{"truncated", `{"done":true,"eval_count":`, finalStats{done: true}},
+		{"empty", ``, finalStats{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := scanFinal([]byte(tc.in)); got != tc.want {
+				t.Errorf("scanFinal(%s)\n got %+v\nwant %+v", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func BenchmarkScanFinal(b *testing.B) {
+	line := []byte(`{"model":"llama3:8b","created_at":"2026-01-01T00:00:00Z","response":"` +
+		"a reasonably long answer of a few hundred bytes, as a non-streamed response carries. " +
+		"a reasonably long answer of a few hundred bytes, as a non-streamed response carries." +
+		`","done":true,"done_reason":"stop","context":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],` +
+		`"total_duration":123456789,"load_duration":1234567,"prompt_eval_count":26,` +
+		`"prompt_eval_duration":2345678,"eval_count":290,"eval_duration":98765432}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if st := scanFinal(line); st.completionTokens != 290 {
+			b.Fatal(st)
+		}
+	}
+}
