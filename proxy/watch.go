@@ -201,7 +201,9 @@ func (w *clientWatch) Err() error {
 	return w.err
 }
 
-func (w *clientWatch) Value(key any) any { return w.parent.Value(key) }
+// Value returns nil: the watch carries no values, not even its parent's,
+// so that context.Cause finds no cancelCtx above it and returns Err.
+func (w *clientWatch) Value(any) any { return nil }
 
 // cancel ends the context with cause, aborting the attached exchange.
 func (w *clientWatch) cancel(cause error) {
