@@ -19,7 +19,7 @@ import (
 // goBenchCommands are the Go benchmarks of the hot path: the rate limit
 // check, alone and against Redis (the benchmark starts its own
 // redis-server), then request classification, the stream relay,
-// placement and the cache key.
+// placement, the cache key and a whole request through a proxy.
 var goBenchCommands = [][]string{
 	{"test", "-run", "xxx", "-bench", "BenchmarkAdmit", "-benchtime", "20000x", "./ratelimit"},
 	{"test", "-run", "xxx", "-bench", ".", "-benchtime", "20000x", "./proxy", "./balancer", "./cache"},
@@ -92,8 +92,14 @@ func goBenchIntro(commands []string, runs int) string {
 		"same against a redis-server on 127.0.0.1 that the benchmark starts, so its "+
 		"time includes the round trips over loopback. The other rows are request "+
 		"classification (BenchmarkClassifyInspect), one streamed line through the "+
-		"relay (BenchmarkRelayLine), a slot taken and given back on the balancer "+
-		"(BenchmarkAcquireRelease) and the cache key of a request (BenchmarkKey).\n", runs)
+		"relay (BenchmarkRelayLine), the token counts read from a final response "+
+		"object (BenchmarkScanFinal), a slot taken and given back on the balancer "+
+		"(BenchmarkAcquireRelease), the cache key of a request (BenchmarkKey), and "+
+		"one non-streamed POST /api/generate over loopback, straight to a simulated "+
+		"node and through a whole proxy (BenchmarkForwardGenerate/direct and /proxy). "+
+		"The node and the client of that benchmark run in the same process, so the "+
+		"difference between its two rows is the proxy's cost per request, in time "+
+		"and in allocations.\n", runs)
 }
 
 // goBenchTable shows each benchmark's runs in the order first seen.
