@@ -158,7 +158,8 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		return nil, u.wrap(ctx, "send request", err)
 	}
 
-	_ = conn.SetReadDeadline(time.Now().Add(t.firstByte))
+	ex.deadline = time.Now().Add(t.firstByte)
+	_ = conn.SetReadDeadline(ex.deadline)
 	ex.br = u.hc.AcquireReader(conn)
 	if err := ex.resp.Read(ex.br); err != nil {
 		ex.close()
@@ -209,11 +210,21 @@ func (ex *exchange) setBody(head bool) {
 // Read reads the response body, bounding the silence between reads by the
 // idle timeout. The deadline moves only once half of it has passed,
 // because moving it on every chunk of a stream costs more than the read.
+// The first-byte deadline stays while it is within that range, which
+// spares a short response any deadline change.
 func (ex *exchange) Read(p []byte) (int, error) {
-	if ex.idle > 0 {
+	if ex.idle > 0 || !ex.deadline.IsZero() {
 		now := time.Now()
-		if ex.deadline.Sub(now) < ex.idle/2 {
-			ex.deadline = now.Add(ex.idle)
+		left := ex.deadline.Sub(now)
+		moved := false
+		switch {
+		case ex.idle <= 0:
+			// No idle timeout: the body may take as long as it takes.
+			ex.deadline, moved = time.Time{}, true
+		case left < ex.idle/2 || left > ex.idle:
+			ex.deadline, moved = now.Add(ex.idle), true
+		}
+		if moved {
 			_ = ex.conn.SetReadDeadline(ex.deadline)
 			// A cancellation between the check and the new deadline
 			// would otherwise be undone.
@@ -325,11 +336,9 @@ func (ex *exchange) closeWith(complete bool) {
 		ex.u.hc.ReleaseReader(ex.br)
 		ex.br = nil
 	}
-	reuse := complete && ex.reuse && !cancelled
-	if reuse {
-		_ = ex.conn.SetDeadline(time.Time{})
-	}
-	ex.done(reuse)
+	// A pooled connection keeps its read deadline, because the next
+	// exchange on it sets its own before it reads.
+	ex.done(complete && ex.reuse && !cancelled)
 	if cancelled {
 		// The cancellation callback may still be running and holds ex.
 		return
