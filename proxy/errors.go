@@ -38,7 +38,7 @@ func statusFor(err error) int {
 		return StatusClientClosed
 	case errors.Is(err, balancer.ErrModelNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, balancer.ErrNoNode):
+	case errors.Is(err, balancer.ErrNoNode), errors.Is(err, errShuttingDown):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errFirstByteTimeout), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, errIdleTimeout):

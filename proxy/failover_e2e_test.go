@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -470,6 +471,66 @@ func TestUpstreamTotalBoundsWholeRequest(t *testing.T) {
 	for _, n := range tr.proxy.Balancer().Nodes() {
 		if !n.Usable() {
 			t.Errorf("node %s is out after requests hit upstream.total", n.Name)
+		}
+	}
+}
+
+// Requests still in flight when shutdown_timeout runs out end with an
+// error their clients can read: an error line on NDJSON and SSE streams,
+// 503 for a response not yet started.
+func TestShutdownEndsRequestsWithError(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{TokensPerSec: 10, MinTokens: 200, MaxTokens: 200}, nil)
+	tr.preload(t)
+
+	type outcome struct {
+		status int
+		body   string
+	}
+	requests := []struct{ path, body string }{
+		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"long"}]}`},
+		{"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"long"}]}`},
+		{"/api/generate", `{"model":"m","prompt":"long","stream":false}`},
+	}
+	results := make([]outcome, len(requests))
+	var wg sync.WaitGroup
+	for i, r := range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := post(t, tr.proxy.URL()+r.path, r.body)
+			results[i] = outcome{resp.StatusCode, string(readBody(t, resp))}
+		}()
+	}
+	testenv.WaitFor(t, 5*time.Second, "three requests in flight", func() bool {
+		n := int64(0)
+		for _, node := range tr.proxy.Balancer().Nodes() {
+			n += node.Inflight()
+		}
+		return n == 3
+	})
+	time.Sleep(200 * time.Millisecond) // the streams have sent lines
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = tr.proxy.Shutdown(ctx)
+	wg.Wait()
+
+	lastLine := func(body string) string {
+		lines := strings.Split(strings.TrimSpace(body), "\n")
+		return lines[len(lines)-1]
+	}
+	if r := results[0]; r.status != 200 || !strings.HasPrefix(lastLine(r.body), `{"error":"llmproxy is shutting down`) {
+		t.Errorf("NDJSON stream: status %d, last line %q", r.status, lastLine(r.body))
+	}
+	if r := results[1]; r.status != 200 || !strings.HasPrefix(lastLine(r.body), `data: {"error":{"message":"llmproxy is shutting down`) {
+		t.Errorf("SSE stream: status %d, last line %q", r.status, lastLine(r.body))
+	}
+	if r := results[2]; r.status != http.StatusServiceUnavailable || !strings.Contains(r.body, "shutting down") {
+		t.Errorf("non-streamed generate: status %d, body %s", r.status, r.body)
+	}
+	for _, n := range tr.proxy.Balancer().Nodes() {
+		if n.Inflight() != 0 {
+			t.Errorf("node %s has %d requests in flight after the shutdown", n.Name, n.Inflight())
 		}
 	}
 }

@@ -203,6 +203,7 @@ func errorText(body []byte) string {
 func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
 	fctx, cancel := context.WithCancel(context.Background())
 	wctx, watch := watchClient(fctx, ctx.Conn())
+	s.inflight.track(watch)
 	req := s.upstreamRequest(ctx, rs)
 	fs := &fanoutStream{lines: make(chan []byte, 64), cancel: cancel, watch: watch, s: s, rs: rs}
 	results := make([]fanoutResult, len(targets))

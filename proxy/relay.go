@@ -31,19 +31,24 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	ctx.Response.ResetBody()
 	err := ex.readInto(ctx.Response.BodyWriter(), maxResponseBytes)
 	body := ctx.Response.Body()
-	clientGone := watch.gone()
 	// The exchange ends before the watch cancels its context, or the
 	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
+		// The watch's state goes with it into the pool, so the cause is
+		// read first.
+		cause := err
+		nodeFault := false
+		if stop := proxyStop(watch); stop != nil {
+			cause = stop
+		} else if clientLeft(watch, err) {
+			cause = errClientGone
+		} else {
+			nodeFault = true
+		}
 		ex.close()
 		watch.release()
 		lease.Release()
-		cause := err
-		if errors.Is(watch.Err(), context.DeadlineExceeded) {
-			cause = errTotalTimeout
-		} else if clientGone || errors.Is(err, errClientGone) || errors.Is(err, errCancelled) {
-			cause = errClientGone
-		} else {
+		if nodeFault {
 			s.report(lease.Node, reasonMidStream)
 		}
 		s.failAttempt(ctx, rt, rs, attempt{err: cause})
@@ -57,6 +62,28 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		s.afterSuccess(rs, rt, f, lease.Node)
 		s.observeFinal(rs, body)
 	}
+}
+
+// proxyStop returns the reason when the proxy itself ended a request
+// through its watch: errTotalTimeout or errShuttingDown, and nil
+// otherwise.
+func proxyStop(w *clientWatch) error {
+	switch err := w.Err(); {
+	case errors.Is(err, context.DeadlineExceeded):
+		return errTotalTimeout
+	case errors.Is(err, errShuttingDown):
+		return errShuttingDown
+	}
+	return nil
+}
+
+// clientLeft reports whether a failed read was the client's doing: the
+// watch saw the client leave, or cancelled the exchange. The watch's cause
+// is set before it aborts the exchange, so it is checked as well as the
+// end of the watch's read.
+func clientLeft(w *clientWatch, err error) bool {
+	return errors.Is(w.Err(), errClientGone) || w.gone() ||
+		errors.Is(err, errClientGone) || errors.Is(err, errCancelled)
 }
 
 // afterSuccess updates the node's inventory after a successful request.
@@ -222,19 +249,19 @@ func (r *relay) observe(line []byte) {
 // fail ends a broken stream. When the client went away, nothing more can
 // be sent. Otherwise the client gets an error line in the stream's own
 // format and a clean end of the response, and the failure counts against
-// the node unless the stream outlasted upstream.total.
+// the node unless the proxy ended the stream: upstream.total or a shutdown.
 func (r *relay) fail(p []byte, err error) (int, error) {
 	r.done = true
-	timedOut := errors.Is(r.watch.Err(), context.DeadlineExceeded)
-	if !timedOut && (errors.Is(err, errClientGone) || errors.Is(err, errCancelled) || r.watch.gone()) {
+	stop := proxyStop(r.watch)
+	if stop == nil && clientLeft(r.watch, err) {
 		r.failed = errClientGone
 		return 0, errClientGone
 	}
 	var msg string
-	if timedOut {
-		// The proxy's own limit, not the node's fault.
-		r.failed = errTotalTimeout
-		msg = errTotalTimeout.Error()
+	if stop != nil {
+		// The proxy ended the stream, not the node's fault.
+		r.failed = stop
+		msg = stop.Error()
 	} else {
 		r.failed = err
 		r.s.report(r.lease.Node, reasonMidStream)

@@ -49,10 +49,10 @@ type verdict struct {
 // and would fail the same way anywhere. Nor does it retry a client that
 // went away, the end of upstream.total, or a first-byte timeout on a node
 // that was loading the model, because another node would have to load it
-// again.
+// again. A request ended by the proxy's shutdown is not retried either.
 func judge(a attempt) verdict {
 	switch {
-	case a.err != nil && errors.Is(a.err, errClientGone):
+	case a.err != nil && (errors.Is(a.err, errClientGone) || errors.Is(a.err, errShuttingDown)):
 		return verdict{}
 	case a.err != nil && errors.Is(a.err, errFirstByteTimeout):
 		if a.coldLoad {

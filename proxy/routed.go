@@ -65,6 +65,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	cfg := s.config()
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	watch.limit(cfg.Upstream.Total)
+	s.inflight.track(watch)
 	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
 	if f.body != nil {
@@ -76,6 +77,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
 		lease, err := s.acquire(wctx, rt, rs, f, tried)
 		if err != nil {
+			if stop := proxyStop(watch); stop != nil {
+				err = stop
+			}
 			watch.release()
 			s.failNoNode(ctx, rt, rs, f, err, last)
 			return
@@ -107,6 +111,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 			last = attempt{err: context.Cause(wctx)}
 			break
 		}
+	}
+	if stop := proxyStop(watch); stop != nil {
+		last = attempt{err: stop}
 	}
 	watch.release()
 	s.failAttempt(ctx, rt, rs, last)

@@ -100,6 +100,9 @@ type Server struct {
 	// lastRefresh is the time of the last refreshAll in Unix nanoseconds,
 	// which limits such refreshes to one a second.
 	lastRefresh atomic.Int64
+
+	// inflight lists the requests waiting on or streaming from nodes.
+	inflight watchList
 }
 
 // New returns a server for opts. It does not listen until Serve.
@@ -195,10 +198,26 @@ func (s *Server) upstreamFor(n *balancer.Node) *upstream {
 func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
 // Shutdown stops accepting connections and waits for requests in flight,
-// streams included, until ctx ends.
+// streams included, until ctx ends. Shortly before ctx's deadline it ends
+// the requests still in flight, so that their clients read an error (an
+// error line on a stream, 503 otherwise) instead of a cut connection.
 func (s *Server) Shutdown(ctx context.Context) error {
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		cut := time.AfterFunc(left-min(shutdownGrace, left/10), func() {
+			if n := s.inflight.cancelAll(errShuttingDown); n > 0 {
+				s.log.Warn("shutdown_timeout is running out, ending requests in flight", "requests", n)
+			}
+		})
+		defer cut.Stop()
+	}
 	return s.srv.ShutdownWithContext(ctx)
 }
+
+// shutdownGrace is the time that requests ended by Shutdown have to send
+// their error before the shutdown deadline, at most a tenth of the
+// shutdown timeout.
+const shutdownGrace = time.Second
 
 // AdminHandler serves the admin routes, metrics and probes alone, for the
 // separate listener of admin.listen.

@@ -235,6 +235,10 @@ func (ex *exchange) Read(p []byte) (int, error) {
 	}
 	n, err := ex.body.Read(p)
 	if err != nil && err != io.EOF && isTimeout(err) {
+		if ex.cancelled.Load() {
+			// The deadline in the past was the cancellation's.
+			return n, errCancelled
+		}
 		return n, errIdleTimeout
 	}
 	if err == io.ErrUnexpectedEOF {

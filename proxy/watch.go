@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -74,7 +75,65 @@ type clientWatch struct {
 	stopped atomic.Bool
 	// pipelined is set when the client sent bytes during the response.
 	pipelined atomic.Bool
+
+	// list is the server's list of requests in flight that holds the
+	// watch between track and finish; prev and next link it there.
+	list       *watchList
+	prev, next *clientWatch
 }
+
+// watchList links the watches of the requests in flight to nodes, so that
+// a shutdown can end them with an error that their clients can read. It
+// allocates nothing per request.
+type watchList struct {
+	mu   sync.Mutex
+	head *clientWatch
+}
+
+// track adds w to the list until w finishes.
+func (l *watchList) track(w *clientWatch) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w.list, w.prev, w.next = l, nil, l.head
+	if l.head != nil {
+		l.head.prev = w
+	}
+	l.head = w
+}
+
+func (l *watchList) remove(w *clientWatch) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.list != l {
+		return
+	}
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		l.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	}
+	w.list, w.prev, w.next = nil, nil, nil
+}
+
+// cancelAll ends the context of every listed watch with cause and returns
+// how many it ended.
+func (l *watchList) cancelAll(cause error) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for w := l.head; w != nil; w = w.next {
+		w.cancel(cause)
+		n++
+	}
+	return n
+}
+
+// errShuttingDown ends the requests still in flight when the proxy's
+// shutdown_timeout is about to run out.
+var errShuttingDown = errors.New("llmproxy is shutting down, retry the request")
 
 var watchPool = sync.Pool{New: func() any {
 	w := &clientWatch{}
@@ -281,6 +340,9 @@ func (w *clientWatch) stop() {
 
 // finish stops the watch and ends its context.
 func (w *clientWatch) finish() {
+	if l := w.list; l != nil {
+		l.remove(w)
+	}
 	w.stop()
 	w.mu.Lock()
 	if w.limitTimer != nil {
