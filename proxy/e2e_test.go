@@ -652,6 +652,28 @@ func TestStreamOutlivesFirstByteTimeout(t *testing.T) {
 	}
 }
 
+func TestIdleTimeoutShorterThanFirstByte(t *testing.T) {
+	// Every token takes 1 s, and the idle timeout is 300 ms: the stream
+	// must end soon after its first line, not when first_byte runs out.
+	a := testenv.Sim(t, "m", ollamasim.Config{MinTokens: 20, MaxTokens: 20})
+	if err := a.Server().SetFaults(ollamasim.Faults{TokenDelay: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testenv.Config(t, a)
+	cfg.Upstream.FirstByte = 20 * time.Second
+	cfg.Upstream.Idle = 300 * time.Millisecond
+	p := testenv.Proxy(t, cfg)
+	start := time.Now()
+	body := readBody(t, post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"x"}]}`))
+	took := time.Since(start)
+	if !bytes.Contains(body, []byte("idle timeout")) {
+		t.Errorf("stream without an idle timeout error: %s", body)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the stream ended after %s, want about one token and the 300ms idle timeout", took)
+	}
+}
+
 func TestExpectContinueIsServed(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
