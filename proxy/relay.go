@@ -207,6 +207,8 @@ func (r *relay) Read(p []byte) (int, error) {
 		n := copy(p, line)
 		if n < len(line) {
 			r.pending = append(r.pendBuf[:0], line[n:]...)
+		} else if r.sse && err == nil {
+			n += r.eventEnd(p[n:], line)
 		}
 		r.markSent(p[:n])
 		if err == io.EOF {
@@ -219,6 +221,40 @@ func (r *relay) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return r.fail(p, err)
+}
+
+// eventEnd moves the blank line that ends an SSE event into p, after the
+// event's data line, when the node's write of the event has brought it
+// already. The event then leaves in one write instead of two, and a client
+// can act on it only at the blank line anyway. It never waits for data and
+// returns the number of bytes moved.
+func (r *relay) eventEnd(p, line []byte) int {
+	if len(line) <= 2 && (line[0] == '\n' || line[0] == '\r') {
+		return 0 // the line itself is blank
+	}
+	end := r.br.Buffered()
+	if end > 2 {
+		end = 2
+	}
+	next, _ := r.br.Peek(end)
+	var blank []byte
+	switch {
+	case len(next) >= 1 && next[0] == '\n':
+		blank = next[:1]
+	case len(next) == 2 && next[0] == '\r' && next[1] == '\n':
+		blank = next[:2]
+	default:
+		return 0
+	}
+	if len(p) < len(blank) {
+		return 0
+	}
+	n := copy(p, blank)
+	if r.f.store != nil {
+		_, _ = r.f.store.agg.Write(blank)
+	}
+	_, _ = r.br.Discard(n)
+	return n
 }
 
 func (r *relay) markSent(b []byte) {

@@ -63,6 +63,48 @@ func TestRelayKeepsLines(t *testing.T) {
 	}
 }
 
+// readAll returns what each Read of r gave, until io.EOF.
+func readAll(t *testing.T, r *relay) []string {
+	t.Helper()
+	buf := make([]byte, 4096)
+	var got []string
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			got = append(got, string(buf[:n]))
+		}
+		if err == io.EOF {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRelaySendsSSEEventInOneRead(t *testing.T) {
+	events := []string{"data: {\"a\":1}\n\n", "data: {\"b\":2}\r\n\r\n", "data: [DONE]\n\n"}
+	var src [][]byte
+	for _, e := range events {
+		src = append(src, []byte(e))
+	}
+	got := readAll(t, newTestRelay(&chunkReader{lines: src}, true))
+	if strings.Join(got, "|") != strings.Join(events, "|") {
+		t.Errorf("reads %q, want one event per read %q", got, events)
+	}
+}
+
+func TestRelayDoesNotWaitForEventEnd(t *testing.T) {
+	// The blank line arrives in a later read of the node's stream: the
+	// data line must not wait for it.
+	src := [][]byte{[]byte("data: {\"a\":1}\n"), []byte("\n"), []byte("data: [DONE]\n\n")}
+	got := readAll(t, newTestRelay(&chunkReader{lines: src}, true))
+	want := []string{"data: {\"a\":1}\n", "\n", "data: [DONE]\n\n"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("reads %q, want %q", got, want)
+	}
+}
+
 func TestRelaySplitsLongLine(t *testing.T) {
 	long := append(bytes.Repeat([]byte("x"), 10000), '\n')
 	r := newTestRelay(&chunkReader{lines: [][]byte{long}}, false)
