@@ -65,7 +65,20 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   "sent_at" field of up to 43 bytes to each event. Every target relays
   the same longer events.
 - The runner measures no other processes while the Go benchmarks run, so
-  their table shows the spread of several runs instead.`
+  their table shows the spread of several runs instead.
+- Where llmproxy's extra CPU per request goes, from system call counts
+  (` + "`strace -c -f -p PID`" + ` during bench/cmd/loadgen against the same three
+  nodes, taken on 2026-12-04 on the machine of the first such report): at
+  saturation (64 connections) llmproxy made 3.5 read(2) calls per
+  request, 1.5 of them returning EAGAIN, and 2.0 write(2); nginx made 2.0
+  recvfrom, 2.0 writev, 1.0 getsockopt and 0.2 epoll_wait. Go's net
+  package tries a read before it waits for data, and nginx's event loop
+  reads only after epoll reports data. At 500 requests per second
+  llmproxy also made about 3 futex, 4 nanosleep and 3 epoll_pwait calls
+  per request: the Go scheduler parks and wakes threads between requests
+  when the CPUs are not busy, which is why its CPU per request is higher
+  at the fixed rate than at saturation. The profiles of -profile show the
+  rest: header parsing in fasthttp, the scheduler and timers.`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
