@@ -108,14 +108,18 @@ func describeMachine(binDir string) report.Machine {
 	return m
 }
 
-// commit returns the checked-out commit, marked when the tree has changes.
+// commit returns the checked-out commit, marked when the tree has changes
+// other than the reports.
 func commit() string {
 	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return "unknown"
 	}
 	id := strings.TrimSpace(string(out))
-	status, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output()
+	// The reports themselves do not count: a run often starts while the
+	// previous report is not yet committed.
+	status, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no",
+		"--", ".", ":!BENCHMARKS.md", ":!bench/out").Output()
 	if err == nil && len(strings.TrimSpace(string(status))) > 0 {
 		return fmt.Sprintf("%s with uncommitted changes", id)
 	}
