@@ -674,6 +674,51 @@ func TestIdleTimeoutShorterThanFirstByte(t *testing.T) {
 	}
 }
 
+func TestHTTP10StreamIsNotChunked(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{MinTokens: 5, MaxTokens: 5})
+	p := testenv.Proxy(t, testenv.Config(t, a))
+	for _, tc := range []struct{ path, body, last string }{
+		{"/api/chat", `{"model":"m","messages":[{"role":"user","content":"x"}]}`, `"done":true`},
+		{"/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}`,
+			"data: [DONE]"},
+	} {
+		conn, err := net.Dial("tcp", p.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "POST %s HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+			tc.path, len(tc.body), tc.body)
+		// The server ends the body by closing the connection.
+		raw, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%s: read until close: %v", tc.path, err)
+		}
+		head, body, ok := strings.Cut(string(raw), "\r\n\r\n")
+		if !ok {
+			t.Fatalf("%s: no header end in %q", tc.path, raw)
+		}
+		if !strings.HasPrefix(head, "HTTP/1.1 200") {
+			t.Errorf("%s: status line %q", tc.path, strings.SplitN(head, "\r\n", 2)[0])
+		}
+		if strings.Contains(strings.ToLower(head), "transfer-encoding") ||
+			strings.Contains(strings.ToLower(head), "content-length") {
+			t.Errorf("%s: HTTP/1.0 response framed by a header:\n%s", tc.path, head)
+		}
+		lines := strings.Split(strings.TrimSpace(body), "\n")
+		if len(lines) < 5 || !strings.Contains(lines[len(lines)-1], tc.last) {
+			t.Errorf("%s: body of %d lines ending %q, want the stream unchunked", tc.path, len(lines), lines[len(lines)-1])
+		}
+		if !strings.HasPrefix(lines[0], "{") && !strings.HasPrefix(lines[0], "data: {") {
+			t.Errorf("%s: first body line %q, want a stream line without a chunk size", tc.path, lines[0])
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "the slot to be free", func() bool {
+		return p.Balancer().Node("n0").Inflight() == 0
+	})
+}
+
 func TestExpectContinueIsServed(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -6,7 +6,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -142,7 +145,62 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	rs.deferred = true
 	rs.status = ex.resp.StatusCode()
 	rs.ctx = nil
+	if !ctx.Request.Header.IsHTTP11() {
+		streamHTTP10(ctx, r)
+		return
+	}
 	ctx.SetBodyStream(r, -1)
+}
+
+// hijackStartLimit is how long streamHTTP10 waits for fasthttp to call
+// its hijack handler before it closes the relay itself. The handler
+// normally starts as soon as the request handler returns.
+const hijackStartLimit = 10 * time.Second
+
+// streamHTTP10 sends a stream to an HTTP/1.0 client, which does not know
+// chunked encoding: the response has no Content-Length and its end is the
+// end of the connection. fasthttp always chunks a body stream, so the
+// proxy takes over the connection once the handler returns.
+//
+// NOTE: fasthttp's shutdown does not wait for a connection it has handed
+// over, so such a stream gets the shutdown's error line only while the
+// process still runs.
+func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay) {
+	ctx.Response.Header.SetContentLength(-2) // identity: no Content-Length
+	ctx.SetConnectionClose()
+	head := append([]byte(nil), ctx.Response.Header.Header()...)
+	// fasthttp skips the hijack handler when the connection fails first,
+	// and then nothing would close the relay and free the node's slot.
+	var claimed atomic.Bool
+	fallback := time.AfterFunc(hijackStartLimit, func() {
+		if claimed.CompareAndSwap(false, true) {
+			_ = r.Close()
+		}
+	})
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		if !claimed.CompareAndSwap(false, true) {
+			return
+		}
+		fallback.Stop()
+		defer r.Close()
+		if _, err := c.Write(head); err != nil {
+			return
+		}
+		bp := copyBuffers.Get().(*[]byte)
+		defer copyBuffers.Put(bp)
+		for {
+			n, err := r.Read(*bp)
+			if n > 0 {
+				if _, werr := c.Write((*bp)[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
 }
 
 // relay reads a streamed response from a node line by line and gives each
