@@ -159,7 +159,8 @@ func watchClient(parent context.Context, conn net.Conn) (context.Context, *clien
 	w.stopped.Store(false)
 	w.pipelined.Store(false)
 	if parent.Done() != nil {
-		w.stopParent = context.AfterFunc(parent, func() { w.cancel(context.Cause(parent)) })
+		use := w.uses
+		w.stopParent = context.AfterFunc(parent, func() { w.cancelUse(use, context.Cause(parent)) })
 	}
 	if conn == nil {
 		w.stopped.Store(true)
@@ -218,13 +219,17 @@ func (w *clientWatch) limit(d time.Duration) {
 	defer w.mu.Unlock()
 	w.deadline = time.Now().Add(d)
 	use := w.uses
-	w.limitTimer = time.AfterFunc(d, func() {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if w.uses == use {
-			w.cancelLocked(context.DeadlineExceeded)
-		}
-	})
+	w.limitTimer = time.AfterFunc(d, func() { w.cancelUse(use, context.DeadlineExceeded) })
+}
+
+// cancelUse cancels the watch only while it is still in the given use,
+// for callbacks that may run after the watch went back to the pool.
+func (w *clientWatch) cancelUse(use uint64, cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.uses == use {
+		w.cancelLocked(cause)
+	}
 }
 
 // Deadline, Done, Err and Value make the watch a context.Context.
