@@ -249,6 +249,8 @@ func TestBadInput(t *testing.T) {
 		{"missing model", "/api/chat", `{"messages":[]}`, 400, "model is required"},
 		{"model not a string", "/api/chat", `{"model":5,"messages":[]}`, 400, "invalid model"},
 		{"duplicate key", "/v1/chat/completions", `{"model":"m","model":"x"}`, 400, "duplicate key"},
+		{"duplicate option", "/api/chat", `{"model":"m","options":{"num_ctx":1,"num_ctx":8192}}`, 400,
+			`duplicate key \"num_ctx\" in options`},
 		{"empty body", "/api/embed", ``, 400, "missing request body"},
 		{"openai malformed", "/v1/chat/completions", `{`, 400, `"type":"invalid_request_error"`},
 		{"unknown path", "/api/nothing", `{}`, 404, "404 page not found"},
@@ -440,10 +442,24 @@ func TestLargeBodyForwardedIntact(t *testing.T) {
 func TestForwardedHeaders(t *testing.T) {
 	a := testenv.Sim(t, "m", ollamasim.Config{})
 	p := testenv.Proxy(t, testenv.Config(t, a))
-	resp := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"x","stream":false}`,
-		"Keep-Alive", "timeout=5", "Proxy-Authorization", "Basic eDp5", "Te", "trailers",
-		"Upgrade", "h2c", "Referer", "http://ui.example/chat", "X-Forwarded-For", "192.0.2.7",
-		"X-Custom", "kept", "Authorization", "Bearer node-token")
+	req, err := http.NewRequest("POST", p.URL()+"/api/generate",
+		strings.NewReader(`{"model":"m","prompt":"x","stream":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range [][2]string{
+		{"Keep-Alive", "timeout=5"}, {"Proxy-Authorization", "Basic eDp5"}, {"Te", "trailers"},
+		{"Upgrade", "h2c"}, {"Referer", "http://ui.example/chat"},
+		{"X-Forwarded-For", "192.0.2.7"}, {"X-Forwarded-For", "198.51.100.9"},
+		{"Connection", "keep-alive, X-Hop-Only"}, {"X-Hop-Only", "dropped"},
+		{"X-Custom", "kept"}, {"Authorization", "Bearer node-token"},
+	} {
+		req.Header.Add(kv[0], kv[1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
 	readBody(t, resp)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
@@ -452,13 +468,13 @@ func TestForwardedHeaders(t *testing.T) {
 	if !ok {
 		t.Fatal("node saw no generate")
 	}
-	for _, h := range []string{"Keep-Alive", "Proxy-Authorization", "Te", "Upgrade", "Referer"} {
+	for _, h := range []string{"Keep-Alive", "Proxy-Authorization", "Te", "Upgrade", "Referer", "X-Hop-Only"} {
 		if v := got.Header.Get(h); v != "" {
 			t.Errorf("node received %s: %q, want it dropped", h, v)
 		}
 	}
-	if v := got.Header.Get("X-Forwarded-For"); v != "192.0.2.7, 127.0.0.1" {
-		t.Errorf("X-Forwarded-For %q, want the client address appended", v)
+	if v := got.Header.Values("X-Forwarded-For"); len(v) != 1 || v[0] != "192.0.2.7, 198.51.100.9, 127.0.0.1" {
+		t.Errorf("X-Forwarded-For %q, want both client values and the client address in one list", v)
 	}
 	if v := got.Header.Get("X-Custom"); v != "kept" {
 		t.Errorf("X-Custom %q, want it passed on", v)

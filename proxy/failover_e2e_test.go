@@ -472,6 +472,9 @@ func TestUpstreamTotalBoundsWholeRequest(t *testing.T) {
 		if !n.Usable() {
 			t.Errorf("node %s is out after requests hit upstream.total", n.Name)
 		}
+		if e := n.LastError(); e != "" {
+			t.Errorf("node %s has last error %q from the proxy's own limit", n.Name, e)
+		}
 	}
 }
 

@@ -63,6 +63,12 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 		// than the node runs.
 		return f, fmt.Errorf("invalid JSON: duplicate key %q", key)
 	}
+	if opts := v.Get("options"); opts != nil {
+		// The same holds for options such as num_ctx, which placement reads.
+		if key := duplicateKey(opts); key != "" {
+			return f, fmt.Errorf("invalid JSON: duplicate key %q in options", key)
+		}
+	}
 	f.rawModel = string(v.GetStringBytes("model"))
 	if m := v.Get("model"); m != nil && m.Type() != fastjson.TypeString && m.Type() != fastjson.TypeNull {
 		f.modelNotString = true

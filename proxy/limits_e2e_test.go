@@ -987,6 +987,45 @@ func TestLimitsAdminUsage(t *testing.T) {
 	}
 }
 
+// A client that closes a stream before its final line, which alone
+// carries the node's token counts, is still charged for what it received.
+func TestLimitsChargeCutStream(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 50, MinTokens: 200, MaxTokens: 200})
+	cfg := testenv.Config(t, sim)
+	metered := limitKey("metered")
+	metered.MonthlyTokens = 100000
+	cfg.Auth.Keys = []config.Key{metered}
+	p := testenv.Proxy(t, cfg)
+
+	resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"long"}]}`,
+		bearer("metered")...)
+	sc := bufio.NewScanner(resp.Body)
+	lines := 0
+	for lines < 10 && sc.Scan() {
+		lines++
+	}
+	resp.Body.Close() // leave mid-stream
+	if lines < 10 {
+		t.Fatalf("read %d lines before leaving, want 10", lines)
+	}
+
+	var usage []ratelimit.KeyUsage
+	testenv.WaitFor(t, 5*time.Second, "the cut stream settled in /admin/usage", func() bool {
+		r, err := http.Get(p.URL() + "/admin/usage")
+		if err != nil {
+			t.Fatalf("GET /admin/usage: %v", err)
+		}
+		usage, err = decodeUsage(readBody(t, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(usage) == 1 && usage[0].InFlight == 0
+	})
+	if got := usage[0].MonthlyTokens; got < int64(lines) {
+		t.Errorf("monthly tokens %d after the client received %d chunks, want at least %d", got, lines, lines)
+	}
+}
+
 // burst sends n quick generates at once without a key, the i-th with the
 // headers of header(i), and returns the responses and how long they took.
 func burst(p *app.App, n int, header func(i int) []string) ([]loadResult, time.Duration) {

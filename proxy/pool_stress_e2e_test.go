@@ -554,8 +554,10 @@ func TestPoolStressMixedClients(t *testing.T) {
 			t.Errorf("%s: access log status %d, want 499 (or 200 if it completed first): %+v",
 				id, r.Status, r)
 		}
-		if r.CompletionTokens != 0 && int(r.CompletionTokens) != c.tokens {
-			t.Errorf("%s: access log has %d completion tokens, want 0 or its own %d",
+		// A stream left early is charged about one token per chunk sent,
+		// at most its own count and the final chunks of an SSE stream.
+		if r.CompletionTokens < 0 || int(r.CompletionTokens) > c.tokens+2 {
+			t.Errorf("%s: access log has %d completion tokens, want 0 to its own %d",
 				id, r.CompletionTokens, c.tokens)
 		}
 	}
@@ -663,12 +665,15 @@ func TestPoolStressTotalNextToUnlimited(t *testing.T) {
 		case j.abandonAfter > 0:
 			// TestPoolStressLeftStreamsNotNodeFailures checks how a client
 			// that leaves a stream is logged.
-			if r.CompletionTokens != 0 || strings.Contains(r.Error, "deadline exceeded") {
-				t.Errorf("%s: access log %+v, want no tokens and no deadline error", j.call.id, r)
+			// It is charged the chunks it was sent.
+			if strings.Contains(r.Error, "deadline exceeded") || !chargedAtMost(r.CompletionTokens, j.call.tokens) {
+				t.Errorf("%s: access log %+v, want no deadline error and at most %d tokens",
+					j.call.id, r, j.call.tokens)
 			}
 		case j.cut:
-			if !strings.Contains(r.Error, "deadline exceeded") || r.CompletionTokens != 0 {
-				t.Errorf("%s: access log %+v, want a deadline error and no tokens", j.call.id, r)
+			if !strings.Contains(r.Error, "deadline exceeded") || !chargedAtMost(r.CompletionTokens, j.call.tokens) {
+				t.Errorf("%s: access log %+v, want a deadline error and at most %d tokens",
+					j.call.id, r, j.call.tokens)
 			}
 		default:
 			if r.Status != 200 || r.Error != "" || int(r.CompletionTokens) != j.call.tokens {
@@ -917,4 +922,11 @@ func TestPoolStressLeftStreamsNotNodeFailures(t *testing.T) {
 			t.Errorf("clients leaving streams counted against node %s: %s", n.Name, got)
 		}
 	}
+}
+
+// chargedAtMost reports whether a request cut short was charged between 0
+// and its full count of tokens, allowing the final chunks of an SSE stream.
+// A full count of 0 means the count is not known.
+func chargedAtMost(charged int64, full int) bool {
+	return charged >= 0 && (full <= 0 || charged <= int64(full)+2)
 }

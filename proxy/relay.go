@@ -142,6 +142,7 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	r.reset(ex)
 	r.s, r.rt, r.rs, r.f, r.lease, r.ex, r.watch = s, rt, rs, f, lease, ex, watch
 	r.sse = bytes.HasPrefix(ex.resp.ContentType(), []byte("text/event-stream"))
+	r.promptEstimate = int64(len(ctx.PostBody()) / 4)
 	rs.deferred = true
 	rs.status = ex.resp.StatusCode()
 	rs.ctx = nil
@@ -216,6 +217,13 @@ type relay struct {
 	watch *clientWatch
 	sse   bool
 
+	// chunks counts the complete lines of the stream sent on, except blank
+	// ones, and promptEstimate is the request body's size over four: what
+	// a stream cut before its final line is charged, because only the
+	// final line carries the node's counts.
+	chunks         int64
+	promptEstimate int64
+
 	br      *bufio.Reader
 	pending []byte // the part of a line that did not fit the caller's buffer
 	pendBuf []byte
@@ -235,6 +243,7 @@ var relayPool = sync.Pool{New: func() any {
 }}
 
 func (r *relay) reset(body io.Reader) {
+	r.chunks, r.promptEstimate = 0, 0
 	r.br.Reset(readerOnly{body})
 	r.pending, r.lastNL, r.sent, r.done, r.failed = nil, true, false, false, nil
 }
@@ -258,6 +267,9 @@ func (r *relay) Read(p []byte) (int, error) {
 	if len(line) > 0 {
 		if err == nil {
 			r.observe(line)
+			if len(line) > 2 || line[0] != '\n' && line[0] != '\r' {
+				r.chunks++
+			}
 		}
 		if r.f.store != nil {
 			_, _ = r.f.store.agg.Write(line)
@@ -392,6 +404,13 @@ func (r *relay) Close() error {
 	r.watch.release()
 	r.lease.Release()
 	rs := r.rs
+	if rs.promptTokens == 0 && rs.completionTokens == 0 && r.chunks > 0 {
+		// The stream carried no counts: it ended before its final line, or
+		// it is an OpenAI stream without usage. Charge an estimate, one
+		// token per chunk sent (Ollama streams about one token per chunk),
+		// so that leaving early does not escape the key's token limits.
+		rs.completionTokens, rs.promptTokens = r.chunks, r.promptEstimate
+	}
 	if r.f.store != nil {
 		r.f.store.finish(complete && rs.status == fasthttp.StatusOK)
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -161,7 +162,10 @@ func (s *Server) try(ctx context.Context, node *balancer.Node, req *fasthttp.Req
 	ex, err := s.upstreamFor(node).send(ctx, req, t)
 	if err != nil {
 		a.err = err
-		if !errors.Is(err, errClientGone) {
+		// The client leaving, upstream.total and a shutdown are not the
+		// node's errors.
+		if !errors.Is(err, errClientGone) && !errors.Is(err, context.DeadlineExceeded) &&
+			!errors.Is(err, errShuttingDown) {
 			node.SetLastError(err.Error())
 		}
 		return a, nil
@@ -246,9 +250,17 @@ func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fastht
 	// a Del per name would search the headers once per name.
 	var dropBuf [4]string
 	drop := dropBuf[:0]
-	for k := range req.Header.All() {
+	for k, v := range req.Header.All() {
 		if dropHeader(k, rs.apiKey != nil) {
 			drop = append(drop, string(k))
+		}
+		if strings.EqualFold(string(k), "Connection") {
+			// Headers named in Connection are hop-by-hop too.
+			for name := range strings.SplitSeq(string(v), ",") {
+				if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, "close") {
+					drop = append(drop, name)
+				}
+			}
 		}
 	}
 	for _, k := range drop {
@@ -258,8 +270,13 @@ func (s *Server) upstreamRequest(ctx *fasthttp.RequestCtx, rs *reqState) *fastht
 	req.SetBodyRaw(ctx.PostBody())
 	var ipBuf [64]byte
 	if ip := appendRemoteIP(ipBuf[:0], ctx); len(ip) > 0 {
-		if prior := req.Header.Peek("X-Forwarded-For"); len(prior) > 0 {
-			v := append(append(append([]byte(nil), prior...), ", "...), ip...)
+		// The client's own header keeps its order, which Del on the copy
+		// does not promise.
+		if prior := ctx.Request.Header.PeekAll("X-Forwarded-For"); len(prior) > 0 {
+			// Several X-Forwarded-For headers form one list, in order.
+			v := append(bytes.Join(prior, []byte(", ")), ", "...)
+			v = append(v, ip...)
+			req.Header.Del("X-Forwarded-For")
 			req.Header.SetBytesV("X-Forwarded-For", v)
 		} else {
 			req.Header.SetBytesV("X-Forwarded-For", ip)
