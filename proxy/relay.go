@@ -379,7 +379,8 @@ func (r *relay) fail(p []byte, err error) (int, error) {
 	}
 	if r.sse {
 		b = append(b, "data: "...)
-		b = append(b, wire.OpenAIError(msg, "api_error")...)
+		// The type matches the non-streamed error of the same cause.
+		b = append(b, wire.OpenAIError(msg, wire.OpenAIErrorType(statusFor(r.failed)))...)
 		b = append(b, "\n\n"...)
 	} else {
 		b = append(b, wire.OllamaError(msg)...)
