@@ -58,6 +58,7 @@ func Default() Config {
 		Listen:          "127.0.0.1:11434",
 		ShutdownTimeout: 30 * time.Second,
 		MaxBodyBytes:    64 << 20,
+		MaxHeaderBytes:  8 << 10,
 		Upstream: Upstream{
 			Connect:   3 * time.Second,
 			FirstByte: 5 * time.Minute,

@@ -14,6 +14,7 @@ func TestDefaultValues(t *testing.T) {
 		{"listen", c.Listen, "127.0.0.1:11434"},
 		{"shutdown_timeout", c.ShutdownTimeout, 30 * time.Second},
 		{"max_body_bytes", c.MaxBodyBytes, int64(64 << 20)},
+		{"max_header_bytes", c.MaxHeaderBytes, int64(8 << 10)},
 		{"nodes", len(c.Nodes), 0},
 		{"upstream.connect", c.Upstream.Connect, 3 * time.Second},
 		{"upstream.first_byte", c.Upstream.FirstByte, 5 * time.Minute},

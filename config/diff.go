@@ -34,7 +34,7 @@ type NodeChange struct {
 }
 
 // restartPaths are the settings bound at start, see Change.Restart.
-var restartPaths = []string{"listen", "admin.listen", "redis.addr", "redis.password", "redis.db"}
+var restartPaths = []string{"listen", "admin.listen", "max_header_bytes", "redis.addr", "redis.password", "redis.db"}
 
 // Diff returns what changed from prev to next. A nil config counts as the
 // zero Config.

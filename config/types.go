@@ -18,6 +18,11 @@ type Config struct {
 	// MaxBodyBytes is the largest request body accepted; larger bodies get
 	// 413. Default 64 MiB, room for several base64 images.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxHeaderBytes is the largest request head (request line and
+	// headers) accepted; a larger one gets 431. It is also the read buffer
+	// of each client connection, so it costs that much memory per
+	// connection. Default 8 KiB, read at start only.
+	MaxHeaderBytes int64 `yaml:"max_header_bytes"`
 
 	// Nodes lists the Ollama servers. At least one is required.
 	Nodes     []Node    `yaml:"nodes"`

@@ -21,6 +21,9 @@ func (v *validator) validate(c *Config) {
 	v.address("listen", c.Listen)
 	nonNegative(v, "shutdown_timeout", c.ShutdownTimeout)
 	positive(v, "max_body_bytes", c.MaxBodyBytes)
+	if c.MaxHeaderBytes < 4<<10 || c.MaxHeaderBytes > 1<<20 {
+		v.add("max_header_bytes", "must be between 4KiB and 1MiB, got %d", c.MaxHeaderBytes)
+	}
 
 	v.nodes(c.Nodes)
 	v.upstream(c.Upstream)

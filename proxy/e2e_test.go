@@ -485,6 +485,28 @@ func TestForwardedHeaders(t *testing.T) {
 	}
 }
 
+func TestHeaderLimit(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	cookie := strings.Repeat("a", 20<<10)
+	gen := `{"model":"m","prompt":"x","stream":false}`
+
+	small := testenv.Proxy(t, testenv.Config(t, a))
+	resp := post(t, small.URL()+"/api/generate", gen, "Cookie", "s="+cookie)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(string(body), "8192 bytes") {
+		t.Errorf("20 KiB of headers at the default limit: %d %s, want 431 naming 8192 bytes", resp.StatusCode, body)
+	}
+
+	cfg := testenv.Config(t, a)
+	cfg.MaxHeaderBytes = 64 << 10
+	large := testenv.Proxy(t, cfg)
+	resp = post(t, large.URL()+"/api/generate", gen, "Cookie", "s="+cookie)
+	body = readBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("20 KiB of headers with max_header_bytes 64KiB: %d %s, want 200", resp.StatusCode, body)
+	}
+}
+
 func errorMessage(t *testing.T, body []byte) string {
 	t.Helper()
 	var e struct{ Error string }

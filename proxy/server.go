@@ -141,8 +141,8 @@ func New(opts Options) *Server {
 		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
 		ReadTimeout:           5 * time.Minute,
 		IdleTimeout:           2 * time.Minute,
-		// Also the largest request header fasthttp accepts.
-		ReadBufferSize:  8 << 10,
+		// Also the largest request head fasthttp accepts.
+		ReadBufferSize:  int(opts.Config.MaxHeaderBytes),
 		CloseOnShutdown: true,
 		Logger:          fasthttpLogger{s.log},
 	}
@@ -314,7 +314,7 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// fasthttp's message quotes the raw request head, keys included,
 		// so it is never sent back.
 		status = fasthttp.StatusRequestHeaderFieldsTooLarge
-		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes"
+		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes (max_header_bytes)"
 	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge
