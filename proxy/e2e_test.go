@@ -442,6 +442,7 @@ func TestLargeBodyForwardedIntact(t *testing.T) {
 func TestForwardedHeaders(t *testing.T) {
 	a := testenv.Sim(t, "m", ollamasim.Config{})
 	p := testenv.Proxy(t, testenv.Config(t, a))
+
 	req, err := http.NewRequest("POST", p.URL()+"/api/generate",
 		strings.NewReader(`{"model":"m","prompt":"x","stream":false}`))
 	if err != nil {
@@ -456,6 +457,7 @@ func TestForwardedHeaders(t *testing.T) {
 	} {
 		req.Header.Add(kv[0], kv[1])
 	}
+
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -468,6 +470,7 @@ func TestForwardedHeaders(t *testing.T) {
 	if !ok {
 		t.Fatal("node saw no generate")
 	}
+
 	for _, h := range []string{"Keep-Alive", "Proxy-Authorization", "Te", "Upgrade", "Referer", "X-Hop-Only"} {
 		if v := got.Header.Get(h); v != "" {
 			t.Errorf("node received %s: %q, want it dropped", h, v)

@@ -496,12 +496,18 @@ func TestShutdownEndsRequestsWithError(t *testing.T) {
 	}
 	results := make([]outcome, len(requests))
 	var wg sync.WaitGroup
+	firstLines := make(chan struct{}, len(requests))
 	for i, r := range requests {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			resp := post(t, tr.proxy.URL()+r.path, r.body)
-			results[i] = outcome{resp.StatusCode, string(readBody(t, resp))}
+			defer resp.Body.Close()
+			br := bufio.NewReader(resp.Body)
+			first, _ := br.ReadString('\n')
+			firstLines <- struct{}{}
+			rest, _ := io.ReadAll(br)
+			results[i] = outcome{resp.StatusCode, first + string(rest)}
 		}()
 	}
 	testenv.WaitFor(t, 5*time.Second, "three requests in flight", func() bool {
@@ -511,7 +517,9 @@ func TestShutdownEndsRequestsWithError(t *testing.T) {
 		}
 		return n == 3
 	})
-	time.Sleep(200 * time.Millisecond) // the streams have sent lines
+	// The two streams have sent their first lines, so the error comes last.
+	<-firstLines
+	<-firstLines
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

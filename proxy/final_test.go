@@ -1,6 +1,9 @@
 package proxy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestScanFinal(t *testing.T) {
 	for _, tc := range []struct {
@@ -51,4 +54,24 @@ func BenchmarkScanFinal(b *testing.B) {
 			b.Fatal(st)
 		}
 	}
+}
+
+// FuzzScanFinal checks that scanFinal takes any bytes without panicking,
+// reports counts only for an object it recognised, and agrees with itself
+// when the input has extra spaces after each colon.
+func FuzzScanFinal(f *testing.F) {
+	f.Add(`{"done":true,"prompt_eval_count":3,"eval_count":5,"eval_duration":10}`)
+	f.Add(`{"usage":{"prompt_tokens":9,"completion_tokens":4}}`)
+	f.Add(`{"response":"\"done\":true","done":false}`)
+	f.Add(`"done":`)
+	f.Fuzz(func(t *testing.T, in string) {
+		st := scanFinal([]byte(in))
+		if !st.usage && !st.done && st != (finalStats{}) {
+			t.Errorf("scanFinal(%q) = %+v: counts without a final object", in, st)
+		}
+		spaced := scanFinal([]byte(strings.ReplaceAll(in, `":`, `": `)))
+		if spaced != st && !strings.Contains(in, `": `) {
+			t.Errorf("scanFinal(%q) = %+v, but %+v with spaces after the colons", in, st, spaced)
+		}
+	})
 }

@@ -1,15 +1,11 @@
 package proxy_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
@@ -23,21 +19,10 @@ func BenchmarkForwardGenerate(b *testing.B) {
 	sim := testenv.Sim(b, "m", ollamasim.Config{Parallel: 1024, MaxTokens: 8, MinTokens: 8})
 	cfg := testenv.Config(b, sim)
 	cfg.Nodes[0].MaxConcurrent = 1024
-	if err := cfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	// Access log lines are written at Info; the benchmark leaves them out
-	// as a deployment logging at warn does.
-	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p, err := app.Start(context.Background(), cfg, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
+	// testenv's logger formats nothing, so access log lines cost nothing,
+	// as in a deployment logging at warn.
+	p := testenv.Proxy(b, cfg)
+
 	body := []byte(`{"model":"m","prompt":"hello","stream":false,"options":{"num_predict":8}}`)
 	for _, tc := range []struct{ name, addr string }{
 		{"direct", sim.Addr()},
@@ -45,6 +30,7 @@ func BenchmarkForwardGenerate(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			hc := &fasthttp.HostClient{Addr: tc.addr, MaxConns: 256, ReadTimeout: 10 * time.Second}
+
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {

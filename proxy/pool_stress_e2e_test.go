@@ -734,7 +734,7 @@ func checkCutByTotal(c stressCall, r stressResult) error {
 // slowBodyHeader marks the requests that slowBodyNode responds to itself.
 const slowBodyHeader = "X-Test-Slow-Body"
 
-// slowBodyNode starts a simulated node with the model "m" that answers
+// slowBodyNode starts a simulated node with the model "m" that responds to
 // requests carrying slowBodyHeader with a non-streamed chat response whose
 // second half comes pause after the first. Other requests reach the
 // simulator.

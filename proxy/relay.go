@@ -217,10 +217,9 @@ type relay struct {
 	watch *clientWatch
 	sse   bool
 
-	// chunks counts the complete lines of the stream sent on, except blank
-	// ones, and promptEstimate is the request body's size over four: what
-	// a stream cut before its final line is charged, because only the
-	// final line carries the node's counts.
+	// chunks counts the non-blank lines sent on, and promptEstimate is the
+	// request body's size over four. A stream without the node's final
+	// counts is charged these two instead.
 	chunks         int64
 	promptEstimate int64
 
@@ -296,8 +295,9 @@ func (r *relay) Read(p []byte) (int, error) {
 // eventEnd moves the blank line that ends an SSE event into p, after the
 // event's data line, when the node's write of the event has brought it
 // already. The event then leaves in one write instead of two, and a client
-// can act on it only at the blank line anyway. It never waits for data and
-// returns the number of bytes moved.
+// can act on it only at the blank line anyway. It looks only at bytes
+// already buffered, so it never reads from the node, and returns the
+// number of bytes moved.
 func (r *relay) eventEnd(p, line []byte) int {
 	if len(line) <= 2 && (line[0] == '\n' || line[0] == '\r') {
 		return 0 // the line itself is blank

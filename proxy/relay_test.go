@@ -43,21 +43,7 @@ func TestRelayKeepsLines(t *testing.T) {
 	for _, l := range lines {
 		src = append(src, []byte(l))
 	}
-	r := newTestRelay(&chunkReader{lines: src}, false)
-	buf := make([]byte, 4096)
-	var got []string
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			got = append(got, string(buf[:n]))
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	got := readAll(t, newTestRelay(&chunkReader{lines: src}, false))
 	if strings.Join(got, "|") != strings.Join(lines, "|") {
 		t.Errorf("reads %q, want one line per read %q", got, lines)
 	}
