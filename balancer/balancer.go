@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/metrics"
 )
@@ -104,6 +106,9 @@ type Balancer struct {
 	rr    atomic.Uint64
 	m     *metrics.Metrics
 	clock atomic.Pointer[func() time.Time]
+	// waits holds the queue wait histogram of each class, looked up once.
+	// It does not change after New.
+	waits map[string]prometheus.Observer
 
 	// mu guards every field below and the slot counts of the nodes.
 	mu       sync.Mutex
@@ -129,9 +134,10 @@ func New(s Settings, nodes []*Node, m *metrics.Metrics) *Balancer {
 	b.SetSettings(s)
 	b.SetNodes(nodes)
 	if m != nil {
+		b.waits = make(map[string]prometheus.Observer, len(config.Classes))
 		for _, c := range config.Classes {
 			m.QueueDepth.WithLabelValues(c).Set(0)
-			m.QueueWait.WithLabelValues(c)
+			b.waits[c] = m.QueueWait.WithLabelValues(c)
 		}
 	}
 	return b

@@ -1,7 +1,9 @@
 package balancer
 
 import (
+	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -60,16 +62,35 @@ type Node struct {
 	inflight atomic.Int64
 	gate     atomic.Pointer[gateBox]
 
-	// invMu guards the inventory fields below.
-	invMu     sync.RWMutex
-	models    map[string]Model
-	loaded    map[string]Loaded
+	// inv is the node's model inventory. Every request reads it, so it
+	// is an immutable snapshot that readers load without a lock; writers
+	// hold invMu and store a changed copy.
+	inv   atomic.Pointer[inventory]
+	invMu sync.Mutex
+
+	// infoMu guards version and lastError, which requests do not read.
+	infoMu    sync.Mutex
 	version   string
 	lastError string
-	refreshed time.Time
 }
 
 type gateBox struct{ g Gate }
+
+// inventory is one snapshot of a node's listed and loaded models. It never
+// changes after it is stored.
+type inventory struct {
+	models    map[string]Model
+	loaded    map[string]Loaded
+	refreshed time.Time
+}
+
+// update stores a copy of the inventory with change applied. The caller
+// holds invMu.
+func (n *Node) update(change func(*inventory)) {
+	next := *n.inv.Load()
+	change(&next)
+	n.inv.Store(&next)
+}
 
 // NewNode returns a node that is up and has an empty inventory until its
 // first refresh.
@@ -85,9 +106,8 @@ func NewNode(name string, u *url.URL, maxConcurrent int, weight float64) *Node {
 		URL:           u,
 		MaxConcurrent: maxConcurrent,
 		Weight:        weight,
-		models:        map[string]Model{},
-		loaded:        map[string]Loaded{},
 	}
+	n.inv.Store(&inventory{models: map[string]Model{}, loaded: map[string]Loaded{}})
 	n.up.Store(true)
 	return n
 }
@@ -134,45 +154,44 @@ func (n *Node) Release() { n.inflight.Add(-1) }
 // successful poll of /api/tags and /api/ps, and records now as the time of
 // the refresh.
 func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
+	m, l := modelMap(models), loadedMap(loaded)
+	n.invMu.Lock()
+	n.inv.Store(&inventory{models: m, loaded: l, refreshed: now})
+	n.invMu.Unlock()
+}
+
+func modelMap(models []Model) map[string]Model {
 	m := make(map[string]Model, len(models))
 	for _, x := range models {
 		m[x.Name] = x
 	}
+	return m
+}
+
+func loadedMap(loaded []Loaded) map[string]Loaded {
 	l := make(map[string]Loaded, len(loaded))
 	for _, x := range loaded {
 		l[x.Name] = x
 	}
-	n.invMu.Lock()
-	n.models, n.loaded, n.refreshed = m, l, now
-	n.invMu.Unlock()
+	return l
 }
 
 // Refreshed returns when the inventory was last replaced.
-func (n *Node) Refreshed() time.Time {
-	n.invMu.RLock()
-	defer n.invMu.RUnlock()
-	return n.refreshed
-}
+func (n *Node) Refreshed() time.Time { return n.inv.Load().refreshed }
 
 // SetModels replaces only the listed models, after a poll of /api/tags.
 func (n *Node) SetModels(models []Model) {
-	m := make(map[string]Model, len(models))
-	for _, x := range models {
-		m[x.Name] = x
-	}
+	m := modelMap(models)
 	n.invMu.Lock()
-	n.models = m
+	n.update(func(inv *inventory) { inv.models = m })
 	n.invMu.Unlock()
 }
 
 // SetLoaded replaces only the loaded models, after a poll of /api/ps.
 func (n *Node) SetLoaded(loaded []Loaded) {
-	l := make(map[string]Loaded, len(loaded))
-	for _, x := range loaded {
-		l[x.Name] = x
-	}
+	l := loadedMap(loaded)
 	n.invMu.Lock()
-	n.loaded = l
+	n.update(func(inv *inventory) { inv.loaded = l })
 	n.invMu.Unlock()
 }
 
@@ -180,37 +199,49 @@ func (n *Node) SetLoaded(loaded []Loaded) {
 // follow-up requests prefer the node before the next poll confirms it. A
 // numCtx of 0 keeps the context size already known.
 func (n *Node) MarkLoaded(model string, numCtx int) {
-	// Nearly every request finds the model marked already, and a read lock
-	// keeps the requests of all cores from queueing on the write lock.
-	n.invMu.RLock()
-	l, ok := n.loaded[model]
-	n.invMu.RUnlock()
-	if ok && (numCtx <= 0 || l.NumCtx == numCtx) {
+	// Nearly every request finds the model marked already and copies
+	// nothing.
+	if n.markedLoaded(model, numCtx) {
 		return
 	}
 	n.invMu.Lock()
-	l = n.loaded[model]
-	l.Name = model
-	if numCtx > 0 {
-		l.NumCtx = numCtx
+	defer n.invMu.Unlock()
+	if n.markedLoaded(model, numCtx) {
+		return
 	}
-	n.loaded[model] = l
-	n.invMu.Unlock()
+	n.update(func(inv *inventory) {
+		l := inv.loaded[model]
+		l.Name = model
+		if numCtx > 0 {
+			l.NumCtx = numCtx
+		}
+		inv.loaded = maps.Clone(inv.loaded)
+		inv.loaded[model] = l
+	})
+}
+
+func (n *Node) markedLoaded(model string, numCtx int) bool {
+	l, ok := n.inv.Load().loaded[model]
+	return ok && (numCtx <= 0 || l.NumCtx == numCtx)
 }
 
 // MarkUnloaded records that the node has unloaded model.
 func (n *Node) MarkUnloaded(model string) {
 	n.invMu.Lock()
-	delete(n.loaded, model)
-	n.invMu.Unlock()
+	defer n.invMu.Unlock()
+	if _, ok := n.inv.Load().loaded[model]; !ok {
+		return
+	}
+	n.update(func(inv *inventory) {
+		inv.loaded = maps.Clone(inv.loaded)
+		delete(inv.loaded, model)
+	})
 }
 
 // HasModel reports whether the node lists model, which must be a
 // normalized name.
 func (n *Node) HasModel(model string) bool {
-	n.invMu.RLock()
-	_, ok := n.models[model]
-	n.invMu.RUnlock()
+	_, ok := n.inv.Load().models[model]
 	return ok
 }
 
@@ -218,9 +249,7 @@ func (n *Node) HasModel(model string) bool {
 // that serves numCtx without a reload. A numCtx of 0, or an unknown loaded
 // context size, matches any.
 func (n *Node) IsLoaded(model string, numCtx int) bool {
-	n.invMu.RLock()
-	l, ok := n.loaded[model]
-	n.invMu.RUnlock()
+	l, ok := n.inv.Load().loaded[model]
 	if !ok {
 		return false
 	}
@@ -229,53 +258,43 @@ func (n *Node) IsLoaded(model string, numCtx int) bool {
 
 // Models returns the node's listed models sorted by name.
 func (n *Node) Models() []Model {
-	n.invMu.RLock()
-	out := make([]Model, 0, len(n.models))
-	for _, m := range n.models {
-		out = append(out, m)
-	}
-	n.invMu.RUnlock()
+	out := slices.Collect(maps.Values(n.inv.Load().models))
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
 // LoadedModels returns the models loaded on the node, sorted by name.
 func (n *Node) LoadedModels() []Loaded {
-	n.invMu.RLock()
-	out := make([]Loaded, 0, len(n.loaded))
-	for _, m := range n.loaded {
-		out = append(out, m)
-	}
-	n.invMu.RUnlock()
+	out := slices.Collect(maps.Values(n.inv.Load().loaded))
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
 // SetVersion records the Ollama version the node reports.
 func (n *Node) SetVersion(v string) {
-	n.invMu.Lock()
+	n.infoMu.Lock()
 	n.version = v
-	n.invMu.Unlock()
+	n.infoMu.Unlock()
 }
 
 // Version returns the Ollama version last reported, "" before the first.
 func (n *Node) Version() string {
-	n.invMu.RLock()
-	defer n.invMu.RUnlock()
+	n.infoMu.Lock()
+	defer n.infoMu.Unlock()
 	return n.version
 }
 
 // SetLastError records the most recent failure seen on the node.
 func (n *Node) SetLastError(msg string) {
-	n.invMu.Lock()
+	n.infoMu.Lock()
 	n.lastError = msg
-	n.invMu.Unlock()
+	n.infoMu.Unlock()
 }
 
 // LastError returns the most recent failure seen on the node.
 func (n *Node) LastError() string {
-	n.invMu.RLock()
-	defer n.invMu.RUnlock()
+	n.infoMu.Lock()
+	defer n.infoMu.Unlock()
 	return n.lastError
 }
 

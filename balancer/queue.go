@@ -221,7 +221,12 @@ func (b *Balancer) observeDepth(class string) {
 }
 
 func (b *Balancer) observeWait(class string, d time.Duration) {
-	if b.m != nil {
-		b.m.QueueWait.WithLabelValues(class).Observe(d.Seconds())
+	if b.m == nil {
+		return
 	}
+	if o, ok := b.waits[class]; ok {
+		o.Observe(d.Seconds())
+		return
+	}
+	b.m.QueueWait.WithLabelValues(class).Observe(d.Seconds())
 }

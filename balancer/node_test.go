@@ -1,0 +1,86 @@
+package balancer
+
+import (
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestNodeInventoryUpdates(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 2, 1)
+	n.SetInventory([]Model{{Name: "a:latest"}, {Name: "b:latest"}}, []Loaded{{Name: "a:latest", NumCtx: 4096}}, time.Unix(10, 0))
+
+	if !n.HasModel("b:latest") || n.HasModel("c:latest") {
+		t.Errorf("HasModel: b = %v, c = %v; want true, false", n.HasModel("b:latest"), n.HasModel("c:latest"))
+	}
+	if !n.IsLoaded("a:latest", 4096) || n.IsLoaded("a:latest", 8192) || !n.IsLoaded("a:latest", 0) {
+		t.Error("IsLoaded does not follow the loaded context size")
+	}
+	n.MarkLoaded("a:latest", 8192)
+	if !n.IsLoaded("a:latest", 8192) || n.IsLoaded("a:latest", 4096) {
+		t.Error("MarkLoaded kept the old context size")
+	}
+	n.MarkLoaded("b:latest", 0)
+	n.MarkUnloaded("a:latest")
+	loaded := n.LoadedModels()
+	if len(loaded) != 1 || loaded[0].Name != "b:latest" {
+		t.Errorf("loaded = %+v, want only b:latest", loaded)
+	}
+	n.SetModels([]Model{{Name: "c:latest"}})
+	if n.HasModel("a:latest") || !n.HasModel("c:latest") || !n.IsLoaded("b:latest", 0) {
+		t.Error("SetModels changed more than the listed models")
+	}
+	if got := n.Refreshed(); !got.Equal(time.Unix(10, 0)) {
+		t.Errorf("refreshed = %v, want the time of SetInventory", got)
+	}
+}
+
+// TestNodeInventoryConcurrentUse runs readers against every kind of
+// writer, for the race detector, and checks that no update is lost.
+func TestNodeInventoryConcurrentUse(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 2, 1)
+	names := []string{"a:latest", "b:latest", "c:latest", "d:latest"}
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				n.MarkLoaded(name, 0)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range 500 {
+				_ = n.IsLoaded(name, 0)
+				_ = n.HasModel(name)
+				_ = n.Models()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := len(n.LoadedModels()); got != len(names) {
+		t.Errorf("%d models loaded, want %d: a concurrent mark was lost", got, len(names))
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for range 200 {
+			n.SetLoaded([]Loaded{{Name: "a:latest"}})
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for range 200 {
+			n.MarkUnloaded("b:latest")
+			n.SetModels([]Model{{Name: "a:latest"}})
+		}
+	}()
+	wg.Wait()
+	if !n.IsLoaded("a:latest", 0) || n.IsLoaded("b:latest", 0) || !n.HasModel("a:latest") {
+		t.Errorf("inventory after the writers: loaded %+v", n.LoadedModels())
+	}
+}
