@@ -49,6 +49,8 @@ type Metrics struct {
 	CacheRequests  *prometheus.CounterVec // tier, result
 	CacheBytes     *prometheus.GaugeVec   // tier
 	CacheEvictions prometheus.Counter
+
+	series series
 }
 
 // Buckets for request latency in seconds, from a cached response (sub-ms) to

@@ -111,11 +111,11 @@ func (s *Server) end(rs *reqState) {
 		node = "none"
 	}
 	if s.m != nil {
-		s.m.Requests.WithLabelValues(rs.route.name, model, node,
-			strconv.Itoa(rs.status)).Inc()
-		s.m.RequestDuration.WithLabelValues(rs.route.name, model).Observe(d.Seconds())
+		ms := s.m.Request(rs.route.name, model, node, rs.status)
+		ms.Requests.Inc()
+		ms.Duration.Observe(d.Seconds())
 		if rs.ttfb > 0 && rs.route.inference {
-			s.m.TimeToFirstTok.WithLabelValues(model).Observe(rs.ttfb.Seconds())
+			s.m.TimeToFirstToken(model).Observe(rs.ttfb.Seconds())
 		}
 	}
 	if rs.status >= 500 || rs.status == 429 {
@@ -175,7 +175,7 @@ func (s *Server) observeFinal(rs *reqState, line []byte) {
 	rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
 	if s.m != nil && st.evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
 		tps := float64(rs.completionTokens) / (float64(st.evalNs) / 1e9)
-		s.m.TokensPerSecond.WithLabelValues(rs.node, s.modelLabel(rs.model)).Set(tps)
+		s.m.TokenRate(rs.node, s.modelLabel(rs.model)).Set(tps)
 	}
 	if rs.lease != nil {
 		rs.lease.Observe(time.Duration(st.loadNs), time.Duration(st.totalNs),
@@ -194,10 +194,14 @@ func (s *Server) countTokens(rs *reqState, model string) {
 	if key == "" {
 		key = ratelimit.AnonymousLabel
 	}
+	if rs.promptTokens <= 0 && rs.completionTokens <= 0 {
+		return
+	}
+	c := s.m.TokensOf(key, model)
 	if rs.promptTokens > 0 {
-		s.m.Tokens.WithLabelValues(key, model, "prompt").Add(float64(rs.promptTokens))
+		c.Prompt.Add(float64(rs.promptTokens))
 	}
 	if rs.completionTokens > 0 {
-		s.m.Tokens.WithLabelValues(key, model, "completion").Add(float64(rs.completionTokens))
+		c.Completion.Add(float64(rs.completionTokens))
 	}
 }

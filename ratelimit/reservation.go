@@ -94,10 +94,14 @@ func (l *Limiter) countTokens(r *Reservation, prompt, completion int64) {
 	if l.metrics == nil {
 		return
 	}
+	if prompt <= 0 && completion <= 0 {
+		return
+	}
+	c := l.metrics.TokensOf(r.label, r.model)
 	if prompt > 0 {
-		l.metrics.Tokens.WithLabelValues(r.label, r.model, "prompt").Add(float64(prompt))
+		c.Prompt.Add(float64(prompt))
 	}
 	if completion > 0 {
-		l.metrics.Tokens.WithLabelValues(r.label, r.model, "completion").Add(float64(completion))
+		c.Completion.Add(float64(completion))
 	}
 }

@@ -1,0 +1,107 @@
+package metrics
+
+import (
+	"maps"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// children caches the child metrics of vectors by a comparable key. A
+// vector's own lookup hashes every label value and takes a read lock that
+// all cores contend for; here a hit is one atomic load and one map read.
+// A miss builds the children once under mu and publishes a new copy of
+// the map, so the keys must be bounded, as every label here is.
+type children[K comparable, V any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[K]V]
+}
+
+func (c *children[K, V]) get(k K, build func(K) V) V {
+	if m := c.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var next map[K]V
+	if m := c.m.Load(); m != nil {
+		if v, ok := (*m)[k]; ok {
+			return v
+		}
+		next = maps.Clone(*m)
+	} else {
+		next = map[K]V{}
+	}
+	v := build(k)
+	next[k] = v
+	c.m.Store(&next)
+	return v
+}
+
+// RequestSeries are the metrics of one answered request: its count by
+// route, model, node and status code, and its duration by route and model.
+type RequestSeries struct {
+	Requests prometheus.Counter
+	Duration prometheus.Observer
+}
+
+type requestKey struct {
+	route, model, node string
+	code               int
+}
+
+type modelKey struct{ a, model string }
+
+// TokenCounters are the prompt and completion token counters of one key
+// and model.
+type TokenCounters struct {
+	Prompt, Completion prometheus.Counter
+}
+
+// series holds the cached children of the per-request vectors.
+type series struct {
+	requests children[requestKey, *RequestSeries]
+	tokens   children[modelKey, TokenCounters]
+	rates    children[modelKey, prometheus.Gauge]
+	ttft     children[string, prometheus.Observer]
+}
+
+// Request returns the series of a request answered on route for model by
+// node with status code.
+func (m *Metrics) Request(route, model, node string, code int) *RequestSeries {
+	return m.series.requests.get(requestKey{route, model, node, code},
+		func(k requestKey) *RequestSeries {
+			return &RequestSeries{
+				Requests: m.Requests.WithLabelValues(k.route, k.model, k.node, strconv.Itoa(k.code)),
+				Duration: m.RequestDuration.WithLabelValues(k.route, k.model),
+			}
+		})
+}
+
+// TokensOf returns the token counters of key (a key's label) and model.
+func (m *Metrics) TokensOf(key, model string) TokenCounters {
+	return m.series.tokens.get(modelKey{key, model}, func(k modelKey) TokenCounters {
+		return TokenCounters{
+			Prompt:     m.Tokens.WithLabelValues(k.a, k.model, "prompt"),
+			Completion: m.Tokens.WithLabelValues(k.a, k.model, "completion"),
+		}
+	})
+}
+
+// TokenRate returns the generation rate gauge of node and model.
+func (m *Metrics) TokenRate(node, model string) prometheus.Gauge {
+	return m.series.rates.get(modelKey{node, model}, func(k modelKey) prometheus.Gauge {
+		return m.TokensPerSecond.WithLabelValues(k.a, k.model)
+	})
+}
+
+// TimeToFirstToken returns the time-to-first-token histogram of model.
+func (m *Metrics) TimeToFirstToken(model string) prometheus.Observer {
+	return m.series.ttft.get(model, func(k string) prometheus.Observer {
+		return m.TimeToFirstTok.WithLabelValues(k)
+	})
+}
