@@ -76,6 +76,39 @@ func TestTreeUsageOfSelf(t *testing.T) {
 	}
 }
 
+func TestTreeUsageSplitsKernelTime(t *testing.T) {
+	before, err := TreeUsage(os.Getpid())
+	if err != nil {
+		t.Fatalf("TreeUsage: %v", err)
+	}
+	// System calls spend kernel time: write to /dev/null until the kernel
+	// has charged a few clock ticks of it.
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	b := []byte{0}
+	after := before
+	for after.System-before.System < 3*time.Second/userHZ {
+		for range 20000 {
+			if _, err := null.Write(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if after, err = TreeUsage(os.Getpid()); err != nil {
+			t.Fatalf("TreeUsage: %v", err)
+		}
+	}
+	if after.System > after.CPU {
+		t.Errorf("kernel time %v exceeds the total %v", after.System, after.CPU)
+	}
+	if after.CPU-before.CPU < after.System-before.System {
+		t.Errorf("total grew by %v, less than the kernel part's %v",
+			after.CPU-before.CPU, after.System-before.System)
+	}
+}
+
 func newTestEnv(t *testing.T) *Env {
 	t.Helper()
 	e, err := NewEnv("", filepath.Join(t.TempDir(), "run"), slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -25,7 +25,7 @@ func (e *Env) Snapshot() (CPUSnapshot, error) {
 	if err != nil {
 		return CPUSnapshot{}, err
 	}
-	ours, err := cpuTime(os.Getpid())
+	ours, _, err := cpuTime(os.Getpid())
 	if err != nil {
 		return CPUSnapshot{}, err
 	}

@@ -20,6 +20,9 @@ const userHZ = 100
 type Usage struct {
 	// CPU is user plus system time since the processes started.
 	CPU time.Duration
+	// System is the part of CPU spent in the kernel on the processes'
+	// behalf: system calls, and the network stack's work done within them.
+	System time.Duration
 	// PeakRSSBytes is the sum of VmHWM, the peak resident set, over the
 	// processes. Pages shared between processes count once per process,
 	// so for more than one process the sum is an upper bound.
@@ -32,7 +35,7 @@ type Usage struct {
 func TreeUsage(pid int) (Usage, error) {
 	var u Usage
 	for _, p := range processTree(pid) {
-		cpu, err := cpuTime(p)
+		cpu, sys, err := cpuTime(p)
 		if err != nil {
 			return Usage{}, err
 		}
@@ -41,6 +44,7 @@ func TreeUsage(pid int) (Usage, error) {
 			return Usage{}, err
 		}
 		u.CPU += cpu
+		u.System += sys
 		u.PeakRSSBytes += hwm << 10
 		u.Processes++
 	}
@@ -110,20 +114,21 @@ func parseStat(data []byte) ([]string, error) {
 	return fields, nil
 }
 
-func cpuTime(pid int) (time.Duration, error) {
+// cpuTime returns the user plus system time of pid, and the system time.
+func cpuTime(pid int) (total, system time.Duration, err error) {
 	fields, err := statFields(pid)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var ticks int64
-	for _, f := range fields[11:13] {
-		n, err := strconv.ParseInt(f, 10, 64)
+	var ticks [2]int64 // utime, stime
+	for i, f := range fields[11:13] {
+		ticks[i], err = strconv.ParseInt(f, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("parse CPU time of %d: %w", pid, err)
+			return 0, 0, fmt.Errorf("parse CPU time of %d: %w", pid, err)
 		}
-		ticks += n
 	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	tick := time.Second / userHZ
+	return time.Duration(ticks[0]+ticks[1]) * tick, time.Duration(ticks[1]) * tick, nil
 }
 
 // statusKB returns a "Key: N kB" line of /proc/PID/status.

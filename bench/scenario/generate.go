@@ -45,6 +45,14 @@ func (p requestPhase) cpuPer10k() float64 {
 	return p.use.cpu.Seconds() / float64(p.res.Requests) * 10000
 }
 
+// kernelPer10k returns the part of cpuPer10k spent in the kernel.
+func (p requestPhase) kernelPer10k() float64 {
+	if p.res.Requests == 0 {
+		return 0
+	}
+	return p.use.sys.Seconds() / float64(p.res.Requests) * 10000
+}
+
 // runGenerate measures non-streamed /api/generate: throughput at
 // saturation, then latency at a fixed rate, on every target.
 func runGenerate(ctx context.Context, r *Run) (report.Section, error) {
@@ -152,7 +160,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("Throughput at saturation (%d connections)", s.Conns),
 		Header: []string{"target", "requests/s", "vs nginx", "p50 ms", "p99 ms", "errors",
-			"proxy CPU s per 10k requests", "CPU vs nginx", othersHeader},
+			"proxy CPU s per 10k requests", kernelHeader, "CPU vs nginx", othersHeader},
 	}
 	ref, hasRef := find(phases, harness.Nginx)
 	for _, p := range phases {
@@ -171,6 +179,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 			report.Millis(p.res.Latency.P99),
 			errorCell(p.res.Errors, p.res.FirstError),
 			cpuCell(p),
+			kernelCell(p),
 			cpuVsNginx,
 			othersCell(p.use),
 		})
@@ -187,7 +196,7 @@ func fixedRateTable(s Settings, phases, saturated []requestPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("Latency at %s requests/s", strconv.FormatFloat(s.Rate, 'f', -1, 64)),
 		Header: []string{"target", "completed", "p50 ms", "p99 ms", "p99.9 ms",
-			"added p50 ms", "added p99 ms", "errors", "proxy CPU s per 10k requests", othersHeader},
+			"added p50 ms", "added p99 ms", "errors", "proxy CPU s per 10k requests", kernelHeader, othersHeader},
 	}
 	direct, hasDirect := find(phases, harness.Direct)
 	for _, p := range phases {
@@ -206,6 +215,7 @@ func fixedRateTable(s Settings, phases, saturated []requestPhase) report.Table {
 			addedP99,
 			errorCell(p.res.Errors, p.res.FirstError),
 			cpuCell(p),
+			kernelCell(p),
 			othersCell(p.use),
 		})
 	}
@@ -289,6 +299,17 @@ func cpuCell(p requestPhase) string {
 		return report.NA
 	}
 	return fmt.Sprintf("%.2f", p.cpuPer10k())
+}
+
+// kernelHeader is the column of kernelCell.
+const kernelHeader = "of which kernel"
+
+// kernelCell formats the part of cpuCell spent in the kernel.
+func kernelCell(p requestPhase) string {
+	if !p.use.ok {
+		return report.NA
+	}
+	return fmt.Sprintf("%.2f", p.kernelPer10k())
 }
 
 // errorCell formats an error count with the first error.

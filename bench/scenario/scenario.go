@@ -210,8 +210,10 @@ func stopTarget(r *Run, t *harness.Target) {
 // usage is the resource use of a target's proxy during one phase.
 type usage struct {
 	// ok is false for a target without a proxy process.
-	ok           bool
-	cpu          time.Duration
+	ok  bool
+	cpu time.Duration
+	// sys is the part of cpu spent in the kernel.
+	sys          time.Duration
 	peakRSSBytes int64
 	// others is the share of all CPUs that processes outside the
 	// benchmark used during the phase.
@@ -270,6 +272,7 @@ func measureUsage(r *Run, t *harness.Target, label string,
 	return usage{
 		ok:           ok,
 		cpu:          after.CPU - before.CPU,
+		sys:          after.System - before.System,
 		peakRSSBytes: after.PeakRSSBytes,
 		others:       machineAfter.OthersShare(machineBefore),
 	}, nil

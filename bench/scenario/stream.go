@@ -156,7 +156,7 @@ func streamTable(c streamCase, level int, phases []streamPhase) report.Table {
 		Title: fmt.Sprintf("%s, %d streams", c.title, level),
 		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
 			"chunk p50 ms", "chunk p99 ms", "added p50 ms", "added p99 ms", "gap p99 ms",
-			"proxy CPU µs per chunk", "peak RSS MB", othersHeader},
+			"proxy CPU µs per chunk", kernelHeader, "peak RSS MB", othersHeader},
 	}
 	direct, hasDirect := findStream(phases, harness.Direct)
 	for _, p := range phases {
@@ -191,13 +191,22 @@ func streamCommonCells(p streamPhase) []string {
 // relayed over the whole phase, estimated from the window's chunk rate.
 func streamUsageCells(p streamPhase) []string {
 	if !p.use.ok {
-		return []string{report.NA, report.NA, othersCell(p.use)}
+		return []string{report.NA, report.NA, report.NA, othersCell(p.use)}
 	}
 	return []string{
 		fmt.Sprintf("%.1f", cpuPerChunk(p).Seconds()*1e6),
+		fmt.Sprintf("%.1f", kernelShare(p.use)*cpuPerChunk(p).Seconds()*1e6),
 		report.MB(p.use.peakRSSBytes),
 		othersCell(p.use),
 	}
+}
+
+// kernelShare is the part of a phase's CPU time spent in the kernel.
+func kernelShare(u usage) float64 {
+	if u.cpu <= 0 {
+		return 0
+	}
+	return float64(u.sys) / float64(u.cpu)
 }
 
 // cpuPerChunk estimates the proxy's CPU time per relayed chunk.
