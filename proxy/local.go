@@ -114,38 +114,52 @@ func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
 type listEntry struct {
 	name string
 	raw  []byte
-	// rank is compared as a string when two nodes list the same model.
-	// NOTE: for expires_at this orders correctly only when the nodes report
-	// times in the same time zone.
-	rank string
+	// rank is the parsed rank field, compared when two nodes list the same
+	// model. ranked is false when the field is missing or does not parse.
+	rank   time.Time
+	ranked bool
 }
 
 // mergeLists fetches a {"models":[...]} list from every usable node and
-// keeps one entry per model name. With rankField set, the entry with the
-// greatest value of that field wins, and otherwise the first node's entry.
-// The bool reports whether any node responded with a valid list.
+// merges them with mergeModelLists. The bool reports whether any node
+// responded with a valid list.
 func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
 	responses := s.getAll(context.Background(), path)
-	byName := map[string]listEntry{}
-	responded := false
-	var p fastjson.Parser
+	bodies := make([][]byte, 0, len(responses))
 	for _, a := range responses {
 		if a.err != nil || a.status != 200 {
 			continue
 		}
-		v, err := p.ParseBytes(a.body)
+		bodies = append(bodies, a.body)
+	}
+	return mergeModelLists(bodies, rankField)
+}
+
+// mergeModelLists keeps one entry per model name from the {"models":[...]}
+// lists in bodies, sorted by name. With rankField set, the entry whose
+// field contains the latest RFC 3339 time wins, and an entry whose field is
+// missing or does not parse loses to any that parses. Without rankField, or
+// between equal ranks, the entry of the earliest body wins. The bool
+// reports whether any body is valid JSON.
+func mergeModelLists(bodies [][]byte, rankField string) ([]listEntry, bool) {
+	byName := map[string]listEntry{}
+	valid := false
+	var p fastjson.Parser
+	for _, body := range bodies {
+		v, err := p.ParseBytes(body)
 		if err != nil {
 			continue
 		}
-		responded = true
+		valid = true
 		for _, m := range v.GetArray("models") {
 			e := listEntry{name: string(m.GetStringBytes("name"))}
 			e.raw = m.MarshalTo(nil)
 			if rankField != "" {
-				e.rank = string(m.GetStringBytes(rankField))
+				t, err := time.Parse(time.RFC3339Nano, string(m.GetStringBytes(rankField)))
+				e.rank, e.ranked = t, err == nil
 			}
 			old, seen := byName[e.name]
-			if !seen || (rankField != "" && e.rank > old.rank) {
+			if !seen || (rankField != "" && ranksAbove(e, old)) {
 				byName[e.name] = e
 			}
 		}
@@ -155,7 +169,16 @@ func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
 		out = append(out, e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
-	return out, responded
+	return out, valid
+}
+
+// ranksAbove reports whether a has a later rank than b. Times compare as
+// instants, so zone offsets and fraction lengths do not matter.
+func ranksAbove(a, b listEntry) bool {
+	if !a.ranked {
+		return false
+	}
+	return !b.ranked || a.rank.After(b.rank)
 }
 
 func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
