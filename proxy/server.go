@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"net"
 	"strconv"
@@ -305,16 +306,25 @@ func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
 
 // handleParseError responds to requests that fasthttp could not read. A
 // body over max_body_bytes gets 413 in the route's error shape without
-// being read in full.
+// being read in full. A head over max_header_bytes gets 431, in OpenAI's
+// shape when the path that requestLineFromError recovers starts with /v1/.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	rt := classify(ctx.Method(), ctx.Path())
+	method := ctx.Method()
 	status := fasthttp.StatusBadRequest
 	msg := "invalid HTTP request"
-	if strings.Contains(err.Error(), "small read buffer") {
+	var small *fasthttp.ErrSmallBuffer
+	if errors.As(err, &small) {
 		// fasthttp's message quotes the raw request head, keys included,
 		// so it is never sent back.
 		status = fasthttp.StatusRequestHeaderFieldsTooLarge
 		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes (max_header_bytes)"
+		if m, path, ok := requestLineFromError(err); ok {
+			method = m
+			rt = classify(m, path)
+			// Like serveNotFound, any /v1/ path gets OpenAI's shape.
+			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
+		}
 	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge
@@ -325,8 +335,83 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
 	rs := s.begin(ctx, rt)
+	rs.method = methodString(method)
 	rs.err = msg
 	s.end(rs)
+}
+
+// requestLineFromError returns the method and normalized path from the
+// request head that fasthttp quotes in err, or ok false when the quote
+// contains no complete method and path. fasthttp resets
+// ctx.Request.Header and releases its read buffer before it calls the
+// error handler, so this quote is the only copy of the request line left.
+//
+// NOTE: the quote (", contents: %q" of the first 200 bytes) is fasthttp's
+// message format as of v1.79.0, not a documented API. It is left out when
+// Server.SecureErrorLogMessage is set, and a path that runs past the quote
+// is not recovered. The 431 then has Ollama's shape. The test
+// TestHeaderLimitErrorShape fails if an upgrade changes the format.
+func requestLineFromError(err error) (method, path []byte, ok bool) {
+	msg := err.Error()
+	i := strings.Index(msg, contentsMarker)
+	if i < 0 {
+		return nil, nil, false
+	}
+	quoted, qerr := strconv.QuotedPrefix(msg[i+len(contentsMarker):])
+	if qerr != nil {
+		return nil, nil, false
+	}
+	head, qerr := strconv.Unquote(quoted)
+	if qerr != nil {
+		return nil, nil, false
+	}
+
+	// fasthttp skips empty lines before the request line.
+	head = strings.TrimLeft(head, "\r\n")
+	line, _, _ := strings.Cut(head, "\n")
+	m, rest, found := strings.Cut(line, " ")
+	if !found || !isToken(m) {
+		return nil, nil, false
+	}
+	target, _, found := strings.Cut(rest, " ")
+	if !found {
+		// The quote may end inside the target. Its path is still whole
+		// when the query string has started.
+		target, _, found = strings.Cut(target, "?")
+	}
+	if !found || target == "" {
+		return nil, nil, false
+	}
+
+	var u fasthttp.URI
+	// The placeholder host makes "//x" a path, as it is for the server,
+	// which always has a Host. An absolute-form target keeps its own host.
+	if u.Parse([]byte("proxy"), []byte(target)) != nil {
+		return nil, nil, false
+	}
+	return []byte(m), append([]byte(nil), u.Path()...), true
+}
+
+// contentsMarker precedes the quoted request head in fasthttp's header
+// read errors.
+const contentsMarker = ", contents: "
+
+// isToken reports whether s is a non-empty HTTP token (RFC 9110 section
+// 5.6.2), the syntax of a method.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // discardBody reads and drops the rest of a rejected request body, for at
