@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -546,5 +548,52 @@ func TestShutdownEndsRequestsWithError(t *testing.T) {
 		if n.Inflight() != 0 {
 			t.Errorf("node %s has %d requests in flight after the shutdown", n.Name, n.Inflight())
 		}
+	}
+}
+
+// TestShutdownEndsHTTP10Streams checks that Shutdown also waits for a
+// stream to an HTTP/1.0 client, whose connection the proxy took over from
+// fasthttp, and ends it with the shutdown's error line.
+func TestShutdownEndsHTTP10Streams(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 10, MinTokens: 200, MaxTokens: 200})
+	p := testenv.Proxy(t, testenv.Config(t, a))
+	conn, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	body := `{"model":"m","messages":[{"role":"user","content":"long"}]}`
+	fmt.Fprintf(conn, "POST /api/chat HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		len(body), body)
+	br := bufio.NewReader(conn)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read the response head: %v", err)
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatalf("read the first stream line: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if n := p.Balancer().Node("n0").Inflight(); n != 0 {
+		t.Errorf("Shutdown returned with %d requests in flight on the node", n)
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("read the rest of the stream: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(rest)), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, `{"error":"llmproxy is shutting down`) {
+		t.Errorf("last line %q, want the shutdown's error", last)
 	}
 }

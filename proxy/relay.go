@@ -147,7 +147,8 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	rs.status = ex.resp.StatusCode()
 	rs.ctx = nil
 	if !ctx.Request.Header.IsHTTP11() {
-		streamHTTP10(ctx, r)
+		s.handedOver.add()
+		streamHTTP10(ctx, r, s.handedOver.done)
 		return
 	}
 	ctx.SetBodyStream(r, -1)
@@ -161,12 +162,10 @@ const hijackStartLimit = 10 * time.Second
 // streamHTTP10 sends a stream to an HTTP/1.0 client, which does not know
 // chunked encoding: the response has no Content-Length and its end is the
 // end of the connection. fasthttp always chunks a body stream, so the
-// proxy takes over the connection once the handler returns.
-//
-// NOTE: fasthttp's shutdown does not wait for a connection it has handed
-// over, so such a stream gets the shutdown's error line only while the
-// process still runs.
-func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay) {
+// proxy takes over the connection once the handler returns. fasthttp's
+// shutdown does not wait for such a connection, so done runs after the
+// relay is closed, for Server.Shutdown to wait on.
+func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay, done func()) {
 	ctx.Response.Header.SetContentLength(-2) // identity: no Content-Length
 	ctx.SetConnectionClose()
 	head := append([]byte(nil), ctx.Response.Header.Header()...)
@@ -176,6 +175,7 @@ func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay) {
 	fallback := time.AfterFunc(hijackStartLimit, func() {
 		if claimed.CompareAndSwap(false, true) {
 			_ = r.Close()
+			done()
 		}
 	})
 	ctx.HijackSetNoResponse(true)
@@ -184,6 +184,7 @@ func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay) {
 			return
 		}
 		fallback.Stop()
+		defer done()
 		defer r.Close()
 		if _, err := c.Write(head); err != nil {
 			return

@@ -104,6 +104,9 @@ type Server struct {
 
 	// inflight lists the requests waiting on or streaming from nodes.
 	inflight watchList
+	// handedOver counts the streams on connections taken over from
+	// fasthttp, which its shutdown does not wait for.
+	handedOver streamCount
 }
 
 // New returns a server for opts. It does not listen until Serve.
@@ -212,7 +215,55 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		})
 		defer cut.Stop()
 	}
-	return s.srv.ShutdownWithContext(ctx)
+	err := s.srv.ShutdownWithContext(ctx)
+	if werr := s.handedOver.wait(ctx); err == nil {
+		err = werr
+	}
+	return err
+}
+
+// streamCount counts streams in progress and lets a caller wait until
+// none is left.
+type streamCount struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{} // closed when n drops to 0
+}
+
+func (c *streamCount) add() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		c.none = make(chan struct{})
+	}
+	c.n++
+}
+
+func (c *streamCount) done() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n--
+	if c.n == 0 {
+		close(c.none)
+	}
+}
+
+// wait returns when no stream is left, or with ctx's error when ctx ends
+// first.
+func (c *streamCount) wait(ctx context.Context) error {
+	c.mu.Lock()
+	if c.n == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	none := c.none
+	c.mu.Unlock()
+	select {
+	case <-none:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // shutdownGrace is the time that requests ended by Shutdown have to send
