@@ -180,6 +180,8 @@ func (c *Checker) tracker(n *balancer.Node) *tracker {
 // probe. A node that is up afterwards gets pulls of its missing
 // models.ensure models.
 func (c *Checker) probe(ctx context.Context, t *tracker) {
+	t.probeMu.Lock()
+	defer t.probeMu.Unlock()
 	cfg := c.config()
 	n := t.node
 	err := c.checkVersion(ctx, n, cfg.Health.Timeout)

@@ -42,7 +42,9 @@ type tracker struct {
 	// usual closed state.
 	tripped atomic.Bool
 
-	// Active probe state, touched only by the node's probe loop.
+	// probeMu serialises the node's probes: its loop's, and those of
+	// ProbeAll at start and after a reload. It guards the fields below.
+	probeMu    sync.Mutex
 	okStreak   int
 	failStreak int
 	probed     bool

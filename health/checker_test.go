@@ -1,0 +1,53 @@
+package health_test
+
+import (
+	"context"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/health"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// TestProbesOfOneNodeTakeTurns runs a node's probe loop at a short
+// interval while ProbeAll, as a reload calls it, probes the same node from
+// several goroutines. The race detector reports overlapping probes.
+func TestProbesOfOneNodeTakeTurns(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cfg.Health.Interval = time.Millisecond
+	u, err := url.Parse(cfg.Nodes[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := balancer.NewNode(cfg.Nodes[0].Name, u, 1, 1)
+	bal := balancer.New(balancer.SettingsFrom(cfg), []*balancer.Node{n}, nil)
+	c := health.New(cfg, bal, nil, testenv.Logger())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		c.Run(ctx)
+	}()
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				c.ProbeAll(ctx)
+			}
+		}()
+	}
+	wg.Wait()
+	cancel()
+	<-ran
+	if !n.Up() || !n.HasModel("m:latest") {
+		t.Errorf("node up %v, lists m %v; want a healthy node that lists m", n.Up(), n.HasModel("m:latest"))
+	}
+}
