@@ -180,13 +180,20 @@ func (a *App) Config() *config.Config {
 }
 
 // Reload applies cfg without dropping requests in flight. Nodes are added,
-// removed or changed, and new limits apply to new requests. Settings that
-// need a restart, such as listen, are logged and keep their old values.
+// removed or changed, and new limits apply to new requests. The settings
+// bound at start (config.Change.Restart: the listeners, max_header_bytes,
+// and the redis, cache and log sections) keep their running values. Each
+// reload whose cfg differs from them logs a warning that names them, until
+// a restart applies them.
 func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
 
 	change := config.Diff(a.cfg, cfg)
-	if change.Changed("auth") || change.Changed("rate_limit") || change.Changed("redis") {
+	// Keeping them means that a rebuilt limiter connects to the Redis
+	// server of the start, which the cache also uses, and that Config
+	// returns the settings in force.
+	cfg = config.KeepRestartSettings(a.cfg, cfg)
+	if change.Changed("auth") || change.Changed("rate_limit") {
 		lim, err := a.newLimiter(cfg)
 		if err != nil {
 			a.mu.Unlock()
@@ -275,9 +282,9 @@ func (a *App) newLimiter(cfg *config.Config) (*ratelimit.Limiter, error) {
 }
 
 // startCache builds the response cache of cfg. The cache is in process,
-// and also in Redis when redis.addr is set and cache.l2 is enabled.
-// NOTE: cache settings are read at start, and a reload does not change
-// them or warn that they changed.
+// and also in Redis when redis.addr is set and cache.l2 is enabled. The
+// proxy keeps this cache until it stops, so Reload treats every cache and
+// redis setting as bound at start.
 func (a *App) startCache(cfg *config.Config) error {
 	if !cfg.Cache.IsEnabled() {
 		return nil

@@ -3,6 +3,7 @@ package config
 import (
 	"reflect"
 	"slices"
+	"strings"
 )
 
 // Change describes how one configuration differs from the one before it,
@@ -24,7 +25,10 @@ type Change struct {
 	// ("queue.classes.batch").
 	Settings []string
 	// Restart lists the Settings that a running proxy cannot apply because
-	// they are bound at start: the listeners and the Redis connection.
+	// they are bound at start: the listeners, max_header_bytes, and every
+	// setting under redis, cache and log. The rate limiter and the cache
+	// share the Redis server of the start, so a reload applies no redis
+	// setting to either. KeepRestartSettings keeps their running values.
 	Restart []string
 }
 
@@ -33,8 +37,9 @@ type NodeChange struct {
 	Old, New Node
 }
 
-// restartPaths are the settings bound at start, see Change.Restart.
-var restartPaths = []string{"listen", "admin.listen", "max_header_bytes", "redis.addr", "redis.password", "redis.db"}
+// restartPaths are the settings bound at start, see Change.Restart. A
+// section covers every setting inside it.
+var restartPaths = []string{"listen", "admin.listen", "max_header_bytes", "redis", "cache", "log"}
 
 // Diff returns what changed from prev to next. A nil config counts as the
 // zero Config.
@@ -50,11 +55,51 @@ func Diff(prev, next *Config) Change {
 	diffValues(reflect.ValueOf(*prev), reflect.ValueOf(*next), "", &c.Settings)
 	slices.Sort(c.Settings)
 	for _, p := range c.Settings {
-		if slices.Contains(restartPaths, p) {
+		if boundAtStart(p) {
 			c.Restart = append(c.Restart, p)
 		}
 	}
 	return c
+}
+
+// boundAtStart reports whether the setting at path is or lies inside one
+// of restartPaths.
+func boundAtStart(path string) bool {
+	for _, base := range restartPaths {
+		if isUnder(path, base) {
+			return true
+		}
+	}
+	return false
+}
+
+// KeepRestartSettings returns a copy of next in which every setting bound
+// at start (see Change.Restart) has its value in running. The copy is the
+// configuration in force after a reload from running to next. Neither
+// argument is modified, and the copy shares their lists, maps and
+// pointers, so none of them may be modified afterwards.
+func KeepRestartSettings(running, next *Config) *Config {
+	out := *next
+	src := reflect.ValueOf(running).Elem()
+	dst := reflect.ValueOf(&out).Elem()
+	for _, path := range restartPaths {
+		settingAt(dst, path).Set(settingAt(src, path))
+	}
+	return &out
+}
+
+// settingAt returns the field of the struct v at the dotted YAML path. It
+// panics when path names no field, which the tests of restartPaths catch.
+func settingAt(v reflect.Value, path string) reflect.Value {
+	for name := range strings.SplitSeq(path, ".") {
+		fields, _ := yamlFields(v.Type())
+		f, ok := fields[name]
+		if !ok {
+			panic("config: no setting at " + path)
+		}
+		v = v.FieldByIndex(f.Index)
+	}
+	return v
 }
 
 func (c *Change) diffNodes(prev, next []Node) {

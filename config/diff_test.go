@@ -1,6 +1,7 @@
 package config
 
 import (
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -75,15 +76,36 @@ func TestDiffSettings(t *testing.T) {
 			[]string{"listen"}, []string{"listen"}},
 		{"admin listen", func(c *Config) { c.Admin.Listen = "127.0.0.1:2" },
 			[]string{"admin.listen"}, []string{"admin.listen"}},
+		{"header size", func(c *Config) { c.MaxHeaderBytes = 16 << 10 },
+			[]string{"max_header_bytes"}, []string{"max_header_bytes"}},
+		{"admin token", func(c *Config) { c.Admin.Token = "t" }, []string{"admin.token"}, nil},
 		{"redis", func(c *Config) { c.Redis.Addr = "127.0.0.1:6379"; c.Redis.Timeout = time.Second },
-			[]string{"redis.addr", "redis.timeout"}, []string{"redis.addr"}},
+			[]string{"redis.addr", "redis.timeout"}, []string{"redis.addr", "redis.timeout"}},
+		{"redis credentials", func(c *Config) { c.Redis.Password = "p"; c.Redis.DB = 2 },
+			[]string{"redis.db", "redis.password"}, []string{"redis.db", "redis.password"}},
+		{"redis key prefix", func(c *Config) { c.Redis.KeyPrefix = "other:" },
+			[]string{"redis.key_prefix"}, []string{"redis.key_prefix"}},
 		{"queue class", func(c *Config) {
 			c.Queue.Classes[ClassBatch] = QueueClass{MaxLength: 5, MaxWait: time.Minute}
 		}, []string{"queue.classes.batch"}, nil},
 		{"queue class removed", func(c *Config) { delete(c.Queue.Classes, ClassBatch) },
 			[]string{"queue.classes.batch"}, nil},
 		{"retry", func(c *Config) { c.Retry.Attempts = 5 }, []string{"retry.attempts"}, nil},
-		{"cache switch", func(c *Config) { *c.Cache.Enabled = false }, []string{"cache.enabled"}, nil},
+		{"cache switch", func(c *Config) { c.Cache.Enabled = boolPtr(false) },
+			[]string{"cache.enabled"}, []string{"cache.enabled"}},
+		{"cache generate", func(c *Config) { c.Cache.Generate = "never" },
+			[]string{"cache.generate"}, []string{"cache.generate"}},
+		{"cache tiers", func(c *Config) {
+			c.Cache.L1.MaxBytes = 1 << 20
+			c.Cache.L1.TTL = time.Minute
+			c.Cache.L2.Enabled = boolPtr(false)
+			c.Cache.L2.TTL = time.Hour
+		}, []string{"cache.l1.max_bytes", "cache.l1.ttl", "cache.l2.enabled", "cache.l2.ttl"},
+			[]string{"cache.l1.max_bytes", "cache.l1.ttl", "cache.l2.enabled", "cache.l2.ttl"}},
+		{"cache and retry", func(c *Config) { c.Cache.L1.TTL = time.Minute; c.Retry.Attempts = 5 },
+			[]string{"cache.l1.ttl", "retry.attempts"}, []string{"cache.l1.ttl"}},
+		{"log", func(c *Config) { c.Log.Level = "debug"; c.Log.Format = "json" },
+			[]string{"log.format", "log.level"}, []string{"log.format", "log.level"}},
 		{"keys", func(c *Config) { c.Auth.Keys = []Key{{Name: "k", SHA256: goodSHA}} },
 			[]string{"auth.keys"}, nil},
 		{"origins", func(c *Config) { c.CORS.AllowedOrigins = []string{"*"} },
@@ -162,5 +184,58 @@ func TestChangeChanged(t *testing.T) {
 				t.Errorf("Changed(%q) = %v, want %v", tt.path, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestRestartPathsNameSettings(t *testing.T) {
+	cfg := reflect.ValueOf(Default())
+	for _, path := range restartPaths {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("restart path %q names no setting: %v", path, r)
+				}
+			}()
+			settingAt(cfg, path)
+		}()
+	}
+}
+
+func TestKeepRestartSettings(t *testing.T) {
+	running := baseConfig(t)
+	running.Redis.Addr = "127.0.0.1:6379"
+	next := baseConfig(t)
+	next.Listen = "127.0.0.1:1"
+	next.Admin.Listen = "127.0.0.1:2"
+	next.MaxHeaderBytes = 16 << 10
+	next.Redis.Addr = "127.0.0.1:6380"
+	next.Redis.KeyPrefix = "other:"
+	next.Cache.Enabled = boolPtr(false)
+	next.Cache.L1.TTL = time.Minute
+	next.Retry.Attempts = 5
+	next.Admin.Token = "t"
+	next.Nodes = next.Nodes[:1]
+
+	got := KeepRestartSettings(running, next)
+
+	applied := Diff(running, got)
+	if !slices.Equal(applied.Settings, []string{"admin.token", "retry.attempts"}) {
+		t.Errorf("settings changed from running = %v, want only admin.token and retry.attempts",
+			applied.Settings)
+	}
+	if removed := nodeNames(applied.Removed); !slices.Equal(removed, []string{"b"}) {
+		t.Errorf("removed nodes = %v, want [b] as in next", removed)
+	}
+	kept := Diff(got, next)
+	wantKept := []string{"admin.listen", "cache.enabled", "cache.l1.ttl", "listen",
+		"max_header_bytes", "redis.addr", "redis.key_prefix"}
+	if !slices.Equal(kept.Settings, wantKept) {
+		t.Errorf("settings kept from running = %v, want %v", kept.Settings, wantKept)
+	}
+	if next.Redis.Addr != "127.0.0.1:6380" {
+		t.Errorf("next.Redis.Addr = %q, want it unmodified", next.Redis.Addr)
+	}
+	if next.Cache.IsEnabled() {
+		t.Errorf("next.Cache.Enabled = true, want it unmodified")
 	}
 }

@@ -1,0 +1,233 @@
+package app_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/internal/testredis"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// restartWarning is the message Reload logs for settings bound at start.
+const restartWarning = "some changes take effect only after a restart"
+
+// logBuffer collects the JSON log lines of one App.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// restartSettings returns the settings list of each restart warning logged
+// so far, in order.
+func (l *logBuffer) restartSettings(t *testing.T) [][]string {
+	t.Helper()
+	l.mu.Lock()
+	data := slices.Clone(l.buf.Bytes())
+	l.mu.Unlock()
+	var out [][]string
+	lines := bufio.NewScanner(bytes.NewReader(data))
+	for lines.Scan() {
+		var rec struct {
+			Msg      string   `json:"msg"`
+			Settings []string `json:"settings"`
+		}
+		if err := json.Unmarshal(lines.Bytes(), &rec); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", lines.Text(), err)
+		}
+		if rec.Msg == restartWarning {
+			out = append(out, rec.Settings)
+		}
+	}
+	return out
+}
+
+// startApp starts a proxy with cfg that logs JSON into the returned
+// buffer, and shuts it down when the test ends.
+func startApp(t *testing.T, cfg *config.Config) (*app.App, *logBuffer) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("invalid test config: %v", err)
+	}
+	logs := &logBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := app.Start(ctx, cfg, log)
+	if err != nil {
+		t.Fatalf("start proxy: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+	})
+	return a, logs
+}
+
+func reload(t *testing.T, a *app.App, cfg *config.Config) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("invalid reload config: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Reload(ctx, cfg); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+}
+
+// generate sends a deterministic, and so cacheable, generation request
+// and returns the response after reading its body.
+func generate(t *testing.T, a *app.App, prompt string) *http.Response {
+	t.Helper()
+	body := `{"model":"m","prompt":"` + prompt + `","stream":false,` +
+		`"options":{"temperature":0,"num_predict":2}}`
+	resp, err := http.Post(a.URL()+"/api/generate", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("generate: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("generate %q: status %d", prompt, resp.StatusCode)
+	}
+	return resp
+}
+
+func cacheResult(resp *http.Response) string { return resp.Header.Get("X-LLMProxy-Cache") }
+
+func TestReloadKeepsCacheSettings(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	a, logs := startApp(t, testenv.Config(t, sim))
+	if got := cacheResult(generate(t, a, "q")); got != "miss" {
+		t.Fatalf("first request: cache %q, want miss", got)
+	}
+	if got := cacheResult(generate(t, a, "q")); got != "hit-l1" {
+		t.Fatalf("second request: cache %q, want hit-l1", got)
+	}
+
+	next := testenv.Config(t, sim)
+	off := false
+	next.Cache.Enabled = &off
+	next.Cache.L1.TTL = time.Millisecond
+	next.Retry.Attempts = 5
+	reload(t, a, next)
+
+	warnings := logs.restartSettings(t)
+	want := []string{"cache.enabled", "cache.l1.ttl"}
+	if len(warnings) != 1 || !slices.Equal(warnings[0], want) {
+		t.Fatalf("restart warnings = %v, want one naming %v", warnings, want)
+	}
+	running := a.Config()
+	if !running.Cache.IsEnabled() {
+		t.Error("Config().Cache.Enabled = false, want the running true")
+	}
+	if running.Cache.L1.TTL != time.Hour {
+		t.Errorf("Config().Cache.L1.TTL = %s, want the running 1h", running.Cache.L1.TTL)
+	}
+	if running.Retry.Attempts != 5 {
+		t.Errorf("Config().Retry.Attempts = %d, want 5 from the reload", running.Retry.Attempts)
+	}
+
+	// Past the new TTL, the entry stored under the old one still serves.
+	time.Sleep(20 * time.Millisecond)
+	if got := cacheResult(generate(t, a, "q")); got != "hit-l1" {
+		t.Errorf("after reload: cache %q, want hit-l1 from the running cache", got)
+	}
+	if n := sim.Server().Requests("/api/generate"); n != 1 {
+		t.Errorf("node saw %d generate requests, want 1", n)
+	}
+
+	// next still differs from the settings in force, so reloading it
+	// again repeats the warning.
+	reload(t, a, next)
+	warnings = logs.restartSettings(t)
+	if len(warnings) != 2 || !slices.Equal(warnings[1], want) {
+		t.Errorf("restart warnings after a second reload = %v, want a second naming %v",
+			warnings, want)
+	}
+}
+
+// redisKeys returns the keys of the Redis server at addr that match pattern.
+func redisKeys(t *testing.T, addr, pattern string) []string {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	keys, err := rdb.Keys(context.Background(), pattern).Result()
+	if err != nil {
+		t.Fatalf("KEYS %s on %s: %v", pattern, addr, err)
+	}
+	return keys
+}
+
+func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	first, second := testredis.Start(t), testredis.Start(t)
+	cfg := testenv.Config(t, sim)
+	cfg.Redis.Addr = first.Addr
+	cfg.RateLimit.PerAddress = 100
+	cfg.RateLimit.Burst = 100
+	a, logs := startApp(t, cfg)
+	if got := generate(t, a, "before").Header.Get("X-RateLimit-Limit"); got != "100" {
+		t.Fatalf("before reload: X-RateLimit-Limit %q, want 100", got)
+	}
+
+	// The burst change rebuilds the limiter, so the test shows which Redis
+	// server a limiter built by Reload uses.
+	next := testenv.Config(t, sim)
+	next.Redis.Addr = second.Addr
+	next.RateLimit.PerAddress = 100
+	next.RateLimit.Burst = 200
+	reload(t, a, next)
+
+	warnings := logs.restartSettings(t)
+	if len(warnings) != 1 || !slices.Equal(warnings[0], []string{"redis.addr"}) {
+		t.Fatalf("restart warnings = %v, want one naming [redis.addr]", warnings)
+	}
+	if got := a.Config().Redis.Addr; got != first.Addr {
+		t.Errorf("Config().Redis.Addr = %s, want the running %s", got, first.Addr)
+	}
+
+	rdb := redis.NewClient(&redis.Options{Addr: first.Addr})
+	defer rdb.Close()
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatalf("FLUSHALL on %s: %v", first.Addr, err)
+	}
+	resp := generate(t, a, "after")
+	if got := resp.Header.Get("X-RateLimit-Limit"); got != "200" {
+		t.Errorf("after reload: X-RateLimit-Limit %q, want 200 from the rebuilt limiter", got)
+	}
+	if got := cacheResult(resp); got != "miss" {
+		t.Errorf("after reload: cache %q, want miss", got)
+	}
+	if keys := redisKeys(t, first.Addr, "llmproxy:rl:*"); len(keys) == 0 {
+		t.Error("no rate limit keys on the Redis server of the start after reload")
+	}
+	if keys := redisKeys(t, first.Addr, "llmproxy:cache:*"); len(keys) == 0 {
+		t.Error("no cache keys on the Redis server of the start after reload")
+	}
+	if keys := redisKeys(t, second.Addr, "*"); len(keys) != 0 {
+		t.Errorf("keys %v on the Redis server named by the reload, want none before a restart", keys)
+	}
+}
