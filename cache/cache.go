@@ -74,6 +74,10 @@ type Cache struct {
 // registry), and log receives the Redis state changes (nil: slog.Default).
 // Zero sizes, TTLs and timeouts take the Default values. New rejects a
 // negative value or an unknown cache.generate, listing every problem.
+//
+// With L2, New also subscribes to the purge channel of other instances,
+// waiting at most redis.timeout for Redis. It succeeds while Redis is
+// down, and the subscription is then made when Redis is back.
 func New(
 	cfg config.Cache,
 	rdb *redis.Client,
@@ -106,12 +110,16 @@ func New(
 	}
 	c.l1 = l1
 	if rdb != nil && (cfg.L2.Enabled == nil || *cfg.L2.Enabled) {
+		prefix := rcfg.KeyPrefix + "cache:"
 		c.l2 = &l2Tier{
-			rdb:     rdb,
-			prefix:  rcfg.KeyPrefix + "cache:",
-			ttl:     orDefault(cfg.L2.TTL, DefaultL2TTL),
-			timeout: orDefault(rcfg.Timeout, DefaultRedisTimeout),
+			rdb:          rdb,
+			prefix:       prefix,
+			ttl:          orDefault(cfg.L2.TTL, DefaultL2TTL),
+			timeout:      orDefault(rcfg.Timeout, DefaultRedisTimeout),
+			purgeChannel: purgeChannelName(prefix, rdb.Options().DB),
+			instanceID:   newInstanceID(),
 		}
+		c.startPurgeSubscriber()
 	}
 	return c, nil
 }
@@ -146,9 +154,15 @@ func orDefault[T int64 | time.Duration](v, def T) T {
 	return v
 }
 
-// Close stops L1's goroutines and drops its entries. Call it once, after the
-// last call of any other method.
-func (c *Cache) Close() { c.l1.close() }
+// Close ends the subscription to the purge channel, waiting for the
+// goroutine that applies purge messages, then stops L1's goroutines and
+// drops its entries. Call it once, after the last call of any other method.
+func (c *Cache) Close() {
+	if c.l2 != nil {
+		c.stopPurgeSubscriber()
+	}
+	c.l1.close()
+}
 
 func (c *Cache) count(tier, outcome string) {
 	c.m.CacheRequests.WithLabelValues(tier, outcome).Inc()
@@ -214,27 +228,37 @@ func (c *Cache) put(ctx context.Context, recs ...*record) {
 }
 
 // Purge removes every entry, when model is "", or the entries of one model
-// (normalized as NormalizeModel does), from L1 and L2. An error means that
-// L2 could not be purged, but L1 is purged in any case. An entry stored
-// while Purge runs may remain.
+// (normalized as NormalizeModel does), from L1 and L2. With L2, it then
+// publishes the purge on the Redis purge channel, and every other instance
+// that uses the same Redis database and key prefix removes the same entries
+// from its own L1. Purge does not wait for them: each applies the message
+// asynchronously, after Redis has delivered it, so its clients may still
+// get the old entries from L1 until then. An entry stored while Purge runs
+// may remain, on any instance.
 //
-// NOTE: other proxy instances keep their own L1 copies until l1.ttl ends,
-// so a purge reaches every client only after that time.
+// An error means that L2 could not be purged or the purge could not be
+// published, but L1 is purged in any case. Purge does not publish when the
+// L2 purge fails.
+//
+// NOTE: after an error, other instances keep their L1 copies until l1.ttl
+// ends, unless their own subscription drops and is made again meanwhile
+// (as when Redis restarts), which clears their whole L1. Retry the purge
+// once Redis is reachable.
 func (c *Cache) Purge(ctx context.Context, model string) error {
 	c.purgeMu.Lock()
 	defer c.purgeMu.Unlock()
 	model = NormalizeModel(model)
-	if model == "" {
-		c.l1.clear()
-	} else {
-		c.l1.purgeModel(model)
-	}
+	c.purgeL1(model)
 	if c.l2 == nil {
 		return nil
 	}
 	if err := c.l2Purge(ctx, model); err != nil {
 		c.redisFailed(ctx, "purge", err)
 		return fmt.Errorf("purge l2: %w", err)
+	}
+	if err := c.publishPurge(ctx, model); err != nil {
+		c.redisFailed(ctx, "publish", err)
+		return fmt.Errorf("publish purge to other instances: %w", err)
 	}
 	c.redisSucceeded()
 	return nil

@@ -1,8 +1,10 @@
 // Package cache is llmproxy's response cache for Ollama responses, in two
 // tiers: L1 in process memory (ristretto, bounded in bytes) and L2 in
-// Redis, shared by every proxy instance. An L2 hit fills L1. Redis trouble
-// is never an error: every Redis call is bounded by redis.timeout, and on
-// failure the cache works from L1 alone and counts the fallback.
+// Redis, shared by every proxy instance. An L2 hit fills L1, and Purge
+// reaches the L1 of every instance through a Redis pub/sub channel. Redis
+// trouble is never an error, except for Purge: every Redis call is bounded
+// by redis.timeout, and on failure the cache works from L1 alone and
+// counts the fallback.
 //
 // Embedding requests are always cached, each input on its own, so a batch
 // with some cached inputs sends only the others upstream. Generation

@@ -22,6 +22,14 @@ type l2Tier struct {
 	ttl     time.Duration
 	timeout time.Duration // of one Redis call
 
+	// purgeChannel is the pub/sub channel of purges, named by
+	// purgeChannelName.
+	purgeChannel string
+	// instanceID identifies this cache's own purge messages.
+	instanceID     string
+	subscription   *redis.PubSub // subscribed to purgeChannel
+	subscriberDone chan struct{} // closed when receivePurges returns
+
 	healthMu sync.Mutex
 	down     bool      // guarded by healthMu: the last call failed
 	retryAt  time.Time // guarded by healthMu: when a call may try again

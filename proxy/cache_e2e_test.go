@@ -215,3 +215,63 @@ func TestSharedCacheAcrossInstances(t *testing.T) {
 		t.Error("no Redis fallback counted")
 	}
 }
+
+func TestCachePurgeReachesEveryInstance(t *testing.T) {
+	rds := testredis.Start(t)
+	sim := testenv.Sim(t, "m,embed-e", ollamasim.Config{})
+	start := func() *app.App {
+		cfg := testenv.Config(t, sim)
+		cfg.Redis.Addr = rds.Addr
+		return testenv.Proxy(t, cfg)
+	}
+	one, two := start(), start()
+	chat := `{"model":"m","stream":false,"options":{"temperature":0},"messages":[{"role":"user","content":"q"}]}`
+	embed := `{"model":"embed-e","input":"x"}`
+	requests := []struct{ path, body string }{{"/api/chat", chat}, {"/api/embed", embed}}
+	for _, r := range requests {
+		readBody(t, post(t, one.URL()+r.path, r.body))
+		readBody(t, post(t, two.URL()+r.path, r.body))
+		resp := post(t, two.URL()+r.path, r.body)
+		readBody(t, resp)
+		if cacheHeader(resp) != "hit-l1" {
+			t.Fatalf("%s through the second instance: %q, want hit-l1 before the purge", r.path, cacheHeader(resp))
+		}
+	}
+
+	// servedFromL1 sends body to the second instance and reports whether
+	// its L1 served it, storing the header in last.
+	var last string
+	servedFromL1 := func(path, body string) bool {
+		resp := post(t, two.URL()+path, body)
+		readBody(t, resp)
+		last = cacheHeader(resp)
+		return last == "hit-l1"
+	}
+
+	resp := post(t, one.URL()+"/admin/cache/purge", `{"model":"embed-e"}`)
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("purge of embed-e: status %d", resp.StatusCode)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the second instance to stop serving embed-e from L1", func() bool {
+		return !servedFromL1("/api/embed", embed)
+	})
+	if last != "miss" {
+		t.Errorf("embed-e through the second instance after its purge: %q, want miss", last)
+	}
+	if !servedFromL1("/api/chat", chat) {
+		t.Errorf("chat of m through the second instance after purging embed-e: %q, want hit-l1", last)
+	}
+
+	resp = post(t, one.URL()+"/admin/cache/purge", "")
+	readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("purge of every model: status %d", resp.StatusCode)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the second instance to stop serving m from L1", func() bool {
+		return !servedFromL1("/api/chat", chat)
+	})
+	if last != "miss" {
+		t.Errorf("chat of m through the second instance after purging all: %q, want miss", last)
+	}
+}
