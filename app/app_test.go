@@ -231,3 +231,38 @@ func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
 		t.Errorf("keys %v on the Redis server named by the reload, want none before a restart", keys)
 	}
 }
+
+// TestReloadKeepsBodyLimit reloads a smaller max_body_bytes while requests
+// run: fasthttp reads its limit without a lock, so the limit of the start
+// stays, and the race detector sees no write to it.
+func TestReloadKeepsBodyLimit(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	a, logs := startApp(t, testenv.Config(t, sim))
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		body := `{"model":"m","prompt":"during the reload","stream":false}`
+		for range 20 {
+			resp, err := http.Post(a.URL()+"/api/generate", "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Errorf("generate during the reload: %v", err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	next := testenv.Config(t, sim)
+	next.MaxBodyBytes = 64
+	reload(t, a, next)
+	wg.Wait()
+
+	warnings := logs.restartSettings(t)
+	if len(warnings) != 1 || !slices.Equal(warnings[0], []string{"max_body_bytes"}) {
+		t.Fatalf("restart warnings = %v, want one naming max_body_bytes", warnings)
+	}
+	// generate fails the test unless the status is 200.
+	generate(t, a, strings.Repeat("a body over 64 bytes ", 10))
+}

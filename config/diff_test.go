@@ -78,6 +78,8 @@ func TestDiffSettings(t *testing.T) {
 			[]string{"admin.listen"}, []string{"admin.listen"}},
 		{"header size", func(c *Config) { c.MaxHeaderBytes = 16 << 10 },
 			[]string{"max_header_bytes"}, []string{"max_header_bytes"}},
+		{"body size", func(c *Config) { c.MaxBodyBytes = 1 << 20 },
+			[]string{"max_body_bytes"}, []string{"max_body_bytes"}},
 		{"admin token", func(c *Config) { c.Admin.Token = "t" }, []string{"admin.token"}, nil},
 		{"redis", func(c *Config) { c.Redis.Addr = "127.0.0.1:6379"; c.Redis.Timeout = time.Second },
 			[]string{"redis.addr", "redis.timeout"}, []string{"redis.addr", "redis.timeout"}},

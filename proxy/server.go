@@ -169,9 +169,6 @@ func (s *Server) SetConfig(cfg *config.Config) {
 		keep[n.Name] = newUpstream(n, cfg.Upstream.Connect)
 	}
 	s.ups = keep
-	if s.srv != nil {
-		s.srv.MaxRequestBodySize = int(cfg.MaxBodyBytes)
-	}
 }
 
 func (s *Server) config() *config.Config { return s.cfg.Load() }
