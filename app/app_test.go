@@ -266,3 +266,47 @@ func TestReloadKeepsBodyLimit(t *testing.T) {
 	// generate fails the test unless the status is 200.
 	generate(t, a, strings.Repeat("a body over 64 bytes ", 10))
 }
+
+// TestReloadDropsGaugesOfRemovedNode checks that a node removed by a
+// reload no longer shows in the node gauges, and that its request counts
+// stay.
+func TestReloadDropsGaugesOfRemovedNode(t *testing.T) {
+	a0 := testenv.Sim(t, "m", ollamasim.Config{})
+	a1 := testenv.Sim(t, "m", ollamasim.Config{})
+	a, _ := startApp(t, testenv.Config(t, a0, a1))
+	for range 4 {
+		generate(t, a, "spread")
+	}
+	if !strings.Contains(scrape(t, a), `llmproxy_node_up{node="n1"} 1`) {
+		t.Fatal("node n1 is not reported up before the reload")
+	}
+
+	reload(t, a, testenv.Config(t, a0))
+	metrics := scrape(t, a)
+	for _, name := range []string{"llmproxy_node_up", "llmproxy_node_breaker_state",
+		"llmproxy_node_inflight", "llmproxy_node_loaded_models"} {
+		if strings.Contains(metrics, name+`{node="n1"}`) {
+			t.Errorf("%s still has a series for the removed node n1", name)
+		}
+	}
+	if !strings.Contains(metrics, `llmproxy_node_up{node="n0"} 1`) {
+		t.Error("node n0 is no longer reported up")
+	}
+	if !strings.Contains(metrics, `node="n1",route="/api/generate"`) {
+		t.Error("the request counts of n1 are gone")
+	}
+}
+
+func scrape(t *testing.T, a *app.App) string {
+	t.Helper()
+	resp, err := http.Get(a.URL() + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read metrics: %v", err)
+	}
+	return string(b)
+}

@@ -70,7 +70,7 @@ func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *sl
 
 // Sync adopts cfg and the balancer's current node set. A new node gets a
 // tracker, and a probe loop once Run has started. A node that was removed
-// while it had a probe loop has the loop stopped and its tracker dropped.
+// has its loop stopped, its tracker dropped and its gauges removed.
 func (c *Checker) Sync(cfg *config.Config) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,7 +94,21 @@ func (c *Checker) Sync(cfg *config.Config) {
 		if !live[n] {
 			cancel()
 			delete(c.loops, n)
-			delete(c.trackers, n)
+		}
+	}
+	names := map[string]bool{}
+	for n := range live {
+		names[n.Name] = true
+	}
+	for n := range c.trackers {
+		if live[n] {
+			continue
+		}
+		delete(c.trackers, n)
+		// A node whose URL or limits changed is a new Node under the same
+		// name, and keeps its series.
+		if c.m != nil && !names[n.Name] {
+			c.m.ForgetNode(n.Name)
 		}
 	}
 }

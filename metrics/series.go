@@ -42,6 +42,19 @@ func (c *children[K, V]) get(k K, build func(K) V) V {
 	return v
 }
 
+// drop removes the keys for which match is true.
+func (c *children[K, V]) drop(match func(K) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.m.Load()
+	if m == nil {
+		return
+	}
+	next := maps.Clone(*m)
+	maps.DeleteFunc(next, func(k K, _ V) bool { return match(k) })
+	c.m.Store(&next)
+}
+
 // RequestSeries are the metrics of one answered request: its count by
 // route, model, node and status code, and its duration by route and model.
 type RequestSeries struct {
@@ -104,4 +117,17 @@ func (m *Metrics) TimeToFirstToken(model string) prometheus.Observer {
 	return m.series.ttft.get(model, func(k string) prometheus.Observer {
 		return m.TimeToFirstTok.WithLabelValues(k)
 	})
+}
+
+// ForgetNode removes the gauges of a node that left the configuration, so
+// that dashboards stop showing it as up. Its counters stay, as totals of
+// what it served.
+func (m *Metrics) ForgetNode(node string) {
+	labels := prometheus.Labels{"node": node}
+	for _, g := range []*prometheus.GaugeVec{m.NodeUp, m.NodeBreaker, m.NodeInflight,
+		m.NodeLoadedModels, m.NodeVRAMBytes, m.TokensPerSecond} {
+		g.DeletePartialMatch(labels)
+	}
+	// A cached gauge would no longer be exported if the node came back.
+	m.series.rates.drop(func(k modelKey) bool { return k.a == node })
 }

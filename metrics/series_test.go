@@ -67,3 +67,33 @@ func BenchmarkRequestSeries(b *testing.B) {
 		})
 	})
 }
+
+func TestForgetNodeRemovesItsGauges(t *testing.T) {
+	m := New()
+	for _, node := range []string{"gpu1", "gpu2"} {
+		m.NodeUp.WithLabelValues(node).Set(1)
+		m.NodeVRAMBytes.WithLabelValues(node).Set(1 << 30)
+		m.TokenRate(node, "llama3:latest").Set(40)
+		m.Request("chat", "llama3:latest", node, 200).Requests.Inc()
+	}
+
+	m.ForgetNode("gpu1")
+
+	if got := testutil.CollectAndCount(m.NodeUp); got != 1 {
+		t.Errorf("node_up series = %d, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.NodeVRAMBytes); got != 1 {
+		t.Errorf("vram series = %d, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.TokensPerSecond); got != 1 {
+		t.Errorf("tokens per second series = %d, want 1", got)
+	}
+	if got := testutil.CollectAndCount(m.Requests); got != 2 {
+		t.Errorf("request counter series = %d, want both kept", got)
+	}
+	// A node that comes back under the same name is exported again.
+	m.TokenRate("gpu1", "llama3:latest").Set(30)
+	if got := testutil.ToFloat64(m.TokensPerSecond.WithLabelValues("gpu1", "llama3:latest")); got != 30 {
+		t.Errorf("tokens per second of the returned node = %v, want 30", got)
+	}
+}
