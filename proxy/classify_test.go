@@ -138,3 +138,28 @@ func TestConversationKey(t *testing.T) {
 		t.Error("a chat without a user message has a key")
 	}
 }
+
+func TestInspectShortensParseErrors(t *testing.T) {
+	var p fastjson.Parser
+	tests := []struct {
+		name, body, want string
+	}{
+		{"truncated", `{"model":`, "invalid JSON: cannot parse JSON: cannot parse object: cannot parse object value"},
+		{"deep", `{"model":"m","x":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`,
+			"it exceeds 300"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := inspect(&p, classify([]byte("POST"), []byte("/api/chat")), []byte(tt.body))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not contain %q", err, tt.want)
+			}
+			if len(err.Error()) > 400 {
+				t.Errorf("error of %d bytes, want at most 400", len(err.Error()))
+			}
+		})
+	}
+}

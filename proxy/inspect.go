@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -52,7 +53,7 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	}
 	v, err := p.ParseBytes(body)
 	if err != nil {
-		return f, fmt.Errorf("invalid JSON: %w", err)
+		return f, fmt.Errorf("invalid JSON: %s", shortParseError(err))
 	}
 	if v.Type() != fastjson.TypeObject {
 		return f, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
@@ -202,4 +203,20 @@ func duplicateKey(v *fastjson.Value) string {
 		keys = append(keys, k)
 	})
 	return string(dup)
+}
+
+// shortParseError returns fastjson's message for err with the middle of its
+// chain of contexts left out. fastjson adds one "cannot parse ..." context
+// per level of nesting, so a deeply nested body would otherwise get an
+// error of many kilobytes.
+//
+// NOTE: fastjson rejects nesting deeper than 300 levels, which Go's
+// encoding/json, and so Ollama, accepts.
+func shortParseError(err error) string {
+	const sep = ": cannot parse "
+	parts := strings.Split(err.Error(), sep)
+	if len(parts) <= 4 {
+		return err.Error()
+	}
+	return parts[0] + sep + parts[1] + ": …" + sep + strings.Join(parts[len(parts)-2:], sep)
 }
