@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -161,5 +162,39 @@ func TestInspectShortensParseErrors(t *testing.T) {
 				t.Errorf("error of %d bytes, want at most 400", len(err.Error()))
 			}
 		})
+	}
+}
+
+func TestInspectReadsTokenCounts(t *testing.T) {
+	var p fastjson.Parser
+	tests := []struct {
+		num  string
+		want int64
+	}{
+		{"2000", 2000},
+		{"2000.0", 2000},
+		{"2e3", 2000},
+		{"-1", -1},
+		{"99999999999999999999", math.MaxInt64},
+		{"1e30", math.MaxInt64},
+		{`"2000"`, 0},
+	}
+	for _, tt := range tests {
+		body := `{"model":"m","prompt":"x","options":{"num_predict":` + tt.num + `}}`
+		f, err := inspect(&p, classify([]byte("POST"), []byte("/api/generate")), []byte(body))
+		if err != nil {
+			t.Fatalf("num_predict %s: %v", tt.num, err)
+		}
+		if f.maxTokens != tt.want {
+			t.Errorf("num_predict %s: max tokens %d, want %d", tt.num, f.maxTokens, tt.want)
+		}
+		body = `{"model":"m","messages":[],"max_tokens":` + tt.num + `}`
+		f, err = inspect(&p, classify([]byte("POST"), []byte("/v1/chat/completions")), []byte(body))
+		if err != nil {
+			t.Fatalf("max_tokens %s: %v", tt.num, err)
+		}
+		if want := max(tt.want, 0); f.maxTokens != want {
+			t.Errorf("max_tokens %s: max tokens %d, want %d", tt.num, f.maxTokens, want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"hash/fnv"
+	"math"
 	"strings"
 	"time"
 
@@ -87,13 +88,13 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	opts := v.Get("options")
 	if opts != nil {
 		f.numCtx = opts.GetInt("num_ctx")
-		f.maxTokens = opts.GetInt64("num_predict")
+		f.maxTokens = tokenCount(opts.Get("num_predict"))
 	}
 	if r.openAI {
-		if n := v.GetInt64("max_tokens"); n > 0 {
+		if n := tokenCount(v.Get("max_tokens")); n > 0 {
 			f.maxTokens = n
 		}
-		if n := v.GetInt64("max_completion_tokens"); n > 0 {
+		if n := tokenCount(v.Get("max_completion_tokens")); n > 0 {
 			f.maxTokens = n
 		}
 		f.includeUsage = v.GetBool("stream_options", "include_usage")
@@ -219,4 +220,25 @@ func shortParseError(err error) string {
 		return err.Error()
 	}
 	return parts[0] + sep + parts[1] + ": …" + sep + strings.Join(parts[len(parts)-2:], sep)
+}
+
+// tokenCount reads a token count such as num_predict. Ollama converts any
+// JSON number to an integer, so 2000.0 and 2e3 count as 2000, and a number
+// beyond int64 counts as the largest int64 rather than as unset. It
+// returns 0 for a missing value or one that is not a number.
+func tokenCount(v *fastjson.Value) int64 {
+	if v == nil || v.Type() != fastjson.TypeNumber {
+		return 0
+	}
+	if n, err := v.Int64(); err == nil {
+		return n
+	}
+	f := v.GetFloat64()
+	switch {
+	case f >= math.MaxInt64:
+		return math.MaxInt64
+	case f <= math.MinInt64:
+		return math.MinInt64
+	}
+	return int64(f)
 }
