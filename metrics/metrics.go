@@ -85,7 +85,9 @@ func New() *Metrics {
 			"Generation speed last reported by a node for a model (eval_count/eval_duration).",
 			"node", "model"),
 		Tokens: f.counter("llmproxy_tokens_total",
-			"Tokens counted from node reports, by API key, model and kind (prompt or completion).",
+			"Tokens by API key, model and kind (prompt or completion), from node reports, or estimated "+
+				"for a stream that ends without them: one completion token per chunk and a prompt of a "+
+				"quarter of the request body's bytes.",
 			"key", "model", "kind"),
 
 		NodeUp: f.gauge("llmproxy_node_up",

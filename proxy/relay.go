@@ -267,7 +267,7 @@ func (r *relay) Read(p []byte) (int, error) {
 	if len(line) > 0 {
 		if err == nil {
 			r.observe(line)
-			if len(line) > 2 || line[0] != '\n' && line[0] != '\r' {
+			if isContentLine(line) {
 				r.chunks++
 			}
 		}
@@ -435,4 +435,11 @@ func (r *relay) Close() error {
 	relayPool.Put(r)
 	s.end(rs)
 	return nil
+}
+
+// isContentLine reports whether a stream line may carry a token: not a
+// blank line and not the "data: [DONE]" that ends an OpenAI stream.
+func isContentLine(line []byte) bool {
+	trimmed := bytes.TrimRight(line, "\r\n")
+	return len(trimmed) > 0 && !bytes.Equal(trimmed, []byte("data: [DONE]"))
 }

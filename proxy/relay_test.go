@@ -155,3 +155,22 @@ func BenchmarkRelayLine(b *testing.B) {
 		}
 	}
 }
+
+func TestContentLines(t *testing.T) {
+	tests := []struct {
+		line string
+		want bool
+	}{
+		{"{\"done\":false}\n", true},
+		{"data: {\"choices\":[]}\n", true},
+		{"\n", false},
+		{"\r\n", false},
+		{"data: [DONE]\n", false},
+		{"data: [DONE]\r\n", false},
+	}
+	for _, tt := range tests {
+		if got := isContentLine([]byte(tt.line)); got != tt.want {
+			t.Errorf("isContentLine(%q) = %v, want %v", tt.line, got, tt.want)
+		}
+	}
+}
