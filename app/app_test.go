@@ -310,3 +310,49 @@ func scrape(t *testing.T, a *app.App) string {
 	}
 	return string(b)
 }
+
+// TestRemovedNodeKeepsModelLabel reloads away the only node while it
+// streams a response: the request still counts under its model, which the
+// node listed when the request was placed.
+func TestRemovedNodeKeepsModelLabel(t *testing.T) {
+	slow := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20, MinTokens: 20, MaxTokens: 20})
+	other := testenv.Sim(t, "x", ollamasim.Config{})
+	a, _ := startApp(t, testenv.Config(t, slow))
+
+	resp, err := http.Post(a.URL()+"/api/chat", "application/json",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatalf("chat: %v", err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatalf("first line: %v", err)
+	}
+	next := testenv.Config(t, other)
+	next.Nodes[0].Name = "n9"
+	reload(t, a, next)
+	if _, err := io.ReadAll(br); err != nil {
+		t.Fatalf("rest of the stream: %v", err)
+	}
+
+	var metrics string
+	testenv.WaitFor(t, 5*time.Second, "the stream to be counted", func() bool {
+		metrics = scrape(t, a)
+		return strings.Contains(metrics, `llmproxy_requests_total{code="200",model=`) &&
+			strings.Contains(metrics, `route="/api/chat"`)
+	})
+	if !strings.Contains(metrics, `llmproxy_requests_total{code="200",model="m:latest",node="n0",route="/api/chat"} 1`) {
+		t.Errorf("the stream is not counted under model m:latest; counts:\n%s", grepLines(metrics, "llmproxy_requests_total{"))
+	}
+}
+
+func grepLines(text, prefix string) string {
+	var out []string
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(out, "\n")
+}

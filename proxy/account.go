@@ -22,8 +22,12 @@ type reqState struct {
 	method string
 	route  route
 	model  string
-	node   string
-	status int
+	// modelListed is set when the balancer placed the request by its
+	// model, which a node listed then, so the model is a bounded label
+	// even if the node leaves before the request ends.
+	modelListed bool
+	node        string
+	status      int
 	// ttfb is the time from arrival to the first byte of the response body
 	// leaving the proxy, or 0 when nothing was sent.
 	ttfb             time.Duration
@@ -99,7 +103,7 @@ func (s *Server) end(rs *reqState) {
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
 	}
-	model := s.modelLabel(rs.model)
+	model := s.requestModelLabel(rs)
 	if rs.reservation != nil {
 		rs.settle() // the limiter counts the tokens it settles
 	} else {
@@ -148,6 +152,15 @@ func (s *Server) end(rs *reqState) {
 	reqStates.Put(rs)
 }
 
+// requestModelLabel is modelLabel of the request's model, without a
+// search of the nodes when the balancer placed the request by it.
+func (s *Server) requestModelLabel(rs *reqState) string {
+	if rs.modelListed && rs.model != "" {
+		return rs.model
+	}
+	return s.modelLabel(rs.model)
+}
+
 // modelLabel bounds the model label. Only models that some node lists are
 // named, "" becomes "none", and every other model counts as "other"
 // (metrics.OtherModel).
@@ -175,7 +188,7 @@ func (s *Server) observeFinal(rs *reqState, line []byte) {
 	rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
 	if s.m != nil && st.evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
 		tps := float64(rs.completionTokens) / (float64(st.evalNs) / 1e9)
-		s.m.TokenRate(rs.node, s.modelLabel(rs.model)).Set(tps)
+		s.m.TokenRate(rs.node, s.requestModelLabel(rs)).Set(tps)
 	}
 	if rs.lease != nil {
 		rs.lease.Observe(time.Duration(st.loadNs), time.Duration(st.totalNs),

@@ -145,6 +145,9 @@ func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
 	if errors.Is(err, balancer.ErrModelNotFound) && s.refreshAll(ctx) {
 		lease, err = s.bal.Acquire(ctx, req)
 	}
+	// The balancer places a request with a model only on a node that
+	// lists it.
+	rs.modelListed = err == nil && req.Model != "" && rs.model == req.Model
 	return lease, err
 }
 
