@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,9 +91,10 @@ func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
 }
 
 // serveTags responds with the union of the nodes' model lists, with one
-// entry per model as the first node that lists it sent it.
+// entry per model as the first node that lists it sent it. The most recently
+// modified model comes first, as in Ollama's list.
 func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/tags", "")
+	entries, ok := s.mergeLists("/api/tags", "", "modified_at")
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
@@ -101,9 +103,10 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
 }
 
 // servePS responds with the union of the models loaded on the nodes, with
-// one entry per model: the entry that expires last.
+// one entry per model: the entry that expires last. The model that expires
+// last comes first, as Ollama lists them.
 func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/ps", "expires_at")
+	entries, ok := s.mergeLists("/api/ps", "expires_at", "expires_at")
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
@@ -120,10 +123,10 @@ type listEntry struct {
 	ranked bool
 }
 
-// mergeLists fetches a {"models":[...]} list from every usable node and
-// merges them with mergeModelLists. The bool reports whether any node
-// responded with a valid list.
-func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
+// mergeLists fetches a {"models":[...]} list from every usable node, merges
+// them with mergeModelLists and orders the result with sortLatestFirst by
+// orderField. The bool reports whether any node responded with a valid list.
+func (s *Server) mergeLists(path, rankField, orderField string) ([]listEntry, bool) {
 	responses := s.getAll(context.Background(), path)
 	bodies := make([][]byte, 0, len(responses))
 	for _, a := range responses {
@@ -132,7 +135,9 @@ func (s *Server) mergeLists(path, rankField string) ([]listEntry, bool) {
 		}
 		bodies = append(bodies, a.body)
 	}
-	return mergeModelLists(bodies, rankField)
+	entries, ok := mergeModelLists(bodies, rankField)
+	sortLatestFirst(entries, orderField)
+	return entries, ok
 }
 
 // mergeModelLists keeps one entry per model name from the {"models":[...]}
@@ -172,6 +177,56 @@ func mergeModelLists(bodies [][]byte, rankField string) ([]listEntry, bool) {
 	return out, valid
 }
 
+// sortLatestFirst orders entries by the RFC 3339 time in field, latest
+// first, as Ollama orders /api/ps by expires_at and /api/tags by
+// modified_at (PsHandler and ListHandler in its server/routes.go). Times
+// compare as instants, so zone offsets and fraction lengths do not matter.
+// Entries whose field is missing or does not parse come last, and entries
+// with equal times, or none, are in name order.
+//
+// NOTE: Ollama compares whole seconds and leaves models within one second
+// in map order, which can change from one request to the next. Comparing
+// the full time gives one of the orders Ollama can send, and the order the
+// simulator in package ollamasim sends.
+func sortLatestFirst(entries []listEntry, field string) {
+	keyed := make([]timedEntry, len(entries))
+	var p fastjson.Parser
+	for i, e := range entries {
+		keyed[i].entry = e
+		v, err := p.ParseBytes(e.raw)
+		if err != nil {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, string(v.GetStringBytes(field)))
+		keyed[i].time, keyed[i].valid = t, err == nil
+	}
+	slices.SortFunc(keyed, compareLatestFirst)
+	for i := range keyed {
+		entries[i] = keyed[i].entry
+	}
+}
+
+// timedEntry is a merged entry with the time it is ordered by. valid is
+// false when the entry has no time that parses.
+type timedEntry struct {
+	entry listEntry
+	time  time.Time
+	valid bool
+}
+
+func compareLatestFirst(a, b timedEntry) int {
+	switch {
+	case a.valid && !b.valid:
+		return -1
+	case !a.valid && b.valid:
+		return 1
+	}
+	if c := b.time.Compare(a.time); c != 0 {
+		return c
+	}
+	return strings.Compare(a.entry.name, b.entry.name)
+}
+
 // ranksAbove reports whether a has a later rank than b. Times compare as
 // instants, so zone offsets and fraction lengths do not matter.
 func ranksAbove(a, b listEntry) bool {
@@ -196,9 +251,10 @@ func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
 }
 
 // serveOpenAIModels serves GET /v1/models and /v1/models/{model} from the
-// merged model list, in OpenAI's shape as Ollama builds it.
+// merged model list, in OpenAI's shape as Ollama builds it. The list has
+// the order of /api/tags, because Ollama converts its /api/tags response.
 func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/tags", "")
+	entries, ok := s.mergeLists("/api/tags", "", "modified_at")
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
