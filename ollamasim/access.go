@@ -3,10 +3,10 @@ package ollamasim
 import (
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
-	"strings"
+
+	"github.com/llmproxy/llmproxy/internal/hostcheck"
 )
 
 // localOriginSchemes are the non-web schemes whose origins Ollama accepts:
@@ -38,35 +38,14 @@ func (s *Server) originAllowed(origin string) bool {
 	return false
 }
 
-// hostAllowed applies Ollama's check against DNS rebinding: on a loopback
-// listener the Host header must name a local host. Requests on other
-// listeners always pass.
+// hostAllowed applies Ollama's check against DNS rebinding with the rule
+// of package hostcheck.
+//
+// NOTE: Ollama decides by the address of its listener, and this uses the
+// local address of the connection, which is the same unless the simulator
+// listens on a wildcard address and is reached over loopback. Then it
+// checks Host where Ollama would not.
 func (s *Server) hostAllowed(r *http.Request) bool {
-	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok {
-		return true
-	}
-	if ap, err := netip.ParseAddrPort(local.String()); err != nil || !ap.Addr().IsLoopback() {
-		return true
-	}
-
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.ToLower(strings.Trim(host, "[]"))
-	if ip, err := netip.ParseAddr(host); err == nil {
-		// NOTE: Ollama also accepts the addresses of the machine's own
-		// interfaces; only loopback, private and unspecified ones pass here.
-		return ip.IsLoopback() || ip.IsPrivate() || ip.IsUnspecified()
-	}
-	if host == "" || host == "localhost" || (s.hostname != "" && host == s.hostname) {
-		return true
-	}
-	for _, tld := range []string{".localhost", ".local", ".internal"} {
-		if strings.HasSuffix(host, tld) {
-			return true
-		}
-	}
-	return false
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return !hostcheck.Applies(local) || hostcheck.Allowed(r.Host)
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -22,15 +21,14 @@ const maxRecordedBody = 16 << 20
 // serves it on a TCP address. A Server is safe for concurrent use.
 type Server struct {
 	// Fixed at construction.
-	cfg      Config
-	mux      *http.ServeMux
-	control  *http.ServeMux
-	models   *modelStore
-	sched    *scheduler
-	rec      *recorder
-	faults   *faultState
-	hostname string
-	done     chan struct{} // closed by Close
+	cfg     Config
+	mux     *http.ServeMux
+	control *http.ServeMux
+	models  *modelStore
+	sched   *scheduler
+	rec     *recorder
+	faults  *faultState
+	done    chan struct{} // closed by Close
 
 	rngMu sync.Mutex // guards rng
 	rng   *rand.Rand // seeds of non-deterministic completions, and completion IDs
@@ -57,17 +55,15 @@ func New(cfg Config) *Server {
 		panic(fmt.Sprintf("ollamasim: invalid config: %v", err))
 	}
 	cfg = cfg.withDefaults()
-	hostname, _ := os.Hostname()
 	s := &Server{
-		cfg:      cfg,
-		mux:      http.NewServeMux(),
-		control:  http.NewServeMux(),
-		models:   newModelStore(cfg),
-		rec:      newRecorder(),
-		faults:   newFaultState(),
-		hostname: strings.ToLower(hostname),
-		done:     make(chan struct{}),
-		rng:      rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0xda3e39cb94b95bdb)),
+		cfg:     cfg,
+		mux:     http.NewServeMux(),
+		control: http.NewServeMux(),
+		models:  newModelStore(cfg),
+		rec:     newRecorder(),
+		faults:  newFaultState(),
+		done:    make(chan struct{}),
+		rng:     rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0xda3e39cb94b95bdb)),
 	}
 	s.sched = newScheduler(cfg, s.rec.changes.notify)
 	s.faults.set(cfg.Faults, s.clearFaults)

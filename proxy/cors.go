@@ -1,11 +1,48 @@
 package proxy
 
 import (
+	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/llmproxy/llmproxy/internal/hostcheck"
 )
+
+// checkHost applies Ollama's check against DNS rebinding (package
+// hostcheck) to a request on the listener configured as listen. When that
+// listener is bound to a loopback address and the Host header does not
+// name this machine, the request gets 403 with an empty body. It reports
+// whether the request may continue.
+//
+// A listener bound to one address accepts connections only on it, so the
+// local address of the connection is the listener's address unless listen
+// is a wildcard address, which is never loopback.
+func checkHost(ctx *fasthttp.RequestCtx, listen string) bool {
+	if isWildcardAddress(listen) || !hostcheck.Applies(ctx.LocalAddr()) ||
+		hostcheck.Allowed(string(ctx.Host())) {
+		return true
+	}
+	ctx.SetStatusCode(fasthttp.StatusForbidden)
+	return false
+}
+
+// isWildcardAddress reports whether address, in host:port form, has no
+// host or an unspecified one such as 0.0.0.0 or ::, so that its listener
+// accepts connections on every local address.
+func isWildcardAddress(address string) bool {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsUnspecified()
+}
 
 // applyCORS handles the Origin header as Ollama does. A request whose
 // Origin is neither local nor allowed by cors.allowed_origins gets 403 with
