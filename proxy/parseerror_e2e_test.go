@@ -50,6 +50,8 @@ func TestHeaderLimitErrorShape(t *testing.T) {
 	a := testenv.Sim(t, "m", ollamasim.Config{})
 	proxy := testenv.Proxy(t, testenv.Config(t, a))
 	long := strings.Repeat("q", 300)
+	// A path longer than the part of the head that fasthttp quotes.
+	longPath := strings.Repeat("a", 9000)
 
 	cases := []struct {
 		name        string
@@ -64,6 +66,10 @@ func TestHeaderLimitErrorShape(t *testing.T) {
 		// quotes in its error, but the path ends before it.
 		{"openai chat with long query", "POST /v1/chat/completions?pad=" + long + " HTTP/1.1", true},
 		{"openai chat absolute form", "POST " + proxy.URL() + "/v1/chat/completions HTTP/1.1", true},
+		{"cut v1 path", "POST /v1/" + longPath + " HTTP/1.1", true},
+		{"cut v1 path absolute form", "POST " + proxy.URL() + "/v1/" + longPath + " HTTP/1.1", true},
+		{"cut ollama path", "POST /api/" + longPath + " HTTP/1.1", false},
+		{"cut root path", "GET /" + longPath + " HTTP/1.1", false},
 		{"ollama chat", "POST /api/chat HTTP/1.1", false},
 		{"ollama generate", "POST /api/generate HTTP/1.1", false},
 		{"ollama tags", "GET /api/tags HTTP/1.1", false},

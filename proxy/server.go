@@ -107,6 +107,9 @@ type Server struct {
 	// handedOver counts the streams on connections taken over from
 	// fasthttp, which its shutdown does not wait for.
 	handedOver streamCount
+	// heads keeps the request line of requests whose body fasthttp reads
+	// after receiveHeader, for handleParseError.
+	heads pendingHeads
 }
 
 // New returns a server for opts. It does not listen until Serve.
@@ -140,6 +143,7 @@ func New(opts Options) *Server {
 	s.srv = &fasthttp.Server{
 		Handler:               s.handle,
 		ErrorHandler:          s.handleParseError,
+		HeaderReceived:        s.receiveHeader,
 		Name:                  "",
 		NoDefaultServerHeader: true,
 		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
@@ -150,6 +154,7 @@ func New(opts Options) *Server {
 		CloseOnShutdown: true,
 		Logger:          fasthttpLogger{s.log},
 	}
+	s.heads.ttl = 2 * s.srv.ReadTimeout
 	return s
 }
 
@@ -273,6 +278,10 @@ const shutdownGrace = time.Second
 func (s *Server) AdminHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		rt := classify(ctx.Method(), ctx.Path())
+		if !checkHost(ctx, s.config().Admin.Listen) {
+			s.end(s.begin(ctx, rt))
+			return
+		}
 		if !rt.operational() && rt.how != handleHealthz && rt.how != handleReadyz {
 			s.serveNotFound(ctx, rt)
 			return
@@ -284,17 +293,19 @@ func (s *Server) AdminHandler() fasthttp.RequestHandler {
 // Handler returns the request handler, for tests and embedding.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
-// handle is the request pipeline. It classifies the request, applies CORS
-// and API key checks, then serves the route locally, from one node, or from
+// handle is the request pipeline. It classifies the request, applies the
+// Host, CORS and API key checks, then serves the route locally, from one node, or from
 // every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	s.heads.take(&ctx.Request.Header)
 	rt := classify(ctx.Method(), ctx.Path())
 	if rt.operational() && s.config().Admin.Listen != "" {
 		// Admin routes and metrics are served on admin.listen only.
 		rt = routeNotFound
 	}
 	rs := s.begin(ctx, rt)
-	if !s.applyCORS(ctx, rt) || (rt.api() && !s.identify(ctx, rt, rs)) {
+	if !checkHost(ctx, s.config().Listen) || !s.applyCORS(ctx, rt) ||
+		(rt.api() && !s.identify(ctx, rt, rs)) {
 		s.end(rs)
 		return
 	}
@@ -359,6 +370,15 @@ func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	rt := classify(ctx.Method(), ctx.Path())
 	method := ctx.Method()
+	head, pending := s.heads.take(&ctx.Request.Header)
+	// An entry is only certain to be this request's when the error comes
+	// from reading the body, which starts after receiveHeader.
+	if pending && isBodyError(err) {
+		method = []byte(head.method)
+		if path, ok := targetPath([]byte(head.target)); ok {
+			rt = classify(method, path)
+		}
+	}
 	status := fasthttp.StatusBadRequest
 	msg := "invalid HTTP request"
 	var small *fasthttp.ErrSmallBuffer
@@ -367,10 +387,13 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// so it is never sent back.
 		status = fasthttp.StatusRequestHeaderFieldsTooLarge
 		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes (max_header_bytes)"
-		if m, path, ok := requestLineFromError(err); ok {
+		if m, path, complete, ok := requestLineFromError(err); ok {
 			method = m
-			rt = classify(m, path)
-			// Like serveNotFound, any /v1/ path gets OpenAI's shape.
+			if complete {
+				rt = classify(m, path)
+			}
+			// Like serveNotFound, any /v1/ path gets OpenAI's shape, also
+			// when the quote cut it off and its route is unknown.
 			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
 		}
 	}
@@ -378,7 +401,14 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		status = fasthttp.StatusRequestEntityTooLarge
 		msg = "request body exceeds the limit of " +
 			strconv.FormatInt(s.config().MaxBodyBytes, 10) + " bytes (max_body_bytes)"
-		discardBody(ctx)
+		switch {
+		case pending && head.continueRefused:
+			// The client waits for 100 Continue and has sent no body.
+		case pending && head.chunked:
+			discardBody(ctx, -1)
+		default:
+			discardBody(ctx, int64(ctx.Request.Header.ContentLength()))
+		}
 	}
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
@@ -388,30 +418,142 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	s.end(rs)
 }
 
+// isBodyError reports whether err comes from reading a request body.
+func isBodyError(err error) bool {
+	var broken fasthttp.ErrBrokenChunk
+	return err == fasthttp.ErrBodyTooLarge || errors.As(err, &broken)
+}
+
+// receiveHeader runs as fasthttp's Server.HeaderReceived, after a request
+// head is read and before its body is.
+//
+// For a chunked body, it keeps the method and target in s.heads, because
+// when such a body fails to read, fasthttp v1.79.0 (Request.ReadBody)
+// resets the request and handleParseError would see GET /. A body with a
+// Content-Length over the limit is rejected before it is read, with the
+// request intact.
+//
+// A request with "Expect: 100-continue" and a Content-Length over the
+// limit loses its Expect header, so that fasthttp rejects it with
+// ErrBodyTooLarge and handleParseError sends 413 in the route's shape
+// without a 100 Continue before it. Server.ExpectHandler could only send
+// a bare status: its contract forbids writing a response body.
+func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	// Drops what a request on the same RequestCtx left when its connection
+	// ended while its body was read.
+	s.heads.take(h)
+	maxBody := int(s.config().MaxBodyBytes)
+	if maxBody <= 0 {
+		maxBody = fasthttp.DefaultMaxRequestBodySize
+	}
+	length := h.ContentLength()
+	switch {
+	case length == -1:
+		s.heads.keep(h, pendingHead{chunked: true})
+	case length > maxBody && h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue")):
+		h.Del("Expect")
+		s.heads.keep(h, pendingHead{continueRefused: true})
+	}
+	// The limit of the configuration in force, the same as
+	// s.srv.MaxRequestBodySize but read without a data race.
+	return fasthttp.RequestConfig{MaxRequestBodySize: maxBody}
+}
+
+// pendingHead is the part of a request head that handleParseError needs
+// when fasthttp fails to read the body after receiveHeader.
+type pendingHead struct {
+	method string
+	// target is the request target as sent, before normalization.
+	target string
+	// chunked is set for a body with Transfer-Encoding: chunked.
+	chunked bool
+	// continueRefused is set when receiveHeader removed the request's
+	// "Expect: 100-continue", so its client has sent no body.
+	continueRefused bool
+	added           time.Time
+}
+
+// pendingHeads maps the request header that fasthttp passes to
+// Server.HeaderReceived, which is &ctx.Request.Header of the request's
+// RequestCtx, to its pendingHead. handle and handleParseError remove the
+// entry of their request. An entry whose request never reached either,
+// because its connection ended while the body was read, is removed by
+// the next request on the same RequestCtx or after ttl.
+type pendingHeads struct {
+	// count is len(byHeader), read without mu so that requests without
+	// an entry skip the lock.
+	count atomic.Int64
+	mu    sync.Mutex
+	// ttl is more than a request read can last: fasthttp ends the read at
+	// the server's ReadTimeout.
+	ttl      time.Duration
+	byHeader map[*fasthttp.RequestHeader]pendingHead
+	swept    time.Time
+}
+
+// keep stores head for h with a copy of h's method and target.
+func (p *pendingHeads) keep(h *fasthttp.RequestHeader, head pendingHead) {
+	head.method = string(h.Method())
+	head.target = string(h.RequestURI())
+	head.added = time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.byHeader == nil {
+		p.byHeader = map[*fasthttp.RequestHeader]pendingHead{}
+	}
+	if head.added.Sub(p.swept) > p.ttl {
+		for key, old := range p.byHeader {
+			if head.added.Sub(old.added) > p.ttl {
+				delete(p.byHeader, key)
+			}
+		}
+		p.swept = head.added
+	}
+	p.byHeader[h] = head
+	p.count.Store(int64(len(p.byHeader)))
+}
+
+// take removes and returns the entry of h.
+func (p *pendingHeads) take(h *fasthttp.RequestHeader) (pendingHead, bool) {
+	if p.count.Load() == 0 {
+		return pendingHead{}, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	head, ok := p.byHeader[h]
+	if ok {
+		delete(p.byHeader, h)
+		p.count.Store(int64(len(p.byHeader)))
+	}
+	return head, ok
+}
+
 // requestLineFromError returns the method and normalized path from the
 // request head that fasthttp quotes in err, or ok false when the quote
-// contains no complete method and path. fasthttp resets
-// ctx.Request.Header and releases its read buffer before it calls the
-// error handler, so this quote is the only copy of the request line left.
+// contains no method and start of a target. complete is false when the
+// quote ends inside the path, so that path is only its start. fasthttp
+// resets ctx.Request.Header and releases its read buffer before it calls
+// the error handler, so this quote is the only copy of the request line
+// left.
 //
 // NOTE: the quote (", contents: %q" of the first 200 bytes) is fasthttp's
 // message format as of v1.79.0, not a documented API. It is left out when
-// Server.SecureErrorLogMessage is set, and a path that runs past the quote
-// is not recovered. The 431 then has Ollama's shape. The test
-// TestHeaderLimitErrorShape fails if an upgrade changes the format.
-func requestLineFromError(err error) (method, path []byte, ok bool) {
+// Server.SecureErrorLogMessage is set, and the 431 then has Ollama's
+// shape. The test TestHeaderLimitErrorShape fails if an upgrade changes
+// the format.
+func requestLineFromError(err error) (method, path []byte, complete, ok bool) {
 	msg := err.Error()
 	i := strings.Index(msg, contentsMarker)
 	if i < 0 {
-		return nil, nil, false
+		return nil, nil, false, false
 	}
 	quoted, qerr := strconv.QuotedPrefix(msg[i+len(contentsMarker):])
 	if qerr != nil {
-		return nil, nil, false
+		return nil, nil, false, false
 	}
 	head, qerr := strconv.Unquote(quoted)
 	if qerr != nil {
-		return nil, nil, false
+		return nil, nil, false, false
 	}
 
 	// fasthttp skips empty lines before the request line.
@@ -419,25 +561,35 @@ func requestLineFromError(err error) (method, path []byte, ok bool) {
 	line, _, _ := strings.Cut(head, "\n")
 	m, rest, found := strings.Cut(line, " ")
 	if !found || !isToken(m) {
-		return nil, nil, false
+		return nil, nil, false, false
 	}
-	target, _, found := strings.Cut(rest, " ")
-	if !found {
+	target, _, complete := strings.Cut(rest, " ")
+	if !complete {
 		// The quote may end inside the target. Its path is still whole
 		// when the query string has started.
-		target, _, found = strings.Cut(target, "?")
+		target, _, complete = strings.Cut(target, "?")
 	}
-	if !found || target == "" {
-		return nil, nil, false
+	if target == "" {
+		return nil, nil, false, false
 	}
 
+	path, ok = targetPath([]byte(target))
+	if !ok {
+		return nil, nil, false, false
+	}
+	return []byte(m), path, complete, true
+}
+
+// targetPath returns the normalized path of a request target, as the
+// server computes it, or ok false when the target does not parse.
+func targetPath(target []byte) (path []byte, ok bool) {
 	var u fasthttp.URI
 	// The placeholder host makes "//x" a path, as it is for the server,
 	// which always has a Host. An absolute-form target keeps its own host.
-	if u.Parse([]byte("proxy"), []byte(target)) != nil {
-		return nil, nil, false
+	if u.Parse([]byte("proxy"), target) != nil {
+		return nil, false
 	}
-	return []byte(m), append([]byte(nil), u.Path()...), true
+	return append([]byte(nil), u.Path()...), true
 }
 
 // contentsMarker precedes the quoted request head in fasthttp's header
@@ -462,14 +614,14 @@ func isToken(s string) bool {
 	return true
 }
 
-// discardBody reads and drops the rest of a rejected request body, for at
-// most drainTimeout. Closing a connection with unread data makes the
-// kernel send a reset, and a client still sending its body would then
+// discardBody reads and drops the rest of a rejected request body, at
+// most left bytes (any number when left is -1, for a chunked body) and
+// for at most drainTimeout. Closing a connection with unread data makes
+// the kernel send a reset, and a client still sending its body would then
 // lose the 413 response. Nothing read is kept, so memory stays bounded.
-func discardBody(ctx *fasthttp.RequestCtx) {
+func discardBody(ctx *fasthttp.RequestCtx, left int64) {
 	conn := ctx.Conn()
-	left := int64(ctx.Request.Header.ContentLength())
-	if conn == nil || left <= 0 {
+	if conn == nil || left == 0 || left < -1 {
 		return
 	}
 	// fasthttp may already have read the start of the body into its
@@ -477,10 +629,12 @@ func discardBody(ctx *fasthttp.RequestCtx) {
 	// count.
 	deadline := time.Now().Add(drainTimeout)
 	buf := make([]byte, 32<<10)
-	for left > 0 && time.Now().Before(deadline) {
+	for left != 0 && time.Now().Before(deadline) {
 		_ = conn.SetReadDeadline(time.Now().Add(drainPause))
 		n, err := conn.Read(buf)
-		left -= int64(n)
+		if left > 0 {
+			left = max(left-int64(n), 0)
+		}
 		if err != nil {
 			break
 		}

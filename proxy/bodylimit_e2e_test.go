@@ -1,0 +1,275 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// bodyLimit is max_body_bytes in the tests of this file.
+const bodyLimit = 64 << 10
+
+// startLimitedProxy starts a proxy with max_body_bytes of bodyLimit whose
+// log goes to the returned accessLog.
+func startLimitedProxy(t *testing.T) (*app.App, *accessLog) {
+	t.Helper()
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, a)
+	cfg.MaxBodyBytes = bodyLimit
+	return startLoggedProxy(t, cfg)
+}
+
+// accessLine returns the fields of the access log line of the request with
+// this X-Request-Id, waiting for it up to 5 seconds.
+func accessLine(t *testing.T, log *accessLog, requestID string) map[string]any {
+	t.Helper()
+	var line map[string]any
+	testenv.WaitFor(t, 5*time.Second, "the access log line of request "+requestID, func() bool {
+		log.mu.Lock()
+		data := append([]byte(nil), log.buf.Bytes()...)
+		log.mu.Unlock()
+		for raw := range bytes.SplitSeq(data, []byte("\n")) {
+			var rec map[string]any
+			if json.Unmarshal(raw, &rec) == nil && rec["msg"] == "request" && rec["request_id"] == requestID {
+				line = rec
+				return true
+			}
+		}
+		return false
+	})
+	return line
+}
+
+// exchange writes head and then body, from another goroutine, on a new
+// connection to the proxy at baseURL, and returns the first response
+// with its body.
+func exchange(t *testing.T, baseURL, head string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	addr := strings.TrimPrefix(baseURL, "http://")
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatalf("send head: %v", err)
+	}
+	// The proxy may respond and close before it reads the whole body, so a
+	// failed write is expected.
+	go func() { _, _ = conn.Write(body) }()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read response body: %v", err)
+	}
+	return resp, b
+}
+
+// chunked encodes body with Transfer-Encoding: chunked, in 8 KiB chunks.
+func chunked(body []byte) []byte {
+	var out bytes.Buffer
+	for len(body) > 0 {
+		n := min(len(body), 8<<10)
+		fmt.Fprintf(&out, "%x\r\n", n)
+		out.Write(body[:n])
+		out.WriteString("\r\n")
+		body = body[n:]
+	}
+	out.WriteString("0\r\n\r\n")
+	return out.Bytes()
+}
+
+// oversizedJSON returns a JSON request body of 100 KiB, over bodyLimit.
+func oversizedJSON() []byte {
+	return []byte(`{"model":"m","prompt":"` + strings.Repeat("x", 100<<10) + `"}`)
+}
+
+// checkBodyLimitShape checks that body is the 413 error in OpenAI's shape
+// when openAI is set, else in Ollama's.
+func checkBodyLimitShape(t *testing.T, body []byte, openAI bool) {
+	t.Helper()
+	var message string
+	if openAI {
+		var e struct {
+			Error *struct {
+				Message string `json:"message"`
+				Type    string `json:"type"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(body, &e); err != nil || e.Error == nil {
+			t.Fatalf("body %s is not in OpenAI's error shape: %v", body, err)
+		}
+		message = e.Error.Message
+	} else {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(body, &e); err != nil || e.Error == "" {
+			t.Fatalf("body %s is not in Ollama's error shape: %v", body, err)
+		}
+		message = e.Error
+	}
+	if !strings.Contains(message, "max_body_bytes") {
+		t.Errorf("error message %q, want it to name max_body_bytes", message)
+	}
+}
+
+// checkAccounted checks that the proxy logged the request of resp as
+// POST on route with status 413, and counted it under that route.
+func checkAccounted(t *testing.T, p *app.App, log *accessLog, resp *http.Response, route string) {
+	t.Helper()
+	line := accessLine(t, log, resp.Header.Get("X-Request-Id"))
+	if line["method"] != "POST" {
+		t.Errorf("access log method %v, want POST", line["method"])
+	}
+	if line["route"] != route {
+		t.Errorf("access log route %v, want %s", line["route"], route)
+	}
+	if line["status"] != float64(413) {
+		t.Errorf("access log status %v, want 413", line["status"])
+	}
+
+	metricsResp, err := http.Get(p.URL() + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	metrics := readBody(t, metricsResp)
+	series := `llmproxy_requests_total{code="413",model="none",node="none",route="` + route + `"}`
+	if !bytes.Contains(metrics, []byte(series)) {
+		t.Errorf("/metrics lacks %s, and has these 413 series:\n%s", series, grepLines(metrics, `code="413"`))
+	}
+}
+
+// grepLines returns the lines of text that contain substr.
+func grepLines(text []byte, substr string) string {
+	var out []string
+	for _, line := range strings.Split(string(text), "\n") {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestChunkedBodyOverLimit(t *testing.T) {
+	cases := []struct {
+		path   string
+		openAI bool
+	}{
+		{"/v1/chat/completions", true},
+		{"/api/generate", false},
+	}
+	for _, c := range cases {
+		t.Run(c.path, func(t *testing.T) {
+			p, log := startLimitedProxy(t)
+			head := "POST " + c.path + " HTTP/1.1\r\n" +
+				"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
+				"Content-Type: application/json\r\n" +
+				"Transfer-Encoding: chunked\r\n\r\n"
+			resp, body := exchange(t, p.URL(), head, chunked(oversizedJSON()))
+			if resp.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Fatalf("status %d, want 413 (body %s)", resp.StatusCode, body)
+			}
+			checkBodyLimitShape(t, body, c.openAI)
+			checkAccounted(t, p, log, resp, c.path)
+		})
+	}
+}
+
+func TestChunkedBodyUnderLimitServed(t *testing.T) {
+	p, _ := startLimitedProxy(t)
+	head := "POST /api/show HTTP/1.1\r\n" +
+		"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
+		"Content-Type: application/json\r\n" +
+		"Transfer-Encoding: chunked\r\n\r\n"
+	resp, body := exchange(t, p.URL(), head, chunked([]byte(`{"model":"m"}`)))
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, body)
+	}
+}
+
+func TestExpectContinueOverLimit(t *testing.T) {
+	cases := []struct {
+		path   string
+		openAI bool
+	}{
+		{"/v1/chat/completions", true},
+		{"/api/chat", false},
+	}
+	for _, c := range cases {
+		t.Run(c.path, func(t *testing.T) {
+			p, log := startLimitedProxy(t)
+			head := "POST " + c.path + " HTTP/1.1\r\n" +
+				"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
+				"Content-Type: application/json\r\n" +
+				"Expect: 100-continue\r\n" +
+				fmt.Sprintf("Content-Length: %d\r\n\r\n", 1<<20)
+			// A client that waits for 100 Continue sends no body.
+			start := time.Now()
+			resp, body := exchange(t, p.URL(), head, nil)
+			if resp.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Fatalf("first response %d, want 413 without 100 Continue (body %s)",
+					resp.StatusCode, body)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("413 took %v, want it without waiting for a body", d)
+			}
+			checkBodyLimitShape(t, body, c.openAI)
+			checkAccounted(t, p, log, resp, c.path)
+		})
+	}
+}
+
+func TestExpectContinueUnderLimitServed(t *testing.T) {
+	p, _ := startLimitedProxy(t)
+	body := `{"model":"m"}`
+	head := "POST /api/show HTTP/1.1\r\n" +
+		"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
+		"Content-Type: application/json\r\n" +
+		"Expect: 100-continue\r\n" +
+		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
+	addr := strings.TrimPrefix(p.URL(), "http://")
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatalf("send head: %v", err)
+	}
+	r := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("read interim response: %v", err)
+	}
+	if resp.StatusCode != http.StatusContinue {
+		t.Fatalf("first response %d, want 100 Continue", resp.StatusCode)
+	}
+	if _, err := io.WriteString(conn, body); err != nil {
+		t.Fatalf("send body: %v", err)
+	}
+	resp, err = http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	out := readBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, out)
+	}
+}
