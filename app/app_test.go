@@ -66,23 +66,9 @@ func (l *logBuffer) restartSettings(t *testing.T) [][]string {
 // buffer, and shuts it down when the test ends.
 func startApp(t *testing.T, cfg *config.Config) (*app.App, *logBuffer) {
 	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("invalid test config: %v", err)
-	}
 	logs := &logBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg, log)
-	if err != nil {
-		t.Fatalf("start proxy: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Shutdown(ctx)
-	})
-	return a, logs
+	return testenv.LoggedProxy(t, cfg, log), logs
 }
 
 func reload(t *testing.T, a *app.App, cfg *config.Config) {

@@ -1,14 +1,10 @@
 package proxy_test
 
 import (
-	"bufio"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
@@ -23,27 +19,13 @@ const headSecret = "sk-head-secret-0123456789"
 // the response with its body.
 func sendOversizedHead(t *testing.T, baseURL, requestLine string) (*http.Response, []byte) {
 	t.Helper()
-	addr := strings.TrimPrefix(baseURL, "http://")
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	head := requestLine + "\r\n" +
-		"Host: " + addr + "\r\n" +
+		"Host: " + strings.TrimPrefix(baseURL, "http://") + "\r\n" +
 		"Authorization: Bearer " + headSecret + "\r\n" +
 		"Content-Type: application/json\r\n" +
 		"Cookie: s=" + strings.Repeat("a", 20<<10) + "\r\n" +
-		"Content-Length: 2\r\n\r\n{}"
-	if _, err := io.WriteString(conn, head); err != nil {
-		t.Fatalf("send %q: %v", requestLine, err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("read response to %q: %v", requestLine, err)
-	}
-	return resp, readBody(t, resp)
+		"Content-Length: 2\r\n\r\n"
+	return exchange(t, baseURL, head, []byte("{}"))
 }
 
 func TestHeaderLimitErrorShape(t *testing.T) {

@@ -79,23 +79,9 @@ func (l *accessLog) records(t *testing.T) map[string][]accessRecord {
 // log as JSON in the returned accessLog.
 func startLoggedProxy(t *testing.T, cfg *config.Config) (*app.App, *accessLog) {
 	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("invalid test config: %v", err)
-	}
 	log := &accessLog{}
 	logger := slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a, err := app.Start(ctx, cfg, logger)
-	if err != nil {
-		t.Fatalf("start proxy: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = a.Shutdown(ctx)
-	})
-	return a, log
+	return testenv.LoggedProxy(t, cfg, logger), log
 }
 
 // stressClient returns a keep-alive HTTP client, so that later requests

@@ -78,12 +78,18 @@ func Config(t testing.TB, nodes ...*ollamasim.Running) *config.Config {
 // the test ends.
 func Proxy(t testing.TB, cfg *config.Config) *app.App {
 	t.Helper()
+	return LoggedProxy(t, cfg, Logger())
+}
+
+// LoggedProxy is Proxy with the proxy's log going to log.
+func LoggedProxy(t testing.TB, cfg *config.Config, log *slog.Logger) *app.App {
+	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("invalid test config: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a, err := app.Start(ctx, cfg, Logger())
+	a, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		t.Fatalf("start proxy: %v", err)
 	}
