@@ -22,3 +22,19 @@ func TestIsWildcardAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestIsLoopbackHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1":             true,
+		"127.0.0.1:11434":       true,
+		"localhost":             true,
+		"localhost:11434":       true,
+		"127.0.0.10:11434":      false,
+		"localhost.example.com": false,
+		"":                      false,
+	} {
+		if got := isLoopbackHost([]byte(host)); got != want {
+			t.Errorf("isLoopbackHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
