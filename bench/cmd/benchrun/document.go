@@ -81,13 +81,18 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   when the CPUs are not busy, which is why its CPU per request is higher
   at the fixed rate than at saturation. The profiles of -profile show the
   rest: header parsing in fasthttp, the scheduler and timers.
-- The kernel column locates the difference: the three proxies spend
-  similar kernel time per request and per chunk, since each does the same
-  loopback reads and writes, and most of llmproxy's extra CPU is user
-  time in the Go runtime's scheduler and netpoller and in fasthttp. A
-  separate run on the same machine with GOMAXPROCS=1 cut llmproxy's CPU
-  per chunk at 1,000 streams by about 15%%, with no better chunk latency,
-  and it caps a proxy at one CPU, so the benchmark keeps Go's default.`
+- The kernel column locates the difference. Where the CPUs are busy (at
+  saturation and at 1,000 streams) the three proxies spend similar kernel
+  time per request and per chunk, since each does the same loopback reads
+  and writes, and most of llmproxy's extra CPU is user time: the Go
+  runtime's scheduler and netpoller, and fasthttp. Where the CPUs idle
+  between requests (the fixed rate, 100 streams) llmproxy's kernel time
+  is also about twice nginx's, spent in the futex, nanosleep and
+  epoll_pwait calls with which the Go scheduler parks and wakes threads.
+  A separate run on the same machine with GOMAXPROCS=1 cut llmproxy's
+  CPU per chunk at 1,000 streams by about 15%%, with no better chunk
+  latency, and it caps a proxy at one CPU, so the benchmark keeps Go's
+  default.`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
