@@ -158,12 +158,28 @@ func TestModelManagementFansOut(t *testing.T) {
 	ctx := context.Background()
 
 	var statuses []string
+	manifests := 0
+	lastCompleted := map[string]int64{}
 	err := c.Pull(ctx, &api.PullRequest{Model: "fresh"}, func(p api.ProgressResponse) error {
 		statuses = append(statuses, p.Status)
+		if p.Status == "pulling manifest" {
+			manifests++
+		}
+		if p.Digest != "" {
+			// The two nodes' progress merges into one bar per layer that
+			// never moves back.
+			if last, ok := lastCompleted[p.Digest]; ok && p.Completed <= last {
+				t.Errorf("layer %s went from %d to %d", p.Digest, last, p.Completed)
+			}
+			lastCompleted[p.Digest] = p.Completed
+		}
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("pull: %v", err)
+	}
+	if manifests != 1 {
+		t.Errorf("pull sent %d \"pulling manifest\" lines, want 1 for both nodes", manifests)
 	}
 	if len(statuses) < 3 || statuses[len(statuses)-1] != "success" {
 		t.Fatalf("pull progress %v, want progress lines ending in one success", statuses)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"hash/fnv"
 	"io"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -129,7 +130,7 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, ta
 // a streamed response is passed on as it arrives, except the node's own
 // final success line, because the proxy sends one for all nodes at the end.
 func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	lines chan<- []byte) fanoutResult {
+	lines chan<- progressLine) fanoutResult {
 	r := fanoutResult{node: n}
 	local := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(local)
@@ -155,7 +156,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		}
 		return r
 	}
-	r.errMsg = relayProgress(ctx, ex, lines)
+	r.errMsg = relayProgress(ctx, n, ex, lines)
 	if r.errMsg == "" && r.status >= 400 {
 		r.errMsg = "status " + itoa(r.status)
 	}
@@ -165,7 +166,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 
 // relayProgress passes a node's NDJSON progress lines on and returns the
 // error the node reported, if any.
-func relayProgress(ctx context.Context, ex *exchange, lines chan<- []byte) string {
+func relayProgress(ctx context.Context, n *balancer.Node, ex *exchange, lines chan<- progressLine) string {
 	br := bufio.NewReaderSize(readerOnly{ex}, 16<<10)
 	for {
 		line, err := br.ReadBytes('\n')
@@ -175,7 +176,7 @@ func relayProgress(ctx context.Context, ex *exchange, lines chan<- []byte) strin
 			}
 			if fastjson.GetString(line, "status") != "success" {
 				select {
-				case lines <- line:
+				case lines <- progressLine{node: n, line: line}:
 				case <-ctx.Done():
 					return context.Cause(ctx).Error()
 				}
@@ -205,7 +206,8 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 	wctx, watch := watchClient(fctx, ctx.Conn())
 	s.inflight.track(watch)
 	req := s.upstreamRequest(ctx, rs)
-	fs := &fanoutStream{lines: make(chan []byte, 64), cancel: cancel, watch: watch, s: s, rs: rs}
+	fs := &fanoutStream{lines: make(chan progressLine, 64), cancel: cancel, watch: watch, s: s, rs: rs,
+		merge: newProgressMerge(targets)}
 	results := make([]fanoutResult, len(targets))
 	fs.wg.Add(len(targets))
 	for i, n := range targets {
@@ -218,7 +220,7 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 		fs.wg.Wait()
 		fasthttp.ReleaseRequest(req)
 		s.refreshNodes(targets)
-		fs.lines <- finalFanoutLine(results)
+		fs.lines <- progressLine{line: finalFanoutLine(results)}
 		close(fs.lines)
 	}()
 	ctx.SetContentType("application/x-ndjson")
@@ -243,10 +245,11 @@ func finalFanoutLine(results []fanoutResult) []byte {
 	return append(wire.OllamaError(strings.Join(failed, "; ")), '\n')
 }
 
-// fanoutStream is the body of a streamed fan-out: the lines of all nodes,
-// in arrival order.
+// fanoutStream is the body of a streamed fan-out: the progress of all
+// nodes, merged by progressMerge, in arrival order.
 type fanoutStream struct {
-	lines   chan []byte
+	lines   chan progressLine
+	merge   *progressMerge
 	pending []byte
 	cancel  context.CancelFunc
 	watch   *clientWatch
@@ -257,13 +260,13 @@ type fanoutStream struct {
 }
 
 func (f *fanoutStream) Read(p []byte) (int, error) {
-	if len(f.pending) == 0 {
-		line, ok := <-f.lines
+	for len(f.pending) == 0 {
+		pl, ok := <-f.lines
 		if !ok {
 			f.ended = true
 			return 0, io.EOF
 		}
-		f.pending = line
+		f.pending = f.merge.line(pl)
 	}
 	n := copy(p, f.pending)
 	f.pending = f.pending[n:]
@@ -406,4 +409,76 @@ func (s *Server) refreshAll(ctx context.Context) bool {
 	}
 	s.refreshNodes(s.bal.Nodes())
 	return ctx.Err() == nil
+}
+
+// progressLine is one progress line of a node, or the final line of a
+// fan-out when node is nil.
+type progressLine struct {
+	node *balancer.Node
+	line []byte
+}
+
+// progressMerge turns the progress of every node of a fan-out into the
+// stream one Ollama server would send, so that a client such as the
+// ollama CLI draws one bar per layer. A status without a digest ("pulling
+// manifest", "writing manifest") is sent the first time any node reports
+// it. A layer's progress is that of the slowest node, counting nodes that
+// have not reported the layer yet as at 0, and it is sent only when it
+// grows, so it never moves back.
+type progressMerge struct {
+	nodes    int
+	statuses map[string]bool
+	layers   map[string]*layerProgress
+}
+
+type layerProgress struct {
+	completed map[*balancer.Node]int64
+	sent      int64 // -1 before the first line
+}
+
+func newProgressMerge(targets []*balancer.Node) *progressMerge {
+	return &progressMerge{nodes: len(targets), statuses: map[string]bool{},
+		layers: map[string]*layerProgress{}}
+}
+
+// line returns what to send for pl: the line itself, a merged line, or
+// nothing.
+func (m *progressMerge) line(pl progressLine) []byte {
+	if pl.node == nil {
+		return pl.line
+	}
+	v, err := fastjson.ParseBytes(pl.line)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		return pl.line
+	}
+	status := string(v.GetStringBytes("status"))
+	digest := string(v.GetStringBytes("digest"))
+	if digest == "" {
+		if m.statuses[status] {
+			return nil
+		}
+		m.statuses[status] = true
+		return pl.line
+	}
+
+	l := m.layers[digest]
+	if l == nil {
+		l = &layerProgress{completed: map[*balancer.Node]int64{}, sent: -1}
+		m.layers[digest] = l
+	}
+	l.completed[pl.node] = v.GetInt64("completed")
+
+	low := int64(0)
+	if len(l.completed) == m.nodes {
+		low = math.MaxInt64
+		for _, c := range l.completed {
+			low = min(low, c)
+		}
+	}
+	if low <= l.sent {
+		return nil
+	}
+	l.sent = low
+	out := wire.AppendProgress(nil, status, digest, v.GetInt64("total"), low)
+	return append(out, '\n')
 }

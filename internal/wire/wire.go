@@ -84,6 +84,28 @@ func OllamaError(msg string) []byte {
 	return append(b, '}')
 }
 
+// AppendProgress appends a progress line of a model operation, such as a
+// pull, without its newline: {"status":...,"digest":...,"total":N,
+// "completed":N}. As in Ollama, an empty digest and a zero total or
+// completed are left out.
+func AppendProgress(b []byte, status, digest string, total, completed int64) []byte {
+	b = append(b, `{"status":`...)
+	b = appendJSONString(b, status)
+	if digest != "" {
+		b = append(b, `,"digest":`...)
+		b = appendJSONString(b, digest)
+	}
+	if total != 0 {
+		b = append(b, `,"total":`...)
+		b = strconv.AppendInt(b, total, 10)
+	}
+	if completed != 0 {
+		b = append(b, `,"completed":`...)
+		b = strconv.AppendInt(b, completed, 10)
+	}
+	return append(b, '}')
+}
+
 // OpenAIError returns the JSON body of an error on the OpenAI-compatible
 // routes, in the shape Ollama and OpenAI use:
 // {"error":{"message":...,"type":...,"param":null,"code":null}}.
