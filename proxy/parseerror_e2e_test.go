@@ -109,3 +109,30 @@ func checkOllamaShape(t *testing.T, body []byte) {
 		t.Errorf("error message %q, want it to name 8192 bytes", e.Error)
 	}
 }
+
+// TestHeaderLimitReachesClient sends heads far over max_header_bytes with
+// Go's HTTP client, which writes the whole request before it reads. The
+// proxy reads the rest before it closes, so the client gets the 431
+// instead of a reset connection.
+func TestHeaderLimitReachesClient(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	proxy := testenv.Proxy(t, testenv.Config(t, a))
+	for i := range 5 {
+		req, err := http.NewRequest("POST", proxy.URL()+"/v1/chat/completions", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Big", strings.Repeat("b", 500<<10))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("request %d: status %d, want 431", i, resp.StatusCode)
+		}
+		if !strings.Contains(string(body), `"message":`) {
+			t.Errorf("request %d: body %s, want OpenAI's error shape", i, body)
+		}
+	}
+}

@@ -396,6 +396,10 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			// when the quote cut it off and its route is unknown.
 			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
 		}
+		// The rest of the head, and the body, are still on their way. A
+		// close with them unread would reset the connection, and a client
+		// still sending would lose the 431.
+		discardBody(ctx, -1)
 	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge
