@@ -153,17 +153,31 @@ func TestOllamaClientSurface(t *testing.T) {
 }
 
 func TestModelManagementFansOut(t *testing.T) {
-	f := newFleet(t, ollamasim.Config{})
+	f := &fleet{
+		a: testenv.Sim(t, "m,embed-e", ollamasim.Config{PullTime: 50 * time.Millisecond}),
+		// The slower node reaches each stage later, which the merged
+		// progress must wait for.
+		b: testenv.Sim(t, "m,other", ollamasim.Config{PullTime: 400 * time.Millisecond}),
+	}
+	f.proxy = testenv.Proxy(t, testenv.Config(t, f.a, f.b))
 	c := f.client(t)
 	ctx := context.Background()
 
 	var statuses []string
 	manifests := 0
-	lastCompleted := map[string]int64{}
+	lastCompleted, totals := map[string]int64{}, map[string]int64{}
 	err := c.Pull(ctx, &api.PullRequest{Model: "fresh"}, func(p api.ProgressResponse) error {
 		statuses = append(statuses, p.Status)
 		if p.Status == "pulling manifest" {
 			manifests++
+		}
+		if p.Status == "verifying sha256 digest" {
+			// Both nodes have every layer by then.
+			for digest, completed := range lastCompleted {
+				if completed != totals[digest] {
+					t.Errorf("verifying sent with layer %s at %d of %d", digest, completed, totals[digest])
+				}
+			}
 		}
 		if p.Digest != "" {
 			// The two nodes' progress merges into one bar per layer that
@@ -172,6 +186,7 @@ func TestModelManagementFansOut(t *testing.T) {
 				t.Errorf("layer %s went from %d to %d", p.Digest, last, p.Completed)
 			}
 			lastCompleted[p.Digest] = p.Completed
+			totals[p.Digest] = p.Total
 		}
 		return nil
 	})

@@ -421,13 +421,15 @@ type progressLine struct {
 // progressMerge turns the progress of every node of a fan-out into the
 // stream one Ollama server would send, so that a client such as the
 // ollama CLI draws one bar per layer. A status without a digest ("pulling
-// manifest", "writing manifest") is sent the first time any node reports
-// it. A layer's progress is that of the slowest node, counting nodes that
+// manifest", "writing manifest") is sent once every node has reported it,
+// so that a stage is shown when the whole fan-out reached it. A layer's
+// progress is that of the slowest node, counting nodes that
 // have not reported the layer yet as at 0, and it is sent only when it
 // grows, so it never moves back.
 type progressMerge struct {
 	nodes    int
-	statuses map[string]bool
+	statuses map[string]map[*balancer.Node]bool // the nodes that reported each
+	sent     map[string]bool
 	layers   map[string]*layerProgress
 }
 
@@ -437,7 +439,8 @@ type layerProgress struct {
 }
 
 func newProgressMerge(targets []*balancer.Node) *progressMerge {
-	return &progressMerge{nodes: len(targets), statuses: map[string]bool{},
+	return &progressMerge{nodes: len(targets), statuses: map[string]map[*balancer.Node]bool{},
+		sent: map[string]bool{},
 		layers: map[string]*layerProgress{}}
 }
 
@@ -454,10 +457,19 @@ func (m *progressMerge) line(pl progressLine) []byte {
 	status := string(v.GetStringBytes("status"))
 	digest := string(v.GetStringBytes("digest"))
 	if digest == "" {
-		if m.statuses[status] {
+		if m.sent[status] {
 			return nil
 		}
-		m.statuses[status] = true
+		reported := m.statuses[status]
+		if reported == nil {
+			reported = map[*balancer.Node]bool{}
+			m.statuses[status] = reported
+		}
+		reported[pl.node] = true
+		if len(reported) < m.nodes {
+			return nil
+		}
+		m.sent[status] = true
 		return pl.line
 	}
 

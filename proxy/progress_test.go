@@ -20,7 +20,8 @@ func TestProgressMergeFollowsSlowestNode(t *testing.T) {
 		line string
 		want string // "" when nothing is sent
 	}{
-		{a, `{"status":"pulling manifest"}`, `{"status":"pulling manifest"}`},
+		{a, `{"status":"pulling manifest"}`, ""},
+		{b, `{"status":"pulling manifest"}`, `{"status":"pulling manifest"}`},
 		{b, `{"status":"pulling manifest"}`, ""},
 		{a, layer(""), `{"status":"pulling 0123abcd","digest":"sha256:0123abcd","total":100}`},
 		{a, layer(`,"completed":50`), ""},
@@ -28,7 +29,8 @@ func TestProgressMergeFollowsSlowestNode(t *testing.T) {
 		{b, layer(`,"completed":70`), `{"status":"pulling 0123abcd","digest":"sha256:0123abcd","total":100,"completed":50}`},
 		{a, layer(`,"completed":100`), `{"status":"pulling 0123abcd","digest":"sha256:0123abcd","total":100,"completed":70}`},
 		{b, layer(`,"completed":100`), `{"status":"pulling 0123abcd","digest":"sha256:0123abcd","total":100,"completed":100}`},
-		{b, `{"status":"writing manifest"}`, `{"status":"writing manifest"}`},
+		{b, `{"status":"writing manifest"}`, ""},
+		{a, `{"status":"writing manifest"}`, `{"status":"writing manifest"}`},
 		{a, `{"status":"writing manifest"}`, ""},
 		{nil, `{"status":"success"}`, `{"status":"success"}`},
 	}
