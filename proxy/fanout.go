@@ -440,7 +440,7 @@ type layerProgress struct {
 
 func newProgressMerge(targets []*balancer.Node) *progressMerge {
 	return &progressMerge{nodes: len(targets), statuses: map[string]map[*balancer.Node]bool{},
-		sent: map[string]bool{},
+		sent:   map[string]bool{},
 		layers: map[string]*layerProgress{}}
 }
 
