@@ -331,6 +331,9 @@ func TestRemovedNodeKeepsModelLabel(t *testing.T) {
 	if !strings.Contains(metrics, `llmproxy_requests_total{code="200",model="m:latest",node="n0",route="/api/chat"} 1`) {
 		t.Errorf("the stream is not counted under model m:latest; counts:\n%s", grepLines(metrics, "llmproxy_requests_total{"))
 	}
+	if rates := grepLines(metrics, "llmproxy_tokens_per_second{"); strings.Contains(rates, `node="n0"`) {
+		t.Errorf("the removed node n0 has a generation rate again:\n%s", rates)
+	}
 }
 
 func grepLines(text, prefix string) string {

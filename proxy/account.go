@@ -186,7 +186,10 @@ func (s *Server) observeFinal(rs *reqState, line []byte) {
 		return
 	}
 	rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
-	if s.m != nil && st.evalNs > 0 && rs.completionTokens > 0 && rs.node != "" {
+	// A node that a reload removed during the request has had its gauges
+	// removed, and setting the rate would bring one back.
+	if s.m != nil && st.evalNs > 0 && rs.completionTokens > 0 && rs.node != "" &&
+		s.bal.Node(rs.node) != nil {
 		tps := float64(rs.completionTokens) / (float64(st.evalNs) / 1e9)
 		s.m.TokenRate(rs.node, s.requestModelLabel(rs)).Set(tps)
 	}
