@@ -273,3 +273,56 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, out)
 	}
 }
+
+// TestMalformedRequestKeepsRoute sends requests that fasthttp cannot read,
+// a bad chunk size and a header line without a colon: the 400 has the
+// route's error shape, and the access log names the request's method and
+// route.
+func TestMalformedRequestKeepsRoute(t *testing.T) {
+	cases := []struct {
+		name, method, path, head string
+		body                     []byte
+		openAI                   bool
+	}{
+		{"bad chunk size on /v1", "POST", "/v1/chat/completions",
+			"Transfer-Encoding: chunked\r\n", []byte("zz\r\n{}\r\n0\r\n\r\n"), true},
+		{"bad chunk size on /api", "POST", "/api/generate",
+			"Transfer-Encoding: chunked\r\n", []byte("-1\r\n{}\r\n0\r\n\r\n"), false},
+		{"header without colon", "GET", "/v1/models", "NoColonHere\r\n", nil, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, log := startLimitedProxy(t)
+			head := c.method + " " + c.path + " HTTP/1.1\r\n" +
+				"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
+				"X-Request-Id: malformed-1\r\n" + c.head + "\r\n"
+			resp, body := exchange(t, p.URL(), head, c.body)
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400 (body %s)", resp.StatusCode, body)
+			}
+			openAIShape := bytes.Contains(body, []byte(`"message":`))
+			if openAIShape != c.openAI {
+				t.Errorf("body %s: OpenAI's shape %v, want %v", body, openAIShape, c.openAI)
+			}
+			// fasthttp dropped the head, so the access log line is found by
+			// its route instead of the request id.
+			var line map[string]any
+			testenv.WaitFor(t, 5*time.Second, "an access log line with status 400", func() bool {
+				log.mu.Lock()
+				data := append([]byte(nil), log.buf.Bytes()...)
+				log.mu.Unlock()
+				for raw := range bytes.SplitSeq(data, []byte("\n")) {
+					var rec map[string]any
+					if json.Unmarshal(raw, &rec) == nil && rec["msg"] == "request" && rec["status"] == float64(400) {
+						line = rec
+						return true
+					}
+				}
+				return false
+			})
+			if line["method"] != c.method || line["route"] != c.path {
+				t.Errorf("access log %v %v, want %s %s", line["method"], line["route"], c.method, c.path)
+			}
+		})
+	}
+}

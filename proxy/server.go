@@ -371,12 +371,26 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	rt := classify(ctx.Method(), ctx.Path())
 	method := ctx.Method()
 	head, pending := s.heads.take(&ctx.Request.Header)
-	// An entry is only certain to be this request's when the error comes
-	// from reading the body, which starts after receiveHeader.
-	if pending && isBodyError(err) {
+	headerErr := isHeaderError(err)
+	switch {
+	case pending && !headerErr:
+		// The entry is this request's: receiveHeader ran for it, and the
+		// body or the target failed after that.
 		method = []byte(head.method)
 		if path, ok := targetPath([]byte(head.target)); ok {
 			rt = classify(method, path)
+		}
+	case headerErr:
+		// fasthttp has reset the request, but its message quotes the
+		// start of the head.
+		if m, path, complete, ok := requestLineFromError(err); ok {
+			method = m
+			if complete {
+				rt = classify(m, path)
+			}
+			// Like serveNotFound, any /v1/ path gets OpenAI's shape, also
+			// when the quote cut it off and its route is unknown.
+			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
 		}
 	}
 	status := fasthttp.StatusBadRequest
@@ -387,15 +401,6 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// so it is never sent back.
 		status = fasthttp.StatusRequestHeaderFieldsTooLarge
 		msg = "request headers exceed " + strconv.Itoa(s.srv.ReadBufferSize) + " bytes (max_header_bytes)"
-		if m, path, complete, ok := requestLineFromError(err); ok {
-			method = m
-			if complete {
-				rt = classify(m, path)
-			}
-			// Like serveNotFound, any /v1/ path gets OpenAI's shape, also
-			// when the quote cut it off and its route is unknown.
-			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
-		}
 		// The rest of the head, and the body, are still on their way. A
 		// close with them unread would reset the connection, and a client
 		// still sending would lose the 431.
@@ -422,10 +427,18 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	s.end(rs)
 }
 
-// isBodyError reports whether err comes from reading a request body.
-func isBodyError(err error) bool {
-	var broken fasthttp.ErrBrokenChunk
-	return err == fasthttp.ErrBodyTooLarge || errors.As(err, &broken)
+// isHeaderError reports whether err comes from reading a request head,
+// before receiveHeader runs.
+//
+// NOTE: besides the two error types, this matches the text that fasthttp
+// v1.79.0 puts in every header read error; a head error of another text
+// counts as a body error, whose route then comes from a pending entry of
+// the same RequestCtx, if one is left.
+func isHeaderError(err error) bool {
+	var small *fasthttp.ErrSmallBuffer
+	var nothing fasthttp.ErrNothingRead
+	return errors.As(err, &small) || errors.As(err, &nothing) ||
+		strings.Contains(err.Error(), "error when reading request headers")
 }
 
 // receiveHeader runs as fasthttp's Server.HeaderReceived, after a request
