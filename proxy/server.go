@@ -431,8 +431,8 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 // before receiveHeader runs.
 //
 // NOTE: besides the two error types, this matches the text that fasthttp
-// v1.79.0 puts in every header read error; a head error of another text
-// counts as a body error, whose route then comes from a pending entry of
+// v1.79.0 puts in every header read error. A head error with other text
+// counts as a body error. Its route then comes from a pending entry of
 // the same RequestCtx, if one is left.
 func isHeaderError(err error) bool {
 	var small *fasthttp.ErrSmallBuffer
