@@ -79,9 +79,11 @@ var getRoutes = map[string]route{
 
 var (
 	routeDelete = route{name: "/api/delete", how: handleFanout}
-	routeBlobs  = route{name: "/api/blobs", how: handleSticky}
-	routeModel  = route{name: "/v1/models/{model}", how: handleModel, openAI: true}
-	routeAdmin  = route{name: "/admin", how: handleAdmin}
+	// NOTE: fasthttp reads a blob whole into memory like any body, so a
+	// blob over max_body_bytes gets 413 instead of streaming to the node.
+	routeBlobs = route{name: "/api/blobs", how: handleSticky}
+	routeModel = route{name: "/v1/models/{model}", how: handleModel, openAI: true}
+	routeAdmin = route{name: "/admin", how: handleAdmin}
 )
 
 // classify maps a method and path to a route. It allocates nothing for the
