@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/sdnotify"
@@ -115,6 +117,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg, stderr)
+	redis.SetLogger(redisLog{log})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := app.Start(ctx, cfg, log)
@@ -186,6 +189,15 @@ func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
 	if err := a.Reload(rctx, cfg); err != nil {
 		log.Error("reload failed", "error", err)
 	}
+}
+
+// redisLog sends the Redis client's own messages, such as failed dials,
+// to the proxy's log, so that they follow log.format. The client calls it
+// only for problems, hence Warn.
+type redisLog struct{ log *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.log.WarnContext(ctx, "redis client", "message", fmt.Sprintf(format, v...))
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
@@ -254,3 +256,23 @@ func generate(t *testing.T, url string) int {
 }
 
 var _ = context.Background
+
+// TestRedisClientLogsFollowFormat checks that the Redis client's own
+// messages, which serve installs with redis.SetLogger, become lines of the
+// proxy's JSON log.
+func TestRedisClientLogsFollowFormat(t *testing.T) {
+	var buf bytes.Buffer
+	cfg := &config.Config{Log: config.Log{Format: "json", Level: "info"}}
+	redisLog{newLogger(cfg, &buf)}.Printf(context.Background(),
+		"redis: connection pool: failed to dial after %d attempts: %v", 5, "connection refused")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("log line %q is not JSON: %v", buf.String(), err)
+	}
+	if rec["msg"] != "redis client" || rec["level"] != "WARN" {
+		t.Errorf("message %v at level %v, want redis client at WARN", rec["msg"], rec["level"])
+	}
+	if msg, _ := rec["message"].(string); !strings.Contains(msg, "after 5 attempts: connection refused") {
+		t.Errorf("message field %q lacks the client's text", msg)
+	}
+}
