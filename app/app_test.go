@@ -2,9 +2,7 @@ package app_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -26,35 +24,16 @@ import (
 // restartWarning is the message Reload logs for settings bound at start.
 const restartWarning = "some changes take effect only after a restart"
 
-// logBuffer collects the JSON log lines of one App.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
 // restartSettings returns the settings list of each restart warning logged
 // so far, in order.
-func (l *logBuffer) restartSettings(t *testing.T) [][]string {
+func restartSettings(t *testing.T, logs *testenv.LogBuffer) [][]string {
 	t.Helper()
-	l.mu.Lock()
-	data := slices.Clone(l.buf.Bytes())
-	l.mu.Unlock()
+	type record struct {
+		Msg      string   `json:"msg"`
+		Settings []string `json:"settings"`
+	}
 	var out [][]string
-	lines := bufio.NewScanner(bytes.NewReader(data))
-	for lines.Scan() {
-		var rec struct {
-			Msg      string   `json:"msg"`
-			Settings []string `json:"settings"`
-		}
-		if err := json.Unmarshal(lines.Bytes(), &rec); err != nil {
-			t.Fatalf("log line %q is not JSON: %v", lines.Text(), err)
-		}
+	for _, rec := range testenv.Records[record](t, logs) {
 		if rec.Msg == restartWarning {
 			out = append(out, rec.Settings)
 		}
@@ -64,11 +43,9 @@ func (l *logBuffer) restartSettings(t *testing.T) [][]string {
 
 // startApp starts a proxy with cfg that logs JSON into the returned
 // buffer, and shuts it down when the test ends.
-func startApp(t *testing.T, cfg *config.Config) (*app.App, *logBuffer) {
+func startApp(t *testing.T, cfg *config.Config) (*app.App, *testenv.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return testenv.LoggedProxy(t, cfg, log), logs
+	return testenv.JSONProxy(t, cfg, slog.LevelDebug)
 }
 
 func reload(t *testing.T, a *app.App, cfg *config.Config) {
@@ -120,7 +97,7 @@ func TestReloadKeepsCacheSettings(t *testing.T) {
 	next.Retry.Attempts = 5
 	reload(t, a, next)
 
-	warnings := logs.restartSettings(t)
+	warnings := restartSettings(t, logs)
 	want := []string{"cache.enabled", "cache.l1.ttl"}
 	if len(warnings) != 1 || !slices.Equal(warnings[0], want) {
 		t.Fatalf("restart warnings = %v, want one naming %v", warnings, want)
@@ -148,7 +125,7 @@ func TestReloadKeepsCacheSettings(t *testing.T) {
 	// next still differs from the settings in force, so reloading it
 	// again repeats the warning.
 	reload(t, a, next)
-	warnings = logs.restartSettings(t)
+	warnings = restartSettings(t, logs)
 	if len(warnings) != 2 || !slices.Equal(warnings[1], want) {
 		t.Errorf("restart warnings after a second reload = %v, want a second naming %v",
 			warnings, want)
@@ -187,7 +164,7 @@ func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
 	next.RateLimit.Burst = 200
 	reload(t, a, next)
 
-	warnings := logs.restartSettings(t)
+	warnings := restartSettings(t, logs)
 	if len(warnings) != 1 || !slices.Equal(warnings[0], []string{"redis.addr"}) {
 		t.Fatalf("restart warnings = %v, want one naming [redis.addr]", warnings)
 	}
@@ -245,7 +222,7 @@ func TestReloadKeepsBodyLimit(t *testing.T) {
 	reload(t, a, next)
 	wg.Wait()
 
-	warnings := logs.restartSettings(t)
+	warnings := restartSettings(t, logs)
 	if len(warnings) != 1 || !slices.Equal(warnings[0], []string{"max_body_bytes"}) {
 		t.Fatalf("restart warnings = %v, want one naming max_body_bytes", warnings)
 	}

@@ -21,8 +21,8 @@ import (
 const bodyLimit = 64 << 10
 
 // startLimitedProxy starts a proxy with max_body_bytes of bodyLimit whose
-// log goes to the returned accessLog.
-func startLimitedProxy(t *testing.T) (*app.App, *accessLog) {
+// log goes to the returned buffer.
+func startLimitedProxy(t *testing.T) (*app.App, *testenv.LogBuffer) {
 	t.Helper()
 	a := testenv.Sim(t, "m", ollamasim.Config{})
 	cfg := testenv.Config(t, a)
@@ -32,16 +32,22 @@ func startLimitedProxy(t *testing.T) (*app.App, *accessLog) {
 
 // accessLine returns the fields of the access log line of the request with
 // this X-Request-Id, waiting for it up to 5 seconds.
-func accessLine(t *testing.T, log *accessLog, requestID string) map[string]any {
+func accessLine(t *testing.T, log *testenv.LogBuffer, requestID string) map[string]any {
+	t.Helper()
+	return findAccessLine(t, log, "request "+requestID, func(rec map[string]any) bool {
+		return rec["request_id"] == requestID
+	})
+}
+
+// findAccessLine returns the fields of the first access log line for which
+// match is true, waiting for one up to 5 seconds.
+func findAccessLine(t *testing.T, log *testenv.LogBuffer, what string,
+	match func(map[string]any) bool) map[string]any {
 	t.Helper()
 	var line map[string]any
-	testenv.WaitFor(t, 5*time.Second, "the access log line of request "+requestID, func() bool {
-		log.mu.Lock()
-		data := append([]byte(nil), log.buf.Bytes()...)
-		log.mu.Unlock()
-		for raw := range bytes.SplitSeq(data, []byte("\n")) {
-			var rec map[string]any
-			if json.Unmarshal(raw, &rec) == nil && rec["msg"] == "request" && rec["request_id"] == requestID {
+	testenv.WaitFor(t, 5*time.Second, "the access log line of "+what, func() bool {
+		for _, rec := range testenv.Records[map[string]any](t, log) {
+			if rec["msg"] == "request" && match(rec) {
 				line = rec
 				return true
 			}
@@ -131,7 +137,7 @@ func checkBodyLimitShape(t *testing.T, body []byte, openAI bool) {
 
 // checkAccounted checks that the proxy logged the request of resp as
 // POST on route with status 413, and counted it under that route.
-func checkAccounted(t *testing.T, p *app.App, log *accessLog, resp *http.Response, route string) {
+func checkAccounted(t *testing.T, p *app.App, log *testenv.LogBuffer, resp *http.Response, route string) {
 	t.Helper()
 	line := accessLine(t, log, resp.Header.Get("X-Request-Id"))
 	if line["method"] != "POST" {
@@ -304,21 +310,10 @@ func TestMalformedRequestKeepsRoute(t *testing.T) {
 			if openAIShape != c.openAI {
 				t.Errorf("body %s: OpenAI's shape %v, want %v", body, openAIShape, c.openAI)
 			}
-			// fasthttp dropped the head, so the access log line is found by
-			// its route instead of the request id.
-			var line map[string]any
-			testenv.WaitFor(t, 5*time.Second, "an access log line with status 400", func() bool {
-				log.mu.Lock()
-				data := append([]byte(nil), log.buf.Bytes()...)
-				log.mu.Unlock()
-				for raw := range bytes.SplitSeq(data, []byte("\n")) {
-					var rec map[string]any
-					if json.Unmarshal(raw, &rec) == nil && rec["msg"] == "request" && rec["status"] == float64(400) {
-						line = rec
-						return true
-					}
-				}
-				return false
+			// fasthttp dropped the head, X-Request-Id included, so the
+			// access log line is found by its status.
+			line := findAccessLine(t, log, "a request with status 400", func(rec map[string]any) bool {
+				return rec["status"] == float64(400)
 			})
 			if line["method"] != c.method || line["route"] != c.path {
 				t.Errorf("access log %v %v, want %s %s", line["method"], line["route"], c.method, c.path)

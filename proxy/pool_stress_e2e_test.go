@@ -9,7 +9,6 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -30,19 +29,6 @@ import (
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
-// accessLog collects the JSON log lines of one proxy, so that a test can
-// read each request's access log record.
-type accessLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *accessLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
 // accessRecord is the part of an access log line that the tests check.
 type accessRecord struct {
 	Msg              string `json:"msg"`
@@ -53,21 +39,11 @@ type accessRecord struct {
 	Error            string `json:"error"`
 }
 
-// records returns the access log records by request ID.
-func (l *accessLog) records(t *testing.T) map[string][]accessRecord {
+// accessRecords returns the access log records in logs by request ID.
+func accessRecords(t *testing.T, logs *testenv.LogBuffer) map[string][]accessRecord {
 	t.Helper()
-	l.mu.Lock()
-	data := append([]byte(nil), l.buf.Bytes()...)
-	l.mu.Unlock()
 	out := map[string][]accessRecord{}
-	for line := range bytes.SplitSeq(data, []byte("\n")) {
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var r accessRecord
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatalf("invalid log line %q: %v", line, err)
-		}
+	for _, r := range testenv.Records[accessRecord](t, logs) {
 		if r.Msg == "request" {
 			out[r.RequestID] = append(out[r.RequestID], r)
 		}
@@ -76,12 +52,10 @@ func (l *accessLog) records(t *testing.T) map[string][]accessRecord {
 }
 
 // startLoggedProxy starts a proxy like testenv.Proxy does, but keeps its
-// log as JSON in the returned accessLog.
-func startLoggedProxy(t *testing.T, cfg *config.Config) (*app.App, *accessLog) {
+// log, from Info up, as JSON in the returned buffer.
+func startLoggedProxy(t *testing.T, cfg *config.Config) (*app.App, *testenv.LogBuffer) {
 	t.Helper()
-	log := &accessLog{}
-	logger := slog.New(slog.NewJSONHandler(log, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	return testenv.LoggedProxy(t, cfg, logger), log
+	return testenv.JSONProxy(t, cfg, slog.LevelInfo)
 }
 
 // stressClient returns a keep-alive HTTP client, so that later requests
@@ -383,11 +357,11 @@ func waitSlotsReleased(t *testing.T, a *app.App) {
 
 // waitLogged waits until every request ID in ids has an access log record,
 // and returns the records.
-func waitLogged(t *testing.T, log *accessLog, ids []string) map[string][]accessRecord {
+func waitLogged(t *testing.T, log *testenv.LogBuffer, ids []string) map[string][]accessRecord {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		recs := log.records(t)
+		recs := accessRecords(t, log)
 		var missing []string
 		for _, id := range ids {
 			if len(recs[id]) == 0 {
@@ -639,7 +613,7 @@ func TestPoolStressTotalNextToUnlimited(t *testing.T) {
 
 	waitSlotsReleased(t, limited)
 	waitSlotsReleased(t, unlimited)
-	logs := map[*app.App]*accessLog{limited: limitedLog, unlimited: unlimitedLog}
+	logs := map[*app.App]*testenv.LogBuffer{limited: limitedLog, unlimited: unlimitedLog}
 	for _, j := range jobs {
 		recs := waitLogged(t, logs[j.proxy], []string{j.call.id})[j.call.id]
 		if len(recs) != 1 {
@@ -803,7 +777,7 @@ func TestPoolStressTotalCutsNonStreamedBody(t *testing.T) {
 			t.Errorf("%s: body %q, want an error naming upstream.total", id, body)
 		}
 	}
-	recs := log.records(t)
+	recs := accessRecords(t, log)
 	for i := range cuts {
 		id := fmt.Sprintf("slow-body-%d", i)
 		for _, r := range recs[id] {

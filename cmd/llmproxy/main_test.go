@@ -66,25 +66,8 @@ func writeConfig(t *testing.T, path, listen string, nodes ...string) {
 type daemon struct {
 	cmd    *exec.Cmd
 	url    string
-	stderr *syncBuffer
+	stderr *testenv.LogBuffer
 	done   chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startDaemon(t *testing.T, cfgPath, listen string) *daemon {
@@ -93,7 +76,7 @@ func startDaemon(t *testing.T, cfgPath, listen string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{url: "http://" + listen, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	d := &daemon{url: "http://" + listen, stderr: &testenv.LogBuffer{}, done: make(chan error, 1)}
 	d.cmd = exec.Command(bin, "serve", "-config", cfgPath)
 	d.cmd.Stderr = d.stderr
 	d.cmd.Env = append(os.Environ(), "LLMPROXY_LOG_LEVEL=info")
