@@ -172,24 +172,39 @@ func grepLines(text []byte, substr string) string {
 	return strings.Join(out, "\n")
 }
 
-func TestChunkedBodyOverLimit(t *testing.T) {
+// TestBodyOverLimitGets413 sends bodies over max_body_bytes as chunked
+// data, and as a Content-Length with "Expect: 100-continue", whose client
+// sends no body until it gets 100 Continue.
+func TestBodyOverLimitGets413(t *testing.T) {
 	cases := []struct {
-		path   string
-		openAI bool
+		name, path string
+		openAI     bool
+		framing    string // the head's last lines
+		body       []byte
 	}{
-		{"/v1/chat/completions", true},
-		{"/api/generate", false},
+		{"chunked /v1", "/v1/chat/completions", true,
+			"Transfer-Encoding: chunked\r\n", chunked(oversizedJSON())},
+		{"chunked /api", "/api/generate", false,
+			"Transfer-Encoding: chunked\r\n", chunked(oversizedJSON())},
+		{"expect /v1", "/v1/chat/completions", true,
+			"Expect: 100-continue\r\n" + fmt.Sprintf("Content-Length: %d\r\n", 1<<20), nil},
+		{"expect /api", "/api/chat", false,
+			"Expect: 100-continue\r\n" + fmt.Sprintf("Content-Length: %d\r\n", 1<<20), nil},
 	}
 	for _, c := range cases {
-		t.Run(c.path, func(t *testing.T) {
+		t.Run(c.name, func(t *testing.T) {
 			p, log := startLimitedProxy(t)
 			head := "POST " + c.path + " HTTP/1.1\r\n" +
 				"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
-				"Content-Type: application/json\r\n" +
-				"Transfer-Encoding: chunked\r\n\r\n"
-			resp, body := exchange(t, p.URL(), head, chunked(oversizedJSON()))
+				"Content-Type: application/json\r\n" + c.framing + "\r\n"
+
+			start := time.Now()
+			resp, body := exchange(t, p.URL(), head, c.body)
 			if resp.StatusCode != http.StatusRequestEntityTooLarge {
-				t.Fatalf("status %d, want 413 (body %s)", resp.StatusCode, body)
+				t.Fatalf("first response %d, want 413 (body %s)", resp.StatusCode, body)
+			}
+			if c.body == nil && time.Since(start) > time.Second {
+				t.Errorf("413 took %v, want it without waiting for a body", time.Since(start))
 			}
 			checkBodyLimitShape(t, body, c.openAI)
 			checkAccounted(t, p, log, resp, c.path)
@@ -209,38 +224,6 @@ func TestChunkedBodyUnderLimitServed(t *testing.T) {
 	}
 }
 
-func TestExpectContinueOverLimit(t *testing.T) {
-	cases := []struct {
-		path   string
-		openAI bool
-	}{
-		{"/v1/chat/completions", true},
-		{"/api/chat", false},
-	}
-	for _, c := range cases {
-		t.Run(c.path, func(t *testing.T) {
-			p, log := startLimitedProxy(t)
-			head := "POST " + c.path + " HTTP/1.1\r\n" +
-				"Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n" +
-				"Content-Type: application/json\r\n" +
-				"Expect: 100-continue\r\n" +
-				fmt.Sprintf("Content-Length: %d\r\n\r\n", 1<<20)
-			// A client that waits for 100 Continue sends no body.
-			start := time.Now()
-			resp, body := exchange(t, p.URL(), head, nil)
-			if resp.StatusCode != http.StatusRequestEntityTooLarge {
-				t.Fatalf("first response %d, want 413 without 100 Continue (body %s)",
-					resp.StatusCode, body)
-			}
-			if d := time.Since(start); d > time.Second {
-				t.Errorf("413 took %v, want it without waiting for a body", d)
-			}
-			checkBodyLimitShape(t, body, c.openAI)
-			checkAccounted(t, p, log, resp, c.path)
-		})
-	}
-}
-
 func TestExpectContinueUnderLimitServed(t *testing.T) {
 	p, _ := startLimitedProxy(t)
 	body := `{"model":"m"}`
@@ -249,6 +232,7 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 		"Content-Type: application/json\r\n" +
 		"Expect: 100-continue\r\n" +
 		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
+
 	addr := strings.TrimPrefix(p.URL(), "http://")
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -259,6 +243,7 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 	if _, err := io.WriteString(conn, head); err != nil {
 		t.Fatalf("send head: %v", err)
 	}
+
 	r := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
@@ -267,6 +252,7 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 	if resp.StatusCode != http.StatusContinue {
 		t.Fatalf("first response %d, want 100 Continue", resp.StatusCode)
 	}
+
 	if _, err := io.WriteString(conn, body); err != nil {
 		t.Fatalf("send body: %v", err)
 	}
