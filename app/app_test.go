@@ -197,7 +197,7 @@ func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
 
 // TestReloadKeepsBodyLimit reloads a smaller max_body_bytes while requests
 // run: fasthttp reads its limit without a lock, so the limit of the start
-// stays, and the race detector sees no write to it.
+// stays, and the race detector reports no write to it.
 func TestReloadKeepsBodyLimit(t *testing.T) {
 	sim := testenv.Sim(t, "m", ollamasim.Config{})
 	a, logs := startApp(t, testenv.Config(t, sim))

@@ -12,25 +12,46 @@ func TestNodeInventoryUpdates(t *testing.T) {
 	n := NewNode("gpu1", u, 2, 1)
 	n.SetInventory([]Model{{Name: "a:latest"}, {Name: "b:latest"}}, []Loaded{{Name: "a:latest", NumCtx: 4096}}, time.Unix(10, 0))
 
-	if !n.HasModel("b:latest") || n.HasModel("c:latest") {
-		t.Errorf("HasModel: b = %v, c = %v; want true, false", n.HasModel("b:latest"), n.HasModel("c:latest"))
+	if !n.HasModel("b:latest") {
+		t.Error("HasModel(b) = false, want true")
 	}
-	if !n.IsLoaded("a:latest", 4096) || n.IsLoaded("a:latest", 8192) || !n.IsLoaded("a:latest", 0) {
-		t.Error("IsLoaded does not follow the loaded context size")
+	if n.HasModel("c:latest") {
+		t.Error("HasModel(c) = true for an unlisted model")
 	}
+	if !n.IsLoaded("a:latest", 4096) {
+		t.Error("IsLoaded(a, 4096) = false for the loaded context size")
+	}
+	if n.IsLoaded("a:latest", 8192) {
+		t.Error("IsLoaded(a, 8192) = true for another context size")
+	}
+	if !n.IsLoaded("a:latest", 0) {
+		t.Error("IsLoaded(a, 0) = false, want any context size to match")
+	}
+
 	n.MarkLoaded("a:latest", 8192)
-	if !n.IsLoaded("a:latest", 8192) || n.IsLoaded("a:latest", 4096) {
-		t.Error("MarkLoaded kept the old context size")
+	if !n.IsLoaded("a:latest", 8192) {
+		t.Error("after MarkLoaded(a, 8192): IsLoaded(a, 8192) = false")
 	}
+	if n.IsLoaded("a:latest", 4096) {
+		t.Error("after MarkLoaded(a, 8192): the old context size 4096 still matches")
+	}
+
 	n.MarkLoaded("b:latest", 0)
 	n.MarkUnloaded("a:latest")
 	loaded := n.LoadedModels()
 	if len(loaded) != 1 || loaded[0].Name != "b:latest" {
 		t.Errorf("loaded = %+v, want only b:latest", loaded)
 	}
+
 	n.SetModels([]Model{{Name: "c:latest"}})
-	if n.HasModel("a:latest") || !n.HasModel("c:latest") || !n.IsLoaded("b:latest", 0) {
-		t.Error("SetModels changed more than the listed models")
+	if n.HasModel("a:latest") {
+		t.Error("after SetModels: a is still listed")
+	}
+	if !n.HasModel("c:latest") {
+		t.Error("after SetModels: c is not listed")
+	}
+	if !n.IsLoaded("b:latest", 0) {
+		t.Error("SetModels changed the loaded models")
 	}
 	if got := n.Refreshed(); !got.Equal(time.Unix(10, 0)) {
 		t.Errorf("refreshed = %v, want the time of SetInventory", got)
@@ -65,6 +86,7 @@ func TestNodeInventoryConcurrentUse(t *testing.T) {
 	if got := len(n.LoadedModels()); got != len(names) {
 		t.Errorf("%d models loaded, want %d: a concurrent mark was lost", got, len(names))
 	}
+
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -80,7 +102,13 @@ func TestNodeInventoryConcurrentUse(t *testing.T) {
 		}
 	}()
 	wg.Wait()
-	if !n.IsLoaded("a:latest", 0) || n.IsLoaded("b:latest", 0) || !n.HasModel("a:latest") {
-		t.Errorf("inventory after the writers: loaded %+v", n.LoadedModels())
+	if !n.IsLoaded("a:latest", 0) {
+		t.Errorf("a is not loaded after the writers: loaded %+v", n.LoadedModels())
+	}
+	if n.IsLoaded("b:latest", 0) {
+		t.Errorf("b is loaded after the writers: loaded %+v", n.LoadedModels())
+	}
+	if !n.HasModel("a:latest") {
+		t.Error("a is not listed after the writers")
 	}
 }

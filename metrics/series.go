@@ -11,9 +11,9 @@ import (
 
 // children caches the child metrics of vectors by a comparable key. A
 // vector's own lookup hashes every label value and takes a read lock that
-// all cores contend for; here a hit is one atomic load and one map read.
-// A miss builds the children once under mu and publishes a new copy of
-// the map, so the keys must be bounded, as every label here is.
+// all cores contend for, while a hit here is one atomic load and one map
+// read. A miss builds the children once under mu and publishes a new copy
+// of the map, so the keys must be bounded, as every label here is.
 type children[K comparable, V any] struct {
 	mu sync.Mutex
 	m  atomic.Pointer[map[K]V]
@@ -55,7 +55,7 @@ func (c *children[K, V]) drop(match func(K) bool) {
 	c.m.Store(&next)
 }
 
-// RequestSeries are the metrics of one answered request: its count by
+// RequestSeries are the metrics of one finished request: its count by
 // route, model, node and status code, and its duration by route and model.
 type RequestSeries struct {
 	Requests prometheus.Counter
@@ -83,7 +83,7 @@ type series struct {
 	ttft     children[string, prometheus.Observer]
 }
 
-// Request returns the series of a request answered on route for model by
+// Request returns the series of a request on route for model, served by
 // node with status code.
 func (m *Metrics) Request(route, model, node string, code int) *RequestSeries {
 	return m.series.requests.get(requestKey{route, model, node, code},

@@ -294,8 +294,8 @@ func (s *Server) AdminHandler() fasthttp.RequestHandler {
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
 // handle is the request pipeline. It classifies the request, applies the
-// Host, CORS and API key checks, then serves the route locally, from one node, or from
-// every node concerned.
+// Host, CORS and API key checks, then serves the route locally, from one
+// node, or from every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	s.heads.take(&ctx.Request.Header)
 	rt := classify(ctx.Method(), ctx.Path())
@@ -411,7 +411,7 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		msg = "request body exceeds the limit of " +
 			strconv.FormatInt(s.config().MaxBodyBytes, 10) + " bytes (max_body_bytes)"
 		switch {
-		case pending && head.continueRefused:
+		case pending && head.continueRejected:
 			// The client waits for 100 Continue and has sent no body.
 		case pending && head.chunked:
 			discardBody(ctx, -1)
@@ -469,7 +469,7 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		s.heads.keep(h, pendingHead{chunked: true})
 	case length > maxBody && h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue")):
 		h.Del("Expect")
-		s.heads.keep(h, pendingHead{continueRefused: true})
+		s.heads.keep(h, pendingHead{continueRejected: true})
 	}
 	// The limit of the configuration in force, the same as
 	// s.srv.MaxRequestBodySize but read without a data race.
@@ -484,9 +484,9 @@ type pendingHead struct {
 	target string
 	// chunked is set for a body with Transfer-Encoding: chunked.
 	chunked bool
-	// continueRefused is set when receiveHeader removed the request's
+	// continueRejected is set when receiveHeader removed the request's
 	// "Expect: 100-continue", so its client has sent no body.
-	continueRefused bool
+	continueRejected bool
 	added           time.Time
 }
 

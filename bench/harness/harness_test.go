@@ -81,6 +81,7 @@ func TestTreeUsageSplitsKernelTime(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TreeUsage: %v", err)
 	}
+
 	// System calls spend kernel time: write to /dev/null until the kernel
 	// has charged a few clock ticks of it.
 	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
@@ -100,6 +101,7 @@ func TestTreeUsageSplitsKernelTime(t *testing.T) {
 			t.Fatalf("TreeUsage: %v", err)
 		}
 	}
+
 	if after.System > after.CPU {
 		t.Errorf("kernel time %v exceeds the total %v", after.System, after.CPU)
 	}
