@@ -487,7 +487,7 @@ type pendingHead struct {
 	// continueRejected is set when receiveHeader removed the request's
 	// "Expect: 100-continue", so its client has sent no body.
 	continueRejected bool
-	added           time.Time
+	added            time.Time
 }
 
 // pendingHeads maps the request header that fasthttp passes to
