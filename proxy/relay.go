@@ -137,12 +137,18 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	ctx.Response.Header.Set("Cache-Control", "no-cache")
 	ctx.Response.ImmediateHeaderFlush = true
 	r := relayPool.Get().(*relay)
-	// Reads go through the exchange, which replaces the first-byte
-	// deadline with the idle one.
-	r.reset(ex)
+	r.loop = useLoop(ctx, ex)
+	if r.loop {
+		r.reset(nil)
+	} else {
+		// Reads go through the exchange, which replaces the first-byte
+		// deadline with the idle one.
+		r.reset(ex)
+	}
 	r.s, r.rt, r.rs, r.f, r.lease, r.ex, r.watch = s, rt, rs, f, lease, ex, watch
 	r.sse = bytes.HasPrefix(ex.resp.ContentType(), []byte("text/event-stream"))
 	r.promptEstimate = int64(len(ctx.PostBody()) / 4)
+	r.client = ctx.Conn()
 	rs.deferred = true
 	rs.status = ex.resp.StatusCode()
 	rs.ctx = nil
@@ -231,6 +237,16 @@ type relay struct {
 	sent    bool
 	done    bool
 	failed  error
+
+	// loop is set when WriteTo relays the stream on a streamloop, which
+	// writes to client directly. loopBuf holds the body bytes buffered
+	// before the handover, and partial the start of a line that the
+	// loop's next payload continues, unless the line is overlong.
+	loop     bool
+	client   net.Conn
+	loopBuf  []byte
+	partial  []byte
+	overlong bool
 }
 
 // relayBufferSize is the maximum number of bytes that a relay reads ahead
@@ -239,13 +255,34 @@ type relay struct {
 const relayBufferSize = 8 << 10
 
 var relayPool = sync.Pool{New: func() any {
-	return &relay{br: bufio.NewReaderSize(nil, relayBufferSize), pendBuf: make([]byte, 0, 4096)}
+	return new(relay)
 }}
 
+// reset prepares the relay to read body, or for a streamloop when body is
+// nil. The reader is made on first use, so that relays that only ever
+// hand streams to a loop hold no read buffer.
 func (r *relay) reset(body io.Reader) {
 	r.chunks, r.promptEstimate = 0, 0
-	r.br.Reset(readerOnly{body})
+	if body != nil {
+		r.attach(body)
+	}
 	r.pending, r.lastNL, r.sent, r.done, r.failed = nil, true, false, false, nil
+	r.client, r.overlong = nil, false
+	r.loopBuf, r.partial = r.loopBuf[:0], r.partial[:0]
+}
+
+// attach makes the relay read the stream from body.
+func (r *relay) attach(body io.Reader) {
+	if r.br == nil {
+		r.br = bufio.NewReaderSize(nil, relayBufferSize)
+	}
+	r.br.Reset(readerOnly{body})
+}
+
+// keepPending stores b as the bytes still to be copied out by Read.
+func (r *relay) keepPending(b []byte) {
+	r.pendBuf = append(r.pendBuf[:0], b...)
+	r.pending = r.pendBuf
 }
 
 // readerOnly hides the exchange's other methods from bufio.
@@ -276,7 +313,7 @@ func (r *relay) Read(p []byte) (int, error) {
 		}
 		n := copy(p, line)
 		if n < len(line) {
-			r.pending = append(r.pendBuf[:0], line[n:]...)
+			r.keepPending(line[n:])
 		} else if r.sse && err == nil {
 			n += r.eventEnd(p[n:], line)
 		}
@@ -355,14 +392,27 @@ func (r *relay) observe(line []byte) {
 
 // fail ends a broken stream. When the client went away, nothing more can
 // be sent. Otherwise the client gets an error line in the stream's own
-// format and a clean end of the response, and the failure counts against
-// the node unless the proxy ended the stream: upstream.total or a shutdown.
+// format and a clean end of the response.
 func (r *relay) fail(p []byte, err error) (int, error) {
+	b, ferr := r.failure(err)
+	if ferr != nil {
+		return 0, ferr
+	}
+	n := copy(p, b)
+	r.keepPending(b[n:])
+	return n, nil
+}
+
+// failure records why a stream broke and returns the error line for the
+// client, or errClientGone when the client left. The failure counts
+// against the node unless the client or the proxy ended the stream:
+// upstream.total or a shutdown.
+func (r *relay) failure(err error) ([]byte, error) {
 	r.done = true
 	stop := proxyStop(r.watch)
 	if stop == nil && clientLeft(r.watch, err) {
 		r.failed = errClientGone
-		return 0, errClientGone
+		return nil, errClientGone
 	}
 	var msg string
 	if stop != nil {
@@ -387,9 +437,7 @@ func (r *relay) fail(p []byte, err error) (int, error) {
 		b = append(b, wire.OllamaError(msg)...)
 		b = append(b, '\n')
 	}
-	n := copy(p, b)
-	r.pending = append(r.pendBuf[:0], b[n:]...)
-	return n, nil
+	return b, nil
 }
 
 // Close ends the request once fasthttp has written the body or given up.
@@ -430,8 +478,11 @@ func (r *relay) Close() error {
 		r.s.afterSuccess(rs, r.rt, r.f, r.lease.Node)
 	}
 	s := r.s
-	r.s, r.rs, r.lease, r.ex, r.watch = nil, nil, nil, nil, nil
-	r.br.Reset(nil)
+	r.s, r.rs, r.lease, r.ex, r.watch, r.client = nil, nil, nil, nil, nil, nil
+	if r.br != nil {
+		r.br.Reset(nil)
+	}
+	r.loop = false
 	relayPool.Put(r)
 	s.end(rs)
 	return nil

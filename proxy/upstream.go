@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/streamloop"
 )
 
 // upstream sends requests to one node over a pool of keep-alive
@@ -108,6 +109,8 @@ type exchange struct {
 	watch  *clientWatch
 	stop   func() bool
 	closed bool
+	// handle is the streamloop that relays the body, which abort cancels.
+	handle atomic.Pointer[streamloop.Handle]
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -315,6 +318,10 @@ func (ex *exchange) readInto(w io.Writer, limit int64) error {
 // the pending read or write fails at once.
 func (ex *exchange) abort() {
 	ex.cancelled.Store(true)
+	if h := ex.handle.Load(); h != nil {
+		h.Cancel()
+		return
+	}
 	_ = ex.conn.SetDeadline(time.Unix(1, 0))
 }
 
@@ -358,6 +365,7 @@ func (ex *exchange) recycle() {
 	ex.idle, ex.deadline = 0, time.Time{}
 	ex.reuse, ex.closed = false, false
 	ex.cancelled.Store(false)
+	ex.handle.Store(nil)
 	ex.resp.Reset()
 	exchangePool.Put(ex)
 }
