@@ -24,6 +24,7 @@ type Metrics struct {
 	TimeToFirstTok  *prometheus.HistogramVec // model
 	TokensPerSecond *prometheus.GaugeVec     // node, model
 	Tokens          *prometheus.CounterVec   // key, model, kind
+	StreamRelays    *prometheus.CounterVec   // relay
 
 	// Nodes.
 	NodeUp           *prometheus.GaugeVec   // node
@@ -89,6 +90,10 @@ func New() *Metrics {
 				"for a stream that ends without them: one completion token per chunk and a prompt of a "+
 				"quarter of the request body's bytes.",
 			"key", "model", "kind"),
+		StreamRelays: f.counter("llmproxy_stream_relays_total",
+			"Streamed responses by relay: event_loop (epoll, on Linux for HTTP/1.1 clients of "+
+				"plain TCP nodes) or goroutine (every other stream).",
+			"relay"),
 
 		NodeUp: f.gauge("llmproxy_node_up",
 			"1 when the node is up and takes traffic, 0 otherwise.", "node"),

@@ -37,7 +37,15 @@ func useLoop(ctx *fasthttp.RequestCtx, ex *exchange) bool {
 	return ok
 }
 
-// SupportsBodyWriteTo tells fasthttp to call WriteTo instead of Read when
+// relayName is the label value of llmproxy_stream_relays_total.
+func relayName(loop bool) string {
+	if loop {
+		return "event_loop"
+	}
+	return "goroutine"
+}
+
+// SupportsBodyWriteTo makes fasthttp call WriteTo instead of Read when
 // the stream goes to a streamloop.
 func (r *relay) SupportsBodyWriteTo() bool { return r.loop }
 
@@ -48,7 +56,8 @@ func (r *relay) SupportsBodyWriteTo() bool { return r.loop }
 func (r *relay) WriteTo(w io.Writer) (int64, error) {
 	h, err := r.startLoop()
 	if err != nil {
-		r.s.log.Warn("stream relayed without the event loop", "err", err)
+		r.s.log.Warn("event loop unavailable, relaying the stream line by line",
+			"request_id", r.rs.id, "node", r.lease.Node.Name, "err", err)
 		r.attach(r.ex)
 		return r.copyTo(w)
 	}

@@ -138,6 +138,9 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	ctx.Response.ImmediateHeaderFlush = true
 	r := relayPool.Get().(*relay)
 	r.loop = useLoop(ctx, ex)
+	if s.m != nil {
+		s.m.StreamRelays.WithLabelValues(relayName(r.loop)).Inc()
+	}
 	if r.loop {
 		r.reset(nil)
 	} else {
