@@ -54,15 +54,13 @@ func (r *relay) SupportsBodyWriteTo() bool { return r.loop }
 // chunk writer, is empty. It returns once the body is complete, leaving
 // the last chunk to fasthttp, and fails when the client left.
 func (r *relay) WriteTo(w io.Writer) (int64, error) {
-	h, err := r.startLoop()
+	res, err := r.runLoop()
 	if err != nil {
 		r.s.log.Warn("event loop unavailable, relaying the stream line by line",
 			"request_id", r.rs.id, "node", r.lease.Node.Name, "err", err)
 		r.attach(r.ex)
 		return r.copyTo(w)
 	}
-	res := h.Wait()
-	r.ex.handle.Store(nil)
 	switch {
 	case res.Err == nil:
 		r.done = true
@@ -99,13 +97,34 @@ func (r *relay) WriteTo(w io.Writer) (int64, error) {
 	return 0, nil
 }
 
+// runLoop relays the stream on a loop and waits for its end. Meanwhile
+// it holds the client connection's write lock, and with it a reference
+// that keeps the socket open and its descriptor number from being reused
+// under the loop.
+func (r *relay) runLoop() (streamloop.Result, error) {
+	raw, err := r.client.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return streamloop.Result{}, err
+	}
+	var res streamloop.Result
+	var startErr error
+	err = raw.Write(func(dst uintptr) bool {
+		var h *streamloop.Handle
+		if h, startErr = r.startLoop(int(dst)); startErr == nil {
+			res = h.Wait()
+			r.ex.handle.Store(nil)
+		}
+		return true
+	})
+	if err == nil {
+		err = startErr
+	}
+	return res, err
+}
+
 // startLoop stops the client watch, whose work the loop takes over, and
 // hands both sockets to a loop.
-func (r *relay) startLoop() (*streamloop.Handle, error) {
-	dst, err := streamloop.Fd(r.client.(syscall.Conn))
-	if err != nil {
-		return nil, err
-	}
+func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 	ex := r.ex
 	src, err := streamloop.Fd(ex.conn.(syscall.Conn))
 	if err != nil {

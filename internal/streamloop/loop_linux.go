@@ -299,6 +299,10 @@ func (l *loop) takeRequests() {
 }
 
 func (l *loop) add(h *Handle) {
+	if h.finished {
+		// A Cancel taken in an earlier batch than its Start ended it.
+		return
+	}
 	h.last = l.now
 	h.registered = true
 	if err := l.ctl(unix.EPOLL_CTL_ADD, h.s.Dst, unix.EPOLLRDHUP); err != nil {
