@@ -81,18 +81,25 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   when the CPUs are not busy, which is why its CPU per request is higher
   at the fixed rate than at saturation. The profiles of -profile show the
   rest: header parsing in fasthttp, the scheduler and timers.
-- The kernel column locates the difference. Where the CPUs are busy (at
-  saturation and at 1,000 streams) the three proxies spend similar kernel
-  time per request and per chunk, since each does the same loopback reads
-  and writes, and most of llmproxy's extra CPU is user time: the Go
-  runtime's scheduler and netpoller, and fasthttp. Where the CPUs idle
-  between requests (the fixed rate, 100 streams) llmproxy's kernel time
-  is also about twice nginx's, spent in the futex, nanosleep and
-  epoll_pwait calls with which the Go scheduler parks and wakes threads.
-  A separate run on the same machine with GOMAXPROCS=1 cut llmproxy's
-  CPU per chunk at 1,000 streams by about 15%%, with no better chunk
-  latency, and it caps a proxy at one CPU, so the benchmark keeps Go's
-  default.`
+- The kernel column locates the difference. For non-streamed requests at
+  saturation the three proxies spend similar kernel time per request,
+  since each does the same loopback reads and writes, and most of
+  llmproxy's extra CPU is user time: the Go runtime's scheduler and
+  netpoller, and fasthttp. At the fixed rate, where the CPUs idle between
+  requests, llmproxy's kernel time is also about twice nginx's, spent in
+  the futex, nanosleep and epoll_pwait calls with which the Go scheduler
+  parks and wakes threads.
+- Streams go through llmproxy's epoll event loops (internal/streamloop),
+  which read a node's socket only when epoll reports data and write each
+  read to the client as one chunk. A chunk costs one read(2) and one
+  write(2), as in nginx, where a goroutine per stream made two reads, one
+  of them returning EAGAIN, and parked and woke for every chunk. At 1,000
+  streams a loop wakes once for many chunks. At 100 streams chunks arrive
+  one at a time, so each one wakes the loop's goroutine through Go's
+  poller and scheduler, the same futex, nanosleep and epoll_pwait cost as
+  at the fixed rate. Each stream also costs the request's own handling in
+  Go (fasthttp's parsing, the request to the node, the response head),
+  spread over the 20 to 40 chunks of a stream.`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
