@@ -18,11 +18,13 @@ import (
 
 // goBenchCommands are the Go benchmarks of the hot path: the rate limit
 // check, alone and against Redis (the benchmark starts its own
-// redis-server), then request classification, the stream relay,
+// redis-server), then request classification, the stream relay (line
+// by line, and one chunk through an event loop on loopback TCP),
 // placement, the cache key and a whole request through a proxy.
 var goBenchCommands = [][]string{
 	{"test", "-run", "xxx", "-bench", "BenchmarkAdmit", "-benchtime", "20000x", "./ratelimit"},
-	{"test", "-run", "xxx", "-bench", ".", "-benchtime", "20000x", "./proxy", "./balancer", "./cache"},
+	{"test", "-run", "xxx", "-bench", ".", "-benchtime", "20000x", "./proxy", "./balancer", "./cache",
+		"./internal/streamloop"},
 }
 
 // goBenchLine is one result line of go test -bench.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http/httputil"
 	"testing"
@@ -150,4 +151,19 @@ func FuzzDecodeChunked(f *testing.F) {
 			t.Fatalf("payload %q, Go's chunked reader read %q", payload, want)
 		}
 	})
+}
+
+func BenchmarkDecodeChunked(b *testing.B) {
+	line := `{"model":"llama3:8b","created_at":"2026-12-04T15:56:26.467480373Z",` +
+		`"message":{"role":"assistant","content":" dreams"},"done":false}` + "\n"
+	in := []byte(fmt.Sprintf("%x\r\n%s\r\n", len(line), line))
+	out := make([]byte, 0, 1024)
+	b.SetBytes(int64(len(line)))
+	b.ReportAllocs()
+	for b.Loop() {
+		d := newDecoder(Chunked, 0)
+		if _, _, err := d.decode(in, out[:0]); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -55,7 +55,7 @@ type rig struct {
 	clientReader *bufio.Reader
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	r := &rig{}
 	r.node, r.src = tcpPair(t)
 	r.dst, r.client = tcpPair(t)
@@ -345,4 +345,45 @@ func TestLoopStalledClient(t *testing.T) {
 	if !errors.Is(res.Err, ErrClientStalled) {
 		t.Fatalf("error %v, want ErrClientStalled", res.Err)
 	}
+}
+
+// BenchmarkLoopChunk measures one chunk from the node's write to the
+// client's read of it through a loop, on loopback TCP.
+func BenchmarkLoopChunk(b *testing.B) {
+	r := newRig(b)
+	h, err := Start(Stream{Framing: Chunked, Src: fdOf(b, r.src), Dst: fdOf(b, r.dst), Data: func([]byte) {}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	line := []byte(`{"model":"llama3:8b","created_at":"2026-12-04T15:56:26.467480373Z",` +
+		`"message":{"role":"assistant","content":" dreams"},"done":false}` + "\n")
+	frame := fmt.Appendf(nil, "%x\r\n%s\r\n", len(line), line)
+	// In this ping-pong each read of the node's socket holds one frame,
+	// which the loop sends on as the same bytes.
+	got := make([]byte, len(frame))
+	b.SetBytes(int64(len(line)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.node.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(r.clientReader, got); err != nil {
+			b.Fatal(err)
+		}
+		if !bytes.Equal(got, frame) {
+			b.Fatalf("client read %q, want %q", got, frame)
+		}
+	}
+	h.Cancel()
+	if res := h.Wait(); !errors.Is(res.Err, ErrCancelled) {
+		b.Fatalf("stream ended with %v, want ErrCancelled", res.Err)
+	}
+}
+
+func fdOf(b *testing.B, c *net.TCPConn) int {
+	fd, err := Fd(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return fd
 }
