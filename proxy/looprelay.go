@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"syscall"
@@ -18,6 +19,10 @@ import (
 // /api/generate carries the context as an array of numbers, which can run
 // to hundreds of kilobytes.
 const maxObservedLine = 1 << 20
+
+// errClientStalled ends a stream whose client took no bytes for
+// upstream.idle. The client counts as gone.
+var errClientStalled = fmt.Errorf("client read nothing within upstream.idle: %w", errClientGone)
 
 // unsentWriteLimit bounds the blocking write of the bytes that a failed
 // looped stream still owed its client.
@@ -66,9 +71,12 @@ func (r *relay) WriteTo(w io.Writer) (int64, error) {
 		r.done = true
 		r.ex.reuse = r.ex.reuse && res.Reusable
 		return 0, nil
-	case errors.Is(res.Err, streamloop.ErrClientGone), errors.Is(res.Err, streamloop.ErrClientStalled):
+	case errors.Is(res.Err, streamloop.ErrClientGone):
 		r.done, r.failed = true, errClientGone
 		return 0, errClientGone
+	case errors.Is(res.Err, streamloop.ErrClientStalled):
+		r.done, r.failed = true, errClientStalled
+		return 0, errClientStalled
 	}
 	cause := res.Err
 	switch {
@@ -202,7 +210,11 @@ func (r *relay) consume(b []byte) {
 			r.carry(line)
 			line = r.partial
 		}
-		if !r.overlong {
+		switch {
+		case r.overlong:
+			// Too long to keep, and so neither blank nor "data: [DONE]".
+			r.chunks++
+		default:
 			r.observe(line)
 			if isContentLine(line) {
 				r.chunks++

@@ -470,7 +470,7 @@ func (r *relay) Close() error {
 	switch {
 	case r.failed != nil && errors.Is(r.failed, errClientGone):
 		rs.status = StatusClientClosed
-		rs.err = errClientGone.Error()
+		rs.err = r.failed.Error()
 	case r.failed != nil:
 		rs.err = r.failed.Error()
 	case !r.done:

@@ -174,3 +174,18 @@ func TestContentLines(t *testing.T) {
 		}
 	}
 }
+
+func TestConsumeCountsOverlongLine(t *testing.T) {
+	r := newTestRelay(&chunkReader{}, false)
+	long := bytes.Repeat([]byte("x"), maxObservedLine+10)
+	for i := 0; i < len(long); i += 64 << 10 {
+		r.consume(long[i:min(i+64<<10, len(long))])
+	}
+	r.consume([]byte("\n{\"done\":false}\n"))
+	if r.chunks != 2 {
+		t.Errorf("counted %d lines, want 2: the overlong one and the short one", r.chunks)
+	}
+	if r.overlong || len(r.partial) != 0 {
+		t.Errorf("line state not reset after the overlong line: overlong %v, %d bytes kept", r.overlong, len(r.partial))
+	}
+}

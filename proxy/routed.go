@@ -236,10 +236,19 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 	rs.err = errString(a.err)
 	if status == StatusClientClosed {
 		rs.status = status
-		ctx.SetConnectionClose()
+		closeWithoutResponse(ctx)
 		return
 	}
 	writeError(ctx, rt, status, errString(a.err))
+}
+
+// closeWithoutResponse closes the client's connection when the handler
+// returns, sending nothing. The client left, or half-closed its side, and
+// must not take fasthttp's default empty 200 for the response.
+func closeWithoutResponse(ctx *fasthttp.RequestCtx) {
+	ctx.SetConnectionClose()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(net.Conn) {})
 }
 
 // upstreamRequest builds the request sent to nodes: the client's method,

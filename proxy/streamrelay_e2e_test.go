@@ -117,3 +117,35 @@ func TestStreamToSlowClientIsComplete(t *testing.T) {
 		t.Errorf("client read %d lines, want %d tokens and the done line", lines, tokens+1)
 	}
 }
+
+// TestHalfClosedClientGetsNoResponse half-closes the client's side right
+// after the request. The proxy takes that as a client that left, as Go's
+// net/http does, and must close the connection without a response rather
+// than answer 200 with an empty body.
+func TestHalfClosedClientGetsNoResponse(t *testing.T) {
+	a := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 10, MinTokens: 5, MaxTokens: 5})
+	p := testenv.Proxy(t, testenv.Config(t, a))
+	for _, body := range []string{
+		`{"model":"m","prompt":"x","stream":false}`,
+		`{"model":"m","prompt":"x"}`,
+	} {
+		conn, err := net.Dial("tcp", p.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "POST /api/generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+			"Content-Length: %d\r\n\r\n%s", p.Addr(), len(body), body)
+		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%s: read until close: %v", body, err)
+		}
+		if len(got) != 0 {
+			t.Errorf("%s: half-closed client read %q, want no response", body, got)
+		}
+	}
+}

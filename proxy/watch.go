@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -28,19 +29,21 @@ const watchDelay = 20 * time.Millisecond
 // clientWatch notices a client that closes its connection while the proxy
 // waits on a node, and is the context of the work done for the client.
 // fasthttp reports no such event, and a request waiting for a cold model
-// load writes nothing for minutes. So the watch blocks in a read on the
-// client connection. A keep-alive client sends nothing while it waits for a
-// response, so the read returns only when the client closes the
-// connection (EOF or reset).
+// load writes nothing for minutes. So the watch waits for the client
+// connection to become readable. A keep-alive client sends nothing while
+// it waits for a response, so that happens when the client closes the
+// connection (EOF or reset) or pipelines its next request.
 //
 // The watch implements context.Context itself, and aborts the one
 // exchange attached to it directly, so that a request costs no context
 // allocations. Watches are pooled: release hands one back once nothing
 // uses it as a context any more.
 //
-// NOTE: a client that pipelines its next request before this response is
-// complete loses the first byte of it to the watch. Ollama and OpenAI
-// clients do not pipeline.
+// The watch peeks at the connection instead of reading it, so a request
+// that the client pipelines behind this one stays whole.
+// NOTE: where peeking is not supported (systems other than Unix), the
+// watch reads one byte, and a pipelined request loses it. Ollama and
+// OpenAI clients do not pipeline.
 type clientWatch struct {
 	parent context.Context
 	// stopParent ends the propagation of the parent's cancellation.
@@ -186,6 +189,11 @@ func (w *clientWatch) start() {
 
 func (w *clientWatch) run(conn net.Conn, done chan struct{}) {
 	defer close(done)
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil && w.peek(conn, raw) {
+			return
+		}
+	}
 	var b [1]byte
 	for {
 		n, err := conn.Read(b[:])
@@ -206,6 +214,43 @@ func (w *clientWatch) run(conn net.Conn, done chan struct{}) {
 		}
 		w.cancel(errClientGone)
 		return
+	}
+}
+
+// errNoPeek is peekByte's error on systems where the watch reads a byte
+// instead.
+var errNoPeek = errors.New("peeking at a socket needs a Unix system")
+
+// peek watches conn by looking at the next byte without reading it, so a
+// request that the client sends before this response ends stays whole for
+// the server. It returns false when peeking is not supported.
+func (w *clientWatch) peek(conn net.Conn, raw syscall.RawConn) bool {
+	for {
+		var n int
+		var peekErr error
+		err := raw.Read(func(fd uintptr) bool {
+			n, peekErr = peekByte(int(fd))
+			return peekErr != errWouldBlock
+		})
+		switch {
+		case err == nil && peekErr == nil && n > 0:
+			w.pipelined.Store(true)
+			return true
+		case err == nil && peekErr == nil:
+			// The end of the stream: the client closed its side.
+			w.cancel(errClientGone)
+			return true
+		case err == nil && errors.Is(peekErr, errNoPeek):
+			return false
+		case w.stopped.Load():
+			return true
+		case err != nil && isTimeout(err):
+			// A read deadline left by the server's read timeout.
+			_ = conn.SetReadDeadline(time.Time{})
+			continue
+		}
+		w.cancel(errClientGone)
+		return true
 	}
 }
 

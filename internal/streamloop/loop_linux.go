@@ -420,6 +420,7 @@ func (l *loop) send(h *Handle, b []byte) bool {
 	}
 	h.unsent = append(h.unsent[:0], b[n:]...)
 	h.stalledSince = l.now
+	h.queued = queuedBytes(h.s.Dst)
 	if err := l.ctl(unix.EPOLL_CTL_MOD, h.s.Src, 0); err != nil {
 		l.finish(h, err)
 		return false
@@ -470,6 +471,7 @@ func (l *loop) clientEvent(h *Handle, events uint32) {
 	h.unsent = h.unsent[:copy(h.unsent, h.unsent[n:])]
 	if n > 0 {
 		h.stalledSince = l.now
+		h.queued = queuedBytes(h.s.Dst)
 	}
 	if len(h.unsent) > 0 {
 		return
@@ -496,13 +498,33 @@ func (l *loop) scan() {
 		if int(fd) != h.s.Src || h.s.Idle <= 0 {
 			continue
 		}
-		switch {
-		case len(h.unsent) > 0 && l.now.Sub(h.stalledSince) > h.s.Idle:
+		if len(h.unsent) == 0 {
+			if l.now.Sub(h.last) > h.s.Idle {
+				l.finish(h, ErrIdle)
+			}
+			continue
+		}
+		// Linux reports the socket writable only once a third of its send
+		// buffer is free, which a slow client that keeps reading can take
+		// longer than the idle timeout to free. Its queue shrinks, though.
+		if q := queuedBytes(h.s.Dst); q >= 0 && q < h.queued {
+			h.stalledSince = l.now
+			h.queued = q
+		}
+		if l.now.Sub(h.stalledSince) > h.s.Idle {
 			l.finish(h, ErrClientStalled)
-		case len(h.unsent) == 0 && l.now.Sub(h.last) > h.s.Idle:
-			l.finish(h, ErrIdle)
 		}
 	}
+}
+
+// queuedBytes returns the bytes in a socket's send queue that the peer
+// has not acknowledged, or -1 when the kernel does not report them.
+func queuedBytes(fd int) int {
+	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return -1
+	}
+	return q
 }
 
 // finish ends the stream once: it removes both sockets from the epoll

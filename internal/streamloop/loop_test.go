@@ -387,3 +387,49 @@ func fdOf(b *testing.B, c *net.TCPConn) int {
 	}
 	return fd
 }
+
+// TestLoopSlowReaderIsNotStalled reads a large stream slower than the
+// client's socket signals room for more, but steadily. The kernel reports
+// the socket writable only once a third of its send buffer is free, so
+// the loop must see the client's progress in the socket's queue.
+func TestLoopSlowReaderIsNotStalled(t *testing.T) {
+	r := newRig(t)
+	// The kernel doubles the 1 MiB send buffer, so the socket is reported
+	// writable after about 700 KB are read, which takes this client 0.4 s,
+	// longer than the idle timeout.
+	_ = r.dst.SetWriteBuffer(1 << 20)
+	_ = r.client.SetReadBuffer(16 << 10)
+	r.start(t, Stream{Framing: Chunked, Idle: 300 * time.Millisecond})
+	const total = 4 << 20
+	go func() {
+		w := bufio.NewWriter(r.node)
+		chunk := bytes.Repeat([]byte("z"), 16<<10)
+		for sent := 0; sent < total; sent += len(chunk) {
+			fmt.Fprintf(w, "%x\r\n%s\r\n", len(chunk), chunk)
+		}
+		w.WriteString("0\r\n\r\n")
+		_ = w.Flush()
+	}()
+	received := make(chan int, 1)
+	go func() {
+		n := 0
+		buf := make([]byte, 16<<10)
+		for {
+			m, err := r.clientReader.Read(buf)
+			n += m
+			if err != nil {
+				received <- n
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	res := r.wait(t)
+	if res.Err != nil {
+		t.Fatalf("stream to a client reading about 1.6 MB/s ended with %v", res.Err)
+	}
+	_ = r.dst.CloseWrite()
+	if n := <-received; n < total {
+		t.Errorf("client read %d bytes, want at least %d", n, total)
+	}
+}

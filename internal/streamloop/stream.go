@@ -76,7 +76,8 @@ type Handle struct {
 
 	// The fields below belong to the loop's goroutine.
 	last         time.Time // last byte from the node
-	stalledSince time.Time // last byte the client took while unsent is not empty
+	stalledSince time.Time // last progress of the client while unsent is not empty
+	queued       int       // the client socket's send queue at stalledSince
 	unsent       []byte
 	ended        bool // the body is complete, possibly with bytes unsent
 	finished     bool
