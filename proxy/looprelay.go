@@ -77,6 +77,12 @@ func (r *relay) WriteTo(w io.Writer) (int64, error) {
 	case errors.Is(res.Err, streamloop.ErrClientStalled):
 		r.done, r.failed = true, errClientStalled
 		return 0, errClientStalled
+	case errors.Is(res.Err, streamloop.ErrDataPanic):
+		// A bug in consume, not the node's fault: the stream ends with a
+		// cut connection, and the node is not blamed.
+		r.s.log.Error("stream relay failed", "request_id", r.rs.id, "node", r.lease.Node.Name, "err", res.Err)
+		r.done, r.failed = true, res.Err
+		return 0, res.Err
 	}
 	cause := res.Err
 	switch {

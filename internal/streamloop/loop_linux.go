@@ -366,8 +366,9 @@ func (l *loop) relay(h *Handle, in []byte) {
 		h.reusable = false
 	}
 	if len(payload) > 0 {
-		if h.s.Data != nil {
-			h.s.Data(payload)
+		if err := callData(h, payload); err != nil {
+			l.finish(h, err)
+			return
 		}
 		start := putChunkSize(frame[:frameHeadroom], len(payload))
 		frame = append(frame, '\r', '\n')
@@ -385,6 +386,21 @@ func (l *loop) relay(h *Handle, in []byte) {
 			l.finish(h, nil)
 		}
 	}
+}
+
+// callData passes payload to the stream's Data function. A panic there
+// ends only that stream, with an error, because the loop serves many.
+func callData(h *Handle, payload []byte) (err error) {
+	if h.s.Data == nil {
+		return nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrDataPanic, p)
+		}
+	}()
+	h.s.Data(payload)
+	return nil
 }
 
 // putChunkSize writes the chunk size line right-aligned in head and

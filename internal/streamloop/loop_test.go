@@ -282,6 +282,34 @@ func TestLoopCancel(t *testing.T) {
 	}
 }
 
+func TestLoopSurvivesDataPanic(t *testing.T) {
+	r := newRig(t)
+	var err error
+	stream := Stream{Framing: Chunked}
+	if stream.Src, err = Fd(r.src); err != nil {
+		t.Fatal(err)
+	}
+	if stream.Dst, err = Fd(r.dst); err != nil {
+		t.Fatal(err)
+	}
+	stream.Data = func([]byte) { panic("bug in Data") }
+	if r.handle, err = Start(stream); err != nil {
+		t.Fatal(err)
+	}
+	r.writeNode(t, "3\r\nabc\r\n")
+	res := r.wait(t)
+	if !errors.Is(res.Err, ErrDataPanic) {
+		t.Fatalf("error %v, want ErrDataPanic", res.Err)
+	}
+	// The loops still serve other streams.
+	other := newRig(t)
+	other.start(t, Stream{Framing: Chunked})
+	other.writeNode(t, "2\r\nok\r\n0\r\n\r\n")
+	if res := other.wait(t); res.Err != nil {
+		t.Fatalf("stream after a panic ended with %v", res.Err)
+	}
+}
+
 // TestLoopSlowClientGetsEverything sends more than the sockets buffer
 // while the client does not read, then reads it all.
 func TestLoopSlowClientGetsEverything(t *testing.T) {

@@ -57,6 +57,8 @@ var (
 	ErrIdle = errors.New("no data from node within the idle timeout")
 	// ErrCancelled means Cancel ended the stream.
 	ErrCancelled = errors.New("stream cancelled")
+	// ErrDataPanic means the stream's Data function panicked.
+	ErrDataPanic = errors.New("stream data handler panicked")
 )
 
 // NodeError is a failure of the node's side: a read error, a body cut
