@@ -145,6 +145,7 @@ func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 		return nil, err
 	}
 	r.watch.stop()
+
 	buffered := ex.br.Buffered()
 	peeked, _ := ex.br.Peek(buffered)
 	r.loopBuf = append(r.loopBuf[:0], peeked...)
@@ -155,6 +156,7 @@ func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 	case n == -2:
 		framing = streamloop.UntilClose
 	}
+
 	h, err := streamloop.Start(streamloop.Stream{
 		Src: src, Dst: dst,
 		Buffered: r.loopBuf,
@@ -176,7 +178,8 @@ func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 	return h, nil
 }
 
-// copyTo is WriteTo without the loop: fasthttp's own chunked copy.
+// copyTo copies the stream to w line by line through Read: WriteTo's
+// fallback, and the body of an HTTP/1.0 stream.
 func (r *relay) copyTo(w io.Writer) (int64, error) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)

@@ -34,6 +34,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		"llmproxy_node_up", "llmproxy_node_breaker_state", "llmproxy_node_inflight",
 		"llmproxy_queue_depth", "llmproxy_queue_wait_seconds", "llmproxy_model_loads_total",
 		"llmproxy_tokens_total", "llmproxy_cache_requests_total", "llmproxy_cache_bytes",
+		"llmproxy_stream_relays_total",
 	} {
 		if !bytes.Contains(body, []byte("\n"+name)) {
 			t.Errorf("/metrics lacks %s", name)

@@ -27,6 +27,7 @@ func TestPipelinedRequestIsServed(t *testing.T) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+
 	body := `{"model":"m","prompt":"x","stream":false}`
 	request := fmt.Sprintf("POST /api/generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
 		"Content-Length: %d\r\n\r\n%s", p.Addr(), len(body), body)
@@ -38,6 +39,7 @@ func TestPipelinedRequestIsServed(t *testing.T) {
 	if _, err := io.WriteString(conn, request); err != nil {
 		t.Fatal(err)
 	}
+
 	br := bufio.NewReader(conn)
 	for i := 1; i <= 2; i++ {
 		resp, err := http.ReadResponse(br, nil)

@@ -198,19 +198,7 @@ func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay, done func()) {
 		if _, err := c.Write(head); err != nil {
 			return
 		}
-		bp := copyBuffers.Get().(*[]byte)
-		defer copyBuffers.Put(bp)
-		for {
-			n, err := r.Read(*bp)
-			if n > 0 {
-				if _, werr := c.Write((*bp)[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
+		_, _ = r.copyTo(c)
 	})
 }
 

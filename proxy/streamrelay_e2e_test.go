@@ -8,35 +8,20 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"regexp"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/ollama/ollama/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
-// relayCount returns llmproxy_stream_relays_total for relay from
-// /metrics.
-func relayCount(t *testing.T, base, relay string) int {
-	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := readBody(t, resp)
-	m := regexp.MustCompile(`(?m)^llmproxy_stream_relays_total\{relay="` + relay + `"\} (\d+)$`).FindSubmatch(body)
-	if m == nil {
-		return 0
-	}
-	n, err := strconv.Atoi(string(m[1]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+// relayCount returns llmproxy_stream_relays_total for relay.
+func relayCount(p *app.App, relay string) int {
+	return int(testutil.ToFloat64(p.Metrics().StreamRelays.WithLabelValues(relay)))
 }
 
 func TestStreamRelayChoice(t *testing.T) {
@@ -45,7 +30,7 @@ func TestStreamRelayChoice(t *testing.T) {
 	chat := `{"model":"m","messages":[{"role":"user","content":"x"}]}`
 
 	readBody(t, post(t, p.URL()+"/api/chat", chat))
-	if n := relayCount(t, p.URL(), "event_loop"); n != 1 {
+	if n := relayCount(p, "event_loop"); n != 1 {
 		t.Errorf("HTTP/1.1 stream: event_loop relays %d, want 1", n)
 	}
 
@@ -60,7 +45,7 @@ func TestStreamRelayChoice(t *testing.T) {
 	if _, err := io.ReadAll(conn); err != nil {
 		t.Fatal(err)
 	}
-	if n := relayCount(t, p.URL(), "goroutine"); n != 1 {
+	if n := relayCount(p, "goroutine"); n != 1 {
 		t.Errorf("HTTP/1.0 stream: goroutine relays %d, want 1", n)
 	}
 }
@@ -121,7 +106,7 @@ func TestStreamToSlowClientIsComplete(t *testing.T) {
 // TestHalfClosedClientGetsNoResponse half-closes the client's side right
 // after the request. The proxy takes that as a client that left, as Go's
 // net/http does, and must close the connection without a response rather
-// than answer 200 with an empty body.
+// than send 200 with an empty body.
 func TestHalfClosedClientGetsNoResponse(t *testing.T) {
 	a := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 10, MinTokens: 5, MaxTokens: 5})
 	p := testenv.Proxy(t, testenv.Config(t, a))

@@ -36,6 +36,9 @@ var (
 
 // Available reports whether Start can be used: the loops start on first
 // use, one per GOMAXPROCS up to 8.
+// NOTE: the loops run for the life of the process and have no Stop. An
+// idle loop holds only its epoll and eventfd descriptors and waits in Go's
+// poller without a thread.
 func Available() bool {
 	loopsOnce.Do(startLoops)
 	return loopsErr == nil
@@ -138,6 +141,7 @@ func newLoop() (*loop, error) {
 		readBuf:  make([]byte, readBufferSize),
 		frameBuf: make([]byte, 0, frameHeadroom+readBufferSize+2),
 	}
+
 	if err := l.ctl(unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); err != nil {
 		l.closeFds()
 		return nil, err
@@ -148,6 +152,7 @@ func newLoop() (*loop, error) {
 		l.closeFds()
 		return nil, fmt.Errorf("set epoll descriptor non-blocking: %w", err)
 	}
+
 	l.file = os.NewFile(uintptr(epfd), "streamloop")
 	// Only a descriptor in Go's poller takes deadlines.
 	if err := l.file.SetReadDeadline(time.Time{}); err != nil {

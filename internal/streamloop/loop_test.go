@@ -63,6 +63,8 @@ func newRig(t testing.TB) *rig {
 	return r
 }
 
+// start hands the rig's sockets to a loop. Unless s has its own Data,
+// the payload the loop sees is kept in r.observed.
 func (r *rig) start(t *testing.T, s Stream) {
 	t.Helper()
 	var err error
@@ -72,10 +74,12 @@ func (r *rig) start(t *testing.T, s Stream) {
 	if s.Dst, err = Fd(r.dst); err != nil {
 		t.Fatal(err)
 	}
-	s.Data = func(b []byte) {
-		r.mu.Lock()
-		r.observed.Write(b)
-		r.mu.Unlock()
+	if s.Data == nil {
+		s.Data = func(b []byte) {
+			r.mu.Lock()
+			r.observed.Write(b)
+			r.mu.Unlock()
+		}
 	}
 	if r.handle, err = Start(s); err != nil {
 		t.Fatal(err)
@@ -128,6 +132,7 @@ func TestLoopRelaysChunksAsTheyArrive(t *testing.T) {
 	if chunk != "first\n" {
 		t.Fatalf("client read chunk %q first, want the buffered line", chunk)
 	}
+
 	for i := range 3 {
 		line := fmt.Sprintf("line %d\n", i)
 		r.writeNode(t, fmt.Sprintf("%x\r\n%s\r\n", len(line), line))
@@ -140,7 +145,9 @@ func TestLoopRelaysChunksAsTheyArrive(t *testing.T) {
 			t.Fatalf("client read chunk %q, want %q", chunk, line)
 		}
 	}
+
 	r.writeNode(t, "0\r\n\r\n")
+
 	res := r.wait(t)
 	if res.Err != nil {
 		t.Fatalf("stream ended with %v", res.Err)
@@ -247,6 +254,7 @@ func TestLoopClientGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.client.Close()
+
 	res := r.wait(t)
 	if !errors.Is(res.Err, ErrClientGone) {
 		t.Fatalf("error %v, want ErrClientGone", res.Err)
@@ -258,6 +266,7 @@ func TestLoopIdleTimeout(t *testing.T) {
 	start := time.Now()
 	r.start(t, Stream{Framing: Chunked, Idle: 200 * time.Millisecond})
 	r.writeNode(t, "3\r\nabc\r\n")
+
 	res := r.wait(t)
 	if !errors.Is(res.Err, ErrIdle) {
 		t.Fatalf("error %v, want ErrIdle", res.Err)
@@ -276,6 +285,7 @@ func TestLoopCancel(t *testing.T) {
 	}
 	r.handle.Cancel()
 	r.handle.Cancel()
+
 	res := r.wait(t)
 	if !errors.Is(res.Err, ErrCancelled) {
 		t.Fatalf("error %v, want ErrCancelled", res.Err)
@@ -284,19 +294,9 @@ func TestLoopCancel(t *testing.T) {
 
 func TestLoopSurvivesDataPanic(t *testing.T) {
 	r := newRig(t)
-	var err error
-	stream := Stream{Framing: Chunked}
-	if stream.Src, err = Fd(r.src); err != nil {
-		t.Fatal(err)
-	}
-	if stream.Dst, err = Fd(r.dst); err != nil {
-		t.Fatal(err)
-	}
-	stream.Data = func([]byte) { panic("bug in Data") }
-	if r.handle, err = Start(stream); err != nil {
-		t.Fatal(err)
-	}
+	r.start(t, Stream{Framing: Chunked, Data: func([]byte) { panic("bug in Data") }})
 	r.writeNode(t, "3\r\nabc\r\n")
+
 	res := r.wait(t)
 	if !errors.Is(res.Err, ErrDataPanic) {
 		t.Fatalf("error %v, want ErrDataPanic", res.Err)
@@ -328,6 +328,7 @@ func TestLoopSlowClientGetsEverything(t *testing.T) {
 		sent <- w.Flush()
 	}()
 	time.Sleep(300 * time.Millisecond) // the client is not reading yet
+
 	got := make(chan []byte, 1)
 	go func() {
 		body, _ := io.ReadAll(httputil.NewChunkedReader(r.clientReader))
@@ -336,6 +337,7 @@ func TestLoopSlowClientGetsEverything(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
+
 	res := r.wait(t)
 	if res.Err != nil {
 		t.Fatalf("stream ended with %v", res.Err)
@@ -369,6 +371,7 @@ func TestLoopStalledClient(t *testing.T) {
 			}
 		}
 	}()
+
 	res := r.wait(t)
 	if !errors.Is(res.Err, ErrClientStalled) {
 		t.Fatalf("error %v, want ErrClientStalled", res.Err)
@@ -379,6 +382,7 @@ func TestLoopStalledClient(t *testing.T) {
 // client's read of it through a loop, on loopback TCP.
 func BenchmarkLoopChunk(b *testing.B) {
 	r := newRig(b)
+
 	h, err := Start(Stream{Framing: Chunked, Src: fdOf(b, r.src), Dst: fdOf(b, r.dst), Data: func([]byte) {}})
 	if err != nil {
 		b.Fatal(err)
@@ -391,6 +395,7 @@ func BenchmarkLoopChunk(b *testing.B) {
 	got := make([]byte, len(frame))
 	b.SetBytes(int64(len(line)))
 	b.ReportAllocs()
+
 	for b.Loop() {
 		if _, err := r.node.Write(frame); err != nil {
 			b.Fatal(err)
@@ -438,6 +443,7 @@ func TestLoopSlowReaderIsNotStalled(t *testing.T) {
 		w.WriteString("0\r\n\r\n")
 		_ = w.Flush()
 	}()
+
 	received := make(chan int, 1)
 	go func() {
 		n := 0
@@ -452,6 +458,7 @@ func TestLoopSlowReaderIsNotStalled(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
+
 	res := r.wait(t)
 	if res.Err != nil {
 		t.Fatalf("stream to a client reading about 1.6 MB/s ended with %v", res.Err)
