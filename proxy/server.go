@@ -25,6 +25,7 @@ import (
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/cache"
 	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/rawconn"
 	"github.com/llmproxy/llmproxy/metrics"
 	"github.com/llmproxy/llmproxy/ratelimit"
 	"github.com/llmproxy/llmproxy/statuspage"
@@ -201,7 +202,7 @@ func (s *Server) upstreamFor(n *balancer.Node) *upstream {
 }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(rawconn.Listener(ln)) }
 
 // Shutdown stops accepting connections and waits for requests in flight,
 // streams included, until ctx ends. Shortly before ctx's deadline it ends

@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/rawconn"
 	"github.com/llmproxy/llmproxy/internal/streamloop"
 )
 
@@ -67,7 +68,11 @@ func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 			Addr:  addr,
 			IsTLS: tls,
 			Dial: func(a string) (net.Conn, error) {
-				return d.Dial("tcp", a)
+				c, err := d.Dial("tcp", a)
+				if err != nil {
+					return nil, err
+				}
+				return rawconn.Wrap(c), nil
 			},
 			// Ollama's http.Server sets no idle timeout, so this bound is
 			// the proxy's own. It limits how long idle connections to a

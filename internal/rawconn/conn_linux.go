@@ -1,0 +1,204 @@
+//go:build linux
+
+package rawconn
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// maxRW bounds one read(2) or write(2), as the standard library does,
+// because some kernels reject larger counts.
+const maxRW = 1 << 30
+
+// Conn is a TCP connection whose Read and Write call read(2) and write(2)
+// as raw system calls on the non-blocking socket, and wait in Go's network
+// poller when the socket is not ready. Deadlines, Close and every other
+// method are those of the wrapped *net.TCPConn.
+//
+// Concurrent Reads, and concurrent Writes, take turns; a Read and a Write
+// may run at the same time.
+type Conn struct {
+	*net.TCPConn
+	raw syscall.RawConn
+
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    syscall.Errno
+	writeFn func(uintptr) bool
+}
+
+// Wrap returns c as a *Conn when it is a *net.TCPConn, and c itself
+// otherwise.
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	rc := &Conn{TCPConn: tc, raw: raw}
+	rc.readFn = rc.readOnce
+	rc.writeFn = rc.writeAll
+	return rc
+}
+
+// Unwrap returns the wrapped connection.
+func (c *Conn) Unwrap() *net.TCPConn { return c.TCPConn }
+
+// readOnce makes one read(2) into c.rbuf. It returns false when the
+// socket has nothing to read, so that the poller waits for it.
+func (c *Conn) readOnce(fd uintptr) bool {
+	for {
+		n, err := Read(int(fd), c.rbuf)
+		switch err {
+		case nil:
+			c.rn, c.rerr = n, 0
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.rn, c.rerr = 0, err.(syscall.Errno)
+			return true
+		}
+	}
+}
+
+// writeAll writes c.wbuf[c.wn:] until it is all written, the socket's
+// send buffer is full (false: wait until it has room) or write(2) fails.
+func (c *Conn) writeAll(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		n, err := Write(int(fd), c.wbuf[c.wn:])
+		switch err {
+		case nil:
+			c.wn += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = err.(syscall.Errno)
+			return true
+		}
+	}
+	return true
+}
+
+// Read makes one read(2) on the non-blocking descriptor fd as a raw
+// system call. Its error, if any, is a syscall.Errno.
+func Read(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd),
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Write makes one write(2) on the non-blocking descriptor fd as a raw
+// system call. Its error, if any, is a syscall.Errno.
+func Write(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd),
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Recv makes one recvfrom(2) with flags on the non-blocking socket fd as
+// a raw system call. Its error, if any, is a syscall.Errno.
+func Recv(fd int, p []byte, flags int) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd),
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Read reads up to len(b) bytes. It returns io.EOF when the peer has
+// closed its side.
+func (c *Conn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if len(b) > maxRW {
+		b = b[:maxRW]
+	}
+	c.rmu.Lock()
+	c.rbuf = b
+	err := c.raw.Read(c.readFn)
+	n, e := c.rn, c.rerr
+	c.rbuf = nil
+	c.rmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case e != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", e))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of b unless a deadline passes or write(2) fails.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	written := 0
+	for written < len(b) {
+		chunk := b[written:]
+		if len(chunk) > maxRW {
+			chunk = chunk[:maxRW]
+		}
+		c.wbuf, c.wn, c.werr = chunk, 0, 0
+		err := c.raw.Write(c.writeFn)
+		written += c.wn
+		e := c.werr
+		c.wbuf = nil
+		switch {
+		case err != nil:
+			return written, c.opError("write", err)
+		case e != 0:
+			return written, c.opError("write", os.NewSyscallError("write", e))
+		}
+	}
+	return written, nil
+}
+
+// opError gives an error of the raw connection the shape net.Conn's
+// errors have, so that checks for timeouts, closed connections and resets
+// see the same values.
+func (c *Conn) opError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}

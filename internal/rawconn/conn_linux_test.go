@@ -1,0 +1,268 @@
+//go:build linux
+
+package rawconn
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pair returns a wrapped accepted connection and the plain client end
+// connected to it over loopback TCP.
+func pair(t testing.TB) (*Conn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	wl := Listener(ln)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := wl.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := <-accepted
+	rc, ok := c.(*Conn)
+	if !ok {
+		t.Fatalf("Accept returned %T, want *rawconn.Conn", c)
+	}
+	t.Cleanup(func() {
+		rc.Close()
+		client.Close()
+	})
+	return rc, client.(*net.TCPConn)
+}
+
+func TestLargeTransferBothWays(t *testing.T) {
+	rc, client := pair(t)
+	// Small buffers make write(2) return short counts and EAGAIN, so the
+	// writer has to wait in the poller and resume where it stopped.
+	if err := rc.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 4<<20)
+	for i := range payload {
+		payload[i] = byte(rand.IntN(256))
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	var got []byte
+	var readErr error
+	go func() {
+		defer wg.Done()
+		got, readErr = io.ReadAll(client)
+	}()
+	go func() {
+		defer wg.Done()
+		n, err := rc.Write(payload)
+		if err != nil || n != len(payload) {
+			t.Errorf("Write = %d, %v; want %d, nil", n, err, len(payload))
+		}
+		if err := rc.CloseWrite(); err != nil {
+			t.Error(err)
+		}
+	}()
+	wg.Wait()
+	if readErr != nil {
+		t.Fatal(readErr)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("client received %d bytes that differ from the %d sent", len(got), len(payload))
+	}
+
+	// The other way: the wrapped side reads what the client sends, in
+	// whatever pieces the kernel hands over, and then sees io.EOF.
+	go func() {
+		_, _ = client.Write(payload)
+		_ = client.CloseWrite()
+	}()
+	back, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back, payload) {
+		t.Fatalf("wrapped side received %d bytes that differ from the %d sent", len(back), len(payload))
+	}
+	n, err := rc.Read(make([]byte, 16))
+	if n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer closed = %d, %v; want 0, io.EOF", n, err)
+	}
+}
+
+func TestReadDeadlineIsATimeout(t *testing.T) {
+	rc, _ := pair(t)
+	if err := rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := rc.Read(make([]byte, 16))
+	if n != 0 || err == nil {
+		t.Fatalf("Read = %d, %v; want a timeout", n, err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" || !oe.Timeout() {
+		t.Fatalf("error %#v is not a read *net.OpError that times out", err)
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("error %v does not wrap os.ErrDeadlineExceeded", err)
+	}
+}
+
+func TestWriteDeadlineReportsBytesWritten(t *testing.T) {
+	rc, client := pair(t)
+	if err := client.SetReadBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.SetWriteBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody reads, so the buffers fill and the deadline passes.
+	payload := make([]byte, 8<<20)
+	n, err := rc.Write(payload)
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write = %d, %v; want a deadline error", n, err)
+	}
+	if n <= 0 || n >= len(payload) {
+		t.Fatalf("Write reported %d bytes; want some but not all of %d", n, len(payload))
+	}
+	rc.SetReadDeadline(time.Time{})
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, make([]byte, n)); err != nil {
+		t.Fatalf("client could not read the %d bytes reported written: %v", n, err)
+	}
+}
+
+func TestClosedAndResetErrors(t *testing.T) {
+	rc, client := pair(t)
+	// An RST from the peer: linger 0 makes Close send one.
+	if err := client.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if _, err = rc.Write([]byte("x")); err != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("Write to a reset connection = %v; want ECONNRESET or EPIPE", err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("error %#v is not a write *net.OpError", err)
+	}
+
+	rc.Close()
+	if _, err := rc.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close = %v; want net.ErrClosed", err)
+	}
+	if _, err := rc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close = %v; want net.ErrClosed", err)
+	}
+}
+
+func TestCloseWakesBlockedRead(t *testing.T) {
+	rc, _ := pair(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.Read(make([]byte, 16))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	rc.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("blocked Read ended with %v; want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a Read waiting for data")
+	}
+}
+
+func TestConcurrentReadAndWrite(t *testing.T) {
+	rc, client := pair(t)
+	// The client echoes what it reads, so the wrapped side writes and
+	// reads at the same time from two goroutines.
+	go func() { _, _ = io.Copy(client, client) }()
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	go func() {
+		for off := 0; off < len(payload); off += 1000 {
+			end := min(off+1000, len(payload))
+			if _, err := rc.Write(payload[off:end]); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	got := make([]byte, len(payload))
+	rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(rc, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("echoed bytes differ from those written")
+	}
+}
+
+func TestWrapLeavesOtherConnsAlone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := Wrap(a); got != a {
+		t.Fatalf("Wrap(net.Pipe end) = %T; want the same connection", got)
+	}
+}
+
+// BenchmarkPingPong sends one small message each way per iteration over
+// loopback TCP, through a wrapped connection and through a plain one.
+func BenchmarkPingPong(b *testing.B) {
+	for _, wrapped := range []bool{true, false} {
+		name := "net"
+		if wrapped {
+			name = "rawconn"
+		}
+		b.Run(name, func(b *testing.B) {
+			rc, client := pair(b)
+			var c net.Conn = rc
+			if !wrapped {
+				c = rc.Unwrap()
+			}
+			go func() { _, _ = io.Copy(client, client) }()
+			msg := make([]byte, 256)
+			buf := make([]byte, 256)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
