@@ -4,8 +4,14 @@ package rawconn
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -225,6 +231,69 @@ func TestConcurrentReadAndWrite(t *testing.T) {
 	if !bytes.Equal(got, payload) {
 		t.Fatal("echoed bytes differ from those written")
 	}
+}
+
+// TestTLSOverWrappedConn runs a TLS session over a wrapped connection, as
+// the proxy does for nodes behind https: handshake, a transfer larger than
+// a TLS record each way, and close_notify at the end.
+func TestTLSOverWrappedConn(t *testing.T) {
+	rc, client := pair(t)
+	cert, pool := selfSigned(t)
+	server := tls.Server(client, &tls.Config{Certificates: []tls.Certificate{cert}})
+	tc := tls.Client(rc, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+
+	payload := bytes.Repeat([]byte("llmproxy over TLS "), 8<<10)
+	go func() {
+		buf := make([]byte, len(payload))
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := server.Write(buf); err != nil {
+			t.Error(err)
+		}
+		server.Close()
+	}()
+	if _, err := tc.Write(payload); err != nil {
+		t.Fatalf("write over TLS: %v", err)
+	}
+	got, err := io.ReadAll(tc)
+	if err != nil {
+		t.Fatalf("read over TLS: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("received %d bytes that differ from the %d sent", len(got), len(payload))
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and a pool that trusts it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
 
 func TestWrapLeavesOtherConnsAlone(t *testing.T) {
