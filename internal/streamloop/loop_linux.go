@@ -11,8 +11,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/llmproxy/llmproxy/internal/rawconn"
 )
 
 // scanInterval is how often a loop checks its streams for the idle
@@ -179,7 +182,7 @@ func (l *loop) closeFds() {
 
 func (l *loop) ctl(op, fd int, events uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.epfd, op, fd, &ev); err != nil {
+	if err := epollCtl(l.epfd, op, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl on fd %d: %w", fd, err)
 	}
 	return nil
@@ -191,7 +194,7 @@ func (l *loop) wake() {
 	}
 	increment := [8]byte{1}
 	for {
-		_, err := unix.Write(l.eventfd, increment[:])
+		_, err := rawconn.Write(l.eventfd, increment[:])
 		if err != unix.EINTR {
 			return
 		}
@@ -234,7 +237,7 @@ func (l *loop) arm() {
 // a full buffer from every socket has left nothing behind.
 func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		n, err := epollWait(l.epfd, l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -282,7 +285,7 @@ func (l *loop) handle(ev unix.EpollEvent) {
 // ones.
 func (l *loop) takeRequests() {
 	var buf [8]byte
-	_, _ = unix.Read(l.eventfd, buf[:])
+	_, _ = rawconn.Read(l.eventfd, buf[:])
 	l.woken.Store(false)
 
 	l.mu.Lock()
@@ -340,7 +343,7 @@ func (l *loop) nodeEvent(h *Handle) {
 	if h.ended || len(h.unsent) > 0 {
 		return
 	}
-	n, err := unix.Read(h.s.Src, l.readBuf)
+	n, err := rawconn.Read(h.s.Src, l.readBuf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -458,7 +461,7 @@ func (l *loop) send(h *Handle, b []byte) bool {
 func writeAll(fd int, b []byte) (int, error) {
 	total := 0
 	for total < len(b) {
-		n, err := unix.Write(fd, b[total:])
+		n, err := rawconn.Write(fd, b[total:])
 		if n > 0 {
 			total += n
 		}
@@ -541,11 +544,12 @@ func (l *loop) scan() {
 // queuedBytes returns the bytes in a socket's send queue that the peer
 // has not acknowledged, or -1 when the kernel does not report them.
 func queuedBytes(fd int) int {
-	q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
+	var q int32
+	_, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&q)))
+	if e != 0 {
 		return -1
 	}
-	return q
+	return int(q)
 }
 
 // finish ends the stream once: it removes both sockets from the epoll
@@ -558,13 +562,13 @@ func (l *loop) finish(h *Handle, err error) {
 	if h.registered {
 		if l.byFd[int32(h.s.Src)] == h {
 			delete(l.byFd, int32(h.s.Src))
-			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
+			_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
 			l.live--
 		}
 		if l.byFd[int32(h.s.Dst)] == h {
 			delete(l.byFd, int32(h.s.Dst))
 		}
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
+		_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
 	}
 	res := Result{Err: err, Reusable: err == nil && h.reusable}
 	if err != nil && !errors.Is(err, ErrClientGone) && len(h.unsent) > 0 {
@@ -585,4 +589,28 @@ func Fd(c syscall.Conn) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// epollWait collects the ready events of the epoll set without waiting,
+// as a raw system call: the loop calls it for every batch of chunks, and
+// a regular system call would wake the runtime's monitor thread each time
+// the process had been idle.
+func epollWait(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
+		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// epollCtl changes the epoll set as a raw system call, for the reason
+// given at epollWait. ev may be nil for EPOLL_CTL_DEL.
+func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op),
+		uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }

@@ -76,19 +76,25 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   recvfrom, 2.0 writev, 1.0 getsockopt and 0.2 epoll_wait. Go's net
   package tries a read before it waits for data, and nginx's event loop
   reads only after epoll reports data. At 500 requests per second
-  llmproxy also made about 3 futex, 4 nanosleep and 3 epoll_pwait calls
-  per request: the Go scheduler parks and wakes threads between requests
-  when the CPUs are not busy, which is why its CPU per request is higher
-  at the fixed rate than at saturation. The profiles of -profile show the
-  rest: header parsing in fasthttp, the scheduler and timers.
+  (taken on 2026-12-05) llmproxy also made 3.5 epoll_pwait, 0.55 futex
+  and 0.11 nanosleep calls per request: the Go scheduler parks and wakes
+  threads between requests when the CPUs are not busy, which is why its
+  CPU per request is higher at the fixed rate than at saturation. Before
+  llmproxy read and wrote its sockets with raw system calls
+  (internal/rawconn), it made about 3 futex and 4 nanosleep calls per
+  request at that rate: every read or write entered the Go runtime's
+  system-call state, which wakes the runtime's monitor thread (sysmon)
+  when it sleeps, and the monitor then woke every 20 µs until the process
+  was idle again. The profiles of -profile show the rest: header parsing
+  in fasthttp, the scheduler and timers.
 - The kernel column locates the difference. For non-streamed requests at
   saturation the three proxies spend similar kernel time per request,
   since each does the same loopback reads and writes, and most of
   llmproxy's extra CPU is user time: the Go runtime's scheduler and
   netpoller, and fasthttp. At the fixed rate, where the CPUs idle between
-  requests, llmproxy's kernel time is also about twice nginx's, spent in
-  the futex, nanosleep and epoll_pwait calls with which the Go scheduler
-  parks and wakes threads.
+  requests, llmproxy's kernel time is also higher than nginx's, spent in
+  the epoll_pwait and futex calls with which the Go scheduler parks and
+  wakes threads.
 - Streams go through llmproxy's epoll event loops (internal/streamloop),
   which read a node's socket only when epoll reports data and write each
   read to the client as one chunk. A chunk costs one read(2) and one
@@ -96,8 +102,9 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   of them returning EAGAIN, and parked and woke for every chunk. At 1,000
   streams a loop wakes once for many chunks. At 100 streams chunks arrive
   one at a time, so each one wakes the loop's goroutine through Go's
-  poller and scheduler, the same futex, nanosleep and epoll_pwait cost as
-  at the fixed rate. Each stream also costs the request's own handling in
+  poller and scheduler, the same epoll_pwait and futex cost as at the
+  fixed rate. The loops read, write and poll with raw system calls, for
+  the reason given above. Each stream also costs the request's own handling in
   Go (fasthttp's parsing, the request to the node, the response head),
   spread over the 20 to 40 chunks of a stream.`
 
