@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -275,8 +276,9 @@ func scrape(t *testing.T, a *app.App) string {
 }
 
 // TestRemovedNodeKeepsModelLabel reloads away the only node while it
-// streams a response: the request still counts under its model, which the
-// node listed when the request was placed.
+// streams a response: the stream still ends with its done line, and the
+// request counts under its model, which the node listed when the request
+// was placed.
 func TestRemovedNodeKeepsModelLabel(t *testing.T) {
 	slow := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20, MinTokens: 20, MaxTokens: 20})
 	other := testenv.Sim(t, "x", ollamasim.Config{})
@@ -295,8 +297,13 @@ func TestRemovedNodeKeepsModelLabel(t *testing.T) {
 	next := testenv.Config(t, other)
 	next.Nodes[0].Name = "n9"
 	reload(t, a, next)
-	if _, err := io.ReadAll(br); err != nil {
+	rest, err := io.ReadAll(br)
+	if err != nil {
 		t.Fatalf("rest of the stream: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(rest)), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, `"done":true`) {
+		t.Fatalf("the stream did not end with its done line after the reload; last line: %s", last)
 	}
 
 	var metrics string
@@ -310,6 +317,9 @@ func TestRemovedNodeKeepsModelLabel(t *testing.T) {
 	}
 	if rates := grepLines(metrics, "llmproxy_tokens_per_second{"); strings.Contains(rates, `node="n0"`) {
 		t.Errorf("the removed node n0 has a generation rate again:\n%s", rates)
+	}
+	if runtime.GOOS == "linux" && !strings.Contains(metrics, `llmproxy_stream_relays_total{relay="event_loop"} 1`) {
+		t.Errorf("the stream did not go through the event loop:\n%s", grepLines(metrics, "llmproxy_stream_relays_total{"))
 	}
 }
 
