@@ -89,7 +89,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		tried = append(tried, node)
 		rs.node = node.Name
 		rs.lease = lease
-		a, ex := s.try(wctx, node, req, f)
+		a, ex := s.try(wctx, lease, req, f)
 		if a.err == nil && a.body == nil {
 			s.report(node, "")
 			s.deliver(ctx, rt, rs, f, lease, ex, watch)
@@ -151,11 +151,20 @@ func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
 	return lease, err
 }
 
-// try sends the request to node and reads the response up to its headers.
-// A 5xx response body is read, up to 64 KiB, so that the retry rules can
-// see it.
-func (s *Server) try(ctx context.Context, node *balancer.Node, req *fasthttp.Request, f fields) (attempt, *exchange) {
-	a := attempt{coldLoad: f.model != "" && !node.IsLoaded(f.model, f.numCtx)}
+// try sends the request to the lease's node and reads the response up to
+// its headers. A 5xx response body is read, up to 64 KiB, so that the
+// retry rules can see it.
+func (s *Server) try(ctx context.Context, lease *balancer.Lease, req *fasthttp.Request, f fields) (attempt, *exchange) {
+	node := lease.Node
+	// The balancer marks a model loaded as soon as it places a request that
+	// loads it, so the node's inventory no longer shows a cold placement,
+	// but the lease does. A pinned node's lease took no slot, so there the
+	// inventory is still current.
+	cold := lease.Cold
+	if f.pinned != nil {
+		cold = f.model != "" && !node.IsLoaded(f.model, f.numCtx)
+	}
+	a := attempt{coldLoad: cold}
 	cfg := s.config()
 	t := timeouts{
 		connect:   cfg.Upstream.Connect,

@@ -127,15 +127,24 @@ func (u *upstream) send(ctx context.Context, req *fasthttp.Request, t timeouts) 
 	ex, err := u.try(ctx, req, t)
 	if err != nil && ex == nil && errors.Is(err, errStaleConn) && ctx.Err() == nil {
 		// The node closed the pooled connection before it read the request,
-		// so the node never saw it and sending again is safe.
+		// so the node never saw it and sending again is safe. A node that
+		// closed one idle connection has usually restarted and closed them
+		// all, so the pool is emptied and the second try dials anew.
 		// NOTE: a node that read the request and then closed the connection
 		// without a response looks the same, so it gets the request twice.
+		u.hc.CloseIdleConnections()
 		ex, err = u.try(ctx, req, t)
 	}
 	return ex, err
 }
 
 var errStaleConn = errors.New("pooled connection closed by node")
+
+// unblockedWrite is the largest request body that is written without a
+// deadline. It is Linux's initial TCP send buffer (the middle value of
+// net.ipv4.tcp_wmem, 16 KiB by default), which a pooled or new connection
+// has free, so such a write does not wait for the node.
+const unblockedWrite = 16 << 10
 
 func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (*exchange, error) {
 	cc, err := u.hc.AcquireConn(t.connect, false)
@@ -161,13 +170,33 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 
 	// Ollama bound to loopback rejects a Host that is not its own with 403.
 	req.Header.SetHost(u.host)
+	// The first-byte timeout counts from the start of sending, so a node
+	// that stops reading a large body fails the same way as one that sends
+	// no response. A body up to unblockedWrite fits in the socket's buffer
+	// and does not wait, so it skips the two deadline changes.
+	ex.deadline = time.Now().Add(t.firstByte)
+	bounded := len(req.Body()) > unblockedWrite
+	if bounded {
+		_ = conn.SetWriteDeadline(ex.deadline)
+	}
 	if err := ex.writeRequest(req); err != nil {
 		ex.close()
+		if isTimeout(err) && ctx.Err() == nil {
+			return nil, fmt.Errorf("node %s: %w (the node did not read the request body)",
+				u.node.Name, errFirstByteTimeout)
+		}
 		return nil, u.wrap(ctx, "send request", err)
 	}
+	if bounded {
+		_ = conn.SetWriteDeadline(time.Time{})
+	}
 
-	ex.deadline = time.Now().Add(t.firstByte)
 	_ = conn.SetReadDeadline(ex.deadline)
+	if ex.cancelled.Load() {
+		// A cancellation while the request was written would otherwise be
+		// undone by the new deadlines.
+		_ = conn.SetDeadline(time.Unix(1, 0))
+	}
 	ex.br = u.hc.AcquireReader(conn)
 	if err := ex.resp.Read(ex.br); err != nil {
 		ex.close()
@@ -176,6 +205,9 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		}
 		if isTimeout(err) && ctx.Err() == nil {
 			return nil, fmt.Errorf("node %s: %w", u.node.Name, errFirstByteTimeout)
+		}
+		if isConnClosed(err) {
+			err = fmt.Errorf("connection closed before the response head: %w", err)
 		}
 		return nil, u.wrap(ctx, "read response", err)
 	}
@@ -384,9 +416,12 @@ func (u *upstream) wrap(ctx context.Context, step string, err error) error {
 	return fmt.Errorf("%s to node %s: %w", step, u.node.Name, err)
 }
 
+// isTimeout reports whether err is a deadline's timeout: a net.Error, or
+// fasthttp.ErrTimeout, which fasthttp returns when a deadline ends a read
+// of a response head and which is not a net.Error.
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 func isReset(err error) bool {

@@ -21,8 +21,14 @@ const maxRW = 1 << 30
 // poller when the socket is not ready. Deadlines, Close and every other
 // method are those of the wrapped *net.TCPConn.
 //
-// Concurrent Reads, and concurrent Writes, take turns; a Read and a Write
+// Concurrent Reads, and concurrent Writes, take turns. A Read and a Write
 // may run at the same time.
+//
+// NOTE: the race detector does not see these reads and writes, so it
+// draws no happens-before edge between a write and the read of the same
+// bytes in one process, as it does for net.Conn. And fasthttp sends a
+// response larger than its write buffer with one writev(2) only on a
+// *net.TCPConn, so here such a response takes two write(2) calls.
 type Conn struct {
 	*net.TCPConn
 	raw syscall.RawConn

@@ -1,0 +1,191 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// failures sums a failure reason of the node failure counter over nodes.
+func failures(tr *trio, reason string) float64 {
+	total := 0.0
+	for _, n := range tr.cfg.Nodes {
+		total += testutil.ToFloat64(tr.proxy.Metrics().NodeFailures.WithLabelValues(n.Name, reason))
+	}
+	return total
+}
+
+func generateRequests(tr *trio) int64 {
+	var total int64
+	for _, s := range tr.sims {
+		total += s.Server().Requests("/api/generate")
+	}
+	return total
+}
+
+// slowHeads tunes a trio so that nodes answering later than 300 ms time
+// out, while their health probes, delayed as well, still pass.
+func slowHeads(c *config.Config) {
+	c.Upstream.FirstByte = 300 * time.Millisecond
+	c.Health.Timeout = 5 * time.Second
+}
+
+func TestFirstByteTimeoutIs504(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, slowHeads)
+	tr.preload(t)
+	for _, s := range tr.sims {
+		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	body := string(readBody(t, resp))
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, `"error":`) || !strings.Contains(body, "first-byte timeout") {
+		t.Errorf("body %s is not an Ollama error naming the first-byte timeout", body)
+	}
+	// The model is loaded, so each try timed out on another node.
+	if got := failures(tr, "timeout"); got < 2 {
+		t.Errorf("%v node failures counted as timeout, want one per try", got)
+	}
+	if got := failures(tr, "reset"); got != 0 {
+		t.Errorf("%v timeouts counted as resets", got)
+	}
+}
+
+func TestFirstByteTimeoutDuringLoadNotRetried(t *testing.T) {
+	// No preload: the model is cold on every node, so a slow head is a
+	// model load, which another node would only repeat.
+	tr := newTrio(t, ollamasim.Config{}, slowHeads)
+	for _, s := range tr.sims {
+		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	body := string(readBody(t, resp))
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
+	}
+	if got := generateRequests(tr); got != 1 {
+		t.Errorf("the nodes received %d generate requests, want 1 (no retry during a load)", got)
+	}
+}
+
+// stuckReader starts a node that passes the health checks and lists model
+// "m", but never reads the body of a POST and never responds to it.
+func stuckReader(t *testing.T) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/version", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"version":"0.25.0"}`)
+	})
+	mux.HandleFunc("GET /api/tags", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"models":[{"name":"m:latest","model":"m:latest",`+
+			`"size":1,"digest":"d","details":{"format":"gguf"}}]}`)
+	})
+	mux.HandleFunc("GET /api/ps", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"models":[]}`)
+	})
+	// The server notices a closed connection only once the body is read,
+	// so the handlers wait for the test to end.
+	release := make(chan struct{})
+	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		close(release)
+		srv.Close()
+	})
+	return srv.URL
+}
+
+func TestUnreadBodyTimesOut(t *testing.T) {
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(stuckReader(t)))
+	cfg.Nodes[0].Name = "n0"
+	cfg.Upstream.FirstByte = 300 * time.Millisecond
+	proxy := testenv.Proxy(t, cfg)
+
+	// 24 MiB is more than loopback's send and receive buffers take, so
+	// writing it waits for the node to read.
+	prompt := strings.Repeat("a", 24<<20)
+	client := &http.Client{Timeout: 20 * time.Second}
+	resp, err := client.Post(proxy.URL()+"/api/generate", "application/json",
+		strings.NewReader(`{"model":"m","stream":false,"prompt":"`+prompt+`"}`))
+	if err != nil {
+		t.Fatalf("no response within %v: %v", client.Timeout, err)
+	}
+	body := string(readBody(t, resp))
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, "did not read the request body") {
+		t.Errorf("body %s does not say that the node read no body", body)
+	}
+	if got := testutil.ToFloat64(proxy.Metrics().NodeFailures.WithLabelValues("n0", "timeout")); got != 1 {
+		t.Errorf("%v node failures counted as timeout, want 1", got)
+	}
+}
+
+func TestRestartedNodeGetsNewConnections(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	addr := sim.Addr()
+	cfg := testenv.Config(t, sim)
+	cfg.Nodes[0].MaxConcurrent = 8
+	cfg.Health.Interval = time.Hour
+	proxy := testenv.Proxy(t, cfg)
+	m := proxy.Metrics()
+
+	// Eight requests at once leave eight idle connections in the pool.
+	codes := generateMany(t, proxy.URL(), 16, 8)
+	if codes[200] != 16 {
+		t.Fatalf("codes before the restart %v", codes)
+	}
+
+	// The node restarts on the same address, which closes every pooled
+	// connection from its side.
+	if err := sim.Close(); err != nil {
+		t.Fatal(err)
+	}
+	restarted, err := ollamasim.New(ollamasim.Config{
+		Models: mustModels(t, "m"), Logger: testenv.Logger(),
+	}).Start(addr)
+	if err != nil {
+		t.Fatalf("restart the node on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = restarted.Close() })
+
+	for i := range 4 {
+		resp := post(t, proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+		if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d after the restart: status %d, body %s", i, resp.StatusCode, body)
+		}
+	}
+	if got := testutil.ToFloat64(m.NodeFailures.WithLabelValues("n0", "reset")); got != 0 {
+		t.Errorf("%v stale pooled connections counted as node failures", got)
+	}
+}
+
+func mustModels(t *testing.T, spec string) []ollamasim.ModelSpec {
+	t.Helper()
+	models, err := ollamasim.ParseModels(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return models
+}
