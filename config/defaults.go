@@ -59,6 +59,7 @@ func Default() Config {
 		ShutdownTimeout: 30 * time.Second,
 		MaxBodyBytes:    64 << 20,
 		MaxHeaderBytes:  8 << 10,
+		ReadTimeout:     5 * time.Minute,
 		Upstream: Upstream{
 			Connect:   3 * time.Second,
 			FirstByte: 5 * time.Minute,

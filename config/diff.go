@@ -25,8 +25,9 @@ type Change struct {
 	// ("queue.classes.batch").
 	Settings []string
 	// Restart lists the Settings that a running proxy cannot apply because
-	// they are bound at start: the listeners, max_header_bytes and
-	// max_body_bytes (fasthttp reads both without a lock), and every
+	// they are bound at start: the listeners, max_header_bytes,
+	// max_body_bytes and read_timeout (fasthttp reads them without a
+	// lock), and every
 	// setting under redis, cache and log. The rate limiter and the cache
 	// share the Redis server of the start, so a reload applies no redis
 	// setting to either. KeepRestartSettings keeps their running values.
@@ -40,7 +41,8 @@ type NodeChange struct {
 
 // restartPaths are the settings bound at start, see Change.Restart. A
 // section covers every setting inside it.
-var restartPaths = []string{"listen", "admin.listen", "max_header_bytes", "max_body_bytes", "redis", "cache", "log"}
+var restartPaths = []string{"listen", "admin.listen", "max_header_bytes", "max_body_bytes",
+	"read_timeout", "redis", "cache", "log"}
 
 // Diff returns what changed from prev to next. A nil config counts as the
 // zero Config.

@@ -23,6 +23,11 @@ type Config struct {
 	// of each client connection, so it costs that much memory per
 	// connection. Default 8 KiB, read at start only.
 	MaxHeaderBytes int64 `yaml:"max_header_bytes"`
+	// ReadTimeout bounds the time a client takes to send a request, head
+	// and body: on a new connection from the accept, on a kept-alive one
+	// from the request's first byte. A slower request gets 408. Default
+	// 5m, room for large images on slow links. Read at start only.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
 
 	// Nodes lists the Ollama servers. At least one is required.
 	Nodes     []Node    `yaml:"nodes"`

@@ -21,6 +21,7 @@ func (v *validator) validate(c *Config) {
 	v.address("listen", c.Listen)
 	nonNegative(v, "shutdown_timeout", c.ShutdownTimeout)
 	positive(v, "max_body_bytes", c.MaxBodyBytes)
+	positive(v, "read_timeout", c.ReadTimeout)
 	if c.MaxHeaderBytes < 4<<10 || c.MaxHeaderBytes > 1<<20 {
 		v.add("max_header_bytes", "must be between 4KiB and 1MiB, got %d", c.MaxHeaderBytes)
 	}

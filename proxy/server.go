@@ -148,7 +148,7 @@ func New(opts Options) *Server {
 		Name:                  "",
 		NoDefaultServerHeader: true,
 		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
-		ReadTimeout:           5 * time.Minute,
+		ReadTimeout:           opts.Config.ReadTimeout,
 		IdleTimeout:           2 * time.Minute,
 		// Also the largest request head fasthttp accepts.
 		ReadBufferSize:  int(opts.Config.MaxHeaderBytes),
@@ -406,6 +406,13 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// close with them unread would reset the connection, and a client
 		// still sending would lose the 431.
 		discardBody(ctx, -1)
+	}
+	if isTimeout(err) {
+		// NOTE: a body of known length that times out has lost its route,
+		// because fasthttp resets the request and only chunked bodies keep
+		// a pending head. Such a 408 on /v1 has Ollama's error shape.
+		status = fasthttp.StatusRequestTimeout
+		msg = "request not received in full within " + s.srv.ReadTimeout.String() + " (read_timeout)"
 	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge

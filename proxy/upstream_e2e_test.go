@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -188,4 +190,48 @@ func mustModels(t *testing.T, spec string) []ollamasim.ModelSpec {
 		t.Fatal(err)
 	}
 	return models
+}
+
+func TestSlowRequestGets408(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cfg.ReadTimeout = 300 * time.Millisecond
+	proxy := testenv.Proxy(t, cfg)
+	addr := strings.TrimPrefix(proxy.URL(), "http://")
+
+	cases := []struct {
+		name, sent, shape string
+	}{
+		{"half a head", "POST /api/generate HTTP/1.1\r\nHost: " + addr + "\r\nContent-Ty", `{"error":"`},
+		{"half a body", "POST /api/generate HTTP/1.1\r\nHost: " + addr +
+			"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":", `{"error":"`},
+		{"half an OpenAI head", "POST /v1/chat/completions HTTP/1.1\r\nHost: " + addr + "\r\nContent-Ty",
+			`{"error":{"message":"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := io.WriteString(conn, tc.sent); err != nil {
+				t.Fatal(err)
+			}
+			// The client stalls. The proxy answers and closes well before
+			// this deadline.
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("no response to a stalled request: %v", err)
+			}
+			body := string(readBody(t, resp))
+			if resp.StatusCode != http.StatusRequestTimeout {
+				t.Fatalf("status %d, want 408; body %s", resp.StatusCode, body)
+			}
+			if !strings.HasPrefix(body, tc.shape) || !strings.Contains(body, "read_timeout") {
+				t.Errorf("body %s lacks the error shape %s or the setting's name", body, tc.shape)
+			}
+		})
+	}
 }
