@@ -68,8 +68,9 @@ type Node struct {
 type Upstream struct {
 	// Connect bounds dialing a node. Default 3s.
 	Connect time.Duration `yaml:"connect"`
-	// FirstByte bounds the wait for the response headers, which covers a
-	// cold model load. Default 5m.
+	// FirstByte bounds the time from the start of sending a request to its
+	// response headers, which covers a cold model load and the upload of a
+	// body over 16 KiB. Default 5m.
 	FirstByte time.Duration `yaml:"first_byte"`
 	// Idle bounds the silence between two chunks of a streamed answer.
 	// Default 2m.

@@ -158,10 +158,10 @@ func (s *Server) try(ctx context.Context, lease *balancer.Lease, req *fasthttp.R
 	node := lease.Node
 	// The balancer marks a model loaded as soon as it places a request that
 	// loads it, so the node's inventory no longer shows a cold placement,
-	// but the lease does. A pinned node's lease took no slot, so there the
-	// inventory is still current.
+	// but the lease does. A preload, and a request to a pinned node, take
+	// no slot and leave the inventory as it was, so it still applies.
 	cold := lease.Cold
-	if f.pinned != nil {
+	if f.pinned != nil || f.preload {
 		cold = f.model != "" && !node.IsLoaded(f.model, f.numCtx)
 	}
 	a := attempt{coldLoad: cold}

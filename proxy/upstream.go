@@ -181,6 +181,12 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	}
 	if err := ex.writeRequest(req); err != nil {
 		ex.close()
+		// A request larger than the write buffer takes several writes, and
+		// one after the first fails on a connection the node has closed.
+		// The node cannot have served a request it did not receive whole.
+		if reused && isConnClosed(err) && ctx.Err() == nil {
+			return nil, errStaleConn
+		}
 		if isTimeout(err) && ctx.Err() == nil {
 			return nil, fmt.Errorf("node %s: %w (the node did not read the request body)",
 				u.node.Name, errFirstByteTimeout)

@@ -116,6 +116,25 @@ func stuckReader(t *testing.T) string {
 	return srv.URL
 }
 
+func TestColdPreloadNotRetried(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, slowHeads)
+	for _, s := range tr.sims {
+		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A generate with no prompt loads the model and nothing else.
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m"}`)
+	body := string(readBody(t, resp))
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
+	}
+	if got := generateRequests(tr); got != 1 {
+		t.Errorf("the nodes received %d preloads, want 1 (no retry during a load)", got)
+	}
+}
+
 func TestUnreadBodyTimesOut(t *testing.T) {
 	cfg := testenv.Config(t)
 	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(stuckReader(t)))
@@ -172,10 +191,14 @@ func TestRestartedNodeGetsNewConnections(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = restarted.Close() })
 
-	for i := range 4 {
-		resp := post(t, proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
-		if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
-			t.Fatalf("request %d after the restart: status %d, body %s", i, resp.StatusCode, body)
+	// Requests larger than the proxy's 8 KiB write buffer fail on a
+	// closed connection while still being written, small ones only when
+	// the response is read. Both kinds must get through.
+	large := `{"model":"m","stream":false,"prompt":"` + strings.Repeat("b", 40<<10) + `"}`
+	for i, body := range []string{large, large, `{"model":"m","prompt":"hi","stream":false}`, large} {
+		resp := post(t, proxy.URL()+"/api/generate", body)
+		if got := readBody(t, resp); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d after the restart: status %d, body %s", i, resp.StatusCode, got)
 		}
 	}
 	if got := testutil.ToFloat64(m.NodeFailures.WithLabelValues("n0", "reset")); got != 0 {
