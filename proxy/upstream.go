@@ -188,7 +188,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 			return nil, errStaleConn
 		}
 		if isTimeout(err) && ctx.Err() == nil {
-			return nil, fmt.Errorf("node %s: %w (the node did not read the request body)",
+			return nil, fmt.Errorf("node %s: %w (the node did not take the whole request body in time)",
 				u.node.Name, errFirstByteTimeout)
 		}
 		return nil, u.wrap(ctx, "send request", err)

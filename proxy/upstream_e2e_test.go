@@ -155,8 +155,8 @@ func TestUnreadBodyTimesOut(t *testing.T) {
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
 	}
-	if !strings.Contains(body, "did not read the request body") {
-		t.Errorf("body %s does not say that the node read no body", body)
+	if !strings.Contains(body, "did not take the whole request body") {
+		t.Errorf("body %s does not say that the node did not take the body", body)
 	}
 	if got := testutil.ToFloat64(proxy.Metrics().NodeFailures.WithLabelValues("n0", "timeout")); got != 1 {
 		t.Errorf("%v node failures counted as timeout, want 1", got)
