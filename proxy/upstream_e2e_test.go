@@ -34,27 +34,45 @@ func generateRequests(tr *trio) int64 {
 	return total
 }
 
-// slowHeads tunes a trio so that nodes answering later than 300 ms time
+// slowHeads tunes a trio so that nodes responding later than 300 ms time
 // out, while their health probes, delayed as well, still pass.
 func slowHeads(c *config.Config) {
 	c.Upstream.FirstByte = 300 * time.Millisecond
 	c.Health.Timeout = 5 * time.Second
 }
 
-func TestFirstByteTimeoutIs504(t *testing.T) {
+// slowTrio starts a trio tuned by slowHeads whose nodes send every
+// response head after 3 s. With preload, model m is loaded on each node
+// first.
+func slowTrio(t *testing.T, preload bool) *trio {
+	t.Helper()
 	tr := newTrio(t, ollamasim.Config{}, slowHeads)
-	tr.preload(t)
+	if preload {
+		tr.preload(t)
+	}
 	for _, s := range tr.sims {
 		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return tr
+}
 
-	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+// gatewayTimeout reads resp and fails the test unless its status is 504.
+func gatewayTimeout(t *testing.T, resp *http.Response) string {
+	t.Helper()
 	body := string(readBody(t, resp))
 	if resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
 	}
+	return body
+}
+
+func TestFirstByteTimeoutIs504(t *testing.T) {
+	tr := slowTrio(t, true)
+
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	body := gatewayTimeout(t, resp)
 	if !strings.Contains(body, `"error":`) || !strings.Contains(body, "first-byte timeout") {
 		t.Errorf("body %s is not an Ollama error naming the first-byte timeout", body)
 	}
@@ -70,18 +88,10 @@ func TestFirstByteTimeoutIs504(t *testing.T) {
 func TestFirstByteTimeoutDuringLoadNotRetried(t *testing.T) {
 	// No preload: the model is cold on every node, so a slow head is a
 	// model load, which another node would only repeat.
-	tr := newTrio(t, ollamasim.Config{}, slowHeads)
-	for _, s := range tr.sims {
-		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tr := slowTrio(t, false)
 
 	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
-	body := string(readBody(t, resp))
-	if resp.StatusCode != http.StatusGatewayTimeout {
-		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
-	}
+	gatewayTimeout(t, resp)
 	if got := generateRequests(tr); got != 1 {
 		t.Errorf("the nodes received %d generate requests, want 1 (no retry during a load)", got)
 	}
@@ -117,19 +127,11 @@ func stuckReader(t *testing.T) string {
 }
 
 func TestColdPreloadNotRetried(t *testing.T) {
-	tr := newTrio(t, ollamasim.Config{}, slowHeads)
-	for _, s := range tr.sims {
-		if err := s.Server().SetFaults(ollamasim.Faults{FirstByteDelay: 3 * time.Second}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tr := slowTrio(t, false)
 
 	// A generate with no prompt loads the model and nothing else.
 	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m"}`)
-	body := string(readBody(t, resp))
-	if resp.StatusCode != http.StatusGatewayTimeout {
-		t.Fatalf("status %d, want 504; body %s", resp.StatusCode, body)
-	}
+	gatewayTimeout(t, resp)
 	if got := generateRequests(tr); got != 1 {
 		t.Errorf("the nodes received %d preloads, want 1 (no retry during a load)", got)
 	}
@@ -241,7 +243,7 @@ func TestSlowRequestGets408(t *testing.T) {
 			if _, err := io.WriteString(conn, tc.sent); err != nil {
 				t.Fatal(err)
 			}
-			// The client stalls. The proxy answers and closes well before
+			// The client stalls. The proxy responds and closes well before
 			// this deadline.
 			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // maxRW bounds one read(2) or write(2), as the standard library does,
@@ -103,48 +102,6 @@ func (c *Conn) writeAll(fd uintptr) bool {
 		}
 	}
 	return true
-}
-
-// Read makes one read(2) on the non-blocking descriptor fd as a raw
-// system call. Its error, if any, is a syscall.Errno.
-func Read(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd),
-		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// Write makes one write(2) on the non-blocking descriptor fd as a raw
-// system call. Its error, if any, is a syscall.Errno.
-func Write(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd),
-		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// Recv makes one recvfrom(2) with flags on the non-blocking socket fd as
-// a raw system call. Its error, if any, is a syscall.Errno.
-func Recv(fd int, p []byte, flags int) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd),
-		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags), 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
 }
 
 // Read reads up to len(b) bytes. It returns io.EOF when the peer has

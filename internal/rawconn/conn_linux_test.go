@@ -94,7 +94,7 @@ func TestLargeTransferBothWays(t *testing.T) {
 	}
 
 	// The other way: the wrapped side reads what the client sends, in
-	// whatever pieces the kernel hands over, and then sees io.EOF.
+	// whatever pieces the kernel hands over, and then gets io.EOF.
 	go func() {
 		_, _ = client.Write(payload)
 		_ = client.CloseWrite()
@@ -141,7 +141,7 @@ func TestWriteDeadlineReportsBytesWritten(t *testing.T) {
 	if err := rc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	// Nobody reads, so the buffers fill and the deadline passes.
+	// The client reads nothing, so the buffers fill and the deadline passes.
 	payload := make([]byte, 8<<20)
 	n, err := rc.Write(payload)
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {

@@ -591,10 +591,10 @@ func Fd(c syscall.Conn) (int, error) {
 	return fd, nil
 }
 
-// epollWait collects the ready events of the epoll set without waiting,
-// as a raw system call: the loop calls it for every batch of chunks, and
-// a regular system call would wake the runtime's monitor thread each time
-// the process had been idle.
+// epollWait collects the ready events of the epoll set without waiting.
+// It is a raw system call because the loop makes it for every batch of
+// chunks, and a regular one wakes the runtime's monitor thread whenever
+// the process was idle.
 func epollWait(epfd int, events []unix.EpollEvent) (int, error) {
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
 		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
