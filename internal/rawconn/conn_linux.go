@@ -17,8 +17,15 @@ const maxRW = 1 << 30
 
 // Conn is a TCP connection whose Read and Write call read(2) and write(2)
 // as raw system calls on the non-blocking socket, and wait in Go's network
-// poller when the socket is not ready. Deadlines, Close and every other
-// method are those of the wrapped *net.TCPConn.
+// poller when the socket is not ready. Deadlines, Close and every
+// other method are those of the wrapped *net.TCPConn, except that a
+// deadline moved later reaches the poller only when the earlier one
+// passes (see deadline).
+//
+// NOTE: a raw read or write through SyscallConn waits in the poller
+// directly, so it may report a deadline error before the deadline last
+// set. The caller sets the deadline again and retries, as the proxy's
+// client watch does.
 //
 // Concurrent Reads, and concurrent Writes, take turns. A Read and a Write
 // may run at the same time.
@@ -43,6 +50,8 @@ type Conn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(uintptr) bool
+
+	rdl, wdl deadline
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, and c itself
@@ -116,6 +125,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 	c.rmu.Lock()
 	c.rbuf = b
 	err := c.raw.Read(c.readFn)
+	for err != nil && isDeadline(err) && c.rdl.passed(c.TCPConn.SetReadDeadline) {
+		err = c.raw.Read(c.readFn)
+	}
 	n, e := c.rn, c.rerr
 	c.rbuf = nil
 	c.rmu.Unlock()
@@ -142,6 +154,9 @@ func (c *Conn) Write(b []byte) (int, error) {
 		}
 		c.wbuf, c.wn, c.werr = chunk, 0, 0
 		err := c.raw.Write(c.writeFn)
+		for err != nil && isDeadline(err) && c.wdl.passed(c.TCPConn.SetWriteDeadline) {
+			err = c.raw.Write(c.writeFn)
+		}
 		written += c.wn
 		e := c.werr
 		c.wbuf = nil

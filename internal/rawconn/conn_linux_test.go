@@ -335,3 +335,119 @@ func BenchmarkPingPong(b *testing.B) {
 		})
 	}
 }
+
+// readAfter reads from rc and reports how long the read took.
+func readAfter(rc *Conn) (time.Duration, error) {
+	start := time.Now()
+	_, err := rc.Read(make([]byte, 16))
+	return time.Since(start), err
+}
+
+func TestLaterDeadlineHolds(t *testing.T) {
+	rc, _ := pair(t)
+	rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	want := time.Now().Add(150 * time.Millisecond)
+	rc.SetReadDeadline(want)
+	took, err := readAfter(rc)
+	if !isDeadline(err) {
+		t.Fatalf("Read error %v; want a deadline error", err)
+	}
+	if now := time.Now(); now.Before(want) {
+		t.Fatalf("Read timed out %v before the deadline (after %v)", want.Sub(now), took)
+	}
+}
+
+func TestEarlierDeadlineFires(t *testing.T) {
+	rc, _ := pair(t)
+	rc.SetReadDeadline(time.Now().Add(time.Hour))
+	rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() { _, err := readAfter(rc); done <- err }()
+	select {
+	case err := <-done:
+		if !isDeadline(err) {
+			t.Fatalf("Read error %v; want a deadline error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still waits 10s after a 20ms deadline that replaced a later one")
+	}
+}
+
+func TestClearedDeadlineWaitsForData(t *testing.T) {
+	rc, client := pair(t)
+	rc.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	rc.SetReadDeadline(time.Time{})
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		client.Write([]byte("late"))
+	}()
+	buf := make([]byte, 16)
+	n, err := rc.Read(buf)
+	if err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("Read = %q, %v; want the data sent after the cleared deadline", buf[:n], err)
+	}
+}
+
+func TestDeadlinePassedBeforeReadMovesOn(t *testing.T) {
+	rc, client := pair(t)
+	rc.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+	rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	// The poller's deadline passes while no read waits.
+	time.Sleep(30 * time.Millisecond)
+	client.Write([]byte("x"))
+	n, err := rc.Read(make([]byte, 4))
+	if n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v; want the byte, the deadline being 10s away", n, err)
+	}
+	// A raw read straight on the poller sees the passed deadline too, and
+	// clearing the deadline lets it wait.
+	raw, _ := rc.SyscallConn()
+	rc.SetReadDeadline(time.Time{})
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		client.Write([]byte("y"))
+	}()
+	var got int
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, err := Read(int(fd), b[:])
+		got = n
+		return err != syscall.EAGAIN
+	})
+	if err != nil || got != 1 {
+		t.Fatalf("raw read = %d, %v; want one byte after clearing the deadline", got, err)
+	}
+}
+
+func TestPastDeadlineInterruptsRead(t *testing.T) {
+	rc, _ := pair(t)
+	rc.SetReadDeadline(time.Now().Add(time.Hour))
+	done := make(chan error, 1)
+	go func() { _, err := readAfter(rc); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	rc.SetDeadline(time.Unix(1, 0))
+	select {
+	case err := <-done:
+		if !isDeadline(err) {
+			t.Fatalf("Read error %v; want a deadline error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deadline in the past did not interrupt the read")
+	}
+}
+
+func TestLaterWriteDeadlineHolds(t *testing.T) {
+	rc, client := pair(t)
+	client.SetReadBuffer(4 << 10)
+	rc.SetWriteBuffer(4 << 10)
+	rc.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
+	want := time.Now().Add(150 * time.Millisecond)
+	rc.SetWriteDeadline(want)
+	_, err := rc.Write(make([]byte, 8<<20))
+	if !isDeadline(err) {
+		t.Fatalf("Write error %v; want a deadline error", err)
+	}
+	if now := time.Now(); now.Before(want) {
+		t.Fatalf("Write timed out %v before the deadline", want.Sub(now))
+	}
+}
