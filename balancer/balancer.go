@@ -119,6 +119,8 @@ type Balancer struct {
 	lastTag  map[string]map[string]uint64
 	est      estimates
 	affinity affinityTable
+	// cands is candidatesLocked's buffer, reused by each placement.
+	cands []candidate
 }
 
 // New returns a balancer over nodes. m may be nil.

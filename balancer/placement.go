@@ -47,10 +47,12 @@ func (b *Balancer) bestLocked(req Request, waited time.Duration, slots bool) *No
 	return b.pickInferenceAware(cands, req, waited)
 }
 
+// candidatesLocked returns the nodes that could serve req. The slice is
+// valid until the next call, which reuses it.
 func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 	nodes := b.Nodes()
 	start := b.rr.Add(1)
-	cands := make([]candidate, 0, len(nodes))
+	cands := b.cands[:0]
 	for i, n := range nodes {
 		if !n.Usable() || tried(req.Tried, n) || (req.Model != "" && !n.HasModel(req.Model)) {
 			continue
@@ -67,6 +69,7 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 			rot:  (uint64(i) + start) % uint64(len(nodes)),
 		})
 	}
+	b.cands = cands
 	return cands
 }
 

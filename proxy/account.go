@@ -68,14 +68,17 @@ func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
 		class:  "standard",
 		ctx:    ctx,
 	}
-	if len(id) > 0 && len(id) <= 128 {
-		rs.id = string(id)
-	} else {
-		rs.id = s.idPrefix + strconv.FormatUint(s.idSeq.Add(1), 16)
+	if len(id) == 0 || len(id) > 128 {
+		var buf [64]byte
+		id = strconv.AppendUint(append(buf[:0], s.idPrefix...), s.idSeq.Add(1), 16)
 	}
-	ctx.Response.Header.Set("X-Request-Id", rs.id)
+	rs.id = string(id)
+	ctx.Response.Header.SetCanonical(headerRequestID, id)
 	return rs
 }
+
+// headerRequestID is the canonical name of the request id header.
+var headerRequestID = []byte("X-Request-Id")
 
 // reqStates recycles request records: end is the last use of each.
 var reqStates = sync.Pool{New: func() any { return new(reqState) }}
