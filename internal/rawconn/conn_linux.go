@@ -45,11 +45,14 @@ type Conn struct {
 	rerr   syscall.Errno
 	readFn func(uintptr) bool
 
-	wmu     sync.Mutex
-	wbuf    []byte
-	wn      int
-	werr    syscall.Errno
-	writeFn func(uintptr) bool
+	wmu  sync.Mutex
+	wbuf []byte
+	wn   int
+	werr syscall.Errno
+	// wfull is set when the send buffer had no room for the rest of wbuf.
+	wfull      bool
+	writeFn    func(uintptr) bool
+	tryWriteFn func(uintptr) bool
 
 	rdl, wdl deadline
 }
@@ -68,6 +71,7 @@ func Wrap(c net.Conn) net.Conn {
 	rc := &Conn{TCPConn: tc, raw: raw}
 	rc.readFn = rc.readOnce
 	rc.writeFn = rc.writeAll
+	rc.tryWriteFn = rc.tryWrite
 	return rc
 }
 
@@ -113,6 +117,15 @@ func (c *Conn) writeAll(fd uintptr) bool {
 	return true
 }
 
+// tryWrite writes c.wbuf[c.wn:] as writeAll does, but does not wait:
+// when the send buffer is full it sets c.wfull and returns.
+func (c *Conn) tryWrite(fd uintptr) bool {
+	if !c.writeAll(fd) {
+		c.wfull = true
+	}
+	return true
+}
+
 // Read reads up to len(b) bytes. It returns io.EOF when the peer has
 // closed its side.
 func (c *Conn) Read(b []byte) (int, error) {
@@ -153,10 +166,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			chunk = chunk[:maxRW]
 		}
 		c.wbuf, c.wn, c.werr = chunk, 0, 0
-		err := c.raw.Write(c.writeFn)
-		for err != nil && isDeadline(err) && c.wdl.passed(c.TCPConn.SetWriteDeadline) {
-			err = c.raw.Write(c.writeFn)
-		}
+		err := c.writeChunk()
 		written += c.wn
 		e := c.werr
 		c.wbuf = nil
@@ -168,6 +178,42 @@ func (c *Conn) Write(b []byte) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// writeChunk writes c.wbuf. It tries first without waiting, so that a
+// write that the send buffer takes whole leaves the poller's deadline
+// alone, and passes the write deadline to the poller before it waits.
+func (c *Conn) writeChunk() error {
+	if c.wdl.expired() {
+		// The poller may not have the deadline, so it would not fail.
+		return os.ErrDeadlineExceeded
+	}
+	c.wfull = false
+	err := c.raw.Write(c.tryWriteFn)
+	waiting := false
+	for {
+		switch {
+		case err != nil && isDeadline(err) && c.wdl.passed(c.TCPConn.SetWriteDeadline):
+			// A deadline the poller kept from before has passed.
+		case err == nil && c.wfull && !waiting:
+			c.wfull = false
+			waiting = true
+			if werr := c.wdl.wait(c.TCPConn.SetWriteDeadline); werr != nil {
+				c.wdl.done()
+				return werr
+			}
+		default:
+			if waiting {
+				c.wdl.done()
+			}
+			return err
+		}
+		fn := c.tryWriteFn
+		if waiting {
+			fn = c.writeFn
+		}
+		err = c.raw.Write(fn)
+	}
 }
 
 // opError gives an error of the raw connection the shape net.Conn's

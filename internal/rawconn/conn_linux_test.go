@@ -451,3 +451,60 @@ func TestLaterWriteDeadlineHolds(t *testing.T) {
 		t.Fatalf("Write timed out %v before the deadline", want.Sub(now))
 	}
 }
+
+func TestPassedWriteDeadlineFailsWrite(t *testing.T) {
+	rc, _ := pair(t)
+	rc.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
+	time.Sleep(30 * time.Millisecond)
+	n, err := rc.Write([]byte("x"))
+	if n != 0 || !isDeadline(err) {
+		t.Fatalf("Write = %d, %v; want 0 and a deadline error", n, err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" || !oe.Timeout() {
+		t.Fatalf("error %#v is not a write *net.OpError that times out", err)
+	}
+	rc.SetWriteDeadline(time.Time{})
+	if _, err := rc.Write([]byte("x")); err != nil {
+		t.Fatalf("Write after clearing the deadline: %v", err)
+	}
+}
+
+func TestClearedWriteDeadlineLetsWriteWait(t *testing.T) {
+	rc, client := pair(t)
+	client.SetReadBuffer(4 << 10)
+	rc.SetWriteBuffer(4 << 10)
+	rc.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
+	rc.SetWriteDeadline(time.Time{})
+	payload := make([]byte, 512<<10)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		io.Copy(io.Discard, client)
+	}()
+	n, err := rc.Write(payload)
+	if n != len(payload) || err != nil {
+		t.Fatalf("Write = %d, %v; want all %d bytes once the reader drains", n, err, len(payload))
+	}
+}
+
+func TestPastWriteDeadlineInterruptsWrite(t *testing.T) {
+	rc, client := pair(t)
+	client.SetReadBuffer(4 << 10)
+	rc.SetWriteBuffer(4 << 10)
+	rc.SetWriteDeadline(time.Now().Add(time.Hour))
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.Write(make([]byte, 8<<20))
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	rc.SetDeadline(time.Unix(1, 0))
+	select {
+	case err := <-done:
+		if !isDeadline(err) {
+			t.Fatalf("Write error %v; want a deadline error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a deadline in the past did not interrupt the waiting write")
+	}
+}

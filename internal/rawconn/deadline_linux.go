@@ -13,40 +13,85 @@ import (
 // deadline is the deadline of one direction, passed to the poller lazily.
 //
 // fasthttp's server sets a connection's read deadline twice per request
-// (its idle timeout, then its read timeout), and the proxy sets one on
-// the node's connection for each response. Each change re-arms a runtime
-// timer under a lock, and most changes move the deadline later. So the
-// poller keeps the earlier deadline it has, and when that one passes,
-// Read or Write find the current deadline still ahead, pass it to the
-// poller and wait again. A deadline never fires later than set, and a
-// busy connection changes the poller's timer about once per timeout
-// period instead of once per request.
+// (its idle timeout, then its read timeout) and, for a response under a
+// write timeout, sets and clears a write deadline. The proxy sets a read
+// deadline on the node's connection for each response. Each change that
+// reaches the poller re-arms a runtime timer under a lock.
+//
+// A read deadline moved later stays out of the poller, which keeps the
+// earlier one it has. When that one passes, Read finds the deadline last
+// set still ahead, passes it to the poller and waits again. A write
+// deadline reaches the poller only when a write has to wait for room in
+// the send buffer, or when it is already past. So a deadline never fires
+// later than set, and a busy connection changes the poller's timers about
+// once per timeout period instead of a few times per request.
 type deadline struct {
 	mu sync.Mutex
-	// want is the deadline last set and have is the poller's, both in
-	// Unix nanoseconds. Zero means no deadline.
-	want, have int64
+	// want is the deadline last set and have is the poller's. Both keep
+	// the monotonic clock reading of the time passed in, so that a step of
+	// the wall clock does not move them. Zero means no deadline.
+	want, have time.Time
+	// waiting is set while a write waits in the poller.
+	waiting bool
 }
 
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// set records t and passes it to the poller through apply unless the
+// set records a read deadline and passes it to the poller unless the
 // poller's deadline comes first.
 func (d *deadline) set(t time.Time, apply func(time.Time) error) error {
-	w := unixNano(t)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.want = w
-	if w != 0 && d.have != 0 && w >= d.have {
+	d.want = t
+	return d.applyLocked(apply)
+}
+
+// applyLocked passes the deadline last set to the poller unless the
+// poller's deadline comes first.
+func (d *deadline) applyLocked(apply func(time.Time) error) error {
+	if !d.want.IsZero() && !d.have.IsZero() && !d.want.Before(d.have) {
 		return nil
 	}
-	d.have = w
-	return apply(t)
+	d.have = d.want
+	return apply(d.want)
+}
+
+// setWrite records a write deadline. It reaches the poller now only while
+// a write waits or when it is past, so that the next write fails.
+func (d *deadline) setWrite(t time.Time, apply func(time.Time) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.want = t
+	if d.waiting || (!t.IsZero() && !t.After(time.Now())) {
+		return d.applyLocked(apply)
+	}
+	return nil
+}
+
+// wait passes the write deadline last set to the poller before a write
+// waits there, and marks the wait until done.
+func (d *deadline) wait(apply func(time.Time) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.waiting = true
+	if d.want.Equal(d.have) {
+		return nil
+	}
+	d.have = d.want
+	return apply(d.want)
+}
+
+// expired reports whether the deadline last set has passed.
+func (d *deadline) expired() bool {
+	d.mu.Lock()
+	w := d.want
+	d.mu.Unlock()
+	return !w.IsZero() && !time.Now().Before(w)
+}
+
+// done ends the wait that wait marked.
+func (d *deadline) done() {
+	d.mu.Lock()
+	d.waiting = false
+	d.mu.Unlock()
 }
 
 // passed handles a deadline error from the poller. When the deadline last
@@ -55,18 +100,14 @@ func (d *deadline) set(t time.Time, apply func(time.Time) error) error {
 func (d *deadline) passed(apply func(time.Time) error) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.want == d.have {
+	if d.want.Equal(d.have) {
 		return false
 	}
-	var t time.Time
-	if d.want != 0 {
-		t = time.Unix(0, d.want)
-		if !time.Now().Before(t) {
-			return false
-		}
+	if !d.want.IsZero() && !time.Now().Before(d.want) {
+		return false
 	}
 	d.have = d.want
-	return apply(t) == nil
+	return apply(d.want) == nil
 }
 
 // SetReadDeadline sets the deadline of reads, as net.Conn's does.
@@ -76,7 +117,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 
 // SetWriteDeadline sets the deadline of writes, as net.Conn's does.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	return c.wdl.set(t, c.TCPConn.SetWriteDeadline)
+	return c.wdl.setWrite(t, c.TCPConn.SetWriteDeadline)
 }
 
 // SetDeadline sets the deadlines of reads and writes, as net.Conn's does.
