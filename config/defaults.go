@@ -60,6 +60,7 @@ func Default() Config {
 		MaxBodyBytes:    64 << 20,
 		MaxHeaderBytes:  8 << 10,
 		ReadTimeout:     5 * time.Minute,
+		WriteTimeout:    5 * time.Minute,
 		Upstream: Upstream{
 			Connect:   3 * time.Second,
 			FirstByte: 5 * time.Minute,

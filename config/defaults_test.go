@@ -16,6 +16,7 @@ func TestDefaultValues(t *testing.T) {
 		{"max_body_bytes", c.MaxBodyBytes, int64(64 << 20)},
 		{"max_header_bytes", c.MaxHeaderBytes, int64(8 << 10)},
 		{"read_timeout", c.ReadTimeout, 5 * time.Minute},
+		{"write_timeout", c.WriteTimeout, 5 * time.Minute},
 		{"nodes", len(c.Nodes), 0},
 		{"upstream.connect", c.Upstream.Connect, 3 * time.Second},
 		{"upstream.first_byte", c.Upstream.FirstByte, 5 * time.Minute},

@@ -80,6 +80,8 @@ func TestDiffSettings(t *testing.T) {
 			[]string{"max_header_bytes"}, []string{"max_header_bytes"}},
 		{"body size", func(c *Config) { c.MaxBodyBytes = 1 << 20 },
 			[]string{"max_body_bytes"}, []string{"max_body_bytes"}},
+		{"write timeout", func(c *Config) { c.WriteTimeout = time.Second },
+			[]string{"write_timeout"}, nil},
 		{"admin token", func(c *Config) { c.Admin.Token = "t" }, []string{"admin.token"}, nil},
 		{"redis", func(c *Config) { c.Redis.Addr = "127.0.0.1:6379"; c.Redis.Timeout = time.Second },
 			[]string{"redis.addr", "redis.timeout"}, []string{"redis.addr", "redis.timeout"}},

@@ -76,6 +76,8 @@ func TestParseProblem(t *testing.T) {
 			nil, "shutdown_timeout", 3, "must not be negative, got -1s"},
 		{"zero body", nodeYAML + "max_body_bytes: 0\n",
 			nil, "max_body_bytes", 3, "must be positive"},
+		{"zero write timeout", nodeYAML + "write_timeout: 0s\n",
+			nil, "write_timeout", 3, "must be positive"},
 		{"tiny header limit", nodeYAML + "max_header_bytes: 1KiB\n",
 			nil, "max_header_bytes", 3, "must be between 4KiB and 1MiB, got 1024"},
 

@@ -28,6 +28,11 @@ type Config struct {
 	// from the request's first byte. A slower request gets 408. Default
 	// 5m, room for large images on slow links. Read at start only.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds the time a client takes to read a whole
+	// non-streamed response, from when the proxy starts to send it. A
+	// slower client has its connection closed. Streamed responses are not
+	// bounded by it. Default 5m.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 
 	// Nodes lists the Ollama servers. At least one is required.
 	Nodes     []Node    `yaml:"nodes"`

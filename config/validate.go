@@ -22,6 +22,7 @@ func (v *validator) validate(c *Config) {
 	nonNegative(v, "shutdown_timeout", c.ShutdownTimeout)
 	positive(v, "max_body_bytes", c.MaxBodyBytes)
 	positive(v, "read_timeout", c.ReadTimeout)
+	positive(v, "write_timeout", c.WriteTimeout)
 	if c.MaxHeaderBytes < 4<<10 || c.MaxHeaderBytes > 1<<20 {
 		v.add("max_header_bytes", "must be between 4KiB and 1MiB, got %d", c.MaxHeaderBytes)
 	}

@@ -153,7 +153,10 @@ func New(opts Options) *Server {
 		// Also the largest request head fasthttp accepts.
 		ReadBufferSize:  int(opts.Config.MaxHeaderBytes),
 		CloseOnShutdown: true,
-		Logger:          fasthttpLogger{s.log},
+		// fasthttp passes connection errors that it ignores by default,
+		// write timeouts among them, to Logger only with this set.
+		LogAllErrors: true,
+		Logger:       fasthttpLogger{s.log},
 	}
 	s.heads.ttl = 2 * s.srv.ReadTimeout
 	return s
@@ -278,6 +281,7 @@ const shutdownGrace = time.Second
 // separate listener of admin.listen.
 func (s *Server) AdminHandler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
+		defer s.limitWrite(ctx)
 		rt := classify(ctx.Method(), ctx.Path())
 		if !checkHost(ctx, s.config().Admin.Listen) {
 			s.end(s.begin(ctx, rt))
@@ -298,6 +302,7 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 // Host, CORS and API key checks, then serves the route locally, from one
 // node, or from every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	defer s.limitWrite(ctx)
 	s.heads.take(&ctx.Request.Header)
 	rt := classify(ctx.Method(), ctx.Path())
 	if rt.operational() && s.config().Admin.Listen != "" {
@@ -429,10 +434,29 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
+	s.limitWrite(ctx)
 	rs := s.begin(ctx, rt)
 	rs.method = methodString(method)
 	rs.err = msg
 	s.end(rs)
+}
+
+// limitWrite sets the deadline by which the client must have read a
+// non-streamed response: write_timeout from now, because fasthttp starts
+// to write the response when the handler returns. A body stream or a
+// hijacked connection gets the zero deadline, so that write_timeout never
+// cuts a long stream.
+//
+// fasthttp v1.79.0 skips its own Server.WriteTimeout for a response whose
+// handler set a deadline through ctx, and clears that deadline once the
+// response is written, so none carries over to the next request on the
+// connection. Streams clear it as well, so as not to depend on that.
+func (s *Server) limitWrite(ctx *fasthttp.RequestCtx) {
+	var deadline time.Time
+	if !ctx.Response.IsBodyStream() && !ctx.Hijacked() {
+		deadline = time.Now().Add(s.config().WriteTimeout)
+	}
+	_ = ctx.SetWriteDeadline(deadline)
 }
 
 // isHeaderError reports whether err comes from reading a request head,
@@ -673,11 +697,43 @@ const drainPause = 200 * time.Millisecond
 // drainTimeout is the maximum time discardBody spends reading.
 const drainTimeout = 5 * time.Second
 
-// fasthttpLogger sends fasthttp's own messages to slog at Debug.
+// fasthttpLogger sends fasthttp's own messages to slog at Debug. The end
+// of a connection whose client did not read a response within
+// write_timeout goes to Info instead, with the client's address.
 type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	l.log.Debug("fasthttp", "message", sprintf(format, args...))
+	if client, ok := writeTimedOut(args); ok {
+		l.log.Info(writeTimeoutMessage, "client", client)
+		return
+	}
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("fasthttp", "message", sprintf(format, args...))
+	}
+}
+
+// writeTimeoutMessage is logged when a client connection closes because
+// the client did not take a response in time.
+const writeTimeoutMessage = "client did not read the response in time " +
+	"(write_timeout, or upstream.idle on a stream), closing the connection"
+
+// writeTimedOut returns the client's address when one of args is the error
+// of a write to the client that timed out. fasthttp's worker pool passes
+// the error that ended a connection to Logger.Printf as an argument. Such
+// an error comes from the deadline of limitWrite, or from the one that a
+// stream relayed line by line sets for each line (relay.limitClientWrite).
+func writeTimedOut(args []any) (client string, ok bool) {
+	for _, arg := range args {
+		err, isErr := arg.(error)
+		if !isErr {
+			continue
+		}
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "write" && oe.Timeout() && oe.Addr != nil {
+			return oe.Addr.String(), true
+		}
+	}
+	return "", false
 }
 
 // handleOperational serves the admin routes, metrics and probes.
