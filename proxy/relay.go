@@ -233,8 +233,10 @@ type relay struct {
 	// writes to client directly. loopBuf holds the body bytes buffered
 	// before the handover, and partial the start of a line that the
 	// loop's next payload continues, unless the line is overlong.
-	loop     bool
-	client   net.Conn
+	loop   bool
+	client net.Conn
+	// writeBy is the client write deadline that Read set last.
+	writeBy  time.Time
 	loopBuf  []byte
 	partial  []byte
 	overlong bool
@@ -280,8 +282,28 @@ func (r *relay) keepPending(b []byte) {
 type readerOnly struct{ io.Reader }
 
 // Read copies the next line of the response into p, or the rest of a line
-// that did not fit.
+// that did not fit, and bounds the client's write of it.
 func (r *relay) Read(p []byte) (int, error) {
+	n, err := r.readLine(p)
+	if n > 0 {
+		r.limitClientWrite()
+	}
+	return n, err
+}
+
+// limitClientWrite gives the client upstream.idle to take the bytes that
+// Read returned. A client that takes none of them in that time ends the
+// stream and frees the node's slot, as the event loop does.
+func (r *relay) limitClientWrite() {
+	if r.client == nil || r.ex == nil || r.ex.idle <= 0 {
+		return
+	}
+	r.writeBy = time.Now().Add(r.ex.idle)
+	_ = r.client.SetWriteDeadline(r.writeBy)
+}
+
+// readLine is Read without the bound on the client's write.
+func (r *relay) readLine(p []byte) (int, error) {
 	if len(r.pending) > 0 {
 		n := copy(p, r.pending)
 		r.pending = r.pending[n:]
@@ -461,12 +483,21 @@ func (r *relay) Close() error {
 		rs.err = r.failed.Error()
 	case r.failed != nil:
 		rs.err = r.failed.Error()
+	case !r.done && !r.writeBy.IsZero() && !time.Now().Before(r.writeBy):
+		rs.status = StatusClientClosed
+		rs.err = errClientStalled.Error()
 	case !r.done:
 		// fasthttp stopped reading: the client connection failed.
 		rs.status = StatusClientClosed
 		rs.err = errClientGone.Error()
 	default:
 		r.s.afterSuccess(rs, r.rt, r.f, r.lease.Node)
+	}
+	if !r.writeBy.IsZero() {
+		// A write on the kept-alive connection before the next handler
+		// runs, such as 100 Continue, must not meet this deadline.
+		_ = r.client.SetWriteDeadline(time.Time{})
+		r.writeBy = time.Time{}
 	}
 	s := r.s
 	r.s, r.rs, r.lease, r.ex, r.watch, r.client = nil, nil, nil, nil, nil, nil

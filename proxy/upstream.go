@@ -103,8 +103,10 @@ type exchange struct {
 	// it is not allocated per exchange.
 	limited io.LimitedReader
 	idle    time.Duration
-	// deadline is the read deadline last set on the connection.
+	// deadline is the read deadline last set on the connection, and
+	// idling is set once Read replaced the first-byte deadline.
 	deadline time.Time
+	idling   bool
 	reuse    bool // the connection may go back to the pool when done
 	// cancelled is set when the exchange's context ended, before the
 	// connection's deadline is moved to the past.
@@ -253,27 +255,22 @@ func (ex *exchange) setBody(head bool) {
 	}
 }
 
-// Read reads the response body, bounding the silence between reads by the
-// idle timeout. The deadline moves only once half of it has passed,
-// because moving it on every chunk of a stream costs more than the read.
-// The first-byte deadline stays while it is within that range, which
-// spares a short response any deadline change.
+// Read reads the response body, bounding the silence before each read
+// by the idle timeout. A body that came whole with the head keeps the
+// first-byte deadline, so a short response changes no deadline. A later
+// deadline reaches the poller only when the earlier one passes
+// (internal/rawconn), so moving it for every chunk of a stream is cheap.
 func (ex *exchange) Read(p []byte) (int, error) {
-	if ex.idle > 0 || !ex.deadline.IsZero() {
-		now := time.Now()
-		left := ex.deadline.Sub(now)
-		moved := false
-		switch {
-		case ex.idle <= 0:
-			// No idle timeout: the body may take as long as it takes.
-			ex.deadline, moved = time.Time{}, true
-		case left < ex.idle/2 || left > ex.idle:
-			ex.deadline, moved = now.Add(ex.idle), true
-		}
-		if moved {
+	if ex.idling || ex.br == nil || ex.br.Buffered() == 0 {
+		ex.idling = true
+		if ex.idle > 0 || !ex.deadline.IsZero() {
+			ex.deadline = time.Time{}
+			if ex.idle > 0 {
+				ex.deadline = time.Now().Add(ex.idle)
+			}
 			_ = ex.conn.SetReadDeadline(ex.deadline)
-			// A cancellation between the check and the new deadline
-			// would otherwise be undone.
+			// A cancellation between the check and the new deadline would
+			// otherwise be undone.
 			if ex.cancelled.Load() {
 				return 0, errCancelled
 			}
@@ -405,7 +402,7 @@ func (ex *exchange) closeWith(complete bool) {
 func (ex *exchange) recycle() {
 	ex.u, ex.conn, ex.done, ex.body, ex.stop, ex.watch = nil, nil, nil, nil, nil, nil
 	ex.limited = io.LimitedReader{}
-	ex.idle, ex.deadline = 0, time.Time{}
+	ex.idle, ex.deadline, ex.idling = 0, time.Time{}, false
 	ex.reuse, ex.closed = false, false
 	ex.cancelled.Store(false)
 	ex.handle.Store(nil)

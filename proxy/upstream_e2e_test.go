@@ -97,9 +97,9 @@ func TestFirstByteTimeoutDuringLoadNotRetried(t *testing.T) {
 	}
 }
 
-// stuckReader starts a node that passes the health checks and lists model
-// "m", but never reads the body of a POST and never responds to it.
-func stuckReader(t *testing.T) string {
+// scriptedNode starts a node that passes the health checks, lists model
+// "m" and serves every POST with post.
+func scriptedNode(t *testing.T, post http.HandlerFunc) string {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/version", func(w http.ResponseWriter, r *http.Request) {
@@ -112,18 +112,25 @@ func stuckReader(t *testing.T) string {
 	mux.HandleFunc("GET /api/ps", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"models":[]}`)
 	})
+	mux.HandleFunc("POST /", post)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// stuckReader starts a node that never reads the body of a POST and never
+// responds to it.
+func stuckReader(t *testing.T) string {
+	t.Helper()
 	// The server notices a closed connection only once the body is read,
-	// so the handlers wait for the test to end.
+	// so the handlers wait for the test to end. Cleanups run last in
+	// first, so release comes before the server's Close.
 	release := make(chan struct{})
-	mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
+	url := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
 		<-release
 	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		close(release)
-		srv.Close()
-	})
-	return srv.URL
+	t.Cleanup(func() { close(release) })
+	return url
 }
 
 func TestColdPreloadNotRetried(t *testing.T) {

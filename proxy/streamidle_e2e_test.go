@@ -1,0 +1,109 @@
+package proxy_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+)
+
+// chatLine returns one NDJSON line of a chat stream.
+func chatLine(content string, done bool) string {
+	return fmt.Sprintf(`{"model":"m","created_at":"2026-01-01T00:00:00Z",`+
+		`"message":{"role":"assistant","content":%q},"done":%v}`+"\n", content, done)
+}
+
+// postHTTP10 sends a streamed /api/chat request over HTTP/1.0, which the
+// proxy relays line by line instead of on its event loop, and returns the
+// connection.
+func postHTTP10(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`
+	fmt.Fprintf(conn, "POST /api/chat HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		len(body), body)
+	return conn.(*net.TCPConn)
+}
+
+func TestStreamGapsUnderIdleNotCut(t *testing.T) {
+	// Each gap is under upstream.idle, and together they are well over it.
+	gaps := []time.Duration{300 * time.Millisecond, 800 * time.Millisecond,
+		300 * time.Millisecond, 800 * time.Millisecond}
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for i, gap := range gaps {
+			time.Sleep(gap)
+			io.WriteString(w, chatLine(fmt.Sprint("word", i), false))
+			w.(http.Flusher).Flush()
+		}
+		io.WriteString(w, chatLine("", true))
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	cfg.Upstream.Idle = time.Second
+	proxy := testenv.Proxy(t, cfg)
+
+	conn := postHTTP10(t, proxy.Addr())
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("reading the stream: %v\n%s", err, got)
+	}
+	text := string(got)
+	if strings.Contains(text, `"error"`) {
+		t.Fatalf("the stream was cut although no silence reached upstream.idle:\n%s", text)
+	}
+	if !strings.Contains(text, `"done":true`) {
+		t.Errorf("the stream has no final line:\n%s", text)
+	}
+}
+
+func TestStalledHTTP10ClientFreesNode(t *testing.T) {
+	// The node writes far more than the socket buffers between it and a
+	// client that reads nothing, and notes when a write fails.
+	nodeGone := make(chan struct{})
+	line := chatLine(strings.Repeat("x", 200), false)
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		defer close(nodeGone)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for range 500_000 {
+			if _, err := io.WriteString(w, line); err != nil {
+				return
+			}
+		}
+		io.WriteString(w, chatLine("", true))
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	cfg.Upstream.Idle = 500 * time.Millisecond
+	proxy, logs := testenv.JSONProxy(t, cfg, 0)
+
+	conn := postHTTP10(t, proxy.Addr())
+	if err := conn.SetReadBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	head, err := bufio.NewReader(conn).Peek(12)
+	if err != nil || string(head) != "HTTP/1.0 200" && string(head) != "HTTP/1.1 200" {
+		t.Fatalf("response starts %q, %v; want status 200", head, err)
+	}
+	// The client now reads nothing more.
+	select {
+	case <-nodeGone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the node still streams to a client that read nothing for 20s")
+	}
+	testenv.WaitFor(t, 5*time.Second, "the stall in the request log", func() bool {
+		return strings.Contains(logs.String(), "client read nothing within upstream.idle")
+	})
+}
