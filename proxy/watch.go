@@ -207,14 +207,28 @@ func (w *clientWatch) run(conn net.Conn, done chan struct{}) {
 		if w.stopped.Load() {
 			return
 		}
-		if isTimeout(err) {
-			// A read deadline left by the server's read timeout.
-			_ = conn.SetReadDeadline(time.Time{})
+		if isTimeout(err) && w.clearDeadline(conn) {
 			continue
+		}
+		if w.stopped.Load() {
+			return
 		}
 		w.cancel(errClientGone)
 		return
 	}
+}
+
+// clearDeadline removes a read deadline that the server's read timeout
+// left on conn and reports whether it did. Once stop has begun, the
+// deadline in the past that stop sets must stay, so it does nothing.
+func (w *clientWatch) clearDeadline(conn net.Conn) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped.Load() {
+		return false
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return true
 }
 
 // errNoPeek is peekByte's error on systems where the watch reads a byte
@@ -244,10 +258,10 @@ func (w *clientWatch) peek(conn net.Conn, raw syscall.RawConn) bool {
 			return false
 		case w.stopped.Load():
 			return true
-		case err != nil && isTimeout(err):
-			// A read deadline left by the server's read timeout.
-			_ = conn.SetReadDeadline(time.Time{})
+		case err != nil && isTimeout(err) && w.clearDeadline(conn):
 			continue
+		case w.stopped.Load():
+			return true
 		}
 		w.cancel(errClientGone)
 		return true
