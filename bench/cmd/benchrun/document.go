@@ -87,6 +87,19 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   when it sleeps, and the monitor then woke every 20 µs until the process
   was idle again. The profiles of -profile show the rest: header parsing
   in fasthttp, the scheduler and timers.
+- Timers: fasthttp sets a client connection's read deadline twice per
+  request, and llmproxy sets one on the node's connection per response.
+  In a perf profile at saturation (2026-12-05) these changes, each a
+  runtime timer re-armed under a lock, took about 3%% of llmproxy's CPU.
+  internal/rawconn now passes a later deadline to Go's poller only when
+  the earlier one passes.
+- At 2000 requests per second, a perf profile (2026-12-05) put about a
+  third of llmproxy's CPU in the kernel's context switches and wake-ups:
+  a write that wakes the reader on the other end (the load generator or
+  a node), the return from epoll_pwait when a request or response
+  arrives, and, about 5%%, futex calls with which Go's scheduler starts a
+  second thread when the poller returns more than one ready goroutine,
+  and parks it again. nginx pays the first two in the same way.
 - The kernel column locates the difference. For non-streamed requests at
   saturation the three proxies spend similar kernel time per request,
   since each does the same loopback reads and writes, and most of
