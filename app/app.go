@@ -326,6 +326,9 @@ func (a *App) listenAdmin(cfg *config.Config) error {
 		ReadTimeout:           30 * time.Second,
 		IdleTimeout:           2 * time.Minute,
 		CloseOnShutdown:       true,
+		// A write timeout of write_timeout reaches the log, as on listen.
+		LogAllErrors: true,
+		Logger:       a.server.HTTPLogger(),
 	}
 	a.log.Info("admin routes listening", "listen", ln.Addr().String())
 	return nil

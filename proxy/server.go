@@ -697,6 +697,10 @@ const drainPause = 200 * time.Millisecond
 // drainTimeout is the maximum time discardBody spends reading.
 const drainTimeout = 5 * time.Second
 
+// HTTPLogger returns the logger for fasthttp's own messages, for servers
+// of the proxy's routes outside Serve, such as that of admin.listen.
+func (s *Server) HTTPLogger() fasthttp.Logger { return fasthttpLogger{s.log} }
+
 // fasthttpLogger sends fasthttp's own messages to slog at Debug. The end
 // of a connection whose client did not read a response within
 // write_timeout goes to Info instead, with the client's address.
