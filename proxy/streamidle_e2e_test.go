@@ -107,3 +107,87 @@ func TestStalledHTTP10ClientFreesNode(t *testing.T) {
 		return strings.Contains(logs.String(), "client read nothing within upstream.idle")
 	})
 }
+
+// hijackedNode starts a node whose POST handler writes the raw response
+// bytes itself, so that a test controls how they are split into TCP
+// writes. script gets the connection after the request was read.
+func hijackedNode(t *testing.T, script func(conn net.Conn)) string {
+	t.Helper()
+	return scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer conn.Close()
+		script(conn)
+	})
+}
+
+// chunkedHead is the head of a chunked NDJSON response.
+const chunkedHead = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n" +
+	"Transfer-Encoding: chunked\r\n\r\n"
+
+// chunk frames line as one HTTP chunk.
+func chunk(line string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(line), line) }
+
+func TestChunkSplitAcrossReadsGetsIdleEach(t *testing.T) {
+	first, second := chatLine("one", false), chatLine("two", false)
+	node := hijackedNode(t, func(conn net.Conn) {
+		io.WriteString(conn, chunkedHead+chunk(first))
+		// Each part of the second chunk comes within upstream.idle of the
+		// one before, and both together take longer.
+		time.Sleep(700 * time.Millisecond)
+		framed := chunk(second)
+		io.WriteString(conn, framed[:len(framed)/2])
+		time.Sleep(700 * time.Millisecond)
+		io.WriteString(conn, framed[len(framed)/2:]+chunk(chatLine("", true))+"0\r\n\r\n")
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	cfg.Upstream.Idle = time.Second
+	proxy := testenv.Proxy(t, cfg)
+
+	conn := postHTTP10(t, proxy.Addr())
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("reading the stream: %v\n%s", err, got)
+	}
+	text := string(got)
+	if strings.Contains(text, `"error"`) {
+		t.Fatalf("the stream was cut although each part came within upstream.idle:\n%s", text)
+	}
+	if !strings.Contains(text, `"done":true`) {
+		t.Errorf("the stream has no final line:\n%s", text)
+	}
+}
+
+func TestSilenceAfterPartialChunkIsIdle(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	node := hijackedNode(t, func(conn net.Conn) {
+		// The head and half of the first chunk come in one write, and
+		// then the node falls silent.
+		framed := chunk(chatLine("one", false))
+		io.WriteString(conn, chunkedHead+framed[:len(framed)/2])
+		<-release
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	cfg.Upstream.Idle = 500 * time.Millisecond
+	cfg.Upstream.FirstByte = time.Minute
+	proxy := testenv.Proxy(t, cfg)
+
+	conn := postHTTP10(t, proxy.Addr())
+	// Within the first-byte timeout, so only the idle timeout can end it.
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("the stream did not end before the first-byte timeout: %v\n%s", err, got)
+	}
+	if !strings.Contains(string(got), "no data from node within the idle timeout") {
+		t.Errorf("the stream does not end with the idle timeout error:\n%s", got)
+	}
+}

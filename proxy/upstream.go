@@ -97,14 +97,17 @@ type exchange struct {
 	// closes it otherwise.
 	done func(reuse bool)
 	br   *bufio.Reader
-	resp fasthttp.ResponseHeader
+	// reader is what br reads from: conn, with the idle deadline moved
+	// before each read once the head is in.
+	reader idleReader
+	resp   fasthttp.ResponseHeader
 	body io.Reader
 	// limited backs body for a response with a Content-Length, so that
 	// it is not allocated per exchange.
 	limited io.LimitedReader
 	idle    time.Duration
 	// deadline is the read deadline last set on the connection, and
-	// idling is set once Read replaced the first-byte deadline.
+	// idling is set once the body is being read.
 	deadline time.Time
 	idling   bool
 	reuse    bool // the connection may go back to the pool when done
@@ -205,7 +208,8 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		// undone by the new deadlines.
 		_ = conn.SetDeadline(time.Unix(1, 0))
 	}
-	ex.br = u.hc.AcquireReader(conn)
+	ex.reader = idleReader{Conn: conn, ex: ex}
+	ex.br = u.hc.AcquireReader(&ex.reader)
 	if err := ex.resp.Read(ex.br); err != nil {
 		ex.close()
 		if reused && isConnClosed(err) && ctx.Err() == nil {
@@ -255,27 +259,10 @@ func (ex *exchange) setBody(head bool) {
 	}
 }
 
-// Read reads the response body, bounding the silence before each read
-// by the idle timeout. A body that came whole with the head keeps the
-// first-byte deadline, so a short response changes no deadline. A later
-// deadline reaches the poller only when the earlier one passes
-// (internal/rawconn), so moving it for every chunk of a stream is cheap.
+// Read reads the response body. From the first call on, each read from
+// the node's socket may wait at most the idle timeout (see idleReader).
 func (ex *exchange) Read(p []byte) (int, error) {
-	if ex.idling || ex.br == nil || ex.br.Buffered() == 0 {
-		ex.idling = true
-		if ex.idle > 0 || !ex.deadline.IsZero() {
-			ex.deadline = time.Time{}
-			if ex.idle > 0 {
-				ex.deadline = time.Now().Add(ex.idle)
-			}
-			_ = ex.conn.SetReadDeadline(ex.deadline)
-			// A cancellation between the check and the new deadline would
-			// otherwise be undone.
-			if ex.cancelled.Load() {
-				return 0, errCancelled
-			}
-		}
-	}
+	ex.idling = true
 	n, err := ex.body.Read(p)
 	if err != nil && err != io.EOF && isTimeout(err) {
 		if ex.cancelled.Load() {
@@ -288,6 +275,34 @@ func (ex *exchange) Read(p []byte) (int, error) {
 		ex.reuse = false
 	}
 	return n, err
+}
+
+// idleReader is the node's connection as the exchange's bufio.Reader sees
+// it. Once the body is being read, it bounds the wait of every read from
+// the socket by the idle timeout, so a chunk that arrives in parts gets
+// the whole timeout for each part. A response read whole with its head
+// changes no deadline. A later deadline reaches the poller only when the
+// earlier one passes (internal/rawconn), so this costs little per read.
+type idleReader struct {
+	net.Conn
+	ex *exchange
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	ex := r.ex
+	if ex.idling && (ex.idle > 0 || !ex.deadline.IsZero()) {
+		ex.deadline = time.Time{}
+		if ex.idle > 0 {
+			ex.deadline = time.Now().Add(ex.idle)
+		}
+		_ = r.Conn.SetReadDeadline(ex.deadline)
+		// A cancellation between the check and the new deadline would
+		// otherwise be undone.
+		if ex.cancelled.Load() {
+			return 0, errCancelled
+		}
+	}
+	return r.Conn.Read(p)
 }
 
 // readAll reads the whole body and fails when it exceeds limit bytes.
@@ -403,6 +418,7 @@ func (ex *exchange) recycle() {
 	ex.u, ex.conn, ex.done, ex.body, ex.stop, ex.watch = nil, nil, nil, nil, nil, nil
 	ex.limited = io.LimitedReader{}
 	ex.idle, ex.deadline, ex.idling = 0, time.Time{}, false
+	ex.reader = idleReader{}
 	ex.reuse, ex.closed = false, false
 	ex.cancelled.Store(false)
 	ex.handle.Store(nil)
