@@ -97,7 +97,7 @@ type exchange struct {
 	// closes it otherwise.
 	done func(reuse bool)
 	br   *bufio.Reader
-	// reader is what br reads from: conn, with the idle deadline moved
+	// reader is the source of br: conn, with the idle deadline moved
 	// before each read once the head is in.
 	reader idleReader
 	resp   fasthttp.ResponseHeader
@@ -277,8 +277,8 @@ func (ex *exchange) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// idleReader is the node's connection as the exchange's bufio.Reader sees
-// it. Once the body is being read, it bounds the wait of every read from
+// idleReader is the node's connection as read by the exchange's
+// bufio.Reader. Once the body is being read, it bounds the wait of every read from
 // the socket by the idle timeout, so a chunk that arrives in parts gets
 // the whole timeout for each part. A response read whole with its head
 // changes no deadline. A later deadline reaches the poller only when the
