@@ -101,7 +101,7 @@ type exchange struct {
 	// before each read once the head is in.
 	reader idleReader
 	resp   fasthttp.ResponseHeader
-	body io.Reader
+	body   io.Reader
 	// limited backs body for a response with a Content-Length, so that
 	// it is not allocated per exchange.
 	limited io.LimitedReader
