@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"syscall"
@@ -21,8 +21,16 @@ import (
 const maxObservedLine = 1 << 20
 
 // errClientStalled ends a stream whose client took no bytes for
-// upstream.idle. The client counts as gone.
-var errClientStalled = fmt.Errorf("client read nothing within upstream.idle: %w", errClientGone)
+// upstream.idle. The client counts as gone, so it matches errClientGone.
+var errClientStalled error = clientStalledError{}
+
+type clientStalledError struct{}
+
+func (clientStalledError) Error() string { return "client read nothing within upstream.idle" }
+
+func (clientStalledError) Is(target error) bool {
+	return target == errClientGone || target == context.Canceled
+}
 
 // unsentWriteLimit bounds the blocking write of the bytes that a failed
 // looped stream still owed its client.

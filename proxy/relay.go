@@ -235,8 +235,10 @@ type relay struct {
 	// loop's next payload continues, unless the line is overlong.
 	loop   bool
 	client net.Conn
-	// writeBy is the client write deadline that Read set last.
+	// writeBy is the client write deadline that Read set last, and
+	// stallSet is set once Read bounded the client's writes by progress.
 	writeBy  time.Time
+	stallSet bool
 	loopBuf  []byte
 	partial  []byte
 	overlong bool
@@ -291,15 +293,43 @@ func (r *relay) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// limitClientWrite gives the client upstream.idle to take the bytes that
-// Read returned. A client that takes none of them in that time ends the
-// stream and frees the node's slot, as the event loop does.
+// stallBounder is a client connection that can bound a waiting write by
+// the client's progress (rawconn.Conn on Linux).
+type stallBounder interface {
+	SetWriteStall(d time.Duration)
+	WriteStalled() bool
+}
+
+// limitClientWrite ends the stream, freeing the node's slot, when the
+// client takes no bytes for upstream.idle, as the event loop does. Where
+// the connection cannot tell the client's progress, each write of a line
+// gets upstream.idle instead.
+//
+// NOTE: on such connections (systems other than Linux) a slow reader is
+// cut once one write waits longer than upstream.idle, which Linux's
+// wake-up at a third of the send buffer can make happen to a client that
+// still reads.
 func (r *relay) limitClientWrite() {
 	if r.client == nil || r.ex == nil || r.ex.idle <= 0 {
 		return
 	}
+	if sb, ok := r.client.(stallBounder); ok {
+		if !r.stallSet {
+			sb.SetWriteStall(r.ex.idle)
+			r.stallSet = true
+		}
+		return
+	}
 	r.writeBy = time.Now().Add(r.ex.idle)
 	_ = r.client.SetWriteDeadline(r.writeBy)
+}
+
+// clientStalled reports whether the client's write bound ended the stream.
+func (r *relay) clientStalled() bool {
+	if sb, ok := r.client.(stallBounder); ok && r.stallSet {
+		return sb.WriteStalled()
+	}
+	return !r.writeBy.IsZero() && !time.Now().Before(r.writeBy)
 }
 
 // readLine is Read without the bound on the client's write.
@@ -483,7 +513,7 @@ func (r *relay) Close() error {
 		rs.err = r.failed.Error()
 	case r.failed != nil:
 		rs.err = r.failed.Error()
-	case !r.done && !r.writeBy.IsZero() && !time.Now().Before(r.writeBy):
+	case !r.done && r.clientStalled():
 		rs.status = StatusClientClosed
 		rs.err = errClientStalled.Error()
 	case !r.done:
@@ -493,9 +523,13 @@ func (r *relay) Close() error {
 	default:
 		r.s.afterSuccess(rs, r.rt, r.f, r.lease.Node)
 	}
+	// A write on the kept-alive connection before the next handler runs,
+	// such as 100 Continue, must not meet the stream's bound.
+	if sb, ok := r.client.(stallBounder); ok && r.stallSet {
+		sb.SetWriteStall(0)
+		r.stallSet = false
+	}
 	if !r.writeBy.IsZero() {
-		// A write on the kept-alive connection before the next handler
-		// runs, such as 100 Continue, must not meet this deadline.
 		_ = r.client.SetWriteDeadline(time.Time{})
 		r.writeBy = time.Time{}
 	}

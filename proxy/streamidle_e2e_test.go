@@ -191,3 +191,41 @@ func TestSilenceAfterPartialChunkIsIdle(t *testing.T) {
 		t.Errorf("the stream does not end with the idle timeout error:\n%s", got)
 	}
 }
+
+func TestSteadySlowHTTP10ReaderNotCut(t *testing.T) {
+	const lines = 30_000
+	line := chatLine(strings.Repeat("x", 200), false)
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for range lines {
+			if _, err := io.WriteString(w, line); err != nil {
+				return
+			}
+		}
+		io.WriteString(w, chatLine("", true))
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	// The proxy's send buffer to the client grows to megabytes, and Linux
+	// wakes a writer only once a third of it is free: longer than this
+	// for a client that reads about 2 MB/s.
+	cfg.Upstream.Idle = 300 * time.Millisecond
+	proxy := testenv.Proxy(t, cfg)
+
+	conn := postHTTP10(t, proxy.Addr())
+	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var got []byte
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := conn.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+		time.Sleep(15 * time.Millisecond)
+	}
+	text := string(got)
+	if strings.Contains(text, `"error"`) || !strings.Contains(text, `"done":true`) {
+		t.Fatalf("a client that kept reading lost the stream after %d bytes", len(got))
+	}
+}

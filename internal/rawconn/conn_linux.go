@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // maxRW bounds one read(2) or write(2), as the standard library does,
@@ -50,7 +52,11 @@ type Conn struct {
 	wn   int
 	werr syscall.Errno
 	// wfull is set when the send buffer had no room for the rest of wbuf.
-	wfull      bool
+	wfull bool
+	// stall bounds a waiting write by the peer's progress (SetWriteStall),
+	// and stalled is set when a write failed for it.
+	stall      atomic.Int64
+	stalled    atomic.Bool
 	writeFn    func(uintptr) bool
 	tryWriteFn func(uintptr) bool
 
@@ -159,6 +165,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 func (c *Conn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if len(b) == 0 && c.wdl.expired() {
+		return 0, c.opError("write", os.ErrDeadlineExceeded)
+	}
 	written := 0
 	for written < len(b) {
 		chunk := b[written:]
@@ -191,14 +200,39 @@ func (c *Conn) writeChunk() error {
 	c.wfull = false
 	err := c.raw.Write(c.tryWriteFn)
 	waiting := false
+	stall := time.Duration(c.stall.Load())
+	// acked grows by the bytes that the peer acknowledged: the bytes
+	// written less those still queued.
+	acked := 0
 	for {
 		switch {
+		case err != nil && isDeadline(err) && waiting && stall > 0:
+			// The stall bound or the deadline passed. Go on while the
+			// peer acknowledged bytes since the last check.
+			q := c.queued()
+			if c.wdl.expired() || q < 0 || c.wn-q <= acked {
+				c.stalled.Store(!c.wdl.expired())
+				c.wdl.done()
+				return err
+			}
+			acked = c.wn - q
+			if werr := c.wdl.waitUntil(time.Now().Add(stall), c.TCPConn.SetWriteDeadline); werr != nil {
+				c.wdl.done()
+				return werr
+			}
 		case err != nil && isDeadline(err) && c.wdl.passed(c.TCPConn.SetWriteDeadline):
 			// A deadline the poller kept from before has passed.
 		case err == nil && c.wfull && !waiting:
 			c.wfull = false
 			waiting = true
-			if werr := c.wdl.wait(c.TCPConn.SetWriteDeadline); werr != nil {
+			var werr error
+			if stall > 0 {
+				acked = c.wn - c.queued()
+				werr = c.wdl.waitUntil(time.Now().Add(stall), c.TCPConn.SetWriteDeadline)
+			} else {
+				werr = c.wdl.wait(c.TCPConn.SetWriteDeadline)
+			}
+			if werr != nil {
 				c.wdl.done()
 				return werr
 			}
@@ -215,6 +249,29 @@ func (c *Conn) writeChunk() error {
 		err = c.raw.Write(fn)
 	}
 }
+
+// queued returns the bytes of the send queue that the peer has not
+// acknowledged, or -1 when they are not known.
+func (c *Conn) queued() int {
+	q := -1
+	_ = c.raw.Control(func(fd uintptr) { q = QueuedBytes(int(fd)) })
+	return q
+}
+
+// SetWriteStall bounds a write that waits for room in the send buffer by
+// the peer's progress instead of by the time the write takes: it fails
+// once the peer has acknowledged no bytes for d. Linux reports room only
+// once a third of the buffer is free, which a slow but steady reader can
+// take longer than d to free. A write deadline still applies. Zero turns
+// the bound off.
+func (c *Conn) SetWriteStall(d time.Duration) {
+	c.stall.Store(int64(d))
+	c.stalled.Store(false)
+}
+
+// WriteStalled reports whether a write failed because of SetWriteStall's
+// bound.
+func (c *Conn) WriteStalled() bool { return c.stalled.Load() }
 
 // opError gives an error of the raw connection the shape net.Conn's
 // errors have, so that checks for timeouts, closed connections and resets

@@ -508,3 +508,66 @@ func TestPastWriteDeadlineInterruptsWrite(t *testing.T) {
 		t.Fatal("a deadline in the past did not interrupt the waiting write")
 	}
 }
+
+func TestWriteStallLetsSteadyReaderGoOn(t *testing.T) {
+	rc, client := pair(t)
+	// Linux doubles the 1 MiB send buffer and reports room only once a
+	// third of it is free: about 0.4 s for this reader, longer than the
+	// stall bound. The receive buffer stays above loopback's segment
+	// size, so that the reader's window updates are not held back.
+	rc.SetWriteBuffer(1 << 20)
+	client.SetReadBuffer(256 << 10)
+	rc.SetWriteStall(300 * time.Millisecond)
+	const total = 4 << 20
+	received := make(chan int64, 1)
+	go func() {
+		var n int64
+		buf := make([]byte, 16<<10)
+		for n < total {
+			m, err := client.Read(buf)
+			n += int64(m)
+			if err != nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		received <- n
+	}()
+	n, err := rc.Write(make([]byte, total))
+	if n != total || err != nil {
+		t.Fatalf("Write = %d, %v; want all %d bytes to a reader that keeps reading", n, err, total)
+	}
+	if rc.WriteStalled() {
+		t.Error("WriteStalled after a write that completed")
+	}
+	if got := <-received; got != total {
+		t.Errorf("client read %d bytes, want %d", got, total)
+	}
+}
+
+func TestWriteStallEndsWriteToIdleReader(t *testing.T) {
+	rc, client := pair(t)
+	client.SetReadBuffer(4 << 10)
+	rc.SetWriteBuffer(4 << 10)
+	rc.SetWriteStall(100 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() {
+		_, err := rc.Write(make([]byte, 8<<20))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !isDeadline(err) {
+			t.Fatalf("Write error %v; want a deadline error", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a write to a client that reads nothing did not end")
+	}
+	if !rc.WriteStalled() {
+		t.Error("WriteStalled is false after the stall bound ended the write")
+	}
+	rc.SetWriteStall(0)
+	if rc.WriteStalled() {
+		t.Error("WriteStalled still true after SetWriteStall reset it")
+	}
+}

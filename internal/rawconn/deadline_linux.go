@@ -31,8 +31,9 @@ type deadline struct {
 	// the monotonic clock reading of the time passed in, so that a step of
 	// the wall clock does not move them. Zero means no deadline.
 	want, have time.Time
-	// waiting is set while a write waits in the poller.
-	waiting bool
+	// waiting is set while a write waits in the poller, and stall while
+	// the poller has a stall bound (waitUntil) instead of want.
+	waiting, stall bool
 }
 
 // set records a read deadline and passes it to the poller unless the
@@ -47,6 +48,9 @@ func (d *deadline) set(t time.Time, apply func(time.Time) error) error {
 // applyLocked passes the deadline last set to the poller unless the
 // poller's deadline comes first.
 func (d *deadline) applyLocked(apply func(time.Time) error) error {
+	if d.stall && (d.want.IsZero() || !d.want.Before(d.have)) {
+		return nil // the stall bound comes first
+	}
 	if !d.want.IsZero() && !d.have.IsZero() && !d.want.Before(d.have) {
 		return nil
 	}
@@ -79,6 +83,19 @@ func (d *deadline) wait(apply func(time.Time) error) error {
 	return apply(d.want)
 }
 
+// waitUntil marks a wait as wait does, but passes t, a stall bound, to
+// the poller, or the deadline last set when that comes first.
+func (d *deadline) waitUntil(t time.Time, apply func(time.Time) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.waiting, d.stall = true, true
+	if !d.want.IsZero() && d.want.Before(t) {
+		t = d.want
+	}
+	d.have = t
+	return apply(t)
+}
+
 // expired reports whether the deadline last set has passed.
 func (d *deadline) expired() bool {
 	d.mu.Lock()
@@ -90,7 +107,7 @@ func (d *deadline) expired() bool {
 // done ends the wait that wait marked.
 func (d *deadline) done() {
 	d.mu.Lock()
-	d.waiting = false
+	d.waiting, d.stall = false, false
 	d.mu.Unlock()
 }
 

@@ -48,3 +48,17 @@ func Recv(fd int, p []byte, flags int) (int, error) {
 	}
 	return int(n), nil
 }
+
+// QueuedBytes returns the bytes in the send queue of socket fd that the
+// peer has not acknowledged, or -1 when the kernel does not report them.
+func QueuedBytes(fd int) int {
+	var q int32
+	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), siocoutq, uintptr(unsafe.Pointer(&q)))
+	if e != 0 {
+		return -1
+	}
+	return int(q)
+}
+
+// siocoutq is Linux's SIOCOUTQ ioctl, the same number as TIOCOUTQ.
+const siocoutq = 0x5411
