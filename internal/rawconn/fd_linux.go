@@ -5,6 +5,8 @@ package rawconn
 import (
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Read makes one read(2) on the non-blocking descriptor fd as a raw
@@ -53,12 +55,9 @@ func Recv(fd int, p []byte, flags int) (int, error) {
 // peer has not acknowledged, or -1 when the kernel does not report them.
 func QueuedBytes(fd int) int {
 	var q int32
-	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), siocoutq, uintptr(unsafe.Pointer(&q)))
+	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&q)))
 	if e != 0 {
 		return -1
 	}
 	return int(q)
 }
-
-// siocoutq is Linux's SIOCOUTQ ioctl, the same number as TIOCOUTQ.
-const siocoutq = 0x5411

@@ -444,7 +444,7 @@ func (l *loop) send(h *Handle, b []byte) bool {
 	}
 	h.unsent = append(h.unsent[:0], b[n:]...)
 	h.stalledSince = l.now
-	h.queued = queuedBytes(h.s.Dst)
+	h.queued = rawconn.QueuedBytes(h.s.Dst)
 	if err := l.ctl(unix.EPOLL_CTL_MOD, h.s.Src, 0); err != nil {
 		l.finish(h, err)
 		return false
@@ -495,7 +495,7 @@ func (l *loop) clientEvent(h *Handle, events uint32) {
 	h.unsent = h.unsent[:copy(h.unsent, h.unsent[n:])]
 	if n > 0 {
 		h.stalledSince = l.now
-		h.queued = queuedBytes(h.s.Dst)
+		h.queued = rawconn.QueuedBytes(h.s.Dst)
 	}
 	if len(h.unsent) > 0 {
 		return
@@ -531,7 +531,7 @@ func (l *loop) scan() {
 		// Linux reports the socket writable only once a third of its send
 		// buffer is free, which a slow client that keeps reading can take
 		// longer than the idle timeout to free. Its queue shrinks, though.
-		if q := queuedBytes(h.s.Dst); q >= 0 && q < h.queued {
+		if q := rawconn.QueuedBytes(h.s.Dst); q >= 0 && q < h.queued {
 			h.stalledSince = l.now
 			h.queued = q
 		}
@@ -539,17 +539,6 @@ func (l *loop) scan() {
 			l.finish(h, ErrClientStalled)
 		}
 	}
-}
-
-// queuedBytes returns the bytes in a socket's send queue that the peer
-// has not acknowledged, or -1 when the kernel does not report them.
-func queuedBytes(fd int) int {
-	var q int32
-	_, _, e := unix.RawSyscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&q)))
-	if e != 0 {
-		return -1
-	}
-	return int(q)
 }
 
 // finish ends the stream once: it removes both sockets from the epoll
