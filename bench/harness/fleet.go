@@ -94,14 +94,29 @@ func StartFleet(ctx context.Context, e *Env, spec FleetSpec) (*Fleet, error) {
 		}
 		f.Nodes = append(f.Nodes, n)
 	}
-	for _, n := range f.Nodes {
-		if err := f.waitReady(ctx, n.Proc, n.URL); err != nil {
+	for i, n := range f.Nodes {
+		err := f.waitReady(ctx, n.Proc, n.URL)
+		// A port that FreeAddr found free can be taken by another process
+		// before the node binds it, and the node then exits. Such a node
+		// starts again on new ports.
+		for try := 1; err != nil && n.Proc.Exited() && try < startTries; try++ {
+			if n, err = startNode(e, spec, i+1); err != nil {
+				break
+			}
+			f.Nodes[i] = n
+			err = f.waitReady(ctx, n.Proc, n.URL)
+		}
+		if err != nil {
 			f.Stop()
-			return nil, fmt.Errorf("start node %s: %w", n.Name, err)
+			return nil, fmt.Errorf("start node %s: %w", f.Nodes[i].Name, err)
 		}
 	}
 	return f, nil
 }
+
+// startTries is how many times StartFleet starts a node that exits before
+// it is ready.
+const startTries = 3
 
 // waitReady waits until the server at base serves: a generation request
 // of Model, or GET /api/version on a cold fleet.
