@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 )
@@ -36,6 +37,35 @@ func postHTTP10(t *testing.T, addr string) *net.TCPConn {
 	return conn.(*net.TCPConn)
 }
 
+// proxyFor starts a proxy in front of the node at url with the given
+// upstream.idle.
+func proxyFor(t *testing.T, url string, idle time.Duration) *app.App {
+	t.Helper()
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(url))
+	cfg.Upstream.Idle = idle
+	return testenv.Proxy(t, cfg)
+}
+
+// readWholeStream reads an HTTP/1.0 stream from proxy to its end and
+// fails the test when it carries an error line or lacks the final line.
+func readWholeStream(t *testing.T, proxy *app.App, why string) {
+	t.Helper()
+	conn := postHTTP10(t, proxy.Addr())
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("reading the stream: %v\n%s", err, got)
+	}
+	text := string(got)
+	if strings.Contains(text, `"error"`) {
+		t.Fatalf("the stream was cut although %s:\n%s", why, text)
+	}
+	if !strings.Contains(text, `"done":true`) {
+		t.Errorf("the stream has no final line:\n%s", text)
+	}
+}
+
 func TestStreamGapsUnderIdleNotCut(t *testing.T) {
 	// Each gap is under upstream.idle, and together they are well over it.
 	gaps := []time.Duration{300 * time.Millisecond, 800 * time.Millisecond,
@@ -49,24 +79,7 @@ func TestStreamGapsUnderIdleNotCut(t *testing.T) {
 		}
 		io.WriteString(w, chatLine("", true))
 	})
-	cfg := testenv.Config(t)
-	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
-	cfg.Upstream.Idle = time.Second
-	proxy := testenv.Proxy(t, cfg)
-
-	conn := postHTTP10(t, proxy.Addr())
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatalf("reading the stream: %v\n%s", err, got)
-	}
-	text := string(got)
-	if strings.Contains(text, `"error"`) {
-		t.Fatalf("the stream was cut although no silence reached upstream.idle:\n%s", text)
-	}
-	if !strings.Contains(text, `"done":true`) {
-		t.Errorf("the stream has no final line:\n%s", text)
-	}
+	readWholeStream(t, proxyFor(t, node, time.Second), "no silence reached upstream.idle")
 }
 
 func TestStalledHTTP10ClientFreesNode(t *testing.T) {
@@ -144,24 +157,7 @@ func TestChunkSplitAcrossReadsGetsIdleEach(t *testing.T) {
 		time.Sleep(700 * time.Millisecond)
 		io.WriteString(conn, framed[len(framed)/2:]+chunk(chatLine("", true))+"0\r\n\r\n")
 	})
-	cfg := testenv.Config(t)
-	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
-	cfg.Upstream.Idle = time.Second
-	proxy := testenv.Proxy(t, cfg)
-
-	conn := postHTTP10(t, proxy.Addr())
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatalf("reading the stream: %v\n%s", err, got)
-	}
-	text := string(got)
-	if strings.Contains(text, `"error"`) {
-		t.Fatalf("the stream was cut although each part came within upstream.idle:\n%s", text)
-	}
-	if !strings.Contains(text, `"done":true`) {
-		t.Errorf("the stream has no final line:\n%s", text)
-	}
+	readWholeStream(t, proxyFor(t, node, time.Second), "each part came within upstream.idle")
 }
 
 func TestSilenceAfterPartialChunkIsIdle(t *testing.T) {
@@ -204,13 +200,10 @@ func TestSteadySlowHTTP10ReaderNotCut(t *testing.T) {
 		}
 		io.WriteString(w, chatLine("", true))
 	})
-	cfg := testenv.Config(t)
-	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
 	// The proxy's send buffer to the client grows to megabytes, and Linux
 	// wakes a writer only once a third of it is free: longer than this
-	// for a client that reads about 2 MB/s.
-	cfg.Upstream.Idle = 300 * time.Millisecond
-	proxy := testenv.Proxy(t, cfg)
+	// idle timeout for a client that reads about 2 MB/s.
+	proxy := proxyFor(t, node, 300*time.Millisecond)
 
 	conn := postHTTP10(t, proxy.Addr())
 	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
