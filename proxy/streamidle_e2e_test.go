@@ -49,7 +49,7 @@ func proxyFor(t *testing.T, url string, idle time.Duration) *app.App {
 
 // readWholeStream reads an HTTP/1.0 stream from proxy to its end and
 // fails the test when it carries an error line or lacks the final line.
-func readWholeStream(t *testing.T, proxy *app.App, why string) {
+func readWholeStream(t *testing.T, proxy *app.App, condition string) {
 	t.Helper()
 	conn := postHTTP10(t, proxy.Addr())
 	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -59,7 +59,7 @@ func readWholeStream(t *testing.T, proxy *app.App, why string) {
 	}
 	text := string(got)
 	if strings.Contains(text, `"error"`) {
-		t.Fatalf("the stream was cut although %s:\n%s", why, text)
+		t.Fatalf("the stream was cut although %s:\n%s", condition, text)
 	}
 	if !strings.Contains(text, `"done":true`) {
 		t.Errorf("the stream has no final line:\n%s", text)
