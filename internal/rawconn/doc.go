@@ -10,4 +10,9 @@
 // keeps the monitor asleep, and a socket that is not ready still waits in
 // the network poller. On systems other than Linux, Wrap returns the
 // connection unchanged.
+//
+// The connections also pass deadlines to the poller lazily, since a proxy
+// moves them several times per request (see deadline), and can bound a
+// waiting write by the peer's progress instead of by time
+// (Conn.SetWriteStall).
 package rawconn
