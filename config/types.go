@@ -77,7 +77,7 @@ type Upstream struct {
 	// response headers, which covers a cold model load and the upload of a
 	// body over 16 KiB. Default 5m.
 	FirstByte time.Duration `yaml:"first_byte"`
-	// Idle bounds the silence between two chunks of a streamed answer,
+	// Idle bounds the silence between two chunks of a streamed response,
 	// and the time a client of a stream may take no bytes. Default 2m.
 	Idle time.Duration `yaml:"idle"`
 	// Total bounds a whole request, 0 for no limit. Default 0.

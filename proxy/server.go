@@ -453,8 +453,8 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 // connection. Streams clear it as well, so as not to depend on that.
 //
 // NOTE: the request is logged and counted when the handler returns, before
-// fasthttp writes the response, so a response that write_timeout cuts
-// keeps its status (200 for most) in the log and in the metrics; only the
+// fasthttp writes the response. So a response that write_timeout cuts
+// keeps its status (200 for most) in the log and in the metrics. Only the
 // Info line of fasthttpLogger records the cut.
 func (s *Server) limitWrite(ctx *fasthttp.RequestCtx) {
 	var deadline time.Time

@@ -207,11 +207,11 @@ func (w *clientWatch) run(conn net.Conn, done chan struct{}) {
 		if w.stopped.Load() {
 			return
 		}
-		if isTimeout(err) && w.clearDeadline(conn) {
-			continue
-		}
-		if w.stopped.Load() {
-			return
+		if isTimeout(err) {
+			if w.clearDeadline(conn) {
+				continue
+			}
+			return // stop has begun
 		}
 		w.cancel(errClientGone)
 		return
@@ -258,10 +258,11 @@ func (w *clientWatch) peek(conn net.Conn, raw syscall.RawConn) bool {
 			return false
 		case w.stopped.Load():
 			return true
-		case err != nil && isTimeout(err) && w.clearDeadline(conn):
-			continue
-		case w.stopped.Load():
-			return true
+		case err != nil && isTimeout(err):
+			if w.clearDeadline(conn) {
+				continue
+			}
+			return true // stop has begun
 		}
 		w.cancel(errClientGone)
 		return true

@@ -399,7 +399,7 @@ func TestDeadlinePassedBeforeReadMovesOn(t *testing.T) {
 	if n != 1 || err != nil {
 		t.Fatalf("Read = %d, %v; want the byte, the deadline being 10s away", n, err)
 	}
-	// A raw read straight on the poller sees the passed deadline too, and
+	// A raw read straight on the poller gets the passed deadline too, and
 	// clearing the deadline lets it wait.
 	raw, _ := rc.SyscallConn()
 	rc.SetReadDeadline(time.Time{})
@@ -518,6 +518,7 @@ func TestWriteStallLetsSteadyReaderGoOn(t *testing.T) {
 	rc.SetWriteBuffer(1 << 20)
 	client.SetReadBuffer(256 << 10)
 	rc.SetWriteStall(300 * time.Millisecond)
+
 	const total = 4 << 20
 	received := make(chan int64, 1)
 	go func() {
@@ -533,6 +534,7 @@ func TestWriteStallLetsSteadyReaderGoOn(t *testing.T) {
 		}
 		received <- n
 	}()
+
 	n, err := rc.Write(make([]byte, total))
 	if n != total || err != nil {
 		t.Fatalf("Write = %d, %v; want all %d bytes to a reader that keeps reading", n, err, total)

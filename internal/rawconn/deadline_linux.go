@@ -22,9 +22,10 @@ import (
 // earlier one it has. When that one passes, Read finds the deadline last
 // set still ahead, passes it to the poller and waits again. A write
 // deadline reaches the poller only when a write has to wait for room in
-// the send buffer, or when it is already past. So a deadline never fires
-// later than set, and a busy connection changes the poller's timers about
-// once per timeout period instead of a few times per request.
+// the send buffer, and Write checks it before it starts. So a deadline
+// never fires later than set, and a busy connection changes the poller's
+// timers about once per timeout period instead of a few times per
+// request.
 type deadline struct {
 	mu sync.Mutex
 	// want is the deadline last set and have is the poller's. Both keep
@@ -59,12 +60,12 @@ func (d *deadline) applyLocked(apply func(time.Time) error) error {
 }
 
 // setWrite records a write deadline. It reaches the poller now only while
-// a write waits or when it is past, so that the next write fails.
+// a write waits. A write that starts after it passed fails in writeChunk.
 func (d *deadline) setWrite(t time.Time, apply func(time.Time) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.want = t
-	if d.waiting || (!t.IsZero() && !t.After(time.Now())) {
+	if d.waiting {
 		return d.applyLocked(apply)
 	}
 	return nil
