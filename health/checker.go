@@ -278,7 +278,8 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	if t == nil {
 		return
 	}
-	if t.report(failure, c.othersUsable(n)) {
+	// Only a failure can take the node out, so a success skips the scan.
+	if t.report(failure, failure != "" && c.othersUsable(n)) {
 		cfg := c.config()
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
 			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
