@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // Warnings lists legal settings of c that are risky, one sentence each,
@@ -82,6 +83,23 @@ func (c *Config) timeoutWarnings() []string {
 		w = append(w, fmt.Sprintf("health.timeout: %v is not below health.interval (%v), "+
 			"so a probe may still run when the next one is due",
 			c.Health.Timeout, c.Health.Interval))
+	}
+	subSecond := []struct {
+		path   string
+		value  time.Duration
+		effect string
+	}{
+		{"read_timeout", c.ReadTimeout, "a client that takes longer to send its request is cut off"},
+		{"write_timeout", c.WriteTimeout, "a client that takes longer to read a response is cut off"},
+		{"upstream.connect", c.Upstream.Connect, "a node that takes longer to accept a connection counts as down"},
+		{"upstream.first_byte", c.Upstream.FirstByte, "a node that takes longer to load a model or start an answer fails the request"},
+		{"upstream.idle", c.Upstream.Idle, "a stream that pauses longer between chunks is cut"},
+	}
+	for _, setting := range subSecond {
+		if setting.value > 0 && setting.value < time.Second {
+			w = append(w, fmt.Sprintf("%s: %v is under a second, so %s",
+				setting.path, setting.value, setting.effect))
+		}
 	}
 	if c.Upstream.Total > 0 && c.Upstream.Total < c.Upstream.FirstByte {
 		w = append(w, fmt.Sprintf("upstream.total: %v is below upstream.first_byte (%v), "+

@@ -33,6 +33,12 @@ func TestWarnings(t *testing.T) {
 			"health.timeout: 5s is not below health.interval (5s)"},
 		{"short total", func(c *Config) { c.Upstream.Total = time.Minute },
 			"upstream.total: 1m0s is below upstream.first_byte (5m0s)"},
+		{"tiny write timeout", func(c *Config) { c.WriteTimeout = time.Nanosecond },
+			"write_timeout: 1ns is under a second"},
+		{"short idle", func(c *Config) { c.Upstream.Idle = 200 * time.Millisecond },
+			"upstream.idle: 200ms is under a second"},
+		{"short read timeout", func(c *Config) { c.ReadTimeout = 500 * time.Millisecond },
+			"read_timeout: 500ms is under a second"},
 		{"unused password", func(c *Config) { c.Redis.Password = "p" },
 			"redis.password: set while redis.addr is empty"},
 		{"local quota", func(c *Config) {
@@ -74,6 +80,10 @@ func TestWarningsQuietCases(t *testing.T) {
 			c.Auth.Required = true
 			c.Redis.Addr = "127.0.0.1:6379"
 			c.Auth.Keys = []Key{{Name: "k", SHA256: goodSHA, MonthlyRequests: 10}}
+		}},
+		{"one-second timeouts", func(c *Config) {
+			c.ReadTimeout, c.WriteTimeout = time.Second, time.Second
+			c.Upstream.Connect, c.Upstream.FirstByte, c.Upstream.Idle = time.Second, time.Second, time.Second
 		}},
 		{"narrow trust", func(c *Config) { c.RateLimit.TrustedProxies = []string{"10.0.0.0/8"} }},
 	}
