@@ -25,6 +25,7 @@ type Metrics struct {
 	TokensPerSecond *prometheus.GaugeVec     // node, model
 	Tokens          *prometheus.CounterVec   // key, model, kind
 	StreamRelays    *prometheus.CounterVec   // relay
+	WriteTimeouts   prometheus.Counter
 
 	// Nodes.
 	NodeUp           *prometheus.GaugeVec   // node
@@ -94,6 +95,11 @@ func New() *Metrics {
 			"Streamed responses by relay: event_loop (epoll, on Linux for HTTP/1.1 clients of "+
 				"plain TCP nodes) or goroutine (every other stream).",
 			"relay"),
+		WriteTimeouts: f.plainCounter("llmproxy_client_write_timeouts_total",
+			"Client connections closed because a write to the client timed out: a buffered "+
+				"response not read within write_timeout, or a line of a stream relayed by a "+
+				"goroutine not taken within upstream.idle. The request keeps the status that "+
+				"llmproxy_requests_total counted it with when its handler returned."),
 
 		NodeUp: f.gauge("llmproxy_node_up",
 			"1 when the node is up and takes traffic, 0 otherwise.", "node"),

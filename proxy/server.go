@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
 
@@ -156,7 +157,7 @@ func New(opts Options) *Server {
 		// fasthttp passes connection errors that it ignores by default,
 		// write timeouts among them, to Logger only with this set.
 		LogAllErrors: true,
-		Logger:       fasthttpLogger{s.log},
+		Logger:       s.HTTPLogger(),
 	}
 	s.heads.ttl = 2 * s.srv.ReadTimeout
 	return s
@@ -455,7 +456,8 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 // NOTE: the request is logged and counted when the handler returns, before
 // fasthttp writes the response. So a response that write_timeout cuts
 // keeps its status (200 for most) in the log and in the metrics. Only the
-// Info line of fasthttpLogger records the cut.
+// Info line of fasthttpLogger and llmproxy_client_write_timeouts_total
+// record the cut.
 func (s *Server) limitWrite(ctx *fasthttp.RequestCtx) {
 	var deadline time.Time
 	if !ctx.Response.IsBodyStream() && !ctx.Hijacked() {
@@ -704,16 +706,29 @@ const drainTimeout = 5 * time.Second
 
 // HTTPLogger returns the logger for fasthttp's own messages, for servers
 // of the proxy's routes outside Serve, such as that of admin.listen.
-func (s *Server) HTTPLogger() fasthttp.Logger { return fasthttpLogger{s.log} }
+func (s *Server) HTTPLogger() fasthttp.Logger {
+	logger := fasthttpLogger{log: s.log}
+	if s.m != nil {
+		logger.writeTimeouts = s.m.WriteTimeouts
+	}
+	return logger
+}
 
 // fasthttpLogger sends fasthttp's own messages to slog at Debug. The end
 // of a connection whose client did not read a response within
-// write_timeout goes to Info instead, with the client's address.
-type fasthttpLogger struct{ log *slog.Logger }
+// write_timeout goes to Info instead, with the client's address, and
+// counts in writeTimeouts when that is set.
+type fasthttpLogger struct {
+	log           *slog.Logger
+	writeTimeouts prometheus.Counter
+}
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	if client, ok := writeTimedOut(args); ok {
 		l.log.Info(writeTimeoutMessage, "client", client)
+		if l.writeTimeouts != nil {
+			l.writeTimeouts.Inc()
+		}
 		return
 	}
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {

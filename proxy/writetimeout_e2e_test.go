@@ -186,6 +186,9 @@ func TestUnreadResponseClosesConnection(t *testing.T) {
 			if clients := writeTimeoutClients(t, logs); len(clients) != 1 {
 				t.Errorf("write timeouts logged for %v, want one", clients)
 			}
+			if got := testutil.ToFloat64(p.Metrics().WriteTimeouts); got != 1 {
+				t.Errorf("llmproxy_client_write_timeouts_total = %v, want 1", got)
+			}
 			// The request was counted once, when the handler returned.
 			m := p.Metrics().Requests.WithLabelValues("/api/embed", "big-embed:latest", "n0", "200")
 			if got := testutil.ToFloat64(m); got != 1 {
@@ -245,6 +248,9 @@ func TestSlowReaderGetsWholeResponse(t *testing.T) {
 	resp.Body.Close()
 	if clients := writeTimeoutClients(t, logs); len(clients) != 0 {
 		t.Fatalf("write timeouts logged for %v, want none", clients)
+	}
+	if got := testutil.ToFloat64(p.Metrics().WriteTimeouts); got != 0 {
+		t.Errorf("llmproxy_client_write_timeouts_total = %v after a slow but whole read, want 0", got)
 	}
 
 	// The next response on the connection has a deadline of its own, and
