@@ -143,7 +143,9 @@ type Retry struct {
 	// Attempts is the total tries of one request, the first included.
 	// Default 3.
 	Attempts int `yaml:"attempts"`
-	// Backoff is the base wait between tries, with full jitter. Default 50ms.
+	// Backoff is the base wait before the second and later retries, with
+	// full jitter, doubled for each one. The first retry goes to another
+	// node at once. Default 50ms.
 	Backoff time.Duration `yaml:"backoff"`
 	// MaxBackoff caps the wait between tries. Default 1s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`

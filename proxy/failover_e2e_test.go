@@ -107,6 +107,41 @@ func TestRefusingNodeLosesNothing(t *testing.T) {
 	}
 }
 
+// TestFirstRetryGoesAtOnce sends requests while one node fails every
+// request, with a retry backoff of an hour. Each request that tried the
+// failing node first is served by another node without that wait.
+func TestFirstRetryGoesAtOnce(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.MaxFails = 0 // keep the failing node in rotation
+		c.Breaker.ConsecutiveFailures = 1000
+		c.Breaker.MinRequests = 1000
+		c.Retry.Backoff, c.Retry.MaxBackoff = time.Hour, time.Hour
+	})
+	tr.preload(t)
+	if err := tr.sims[1].Server().SetFaults(ollamasim.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// A retry that waited would outlast the client's timeout.
+	client := &http.Client{Timeout: 30 * time.Second}
+	const n = 12
+	for i := range n {
+		resp, err := client.Post(tr.proxy.URL()+"/api/generate", "application/json",
+			strings.NewReader(`{"model":"m","prompt":"hi","stream":false,"options":{"num_predict":2}}`))
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: status %d, want 200", i, resp.StatusCode)
+		}
+	}
+	retries := testutil.ToFloat64(tr.proxy.Metrics().Retries.WithLabelValues("n1", "status_5xx"))
+	if retries == 0 {
+		t.Fatalf("no request of %d tried the failing node n1", n)
+	}
+}
+
 func TestFailingNodeOpensBreaker(t *testing.T) {
 	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
 		c.Health.MaxFails = 0 // isolate the breaker from passive checks

@@ -83,13 +83,15 @@ func isBusy(body []byte) bool {
 // never saw the request.
 var errConnect = errors.New("connect failed")
 
-// backoff returns the wait before retry number n (1 for the first retry):
-// full jitter over an exponential bound, capped by max.
+// backoff returns the wait before retry number n (1 for the first). The
+// first retry goes to an untried node at once. Each later one waits with
+// full jitter over base·2^(n-2), capped by max, to space out the tries
+// when several nodes fail together.
 func backoff(n int, base, max time.Duration) time.Duration {
-	if base <= 0 {
+	if base <= 0 || n <= 1 {
 		return 0
 	}
-	bound := base << (n - 1)
+	bound := base << (n - 2)
 	if bound > max || bound <= 0 {
 		bound = max
 	}

@@ -43,15 +43,24 @@ func TestRetryRules(t *testing.T) {
 }
 
 func TestBackoffBounds(t *testing.T) {
+	const base = 50 * time.Millisecond
 	for n := 1; n <= 10; n++ {
+		var longest time.Duration
 		for i := 0; i < 100; i++ {
-			d := backoff(n, 50*time.Millisecond, time.Second)
+			d := backoff(n, base, time.Second)
 			if d < 0 || d > time.Second {
 				t.Fatalf("backoff(%d) = %s, outside [0, 1s]", n, d)
 			}
-			if n == 1 && d > 50*time.Millisecond {
-				t.Fatalf("first backoff %s over its base", d)
+			if n == 2 && d > base {
+				t.Fatalf("second backoff %s over its base", d)
 			}
+			longest = max(longest, d)
+		}
+		if n == 1 && longest != 0 {
+			t.Fatalf("first retry waits up to %s, want no wait", longest)
+		}
+		if n >= 2 && longest == 0 {
+			t.Errorf("retry %d never waits in 100 draws", n)
 		}
 	}
 	if backoff(3, 0, time.Second) != 0 {
