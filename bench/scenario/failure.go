@@ -221,7 +221,8 @@ func failureIntro(s Settings) string {
 		"never retries a POST that reached a node. HAProxy has `retry-on "+
 		"all-retryable-errors` and `option redispatch 1`. llmproxy has `health: "+
 		"{interval: %s, timeout: %s}` and `upstream.first_byte: %s`, and keeps its "+
-		"default passive checks and circuit breaker.\n\n"+
+		"default passive checks, circuit breaker and retry backoff, which sends the "+
+		"first retry at once and waits only before later ones.\n\n"+
 		"A lost request is one the client saw fail: a status other than 200 or a "+
 		"transport error. \"Sent to the failed node\" counts the generation requests "+
 		"that node received while it misbehaved, from its `GET /_sim/stats`, which "+
