@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/internal/wire"
@@ -46,4 +49,48 @@ func statusFor(err error) int {
 	default:
 		return http.StatusBadGateway
 	}
+}
+
+// maxNodeErrorText is the longest plain-text error body of a node that
+// nodeErrorMessage quotes.
+const maxNodeErrorText = 256
+
+// nodeErrorMessage reports whether a node's error body has the shape that
+// rt's clients parse (relay), and otherwise returns the message to send in
+// that shape. A body without a message, such as an HTML page, gets one
+// that names the status.
+func nodeErrorMessage(rt route, status int, body []byte) (relay bool, msg string) {
+	fallback := "node returned status " + itoa(status)
+	var parser fastjson.Parser
+	doc, err := parser.ParseBytes(body)
+	if err != nil {
+		text := bytes.TrimSpace(body)
+		if len(text) == 0 || len(text) > maxNodeErrorText || text[0] == '<' || !utf8.Valid(text) {
+			return false, fallback
+		}
+		return false, fallback + ": " + string(text)
+	}
+	errField := doc.Get("error")
+	if errField == nil {
+		return false, fallback
+	}
+	switch errField.Type() {
+	case fastjson.TypeString:
+		// Ollama's shape.
+		if !rt.openAI {
+			return true, ""
+		}
+		return false, string(errField.GetStringBytes())
+	case fastjson.TypeObject:
+		// OpenAI's shape.
+		message := errField.Get("message")
+		if message == nil || message.Type() != fastjson.TypeString {
+			return false, fallback
+		}
+		if rt.openAI {
+			return true, ""
+		}
+		return false, string(message.GetStringBytes())
+	}
+	return false, fallback
 }

@@ -21,19 +21,20 @@ import (
 // goes line by line as it arrives, and any other response once read in
 // full.
 func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
-	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
+	lease *balancer.Lease, ex *exchange, watch *clientWatch) (retry attempt) {
 	status := ex.resp.StatusCode()
-	ctx.SetStatusCode(status)
-	copyResponseHeaders(&ctx.Response.Header, &ex.resp)
-	ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
 	if isStreamed(&ex.resp) {
+		ctx.SetStatusCode(status)
+		copyResponseHeaders(&ctx.Response.Header, &ex.resp)
+		ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
 		s.deliverStream(ctx, rt, rs, f, lease, ex, watch)
-		return
+		return attempt{}
 	}
-	// The body goes straight into fasthttp's pooled response buffer.
+	// The body goes straight into fasthttp's pooled response buffer. The
+	// node's status and headers follow only once it is whole, so a retry
+	// starts from a clean response.
 	ctx.Response.ResetBody()
 	err := ex.readInto(ctx.Response.BodyWriter(), maxResponseBytes)
-	body := ctx.Response.Body()
 	// The exchange ends before the watch cancels its context, or the
 	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
@@ -49,14 +50,25 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 			nodeFault = true
 		}
 		ex.close()
-		watch.release()
 		lease.Release()
+		ctx.Response.ResetBody()
+		if nodeFault && !errors.Is(err, errBodyTooLarge) {
+			// Nothing of the body reached the client, so the request may
+			// go to another node as if this one had not responded.
+			lease.Node.SetLastError(err.Error())
+			return attempt{err: err}
+		}
+		watch.release()
 		if nodeFault {
 			s.report(lease.Node, reasonMidStream)
 		}
 		s.failAttempt(ctx, rt, rs, attempt{err: cause})
-		return
+		return attempt{}
 	}
+	ctx.SetStatusCode(status)
+	copyResponseHeaders(&ctx.Response.Header, &ex.resp)
+	ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
+	body := ctx.Response.Body()
 	ex.finish()
 	watch.release()
 	lease.Release()
@@ -65,6 +77,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		s.afterSuccess(rs, rt, f, lease.Node)
 		s.observeFinal(rs, body)
 	}
+	return attempt{}
 }
 
 // proxyStop returns the reason when the proxy itself ended a request

@@ -63,6 +63,10 @@ func judge(a attempt) verdict {
 		return verdict{}
 	case a.err != nil && errors.Is(a.err, errConnect):
 		return verdict{retry: true, failure: reasonConnect, reason: reasonConnect}
+	case a.err != nil && errors.Is(a.err, errIdleTimeout):
+		return verdict{retry: true, failure: reasonTimeout, reason: reasonTimeout}
+	case a.err != nil && errors.Is(a.err, errBodyCut):
+		return verdict{retry: true, failure: reasonMidStream, reason: reasonMidStream}
 	case a.err != nil:
 		return verdict{retry: true, failure: reasonReset, reason: reasonReset}
 	case a.status == 503 && isBusy(a.body):

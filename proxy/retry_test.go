@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 )
@@ -20,6 +21,8 @@ func TestRetryRules(t *testing.T) {
 		{"reset before headers", attempt{err: errors.New("connection reset")}, true, reasonReset},
 		{"first byte timeout, model loaded", attempt{err: errFirstByteTimeout}, true, reasonTimeout},
 		{"first byte timeout during a load", attempt{err: errFirstByteTimeout, coldLoad: true}, false, reasonTimeout},
+		{"body cut by the node", attempt{err: fmt.Errorf("%w: %w", errBodyCut, io.ErrUnexpectedEOF)}, true, reasonMidStream},
+		{"node silent within the body", attempt{err: errIdleTimeout}, true, reasonTimeout},
 		{"client went away", attempt{err: errClientGone}, false, ""},
 		{"request deadline", attempt{err: context.DeadlineExceeded}, false, ""},
 		{"400 from the node", attempt{status: 400, body: []byte(`{"error":"bad"}`)}, false, ""},

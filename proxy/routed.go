@@ -92,10 +92,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		a, ex := s.try(wctx, lease, req, f)
 		if a.err == nil && a.body == nil {
 			s.report(node, "")
-			s.deliver(ctx, rt, rs, f, lease, ex, watch)
-			return
+			if a = s.deliver(ctx, rt, rs, f, lease, ex, watch); a.err == nil {
+				return
+			}
+			// deliver released the lease of a body that the node cut.
+		} else {
+			lease.Release()
 		}
-		lease.Release()
 		v := judge(a)
 		s.report(node, v.failure)
 		last = a
@@ -235,10 +238,18 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 // error response when it sent one, or a gateway error.
 func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a attempt) {
 	if a.err == nil && a.status != 0 {
-		ctx.SetStatusCode(a.status)
-		ctx.SetContentType(contentTypeJSON(rt))
-		ctx.SetBody(a.body)
 		rs.err = "node returned status " + itoa(a.status)
+		relay, msg := nodeErrorMessage(rt, a.status, a.body)
+		if !relay {
+			writeError(ctx, rt, a.status, msg)
+		} else {
+			ctx.SetStatusCode(a.status)
+			ctx.SetContentType(contentTypeJSON(rt))
+			ctx.SetBody(a.body)
+		}
+		if rs.node != "" {
+			ctx.Response.Header.Set("X-LLMProxy-Node", rs.node)
+		}
 		return
 	}
 	status := statusFor(a.err)

@@ -50,6 +50,13 @@ var errTotalTimeout = fmt.Errorf("request exceeded upstream.total: %w", context.
 // response headers in time.
 var errFirstByteTimeout = errors.New("no response from node within the first-byte timeout")
 
+// errBodyCut ends a response body whose node connection closed or failed
+// before the last byte that the framing announced.
+var errBodyCut = errors.New("node closed the connection before the response body was complete")
+
+// errBodyTooLarge ends a response body that exceeds the proxy's bound.
+var errBodyTooLarge = errors.New("response body too large")
+
 func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 	addr := n.URL.Host
 	tls := n.URL.Scheme == "https"
@@ -271,6 +278,10 @@ func (ex *exchange) Read(p []byte) (int, error) {
 		}
 		return n, errIdleTimeout
 	}
+	if err == io.EOF && ex.body == &ex.limited && ex.limited.N > 0 {
+		// The node closed the connection short of its Content-Length.
+		err = io.ErrUnexpectedEOF
+	}
 	if err == io.ErrUnexpectedEOF {
 		ex.reuse = false
 	}
@@ -328,7 +339,7 @@ func (ex *exchange) readAll(limit int64) ([]byte, error) {
 	}
 	if int64(len(buf)) > limit {
 		ex.reuse = false
-		return buf, fmt.Errorf("response body exceeds %d bytes", limit)
+		return buf, fmt.Errorf("%w: over %d bytes", errBodyTooLarge, limit)
 	}
 	return buf, nil
 }
@@ -352,7 +363,7 @@ func (ex *exchange) readInto(w io.Writer, limit int64) error {
 			total += int64(n)
 			if total > limit {
 				ex.reuse = false
-				return fmt.Errorf("response body exceeds %d bytes", limit)
+				return fmt.Errorf("%w: over %d bytes", errBodyTooLarge, limit)
 			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				ex.reuse = false
@@ -364,6 +375,9 @@ func (ex *exchange) readInto(w io.Writer, limit int64) error {
 		}
 		if err != nil {
 			ex.reuse = false
+			if isConnClosed(err) {
+				return fmt.Errorf("%w: %w", errBodyCut, err)
+			}
 			return err
 		}
 	}

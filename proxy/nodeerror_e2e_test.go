@@ -1,0 +1,277 @@
+package proxy_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ollama/ollama/api"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// cuttingNode starts a node that lists model m and responds to every POST
+// with head and the first part of a body, and then closes the connection. It
+// returns the node's URL and the count of requests it received.
+func cuttingNode(t *testing.T, head, partial string) (string, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	url := hijackedNode(t, func(conn net.Conn) {
+		hits.Add(1)
+		_, _ = conn.Write([]byte(head + partial))
+	})
+	return url, &hits
+}
+
+// Heads of responses that announce more body than the node sends.
+const (
+	lengthHead  = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 1000\r\n\r\n"
+	chunkedJSON = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+// cutBodies are the ways a node can end a buffered response early.
+var cutBodies = []struct {
+	name, head, partial string
+}{
+	{"short of Content-Length", lengthHead, `{"model":"m","resp`},
+	{"inside a chunk", chunkedJSON, "40\r\n" + `{"model":"m","resp`},
+	{"before the last chunk", chunkedJSON, "5\r\n" + `{"mod` + "\r\n"},
+}
+
+// proxyWithCutter starts a proxy in front of a simulator node (n0) and a
+// node that cuts its bodies (named cutter).
+func proxyWithCutter(t *testing.T, cutterURL string) (*app.App, *ollamasim.Running) {
+	t.Helper()
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cutter := config.DefaultNode(cutterURL)
+	cutter.Name = "cutter"
+	cfg.Nodes = append(cfg.Nodes, cutter)
+	cfg.Health.MaxFails = 0 // keep the cutting node in rotation
+	cfg.Breaker.ConsecutiveFailures = 1000
+	cfg.Breaker.MinRequests = 1000
+	return testenv.Proxy(t, cfg), sim
+}
+
+// TestCutBodyIsRetried sends requests through the Ollama and OpenAI
+// clients while one node cuts every buffered response short. A cut body
+// has not reached the client, so the request goes to the other node, and
+// every client gets a whole response.
+func TestCutBodyIsRetried(t *testing.T) {
+	for _, tc := range cutBodies {
+		t.Run(tc.name, func(t *testing.T) {
+			cutterURL, hits := cuttingNode(t, tc.head, tc.partial)
+			p, _ := proxyWithCutter(t, cutterURL)
+			u, err := url.Parse(p.URL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ollama := api.NewClient(u, http.DefaultClient)
+			oaiCfg := openai.DefaultConfig("unused")
+			oaiCfg.BaseURL = p.URL() + "/v1"
+			oai := openai.NewClientWithConfig(oaiCfg)
+			ctx := context.Background()
+
+			for i := range 6 {
+				stream := false
+				var text string
+				err := ollama.Generate(ctx, &api.GenerateRequest{Model: "m", Prompt: "hi", Stream: &stream,
+					Options: map[string]any{"num_predict": 3}}, func(r api.GenerateResponse) error {
+					text += r.Response
+					return nil
+				})
+				if err != nil {
+					t.Fatalf("generate %d: %v", i, err)
+				}
+				if text == "" {
+					t.Errorf("generate %d: empty response", i)
+				}
+				resp, err := oai.CreateChatCompletion(ctx, openai.ChatCompletionRequest{Model: "m",
+					MaxTokens: 3, Messages: []openai.ChatCompletionMessage{{Role: "user", Content: "hi"}}})
+				if err != nil {
+					t.Fatalf("chat completion %d: %v", i, err)
+				}
+				if len(resp.Choices) != 1 || resp.Choices[0].Message.Content == "" {
+					t.Errorf("chat completion %d: choices %+v, want one with content", i, resp.Choices)
+				}
+			}
+			if hits.Load() == 0 {
+				t.Fatal("no request reached the cutting node")
+			}
+			m := p.Metrics()
+			if got := testutil.ToFloat64(m.Retries.WithLabelValues("cutter", "midstream")); got != float64(hits.Load()) {
+				t.Errorf("retries counted for the cutting node = %v, want %d", got, hits.Load())
+			}
+			if got := testutil.ToFloat64(m.NodeFailures.WithLabelValues("cutter", "midstream")); got != float64(hits.Load()) {
+				t.Errorf("failures counted for the cutting node = %v, want %d", got, hits.Load())
+			}
+		})
+	}
+}
+
+// TestCutBodyEverywhereIsBadGateway sends a request to a proxy whose only
+// node cuts its bodies. The client gets a 502 in its API's error shape,
+// not the part of the body that arrived.
+func TestCutBodyEverywhereIsBadGateway(t *testing.T) {
+	cutterURL, hits := cuttingNode(t, lengthHead, `{"model":"m","resp`)
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(cutterURL))
+	p := testenv.Proxy(t, cfg)
+
+	generate := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	msg := ollamaErrorMessage(t, generate, http.StatusBadGateway)
+	if !strings.Contains(msg, "node closed the connection before the response body was complete") {
+		t.Errorf("generate error %q, want it to say that the node cut the response", msg)
+	}
+	chat := post(t, p.URL()+"/v1/chat/completions",
+		`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	msg = openAIErrorMessage(t, chat, http.StatusBadGateway)
+	if !strings.Contains(msg, "node closed the connection before the response body was complete") {
+		t.Errorf("chat completion error %q, want it to say that the node cut the response", msg)
+	}
+	if hits.Load() != 2 {
+		t.Errorf("node received %d requests, want 2", hits.Load())
+	}
+}
+
+// errorBody checks that resp has status and returns its body.
+func errorBody(t *testing.T, resp *http.Response, status int) []byte {
+	t.Helper()
+	body := readBody(t, resp)
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %s", resp.StatusCode, status, body)
+	}
+	return body
+}
+
+// ollamaErrorMessage checks that resp has status and Ollama's error shape,
+// {"error":"..."}, and returns the message.
+func ollamaErrorMessage(t *testing.T, resp *http.Response, status int) string {
+	t.Helper()
+	body := errorBody(t, resp, status)
+	var e struct {
+		Error *string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil {
+		t.Fatalf("body %q is not Ollama's error shape (%v)", body, err)
+	}
+	return *e.Error
+}
+
+// openAIErrorMessage checks that resp has status and OpenAI's error
+// shape, {"error":{"message":"...",...}}, and returns the message.
+func openAIErrorMessage(t *testing.T, resp *http.Response, status int) string {
+	t.Helper()
+	body := errorBody(t, resp, status)
+	var e struct {
+		Error *struct {
+			Message *string `json:"message"`
+			Type    string  `json:"type"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || e.Error == nil || e.Error.Message == nil {
+		t.Fatalf("body %q is not OpenAI's error shape (%v)", body, err)
+	}
+	return *e.Error.Message
+}
+
+// TestNodeErrorBodyShape relays a node's 5xx response with bodies of
+// several kinds. The client gets the node's status and, on each API, an
+// error in the shape its clients parse, with the node's message where
+// the body had one.
+func TestNodeErrorBodyShape(t *testing.T) {
+	bigMessage := strings.Repeat("x", 100<<10)
+	cases := []struct {
+		name        string
+		status      int
+		contentType string
+		body        string
+		// wantOllama and wantOpenAI are the messages that each API's
+		// client reads.
+		wantOllama, wantOpenAI string
+	}{
+		{"ollama error", 500, "application/json", `{"error":"model crashed"}`,
+			"model crashed", "model crashed"},
+		{"openai error", 500, "application/json",
+			`{"error":{"message":"model crashed","type":"api_error","param":null,"code":null}}`,
+			"model crashed", "model crashed"},
+		{"html page", 502, "text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>",
+			"node returned status 502", "node returned status 502"},
+		{"empty body", 502, "text/plain", "",
+			"node returned status 502", "node returned status 502"},
+		{"plain text", 503, "text/plain", "upstream is restarting\n",
+			"node returned status 503: upstream is restarting",
+			"node returned status 503: upstream is restarting"},
+		{"json without error", 500, "application/json", `{"detail":"boom"}`,
+			"node returned status 500", "node returned status 500"},
+		{"over the read limit", 500, "application/json", `{"error":"` + bigMessage + `"}`,
+			"node returned status 500", "node returned status 500"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tc.contentType)
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			})
+			cfg := testenv.Config(t)
+			nc := config.DefaultNode(node)
+			nc.Name = "failing"
+			cfg.Nodes = append(cfg.Nodes, nc)
+			p := testenv.Proxy(t, cfg)
+
+			resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[],"stream":false}`)
+			if got := resp.Header.Get("X-LLMProxy-Node"); got != "failing" {
+				t.Errorf("X-LLMProxy-Node = %q on /api/chat, want failing", got)
+			}
+			if got := ollamaErrorMessage(t, resp, tc.status); got != tc.wantOllama {
+				t.Errorf("/api/chat error %.80q, want %q", got, tc.wantOllama)
+			}
+			resp = post(t, p.URL()+"/v1/chat/completions", `{"model":"m","messages":[]}`)
+			if got := resp.Header.Get("X-LLMProxy-Node"); got != "failing" {
+				t.Errorf("X-LLMProxy-Node = %q on /v1/chat/completions, want failing", got)
+			}
+			if got := openAIErrorMessage(t, resp, tc.status); got != tc.wantOpenAI {
+				t.Errorf("/v1/chat/completions error %.80q, want %q", got, tc.wantOpenAI)
+			}
+		})
+	}
+}
+
+// TestNodeErrorReachesOpenAIClient checks that the OpenAI client reads the
+// message of a node's Ollama-shaped error on /v1.
+func TestNodeErrorReachesOpenAIClient(t *testing.T) {
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":"server busy, please try again.  maximum pending requests exceeded"}`))
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	p := testenv.Proxy(t, cfg)
+	oaiCfg := openai.DefaultConfig("unused")
+	oaiCfg.BaseURL = p.URL() + "/v1"
+	_, err := openai.NewClientWithConfig(oaiCfg).CreateChatCompletion(context.Background(),
+		openai.ChatCompletionRequest{Model: "m", Messages: []openai.ChatCompletionMessage{{Role: "user", Content: "hi"}}})
+	var apiErr *openai.APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("error %v (%T), want an *openai.APIError", err, err)
+	}
+	if apiErr.HTTPStatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", apiErr.HTTPStatusCode)
+	}
+	if !strings.HasPrefix(apiErr.Message, "server busy") {
+		t.Errorf("message %q, want the node's", apiErr.Message)
+	}
+}
