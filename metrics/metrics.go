@@ -96,10 +96,11 @@ func New() *Metrics {
 				"plain TCP nodes) or goroutine (every other stream).",
 			"relay"),
 		WriteTimeouts: f.plainCounter("llmproxy_client_write_timeouts_total",
-			"Client connections closed because a write to the client timed out: a buffered "+
-				"response not read within write_timeout, or a line of a stream relayed by a "+
-				"goroutine not taken within upstream.idle. The request keeps the status that "+
-				"llmproxy_requests_total counted it with when its handler returned."),
+			"Client connections closed because a write timed out: a buffered response not "+
+				"read within write_timeout, or a stream that fasthttp writes (HTTP/1.1 without "+
+				"the event loop) not read within upstream.idle. The request keeps the status "+
+				"that llmproxy_requests_total counted. A stream on the event loop or to an "+
+				"HTTP/1.0 client whose client stops reading counts there as status 499 instead."),
 
 		NodeUp: f.gauge("llmproxy_node_up",
 			"1 when the node is up and takes traffic, 0 otherwise.", "node"),
