@@ -307,3 +307,91 @@ func TestMalformedRequestKeepsRoute(t *testing.T) {
 		})
 	}
 }
+
+// TestClientLeavesDuringBody closes the connection after part of a body
+// of known length. The request is logged and counted as a 400 that says
+// so, not as a malformed request. fasthttp drops the head of such a
+// request, so the route is "other".
+func TestClientLeavesDuringBody(t *testing.T) {
+	p, log := startLimitedProxy(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: proxy\r\n" +
+		"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + `{"model":"m","mess`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	line := findAccessLine(t, log, "a request with status 400", func(rec map[string]any) bool {
+		return rec["status"] == float64(http.StatusBadRequest)
+	})
+	if line["route"] != "other" {
+		t.Errorf("access log route %v, want other", line["route"])
+	}
+	if msg, _ := line["error"].(string); !strings.Contains(msg, "client closed the connection") {
+		t.Errorf("access log error %q, want it to say that the client closed the connection", msg)
+	}
+	if codes := requestCodes(t, p, "other"); codes["400"] != 1 {
+		t.Errorf("llmproxy_requests_total of route other by code: %v, want one 400", codes)
+	}
+}
+
+// TestHalfClosedClientReadsIncompleteBodyError sends part of a body of
+// known length and closes its side of the connection. It then reads a
+// 400 that says the body is incomplete.
+func TestHalfClosedClientReadsIncompleteBodyError(t *testing.T) {
+	p, _ := startLimitedProxy(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: proxy\r\n" +
+		"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + `{"model":"m","mess`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("read the response: %v", err)
+	}
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("status %d, want 400 (body %s)", resp.StatusCode, body)
+	}
+	if !strings.Contains(string(body), "request body incomplete") {
+		t.Errorf("body %s, want it to say that the request body is incomplete", body)
+	}
+}
+
+// requestCodes sums llmproxy_requests_total of route by status code.
+func requestCodes(t *testing.T, p *app.App, route string) map[string]float64 {
+	t.Helper()
+	families, err := p.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "llmproxy_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["route"] == route {
+				codes[labels["code"]] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return codes
+}

@@ -420,6 +420,18 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		status = fasthttp.StatusRequestTimeout
 		msg = "request not received in full within " + s.srv.ReadTimeout.String() + " (read_timeout)"
 	}
+	if !headerErr && isConnClosed(err) {
+		// The client closed or reset its connection during the body. As
+		// nginx does, this is a 400, for a client that half-closed and
+		// still reads.
+		// NOTE: fasthttp resets the request when a body of known length
+		// fails, so only a chunked body keeps its method and route here.
+		// The others are logged as route "other".
+		msg = "request body incomplete: the client closed the connection before sending all of it"
+		if !pending {
+			rt, method = routeNotFound, nil
+		}
+	}
 	if err == fasthttp.ErrBodyTooLarge {
 		status = fasthttp.StatusRequestEntityTooLarge
 		msg = "request body exceeds the limit of " +
