@@ -130,10 +130,15 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 
 	log.Info("llmproxy started", "listen", a.ln.Addr().String(), "nodes", len(nodes),
 		"policy", cfg.Balancer.Policy, "version", Version)
-	for _, w := range cfg.Warnings() {
-		log.Warn("risky configuration", "warning", w)
-	}
+	a.logWarnings(cfg)
 	return a, nil
+}
+
+// logWarnings logs each risky setting of cfg that config.Warnings lists.
+func (a *App) logWarnings(cfg *config.Config) {
+	for _, w := range cfg.Warnings() {
+		a.log.Warn("risky configuration", "warning", w)
+	}
 }
 
 // buildNodes returns the balancer nodes for cfg, reusing the nodes of the
@@ -184,7 +189,8 @@ func (a *App) Config() *config.Config {
 // bound at start (config.Change.Restart: the listeners, max_header_bytes,
 // and the redis, cache and log sections) keep their running values. Each
 // reload whose cfg differs from them logs a warning that names them, until
-// a restart applies them.
+// a restart applies them. Like Start, Reload then logs the risky settings of
+// the configuration in force.
 func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
 
@@ -225,6 +231,7 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	if change.NeedsRestart() {
 		a.log.Warn("some changes take effect only after a restart", "settings", change.Restart)
 	}
+	a.logWarnings(cfg)
 	return nil
 }
 

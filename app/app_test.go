@@ -332,3 +332,47 @@ func grepLines(text, prefix string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// warningRecord is a log line of a risky setting.
+type warningRecord struct {
+	Level   string `json:"level"`
+	Msg     string `json:"msg"`
+	Warning string `json:"warning"`
+}
+
+// riskyWarnings returns the risky setting warnings logged after the first
+// line with message after, or from the start when after is empty.
+func riskyWarnings(t *testing.T, logs *testenv.LogBuffer, after string) []warningRecord {
+	t.Helper()
+	var out []warningRecord
+	found := after == ""
+	for _, rec := range testenv.Records[warningRecord](t, logs) {
+		found = found || rec.Msg == after
+		if found && rec.Msg == "risky configuration" {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// TestReloadLogsWarnings reloads a write_timeout under a second. The reload
+// logs the same warnings as a start with that configuration.
+func TestReloadLogsWarnings(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	a, logs := startApp(t, testenv.Config(t, sim))
+	next := testenv.Config(t, sim)
+	next.WriteTimeout = 300 * time.Millisecond
+	reload(t, a, next)
+	got := riskyWarnings(t, logs, "configuration reloaded")
+
+	_, startLogs := startApp(t, next)
+	want := riskyWarnings(t, startLogs, "")
+	if !slices.ContainsFunc(want, func(rec warningRecord) bool {
+		return strings.HasPrefix(rec.Warning, "write_timeout: 300ms is under a second")
+	}) {
+		t.Fatalf("a start with write_timeout 300ms logged no warning about it: %+v", want)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the reload logged the warnings %+v, want those of a start: %+v", got, want)
+	}
+}

@@ -22,7 +22,8 @@ import (
 )
 
 // Checker runs the health checks of every node of a balancer. Create it
-// with New, start it with Run, and call Sync after the node set changes.
+// with New, start it with Run, and call Sync after the node set or the
+// configuration changes.
 type Checker struct {
 	bal    *balancer.Balancer
 	m      *metrics.Metrics
@@ -69,33 +70,57 @@ func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *sl
 }
 
 // Sync adopts cfg and the balancer's current node set. A new node gets a
-// tracker, and a probe loop once Run has started. A node that was removed
-// has its loop stopped, its tracker dropped and its gauges removed.
+// tracker, and a probe loop once Run has started. An existing node's
+// tracker takes the health and breaker settings of cfg, see tracker.apply.
+// A node that was removed has its loop stopped, its tracker dropped and its
+// gauges removed.
 func (c *Checker) Sync(cfg *config.Config) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// A loop waits out the interval that it read when its wait began, so the
+	// loops restart when health.interval changes.
+	restart := c.cfg.Health.Interval != cfg.Health.Interval
 	c.cfg = cfg
+	nodes := c.bal.Nodes()
 	live := map[*balancer.Node]bool{}
-	for _, n := range c.bal.Nodes() {
+	for _, n := range nodes {
 		live[n] = true
-		if _, ok := c.trackers[n]; !ok {
-			t := newTracker(n, cfg, c.now, c.breakerChanged)
-			c.trackers[n] = t
-			n.SetGate(t)
-			if c.m != nil {
-				c.m.NodeBreaker.WithLabelValues(n.Name).Set(0)
-			}
-		}
-		if c.runCtx != nil {
-			c.startLoopLocked(n)
-		}
+		c.syncTrackerLocked(n, cfg)
 	}
 	for n, cancel := range c.loops {
-		if !live[n] {
+		if restart || !live[n] {
 			cancel()
 			delete(c.loops, n)
 		}
 	}
+	if c.runCtx != nil {
+		for _, n := range nodes {
+			c.startLoopLocked(n)
+		}
+	}
+	c.dropTrackersLocked(live)
+}
+
+// syncTrackerLocked gives n a tracker built from cfg, or applies cfg to the
+// tracker it has.
+func (c *Checker) syncTrackerLocked(n *balancer.Node, cfg *config.Config) {
+	t, ok := c.trackers[n]
+	if !ok {
+		t = newTracker(n, cfg, c.now, c.breakerChanged)
+		c.trackers[n] = t
+		n.SetGate(t)
+		if c.m != nil {
+			c.m.NodeBreaker.WithLabelValues(n.Name).Set(0)
+		}
+		return
+	}
+	if from, replaced := t.apply(cfg); replaced && from != gobreaker.StateClosed {
+		c.breakerChanged(n, from, gobreaker.StateClosed)
+	}
+}
+
+// dropTrackersLocked drops the trackers of the nodes not in live.
+func (c *Checker) dropTrackersLocked(live map[*balancer.Node]bool) {
 	names := map[string]bool{}
 	for n := range live {
 		names[n.Name] = true
@@ -279,10 +304,9 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 		return
 	}
 	// Only a failure can take the node out, so a success skips the scan.
-	if t.report(failure, failure != "" && c.othersUsable(n)) {
-		cfg := c.config()
+	if out, ok := t.report(failure, failure != "" && c.othersUsable(n)); ok {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
-			"failures", cfg.Health.MaxFails, "for", cfg.Health.FailTimeout)
+			"failures", out.failures, "for", out.duration)
 	}
 	// A success cannot make the node unusable, so only a failure updates the
 	// gauge here. /metrics refreshes it on every scrape.

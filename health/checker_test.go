@@ -51,3 +51,41 @@ func TestProbesOfOneNodeTakeTurns(t *testing.T) {
 		t.Errorf("node up %v, lists m %v; want a healthy node that lists m", n.Up(), n.HasModel("m:latest"))
 	}
 }
+
+// TestReloadedIntervalApplies starts the probe loops with an interval of an
+// hour and then reloads a short one. The loops probe at the short interval
+// without waiting out the hour.
+func TestReloadedIntervalApplies(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cfg.Health.Interval = time.Hour
+	u, err := url.Parse(cfg.Nodes[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := balancer.NewNode(cfg.Nodes[0].Name, u, 1, 1)
+	bal := balancer.New(balancer.SettingsFrom(cfg), []*balancer.Node{n}, nil)
+	c := health.New(cfg, bal, nil, testenv.Logger())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		c.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-ran
+	}()
+	testenv.WaitFor(t, 5*time.Second, "the first probe", func() bool {
+		return n.HasModel("m:latest")
+	})
+
+	before := sim.Server().Requests("/api/version")
+	next := *cfg
+	next.Health.Interval = 20 * time.Millisecond
+	c.Sync(&next)
+	testenv.WaitFor(t, 10*time.Second, "probes at the reloaded interval of 20ms", func() bool {
+		return sim.Server().Requests("/api/version") >= before+3
+	})
+}

@@ -19,28 +19,26 @@ var errNodeFailure = errors.New("node failure")
 // tracker is the passive failure state and the circuit breaker of one
 // node. It is the node's balancer.Gate.
 type tracker struct {
-	node *balancer.Node
-	// breaker is replaced by a fresh one when the node recovers.
-	breaker atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
-	// settings configures every breaker built for the node.
-	settings gobreaker.Settings
-	// halfOpenMax is the maximum number of requests in flight that a
-	// half-open breaker allows. More would defeat its trial requests.
-	halfOpenMax int64
-	maxFails    int
-	failWindow  time.Duration
-	now         func() time.Time
+	node     *balancer.Node
+	now      func() time.Time
+	onChange func(n *balancer.Node, from, to gobreaker.State)
 
-	// mu guards the passive failure record.
-	mu       sync.Mutex
-	failures []time.Time
+	// breaker is the node's current breaker. recovered and apply replace
+	// it with mu held. The outcome of a request that ends while it is
+	// replaced counts in the old breaker and is lost.
+	breaker atomic.Pointer[nodeBreaker]
+
+	// mu guards the passive settings and failure record below.
+	mu         sync.Mutex
+	maxFails   int
+	failWindow time.Duration
+	failures   []time.Time
+	// outSince is the start of the latest passive take-out, so that a
+	// reloaded fail_timeout can move its end.
+	outSince time.Time
 	// outUntil is the end of a passive take-out in Unix nanoseconds, 0 for
 	// none. Usable reads it without the lock.
 	outUntil atomic.Int64
-	// tripped is set while the breaker is not closed, so that Usable, called
-	// for every candidate of every request, skips the breaker's lock in the
-	// usual closed state.
-	tripped atomic.Bool
 
 	// probeMu serialises the node's probes: its loop's, and those of
 	// ProbeAll at start and after a reload. It guards the fields below.
@@ -50,19 +48,47 @@ type tracker struct {
 	probed     bool
 }
 
+// nodeBreaker is a circuit breaker with the settings it was built from,
+// which gobreaker fixes at construction.
+type nodeBreaker struct {
+	cb       *gobreaker.CircuitBreaker[struct{}]
+	settings config.Breaker
+	// halfOpenMax is the maximum number of requests in flight that a
+	// half-open breaker allows. More would defeat its trial requests.
+	halfOpenMax int64
+	// tripped is set while the breaker is not closed, so that Usable,
+	// called for every candidate of every request, skips the breaker's
+	// lock in the usual closed state. Each breaker has its own flag, so a
+	// replaced breaker cannot set the flag of its successor.
+	tripped atomic.Bool
+}
+
+// takeOut describes a passive take-out: the failures counted within the
+// window, and how long the node stays out.
+type takeOut struct {
+	failures int
+	duration time.Duration
+}
+
 func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 	onChange func(n *balancer.Node, from, to gobreaker.State)) *tracker {
-	b := cfg.Breaker
 	t := &tracker{
-		node:        n,
-		halfOpenMax: int64(max(b.HalfOpenRequests, 1)),
-		maxFails:    cfg.Health.MaxFails,
-		failWindow:  cfg.Health.FailTimeout,
-		now:         now,
+		node:       n,
+		now:        now,
+		onChange:   onChange,
+		maxFails:   cfg.Health.MaxFails,
+		failWindow: cfg.Health.FailTimeout,
 	}
-	t.settings = gobreaker.Settings{
-		Name:        n.Name,
-		MaxRequests: uint32(t.halfOpenMax),
+	t.breaker.Store(t.newBreaker(cfg.Breaker))
+	return t
+}
+
+// newBreaker builds a closed breaker with the settings of b.
+func (t *tracker) newBreaker(b config.Breaker) *nodeBreaker {
+	nb := &nodeBreaker{settings: b, halfOpenMax: int64(max(b.HalfOpenRequests, 1))}
+	nb.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        t.node.Name,
+		MaxRequests: uint32(nb.halfOpenMax),
 		Interval:    b.Interval,
 		Timeout:     b.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
@@ -73,14 +99,16 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 				float64(c.TotalFailures)/float64(c.Requests) >= b.FailureRatio
 		},
 		// gobreaker calls OnStateChange with its lock held, so this only
-		// passes the event on.
+		// passes the event on. The gauge and the log follow the current
+		// breaker alone.
 		OnStateChange: func(_ string, from, to gobreaker.State) {
-			t.tripped.Store(to != gobreaker.StateClosed)
-			onChange(n, from, to)
+			nb.tripped.Store(to != gobreaker.StateClosed)
+			if t.breaker.Load() == nb {
+				t.onChange(t.node, from, to)
+			}
 		},
-	}
-	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
-	return t
+	})
+	return nb
 }
 
 // recovered clears the passive failures and replaces the breaker of a node
@@ -89,11 +117,44 @@ func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
 // passive and breaker timeouts.
 func (t *tracker) recovered() {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.failures = t.failures[:0]
 	t.outUntil.Store(0)
-	t.mu.Unlock()
-	t.breaker.Store(gobreaker.NewCircuitBreaker[struct{}](t.settings))
-	t.tripped.Store(false)
+	t.breaker.Store(t.newBreaker(t.breaker.Load().settings))
+}
+
+// apply adopts the health and breaker settings of a reloaded cfg. Changed
+// breaker settings replace the breaker with a closed one with zero counts,
+// and apply then returns the state of the replaced breaker and true.
+// Unchanged ones keep the breaker, its state and its counts.
+func (t *tracker) apply(cfg *config.Config) (from gobreaker.State, replaced bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	// Failures that had left the old window stay forgotten. A current
+	// take-out ends the new fail_timeout after it began, or at once when
+	// max_fails 0 turns passive checks off.
+	now := t.now()
+	t.failures = t.recentLocked(now)
+	t.maxFails = cfg.Health.MaxFails
+	t.failWindow = cfg.Health.FailTimeout
+	switch {
+	case t.maxFails <= 0:
+		t.failures = t.failures[:0]
+		t.outUntil.Store(0)
+	case now.UnixNano() < t.outUntil.Load():
+		t.outUntil.Store(t.outSince.Add(t.failWindow).UnixNano())
+	}
+
+	// gobreaker v2 fixes its settings at construction and cannot build a
+	// breaker in a given state, so the new breaker starts closed. A node
+	// that still fails trips it under the new thresholds.
+	old := t.breaker.Load()
+	if old.settings == cfg.Breaker {
+		return 0, false
+	}
+	from = old.cb.State()
+	t.breaker.Store(t.newBreaker(cfg.Breaker))
+	return from, true
 }
 
 // Usable implements balancer.Gate. It reports whether passive checks do
@@ -103,45 +164,57 @@ func (t *tracker) Usable() bool {
 	if t.passiveOut() {
 		return false
 	}
-	if !t.tripped.Load() {
+	b := t.breaker.Load()
+	if !b.tripped.Load() {
 		return true
 	}
-	switch t.breaker.Load().State() {
+	switch b.cb.State() {
 	case gobreaker.StateOpen:
 		return false
 	case gobreaker.StateHalfOpen:
-		return t.node.Inflight() < t.halfOpenMax
+		return t.node.Inflight() < b.halfOpenMax
 	}
 	return true
 }
 
-// report records one request's outcome and reports whether the node was
-// just taken out by passive checks.
-func (t *tracker) report(failure string, mayTakeOut bool) (tookOut bool) {
+// report records one request's outcome. It returns true and the take-out
+// when passive checks have just taken the node out.
+func (t *tracker) report(failure string, mayTakeOut bool) (takeOut, bool) {
 	var err error
 	if failure != "" {
 		err = errNodeFailure
 	}
-	_, _ = t.breaker.Load().Execute(func() (struct{}, error) { return struct{}{}, err })
-	if failure == "" || t.maxFails <= 0 {
-		return false
+	_, _ = t.breaker.Load().cb.Execute(func() (struct{}, error) { return struct{}{}, err })
+	if failure == "" {
+		return takeOut{}, false
 	}
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.maxFails <= 0 {
+		return takeOut{}, false
+	}
+	t.failures = append(t.recentLocked(now), now)
+	if !mayTakeOut || len(t.failures) < t.maxFails || now.UnixNano() < t.outUntil.Load() {
+		return takeOut{}, false
+	}
+	out := takeOut{failures: len(t.failures), duration: t.failWindow}
+	t.outSince = now
+	t.outUntil.Store(now.Add(t.failWindow).UnixNano())
+	t.failures = t.failures[:0]
+	return out, true
+}
+
+// recentLocked returns the failures within the window before now, reusing
+// the storage of t.failures.
+func (t *tracker) recentLocked(now time.Time) []time.Time {
 	keep := t.failures[:0]
 	for _, f := range t.failures {
 		if now.Sub(f) < t.failWindow {
 			keep = append(keep, f)
 		}
 	}
-	t.failures = append(keep, now)
-	if mayTakeOut && len(t.failures) >= t.maxFails && now.UnixNano() >= t.outUntil.Load() {
-		t.outUntil.Store(now.Add(t.failWindow).UnixNano())
-		t.failures = t.failures[:0]
-		return true
-	}
-	return false
+	return keep
 }
 
 // passiveOut reports whether passive checks keep the node out now.
@@ -151,7 +224,7 @@ func (t *tracker) passiveOut() bool {
 }
 
 // breakerState returns the breaker's state: closed, half-open or open.
-func (t *tracker) breakerState() string { return t.breaker.Load().State().String() }
+func (t *tracker) breakerState() string { return t.breaker.Load().cb.State().String() }
 
 // breakerGauge maps the breaker's state to the value of
 // llmproxy_node_breaker_state: 0 closed, 1 half-open, 2 open.

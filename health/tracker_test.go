@@ -35,11 +35,11 @@ func TestPassiveWindow(t *testing.T) {
 	tr.report("connect", true)
 	tr.report("connect", true)
 	c.Advance(31 * time.Second) // the first two fall out of the window
-	if tr.report("connect", true) {
+	if _, out := tr.report("connect", true); out {
 		t.Fatal("taken out after one failure in the window")
 	}
 	tr.report("connect", true)
-	if !tr.report("connect", true) {
+	if _, out := tr.report("connect", true); !out {
 		t.Fatal("not taken out after three failures in the window")
 	}
 	if tr.Usable() {
@@ -58,7 +58,7 @@ func TestPassiveWindow(t *testing.T) {
 func TestSuccessesDoNotCountAsFailures(t *testing.T) {
 	tr, _ := newTestTracker(t, func(cfg *config.Config) { cfg.Health.MaxFails = 1 })
 	for i := 0; i < 10; i++ {
-		if tr.report("", true) {
+		if _, out := tr.report("", true); out {
 			t.Fatal("a success took the node out")
 		}
 	}
@@ -114,6 +114,190 @@ func TestHalfOpenLimitsProbes(t *testing.T) {
 	tr.node.Release()
 	if !tr.Usable() {
 		t.Error("half-open breaker offered no probe with one slot left")
+	}
+}
+
+// reloaded returns a copy of the default configuration changed by tune,
+// as a reload would pass it to apply.
+func reloaded(tune func(*config.Config)) *config.Config {
+	cfg := config.Default()
+	tune(&cfg)
+	return &cfg
+}
+
+func TestApplyTurnsPassiveChecksOff(t *testing.T) {
+	tr, _ := newTestTracker(t, func(cfg *config.Config) {
+		cfg.Health.MaxFails = 2
+		cfg.Breaker.ConsecutiveFailures = 100
+		cfg.Breaker.FailureRatio = 0
+	})
+	tr.report("connect", true)
+	if _, out := tr.report("connect", true); !out {
+		t.Fatal("not taken out after two failures")
+	}
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 0
+		cfg.Breaker.ConsecutiveFailures = 100
+		cfg.Breaker.FailureRatio = 0
+	}))
+	if !tr.Usable() {
+		t.Error("still taken out after max_fails 0 turned passive checks off")
+	}
+	for range 5 {
+		if _, out := tr.report("connect", true); out {
+			t.Fatal("taken out with max_fails 0")
+		}
+	}
+}
+
+func TestApplyStartsPassiveChecks(t *testing.T) {
+	tr, _ := newTestTracker(t, func(cfg *config.Config) { cfg.Health.MaxFails = 0 })
+	tr.report("connect", true)
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 2
+		cfg.Health.FailTimeout = 45 * time.Second
+	}))
+	// Failures before the reload went uncounted, as passive checks were off.
+	if _, out := tr.report("connect", true); out {
+		t.Fatal("taken out after one failure counted")
+	}
+	got, out := tr.report("connect", true)
+	if !out {
+		t.Fatal("not taken out after two failures with max_fails 2")
+	}
+	if got.failures != 2 {
+		t.Errorf("take-out counted %d failures, want 2", got.failures)
+	}
+	if got.duration != 45*time.Second {
+		t.Errorf("take-out lasts %s, want the reloaded fail_timeout 45s", got.duration)
+	}
+}
+
+func TestApplyMovesTakeOutEnd(t *testing.T) {
+	tr, c := newTestTracker(t, func(cfg *config.Config) {
+		cfg.Health.MaxFails = 1
+		cfg.Health.FailTimeout = time.Minute
+	})
+	tr.report("connect", true)
+	c.Advance(5 * time.Second)
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 1
+		cfg.Health.FailTimeout = 10 * time.Second
+	}))
+	c.Advance(4 * time.Second)
+	if tr.Usable() {
+		t.Error("usable 9s into a take-out of 10s")
+	}
+	c.Advance(2 * time.Second)
+	if !tr.Usable() {
+		t.Error("still out 11s into a take-out that the reload shortened to 10s")
+	}
+
+	// A longer fail_timeout does not bring back a take-out that has ended.
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 1
+		cfg.Health.FailTimeout = time.Hour
+	}))
+	if !tr.Usable() {
+		t.Error("a longer fail_timeout took the node out again")
+	}
+}
+
+func TestApplyKeepsExpiredFailuresOut(t *testing.T) {
+	tr, c := newTestTracker(t, func(cfg *config.Config) {
+		cfg.Health.MaxFails = 3
+		cfg.Health.FailTimeout = 30 * time.Second
+	})
+	tr.report("connect", true)
+	tr.report("connect", true)
+	c.Advance(40 * time.Second)
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 3
+		cfg.Health.FailTimeout = 2 * time.Minute
+	}))
+	if _, out := tr.report("connect", true); out {
+		t.Error("failures that had left the old window counted under the new one")
+	}
+}
+
+func TestApplyReplacesChangedBreaker(t *testing.T) {
+	tight := func(cfg *config.Config) {
+		cfg.Health.MaxFails = 0
+		cfg.Breaker.ConsecutiveFailures = 2
+		cfg.Breaker.OpenTimeout = time.Hour
+	}
+	tr, _ := newTestTracker(t, tight)
+	tr.report("status_5xx", true)
+	tr.report("status_5xx", true)
+	if got := tr.breakerState(); got != "open" {
+		t.Fatalf("breaker %s after 2 consecutive failures, want open", got)
+	}
+
+	// Unchanged breaker settings keep the breaker and its state.
+	if _, replaced := tr.apply(reloaded(func(cfg *config.Config) {
+		tight(cfg)
+		cfg.Health.FailTimeout = time.Minute
+	})); replaced {
+		t.Error("apply replaced the breaker although its settings did not change")
+	}
+	if got := tr.breakerState(); got != "open" {
+		t.Errorf("breaker %s after a reload of other settings, want open", got)
+	}
+
+	from, replaced := tr.apply(reloaded(func(cfg *config.Config) {
+		tight(cfg)
+		cfg.Breaker.ConsecutiveFailures = 3
+	}))
+	if !replaced {
+		t.Fatal("apply kept the breaker although consecutive_failures changed")
+	}
+	if from != gobreaker.StateOpen {
+		t.Errorf("apply returned the replaced state %s, want open", from)
+	}
+	if got := tr.breakerState(); got != "closed" {
+		t.Errorf("breaker %s after its settings changed, want a new closed one", got)
+	}
+	if !tr.Usable() {
+		t.Error("not usable with a new closed breaker")
+	}
+	tr.report("status_5xx", true)
+	tr.report("status_5xx", true)
+	if got := tr.breakerState(); got != "closed" {
+		t.Errorf("breaker %s after 2 failures with consecutive_failures 3, want closed", got)
+	}
+	tr.report("status_5xx", true)
+	if got := tr.breakerState(); got != "open" {
+		t.Errorf("breaker %s after 3 failures with consecutive_failures 3, want open", got)
+	}
+}
+
+func TestApplyBoundsHalfOpenRequests(t *testing.T) {
+	tr, _ := newTestTracker(t, func(cfg *config.Config) {
+		cfg.Health.MaxFails = 0
+		cfg.Breaker.HalfOpenRequests = 1
+	})
+	tr.apply(reloaded(func(cfg *config.Config) {
+		cfg.Health.MaxFails = 0
+		cfg.Breaker.ConsecutiveFailures = 1
+		cfg.Breaker.OpenTimeout = time.Millisecond
+		cfg.Breaker.HalfOpenRequests = 3
+	}))
+	tr.report("timeout", true)
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.breakerState() != "half-open" {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker never went half-open")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	tr.node.Acquire()
+	tr.node.Acquire()
+	if !tr.Usable() {
+		t.Error("half-open breaker offered no third request with half_open_requests 3")
+	}
+	tr.node.Acquire()
+	if tr.Usable() {
+		t.Error("half-open breaker offered a fourth request with half_open_requests 3")
 	}
 }
 

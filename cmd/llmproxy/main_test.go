@@ -226,6 +226,38 @@ func TestReloadKeepsServingAndAddsNodes(t *testing.T) {
 	})
 }
 
+// TestReloadLogsWarnings adds a write_timeout under a second to the file
+// of a running proxy and sends SIGHUP. The reload logs the warning about it.
+func TestReloadLogsWarnings(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	listen := freeAddr(t)
+	cfgPath := filepath.Join(t.TempDir(), "llmproxy.yaml")
+	writeConfig(t, cfgPath, listen, sim.URL())
+	d := startDaemon(t, cfgPath, listen)
+
+	const warning = `msg="risky configuration" warning="write_timeout: 300ms is under a second`
+	if strings.Contains(d.stderr.String(), warning) {
+		t.Fatalf("the start logged the warning about a write_timeout it does not have:\n%s",
+			d.stderr.String())
+	}
+	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("write_timeout: 300ms\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the reload to log the write_timeout warning", func() bool {
+		return strings.Contains(d.stderr.String(), warning)
+	})
+}
+
 func generate(t *testing.T, url string) int {
 	t.Helper()
 	resp, err := http.Post(url+"/api/generate", "application/json",
