@@ -8,11 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
@@ -394,4 +397,61 @@ func requestCodes(t *testing.T, p *app.App, route string) map[string]float64 {
 		}
 	}
 	return codes
+}
+
+// TestIdleConnectionsDropLargeBodies sends a large chunked body on each of
+// several keep-alive connections and leaves them idle. The proxy must not
+// keep the body buffers for the connections' next requests: the heap
+// after a collection stays well under the bodies' total size.
+func TestIdleConnectionsDropLargeBodies(t *testing.T) {
+	const conns, bodySize = 5, 6 << 20
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"ok"},"done":true}`)
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node))
+	cfg.MaxBodyBytes = 16 << 20
+	p := testenv.Proxy(t, cfg)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	heapInUse := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	before := heapInUse()
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			content := strings.Repeat("x", bodySize)
+			body := io.MultiReader(strings.NewReader(`{"model":"m","stream":false,"messages":[{"role":"user","content":"`),
+				strings.NewReader(content), strings.NewReader(`"}]}`))
+			// A reader of unknown length makes the client send the body
+			// chunked.
+			resp, err := client.Post(p.URL()+"/api/chat", "application/json", body)
+			if err != nil {
+				t.Errorf("upload %d: %v", i, err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("upload %d: status %d, want 200", i, resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	after := heapInUse()
+	// The bodies total 30 MiB. Kept buffers would hold at least that.
+	if grown := int64(after) - int64(before); grown > 10<<20 {
+		t.Errorf("heap in use grew by %d MiB with %d idle connections, want under 10 MiB",
+			grown>>20, conns)
+	}
 }

@@ -160,7 +160,24 @@ func New(opts Options) *Server {
 		Logger:       s.HTTPLogger(),
 	}
 	s.heads.ttl = 2 * s.srv.ReadTimeout
+	// A process-wide setting of fasthttp, the same for every Server: the
+	// body buffer of a large request or response is dropped when reset
+	// instead of going back to fasthttp's pools.
+	fasthttp.SetBodySizePoolLimit(maxPooledBody, maxPooledBody)
 	return s
+}
+
+// maxPooledBody is the largest body buffer that a connection keeps for
+// its next request, or that fasthttp's pools keep. Bodies are read whole,
+// and a buffer grows to up to twice a chunked body's length, so without
+// the bound an idle connection would hold up to twice max_body_bytes.
+const maxPooledBody = 1 << 20
+
+// releaseLargeBody drops the request body buffer of a finished request
+// when it is over maxPooledBody, so that an idle keep-alive connection
+// does not keep it until the client's next request.
+func releaseLargeBody(ctx *fasthttp.RequestCtx) {
+	ctx.Request.ReleaseBody(maxPooledBody)
 }
 
 // SetConfig applies a new configuration: connection pools for new nodes,
@@ -303,6 +320,7 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 // Host, CORS and API key checks, then serves the route locally, from one
 // node, or from every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	defer releaseLargeBody(ctx)
 	defer s.limitWrite(ctx)
 	s.heads.take(&ctx.Request.Header)
 	rt := classify(ctx.Method(), ctx.Path())
