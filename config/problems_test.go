@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 const goodSHA = "e5ae8e9946581d38f09ed9a83454ae912998223740a685d66526e0c4d567e581"
@@ -231,6 +233,136 @@ func TestParseProblem(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestProblemExamplesAreValid checks the message for a wrong duration or
+// size: it must explain the problem, and each value it gives as an example
+// must load without problems when written for the same setting.
+func TestProblemExamplesAreValid(t *testing.T) {
+	tests := []struct {
+		name     string
+		key      string
+		value    string
+		msg      string
+		examples []string
+		// absent is text that the message must not contain, such as an
+		// example that would itself be rejected.
+		absent string
+	}{
+		{"exponent", "shutdown_timeout", "1e3",
+			"got the plain number 1e3", []string{"1000s", "1000ms"}, "1e3s"},
+		{"hexadecimal", "shutdown_timeout", "0x10",
+			"got the plain number 0x10", []string{"16s", "16ms"}, "0x10s"},
+		{"digit separator", "shutdown_timeout", "1_000",
+			"got the plain number 1_000", []string{"1000s", "1000ms"}, "1_000s"},
+		{"fraction", "read_timeout", "1.5",
+			"got the plain number 1.5", []string{"1.5s", "1.5ms"}, ""},
+		{"too large in seconds", "read_timeout", "1e10",
+			"got the plain number 1e10", []string{"10000000000ms"}, "10000000000s"},
+		{"negative for positive", "read_timeout", "-30",
+			"must not be negative", []string{"90s", "5m"}, "-30s"},
+		{"negative for non-negative", "shutdown_timeout", "-30",
+			"must not be negative", []string{"90s", "5m"}, "-30s"},
+		{"below a nanosecond", "read_timeout", "1e-12",
+			"got the plain number 1e-12", []string{"90s", "5m"}, "1e-12s"},
+		{"out of range", "read_timeout", "9999999h",
+			`duration "9999999h" is out of range`, []string{"2562047h"}, "want a number with a unit"},
+		{"negative out of range", "read_timeout", "-9999999h",
+			"must not be negative", nil, "want a number with a unit"},
+		{"plain number out of range", "read_timeout", "1e20",
+			"1e20 is out of range in seconds and in milliseconds", []string{"2562047h"}, "1e20s"},
+		{"size of wrong kind", "max_header_bytes", "[1]",
+			"want a size", []string{"1048576", "64KiB"}, "64MiB"},
+		{"size with exponent", "max_header_bytes", "1e6",
+			`invalid size "1e6": malformed number`, []string{"1048576", "512k", "64KiB"}, "unknown unit"},
+		{"size with separator", "max_body_bytes", "1_000k",
+			`invalid size "1_000k": malformed number`, []string{"1048576", "512k", "64KiB"}, "unknown unit"},
+		{"negative size", "max_header_bytes", "-1MiB",
+			`invalid size "-1MiB"`, []string{"1048576", "512k", "64KiB"}, "64MiB"},
+		{"size beyond int64", "max_body_bytes", "18446744073709551615",
+			"out of range, larger than 9223372036854775807 bytes", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ps := problemsOf(t, nodeYAML+tt.key+": "+tt.value+"\n", nil)
+			if len(ps) != 1 {
+				t.Fatalf("got %d problems, want 1:\n%v", len(ps), (&Errors{Problems: ps}).Error())
+			}
+			msg := ps[0].Message
+			if !strings.Contains(msg, tt.msg) {
+				t.Errorf("message = %q, want it to contain %q", msg, tt.msg)
+			}
+			if tt.absent != "" && strings.Contains(msg, tt.absent) {
+				t.Errorf("message = %q, want it without %q", msg, tt.absent)
+			}
+			for _, example := range tt.examples {
+				if !strings.Contains(msg, example) {
+					t.Errorf("message = %q, want it to give the example %s", msg, example)
+				}
+				doc := nodeYAML + tt.key + ": " + example + "\n"
+				if _, err := ParseEnv([]byte(doc), "test.yaml", envOf(nil)); err != nil {
+					t.Errorf("example %s is rejected: %v", example, err)
+				}
+			}
+		})
+	}
+}
+
+// TestNegativeDurationsRejected checks that validation rejects -1s for
+// every duration setting. The decoder's message "must not be negative" for
+// any duration relies on it.
+func TestNegativeDurationsRejected(t *testing.T) {
+	for _, path := range durationPaths(t, reflect.TypeFor[Config](), "") {
+		t.Run(path, func(t *testing.T) {
+			// Each key of path opens one more level of indentation.
+			var doc strings.Builder
+			doc.WriteString(nodeYAML)
+			keys := strings.Split(path, ".")
+			for i, key := range keys {
+				doc.WriteString(strings.Repeat("  ", i) + key + ":")
+				if i < len(keys)-1 {
+					doc.WriteString("\n")
+				}
+			}
+			doc.WriteString(" -1s\n")
+			ps := problemsOf(t, doc.String(), nil)
+			found := false
+			for _, p := range ps {
+				found = found || p.Path == path
+			}
+			if !found {
+				t.Errorf("no problem at %s for -1s, got %v", path, ps)
+			}
+		})
+	}
+}
+
+// durationPaths returns the YAML path of every time.Duration under typ. A
+// map stands for its entry batch, the one key that every map of durations
+// in Config accepts.
+func durationPaths(t *testing.T, typ reflect.Type, prefix string) []string {
+	t.Helper()
+	var paths []string
+	for _, f := range reflect.VisibleFields(typ) {
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		path := prefix + name
+		switch ft := f.Type; {
+		case ft == reflect.TypeFor[time.Duration]():
+			paths = append(paths, path)
+		case ft.Kind() == reflect.Struct:
+			paths = append(paths, durationPaths(t, ft, path+".")...)
+		case ft.Kind() == reflect.Map && ft.Elem().Kind() == reflect.Struct:
+			paths = append(paths, durationPaths(t, ft.Elem(), path+"."+ClassBatch+".")...)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+			if inner := durationPaths(t, ft.Elem(), ""); len(inner) > 0 {
+				t.Fatalf("%s holds durations %v in a list, which this test does not reach", path, inner)
+			}
+		}
+	}
+	return paths
 }
 
 func TestUnknownKeySuggestion(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"math"
 	"reflect"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -103,6 +105,15 @@ func (d *decoder) float(n *yaml.Node, v reflect.Value, path string) {
 	v.SetFloat(f)
 }
 
+// maxDurationHours is the whole number of hours in the largest
+// time.Duration, about 292 years.
+const maxDurationHours = math.MaxInt64 / int64(time.Hour)
+
+// durationSyntax matches what time.ParseDuration accepts apart from the
+// range, so that an error for a string it matches means out of range.
+var durationSyntax = regexp.MustCompile(
+	`^[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+$`)
+
 // duration decodes a Go duration string. A plain number is rejected
 // because it has no unit, except 0, which means the same in every unit.
 func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
@@ -111,35 +122,79 @@ func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	if n.Tag == "!!int" || n.Tag == "!!float" {
-		var f float64
-		if n.Decode(&f) == nil && f == 0 {
-			v.SetInt(0)
-			return
-		}
-		d.add(n, path, "want a duration with a unit such as %[1]ss or %[1]sms, got the plain number %[1]s",
-			n.Value)
+		d.plainDuration(n, v, path)
 		return
 	}
 	dur, err := time.ParseDuration(n.Value)
-	if err != nil {
+	switch {
+	case err == nil:
+		v.SetInt(int64(dur))
+	case !durationSyntax.MatchString(n.Value):
 		d.add(n, path, "invalid duration %s: want a number with a unit (ns, us, ms, s, m, h), "+
 			"such as 90s, 5m or 1h30m", describe(n))
+	case strings.HasPrefix(n.Value, "-"):
+		// Validation rejects a negative value for every duration setting.
+		d.add(n, path, "must not be negative, got %s", describe(n))
+	default:
+		d.add(n, path, "duration %s is out of range, want at most %dh (about 292 years)",
+			describe(n), maxDurationHours)
+	}
+}
+
+// plainDuration decodes a YAML number given for a duration, where only 0
+// is accepted. The message for another number suggests it in seconds and
+// in milliseconds, unless that suggestion would itself be rejected.
+func (d *decoder) plainDuration(n *yaml.Node, v reflect.Value, path string) {
+	var f float64
+	if n.Decode(&f) != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		d.add(n, path, "want a duration with a unit such as 90s or 5m, got %s", describe(n))
 		return
 	}
-	v.SetInt(int64(dur))
+	switch {
+	case f == 0:
+		v.SetInt(0)
+		return
+	case f < 0:
+		// Validation rejects a negative value for every duration setting.
+		d.add(n, path, "must not be negative and needs a unit such as 90s or 5m, "+
+			"got the plain number %s", n.Value)
+		return
+	}
+
+	// Formatting with 'f' writes plain digits, such as 1000 for 1e3 or
+	// 1_000 and 16 for 0x10, which time.ParseDuration accepts.
+	number := strconv.FormatFloat(f, 'f', -1, 64)
+	var examples []string
+	for _, unit := range []string{"s", "ms"} {
+		if dur, err := time.ParseDuration(number + unit); err == nil && dur > 0 {
+			examples = append(examples, number+unit)
+		}
+	}
+	switch {
+	case len(examples) > 0:
+		d.add(n, path, "want a duration with a unit such as %s, got the plain number %s",
+			strings.Join(examples, " or "), n.Value)
+	case f > 1:
+		d.add(n, path, "the plain number %s is out of range in seconds and in milliseconds, "+
+			"want a duration with a unit of at most %dh (about 292 years)", n.Value, maxDurationHours)
+	default:
+		// The number is below a nanosecond in both units.
+		d.add(n, path, "want a duration with a unit such as 90s or 5m, got the plain number %s",
+			n.Value)
+	}
 }
 
 // byteSize decodes a size in bytes: an integer, or a string that
 // ParseByteSize accepts.
 func (d *decoder) byteSize(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind != yaml.ScalarNode || isNull(n) {
-		d.add(n, path, "want a size such as 1048576 or 64MiB, got %s", describe(n))
+		d.add(n, path, "want a size such as 1048576 or 64KiB, got %s", describe(n))
 		return
 	}
 	if n.Tag == "!!int" {
 		var i int64
 		if err := n.Decode(&i); err != nil {
-			d.add(n, path, "size %s is out of range", describe(n))
+			d.add(n, path, "invalid size %s: %v", describe(n), errSizeTooLarge)
 			return
 		}
 		v.SetInt(i)

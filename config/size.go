@@ -28,9 +28,15 @@ func ParseByteSize(s string) (int64, error) {
 	number, unit := splitNumber(strings.TrimSpace(s))
 	if number == "" {
 		return 0, fmt.Errorf("invalid size %q: want a number of bytes with an optional unit, "+
-			"such as 1048576, 512k or 64MiB", s)
+			"such as 1048576, 512k or 64KiB", s)
 	}
 	mult, ok := byteUnits[strings.ToLower(strings.TrimSpace(unit))]
+	if !ok && strings.ContainsAny(unit, "0123456789") {
+		// A digit after the number means the number itself is malformed,
+		// as in 1e6, 1_000k or 1.2.3, and not that the unit is unknown.
+		return 0, fmt.Errorf("invalid size %q: malformed number, want digits with no exponent "+
+			"or separator and an optional unit, such as 1048576, 512k or 64KiB", s)
+	}
 	if !ok {
 		return 0, fmt.Errorf("invalid size %q: unknown unit %q, want B, k, KB, KiB, MB, MiB, "+
 			"GB, GiB, TB or TiB", s, strings.TrimSpace(unit))
@@ -50,7 +56,7 @@ func ParseByteSize(s string) (int64, error) {
 	return n.Int64(), nil
 }
 
-var errSizeTooLarge = fmt.Errorf("larger than %d bytes", int64(math.MaxInt64))
+var errSizeTooLarge = fmt.Errorf("out of range, larger than %d bytes", int64(math.MaxInt64))
 
 // splitNumber splits s into a leading decimal number (digits with at most
 // one inner or trailing dot) and the rest. It returns "" as the number when
