@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -298,6 +300,123 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFanoutBadInput sends bad bodies to the routes that fan out to several
+// nodes, and to /api/create, which picks one. Each must get the status,
+// content type and error shape of Ollama's response to a bad body, and the
+// message that the routed /api/show returns for the same body.
+func TestFanoutBadInput(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	recorded, _ := recordedResponse(t, "err_bad_json")
+	const reference = "POST /api/show"
+	var (
+		all       = []string{"POST /api/pull", "DELETE /api/delete", "POST /api/copy", "POST /api/create"}
+		named     = []string{"POST /api/pull", "DELETE /api/delete", "POST /api/create"}
+		copyRoute = []string{"POST /api/copy"}
+	)
+	cases := []struct {
+		name   string
+		routes []string
+		body   string
+		msg    string // the start of the message
+		// routed marks cases where /api/show must return the same body.
+		routed bool
+	}{
+		{"empty body", all, ``, "missing request body", true},
+		{"array", all, `[]`, "invalid JSON: want an object, got array", true},
+		{"number", all, `5`, "invalid JSON: want an object, got number", true},
+		{"malformed", all, `{bad json}`, "invalid JSON: cannot parse JSON", true},
+		{"duplicate key", all, `{"model":"m","model":"m"}`, `invalid JSON: duplicate key "model"`, true},
+		{"model not a string", named, `{"model":5}`, "invalid model: want a string", true},
+		{"name not a string", named, `{"name":5}`, "invalid name: want a string", true},
+		{"missing model", []string{"POST /api/pull", "DELETE /api/delete"}, `{}`, "model is required", true},
+		{"source not a string", copyRoute, `{"source":5,"destination":"x"}`,
+			"invalid source: want a string", false},
+		{"destination not a string", copyRoute, `{"source":"m","destination":5}`,
+			"invalid destination: want a string", false},
+	}
+	for _, tc := range cases {
+		var want []byte
+		if tc.routed {
+			resp, body := send(t, f.proxy.URL(), reference, tc.body)
+			if resp.StatusCode != recorded.StatusCode {
+				t.Fatalf("%s: %s returned %d %s, want %d", tc.name, reference, resp.StatusCode, body,
+					recorded.StatusCode)
+			}
+			want = body
+		}
+		for _, route := range tc.routes {
+			t.Run(tc.name+" "+route, func(t *testing.T) {
+				resp, body := send(t, f.proxy.URL(), route, tc.body)
+				if resp.StatusCode != recorded.StatusCode {
+					t.Errorf("status %d, want %d as Ollama sends", resp.StatusCode, recorded.StatusCode)
+				}
+				wantType := recorded.Header.Get("Content-Type")
+				if got := resp.Header.Get("Content-Type"); got != wantType {
+					t.Errorf("content type %q, want %q as Ollama sends", got, wantType)
+				}
+				var shape map[string]any
+				if err := json.Unmarshal(body, &shape); err != nil || len(shape) != 1 {
+					t.Fatalf("body %s, want one JSON object with only an error key", body)
+				}
+				msg, ok := shape["error"].(string)
+				if !ok {
+					t.Fatalf("body %s has no error string", body)
+				}
+				if !strings.HasPrefix(msg, tc.msg) {
+					t.Errorf("error %q, want it to start with %q", msg, tc.msg)
+				}
+				if want != nil && !bytes.Equal(body, want) {
+					t.Errorf("body %s, want %s as %s returns", body, want, reference)
+				}
+			})
+		}
+	}
+	for _, sim := range []*ollamasim.Server{f.a.Server(), f.b.Server()} {
+		for _, path := range []string{"/api/pull", "/api/delete", "/api/copy", "/api/create"} {
+			if n := sim.Requests(path); n != 0 {
+				t.Errorf("a node received %d requests on %s, want none for a bad body", n, path)
+			}
+		}
+	}
+}
+
+// send sends body to route, a method and path such as "POST /api/pull", of
+// the proxy at baseURL, and returns the response with its body.
+func send(t *testing.T, baseURL, route, body string) (*http.Response, []byte) {
+	t.Helper()
+	method, path, _ := strings.Cut(route, " ")
+	req, err := http.NewRequest(method, baseURL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s: %v", route, err)
+	}
+	return resp, readBody(t, resp)
+}
+
+// recordedResponse returns the response of a real Ollama server recorded as
+// NAME.headers and NAME.body in testdata/ollama-wire, with its body.
+func recordedResponse(t *testing.T, name string) (*http.Response, []byte) {
+	t.Helper()
+	dir := filepath.Join("..", "testdata", "ollama-wire")
+	head, err := os.ReadFile(filepath.Join(dir, name+".headers"))
+	if err != nil {
+		t.Fatalf("read recording: %v", err)
+	}
+	body, err := os.ReadFile(filepath.Join(dir, name+".body"))
+	if err != nil {
+		t.Fatalf("read recording: %v", err)
+	}
+	r := bufio.NewReader(io.MultiReader(bytes.NewReader(head), bytes.NewReader(body)))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("parse recording %s: %v", name, err)
+	}
+	return resp, readBody(t, resp)
 }
 
 func TestStreamLinesLeaveAsTheyArrive(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"hash/fnv"
 	"io"
 	"math"
@@ -29,26 +30,15 @@ const modelOpTimeout = 6 * time.Hour
 // concerned: pull goes to every usable node, delete and copy to the
 // usable nodes that list the model. Success means every node succeeded.
 func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
-	body := ctx.PostBody()
 	var p fastjson.Parser
-	v, err := p.ParseBytes(body)
-	if err != nil || v.Type() != fastjson.TypeObject {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid JSON: "+errString(err))
+	v, err := parseObject(&p, ctx.PostBody())
+	if err != nil {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
-	model := string(v.GetStringBytes("model"))
-	if model == "" {
-		model = string(v.GetStringBytes("name"))
-	}
-	if rt.name == "/api/copy" {
-		model = string(v.GetStringBytes("source"))
-		if model == "" || len(v.GetStringBytes("destination")) == 0 {
-			writeError(ctx, rt, fasthttp.StatusBadRequest, "source and destination are required")
-			return
-		}
-	}
-	if model == "" {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "model is required")
+	model, err := fanoutModel(v, rt)
+	if err != nil {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
 	rs.model = wire.NormalizeModel(model)
@@ -70,6 +60,30 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	s.waitFanout(ctx, rt, rs, targets)
+}
+
+// fanoutModel returns the model that a fan-out acts on: the source of a
+// copy, which also needs a destination, or else the model the body names.
+func fanoutModel(v *fastjson.Value, rt route) (string, error) {
+	if rt.name != "/api/copy" {
+		model, err := modelField(v, rt)
+		if err == nil && model == "" {
+			err = errModelRequired
+		}
+		return model, err
+	}
+	source, err := stringField(v, "source")
+	if err != nil {
+		return "", err
+	}
+	destination, err := stringField(v, "destination")
+	if err != nil {
+		return "", err
+	}
+	if source == "" || destination == "" {
+		return "", errors.New("source and destination are required")
+	}
+	return source, nil
 }
 
 func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
@@ -363,13 +377,17 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	}
 	f := fields{pinned: best, stream: rt.streams}
 	if rt.name == "/api/create" {
+		// A body without a model still goes to the node, which words the
+		// error as Ollama does.
 		var p fastjson.Parser
-		v, err := p.ParseBytes(ctx.PostBody())
+		v, err := parseObject(&p, ctx.PostBody())
+		if err == nil {
+			f.rawModel, err = modelField(v, rt)
+		}
 		if err != nil {
-			writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid JSON: "+err.Error())
+			writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 			return
 		}
-		f.rawModel = string(v.GetStringBytes("model"))
 		rs.model = wire.NormalizeModel(f.rawModel)
 		f.refresh = true
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -37,46 +38,26 @@ type fields struct {
 	refresh bool
 	// affinity identifies the conversation of a chat, 0 for none.
 	affinity uint64
-	// modelNotString is set when "model" is present but not a string.
-	modelNotString bool
 	// body, when set, is sent to the node in place of the client's body.
 	body []byte
 	// store, when set, collects a streamed response for the cache.
 	store *pendingStore
 }
 
+// errModelRequired is the error for a body that names no model.
+var errModelRequired = errors.New("model is required")
+
 // inspect reads the fields routing needs from body. It returns an error
-// naming the problem when the body is not a JSON object.
+// naming the problem when the body is not a JSON object or its model is
+// not a string.
 func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	var f fields
-	if len(body) == 0 {
-		return f, fmt.Errorf("missing request body")
-	}
-	v, err := p.ParseBytes(body)
+	v, err := parseObject(p, body)
 	if err != nil {
-		return f, fmt.Errorf("invalid JSON: %s", shortParseError(err))
+		return f, err
 	}
-	if v.Type() != fastjson.TypeObject {
-		return f, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
-	}
-	if key := duplicateKey(v); key != "" {
-		// Ollama's JSON decoder takes the last value and this reader the
-		// first, so the proxy would route, check and bill another request
-		// than the node runs.
-		return f, fmt.Errorf("invalid JSON: duplicate key %q", key)
-	}
-	if opts := v.Get("options"); opts != nil {
-		// The same holds for options such as num_ctx, which placement reads.
-		if key := duplicateKey(opts); key != "" {
-			return f, fmt.Errorf("invalid JSON: duplicate key %q in options", key)
-		}
-	}
-	f.rawModel = string(v.GetStringBytes("model"))
-	if m := v.Get("model"); m != nil && m.Type() != fastjson.TypeString && m.Type() != fastjson.TypeNull {
-		f.modelNotString = true
-	}
-	if f.rawModel == "" && r.name == "/api/show" {
-		f.rawModel = string(v.GetStringBytes("name")) // older clients
+	if f.rawModel, err = modelField(v, r); err != nil {
+		return f, err
 	}
 	f.model = wire.NormalizeModel(f.rawModel)
 	f.stream = streamFlag(v, r)
@@ -100,6 +81,62 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 		f.includeUsage = v.GetBool("stream_options", "include_usage")
 	}
 	return f, nil
+}
+
+// parseObject parses a request body, which must be one JSON object. It
+// returns an error naming the problem, in the same words on every route.
+func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
+	if len(body) == 0 {
+		return nil, errors.New("missing request body")
+	}
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return nil, fmt.Errorf("invalid JSON: %s", shortParseError(err))
+	}
+	if v.Type() != fastjson.TypeObject {
+		return nil, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
+	}
+	if key := duplicateKey(v); key != "" {
+		// Ollama's JSON decoder takes the last value and this reader the
+		// first, so the proxy would route, check and bill another request
+		// than the node runs.
+		return nil, fmt.Errorf("invalid JSON: duplicate key %q", key)
+	}
+	if opts := v.Get("options"); opts != nil {
+		// The same holds for options such as num_ctx, which placement reads.
+		if key := duplicateKey(opts); key != "" {
+			return nil, fmt.Errorf("invalid JSON: duplicate key %q in options", key)
+		}
+	}
+	return v, nil
+}
+
+// modelField returns the model that a request body names in "model" or,
+// on the routes where Ollama still accepts it from older clients, in
+// "name". It returns "" when neither is set.
+func modelField(v *fastjson.Value, r route) (string, error) {
+	model, err := stringField(v, "model")
+	if err != nil || model != "" {
+		return model, err
+	}
+	switch r.name {
+	case "/api/show", "/api/pull", "/api/delete", "/api/create":
+		return stringField(v, "name")
+	}
+	return "", nil
+}
+
+// stringField returns the string at key, or "" when key is missing or
+// null. Any other type is an error, as Ollama's JSON decoder rejects it.
+func stringField(v *fastjson.Value, key string) (string, error) {
+	field := v.Get(key)
+	if field == nil || field.Type() == fastjson.TypeNull {
+		return "", nil
+	}
+	if field.Type() != fastjson.TypeString {
+		return "", fmt.Errorf("invalid %s: want a string", key)
+	}
+	return string(field.GetStringBytes()), nil
 }
 
 // streamFlag applies each API's default. Ollama streams unless "stream"

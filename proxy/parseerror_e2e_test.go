@@ -75,7 +75,7 @@ func TestHeaderLimitErrorShape(t *testing.T) {
 }
 
 // checkOpenAIShape checks that body is {"error":{"message":...,"type":...}}
-// with a message naming the 8192-byte limit.
+// with a message naming the 8192-byte limit and the type of a client error.
 func checkOpenAIShape(t *testing.T, body []byte) {
 	t.Helper()
 	var e struct {
@@ -90,8 +90,8 @@ func checkOpenAIShape(t *testing.T, body []byte) {
 	if !strings.Contains(e.Error.Message, "8192 bytes") {
 		t.Errorf("error message %q, want it to name 8192 bytes", e.Error.Message)
 	}
-	if e.Error.Type == "" {
-		t.Errorf("body %s has no error type", body)
+	if e.Error.Type != "invalid_request_error" {
+		t.Errorf("error type %q, want invalid_request_error for a client error", e.Error.Type)
 	}
 }
 

@@ -38,12 +38,8 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
-	if f.modelNotString {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid model: want a string")
-		return
-	}
 	if f.rawModel == "" {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "model is required")
+		writeError(ctx, rt, fasthttp.StatusBadRequest, errModelRequired.Error())
 		return
 	}
 	rs.model = f.model

@@ -121,7 +121,7 @@ func OpenAIError(msg, typ string) []byte {
 // OpenAIErrorType returns the OpenAI error type for an HTTP status.
 func OpenAIErrorType(status int) string {
 	switch {
-	case status == 400 || status == 413 || status == 422:
+	case status == 400 || status == 413 || status == 422 || status == 431:
 		return "invalid_request_error"
 	case status == 401:
 		return "authentication_error"

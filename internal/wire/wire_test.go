@@ -68,6 +68,30 @@ func TestErrorBodiesAreJSON(t *testing.T) {
 	}
 }
 
+func TestOpenAIErrorType(t *testing.T) {
+	tests := []struct {
+		status int
+		want   string
+	}{
+		{400, "invalid_request_error"},
+		{401, "authentication_error"},
+		{403, "permission_error"},
+		{404, "not_found_error"},
+		{413, "invalid_request_error"},
+		{422, "invalid_request_error"},
+		{429, "rate_limit_error"},
+		{431, "invalid_request_error"},
+		{500, "api_error"},
+		{502, "api_error"},
+		{503, "service_unavailable"},
+	}
+	for _, tt := range tests {
+		if got := OpenAIErrorType(tt.status); got != tt.want {
+			t.Errorf("OpenAIErrorType(%d) = %q, want %q", tt.status, got, tt.want)
+		}
+	}
+}
+
 func FuzzErrorBodies(f *testing.F) {
 	f.Add("plain")
 	f.Add("\x00\x1f\"\\")
