@@ -42,6 +42,16 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = wire.NormalizeModel(model)
+	if rt.name == "/api/copy" && rs.apiKey != nil {
+		// A copy writes its destination, which the key must be allowed to
+		// use as well as the source that admit checks.
+		destination, _ := stringField(v, "destination")
+		if !rs.apiKey.Allows(wire.NormalizeModel(destination)) {
+			writeError(ctx, rt, fasthttp.StatusForbidden,
+				"key "+quote(rs.apiKey.Name)+" may not use model "+quote(destination))
+			return
+		}
+	}
 	if !s.admit(ctx, rt, rs, fields{model: rs.model, rawModel: model}) {
 		return
 	}
@@ -389,6 +399,9 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 			return
 		}
 		rs.model = wire.NormalizeModel(f.rawModel)
+		// The model is set so that admit applies the key's allowed_models
+		// to the name created, as it does to those pulled or deleted.
+		f.model = rs.model
 		f.refresh = true
 	}
 	if !s.admit(ctx, rt, rs, f) {

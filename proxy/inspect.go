@@ -120,7 +120,7 @@ func modelField(v *fastjson.Value, r route) (string, error) {
 		return model, err
 	}
 	switch r.name {
-	case "/api/show", "/api/pull", "/api/delete", "/api/create":
+	case "/api/show", "/api/pull", "/api/push", "/api/delete", "/api/create":
 		return stringField(v, "name")
 	}
 	return "", nil

@@ -768,6 +768,51 @@ func TestLimitsAllowedModels(t *testing.T) {
 	})
 }
 
+// TestLimitsAllowedModelsOnManagement checks that a key limited to some
+// models can pull, push, create, copy or delete no other model.
+func TestLimitsAllowedModelsOnManagement(t *testing.T) {
+	run := testenv.Sim(t, "m,other", ollamasim.Config{})
+	sim := run.Server()
+	cfg := testenv.Config(t, run)
+	key := limitKey("only-m")
+	key.AllowedModels = []string{"m"}
+	cfg.Auth.Required = true
+	cfg.Auth.Keys = []config.Key{key}
+	p := testenv.Proxy(t, cfg)
+	auth := []string{"Authorization", "Bearer " + secretOf("only-m")}
+
+	cases := []struct {
+		method, path, body string
+	}{
+		{"POST", "/api/pull", `{"model":"other","stream":false}`},
+		{"POST", "/api/push", `{"model":"other","stream":false}`},
+		{"POST", "/api/push", `{"name":"other","stream":false}`},
+		{"POST", "/api/create", `{"model":"other","from":"m","stream":false}`},
+		{"POST", "/api/copy", `{"source":"m","destination":"other"}`},
+		{"DELETE", "/api/delete", `{"model":"other"}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.path+" "+tc.body, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, p.URL()+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set(auth[0], auth[1])
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := ollamaErrorMessage(t, resp, http.StatusForbidden)
+			if !strings.Contains(msg, `may not use model "other"`) {
+				t.Errorf("error %q, want it to name the model", msg)
+			}
+			if n := sim.Requests(tc.path); n != 0 {
+				t.Errorf("the node received %d %s requests, want 0", n, tc.path)
+			}
+		})
+	}
+}
+
 func TestLimitsRejectSkipsQueue(t *testing.T) {
 	run := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20, MinTokens: 400, MaxTokens: 400})
 	sim := run.Server()
