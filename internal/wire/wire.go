@@ -121,8 +121,6 @@ func OpenAIError(msg, typ string) []byte {
 // OpenAIErrorType returns the OpenAI error type for an HTTP status.
 func OpenAIErrorType(status int) string {
 	switch {
-	case status == 400 || status == 413 || status == 422 || status == 431:
-		return "invalid_request_error"
 	case status == 401:
 		return "authentication_error"
 	case status == 403:
@@ -133,6 +131,9 @@ func OpenAIErrorType(status int) string {
 		return "rate_limit_error"
 	case status == 503:
 		return "service_unavailable"
+	case status >= 400 && status < 500:
+		// Every other client error, such as 400, 405, 408, 413 or 431.
+		return "invalid_request_error"
 	default:
 		return "api_error"
 	}

@@ -77,12 +77,15 @@ func TestOpenAIErrorType(t *testing.T) {
 		{401, "authentication_error"},
 		{403, "permission_error"},
 		{404, "not_found_error"},
+		{405, "invalid_request_error"},
+		{408, "invalid_request_error"},
 		{413, "invalid_request_error"},
 		{422, "invalid_request_error"},
 		{429, "rate_limit_error"},
 		{431, "invalid_request_error"},
 		{500, "api_error"},
 		{502, "api_error"},
+		{504, "api_error"},
 		{503, "service_unavailable"},
 	}
 	for _, tt := range tests {
