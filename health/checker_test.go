@@ -8,18 +8,19 @@ import (
 	"time"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/health"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
 )
 
-// TestProbesOfOneNodeTakeTurns runs a node's probe loop at a short
-// interval while ProbeAll, as a reload calls it, probes the same node from
-// several goroutines. The race detector reports overlapping probes.
-func TestProbesOfOneNodeTakeTurns(t *testing.T) {
-	sim := testenv.Sim(t, "m", ollamasim.Config{})
+// runChecker starts the health checks of one node, sim, probed every
+// interval. The checks stop when the test ends.
+func runChecker(t *testing.T, sim *ollamasim.Running, interval time.Duration) (*health.Checker,
+	*balancer.Node, *config.Config) {
+	t.Helper()
 	cfg := testenv.Config(t, sim)
-	cfg.Health.Interval = time.Millisecond
+	cfg.Health.Interval = interval
 	u, err := url.Parse(cfg.Nodes[0].URL)
 	if err != nil {
 		t.Fatal(err)
@@ -34,19 +35,30 @@ func TestProbesOfOneNodeTakeTurns(t *testing.T) {
 		defer close(ran)
 		c.Run(ctx)
 	}()
+	t.Cleanup(func() {
+		cancel()
+		<-ran
+	})
+	return c, n, cfg
+}
+
+// TestProbesOfOneNodeTakeTurns runs a node's probe loop at a short
+// interval while ProbeAll, as a reload calls it, probes the same node from
+// several goroutines. The race detector reports overlapping probes.
+func TestProbesOfOneNodeTakeTurns(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	c, n, _ := runChecker(t, sim, time.Millisecond)
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for range 20 {
-				c.ProbeAll(ctx)
+				c.ProbeAll(context.Background())
 			}
 		}()
 	}
 	wg.Wait()
-	cancel()
-	<-ran
 	if !n.Up() || !n.HasModel("m:latest") {
 		t.Errorf("node up %v, lists m %v; want a healthy node that lists m", n.Up(), n.HasModel("m:latest"))
 	}
@@ -57,26 +69,7 @@ func TestProbesOfOneNodeTakeTurns(t *testing.T) {
 // without waiting out the hour.
 func TestReloadedIntervalApplies(t *testing.T) {
 	sim := testenv.Sim(t, "m", ollamasim.Config{})
-	cfg := testenv.Config(t, sim)
-	cfg.Health.Interval = time.Hour
-	u, err := url.Parse(cfg.Nodes[0].URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := balancer.NewNode(cfg.Nodes[0].Name, u, 1, 1)
-	bal := balancer.New(balancer.SettingsFrom(cfg), []*balancer.Node{n}, nil)
-	c := health.New(cfg, bal, nil, testenv.Logger())
-
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		c.Run(ctx)
-	}()
-	defer func() {
-		cancel()
-		<-ran
-	}()
+	c, n, cfg := runChecker(t, sim, time.Hour)
 	testenv.WaitFor(t, 5*time.Second, "the first probe", func() bool {
 		return n.HasModel("m:latest")
 	})

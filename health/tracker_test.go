@@ -99,13 +99,7 @@ func TestHalfOpenLimitsProbes(t *testing.T) {
 		cfg.Breaker.HalfOpenRequests = 2
 	})
 	tr.report("timeout", true)
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.breakerState() != "half-open" {
-		if time.Now().After(deadline) {
-			t.Fatal("breaker never went half-open")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitHalfOpen(t, tr)
 	tr.node.Acquire()
 	tr.node.Acquire()
 	if tr.Usable() {
@@ -283,13 +277,7 @@ func TestApplyBoundsHalfOpenRequests(t *testing.T) {
 		cfg.Breaker.HalfOpenRequests = 3
 	}))
 	tr.report("timeout", true)
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.breakerState() != "half-open" {
-		if time.Now().After(deadline) {
-			t.Fatal("breaker never went half-open")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitHalfOpen(t, tr)
 	tr.node.Acquire()
 	tr.node.Acquire()
 	if !tr.Usable() {
@@ -336,5 +324,17 @@ func TestParseInventory(t *testing.T) {
 
 	if _, err := parseTags([]byte(`not json`)); err == nil {
 		t.Error("invalid tags accepted")
+	}
+}
+
+// waitHalfOpen waits up to 5 seconds for the breaker of tr to go half-open.
+func waitHalfOpen(t *testing.T, tr *tracker) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.breakerState() != "half-open" {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker never went half-open")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
