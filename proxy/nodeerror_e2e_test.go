@@ -1,15 +1,20 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ollama/ollama/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -273,5 +278,115 @@ func TestNodeErrorReachesOpenAIClient(t *testing.T) {
 	}
 	if !strings.HasPrefix(apiErr.Message, "server busy") {
 		t.Errorf("message %q, want the node's", apiErr.Message)
+	}
+}
+
+// rawNode is a node that serves each keep-alive connection itself, so a
+// test can make it write bytes that no request asked for.
+type rawNode struct {
+	ln    net.Listener
+	conns atomic.Int64
+	// after, when set, runs on a connection after the first response of
+	// the node's life is written.
+	after func(conn net.Conn)
+	once  sync.Once
+}
+
+// startRawNode starts a node with model m that answers every POST with
+// {"echo": body}.
+func startRawNode(t *testing.T, after func(conn net.Conn)) *rawNode {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &rawNode{ln: ln, after: after}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.conns.Add(1)
+			go n.serve(conn)
+		}
+	}()
+	return n
+}
+
+func (n *rawNode) url() string { return "http://" + n.ln.Addr().String() }
+
+func (n *rawNode) serve(conn net.Conn) {
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		body, _ := io.ReadAll(req.Body)
+		var out []byte
+		switch req.URL.Path {
+		case "/api/version":
+			out = []byte(`{"version":"0.25.0"}`)
+		case "/api/tags":
+			out = []byte(`{"models":[{"name":"m:latest","model":"m:latest","size":1,"digest":"d"}]}`)
+		case "/api/ps":
+			out = []byte(`{"models":[]}`)
+		default:
+			out, _ = json.Marshal(map[string]string{"echo": string(body)})
+		}
+		_, err = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"+
+			"Content-Length: %d\r\n\r\n%s", len(out), out)
+		if err != nil {
+			return
+		}
+		if req.Method == http.MethodPost && n.after != nil {
+			n.once.Do(func() { n.after(conn) })
+		}
+	}
+}
+
+// TestUnaskedBytesNeverReachAClient has a node write a whole second
+// response on a pooled connection after the first. The next request must
+// get its own response, on another connection, and not those bytes.
+func TestUnaskedBytesNeverReachAClient(t *testing.T) {
+	const smuggled = `{"smuggled":"response"}`
+	written := make(chan struct{})
+	node := startRawNode(t, func(conn net.Conn) {
+		// Written with the response, the bytes would arrive in the same
+		// read and be dropped with the proxy's read buffer. Later, they
+		// wait in the socket.
+		time.Sleep(50 * time.Millisecond)
+		_, _ = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
+			"Content-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+		close(written)
+	})
+	cfg := testenv.Config(t)
+	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node.url()))
+	p := testenv.Proxy(t, cfg)
+
+	ask := func(user string) string {
+		t.Helper()
+		resp := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"`+user+`","stream":false}`)
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d, want 200; body %s", user, resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	if got := ask("user 1"); !strings.Contains(got, "user 1") {
+		t.Fatalf("user 1 got %s", got)
+	}
+	<-written
+	// The unasked bytes wait on the pooled connection from here on.
+	for _, user := range []string{"user 2", "user 3"} {
+		if got := ask(user); !strings.Contains(got, user) || strings.Contains(got, "smuggled") {
+			t.Errorf("%s got %s, want the echo of its own request", user, got)
+		}
+	}
+	if got := node.conns.Load(); got < 2 {
+		t.Errorf("node saw %d connections from the proxy, want the tainted one replaced", got)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxRW bounds one read(2) or write(2), as the standard library does,
@@ -61,6 +63,11 @@ type Conn struct {
 	tryWriteFn func(uintptr) bool
 
 	rdl, wdl deadline
+
+	// peekFn and the fields below serve Idle.
+	peekFn  func(uintptr)
+	peekBuf [1]byte
+	idle    bool
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, and c itself
@@ -78,7 +85,34 @@ func Wrap(c net.Conn) net.Conn {
 	rc.readFn = rc.readOnce
 	rc.writeFn = rc.writeAll
 	rc.tryWriteFn = rc.tryWrite
+	rc.peekFn = rc.peekIdle
 	return rc
+}
+
+// Idle reports whether a connection that waited in a pool may carry a
+// request: the peer sent nothing in the meantime and did not close it.
+// Unrequested bytes would otherwise be read as the response to the next
+// request. Idle looks without reading and does not block.
+func (c *Conn) Idle() bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.idle = false
+	if err := c.raw.Control(c.peekFn); err != nil {
+		return false
+	}
+	return c.idle
+}
+
+// peekIdle sets c.idle when the socket has nothing to read: no byte and
+// no end of stream.
+func (c *Conn) peekIdle(fd uintptr) {
+	for {
+		_, err := Recv(int(fd), c.peekBuf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != syscall.EINTR {
+			c.idle = err == syscall.EAGAIN
+			return
+		}
+	}
 }
 
 // Unwrap returns the wrapped connection.

@@ -573,3 +573,39 @@ func TestWriteStallEndsWriteToIdleReader(t *testing.T) {
 		t.Error("WriteStalled still true after SetWriteStall reset it")
 	}
 }
+
+func TestIdleSeesUnreadBytesAndClose(t *testing.T) {
+	rc, peer := pair(t)
+	if !rc.Idle() {
+		t.Fatal("Idle is false on a quiet connection")
+	}
+	if _, err := peer.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	// The test waits for the byte to arrive.
+	deadline := time.Now().Add(5 * time.Second)
+	for rc.Idle() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if rc.Idle() {
+		t.Fatal("Idle is true with a byte waiting")
+	}
+	// Idle only looked: the byte is still there to read.
+	buf := make([]byte, 1)
+	if n, err := rc.Read(buf); n != 1 || err != nil || buf[0] != 'x' {
+		t.Fatalf("Read after Idle = %d, %v, %q; want the byte x", n, err, buf[:n])
+	}
+	if !rc.Idle() {
+		t.Error("Idle is false once the byte was read")
+	}
+
+	if err := peer.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for rc.Idle() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if rc.Idle() {
+		t.Error("Idle is true after the peer closed the connection")
+	}
+}
