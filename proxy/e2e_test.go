@@ -330,6 +330,8 @@ func TestFanoutBadInput(t *testing.T) {
 		{"duplicate key", all, `{"model":"m","model":"m"}`, `invalid JSON: duplicate key "model"`, true},
 		{"model not a string", named, `{"model":5}`, "invalid model: want a string", true},
 		{"name not a string", named, `{"name":5}`, "invalid name: want a string", true},
+		{"name not a string beside a model", named, `{"model":"m","name":7}`,
+			"invalid name: want a string", true},
 		{"missing model", []string{"POST /api/pull", "DELETE /api/delete"}, `{}`, "model is required", true},
 		{"source not a string", copyRoute, `{"source":5,"destination":"x"}`,
 			"invalid source: want a string", false},

@@ -403,6 +403,13 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		// to the name created, as it does to those pulled or deleted.
 		f.model = rs.model
 		f.refresh = true
+		if base := createBase(v); base != "" && rs.apiKey != nil &&
+			!rs.apiKey.Allows(wire.NormalizeModel(base)) {
+			// A key may not build on a model that it may not use.
+			writeError(ctx, rt, fasthttp.StatusForbidden,
+				"key "+quote(rs.apiKey.Name)+" may not use model "+quote(base))
+			return
+		}
 	}
 	if !s.admit(ctx, rt, rs, f) {
 		return
@@ -524,4 +531,24 @@ func (m *progressMerge) line(pl progressLine) []byte {
 	l.sent = low
 	out := wire.AppendProgress(nil, status, digest, v.GetInt64("total"), low)
 	return append(out, '\n')
+}
+
+// createBase returns the model that an /api/create body builds on: its
+// "from", or the FROM line of a Modelfile that older clients send. It
+// returns "" when the body names none.
+func createBase(v *fastjson.Value) string {
+	if from, err := stringField(v, "from"); err == nil && from != "" {
+		return from
+	}
+	modelfile, err := stringField(v, "modelfile")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(modelfile, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 2 && strings.EqualFold(fields[0], "FROM") {
+			return fields[1]
+		}
+	}
+	return ""
 }

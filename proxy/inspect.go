@@ -116,14 +116,20 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 // "name". It returns "" when neither is set.
 func modelField(v *fastjson.Value, r route) (string, error) {
 	model, err := stringField(v, "model")
-	if err != nil || model != "" {
-		return model, err
+	if err != nil {
+		return "", err
 	}
 	switch r.name {
 	case "/api/show", "/api/pull", "/api/push", "/api/delete", "/api/create":
-		return stringField(v, "name")
+		// Ollama decodes both fields, so a name of another type fails
+		// even next to a model.
+		name, err := stringField(v, "name")
+		if err != nil || model != "" {
+			return model, err
+		}
+		return name, nil
 	}
-	return "", nil
+	return model, nil
 }
 
 // stringField returns the string at key, or "" when key is missing or

@@ -788,6 +788,8 @@ func TestLimitsAllowedModelsOnManagement(t *testing.T) {
 		{"POST", "/api/push", `{"model":"other","stream":false}`},
 		{"POST", "/api/push", `{"name":"other","stream":false}`},
 		{"POST", "/api/create", `{"model":"other","from":"m","stream":false}`},
+		{"POST", "/api/create", `{"model":"m","from":"other","stream":false}`},
+		{"POST", "/api/create", `{"model":"m","modelfile":"# base\nFROM other\n","stream":false}`},
 		{"POST", "/api/copy", `{"source":"m","destination":"other"}`},
 		{"DELETE", "/api/delete", `{"model":"other"}`},
 	}
