@@ -331,6 +331,14 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	return &Lease{Node: n, Cold: w.cold, b: b, req: req, start: b.now()}, nil
 }
 
+// HasCandidate reports whether req could be placed now or wait for a
+// slot: a usable node that it has not tried lists its model.
+func (b *Balancer) HasCandidate(req Request) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.checkCandidates(req) == nil
+}
+
 // checkCandidates returns ErrModelNotFound when no node lists the model,
 // and ErrNoNode when no node that lists it is usable and untried. It
 // returns nil when the request can be placed now or wait for a slot.

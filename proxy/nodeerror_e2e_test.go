@@ -131,11 +131,19 @@ func TestCutBodyIsRetried(t *testing.T) {
 func TestCutBodyEverywhereIsBadGateway(t *testing.T) {
 	cutterURL, hits := cuttingNode(t, lengthHead, `{"model":"m","resp`)
 	cfg := testenv.Config(t)
-	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(cutterURL))
+	cutter := config.DefaultNode(cutterURL)
+	cutter.Name = "cutter"
+	cfg.Nodes = append(cfg.Nodes, cutter)
 	p := testenv.Proxy(t, cfg)
 
 	generate := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	if got := generate.Header.Get("X-LLMProxy-Node"); got != "cutter" {
+		t.Errorf("X-LLMProxy-Node = %q, want cutter", got)
+	}
 	msg := ollamaErrorMessage(t, generate, http.StatusBadGateway)
+	if !strings.Contains(msg, "node cutter") {
+		t.Errorf("generate error %q, want it to name the node", msg)
+	}
 	if !strings.Contains(msg, "node closed the connection before the response body was complete") {
 		t.Errorf("generate error %q, want it to say that the node cut the response", msg)
 	}
@@ -147,6 +155,10 @@ func TestCutBodyEverywhereIsBadGateway(t *testing.T) {
 	}
 	if hits.Load() != 2 {
 		t.Errorf("node received %d requests, want 2", hits.Load())
+	}
+	// With no other node, there was nothing to retry on.
+	if got := testutil.ToFloat64(p.Metrics().Retries.WithLabelValues("cutter", "midstream")); got != 0 {
+		t.Errorf("retries counted %v with no other node, want 0", got)
 	}
 }
 

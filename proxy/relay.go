@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -38,6 +39,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	// The exchange ends before the watch cancels its context, or the
 	// cancellation would close a connection that could go back to the pool.
 	if err != nil {
+		err = fmt.Errorf("node %s: read response body: %w", lease.Node.Name, err)
 		// The watch's state goes with it into the pool, so the cause is
 		// read first.
 		cause := err

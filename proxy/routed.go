@@ -98,7 +98,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		v := judge(a)
 		s.report(node, v.failure)
 		last = a
-		if !v.retry || n == cfg.Retry.Attempts {
+		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rs, f, tried) {
 			break
 		}
 		rs.retries++
@@ -117,6 +117,16 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	}
 	watch.release()
 	s.failAttempt(ctx, rt, rs, last)
+}
+
+// canRetry reports whether a node is left for another try, so that a
+// request with none neither counts a retry nor waits a backoff for it.
+func (s *Server) canRetry(rs *reqState, f fields, tried []*balancer.Node) bool {
+	if f.pinned != nil {
+		return false
+	}
+	return s.bal.HasCandidate(balancer.Request{Model: f.model, NumCtx: f.numCtx, Tried: tried,
+		Class: rs.class})
 }
 
 // acquire gets a lease on a node from the balancer, or on f.pinned when it
@@ -250,6 +260,9 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 	}
 	status := statusFor(a.err)
 	rs.err = errString(a.err)
+	if rs.node != "" {
+		ctx.Response.Header.Set("X-LLMProxy-Node", rs.node)
+	}
 	if status == StatusClientClosed {
 		rs.status = status
 		closeWithoutResponse(ctx)
