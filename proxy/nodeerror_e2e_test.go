@@ -296,23 +296,27 @@ func TestNodeErrorReachesOpenAIClient(t *testing.T) {
 // rawNode is a node that serves each keep-alive connection itself, so a
 // test can make it write bytes that no request asked for.
 type rawNode struct {
-	ln    net.Listener
-	conns atomic.Int64
-	// after, when set, runs on a connection after the first response of
-	// the node's life is written.
+	ln net.Listener
+	// postConns counts the connections that carried a POST.
+	postConns atomic.Int64
+	// respond, when set, writes the response to the POST that is number
+	// i (from 0) on its connection, and reports whether the connection
+	// stays open. Otherwise the node writes echoResponse.
+	respond func(conn net.Conn, i int, body []byte) bool
+	// after, when set, runs on a connection after the first POST response
+	// of the node's life is written.
 	after func(conn net.Conn)
 	once  sync.Once
 }
 
-// startRawNode starts a node with model m that answers every POST with
-// {"echo": body}.
-func startRawNode(t *testing.T, after func(conn net.Conn)) *rawNode {
+// startRawNode starts a node with model m and the given behaviour.
+func startRawNode(t *testing.T, n *rawNode) *rawNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &rawNode{ln: ln, after: after}
+	n.ln = ln
 	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
@@ -320,7 +324,6 @@ func startRawNode(t *testing.T, after func(conn net.Conn)) *rawNode {
 			if err != nil {
 				return
 			}
-			n.conns.Add(1)
 			go n.serve(conn)
 		}
 	}()
@@ -329,76 +332,158 @@ func startRawNode(t *testing.T, after func(conn net.Conn)) *rawNode {
 
 func (n *rawNode) url() string { return "http://" + n.ln.Addr().String() }
 
+// echoResponse is a response with Content-Length whose body is
+// {"echo": body}.
+func echoResponse(body []byte) string {
+	out, _ := json.Marshal(map[string]string{"echo": string(body)})
+	return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"+
+		"Content-Length: %d\r\n\r\n%s", len(out), out)
+}
+
 func (n *rawNode) serve(conn net.Conn) {
 	defer conn.Close()
 	br := bufio.NewReader(conn)
+	posts := 0
 	for {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
 		}
 		body, _ := io.ReadAll(req.Body)
-		var out []byte
-		switch req.URL.Path {
-		case "/api/version":
-			out = []byte(`{"version":"0.25.0"}`)
-		case "/api/tags":
-			out = []byte(`{"models":[{"name":"m:latest","model":"m:latest","size":1,"digest":"d"}]}`)
-		case "/api/ps":
-			out = []byte(`{"models":[]}`)
-		default:
-			out, _ = json.Marshal(map[string]string{"echo": string(body)})
+		if req.Method != http.MethodPost {
+			var out string
+			switch req.URL.Path {
+			case "/api/version":
+				out = `{"version":"0.25.0"}`
+			case "/api/tags":
+				out = `{"models":[{"name":"m:latest","model":"m:latest","size":1,"digest":"d"}]}`
+			default:
+				out = `{"models":[]}`
+			}
+			if _, err := fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
+				"Content-Length: %d\r\n\r\n%s", len(out), out); err != nil {
+				return
+			}
+			continue
 		}
-		_, err = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"+
-			"Content-Length: %d\r\n\r\n%s", len(out), out)
-		if err != nil {
+		if posts == 0 {
+			n.postConns.Add(1)
+		}
+		posts++
+		if n.respond != nil {
+			if !n.respond(conn, posts-1, body) {
+				return
+			}
+			continue
+		}
+		if _, err := io.WriteString(conn, echoResponse(body)); err != nil {
 			return
 		}
-		if req.Method == http.MethodPost && n.after != nil {
+		if n.after != nil {
 			n.once.Do(func() { n.after(conn) })
 		}
 	}
 }
 
-// TestUnaskedBytesNeverReachAClient has a node write a whole second
-// response on a pooled connection after the first. The next request must
-// get its own response, on another connection, and not those bytes.
-func TestUnaskedBytesNeverReachAClient(t *testing.T) {
-	const smuggled = `{"smuggled":"response"}`
-	written := make(chan struct{})
-	node := startRawNode(t, func(conn net.Conn) {
-		// Written with the response, the bytes would arrive in the same
-		// read and be dropped with the proxy's read buffer. Later, they
-		// wait in the socket.
-		time.Sleep(50 * time.Millisecond)
-		_, _ = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
-			"Content-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
-		close(written)
-	})
+// askEcho sends a generate whose prompt is user to the proxy at url and
+// returns the response body.
+func askEcho(t *testing.T, url, user string) string {
+	t.Helper()
+	resp := post(t, url+"/api/generate", `{"model":"m","prompt":"`+user+`","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: status %d, want 200; body %s", user, resp.StatusCode, body)
+	}
+	return string(body)
+}
+
+// proxyForRaw starts a proxy in front of node alone.
+func proxyForRaw(t *testing.T, node *rawNode) *app.App {
+	t.Helper()
 	cfg := testenv.Config(t)
 	cfg.Nodes = append(cfg.Nodes, config.DefaultNode(node.url()))
-	p := testenv.Proxy(t, cfg)
+	return testenv.Proxy(t, cfg)
+}
 
-	ask := func(user string) string {
-		t.Helper()
-		resp := post(t, p.URL()+"/api/generate", `{"model":"m","prompt":"`+user+`","stream":false}`)
-		body := readBody(t, resp)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("%s: status %d, want 200; body %s", user, resp.StatusCode, body)
+// TestUnaskedBytesNeverReachAClient has a node write a whole second
+// response on a pooled connection, soon or long after the first. The next
+// requests must get their own responses, on another connection, and never
+// those bytes.
+func TestUnaskedBytesNeverReachAClient(t *testing.T) {
+	const smuggled = `{"smuggled":"response"}`
+	// Written with the response, the bytes would arrive in the same read
+	// and be dropped with the proxy's read buffer. Later, they wait in the
+	// socket.
+	for _, delay := range []time.Duration{2 * time.Millisecond, 50 * time.Millisecond} {
+		t.Run(delay.String(), func(t *testing.T) {
+			written := make(chan struct{})
+			node := startRawNode(t, &rawNode{after: func(conn net.Conn) {
+				time.Sleep(delay)
+				_, _ = fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
+					"Content-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+				close(written)
+			}})
+			p := proxyForRaw(t, node)
+			if got := askEcho(t, p.URL(), "user 1"); !strings.Contains(got, "user 1") {
+				t.Fatalf("user 1 got %s", got)
+			}
+			<-written
+			// The unasked bytes wait on the pooled connection from here on.
+			for _, user := range []string{"user 2", "user 3"} {
+				if got := askEcho(t, p.URL(), user); !strings.Contains(got, user) || strings.Contains(got, "smuggled") {
+					t.Errorf("%s got %s, want the echo of its own request", user, got)
+				}
+			}
+			if got := node.postConns.Load(); got < 2 {
+				t.Errorf("node served POSTs on %d connections, want the tainted one replaced", got)
+			}
+		})
+	}
+}
+
+// TestChunkedResponseKeepsConnection sends requests whose responses are
+// chunked, with and without trailers. The proxy reads each to its end and
+// reuses the one connection.
+func TestChunkedResponseKeepsConnection(t *testing.T) {
+	for _, trailer := range []string{"", "X-Checksum: 1\r\n"} {
+		t.Run(fmt.Sprintf("trailer %q", trailer), func(t *testing.T) {
+			node := startRawNode(t, &rawNode{respond: func(conn net.Conn, _ int, body []byte) bool {
+				out, _ := json.Marshal(map[string]string{"echo": string(body)})
+				_, err := fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"+
+					"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n%s\r\n", len(out), out, trailer)
+				return err == nil
+			}})
+			p := proxyForRaw(t, node)
+			for _, user := range []string{"user 1", "user 2", "user 3"} {
+				if got := askEcho(t, p.URL(), user); !strings.Contains(got, user) {
+					t.Errorf("%s got %s, want the echo of its own request", user, got)
+				}
+			}
+			if got := node.postConns.Load(); got != 1 {
+				t.Errorf("node served POSTs on %d connections, want 1", got)
+			}
+		})
+	}
+}
+
+// TestIdleTimeout408IsRetried has a node answer every request after the
+// first on a connection with 408 and close it, as a server does that
+// closes idle keep-alive connections. The proxy sends the request again
+// on a new connection, and the client never sees the 408.
+func TestIdleTimeout408IsRetried(t *testing.T) {
+	node := startRawNode(t, &rawNode{respond: func(conn net.Conn, i int, body []byte) bool {
+		if i > 0 {
+			_, _ = io.WriteString(conn, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"+
+				"Connection: close\r\n\r\n")
+			return false
 		}
-		return string(body)
-	}
-	if got := ask("user 1"); !strings.Contains(got, "user 1") {
-		t.Fatalf("user 1 got %s", got)
-	}
-	<-written
-	// The unasked bytes wait on the pooled connection from here on.
-	for _, user := range []string{"user 2", "user 3"} {
-		if got := ask(user); !strings.Contains(got, user) || strings.Contains(got, "smuggled") {
+		_, err := io.WriteString(conn, echoResponse(body))
+		return err == nil
+	}})
+	p := proxyForRaw(t, node)
+	for _, user := range []string{"user 1", "user 2", "user 3"} {
+		if got := askEcho(t, p.URL(), user); !strings.Contains(got, user) {
 			t.Errorf("%s got %s, want the echo of its own request", user, got)
 		}
-	}
-	if got := node.conns.Load(); got < 2 {
-		t.Errorf("node saw %d connections from the proxy, want the tainted one replaced", got)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -109,6 +110,9 @@ type exchange struct {
 	reader idleReader
 	resp   fasthttp.ResponseHeader
 	body   io.Reader
+	// chunked is set for a chunked body, whose trailer section Read
+	// consumes after the last chunk.
+	chunked bool
 	// limited backs body for a response with a Content-Length, so that
 	// it is not allocated per exchange.
 	limited io.LimitedReader
@@ -152,14 +156,11 @@ func (u *upstream) send(ctx context.Context, req *fasthttp.Request, t timeouts) 
 
 var errStaleConn = errors.New("pooled connection closed by node")
 
-// idleCheckAfter is the time in the pool after which a connection is
-// checked before it is used again. A connection reused sooner skips the
-// system call, which would cost a few percent of the proxy's CPU at full
-// load.
-// NOTE: so unasked bytes that a node sends within this time of a response,
-// in a later TCP segment than the response, are still read as the next
-// response on the connection.
-const idleCheckAfter = 10 * time.Millisecond
+// NOTE: the check runs when a pooled connection is taken, so bytes that a
+// node sends after it, before the response to the new request, are still
+// read as that response. Once the real response follows them, the next
+// check drops the connection, so they cannot shift the responses of later
+// requests by one. The check costs one recv(2) per reused connection.
 
 // maxStaleConns bounds the pooled connections that one request drops as
 // unfit before it takes the next one as it is.
@@ -188,8 +189,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	// A pooled connection on which the node sent something unasked, or
 	// which it closed, is dropped for the next one: those bytes would be
 	// read as this request's response.
-	for stale := 0; err == nil && !cc.LastUseTime().IsZero() &&
-		time.Since(cc.LastUseTime()) >= idleCheckAfter && !idleFit(cc.Conn()) &&
+	for stale := 0; err == nil && !cc.LastUseTime().IsZero() && !idleFit(cc.Conn()) &&
 		stale < maxStaleConns; stale++ {
 		u.hc.CloseConn(cc)
 		cc, err = u.hc.AcquireConn(t.connect, false)
@@ -264,6 +264,12 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		}
 		return nil, u.wrap(ctx, "read response", err)
 	}
+	if reused && ex.resp.StatusCode() == fasthttp.StatusRequestTimeout && ctx.Err() == nil {
+		// Some servers send 408 on a keep-alive connection that they close
+		// for being idle. On a pooled connection it answers no request.
+		ex.close()
+		return nil, errStaleConn
+	}
 	ex.setBody(req.Header.IsHead())
 	return ex, nil
 }
@@ -293,6 +299,7 @@ func (ex *exchange) setBody(head bool) {
 		ex.body = &ex.limited
 	case n == -1:
 		ex.body = httputil.NewChunkedReader(ex.br)
+		ex.chunked = true
 	default:
 		// Identity body until the node closes the connection.
 		ex.body = ex.br
@@ -316,10 +323,41 @@ func (ex *exchange) Read(p []byte) (int, error) {
 		// The node closed the connection short of its Content-Length.
 		err = io.ErrUnexpectedEOF
 	}
+	if err == io.EOF && ex.chunked {
+		// The chunked reader stops after the last chunk's size line. The
+		// trailer section up to its empty line belongs to this response,
+		// and left unread it would end the connection's reuse.
+		ex.chunked = false
+		if terr := skipTrailer(ex.br); terr != nil {
+			ex.reuse = false
+		}
+	}
 	if err == io.ErrUnexpectedEOF {
 		ex.reuse = false
 	}
 	return n, err
+}
+
+// maxTrailerBytes bounds the trailer section of a chunked response.
+const maxTrailerBytes = 64 << 10
+
+// skipTrailer reads the trailer section of a chunked body, the lines up
+// to and including the first empty one, and discards it.
+func skipTrailer(br *bufio.Reader) error {
+	read := 0
+	for {
+		line, err := br.ReadSlice('\n')
+		read += len(line)
+		if err != nil {
+			return err
+		}
+		if read > maxTrailerBytes {
+			return errors.New("trailer section too large")
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return nil
+		}
+	}
 }
 
 // idleReader is the node's connection as read by the exchange's
