@@ -288,6 +288,7 @@ func (ex *exchange) writeRequest(req *fasthttp.Request) error {
 // Content-Length header states.
 func (ex *exchange) setBody(head bool) {
 	ex.reuse = !ex.resp.ConnectionClose()
+	ex.chunked = false
 	st := ex.resp.StatusCode()
 	if head || st < 200 || st == 204 || st == 304 {
 		ex.body = http.NoBody
@@ -510,7 +511,7 @@ func (ex *exchange) recycle() {
 	ex.limited = io.LimitedReader{}
 	ex.idle, ex.deadline, ex.idling = 0, time.Time{}, false
 	ex.reader = idleReader{}
-	ex.reuse, ex.closed = false, false
+	ex.reuse, ex.closed, ex.chunked = false, false, false
 	ex.cancelled.Store(false)
 	ex.handle.Store(nil)
 	ex.resp.Reset()
