@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 
@@ -96,16 +98,25 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 	if v.Type() != fastjson.TypeObject {
 		return nil, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
 	}
-	if key := duplicateKey(v); key != "" {
+	key, folded := duplicateKey(v)
+	if key != "" {
 		// Ollama's JSON decoder takes the last value and this reader the
 		// first, so the proxy would route, check and bill another request
-		// than the node runs.
+		// than the node runs. The decoder matches keys in any case, so
+		// "model" and "Model" are the same key.
 		return nil, fmt.Errorf("invalid JSON: duplicate key %q", key)
+	}
+	if folded {
+		foldKeys(v, readKeys)
 	}
 	if opts := v.Get("options"); opts != nil {
 		// The same holds for options such as num_ctx, which placement reads.
-		if key := duplicateKey(opts); key != "" {
+		key, folded := duplicateKey(opts)
+		if key != "" {
 			return nil, fmt.Errorf("invalid JSON: duplicate key %q in options", key)
+		}
+		if folded {
+			foldKeys(opts, readOptionKeys)
 		}
 	}
 	return v, nil
@@ -224,29 +235,79 @@ func conversationKey(model string, messages []*fastjson.Value) uint64 {
 
 // duplicateKey returns a top-level key that the object has more than once,
 // or "".
-func duplicateKey(v *fastjson.Value) string {
+func duplicateKey(v *fastjson.Value) (dup string, folded bool) {
 	obj, err := v.Object()
 	if err != nil {
-		return ""
+		return "", false
 	}
 	// Request bodies have a dozen top-level keys, so a quadratic scan over
 	// a buffer on the stack beats a map.
 	var buf [32][]byte
 	keys := buf[:0]
-	var dup []byte
+	var found []byte
 	obj.Visit(func(k []byte, _ *fastjson.Value) {
-		if dup != nil {
+		if found != nil {
 			return
 		}
+		folded = folded || !lowerASCII(k)
 		for _, seen := range keys {
-			if string(seen) == string(k) {
-				dup = k
+			if string(seen) == string(k) || (folded && bytes.EqualFold(seen, k)) {
+				found = k
 				return
 			}
 		}
 		keys = append(keys, k)
 	})
-	return string(dup)
+	return string(found), folded
+}
+
+// lowerASCII reports whether k has only ASCII bytes and no upper case
+// letter. Two such keys match in any case only when they are equal.
+func lowerASCII(k []byte) bool {
+	for _, c := range k {
+		if c >= utf8.RuneSelf || ('A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// readKeys are the top-level keys of request bodies that the proxy reads,
+// and readOptionKeys those of "options", in the form its lookups use.
+var (
+	readKeys = []string{"model", "name", "from", "modelfile", "source", "destination", "stream",
+		"keep_alive", "options", "messages", "prompt", "images", "max_tokens",
+		"max_completion_tokens", "stream_options"}
+	readOptionKeys = []string{"num_ctx", "num_predict"}
+)
+
+// foldKeys renames each key of the object v that matches one of names in
+// another case, such as "Model", to that name. Go's JSON decoder, which
+// Ollama uses, matches keys without regard to case, so the node reads
+// such a key as the field, and the proxy must route and check the same
+// value. It runs after duplicateKey, so no two keys of v match.
+func foldKeys(v *fastjson.Value, names []string) {
+	obj, err := v.Object()
+	if err != nil {
+		return
+	}
+	var renames [][2]string
+	obj.Visit(func(k []byte, _ *fastjson.Value) {
+		if lowerASCII(k) {
+			return
+		}
+		for _, name := range names {
+			if bytes.EqualFold(k, []byte(name)) {
+				renames = append(renames, [2]string{string(k), name})
+				return
+			}
+		}
+	})
+	for _, r := range renames {
+		value := obj.Get(r[0])
+		obj.Del(r[0])
+		obj.Set(r[1], value)
+	}
 }
 
 // shortParseError returns fastjson's message for err with the middle of its

@@ -790,6 +790,11 @@ func TestLimitsAllowedModelsOnManagement(t *testing.T) {
 		{"POST", "/api/create", `{"model":"other","from":"m","stream":false}`},
 		{"POST", "/api/create", `{"model":"m","from":"other","stream":false}`},
 		{"POST", "/api/create", `{"model":"m","modelfile":"# base\nFROM other\n","stream":false}`},
+		{"POST", "/api/create", `{"model":"m","From":"other","stream":false}`},
+		{"POST", "/api/copy", `{"Source":"other","destination":"m"}`},
+		{"POST", "/api/generate", `{"Model":"other","prompt":"hi","stream":false}`},
+		{"POST", "/api/chat", `{"MODEL":"other","messages":[],"stream":false}`},
+		{"POST", "/v1/chat/completions", `{"Model":"other","messages":[]}`},
 		{"POST", "/api/copy", `{"source":"m","destination":"other"}`},
 		{"DELETE", "/api/delete", `{"model":"other"}`},
 	}
@@ -804,7 +809,12 @@ func TestLimitsAllowedModelsOnManagement(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg := ollamaErrorMessage(t, resp, http.StatusForbidden)
+			var msg string
+			if strings.HasPrefix(tc.path, "/v1/") {
+				msg = openAIErrorMessage(t, resp, http.StatusForbidden)
+			} else {
+				msg = ollamaErrorMessage(t, resp, http.StatusForbidden)
+			}
 			if !strings.Contains(msg, `may not use model "other"`) {
 				t.Errorf("error %q, want it to name the model", msg)
 			}
@@ -812,6 +822,31 @@ func TestLimitsAllowedModelsOnManagement(t *testing.T) {
 				t.Errorf("the node received %d %s requests, want 0", n, tc.path)
 			}
 		})
+	}
+}
+
+// TestKeysInAnyCase sends bodies whose keys differ from the usual ones in
+// case. Ollama's JSON decoder matches keys in any case, so the proxy reads
+// them as the same fields, and rejects two keys that differ only in case.
+func TestKeysInAnyCase(t *testing.T) {
+	run := testenv.Sim(t, "m,other", ollamasim.Config{})
+	p := testenv.Proxy(t, testenv.Config(t, run))
+
+	resp := post(t, p.URL()+"/api/generate", `{"MODEL":"m","Prompt":"hi","Stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"model":"m"`) {
+		t.Errorf("generate with MODEL: status %d, body %s; want 200 from model m", resp.StatusCode, body)
+	}
+	for _, body := range []string{
+		`{"model":"m","Model":"other","prompt":"hi"}`,
+		`{"Model":"m","model":"other","prompt":"hi"}`,
+		// U+212A KELVIN SIGN folds to k, as Go's decoder folds it.
+		`{"model":"m","prompt":"hi","keep_alive":"5m","Keep_alive":0}`,
+	} {
+		msg := ollamaErrorMessage(t, post(t, p.URL()+"/api/generate", body), http.StatusBadRequest)
+		if !strings.Contains(msg, "duplicate key") {
+			t.Errorf("body %s: error %q, want a duplicate key", body, msg)
+		}
 	}
 }
 
