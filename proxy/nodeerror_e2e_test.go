@@ -487,3 +487,33 @@ func TestIdleTimeout408IsRetried(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamThenBufferedResponse alternates streamed responses, which are
+// chunked, with buffered ones of known length on one node. A buffered
+// response must not wait for the trailer of a chunked body that an
+// earlier response on a reused exchange had: such a wait ends at
+// upstream.idle and costs the connection.
+func TestStreamThenBufferedResponse(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cfg.Upstream.Idle = time.Second
+	p := testenv.Proxy(t, cfg)
+	conns := map[string]bool{}
+	for i := range 5 {
+		stream := post(t, p.URL()+"/api/chat",
+			`{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":2}}`)
+		if body := readBody(t, stream); stream.StatusCode != http.StatusOK || !strings.Contains(string(body), `"done":true`) {
+			t.Fatalf("stream %d: status %d, body %s", i, stream.StatusCode, body)
+		}
+		buffered := post(t, p.URL()+"/api/generate",
+			`{"model":"m","prompt":"hi","stream":false,"options":{"num_predict":2}}`)
+		if body := readBody(t, buffered); buffered.StatusCode != http.StatusOK {
+			t.Fatalf("buffered %d: status %d, body %s", i, buffered.StatusCode, body)
+		}
+		last, _ := sim.Server().LastRequest("/api/generate")
+		conns[last.RemoteAddr] = true
+	}
+	if len(conns) > 2 {
+		t.Errorf("the buffered requests came over %d node connections, want them reused", len(conns))
+	}
+}
