@@ -207,33 +207,21 @@ func TestReloadReplacesChangedBreakers(t *testing.T) {
 	a, sims, logs := startTrio(t, tight)
 	failAll(t, sims)
 	sendGenerates(t, a, sims, 3)
-	for name, state := range breakerGauges(a) {
-		if state != 2 {
-			t.Fatalf("breaker of %s in state %v before the reloads, want 2 (open)", name, state)
-		}
+	if !checkBreakers(t, a, 2, "before the reloads") {
+		t.FailNow()
 	}
 
 	reloadTrio(t, a, sims, func(cfg *config.Config) {
 		tight(cfg)
 		cfg.Retry.Attempts = 2
 	})
-	for name, state := range breakerGauges(a) {
-		if state != 2 {
-			t.Errorf("breaker of %s in state %v after a reload of retry.attempts, want 2 (open)",
-				name, state)
-		}
-	}
+	checkBreakers(t, a, 2, "after a reload of retry.attempts")
 
 	reloadTrio(t, a, sims, func(cfg *config.Config) {
 		tight(cfg)
 		cfg.Breaker.ConsecutiveFailures = 3
 	})
-	for name, state := range breakerGauges(a) {
-		if state != 0 {
-			t.Errorf("breaker of %s in state %v after a reload of its settings, want 0 (closed)",
-				name, state)
-		}
-	}
+	checkBreakers(t, a, 0, "after a reload of its settings")
 	if out := unusableNodes(a); len(out) != 0 {
 		t.Errorf("nodes %v unusable with new closed breakers", out)
 	}
@@ -252,4 +240,18 @@ func TestReloadReplacesChangedBreakers(t *testing.T) {
 	if len(closed) != 3 {
 		t.Errorf("logged the breakers of %v closing, want all three nodes", closed)
 	}
+}
+
+// checkBreakers reports whether every node's breaker gauge is want (0
+// closed, 2 open), and fails the test for each that is not.
+func checkBreakers(t *testing.T, a *app.App, want float64, when string) bool {
+	t.Helper()
+	ok := true
+	for name, state := range breakerGauges(a) {
+		if state != want {
+			t.Errorf("breaker of %s in state %v %s, want %v", name, state, when, want)
+			ok = false
+		}
+	}
+	return ok
 }

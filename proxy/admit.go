@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/llmproxy/llmproxy/internal/wire"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -81,6 +82,18 @@ func (s *Server) clientAddr(ctx *fasthttp.RequestCtx) string {
 	return remoteIP(ctx)
 }
 
+// allowsModel reports whether the request's API key may use model, given
+// as the client wrote it, and responds 403 when it may not. A request
+// without a key may use every model.
+func allowsModel(ctx *fasthttp.RequestCtx, rt route, rs *reqState, model string) bool {
+	if rs.apiKey == nil || rs.apiKey.Allows(wire.NormalizeModel(model)) {
+		return true
+	}
+	writeError(ctx, rt, fasthttp.StatusForbidden,
+		"key "+quote(rs.apiKey.Name)+" may not use model "+quote(model))
+	return false
+}
+
 // admit checks the key's model list and every limit before the request
 // reaches the queue. A rejected request consumes nothing and gets 403 or
 // 429 with the limit named and the rate limit headers set.
@@ -89,9 +102,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 	if lim == nil || (rs.apiKey == nil && s.config().RateLimit.PerAddress == 0) {
 		return true // nothing to enforce
 	}
-	if rs.apiKey != nil && f.model != "" && !rs.apiKey.Allows(f.model) {
-		writeError(ctx, rt, fasthttp.StatusForbidden,
-			"key "+quote(rs.apiKey.Name)+" may not use model "+quote(f.rawModel))
+	if f.model != "" && !allowsModel(ctx, rt, rs, f.rawModel) {
 		return false
 	}
 	addr := ""

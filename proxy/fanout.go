@@ -42,13 +42,11 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = wire.NormalizeModel(model)
-	if rt.name == "/api/copy" && rs.apiKey != nil {
+	if rt.name == "/api/copy" {
 		// A copy writes its destination, which the key must be allowed to
 		// use as well as the source that admit checks.
 		destination, _ := stringField(v, "destination")
-		if !rs.apiKey.Allows(wire.NormalizeModel(destination)) {
-			writeError(ctx, rt, fasthttp.StatusForbidden,
-				"key "+quote(rs.apiKey.Name)+" may not use model "+quote(destination))
+		if !allowsModel(ctx, rt, rs, destination) {
 			return
 		}
 	}
@@ -403,11 +401,8 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		// to the name created, as it does to those pulled or deleted.
 		f.model = rs.model
 		f.refresh = true
-		if base := createBase(v); base != "" && rs.apiKey != nil &&
-			!rs.apiKey.Allows(wire.NormalizeModel(base)) {
-			// A key may not build on a model that it may not use.
-			writeError(ctx, rt, fasthttp.StatusForbidden,
-				"key "+quote(rs.apiKey.Name)+" may not use model "+quote(base))
+		// A key may not build on a model that it may not use.
+		if base := createBase(v); base != "" && !allowsModel(ctx, rt, rs, base) {
 			return
 		}
 	}

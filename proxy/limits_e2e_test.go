@@ -715,15 +715,21 @@ func checkNoKeyForwarded(sim *ollamasim.Server, route string) error {
 	return nil
 }
 
-func TestLimitsAllowedModels(t *testing.T) {
+// onlyMProxy starts a proxy that requires keys, with one key, only-m,
+// that may use model m only, in front of a node with models m and other.
+func onlyMProxy(t *testing.T) (*app.App, *ollamasim.Server) {
+	t.Helper()
 	run := testenv.Sim(t, "m,other", ollamasim.Config{})
-	sim := run.Server()
 	cfg := testenv.Config(t, run)
 	key := limitKey("only-m")
 	key.AllowedModels = []string{"m"}
 	cfg.Auth.Required = true
 	cfg.Auth.Keys = []config.Key{key}
-	p := testenv.Proxy(t, cfg)
+	return testenv.Proxy(t, cfg), run.Server()
+}
+
+func TestLimitsAllowedModels(t *testing.T) {
+	p, sim := onlyMProxy(t)
 	secret := secretOf("only-m")
 
 	t.Run("Ollama", func(t *testing.T) {
@@ -771,14 +777,7 @@ func TestLimitsAllowedModels(t *testing.T) {
 // TestLimitsAllowedModelsOnManagement checks that a key limited to some
 // models can pull, push, create, copy or delete no other model.
 func TestLimitsAllowedModelsOnManagement(t *testing.T) {
-	run := testenv.Sim(t, "m,other", ollamasim.Config{})
-	sim := run.Server()
-	cfg := testenv.Config(t, run)
-	key := limitKey("only-m")
-	key.AllowedModels = []string{"m"}
-	cfg.Auth.Required = true
-	cfg.Auth.Keys = []config.Key{key}
-	p := testenv.Proxy(t, cfg)
+	p, sim := onlyMProxy(t)
 	auth := []string{"Authorization", "Bearer " + secretOf("only-m")}
 
 	cases := []struct {

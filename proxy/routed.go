@@ -98,7 +98,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		v := judge(a)
 		s.report(node, v.failure)
 		last = a
-		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rs, f, tried) {
+		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rt, rs, f, tried) {
 			break
 		}
 		rs.retries++
@@ -121,12 +121,24 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 
 // canRetry reports whether a node is left for another try, so that a
 // request with none neither counts a retry nor waits a backoff for it.
-func (s *Server) canRetry(rs *reqState, f fields, tried []*balancer.Node) bool {
+func (s *Server) canRetry(rt route, rs *reqState, f fields, tried []*balancer.Node) bool {
 	if f.pinned != nil {
 		return false
 	}
-	return s.bal.HasCandidate(balancer.Request{Model: f.model, NumCtx: f.numCtx, Tried: tried,
-		Class: rs.class})
+	return s.bal.HasCandidate(placement(rt, rs, f, tried))
+}
+
+// placement returns the balancer's view of a request.
+func placement(rt route, rs *reqState, f fields, tried []*balancer.Node) balancer.Request {
+	return balancer.Request{
+		Model:    f.model,
+		NumCtx:   f.numCtx,
+		Tried:    tried,
+		Slot:     rt.inference && !f.preload,
+		Class:    rs.class,
+		Client:   rs.client,
+		Affinity: f.affinity,
+	}
 }
 
 // acquire gets a lease on a node from the balancer, or on f.pinned when it
@@ -141,15 +153,7 @@ func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
 		}
 		return balancer.NewLease(f.pinned), nil
 	}
-	req := balancer.Request{
-		Model:    f.model,
-		NumCtx:   f.numCtx,
-		Tried:    tried,
-		Slot:     rt.inference && !f.preload,
-		Class:    rs.class,
-		Client:   rs.client,
-		Affinity: f.affinity,
-	}
+	req := placement(rt, rs, f, tried)
 	lease, err := s.bal.Acquire(ctx, req)
 	if errors.Is(err, balancer.ErrModelNotFound) && s.refreshAll(ctx) {
 		lease, err = s.bal.Acquire(ctx, req)
