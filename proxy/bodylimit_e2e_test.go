@@ -312,8 +312,8 @@ func TestMalformedRequestKeepsRoute(t *testing.T) {
 }
 
 // TestClientLeavesDuringBody closes the connection after part of a body
-// of known length. The request is logged and counted as a 400 that says
-// so, not as a malformed request. fasthttp drops the head of such a
+// of known length. The request is logged and counted as a 400 for an
+// incomplete body, not as a malformed request. fasthttp drops the head of such a
 // request, so the route is "other".
 func TestClientLeavesDuringBody(t *testing.T) {
 	p, log := startLimitedProxy(t)
@@ -344,7 +344,7 @@ func TestClientLeavesDuringBody(t *testing.T) {
 
 // TestHalfClosedClientReadsIncompleteBodyError sends part of a body of
 // known length and closes its side of the connection. It then reads a
-// 400 that says the body is incomplete.
+// 400 for an incomplete body.
 func TestHalfClosedClientReadsIncompleteBodyError(t *testing.T) {
 	p, _ := startLimitedProxy(t)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))

@@ -466,8 +466,8 @@ func TestChunkedResponseKeepsConnection(t *testing.T) {
 	}
 }
 
-// TestIdleTimeout408IsRetried has a node answer every request after the
-// first on a connection with 408 and close it, as a server does that
+// TestIdleTimeout408IsRetried has a node respond to every request after
+// the first on a connection with 408 and close it, as a server does that
 // closes idle keep-alive connections. The proxy sends the request again
 // on a new connection, and the client never sees the 408.
 func TestIdleTimeout408IsRetried(t *testing.T) {

@@ -169,8 +169,8 @@ func New(opts Options) *Server {
 
 // maxPooledBody is the largest body buffer that a connection keeps for
 // its next request, or that fasthttp's pools keep. Bodies are read whole,
-// and a buffer grows to up to twice a chunked body's length, so without
-// the bound an idle connection would hold up to twice max_body_bytes.
+// and a buffer can grow to about twice a chunked body's length, so
+// without the bound an idle connection could hold twice max_body_bytes.
 const maxPooledBody = 1 << 20
 
 // releaseLargeBody drops the request body buffer of a finished request
@@ -439,9 +439,9 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		msg = "request not received in full within " + s.srv.ReadTimeout.String() + " (read_timeout)"
 	}
 	if !headerErr && isConnClosed(err) {
-		// The client closed or reset its connection during the body. As
-		// nginx does, this is a 400, for a client that half-closed and
-		// still reads.
+		// The client closed or reset its connection during the body. The
+		// status is 400, not 499, so that a client that only half-closed
+		// its side reads a clear error.
 		// NOTE: fasthttp resets the request when a body of known length
 		// fails, so only a chunked body keeps its method and route here.
 		// The others are logged as route "other".

@@ -266,7 +266,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	}
 	if reused && ex.resp.StatusCode() == fasthttp.StatusRequestTimeout && ctx.Err() == nil {
 		// Some servers send 408 on a keep-alive connection that they close
-		// for being idle. On a pooled connection it answers no request.
+		// for being idle. On a pooled connection it responds to no request.
 		ex.close()
 		return nil, errStaleConn
 	}
