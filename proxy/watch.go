@@ -23,7 +23,7 @@ func (clientGoneError) Is(target error) bool { return target == context.Canceled
 // watchDelay is the time a request runs before its client connection is
 // watched. Most responses complete sooner and then cost no goroutine and no
 // deadline changes. A client that leaves a longer request is noticed at
-// most this much later.
+// most this much later, plus watchTick.
 const watchDelay = 20 * time.Millisecond
 
 // clientWatch notices a client that closes its connection while the proxy
@@ -49,15 +49,20 @@ type clientWatch struct {
 	// stopParent ends the propagation of the parent's cancellation.
 	stopParent func() bool
 	conn       net.Conn
-	// timer starts the read after watchDelay. It belongs to the watch and
-	// is reset for each use.
-	timer *time.Timer
+
+	// armedAt, armedUse and the links below belong to the watch clock,
+	// which starts the read after watchDelay. queued is set while the
+	// watch waits in the clock's queue.
+	armedAt      time.Time
+	armedUse     uint64
+	queued       bool
+	qprev, qnext *clientWatch
 
 	// mu guards the fields below and orders starting the read against
 	// stopping the watch.
 	mu sync.Mutex
-	// armed is set while the watch may start its read; a timer that fires
-	// after stop finds it clear.
+	// armed is set while the watch may start its read; a clock tick after
+	// stop finds it clear.
 	armed   bool
 	started bool
 	// readDone is closed when the read goroutine ends.
@@ -138,12 +143,7 @@ func (l *watchList) cancelAll(cause error) int {
 // shutdown_timeout is about to run out.
 var errShuttingDown = errors.New("llmproxy is shutting down, retry the request")
 
-var watchPool = sync.Pool{New: func() any {
-	w := &clientWatch{}
-	w.timer = time.AfterFunc(time.Hour, w.start)
-	w.timer.Stop()
-	return w
-}}
+var watchPool = sync.Pool{New: func() any { return new(clientWatch) }}
 
 // closedChan is the Done channel of a watch cancelled before anyone asked
 // for its channel.
@@ -171,15 +171,17 @@ func watchClient(parent context.Context, conn net.Conn) (context.Context, *clien
 	}
 	w.mu.Lock()
 	w.armed = true
+	use := w.uses
 	w.mu.Unlock()
-	w.timer.Reset(watchDelay)
+	watches.add(w, use)
 	return w, w
 }
 
-func (w *clientWatch) start() {
+// startUse starts the read if the watch is still armed in the given use.
+func (w *clientWatch) startUse(use uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.armed || w.started || w.stopped.Load() {
+	if w.uses != use || !w.armed || w.started || w.stopped.Load() {
 		return
 	}
 	w.started = true
@@ -394,7 +396,7 @@ func (w *clientWatch) stop() {
 	if !first {
 		return
 	}
-	w.timer.Stop()
+	watches.remove(w)
 	if !started {
 		return
 	}
