@@ -8,6 +8,7 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -241,24 +242,76 @@ func duplicateKey(v *fastjson.Value) (dup string, folded bool) {
 		return "", false
 	}
 	// Request bodies have a dozen top-level keys, so a quadratic scan over
-	// a buffer on the stack beats a map.
+	// a buffer on the stack beats a map. The client picks the number of
+	// keys, though, so past the buffer the keys go to a map.
 	var buf [32][]byte
 	keys := buf[:0]
+	var many map[string]struct{}
 	var found []byte
 	obj.Visit(func(k []byte, _ *fastjson.Value) {
 		if found != nil {
 			return
 		}
 		folded = folded || !lowerASCII(k)
+		if many != nil {
+			if !addFolded(many, k) {
+				found = k
+			}
+			return
+		}
 		for _, seen := range keys {
 			if string(seen) == string(k) || (folded && bytes.EqualFold(seen, k)) {
 				found = k
 				return
 			}
 		}
-		keys = append(keys, k)
+		if len(keys) < len(buf) {
+			keys = append(keys, k)
+			return
+		}
+		many = make(map[string]struct{}, 2*len(buf))
+		for _, seen := range keys {
+			addFolded(many, seen)
+		}
+		addFolded(many, k)
 	})
 	return string(found), folded
+}
+
+// addFolded adds the case-folded form of k to set and reports whether it
+// was new.
+func addFolded(set map[string]struct{}, k []byte) bool {
+	f := string(foldCase(k))
+	if _, ok := set[f]; ok {
+		return false
+	}
+	set[f] = struct{}{}
+	return true
+}
+
+// foldCase returns k with each character replaced by the smallest one
+// that matches it in any case, so that two keys match under
+// bytes.EqualFold exactly when their folded forms are equal. Like
+// EqualFold, it reads each invalid UTF-8 byte as U+FFFD.
+func foldCase(k []byte) []byte {
+	out := make([]byte, 0, len(k))
+	for len(k) > 0 {
+		r, size := utf8.DecodeRune(k)
+		k = k[size:]
+		if r < utf8.RuneSelf {
+			if 'a' <= r && r <= 'z' {
+				r -= 'a' - 'A'
+			}
+			out = append(out, byte(r))
+			continue
+		}
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		out = utf8.AppendRune(out, least)
+	}
+	return out
 }
 
 // lowerASCII reports whether k has only ASCII bytes and no upper case
