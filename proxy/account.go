@@ -106,6 +106,10 @@ func (s *Server) end(rs *reqState) {
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
 	}
+	if rs.err == "" && rs.status >= 400 && rs.ctx != nil {
+		// An error that the proxy, or a node, sent in full: log its message.
+		rs.err = bodyErrorMessage(&rs.ctx.Response)
+	}
 	model := s.requestModelLabel(rs)
 	if rs.reservation != nil {
 		rs.settle() // the limiter counts the tokens it settles

@@ -33,6 +33,45 @@ func writeError(ctx *fasthttp.RequestCtx, r route, status int, msg string) {
 	ctx.SetBody(wire.OllamaError(msg))
 }
 
+// maxLoggedError bounds the error message that bodyErrorMessage returns.
+const maxLoggedError = 512
+
+// bodyErrorMessage returns the message of an error response: the message
+// of either route shape, {"error":"..."} or {"error":{"message":"..."}},
+// or a short plain-text body such as "404 page not found". It returns ""
+// for any other body, and does not read a streamed one.
+func bodyErrorMessage(resp *fasthttp.Response) string {
+	if resp.IsBodyStream() {
+		return ""
+	}
+	body := resp.Body()
+	var msg []byte
+	if len(body) > 0 && body[0] == '{' {
+		var parser fastjson.Parser
+		doc, err := parser.ParseBytes(body)
+		if err != nil {
+			return ""
+		}
+		msg = doc.GetStringBytes("error")
+		if msg == nil {
+			msg = doc.GetStringBytes("error", "message")
+		}
+	} else if bytes.HasPrefix(resp.Header.ContentType(), []byte("text/plain")) && len(body) <= maxLoggedError {
+		msg = bytes.TrimSpace(body)
+	}
+	if len(msg) > maxLoggedError {
+		n := maxLoggedError
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		msg = msg[:n]
+	}
+	if !utf8.Valid(msg) {
+		return ""
+	}
+	return string(msg)
+}
+
 // statusFor maps an error of the routing pipeline to the status the client
 // receives. It is the one place where that mapping is made.
 func statusFor(err error) int {
