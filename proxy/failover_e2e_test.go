@@ -573,7 +573,7 @@ func TestShutdownEndsRequestsWithError(t *testing.T) {
 	if r := results[1]; r.status != 200 || !strings.HasPrefix(lastLine(r.body), `data: {"error":{"message":"llmproxy is shutting down`) {
 		t.Errorf("SSE stream: status %d, last line %q", r.status, lastLine(r.body))
 	}
-	if r := results[1]; !strings.Contains(lastLine(r.body), `"type":"service_unavailable"`) {
+	if r := results[1]; !strings.Contains(lastLine(r.body), `"type":"api_error"`) {
 		t.Errorf("SSE stream: last line %q, want the type of a non-streamed 503", lastLine(r.body))
 	}
 	if r := results[2]; r.status != http.StatusServiceUnavailable || !strings.Contains(r.body, "shutting down") {

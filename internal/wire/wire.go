@@ -129,8 +129,6 @@ func OpenAIErrorType(status int) string {
 		return "not_found_error"
 	case status == 429:
 		return "rate_limit_error"
-	case status == 503:
-		return "service_unavailable"
 	case status >= 400 && status < 500:
 		// Every other client error, such as 400, 405, 408, 413 or 431.
 		return "invalid_request_error"

@@ -86,7 +86,7 @@ func TestOpenAIErrorType(t *testing.T) {
 		{500, "api_error"},
 		{502, "api_error"},
 		{504, "api_error"},
-		{503, "service_unavailable"},
+		{503, "api_error"},
 	}
 	for _, tt := range tests {
 		if got := OpenAIErrorType(tt.status); got != tt.want {
