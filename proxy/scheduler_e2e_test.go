@@ -224,3 +224,39 @@ func TestConversationStaysOnOneNode(t *testing.T) {
 		t.Errorf("ten turns were served by %v, want one node", nodes)
 	}
 }
+
+func TestPriorityClassCaps(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	withKeys := testenv.Config(t, sim)
+	batchKey := limitKey("batchkey")
+	batchKey.Priority = "batch"
+	withKeys.Auth.Keys = []config.Key{batchKey}
+	keyed := testenv.Proxy(t, withKeys)
+	open := testenv.Proxy(t, testenv.Config(t, sim))
+
+	body := `{"model":"m","prompt":"x","stream":false}`
+	cases := []struct {
+		name   string
+		url    string
+		header []string
+		status int
+	}{
+		{"no key asks priority where keys exist", keyed.URL(), []string{"X-Priority", "priority"}, 400},
+		{"no key asks standard where keys exist", keyed.URL(), []string{"X-Priority", "standard"}, 200},
+		{"batch key asks standard", keyed.URL(), append(bearer("batchkey"), "X-Priority", "standard"), 400},
+		{"batch key asks batch", keyed.URL(), append(bearer("batchkey"), "X-Priority", "batch"), 200},
+		{"no keys configured, priority", open.URL(), []string{"X-Priority", "priority"}, 200},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp := post(t, c.url+"/api/generate", body, c.header...)
+			got := readBody(t, resp)
+			if resp.StatusCode != c.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, c.status, got)
+			}
+			if c.status == 400 && !strings.Contains(string(got), "class") {
+				t.Errorf("400 body %q does not name the class problem", got)
+			}
+		})
+	}
+}
