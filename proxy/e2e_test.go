@@ -938,6 +938,29 @@ func TestDuplicateKeysRejected(t *testing.T) {
 	}
 }
 
+func TestDataAfterTheBodyIgnored(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	cases := []struct{ name, path, body string }{
+		{"text after the object", "/api/generate", `{"model":"other","prompt":"x","stream":false} xyz`},
+		{"a second object", "/api/generate", `{"model":"other","prompt":"x","stream":false}{"model":"m"}`},
+		{"on /v1", "/v1/chat/completions", `{"model":"other","messages":[{"role":"user","content":"x"}]}` + "\n}"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			// Ollama reads the first JSON value and ignores the rest, and
+			// the proxy must route by that same value: other is on n1 only.
+			resp := post(t, f.proxy.URL()+c.path, c.body)
+			body := readBody(t, resp)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d, body %s", resp.StatusCode, body)
+			}
+			if node := resp.Header.Get("X-LLMProxy-Node"); node != "n1" {
+				t.Errorf("served by node %q, want n1, the node with the first value's model", node)
+			}
+		})
+	}
+}
+
 func TestHeadBlobAnswersAtOnce(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

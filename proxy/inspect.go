@@ -93,6 +93,13 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 		return nil, errors.New("missing request body")
 	}
 	v, err := p.ParseBytes(body)
+	if err != nil && strings.HasPrefix(err.Error(), "unexpected tail") {
+		// Ollama decodes the first JSON value of a body and ignores what
+		// follows it, so the proxy reads the same value.
+		// NOTE: the prefix is fastjson's message as of v1.6, not an API.
+		// TestDataAfterTheBodyIgnored fails if an upgrade changes it.
+		v, err = firstValue(body)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("invalid JSON: %s", shortParseError(err))
 	}
@@ -121,6 +128,17 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 		}
 	}
 	return v, nil
+}
+
+// firstValue parses the first JSON value of body, which has more after it.
+// The value keeps its own parser, since bodies with a tail are rare.
+func firstValue(body []byte) (*fastjson.Value, error) {
+	var sc fastjson.Scanner
+	sc.InitBytes(body)
+	if !sc.Next() {
+		return nil, sc.Error()
+	}
+	return sc.Value(), nil
 }
 
 // modelField returns the model that a request body names in "model" or,
