@@ -517,3 +517,33 @@ func TestStreamThenBufferedResponse(t *testing.T) {
 		t.Errorf("the buffered requests came over %d node connections, want them reused", len(conns))
 	}
 }
+
+// TestNodeClientErrorShapeOnV1 checks that a node's 4xx on /v1 reaches
+// OpenAI clients in OpenAI's shape, as a node without the route sends
+// plain text, while Ollama routes relay it as the node sent it.
+func TestNodeClientErrorShapeOnV1(t *testing.T) {
+	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("404 page not found"))
+	})
+	cfg := testenv.Config(t)
+	nc := config.DefaultNode(node)
+	nc.Name = "old"
+	cfg.Nodes = append(cfg.Nodes, nc)
+	p := testenv.Proxy(t, cfg)
+
+	resp := post(t, p.URL()+"/v1/chat/completions", `{"model":"m","messages":[]}`)
+	if got := openAIErrorMessage(t, resp, http.StatusNotFound); got != "node returned status 404: 404 page not found" {
+		t.Errorf("/v1/chat/completions error %q", got)
+	}
+
+	resp = post(t, p.URL()+"/api/chat", `{"model":"m","messages":[],"stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/api/chat status %d, want 404", resp.StatusCode)
+	}
+	if string(body) != "404 page not found" {
+		t.Errorf("/api/chat body %q, want the node's own", body)
+	}
+}

@@ -79,6 +79,13 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		s.afterSuccess(rs, rt, f, lease.Node)
 		s.observeFinal(rs, body)
 	}
+	if status >= 400 && rt.openAI {
+		// OpenAI clients parse only OpenAI's error shape, and a node
+		// without the route sends plain text.
+		if relay, msg := nodeErrorMessage(rt, status, body); !relay {
+			writeError(ctx, rt, status, msg)
+		}
+	}
 	return attempt{}
 }
 
