@@ -152,10 +152,14 @@ func (a *App) buildNodes(cfg *config.Config) ([]*balancer.Node, error) {
 		if err != nil {
 			return nil, fmt.Errorf("node %s: %w", nc.Name, err)
 		}
+		// A node at the same URL is the same server: it keeps its
+		// requests in flight, its drain and its health, and takes the new
+		// limits in place.
 		n := a.nodes[nc.Name]
-		if n == nil || n.URL.String() != u.String() || n.MaxConcurrent != nc.MaxConcurrent ||
-			n.Weight != nc.Weight {
+		if n == nil || n.URL.String() != u.String() {
 			n = balancer.NewNode(nc.Name, u, nc.MaxConcurrent, nc.Weight)
+		} else {
+			n.SetLimits(nc.MaxConcurrent, nc.Weight)
 		}
 		next[nc.Name] = n
 		out = append(out, n)

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"maps"
+	"math"
 	"net/url"
 	"slices"
 	"sort"
@@ -48,10 +49,13 @@ type Gate interface {
 // exported fields are set at construction and never change. The methods
 // are safe for concurrent use.
 type Node struct {
-	Name          string
-	URL           *url.URL
-	MaxConcurrent int
-	Weight        float64
+	Name string
+	URL  *url.URL
+
+	// maxConcurrent and weight (float64 bits) change on a reload, which
+	// keeps the node's requests in flight and its state.
+	maxConcurrent atomic.Int64
+	weight        atomic.Uint64
 
 	// slots is the number of slot leases taken on the node. The
 	// balancer's mu guards it.
@@ -95,22 +99,33 @@ func (n *Node) update(change func(*inventory)) {
 // NewNode returns a node that is up and has an empty inventory until its
 // first refresh.
 func NewNode(name string, u *url.URL, maxConcurrent int, weight float64) *Node {
+	n := &Node{Name: name, URL: u}
+	n.SetLimits(maxConcurrent, weight)
+	n.inv.Store(&inventory{models: map[string]Model{}, loaded: map[string]Loaded{}})
+	n.up.Store(true)
+	return n
+}
+
+// SetLimits sets the node's max_concurrent, at least 1, and its weight,
+// 1 when not positive. Requests in flight keep their slots, so lowering
+// the limit below them only holds new requests back until enough end.
+func (n *Node) SetLimits(maxConcurrent int, weight float64) {
 	if maxConcurrent < 1 {
 		maxConcurrent = 1
 	}
 	if weight <= 0 {
 		weight = 1
 	}
-	n := &Node{
-		Name:          name,
-		URL:           u,
-		MaxConcurrent: maxConcurrent,
-		Weight:        weight,
-	}
-	n.inv.Store(&inventory{models: map[string]Model{}, loaded: map[string]Loaded{}})
-	n.up.Store(true)
-	return n
+	n.maxConcurrent.Store(int64(maxConcurrent))
+	n.weight.Store(math.Float64bits(weight))
 }
+
+// MaxConcurrent returns the maximum number of requests the node takes at
+// once.
+func (n *Node) MaxConcurrent() int { return int(n.maxConcurrent.Load()) }
+
+// Weight returns the node's share of the load relative to other nodes.
+func (n *Node) Weight() float64 { return math.Float64frombits(n.weight.Load()) }
 
 // SetGate installs the health gate consulted by Usable.
 func (n *Node) SetGate(g Gate) { n.gate.Store(&gateBox{g: g}) }

@@ -63,9 +63,9 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 		}
 		cands = append(cands, candidate{
 			n:    n,
-			free: !slots || n.slots < n.MaxConcurrent,
+			free: !slots || n.slots < n.MaxConcurrent(),
 			warm: req.Model == "" || n.IsLoaded(req.Model, req.NumCtx),
-			load: float64(used) / (float64(n.MaxConcurrent) * n.Weight),
+			load: float64(used) / (float64(n.MaxConcurrent()) * n.Weight()),
 			rot:  (uint64(i) + start) % uint64(len(nodes)),
 		})
 	}
@@ -185,7 +185,7 @@ func (b *Balancer) busyWaitLocked(cands []candidate, req Request) float64 {
 	slots := 0
 	for _, c := range cands {
 		if c.warm {
-			slots += c.n.MaxConcurrent
+			slots += c.n.MaxConcurrent()
 		}
 	}
 	ahead := 0
@@ -214,7 +214,7 @@ func (b *Balancer) affinityNode(cands []candidate, req Request) *Node {
 	for i := range cands {
 		c := &cands[i]
 		total += float64(c.n.slots)
-		slots += float64(c.n.MaxConcurrent) * c.n.Weight
+		slots += float64(c.n.MaxConcurrent()) * c.n.Weight()
 		if c.n.Name == name {
 			home = c
 		}

@@ -92,7 +92,7 @@ func (s *Server) NodeStatuses() []nodeStatus {
 			State:         nodeState(n.Up(), n.Draining()),
 			Breaker:       "closed",
 			Inflight:      n.Inflight(),
-			MaxConcurrent: n.MaxConcurrent,
+			MaxConcurrent: n.MaxConcurrent(),
 			Version:       n.Version(),
 			LastError:     n.LastError(),
 			Models:        []string{},
