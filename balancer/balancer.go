@@ -172,10 +172,15 @@ func (b *Balancer) SetSettings(s Settings) {
 }
 
 // SetNodes replaces the node set and places waiting requests on new
-// nodes. Leases on removed nodes stay valid until released.
+// nodes. Waiting requests for a model that no node lists any more fail
+// with ErrModelNotFound. Leases on removed nodes stay valid until
+// released.
 func (b *Balancer) SetNodes(nodes []*Node) {
 	cp := append([]*Node(nil), nodes...)
 	b.nodes.Store(&cp)
+	b.mu.Lock()
+	b.failUnservableLocked()
+	b.mu.Unlock()
 	b.Dispatch()
 }
 

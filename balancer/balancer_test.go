@@ -196,6 +196,59 @@ func TestQueueLimits(t *testing.T) {
 	}
 }
 
+func TestRemovedModelFailsWaiters(t *testing.T) {
+	n1 := testNode(t, "n1", 1, []string{"a:latest", "b:latest"}, "a:latest")
+	n2 := testNode(t, "n2", 1, []string{"b:latest"})
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, n2)
+	held, err := b.Acquire(context.Background(), slotReq("standard", "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	holdB, err := b.Acquire(context.Background(), Request{Model: "b:latest", Slot: true, Client: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holdB.Release()
+	forA := enqueue(t, b, "a", slotReq("standard", "y"))
+	forB := enqueue(t, b, "b", Request{Model: "b:latest", Slot: true, Class: "standard", Client: "y"})
+
+	// n1, the only node with model a, leaves the set.
+	b.SetNodes([]*Node{n2})
+	select {
+	case err := <-forA.err:
+		if !errors.Is(err, ErrModelNotFound) {
+			t.Errorf("waiter for a: %v, want ErrModelNotFound", err)
+		}
+	case l := <-forA.lease:
+		l.Release()
+		t.Error("waiter for a got a lease with no node listing a")
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter for a still waits after its model left the node set")
+	}
+	// Model b is still on n2, so its waiter keeps waiting for n2's slot.
+	select {
+	case err := <-forB.err:
+		t.Fatalf("waiter for b failed: %v", err)
+	case l := <-forB.lease:
+		l.Release()
+		t.Fatal("waiter for b got a lease while n2's one slot is taken")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if got := len(b.Waiting()); got != 1 {
+		t.Errorf("%d requests waiting, want 1", got)
+	}
+	holdB.Release()
+	select {
+	case l := <-forB.lease:
+		l.Release()
+	case err := <-forB.err:
+		t.Fatalf("waiter for b: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter for b never got n2's slot")
+	}
+}
+
 func TestCancelledWaiterLeavesQueue(t *testing.T) {
 	b := testBalancer(t, nil, PolicyInferenceAware, testNode(t, "n1", 1, []string{"a:latest"}, "a:latest"))
 	held, _ := b.Acquire(context.Background(), slotReq("standard", "x"))

@@ -24,8 +24,10 @@ type waiter struct {
 	rank    int    // class rank: 0 for priority, rising towards batch
 	tag     uint64 // start-time fair-queuing tag within the class
 	arrived time.Time
-	// ready receives the node the request was placed on.
+	// ready receives the node the request was placed on, or nil when the
+	// request failed with err.
 	ready chan *Node
+	err   error
 	// placed is set under the balancer's mu when a node was sent on ready.
 	placed bool
 	// cold is set with placed when the node had to load the model.
@@ -150,6 +152,24 @@ func (b *Balancer) dispatchLocked(now time.Time) {
 	}
 }
 
+// failUnservableLocked fails the waiting requests whose model no node
+// lists any more, such as after a reload removed the only node with it,
+// with ErrModelNotFound. They would otherwise wait out max_wait.
+func (b *Balancer) failUnservableLocked() {
+	now := b.now()
+	for i := 0; i < len(b.waiting); {
+		w := b.waiting[i]
+		if err := b.checkCandidates(w.req); !errors.Is(err, ErrModelNotFound) {
+			i++
+			continue
+		}
+		b.removeLocked(w)
+		b.observeWait(w.req.Class, now.Sub(w.arrived))
+		w.err = ErrModelNotFound
+		w.ready <- nil
+	}
+}
+
 // wait blocks until w is placed, its context ends or its class's
 // max_wait passes.
 func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
@@ -163,6 +183,9 @@ func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
 	var cause error
 	select {
 	case n := <-w.ready:
+		if n == nil {
+			return nil, w.err
+		}
 		return n, nil
 	case <-ctx.Done():
 		cause = context.Cause(ctx)
