@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/valyala/fastjson"
 )
@@ -197,8 +198,10 @@ func embedArray(elems []*fastjson.Value) ([][]byte, bool, string) {
 type Batch struct {
 	plan    Plan
 	vectors [][]byte // by input, nil while missing
+	tokens  []int64  // prompt tokens by input, for the cached inputs
 	sent    []int    // inputs sent upstream: the first of each missing text
 	result  Result
+	start   time.Time // start of the lookup
 }
 
 // Result returns the outcome of the lookup. It is ResultHitL1 when every
@@ -217,11 +220,17 @@ func (b *Batch) Partial() bool {
 }
 
 // Entry returns the whole response when every input was cached, or nil.
+// Its total duration is the time since the lookup began, and its load
+// duration is zero.
 func (b *Batch) Entry() *Entry {
 	if b.plan.embed == nil || len(b.sent) > 0 {
 		return nil
 	}
-	return &Entry{route: b.plan.route, embed: &embedResponse{vectors: b.vectors}}
+	return &Entry{route: b.plan.route, embed: &embedResponse{
+		vectors:       b.vectors,
+		tokens:        b.tokens,
+		totalDuration: time.Since(b.start).Nanoseconds(),
+	}}
 }
 
 // UpstreamBody returns the body to send upstream. That is the request body
@@ -256,16 +265,17 @@ func (b *Batch) UpstreamBody() []byte {
 // per input in L1 and per distinct input missing from L1 in L2, or one
 // bypass for the request.
 func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
-	b := &Batch{plan: p, result: ResultBypass}
+	b := &Batch{plan: p, result: ResultBypass, start: time.Now()}
 	if p.Kind != KindEmbed {
 		c.countBypass()
 		return b
 	}
 	b.vectors = make([][]byte, len(p.embed.items))
+	b.tokens = make([]int64, len(p.embed.items))
 	if p.NoCache {
 		c.countBypass()
 	} else {
-		b.result = c.lookupItems(ctx, p, b.vectors)
+		b.result = c.lookupItems(ctx, p, b.vectors, b.tokens)
 	}
 
 	seen := make(map[string]bool, len(p.embed.items))
@@ -278,14 +288,14 @@ func (c *Cache) LookupEmbeddings(ctx context.Context, p Plan) *Batch {
 	return b
 }
 
-// lookupItems fills vectors with the cached inputs of p and returns the
-// result of the lookup.
-func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Result {
+// lookupItems fills vectors and tokens with the cached inputs of p and
+// returns the result of the lookup.
+func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte, tokens []int64) Result {
 	var missed []string
 	seen := make(map[string]bool)
 	for i, it := range p.embed.items {
 		if rec, ok := c.l1.get(it.key); ok && rec.vector != nil {
-			vectors[i] = rec.vector
+			vectors[i], tokens[i] = rec.vector, rec.tokens
 			c.count(tierL1, outcomeHit)
 			continue
 		}
@@ -305,7 +315,7 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Resul
 			continue
 		}
 		if rec := found[it.key]; rec != nil && rec.vector != nil {
-			vectors[i] = rec.vector
+			vectors[i], tokens[i] = rec.vector, rec.tokens
 		}
 	}
 	for _, v := range vectors {
@@ -317,12 +327,14 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte) Resul
 }
 
 // StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores
-// the new vectors (unless the plan has NoStore) and returns the whole
-// response, every input in request order, to render with Entry.Render. Call
-// it only for a 200 response. It returns an error wrapping
-// ErrInvalidResponse when the response cannot be read or contains a number
-// of vectors other than the number of inputs sent, and nothing is stored
-// then. It copies what it keeps from upstream.
+// the new vectors with their prompt token counts (unless the plan has
+// NoStore) and returns the whole response, every input in request order,
+// to render with Entry.Render. Its token count is the sum over all inputs,
+// cached or not, and its durations are upstream's. Call it only for a 200
+// response. It returns an error wrapping ErrInvalidResponse when the
+// response cannot be read or contains a number of vectors other than the
+// number of inputs sent, and nothing is stored then. It copies what it
+// keeps from upstream.
 func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) (*Entry, error) {
 	if b.plan.Kind != KindEmbed {
 		return nil, ErrNotCacheable
@@ -337,20 +349,90 @@ func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) 
 	}
 
 	items := b.plan.embed.items
-	fresh := make(map[string][]byte, len(b.sent))
+	weights := make([]int64, len(b.sent))
+	for j, i := range b.sent {
+		weights[j] = int64(items[i].raw.end - items[i].raw.start)
+	}
+	counts := splitTokens(usage.promptTokens, weights)
+
+	type computed struct {
+		vector []byte
+		tokens int64
+	}
+	fresh := make(map[string]computed, len(b.sent))
 	records := make([]*record, 0, len(b.sent))
 	for j, i := range b.sent {
-		fresh[items[i].key] = vectors[j]
-		records = append(records, newVectorRecord(items[i].key, b.plan.Model, vectors[j]))
+		fresh[items[i].key] = computed{vectors[j], counts[j]}
+		records = append(records, newVectorRecord(items[i].key, b.plan.Model, vectors[j], counts[j]))
 	}
 	all := make([][]byte, len(items))
+	tokens := make([]int64, len(items))
 	for i, it := range items {
-		if all[i] = b.vectors[i]; all[i] == nil {
-			all[i] = fresh[it.key]
+		all[i], tokens[i] = b.vectors[i], b.tokens[i]
+		if all[i] == nil {
+			all[i], tokens[i] = fresh[it.key].vector, fresh[it.key].tokens
 		}
 	}
 	if !b.plan.NoStore {
 		c.put(ctx, records...)
 	}
-	return &Entry{route: b.plan.route, embed: &embedResponse{vectors: all, usage: usage}}, nil
+	return &Entry{route: b.plan.route, embed: &embedResponse{
+		vectors:       all,
+		tokens:        tokens,
+		totalDuration: usage.totalDuration,
+		loadDuration:  usage.loadDuration,
+	}}, nil
+}
+
+// splitTokens divides total, the prompt tokens upstream counted for a batch
+// of inputs, among the inputs by their weights (their lengths in the
+// request body), so that the parts add up to total. Each input gets at
+// least one token when total allows it, since a non-empty input tokenizes
+// to at least one token. The largest remainders get the tokens left over
+// by rounding down.
+//
+// NOTE: upstream reports only the batch's total, so the count of one input
+// of a batch of several is an estimate. A later response's count is exact
+// when it contains each such batch's inputs once each or not at all.
+func splitTokens(total int64, weights []int64) []int64 {
+	out := make([]int64, len(weights))
+	n := int64(len(weights))
+	if n == 0 || total <= 0 {
+		return out
+	}
+	if n == 1 {
+		out[0] = total
+		return out
+	}
+
+	var base int64
+	if total >= n {
+		base = 1
+	}
+	rest := total - base*n
+	var sum int64
+	for _, w := range weights {
+		sum += max(w, 1)
+	}
+
+	remainders := make([]int64, n)
+	left := rest
+	for i, w := range weights {
+		share := rest * max(w, 1)
+		out[i] = base + share/sum
+		remainders[i] = share % sum
+		left -= share / sum
+	}
+
+	for ; left > 0; left-- {
+		largest := 0
+		for i, r := range remainders {
+			if r > remainders[largest] {
+				largest = i
+			}
+		}
+		out[largest]++
+		remainders[largest] = -1
+	}
+	return out
 }

@@ -7,21 +7,23 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// embedResponse is a whole embedding response: one vector per input, in
-// input order, and the usage upstream reported for the inputs it computed.
+// embedResponse is a whole embedding response: one vector and its prompt
+// token count per input, in input order, and the durations of the request.
 type embedResponse struct {
 	vectors [][]byte // each a JSON array of numbers
-	usage   embedUsage
+	tokens  []int64
+	// totalDuration and loadDuration are in nanoseconds, as Ollama reports
+	// them.
+	totalDuration, loadDuration int64
 }
 
-// embedUsage contains the usage fields upstream reported for the inputs it
-// computed. It is zero when every input came from the cache, because no
-// model evaluated anything.
+// embedUsage contains the usage fields of an upstream embedding response.
 type embedUsage struct {
-	// /api/embed fields.
-	totalDuration, loadDuration, promptEvalCount int64
-	// /v1/embeddings fields.
-	promptTokens, totalTokens int64
+	// promptTokens is prompt_eval_count on /api/embed and
+	// usage.prompt_tokens on /v1/embeddings.
+	promptTokens int64
+	// totalDuration and loadDuration are /api/embed's, in nanoseconds.
+	totalDuration, loadDuration int64
 }
 
 // parseEmbedResponse returns the vectors of an upstream embedding response,
@@ -44,19 +46,16 @@ func parseEmbedResponse(r route, body []byte) ([][]byte, embedUsage, error) {
 	case routeEmbed:
 		vectors, err := readVectors(v.GetArray("embeddings"))
 		return vectors, embedUsage{
-			totalDuration:   v.GetInt64("total_duration"),
-			loadDuration:    v.GetInt64("load_duration"),
-			promptEvalCount: v.GetInt64("prompt_eval_count"),
+			promptTokens:  v.GetInt64("prompt_eval_count"),
+			totalDuration: v.GetInt64("total_duration"),
+			loadDuration:  v.GetInt64("load_duration"),
 		}, err
 	case routeEmbeddings:
 		vector, err := readVector(v.Get("embedding"))
 		return [][]byte{vector}, embedUsage{}, err
 	default:
 		vectors, err := readV1Data(v.GetArray("data"))
-		return vectors, embedUsage{
-			promptTokens: v.GetInt64("usage", "prompt_tokens"),
-			totalTokens:  v.GetInt64("usage", "total_tokens"),
-		}, err
+		return vectors, embedUsage{promptTokens: v.GetInt64("usage", "prompt_tokens")}, err
 	}
 }
 
@@ -112,7 +111,8 @@ func readVector(v *fastjson.Value) ([]byte, error) {
 }
 
 // render returns the response in the format of route r for the model name
-// the client sent.
+// the client sent. The usage fields are written even when zero, so that a
+// cached response has the same fields as a node's.
 func (er *embedResponse) render(r route, model string) ([]byte, string) {
 	size := 128 + len(model)
 	for _, v := range er.vectors {
@@ -137,10 +137,20 @@ func (er *embedResponse) render(r route, model string) ([]byte, string) {
 		out = append(out, v...)
 	}
 	out = append(out, ']')
-	out = appendIntField(out, "total_duration", er.usage.totalDuration)
-	out = appendIntField(out, "load_duration", er.usage.loadDuration)
-	out = appendIntField(out, "prompt_eval_count", er.usage.promptEvalCount)
+	out = appendIntField(out, "total_duration", er.totalDuration)
+	out = appendIntField(out, "load_duration", er.loadDuration)
+	out = appendIntField(out, "prompt_eval_count", er.promptTokens())
 	return append(out, '}'), contentTypeJSONUTF8
+}
+
+// promptTokens returns the prompt tokens of every input, which is what
+// upstream would report for the whole request.
+func (er *embedResponse) promptTokens() int64 {
+	var n int64
+	for _, t := range er.tokens {
+		n += t
+	}
+	return n
 }
 
 func (er *embedResponse) renderV1(out []byte, model string) []byte {
@@ -157,19 +167,18 @@ func (er *embedResponse) renderV1(out []byte, model string) []byte {
 	}
 	out = append(out, `],"model":`...)
 	out = appendString(out, model)
+	// Ollama 0.17 (openai/openai.go) reports prompt_eval_count as both
+	// counts.
+	tokens := er.promptTokens()
 	out = append(out, `,"usage":{"prompt_tokens":`...)
-	out = strconv.AppendInt(out, er.usage.promptTokens, 10)
+	out = strconv.AppendInt(out, tokens, 10)
 	out = append(out, `,"total_tokens":`...)
-	out = strconv.AppendInt(out, er.usage.totalTokens, 10)
+	out = strconv.AppendInt(out, tokens, 10)
 	return append(out, "}}"...)
 }
 
-// appendIntField appends ,"name":n unless n is zero, as Ollama omits zero
-// metrics.
+// appendIntField appends ,"name":n.
 func appendIntField(out []byte, name string, n int64) []byte {
-	if n == 0 {
-		return out
-	}
 	out = append(out, ',', '"')
 	out = append(out, name...)
 	out = append(out, '"', ':')

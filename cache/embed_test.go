@@ -26,6 +26,16 @@ func vectorOf(text string) []float32 {
 	return []float32{float32(len(text)), float32(text[0])}
 }
 
+// tokensOf is the prompt token count the fake upstream gives text: one
+// token per byte.
+func tokensOf(texts ...string) int {
+	n := 0
+	for _, s := range texts {
+		n += len(s)
+	}
+	return n
+}
+
 // embedUpstream responses /api/embed, /api/embeddings and /v1/embeddings
 // bodies as Ollama would, and keeps every body it received.
 type embedUpstream struct {
@@ -66,13 +76,14 @@ func (u *embedUpstream) response(route string, body []byte) ([]byte, error) {
 			data[i] = openai.Embedding{Object: "embedding", Embedding: vectorOf(s), Index: i}
 		}
 		out = map[string]any{"object": "list", "data": data, "model": req.Model,
-			"usage": map[string]int{"prompt_tokens": len(texts), "total_tokens": len(texts)}}
+			"usage": map[string]int{"prompt_tokens": tokensOf(texts...), "total_tokens": tokensOf(texts...)}}
 	default:
 		vecs := make([][]float32, len(texts))
 		for i, s := range texts {
 			vecs[i] = vectorOf(s)
 		}
-		out = api.EmbedResponse{Model: req.Model, Embeddings: vecs, TotalDuration: 1000, PromptEvalCount: len(texts)}
+		out = api.EmbedResponse{Model: req.Model, Embeddings: vecs, TotalDuration: 1000, LoadDuration: 10,
+			PromptEvalCount: tokensOf(texts...)}
 	}
 	return json.Marshal(out)
 }
@@ -150,18 +161,97 @@ func TestEmbedPartialBatch(t *testing.T) {
 			t.Errorf("embedding %d = %v, want the vector of %q", i, got.Embeddings[i], text)
 		}
 	}
-	if got.Model != "tiny" || got.PromptEvalCount != 2 {
-		t.Errorf("model %q, prompt_eval_count %d: want tiny and the 2 inputs computed upstream",
-			got.Model, got.PromptEvalCount)
+	if got.Model != "tiny" {
+		t.Errorf("model %q, want tiny", got.Model)
+	}
+	if want := tokensOf("a", "bb", "c"); got.PromptEvalCount != want {
+		t.Errorf("prompt_eval_count %d, want %d: the cached input counts too", got.PromptEvalCount, want)
+	}
+	if got.TotalDuration != 1000 || got.LoadDuration != 10 {
+		t.Errorf("durations %d and %d, want upstream's 1000 and 10", got.TotalDuration, got.LoadDuration)
 	}
 
 	out, res = tc.embed(t, up, "/api/embed", `{"model":"tiny:latest","input":["c","a","bb"]}`)
 	if res != ResultHitL1 || len(up.received()) != 3 {
 		t.Errorf("fully cached batch: result %s, upstream requests %d, want hit-l1 and none", res, len(up.received()))
 	}
-	var cached api.EmbedResponse
-	if err := json.Unmarshal(out, &cached); err != nil || cached.PromptEvalCount != 0 {
-		t.Errorf("fully cached response %s: prompt_eval_count %d, want omitted", out, cached.PromptEvalCount)
+	var cached map[string]json.RawMessage
+	if err := json.Unmarshal(out, &cached); err != nil {
+		t.Fatalf("fully cached response %s: %v", out, err)
+	}
+	if got := string(cached["prompt_eval_count"]); got != fmt.Sprint(tokensOf("c", "a", "bb")) {
+		t.Errorf("fully cached response %s: prompt_eval_count %s, want %d", out, got, tokensOf("c", "a", "bb"))
+	}
+	if got := string(cached["load_duration"]); got != "0" {
+		t.Errorf("fully cached response %s: load_duration %q, want 0", out, got)
+	}
+	var total int64
+	if err := json.Unmarshal(cached["total_duration"], &total); err != nil || total <= 0 {
+		t.Errorf("fully cached response %s: total_duration %q, want the time of the lookup", out, cached["total_duration"])
+	}
+}
+
+// TestEmbedUsageOfBatchSplit checks the counts of responses that contain
+// each stored batch whole or not at all, for which the split counts add up
+// to upstream's.
+func TestEmbedUsageOfBatchSplit(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	up := &embedUpstream{}
+	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["aaaa","b","cc"]}`)
+	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["ddd"]}`)
+	for _, body := range []string{
+		`{"model":"tiny","input":["cc","ddd","aaaa","b"]}`,
+		`{"model":"tiny","input":["b","cc","aaaa"]}`,
+	} {
+		var req struct{ Input []string }
+		_ = json.Unmarshal([]byte(body), &req)
+		out, res := tc.embed(t, up, "/api/embed", body)
+		if res != ResultHitL1 {
+			t.Errorf("%s: %s, want hit-l1", body, res)
+		}
+		var got api.EmbedResponse
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		if want := tokensOf(req.Input...); got.PromptEvalCount != want {
+			t.Errorf("%s: prompt_eval_count %d, want %d", body, got.PromptEvalCount, want)
+		}
+	}
+
+	out, _ := tc.embed(t, up, "/v1/embeddings", `{"model":"tiny","input":["ddd","e"]}`)
+	var v1 openai.EmbeddingResponse
+	if err := json.Unmarshal(out, &v1); err != nil {
+		t.Fatal(err)
+	}
+	want := tokensOf("ddd", "e")
+	if v1.Usage.PromptTokens != want {
+		t.Errorf("/v1 partial hit: prompt_tokens %d, want %d", v1.Usage.PromptTokens, want)
+	}
+	if v1.Usage.TotalTokens != want {
+		t.Errorf("/v1 partial hit: total_tokens %d, want %d", v1.Usage.TotalTokens, want)
+	}
+}
+
+func TestSplitTokens(t *testing.T) {
+	for _, tc := range []struct {
+		total   int64
+		weights []int64
+		want    []int64
+	}{
+		{7, []int64{3}, []int64{7}},
+		{0, []int64{3, 4}, []int64{0, 0}},
+		{-1, []int64{3, 4}, []int64{0, 0}},
+		{10, []int64{1, 1}, []int64{5, 5}},
+		{9, []int64{1, 2}, []int64{3, 6}},
+		{2, []int64{100, 1}, []int64{1, 1}},
+		{1, []int64{1, 100}, []int64{0, 1}},
+		{5, []int64{0, 0, 0}, []int64{2, 2, 1}},
+		{100, []int64{3, 5, 7}, []int64{21, 33, 46}},
+	} {
+		got := splitTokens(tc.total, tc.weights)
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("splitTokens(%d, %v) = %v, want %v", tc.total, tc.weights, got, tc.want)
+		}
 	}
 }
 
@@ -271,6 +361,29 @@ func TestEmbedL2AcrossInstances(t *testing.T) {
 	}
 	if n := len(up.received()); n != 2 {
 		t.Errorf("upstream requests = %d, want 2", n)
+	}
+	out, _ := b.embed(t, up, "/api/embed", `{"model":"tiny","input":["a","b","c"]}`)
+	var got api.EmbedResponse
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := tokensOf("a", "b", "c"); got.PromptEvalCount != want {
+		t.Errorf("prompt_eval_count from L2 %d, want %d", got.PromptEvalCount, want)
+	}
+}
+
+func TestEmbedVectorOfOldVersionIsMiss(t *testing.T) {
+	srv := testredis.Start(t)
+	tc := newTestCache(t, testOptions{redis: srv})
+	ctx := context.Background()
+	p := tc.plan(t, "/api/embed", `{"model":"tiny","input":["a"]}`)
+	// Version 1 vector records have no token count.
+	old := `{"v":1,"model":"tiny","vector":[1,97]}`
+	if err := tc.l2.rdb.Set(ctx, tc.l2.entryKey(p.embed.items[0].key), old, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res := tc.LookupEmbeddings(ctx, p).Result(); res != ResultMiss {
+		t.Errorf("lookup of a version 1 vector record: %s, want miss", res)
 	}
 }
 

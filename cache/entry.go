@@ -54,12 +54,13 @@ func (rs *response) size() int64 {
 }
 
 // record is one cached value as both tiers store it: a whole response or the
-// vector of one embedding input.
+// vector of one embedding input with its prompt token count.
 type record struct {
 	key      string
 	model    string // normalized, for Purge
 	response *response
 	vector   []byte
+	tokens   int64 // prompt tokens of the input of vector
 	cost     int64 // bytes charged against l1.max_bytes
 }
 
@@ -72,8 +73,8 @@ func newResponseRecord(key, model string, rs *response) *record {
 		cost: rs.size() + int64(len(key)+len(model)) + recordOverheadBytes}
 }
 
-func newVectorRecord(key, model string, vector []byte) *record {
-	return &record{key: key, model: model, vector: vector,
+func newVectorRecord(key, model string, vector []byte, tokens int64) *record {
+	return &record{key: key, model: model, vector: vector, tokens: tokens,
 		cost: int64(len(vector)+len(key)+len(model)) + recordOverheadBytes}
 }
 
@@ -83,17 +84,25 @@ type envelope struct {
 	Model    string          `json:"model"`
 	Response *response       `json:"response,omitempty"`
 	Vector   json.RawMessage `json:"vector,omitempty"`
+	Tokens   int64           `json:"tokens,omitempty"`
 }
 
-// envelopeVersion changes whenever the stored form changes, so that
-// instances running different versions read each other's entries as
-// misses.
-const envelopeVersion = 1
+// Each kind of record has its own envelope version, which changes whenever
+// its stored form changes, so that instances running different versions
+// read each other's records of that kind as misses. Vector records are at
+// version 2 because they carry their input's prompt token count, which
+// version 1 lacks.
+const (
+	responseEnvelopeVersion = 1
+	vectorEnvelopeVersion   = 2
+)
 
 func encodeRecord(r *record) ([]byte, error) {
-	b, err := json.Marshal(envelope{
-		Version: envelopeVersion, Model: r.model, Response: r.response, Vector: r.vector,
-	})
+	e := envelope{Version: responseEnvelopeVersion, Model: r.model, Response: r.response}
+	if r.response == nil {
+		e = envelope{Version: vectorEnvelopeVersion, Model: r.model, Vector: r.vector, Tokens: r.tokens}
+	}
+	b, err := json.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("encode cache entry: %w", err)
 	}
@@ -108,12 +117,12 @@ func decodeRecord(key string, b []byte) (*record, error) {
 		return nil, fmt.Errorf("decode cache entry: %w", err)
 	}
 	switch {
-	case e.Version != envelopeVersion:
-		return nil, errStaleEnvelope
-	case e.Response != nil:
+	case e.Response != nil && e.Version == responseEnvelopeVersion:
 		return newResponseRecord(key, e.Model, e.Response), nil
-	case len(e.Vector) > 0:
-		return newVectorRecord(key, e.Model, e.Vector), nil
+	case len(e.Vector) > 0 && e.Version == vectorEnvelopeVersion:
+		return newVectorRecord(key, e.Model, e.Vector, e.Tokens), nil
+	case e.Response != nil, len(e.Vector) > 0:
+		return nil, errStaleEnvelope
 	}
 	return nil, fmt.Errorf("decode cache entry: %w", ErrInvalidResponse)
 }

@@ -173,9 +173,11 @@ func TestPurgeEmptiesCache(t *testing.T) {
 	}
 }
 
-func TestSharedCacheAcrossInstances(t *testing.T) {
-	rds := testredis.Start(t)
-	sim := testenv.Sim(t, "m,embed-e", ollamasim.Config{})
+// twoSharingRedis starts two proxies over sim that share a new Redis
+// server, which it returns as well.
+func twoSharingRedis(t *testing.T, sim *ollamasim.Running) (rds *testredis.Server, one, two *app.App) {
+	t.Helper()
+	rds = testredis.Start(t)
 	start := func() *app.App {
 		cfg := testenv.Config(t, sim)
 		cfg.Redis.Addr = rds.Addr
@@ -184,7 +186,12 @@ func TestSharedCacheAcrossInstances(t *testing.T) {
 		cfg.Redis.Timeout = 2 * time.Second
 		return testenv.Proxy(t, cfg)
 	}
-	one, two := start(), start()
+	return rds, start(), start()
+}
+
+func TestSharedCacheAcrossInstances(t *testing.T) {
+	sim := testenv.Sim(t, "m,embed-e", ollamasim.Config{})
+	rds, one, two := twoSharingRedis(t, sim)
 	chat := `{"model":"m","stream":false,"options":{"temperature":0},"messages":[{"role":"user","content":"q"}]}`
 	readBody(t, post(t, one.URL()+"/api/chat", chat))
 	resp := post(t, two.URL()+"/api/chat", chat)
@@ -217,14 +224,8 @@ func TestSharedCacheAcrossInstances(t *testing.T) {
 }
 
 func TestCachePurgeReachesEveryInstance(t *testing.T) {
-	rds := testredis.Start(t)
 	sim := testenv.Sim(t, "m,embed-e", ollamasim.Config{})
-	start := func() *app.App {
-		cfg := testenv.Config(t, sim)
-		cfg.Redis.Addr = rds.Addr
-		return testenv.Proxy(t, cfg)
-	}
-	one, two := start(), start()
+	_, one, two := twoSharingRedis(t, sim)
 	chat := `{"model":"m","stream":false,"options":{"temperature":0},"messages":[{"role":"user","content":"q"}]}`
 	embed := `{"model":"embed-e","input":"x"}`
 	requests := []struct{ path, body string }{{"/api/chat", chat}, {"/api/embed", embed}}

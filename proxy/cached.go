@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -50,23 +52,44 @@ func setCacheResult(ctx *fasthttp.RequestCtx, rs *reqState, r cache.Result) {
 	ctx.Response.Header.Set("X-LLMProxy-Cache", string(r))
 }
 
-// sendEntry responds with a cached entry rendered for this request.
-func sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry, plan cache.Plan, r cache.Result) {
+// sendEntry responds with a cached entry rendered for this request. A
+// stream is sent as the proxy sends a live one: chunked, with the same
+// headers, or to an HTTP/1.0 client, ended by closing the connection.
+func (s *Server) sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry, plan cache.Plan, r cache.Result) {
 	body, ct := e.Render(plan)
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType(ct)
-	ctx.SetBody(body)
-	if plan.Stream {
-		ctx.Response.Header.Set("X-Accel-Buffering", "no")
-	}
 	setCacheResult(ctx, rs, r)
 	rs.ttfb = elapsed(rs.start)
+	if !plan.Stream {
+		ctx.SetBody(body)
+		return
+	}
+	setStreamHeaders(&ctx.Response.Header)
+	if !ctx.Request.Header.IsHTTP11() {
+		s.handedOver.add()
+		streamHTTP10(ctx, replayBody(body), s.handedOver.done)
+		return
+	}
+	// A body stream of unknown size is sent chunked.
+	ctx.SetBodyStream(bytes.NewReader(body), -1)
 }
+
+// replayBody is a cached stream that streamHTTP10 writes to an HTTP/1.0
+// client.
+type replayBody []byte
+
+func (b replayBody) copyTo(w io.Writer) (int64, error) {
+	n, err := w.Write(b)
+	return int64(n), err
+}
+
+func (replayBody) Close() error { return nil }
 
 func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, plan cache.Plan) {
 	c := s.cache
 	if e, r := c.Lookup(context.Background(), plan); e != nil {
-		sendEntry(ctx, rs, e, plan, r)
+		s.sendEntry(ctx, rs, e, plan, r)
 		return
 	}
 	if plan.Stream {
@@ -93,7 +116,7 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 		rs.status = StatusClientClosed
 		ctx.SetConnectionClose()
 	case !fetched && e != nil:
-		sendEntry(ctx, rs, e, plan, cache.ResultMiss)
+		s.sendEntry(ctx, rs, e, plan, cache.ResultMiss)
 		rs.cache = "coalesced"
 	}
 }
@@ -121,7 +144,7 @@ func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *r
 	c := s.cache
 	b := c.LookupEmbeddings(context.Background(), plan)
 	if e := b.Entry(); e != nil {
-		sendEntry(ctx, rs, e, plan, b.Result())
+		s.sendEntry(ctx, rs, e, plan, b.Result())
 		return
 	}
 	f.body = b.UpstreamBody()
@@ -138,7 +161,7 @@ func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *r
 		rs.status = StatusClientClosed
 		ctx.SetConnectionClose()
 	case !fetched && e != nil:
-		sendEntry(ctx, rs, e, plan, cache.ResultMiss)
+		s.sendEntry(ctx, rs, e, plan, cache.ResultMiss)
 		rs.cache = "coalesced"
 	}
 }

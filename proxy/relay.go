@@ -149,14 +149,20 @@ func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHea
 	}
 }
 
+// setStreamHeaders sets the headers the proxy adds to every NDJSON or SSE
+// stream, live or from the cache, so that no proxy buffers or caches it.
+func setStreamHeaders(h *fasthttp.ResponseHeader) {
+	h.Set("X-Accel-Buffering", "no")
+	h.Set("Cache-Control", "no-cache")
+}
+
 // deliverStream hands the response to fasthttp as a body stream. fasthttp
 // calls relay.Read after the handler returns and writes each read as one
 // HTTP chunk, flushed at once, so a line leaves the proxy as soon as it
 // arrives.
 func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
-	ctx.Response.Header.Set("X-Accel-Buffering", "no")
-	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	setStreamHeaders(&ctx.Response.Header)
 	ctx.Response.ImmediateHeaderFlush = true
 	r := relayPool.Get().(*relay)
 	r.loop = useLoop(ctx, ex)
@@ -186,7 +192,7 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 }
 
 // hijackStartLimit is how long streamHTTP10 waits for fasthttp to call
-// its hijack handler before it closes the relay itself. The handler
+// its hijack handler before it closes the body itself. The handler
 // normally starts as soon as the request handler returns.
 const hijackStartLimit = 10 * time.Second
 
@@ -195,8 +201,8 @@ const hijackStartLimit = 10 * time.Second
 // end of the connection. fasthttp always chunks a body stream, so the
 // proxy takes over the connection once the handler returns. fasthttp's
 // shutdown does not wait for such a connection, so done runs after the
-// relay is closed, for Server.Shutdown to wait on.
-func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay, done func()) {
+// body is closed, for Server.Shutdown to wait on.
+func streamHTTP10(ctx *fasthttp.RequestCtx, r streamBody, done func()) {
 	ctx.Response.Header.SetContentLength(-2) // identity: no Content-Length
 	ctx.SetConnectionClose()
 	head := append([]byte(nil), ctx.Response.Header.Header()...)
@@ -222,6 +228,13 @@ func streamHTTP10(ctx *fasthttp.RequestCtx, r *relay, done func()) {
 		}
 		_, _ = r.copyTo(c)
 	})
+}
+
+// streamBody is the body of a stream that streamHTTP10 writes to a
+// connection it took over: a relay, or a stream replayed from the cache.
+type streamBody interface {
+	copyTo(w io.Writer) (int64, error)
+	Close() error
 }
 
 // relay reads a streamed response from a node line by line and gives each
