@@ -36,10 +36,9 @@ type App struct {
 	bal     *balancer.Balancer
 	checker *health.Checker
 	server  *proxy.Server
-	// limiter is replaced on reload. The old one moves to retired, and
-	// Shutdown closes both.
+	// limiter lives as long as the App. Reload reconfigures it, so that
+	// the limit state of every key and client address carries over.
 	limiter *ratelimit.Limiter
-	retired []*ratelimit.Limiter
 	cache   *cache.Cache
 	redis   *redis.Client
 	ln      net.Listener
@@ -47,7 +46,7 @@ type App struct {
 	adminLn  net.Listener
 	adminSrv *fasthttp.Server
 
-	// mu guards cfg, nodes, limiter and retired.
+	// mu guards cfg, nodes and limiter.
 	mu    sync.Mutex
 	cfg   *config.Config
 	nodes map[string]*balancer.Node
@@ -189,30 +188,27 @@ func (a *App) Config() *config.Config {
 }
 
 // Reload applies cfg without dropping requests in flight. Nodes are added,
-// removed or changed, and new limits apply to new requests. The settings
-// bound at start (config.Change.Restart: the listeners, max_header_bytes,
-// and the redis, cache and log sections) keep their running values. Each
-// reload whose cfg differs from them logs a warning that names them, until
-// a restart applies them. Like Start, Reload then logs the risky settings of
-// the configuration in force.
+// removed or changed, and new limits apply to new requests. The usage,
+// quota and rate limit state of each key that keeps its name, and of each
+// client address, carries over (see ratelimit.Limiter.Reconfigure). The
+// settings bound at start (config.Change.Restart: the listeners,
+// max_header_bytes, and the redis, cache and log sections) keep their
+// running values. Each reload whose cfg differs from them logs a warning
+// that names them, until a restart applies them. Like Start, Reload then
+// logs the risky settings of the configuration in force.
 func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
 
 	change := config.Diff(a.cfg, cfg)
-	// Keeping them means that a rebuilt limiter connects to the Redis
-	// server of the start, which the cache also uses, and that Config
-	// returns the settings in force.
+	// Keeping them means that Config returns the settings in force. The
+	// limiter keeps the Redis server of the start, which the cache also
+	// uses.
 	cfg = config.KeepRestartSettings(a.cfg, cfg)
 	if change.Changed("auth") || change.Changed("rate_limit") {
-		lim, err := a.newLimiter(cfg)
-		if err != nil {
+		if err := a.limiter.Reconfigure(cfg.Auth, cfg.RateLimit); err != nil {
 			a.mu.Unlock()
-			return err
+			return fmt.Errorf("rate limits: %w", err)
 		}
-		// Requests admitted by the old limiter still settle with it.
-		a.retired = append(a.retired, a.limiter)
-		a.limiter = lim
-		a.server.SetLimiter(lim)
 	}
 
 	nodes, err := a.buildNodes(cfg)
@@ -240,7 +236,7 @@ func (a *App) Reload(ctx context.Context, cfg *config.Config) error {
 }
 
 // Shutdown stops accepting connections and lets requests in flight finish
-// until ctx ends. It then stops the health checks and closes the limiters,
+// until ctx ends. It then stops the health checks and closes the limiter,
 // the cache and the Redis client.
 func (a *App) Shutdown(ctx context.Context) error {
 	err := a.server.Shutdown(ctx)
@@ -256,12 +252,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	a.cancel()
 	a.wg.Wait()
 	a.mu.Lock()
-	for _, l := range append(a.retired, a.limiter) {
-		if l != nil {
-			_ = l.Close()
-		}
+	if a.limiter != nil {
+		_ = a.limiter.Close()
+		a.limiter = nil
 	}
-	a.retired, a.limiter = nil, nil
 	a.mu.Unlock()
 	if a.cache != nil {
 		a.cache.Close()

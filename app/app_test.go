@@ -157,8 +157,8 @@ func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
 		t.Fatalf("before reload: X-RateLimit-Limit %q, want 100", got)
 	}
 
-	// The burst change rebuilds the limiter, so the test shows which Redis
-	// server a limiter built by Reload uses.
+	// The burst change reconfigures the limiter, so the test shows which
+	// Redis server the limiter uses after Reload.
 	next := testenv.Config(t, sim)
 	next.Redis.Addr = second.Addr
 	next.RateLimit.PerAddress = 100
@@ -180,7 +180,7 @@ func TestReloadKeepsRedisOfLimiterAndCache(t *testing.T) {
 	}
 	resp := generate(t, a, "after")
 	if got := resp.Header.Get("X-RateLimit-Limit"); got != "200" {
-		t.Errorf("after reload: X-RateLimit-Limit %q, want 200 from the rebuilt limiter", got)
+		t.Errorf("after reload: X-RateLimit-Limit %q, want 200 from the reloaded burst", got)
 	}
 	if got := cacheResult(resp); got != "miss" {
 		t.Errorf("after reload: cache %q, want miss", got)

@@ -200,7 +200,8 @@ func (s *Server) SetConfig(cfg *config.Config) {
 
 func (s *Server) config() *config.Config { return s.cfg.Load() }
 
-// SetLimiter replaces the limiter used for new requests, after a reload.
+// SetLimiter replaces the limiter used for new requests. A reload
+// reconfigures the running limiter instead, which keeps its limit state.
 func (s *Server) SetLimiter(l *ratelimit.Limiter) { s.lim.Store(l) }
 
 func (s *Server) limiter() *ratelimit.Limiter { return s.lim.Load() }

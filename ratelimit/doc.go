@@ -3,13 +3,15 @@
 // queue.
 //
 // A Limiter is built once from the auth, rate_limit and redis sections of the
-// configuration. For each request the proxy calls Authenticate, ClientAddr
-// for clients without a key, Key.Allows for the requested model, and then
-// Admit, which checks every limit in one step. Admit returns a Decision,
-// which carries the X-RateLimit-* and Retry-After header values, and, when
-// the request is admitted, a Reservation. The proxy settles the Reservation
-// with the token counts the node reports once the response ends, which
-// corrects the token reservation and frees the concurrency slot.
+// configuration. Reconfigure applies new auth and rate_limit sections and
+// keeps the limit state of each key by its name. For each request the proxy
+// calls Authenticate, ClientAddr for clients without a key, Key.Allows for
+// the requested model, and then Admit, which checks every limit in one step.
+// Admit returns a Decision, which carries the X-RateLimit-* and Retry-After
+// header values, and, when the request is admitted, a Reservation. The proxy
+// settles the Reservation with the token counts the node reports once the
+// response ends, which corrects the token reservation and frees the
+// concurrency slot.
 //
 // # Limits
 //

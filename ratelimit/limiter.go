@@ -48,7 +48,7 @@ type Options struct {
 	// time.Now.
 	Now func() time.Time
 	// LookupEnv reads the keys that auth.keys gives by environment
-	// variable, once, in New; nil means os.LookupEnv.
+	// variable, in New and in each Reconfigure; nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
 	// LeaseTTL is how long a concurrency slot in Redis outlives the last
 	// renewal by its instance, so it bounds how long the slots of a dead
@@ -60,18 +60,21 @@ type Options struct {
 // Limiter authenticates keys and enforces every limit. It is safe for
 // concurrent use. Close it to stop lease renewal and close Redis.
 type Limiter struct {
+	// settings is replaced by Reconfigure. Each call reads it once.
+	settings atomic.Pointer[settings]
+	// reconfigureMu serializes Reconfigure, so that the key states of
+	// local and the keys of settings change in the same order.
+	reconfigureMu sync.Mutex
+	lookupEnv     func(string) (string, bool)
+
 	// Fixed at New.
-	keys            *keyring
-	proxies         trustedProxies
-	anonRate        rate
-	defaultEstimate int64
-	leaseTTL        time.Duration
-	now             func() time.Time
-	metrics         *metrics.Metrics
-	instanceID      string
-	local           *localStore
-	redis           *redisStore // nil without Redis
-	health          *redisHealth
+	leaseTTL   time.Duration
+	now        func() time.Time
+	metrics    *metrics.Metrics
+	instanceID string
+	local      *localStore
+	redis      *redisStore // nil without Redis
+	health     *redisHealth
 
 	leases leaseSet
 	seq    atomic.Uint64
@@ -92,12 +95,9 @@ type Limiter struct {
 func New(opts Options) (*Limiter, error) {
 	opts = withDefaults(opts)
 
-	// Validate everything, so that one error lists every problem.
-	keys, keysErr := newKeyring(opts.Auth, opts.LookupEnv)
-	proxies, proxiesErr := parseTrustedProxies(opts.RateLimit.TrustedProxies)
-	err := errors.Join(keysErr, proxiesErr, validateRateLimit(opts.RateLimit))
+	set, err := newSettings(opts.Auth, opts.RateLimit, opts.LookupEnv)
 	if err != nil {
-		return nil, fmt.Errorf("invalid rate limit configuration: %w", err)
+		return nil, err
 	}
 	id, err := newInstanceID()
 	if err != nil {
@@ -106,18 +106,17 @@ func New(opts Options) (*Limiter, error) {
 
 	log := opts.Logger.With("component", "ratelimit")
 	l := &Limiter{
-		keys:            keys,
-		proxies:         proxies,
-		anonRate:        newRate(opts.RateLimit.PerAddress, opts.RateLimit.Burst),
-		defaultEstimate: opts.RateLimit.DefaultTokenEstimate,
-		leaseTTL:        opts.LeaseTTL,
-		now:             opts.Now,
-		metrics:         opts.Metrics,
-		instanceID:      id,
-		local:           newLocalStore(keys.ordered),
-		health:          &redisHealth{log: log, metrics: opts.Metrics},
-		leases:          leaseSet{byID: make(map[string]string)},
+		lookupEnv:  opts.LookupEnv,
+		leaseTTL:   opts.LeaseTTL,
+		now:        opts.Now,
+		metrics:    opts.Metrics,
+		instanceID: id,
+		local:      newLocalStore(),
+		health:     &redisHealth{log: log, metrics: opts.Metrics},
+		leases:     leaseSet{byID: make(map[string]string)},
 	}
+	l.local.setKeys(set.keys.ordered)
+	l.settings.Store(set)
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 
 	if opts.Redis.Addr != "" {
@@ -126,6 +125,59 @@ func New(opts Options) (*Limiter, error) {
 		go l.renewLoop(l.ctx)
 	}
 	return l, nil
+}
+
+// settings is the part of a Limiter built from the auth and rate_limit
+// sections.
+type settings struct {
+	keys            *keyring
+	proxies         trustedProxies
+	anonRate        rate
+	defaultEstimate int64
+}
+
+// newSettings validates auth and rl and reports every invalid key, trusted
+// proxy and limit in one error.
+func newSettings(auth config.Auth, rl config.RateLimit,
+	lookupEnv func(string) (string, bool)) (*settings, error) {
+	keys, keysErr := newKeyring(auth, lookupEnv)
+	proxies, proxiesErr := parseTrustedProxies(rl.TrustedProxies)
+	err := errors.Join(keysErr, proxiesErr, validateRateLimit(rl))
+	if err != nil {
+		return nil, fmt.Errorf("invalid rate limit configuration: %w", err)
+	}
+	return &settings{
+		keys:            keys,
+		proxies:         proxies,
+		anonRate:        newRate(rl.PerAddress, rl.Burst),
+		defaultEstimate: rl.DefaultTokenEstimate,
+	}, nil
+}
+
+// Reconfigure applies new auth and rate_limit sections to the requests
+// that Authenticate and Admit see from now on. It validates them as New
+// does and changes nothing when they are invalid.
+//
+// The limit state stays. A key is identified by its name, as in the Redis
+// keys of its state. So a key that keeps its name keeps its rate, token
+// window, requests in flight and monthly counts, even when its secret
+// changes. Its new limits apply to them at once. The local state of a
+// removed key is dropped, and a renamed key starts from zero. With Redis,
+// a key added back under its old name continues from its counts there.
+// The state of client addresses stays, under the new
+// rate_limit.per_address. Requests admitted before settle against the
+// state they took their share of. The redis section stays as New got it.
+func (l *Limiter) Reconfigure(auth config.Auth, rl config.RateLimit) error {
+	set, err := newSettings(auth, rl, l.lookupEnv)
+	if err != nil {
+		return err
+	}
+	l.reconfigureMu.Lock()
+	defer l.reconfigureMu.Unlock()
+	// New keys get their state before Authenticate can return them.
+	l.local.setKeys(set.keys.ordered)
+	l.settings.Store(set)
+	return nil
 }
 
 func withDefaults(opts Options) Options {
@@ -200,11 +252,11 @@ func (l *Limiter) Close() error {
 // presented keys are ignored, as Ollama ignores them, because OpenAI
 // clients always send one.
 func (l *Limiter) Authenticate(authorization, xAPIKey []byte) (*Key, error) {
-	return l.keys.authenticate(authorization, xAPIKey)
+	return l.settings.Load().keys.authenticate(authorization, xAPIKey)
 }
 
 // Keys returns the configured keys in configuration order.
-func (l *Limiter) Keys() []*Key { return append([]*Key(nil), l.keys.ordered...) }
+func (l *Limiter) Keys() []*Key { return append([]*Key(nil), l.settings.Load().keys.ordered...) }
 
 // ClientAddr returns the address that limits a request without a key. It is
 // the peer address, unless the peer is one of rate_limit.trusted_proxies:
@@ -214,7 +266,7 @@ func (l *Limiter) Keys() []*Key { return append([]*Key(nil), l.keys.ordered...) 
 // with commas. IPv4-mapped IPv6 addresses are returned as IPv4. It returns
 // "" for a nil peer, which puts all such requests under one limit.
 func (l *Limiter) ClientAddr(peer net.IP, xForwardedFor []byte) string {
-	return l.proxies.clientAddr(peer, xForwardedFor)
+	return l.settings.Load().proxies.clientAddr(peer, xForwardedFor)
 }
 
 // Request describes one request to Admit.
@@ -239,9 +291,10 @@ type Request struct {
 type admission struct {
 	now       time.Time
 	nowMicros int64
-	key       *Key   // nil without a key
-	subject   string // names the state: "k:" + key name or "a:" + address
-	label     string // key label of the metrics
+	key       *Key      // nil without a key
+	state     *localKey // local state of key; nil without a key
+	subject   string    // names the state: "k:" + key name or "a:" + address
+	label     string    // key label of the metrics
 	model     string
 	id        string // reservation ID, unique across instances; keys only
 
@@ -258,21 +311,25 @@ type admission struct {
 
 func (l *Limiter) newAdmission(req Request) *admission {
 	now := l.now()
+	set := l.settings.Load()
 	a := &admission{now: now, nowMicros: now.UnixMicro(), key: req.Key, model: req.Model}
 	a.month, a.monthEnd = monthOf(now)
 	if a.model == "" {
 		a.model = metrics.OtherModel
 	}
 	if req.Key == nil {
-		a.subject, a.label, a.rate = addrSubject(req.Addr), AnonymousLabel, l.anonRate
+		a.subject, a.label, a.rate = addrSubject(req.Addr), AnonymousLabel, set.anonRate
 		return a
 	}
 	k := req.Key
 	need := req.Tokens
 	if need <= 0 {
-		need = l.defaultEstimate
+		need = set.defaultEstimate
 	}
+	// The key's name names its state, here and in Redis, so that the
+	// state outlives a Reconfigure.
 	a.subject, a.label, a.rate = "k:"+k.Name, k.Name, k.rate
+	a.state = l.local.state(k.Name)
 	a.id = l.instanceID + "-" + strconv.FormatUint(l.seq.Add(1), 36)
 	a.tpm = k.limits.TokensPerMinute
 	a.tpmNeed = capAt(need, a.tpm)
@@ -337,7 +394,7 @@ func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntr
 	if l.useRedis(a.now) {
 		var knownTokens, knownRequests int64
 		if a.key != nil {
-			_, knownTokens, knownRequests = l.local.snapshot(a.key, a.month)
+			_, knownTokens, knownRequests = a.state.snapshot(a.month)
 		}
 		out, err := l.redis.admit(ctx, a, knownTokens, knownRequests)
 		if err == nil {
@@ -384,6 +441,7 @@ func (l *Limiter) reserve(a *admission, entry *windowEntry, shared bool) *Reserv
 	r := &Reservation{
 		l:         l,
 		key:       a.key,
+		state:     a.state,
 		label:     a.label,
 		model:     a.model,
 		id:        a.id,

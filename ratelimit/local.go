@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"sync"
+	"sync/atomic"
 )
 
 // addrSweepMicros is how often the per-address states whose bucket is full
@@ -14,7 +15,9 @@ const addrSweepMicros = 60_000_000
 // the requests this instance has in flight and the last monthly counts read
 // from Redis, so that a fallback continues from them.
 type localStore struct {
-	keys map[string]*localKey // by key name, fixed at construction
+	// keys maps each configured key name to its state. setKeys replaces
+	// the map and carries the state of the names it keeps.
+	keys atomic.Pointer[map[string]*localKey]
 
 	addrsMu sync.Mutex
 	addrs   map[string]int64 // GCRA time by client subject
@@ -32,15 +35,36 @@ type localKey struct {
 	monthRequests int64
 }
 
-func newLocalStore(keys []*Key) *localStore {
-	s := &localStore{
-		keys:  make(map[string]*localKey, len(keys)),
-		addrs: make(map[string]int64),
-	}
-	for _, k := range keys {
-		s.keys[k.Name] = &localKey{}
-	}
+func newLocalStore() *localStore {
+	s := &localStore{addrs: make(map[string]int64)}
+	s.keys.Store(&map[string]*localKey{})
 	return s
+}
+
+// setKeys makes keys the configured keys. A key whose name was configured
+// before keeps its state, a new name starts with none, and the state of a
+// name no longer configured is dropped. Callers serialize setKeys.
+func (s *localStore) setKeys(keys []*Key) {
+	old := *s.keys.Load()
+	next := make(map[string]*localKey, len(keys))
+	for _, k := range keys {
+		st := old[k.Name]
+		if st == nil {
+			st = &localKey{}
+		}
+		next[k.Name] = st
+	}
+	s.keys.Store(&next)
+}
+
+// state returns the state of the key named name. For a name that is not
+// configured, because a reload removed the key after Authenticate returned
+// it, it returns a new state that no later request shares.
+func (s *localStore) state(name string) *localKey {
+	if k := (*s.keys.Load())[name]; k != nil {
+		return k
+	}
+	return &localKey{}
 }
 
 // admit checks and, when every limit passes, consumes the request's share.
@@ -49,7 +73,7 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	if a.key == nil {
 		return s.admitAddr(a), nil
 	}
-	k := s.keys[a.key.Name]
+	k := a.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
 
@@ -130,25 +154,28 @@ func (s *localStore) sweepLocked(now int64) {
 	s.sweepAt = now + addrSweepMicros
 }
 
-// mirror records a request that Redis admitted: it holds a slot of this
-// instance, and the month's counts are the shared ones.
+// mirror records a request that Redis decided: the month's counts are the
+// shared ones, and an admitted request holds a slot of this instance. A
+// rejected one holds none and is never settled.
 func (s *localStore) mirror(a *admission, out *outcome) {
 	if a.key == nil {
 		return
 	}
-	k := s.keys[a.key.Name]
+	k := a.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.inflight++
+	if out.allowed {
+		k.inflight++
+	}
 	k.setMonthLocked(a.month, out.monthTokens, out.monthRequests)
 }
 
-// mirrorMonth stores monthly counts read from Redis.
-func (s *localStore) mirrorMonth(key *Key, month string, tokens, requests int64) {
-	k := s.keys[key.Name]
+// mirrorMonth stores the monthly counts that Redis returned for r.
+func (s *localStore) mirrorMonth(r *Reservation, tokens, requests int64) {
+	k := r.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.setMonthLocked(month, tokens, requests)
+	k.setMonthLocked(r.month, tokens, requests)
 }
 
 func (k *localKey) setMonthLocked(month string, tokens, requests int64) {
@@ -163,7 +190,7 @@ func (k *localKey) setMonthLocked(month string, tokens, requests int64) {
 // it also corrects the month's token count; a caller that has just stored
 // the shared counts from Redis leaves it unset.
 func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth bool) {
-	k := s.keys[r.key.Name]
+	k := r.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.inflight--
@@ -175,9 +202,8 @@ func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth bool
 	}
 }
 
-// snapshot returns the in-flight and monthly counts of key for month.
-func (s *localStore) snapshot(key *Key, month string) (inflight, tokens, requests int64) {
-	k := s.keys[key.Name]
+// snapshot returns the in-flight and monthly counts of k for month.
+func (k *localKey) snapshot(month string) (inflight, tokens, requests int64) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.month == month {

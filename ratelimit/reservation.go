@@ -19,6 +19,9 @@ type Reservation struct {
 	monthNeed int64
 	shared    bool         // admitted by Redis
 	entry     *windowEntry // token window entry of a local admission
+	// state is the local state of key that the request took its share of,
+	// so that settling frees that slot even after a reload removed the key.
+	state *localKey
 
 	done atomic.Bool
 }
@@ -85,7 +88,7 @@ func (l *Limiter) settleShared(r *Reservation, actual int64) bool {
 	}
 	l.health.succeeded()
 	if stored {
-		l.local.mirrorMonth(r.key, r.month, counts.tokens, counts.requests)
+		l.local.mirrorMonth(r, counts.tokens, counts.requests)
 	}
 	return stored
 }

@@ -31,10 +31,10 @@ type KeyUsage struct {
 func (l *Limiter) Usage(ctx context.Context) []KeyUsage {
 	now := l.now()
 	month, _ := monthOf(now)
-	keys := l.keys.ordered
+	keys := l.settings.Load().keys.ordered
 	usage := make([]KeyUsage, len(keys))
 	for i, k := range keys {
-		inflight, tokens, requests := l.local.snapshot(k, month)
+		inflight, tokens, requests := l.local.state(k.Name).snapshot(month)
 		usage[i] = KeyUsage{
 			Name:            k.Name,
 			Priority:        k.Priority,
