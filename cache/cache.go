@@ -55,6 +55,7 @@ type Cache struct {
 	// Fixed at construction.
 	enabled       bool
 	generateNever bool
+	perKey        bool
 	maxEntryBytes int64
 	l1            *l1Tier
 	l2            *l2Tier // nil when there is no Redis or l2 is disabled
@@ -97,6 +98,7 @@ func New(
 	c := &Cache{
 		enabled:       cfg.Enabled == nil || *cfg.Enabled,
 		generateNever: cfg.Generate == "never",
+		perKey:        cfg.PerKey,
 		maxEntryBytes: orDefault(cfg.L1.MaxBytes, DefaultL1MaxBytes),
 		m:             m,
 		log:           log.With("component", "cache"),

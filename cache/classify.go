@@ -81,6 +81,9 @@ type Request struct {
 	// NoStore keeps the response out of the cache: the Cache-Control request
 	// directive no-store.
 	NoStore bool
+	// KeyName is the name of the request's API key, or "". With
+	// cache.per_key it selects the key's own set of entries.
+	KeyName string
 }
 
 // Plan is the result of Classify: whether and how a request is cached. A
@@ -174,9 +177,25 @@ func (c *Cache) Classify(req Request) Plan {
 	}
 
 	if p.route.isEmbedding() {
-		return planEmbed(p, v, req.Body)
+		p = planEmbed(p, v, req.Body)
+	} else {
+		p = c.planResponse(p, v)
 	}
-	return c.planResponse(p, v)
+	if c.perKey && p.Kind != KindNone {
+		p.scope(req.KeyName)
+	}
+	return p
+}
+
+// scope moves the plan's keys into the set of entries of the API key
+// named name, where "" is the set of requests without a key.
+func (p *Plan) scope(name string) {
+	p.Key = scopedKey(name, p.Key)
+	if p.embed != nil {
+		for i := range p.embed.items {
+			p.embed.items[i].key = scopedKey(name, p.embed.items[i].key)
+		}
+	}
 }
 
 // readDelivery reads the members that choose between a stream and a single

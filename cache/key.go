@@ -79,6 +79,18 @@ func responseKey(
 	return hashHex(buf), nil
 }
 
+// scopedKey returns the hash of name and key, so that the same request
+// has a different key under each API key name.
+func scopedKey(name, key string) string {
+	buf := make([]byte, 0, len("key")+len(name)+len(key)+2)
+	buf = append(buf, "key"...)
+	buf = append(buf, 0)
+	buf = append(buf, name...)
+	buf = append(buf, 0)
+	buf = append(buf, key...)
+	return hashHex(buf)
+}
+
 // itemKey returns the key of one embedding input: the hash of the route
 // family, the model, the canonical parameters that change a vector, and
 // the input text.

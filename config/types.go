@@ -274,6 +274,11 @@ type Cache struct {
 	// Enabled turns the cache on. Nil counts as true, see IsEnabled.
 	// Default true.
 	Enabled *bool `yaml:"enabled"`
+	// PerKey gives each API key its own entries, so that one key's clients
+	// cannot tell from a hit what another key's clients asked. Requests
+	// without a key share one set. Default false: every client shares the
+	// cache.
+	PerKey bool `yaml:"per_key"`
 	// Generate selects the generation requests that are cached:
 	// deterministic (default) caches a request only when its options make
 	// the output repeatable, never caches none of them.

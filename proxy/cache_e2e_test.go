@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/llmproxy/llmproxy/app"
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/internal/testredis"
 	"github.com/llmproxy/llmproxy/ollamasim"
@@ -274,5 +275,65 @@ func TestCachePurgeReachesEveryInstance(t *testing.T) {
 	})
 	if last != "miss" {
 		t.Errorf("chat of m through the second instance after purging all: %q, want miss", last)
+	}
+}
+
+func TestCachePerKey(t *testing.T) {
+	sim := testenv.Sim(t, "m,embed-e", ollamasim.Config{})
+	start := func(perKey bool) string {
+		cfg := testenv.Config(t, sim)
+		cfg.Auth.Keys = []config.Key{limitKey("one"), limitKey("two")}
+		cfg.Cache.PerKey = perKey
+		return testenv.Proxy(t, cfg).URL()
+	}
+	chat := `{"model":"m","stream":false,"options":{"temperature":0},"messages":[{"role":"user","content":"per key"}]}`
+	send := func(url string, header ...string) string {
+		resp := post(t, url+"/api/chat", chat, header...)
+		readBody(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return cacheHeader(resp)
+	}
+
+	scoped := start(true)
+	steps := []struct {
+		name   string
+		header []string
+		want   string
+	}{
+		{"key one, first", bearer("one"), "miss"},
+		{"key one, again", bearer("one"), "hit-l1"},
+		{"key two", bearer("two"), "miss"},
+		{"no key", nil, "miss"},
+		{"no key, again", nil, "hit-l1"},
+		{"key two, again", bearer("two"), "hit-l1"},
+	}
+	for _, s := range steps {
+		if got := send(scoped, s.header...); got != s.want {
+			t.Errorf("per_key, %s: %q, want %q", s.name, got, s.want)
+		}
+	}
+
+	// Embedding inputs are cached one by one, in the key's own set too.
+	embed := func(header ...string) string {
+		resp := post(t, scoped+"/api/embed", `{"model":"embed-e","input":["per key"]}`, header...)
+		readBody(t, resp)
+		return cacheHeader(resp)
+	}
+	if got := embed(bearer("one")...); got != "miss" {
+		t.Errorf("per_key, embedding for key one: %q, want miss", got)
+	}
+	if got := embed(bearer("two")...); got != "miss" {
+		t.Errorf("per_key, embedding for key two after key one: %q, want miss", got)
+	}
+	if got := embed(bearer("two")...); got != "hit-l1" {
+		t.Errorf("per_key, embedding for key two again: %q, want hit-l1", got)
+	}
+
+	shared := start(false)
+	send(shared, bearer("one")...)
+	if got := send(shared, bearer("two")...); got != "hit-l1" {
+		t.Errorf("shared cache, key two after key one: %q, want hit-l1", got)
 	}
 }

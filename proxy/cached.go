@@ -34,7 +34,7 @@ func (s *Server) serveCached(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	}
 	noCache, noStore := cache.ParseCacheControl(string(ctx.Request.Header.Peek("Cache-Control")))
 	plan := c.Classify(cache.Request{Route: rt.name, Body: ctx.PostBody(),
-		NoCache: noCache, NoStore: noStore})
+		NoCache: noCache, NoStore: noStore, KeyName: rs.key})
 	switch plan.Kind {
 	case cache.KindResponse:
 		s.serveCachedResponse(ctx, rt, rs, f, plan)
