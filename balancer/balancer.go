@@ -14,6 +14,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/wire"
 	"github.com/llmproxy/llmproxy/metrics"
 )
 
@@ -33,17 +35,24 @@ const (
 )
 
 var (
-	// ErrModelNotFound means no node lists the requested model.
+	// ErrModelNotFound means no node lists the requested model, and the
+	// model list of every node is known.
 	ErrModelNotFound = errors.New("model not found")
 	// ErrNoNode means nodes list the model but none of them may take the
 	// request now (down, draining, breaker open, or all already tried).
 	ErrNoNode = errors.New("no usable node")
+	// ErrModelsUnknown means no node whose model list is known lists the
+	// model, but some nodes' lists are not known (never polled, node down
+	// or breaker open), so the model may be on one of them. It wraps
+	// ErrNoNode, because the request may succeed once those nodes are
+	// back.
+	ErrModelsUnknown = fmt.Errorf("%w: model not listed by any node whose model list is known", ErrNoNode)
 )
 
 // Request is the part of one request that placement uses.
 type Request struct {
-	// Model is the normalized model name, or "" for a request that any
-	// node can serve.
+	// Model is the model name, or "" for a request that any node can
+	// serve. Acquire and HasCandidate compare it as wire.ModelKey does.
 	Model string
 	// NumCtx is options.num_ctx, or 0 when unset. Ollama reloads a model
 	// that is loaded with another context size, so such a model counts as
@@ -52,6 +61,11 @@ type Request struct {
 	// Tried lists the nodes this request has already tried. Placement
 	// skips them.
 	Tried []*Node
+	// Warm limits placement to nodes that have the model loaded with a
+	// fitting context size, or whose loaded models have not been polled.
+	// A retry after a node timed out loading the model sets it, so that
+	// the retry does not start another cold load.
+	Warm bool
 	// Slot marks an inference request, which takes one of the node's
 	// slots and may wait in the queue for one.
 	Slot bool
@@ -208,19 +222,33 @@ func (b *Balancer) Node(name string) *Node {
 
 // HasModel reports whether any node, usable or not, lists the model.
 func (b *Balancer) HasModel(model string) bool {
+	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.HasModel(model) {
+		if n.hasKey(key) {
 			return true
 		}
 	}
 	return false
 }
 
+// ModelsKnown reports whether the model list of every node is known (see
+// Node.ModelsKnown). Only then does a model that no node lists count as
+// missing.
+func (b *Balancer) ModelsKnown() bool {
+	for _, n := range b.Nodes() {
+		if !n.ModelsKnown() {
+			return false
+		}
+	}
+	return true
+}
+
 // Holding returns the usable nodes that have the model loaded.
 func (b *Balancer) Holding(model string) []*Node {
 	var out []*Node
+	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.Usable() && n.IsLoaded(model, 0) {
+		if n.Usable() && n.loadedKey(key, 0) {
 			out = append(out, n)
 		}
 	}
@@ -230,8 +258,9 @@ func (b *Balancer) Holding(model string) []*Node {
 // Listing returns the usable nodes that list the model.
 func (b *Balancer) Listing(model string) []*Node {
 	var out []*Node
+	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.Usable() && n.HasModel(model) {
+		if n.Usable() && n.hasKey(key) {
 			out = append(out, n)
 		}
 	}
@@ -289,9 +318,9 @@ func (l *Lease) Release() {
 // Acquire chooses a node for req and counts the request on it. An
 // inference request (req.Slot) waits in the queue while no node that
 // should serve it has a free slot, until ctx ends or its class's max_wait
-// passes. It returns ErrModelNotFound when no node lists the model,
-// ErrNoNode when none of those may take it, ErrQueueFull or
-// ErrQueueTimeout when the queue rejects it, or the context's error.
+// passes. It returns the errors of checkCandidates when no node may take
+// it, ErrQueueFull or ErrQueueTimeout when the queue rejects it, or the
+// context's error.
 func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -299,6 +328,7 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if req.Class == "" {
 		req.Class = config.ClassStandard
 	}
+	req.Model = wire.ModelKey(req.Model)
 	if !req.Slot {
 		n, err := b.pickNow(req)
 		if err != nil {
@@ -339,29 +369,42 @@ func (b *Balancer) Acquire(ctx context.Context, req Request) (*Lease, error) {
 // HasCandidate reports whether req could be placed now or wait for a
 // slot: a usable node that it has not tried lists its model.
 func (b *Balancer) HasCandidate(req Request) bool {
+	req.Model = wire.ModelKey(req.Model)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.checkCandidates(req) == nil
 }
 
-// checkCandidates returns ErrModelNotFound when no node lists the model,
-// and ErrNoNode when no node that lists it is usable and untried. It
-// returns nil when the request can be placed now or wait for a slot.
+// checkCandidates returns nil when the request can be placed now or wait
+// for a slot. Otherwise it returns ErrNoNode when some node lists the
+// model, ErrModelsUnknown when none does but some nodes' lists are not
+// known, and ErrModelNotFound when every list is known and none has it.
 func (b *Balancer) checkCandidates(req Request) error {
-	known := false
+	listed, unknown := false, false
 	for _, n := range b.Nodes() {
-		if req.Model != "" && !n.HasModel(req.Model) {
+		if req.Model != "" && !n.hasKey(req.Model) {
+			unknown = unknown || !n.ModelsKnown()
 			continue
 		}
-		known = true
-		if n.Usable() && !tried(req.Tried, n) {
+		listed = true
+		if n.Usable() && !tried(req.Tried, n) && (!req.Warm || warmFor(n, req)) {
 			return nil
 		}
 	}
-	if !known {
-		return ErrModelNotFound
+	switch {
+	case listed:
+		return ErrNoNode
+	case unknown:
+		return ErrModelsUnknown
 	}
-	return ErrNoNode
+	return ErrModelNotFound
+}
+
+// warmFor reports whether n may serve req without a cold load: the node's
+// inventory shows the model loaded with a fitting context size, or the
+// node's loaded models have not been polled.
+func warmFor(n *Node, req Request) bool {
+	return req.Model == "" || !n.LoadedKnown() || n.loadedKey(req.Model, req.NumCtx)
 }
 
 // pickNow chooses a node for a request that takes no slot, such as
@@ -388,7 +431,7 @@ func (b *Balancer) pickNow(req Request) (*Node, error) {
 func (b *Balancer) takeSlotLocked(n *Node, req Request) (cold bool) {
 	n.slots++
 	n.Acquire()
-	if req.Model != "" && !n.IsLoaded(req.Model, req.NumCtx) {
+	if req.Model != "" && !n.loadedKey(req.Model, req.NumCtx) {
 		cold = true
 		n.MarkLoaded(req.Model, req.NumCtx)
 		if b.m != nil {

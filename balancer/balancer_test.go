@@ -393,6 +393,93 @@ func TestUnknownModelAndNoNode(t *testing.T) {
 	}
 }
 
+func TestUnlistedModelWithUnknownLists(t *testing.T) {
+	u, _ := url.Parse("http://n2:11434")
+	n1 := testNode(t, "n1", 1, []string{"a:latest"})
+	never := NewNode("n2", u, 1, 1) // never polled
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, never)
+	_, err := b.Acquire(context.Background(), Request{Model: "zz:latest", Slot: true})
+	if !errors.Is(err, ErrModelsUnknown) || !errors.Is(err, ErrNoNode) {
+		t.Errorf("model on no known list, n2 never polled: %v, want ErrModelsUnknown", err)
+	}
+	never.SetInventory(nil, nil, time.Time{})
+	never.SetUp(false)
+	_, err = b.Acquire(context.Background(), Request{Model: "zz:latest", Slot: true})
+	if !errors.Is(err, ErrModelsUnknown) {
+		t.Errorf("model on no known list, n2 down: %v, want ErrModelsUnknown", err)
+	}
+	never.SetUp(true)
+	_, err = b.Acquire(context.Background(), Request{Model: "zz:latest", Slot: true})
+	if !errors.Is(err, ErrModelNotFound) {
+		t.Errorf("model on no list, every list known: %v, want ErrModelNotFound", err)
+	}
+}
+
+func TestModelNamesIgnoreCase(t *testing.T) {
+	n1 := testNode(t, "n1", 4, []string{"Llama3.2:1b"})
+	n2 := testNode(t, "n2", 4, []string{"llama3.2:1b"}, "LLAMA3.2:1B")
+	b := testBalancer(t, nil, PolicyInferenceAware, n1, n2)
+	if !n1.HasModel("llama3.2:1B") || !n2.IsLoaded("Llama3.2:1b", 0) {
+		t.Error("inventory lookups depend on case")
+	}
+	for _, model := range []string{"LLAMA3.2:1B", "llama3.2:1b", "registry.ollama.ai/library/Llama3.2:1b"} {
+		l, err := b.Acquire(context.Background(), Request{Model: model, Slot: true})
+		if err != nil {
+			t.Fatalf("%s: %v", model, err)
+		}
+		if l.Node != n2 {
+			t.Errorf("%s placed on %s, want n2 where it is loaded", model, l.Node.Name)
+		}
+		l.Release()
+	}
+	n2.MarkUnloaded("Llama3.2:1B")
+	if n2.IsLoaded("llama3.2:1b", 0) {
+		t.Error("MarkUnloaded in another case left the model loaded")
+	}
+	n1.MarkLoaded("LLAMA3.2:1B", 0)
+	if got := n1.LoadedModels(); len(got) != 1 || got[0].Name != "Llama3.2:1b" {
+		t.Errorf("loaded models after MarkLoaded %v, want the listed name Llama3.2:1b", got)
+	}
+}
+
+func TestWarmRequestSkipsColdNodes(t *testing.T) {
+	cold := testNode(t, "cold", 4, []string{"a:latest"})
+	warm := testNode(t, "warm", 4, []string{"a:latest"}, "a:latest")
+	b := testBalancer(t, nil, PolicyRoundRobin, cold, warm)
+	for i := 0; i < 4; i++ {
+		l, err := b.Acquire(context.Background(), Request{Model: "a:latest", Slot: true, Warm: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Node != warm {
+			t.Errorf("warm request %d placed on %s", i, l.Node.Name)
+		}
+		l.Release()
+	}
+	req := Request{Model: "a:latest", Slot: true, Warm: true, Tried: []*Node{warm}}
+	if b.HasCandidate(req) {
+		t.Error("a warm request has a candidate when only a cold node is left")
+	}
+	if _, err := b.Acquire(context.Background(), req); !errors.Is(err, ErrNoNode) {
+		t.Errorf("warm request with only a cold node left: %v, want ErrNoNode", err)
+	}
+
+	// A node whose loaded models were never polled may have the model
+	// loaded.
+	u, _ := url.Parse("http://unpolled:11434")
+	unpolled := NewNode("unpolled", u, 4, 1)
+	unpolled.SetModels([]Model{{Name: "a:latest"}})
+	b.SetNodes([]*Node{cold, warm, unpolled})
+	l, err := b.Acquire(context.Background(), req)
+	if err != nil {
+		t.Fatalf("warm request with an unpolled node left: %v", err)
+	}
+	if l.Node != unpolled {
+		t.Errorf("placed on %s, want unpolled", l.Node.Name)
+	}
+	l.Release()
+}
+
 func equal(a, b []string) bool {
 	if len(a) != len(b) {
 		return false

@@ -80,12 +80,16 @@ type Node struct {
 
 type gateBox struct{ g Gate }
 
-// inventory is one snapshot of a node's listed and loaded models. It never
-// changes after it is stored.
+// inventory is one snapshot of a node's listed and loaded models, keyed
+// by wire.ModelKey. It never changes after it is stored.
 type inventory struct {
-	models    map[string]Model
-	loaded    map[string]Loaded
-	refreshed time.Time
+	models map[string]Model
+	loaded map[string]Loaded
+	// listed and loadedKnown are set once a poll has filled models and
+	// loaded. Before that, an empty map means unknown, not empty.
+	listed      bool
+	loadedKnown bool
+	refreshed   time.Time
 }
 
 // update stores a copy of the inventory with change applied. The caller
@@ -171,14 +175,14 @@ func (n *Node) Release() { n.inflight.Add(-1) }
 func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
 	m, l := modelMap(models), loadedMap(loaded)
 	n.invMu.Lock()
-	n.inv.Store(&inventory{models: m, loaded: l, refreshed: now})
+	n.inv.Store(&inventory{models: m, loaded: l, listed: true, loadedKnown: true, refreshed: now})
 	n.invMu.Unlock()
 }
 
 func modelMap(models []Model) map[string]Model {
 	m := make(map[string]Model, len(models))
 	for _, x := range models {
-		m[x.Name] = x
+		m[wire.ModelKey(x.Name)] = x
 	}
 	return m
 }
@@ -186,7 +190,7 @@ func modelMap(models []Model) map[string]Model {
 func loadedMap(loaded []Loaded) map[string]Loaded {
 	l := make(map[string]Loaded, len(loaded))
 	for _, x := range loaded {
-		l[x.Name] = x
+		l[wire.ModelKey(x.Name)] = x
 	}
 	return l
 }
@@ -198,7 +202,10 @@ func (n *Node) Refreshed() time.Time { return n.inv.Load().refreshed }
 func (n *Node) SetModels(models []Model) {
 	m := modelMap(models)
 	n.invMu.Lock()
-	n.update(func(inv *inventory) { inv.models = m })
+	n.update(func(inv *inventory) {
+		inv.models = m
+		inv.listed = true
+	})
 	n.invMu.Unlock()
 }
 
@@ -206,7 +213,10 @@ func (n *Node) SetModels(models []Model) {
 func (n *Node) SetLoaded(loaded []Loaded) {
 	l := loadedMap(loaded)
 	n.invMu.Lock()
-	n.update(func(inv *inventory) { inv.loaded = l })
+	n.update(func(inv *inventory) {
+		inv.loaded = l
+		inv.loadedKnown = true
+	})
 	n.invMu.Unlock()
 }
 
@@ -214,24 +224,32 @@ func (n *Node) SetLoaded(loaded []Loaded) {
 // follow-up requests prefer the node before the next poll confirms it. A
 // numCtx of 0 keeps the context size already known.
 func (n *Node) MarkLoaded(model string, numCtx int) {
+	key := wire.ModelKey(model)
 	// Nearly every request finds the model marked already and copies
 	// nothing.
-	if n.markedLoaded(model, numCtx) {
+	if n.markedLoaded(key, numCtx) {
 		return
 	}
 	n.invMu.Lock()
 	defer n.invMu.Unlock()
-	if n.markedLoaded(model, numCtx) {
+	if n.markedLoaded(key, numCtx) {
 		return
 	}
 	n.update(func(inv *inventory) {
-		l := inv.loaded[model]
-		l.Name = model
+		l, ok := inv.loaded[key]
+		if !ok {
+			// Name the model as the node lists it, or else as the request
+			// named it.
+			l.Name = wire.NormalizeModel(model)
+			if m, listed := inv.models[key]; listed {
+				l.Name = m.Name
+			}
+		}
 		if numCtx > 0 {
 			l.NumCtx = numCtx
 		}
 		inv.loaded = maps.Clone(inv.loaded)
-		inv.loaded[model] = l
+		inv.loaded[key] = l
 	})
 }
 
@@ -242,6 +260,7 @@ func (n *Node) markedLoaded(model string, numCtx int) bool {
 
 // MarkUnloaded records that the node has unloaded model.
 func (n *Node) MarkUnloaded(model string) {
+	model = wire.ModelKey(model)
 	n.invMu.Lock()
 	defer n.invMu.Unlock()
 	if _, ok := n.inv.Load().loaded[model]; !ok {
@@ -253,18 +272,45 @@ func (n *Node) MarkUnloaded(model string) {
 	})
 }
 
-// HasModel reports whether the node lists model, which must be a
-// normalized name.
+// HasModel reports whether the node lists model. Names compare as
+// wire.ModelKey does, so case and the default tag do not matter.
 func (n *Node) HasModel(model string) bool {
-	_, ok := n.inv.Load().models[model]
+	return n.hasKey(wire.ModelKey(model))
+}
+
+// hasKey is HasModel for a name that is already a wire.ModelKey.
+func (n *Node) hasKey(key string) bool {
+	_, ok := n.inv.Load().models[key]
 	return ok
 }
+
+// ModelsKnown reports whether the node's model list is current: it has
+// been polled at least once, and the node is up and allowed by its health
+// gate. A draining node's list stays known. A model missing from a list
+// that is not known may still be on the node.
+func (n *Node) ModelsKnown() bool {
+	if !n.inv.Load().listed || !n.up.Load() {
+		return false
+	}
+	if b := n.gate.Load(); b != nil && b.g != nil {
+		return b.g.Usable()
+	}
+	return true
+}
+
+// LoadedKnown reports whether the node's loaded models have been polled.
+func (n *Node) LoadedKnown() bool { return n.inv.Load().loadedKnown }
 
 // IsLoaded reports whether model is loaded on the node with a context size
 // that serves numCtx without a reload. A numCtx of 0, or an unknown loaded
 // context size, matches any.
 func (n *Node) IsLoaded(model string, numCtx int) bool {
-	l, ok := n.inv.Load().loaded[model]
+	return n.loadedKey(wire.ModelKey(model), numCtx)
+}
+
+// loadedKey is IsLoaded for a name that is already a wire.ModelKey.
+func (n *Node) loadedKey(key string, numCtx int) bool {
+	l, ok := n.inv.Load().loaded[key]
 	if !ok {
 		return false
 	}

@@ -54,7 +54,10 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 	start := b.rr.Add(1)
 	cands := b.cands[:0]
 	for i, n := range nodes {
-		if !n.Usable() || tried(req.Tried, n) || (req.Model != "" && !n.HasModel(req.Model)) {
+		if !n.Usable() || tried(req.Tried, n) || (req.Model != "" && !n.hasKey(req.Model)) {
+			continue
+		}
+		if req.Warm && !warmFor(n, req) {
 			continue
 		}
 		used := n.slots
@@ -64,7 +67,7 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 		cands = append(cands, candidate{
 			n:    n,
 			free: !slots || n.slots < n.MaxConcurrent(),
-			warm: req.Model == "" || n.IsLoaded(req.Model, req.NumCtx),
+			warm: req.Model == "" || n.loadedKey(req.Model, req.NumCtx),
 			load: float64(used) / (float64(n.MaxConcurrent()) * n.Weight()),
 			rot:  (uint64(i) + start) % uint64(len(nodes)),
 		})

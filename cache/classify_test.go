@@ -139,6 +139,8 @@ func TestKeyStable(t *testing.T) {
 	same := map[string]string{
 		"layout":           "{ \"options\" : {\"num_predict\":20, \"temperature\":0},\n \"messages\":[{\"content\":\"hi\",\"role\":\"user\"}], \"model\":\"tiny\" }",
 		"latest tag":       `{"model":"tiny:latest","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
+		"model case":       `{"model":"TINY:Latest","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
+		"default prefix":   `{"model":"registry.ollama.ai/library/tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
 		"stream":           `{"model":"tiny","stream":false,"messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
 		"keep_alive":       `{"model":"tiny","keep_alive":"1h","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"num_predict":20}}`,
 		"number form":      `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0.0,"num_predict":2e1}}`,
@@ -207,14 +209,16 @@ func TestKeySensitive(t *testing.T) {
 
 func TestNormalizeModel(t *testing.T) {
 	cases := map[string]string{
-		"":                            "",
-		"tiny":                        "tiny:latest",
-		"tiny:latest":                 "tiny:latest",
-		"tiny:q4":                     "tiny:q4",
-		"library/tiny":                "library/tiny:latest",
-		"registry.local:5000/m":       "registry.local:5000/m:latest",
-		"registry.local:5000/m:v1":    "registry.local:5000/m:v1",
-		"hf.co/org/model-GGUF:Q4_K_M": "hf.co/org/model-GGUF:Q4_K_M",
+		"":                                "",
+		"tiny":                            "tiny:latest",
+		"tiny:latest":                     "tiny:latest",
+		"tiny:q4":                         "tiny:q4",
+		"library/tiny":                    "tiny:latest",
+		"registry.ollama.ai/library/Tiny": "tiny:latest",
+		"TINY:Q4":                         "tiny:q4",
+		"registry.local:5000/m":           "registry.local:5000/m:latest",
+		"registry.local:5000/m:v1":        "registry.local:5000/m:v1",
+		"hf.co/org/model-GGUF:Q4_K_M":     "hf.co/org/model-gguf:q4_k_m",
 	}
 	for in, want := range cases {
 		if got := NormalizeModel(in); got != want {

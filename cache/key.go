@@ -3,23 +3,19 @@ package cache
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"strings"
 	"sync"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// NormalizeModel returns the model name as keys and purges use it: a name
-// without a tag gets Ollama's default tag ":latest". A colon before the last
-// slash belongs to a registry host's port, not to a tag.
+// NormalizeModel returns the model name as keys and purges use it, which
+// is wire.ModelKey: lower case, without the default registry and
+// namespace, and with Ollama's default tag ":latest" when the name has no
+// tag. Ollama serves every such spelling from the same model.
 func NormalizeModel(name string) string {
-	if name == "" {
-		return ""
-	}
-	if strings.Contains(name[strings.LastIndexByte(name, '/')+1:], ":") {
-		return name
-	}
-	return name + ":latest"
+	return wire.ModelKey(name)
 }
 
 // keyBufPool contains the buffers in which canonical bodies are written before

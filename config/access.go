@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
 // NodeByName returns the node named name and true, or false when c has
@@ -60,30 +62,19 @@ func (k *Key) Matches(secret string) bool {
 }
 
 // AllowsModel reports whether the key may use model. An empty
-// AllowedModels allows every model. Names compare with Ollama's default
-// tag filled in, so "llama3" and "llama3:latest" are the same model.
+// AllowedModels allows every model. Names compare as wire.ModelKey does,
+// so "Llama3" and "llama3:latest" are the same model.
 func (k *Key) AllowsModel(model string) bool {
 	if len(k.AllowedModels) == 0 {
 		return true
 	}
-	full := fullModelName(model)
+	key := wire.ModelKey(model)
 	for _, m := range k.AllowedModels {
-		if fullModelName(m) == full {
+		if wire.ModelKey(m) == key {
 			return true
 		}
 	}
 	return false
-}
-
-// fullModelName adds the :latest tag to a model name without a tag. The
-// tag follows the last colon after the last slash, since a registry host
-// in the name may carry a port ("host:5000/llama3").
-func fullModelName(name string) string {
-	base := name[strings.LastIndex(name, "/")+1:]
-	if strings.Contains(base, ":") {
-		return name
-	}
-	return name + ":latest"
 }
 
 // IsEnabled reports whether the cache is on. A nil Enabled counts as true.

@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
 // validator collects the problems of a completed Config, locating each by
@@ -192,7 +194,7 @@ func (v *validator) models(m Models) {
 			v.add(path, "%s", msg)
 			continue
 		}
-		full := fullModelName(name)
+		full := wire.ModelKey(name)
 		if first, dup := seen[full]; dup {
 			v.add(path, "duplicate model %q, also models.ensure[%d]", name, first)
 			continue

@@ -176,7 +176,7 @@ func (s *Server) servePurge(ctx *fasthttp.RequestCtx, rt route) {
 		model = body.Model
 	}
 	if model != "" {
-		model = wire.NormalizeModel(model)
+		model = wire.ModelKey(model)
 	}
 	if err := s.cache.Purge(context.Background(), model); err != nil {
 		// The in-process tier is purged even when Redis fails.

@@ -41,7 +41,7 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 		return
 	}
-	rs.model = wire.NormalizeModel(model)
+	rs.model = wire.ModelKey(model)
 	if rt.name == "/api/copy" {
 		// A copy writes its destination, which the key must be allowed to
 		// use as well as the source that admit checks.
@@ -57,6 +57,10 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	if len(targets) == 0 {
 		if rt.name == "/api/pull" {
 			writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node to pull onto")
+			return
+		}
+		if s.bal.HasModel(rs.model) || !s.bal.ModelsKnown() {
+			writeNoHealthyNode(ctx, rt, model)
 			return
 		}
 		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(model))
@@ -396,7 +400,7 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 			writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 			return
 		}
-		rs.model = wire.NormalizeModel(f.rawModel)
+		rs.model = wire.ModelKey(f.rawModel)
 		// The model is set so that admit applies the key's allowed_models
 		// to the name created, as it does to those pulled or deleted.
 		f.model = rs.model

@@ -21,8 +21,11 @@ import (
 // routing state derived from them. The proxy forwards the body unchanged
 // unless body is set.
 type fields struct {
-	model string // normalized name
-	// rawModel is the name as the client sent it, for error messages.
+	// model is wire.ModelKey of rawModel, under which the proxy compares
+	// model names.
+	model string
+	// rawModel is the name as the client sent it, for error messages. The
+	// node gets the body with this name.
 	rawModel string
 	stream   bool
 	// unload is keep_alive 0: Ollama unloads the model after the request.
@@ -62,7 +65,7 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	if f.rawModel, err = modelField(v, r); err != nil {
 		return f, err
 	}
-	f.model = wire.NormalizeModel(f.rawModel)
+	f.model = wire.ModelKey(f.rawModel)
 	f.stream = streamFlag(v, r)
 	f.unload = isZeroKeepAlive(v.Get("keep_alive"))
 	f.preload = isPreload(v, r.name)

@@ -163,9 +163,12 @@ func mergeModelLists(bodies [][]byte, rankField string) ([]listEntry, bool) {
 				t, err := time.Parse(time.RFC3339Nano, string(m.GetStringBytes(rankField)))
 				e.rank, e.ranked = t, err == nil
 			}
-			old, seen := byName[e.name]
+			// Ollama matches names without regard to case, so two nodes'
+			// spellings of one model are one entry.
+			key := wire.ModelKey(e.name)
+			old, seen := byName[key]
 			if !seen || (rankField != "" && ranksAbove(e, old)) {
-				byName[e.name] = e
+				byName[key] = e
 			}
 		}
 	}
@@ -263,8 +266,9 @@ func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route) {
 	ctx.SetContentType("application/json")
 	if rt.how == handleModel {
 		want := strings.TrimPrefix(string(ctx.Path()), "/v1/models/")
+		key := wire.ModelKey(want)
 		for _, e := range entries {
-			if e.name == wire.NormalizeModel(want) {
+			if wire.ModelKey(e.name) == key {
 				v, _ := p.ParseBytes(e.raw)
 				ctx.SetBody(appendOpenAIModel(nil, want, v))
 				return

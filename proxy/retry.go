@@ -41,24 +41,26 @@ type verdict struct {
 	failure string
 	// reason labels the retry in metrics.
 	reason string
+	// warm limits the retry, and every later try of the request, to nodes
+	// that need no cold load of the model (balancer.Request.Warm).
+	warm bool
 }
 
 // judge applies the retry rules. A request is retried only while nothing
 // has reached the client, so judge is never asked about a stream that
 // started. It never retries a 4xx, because the request itself is at fault
 // and would fail the same way anywhere. Nor does it retry a client that
-// went away, the end of upstream.total, or a first-byte timeout on a node
-// that was loading the model, because another node would have to load it
-// again. A request ended by the proxy's shutdown is not retried either.
+// went away, the end of upstream.total, or the proxy's shutdown. After a
+// first-byte timeout on a node that was loading the model, the retry goes
+// only to a node that has the model loaded, because a second cold load
+// elsewhere would take as long. The caller skips the retry when no such
+// node is left.
 func judge(a attempt) verdict {
 	switch {
 	case a.err != nil && (errors.Is(a.err, errClientGone) || errors.Is(a.err, errShuttingDown)):
 		return verdict{}
 	case a.err != nil && errors.Is(a.err, errFirstByteTimeout):
-		if a.coldLoad {
-			return verdict{failure: reasonTimeout}
-		}
-		return verdict{retry: true, failure: reasonTimeout, reason: reasonTimeout}
+		return verdict{retry: true, failure: reasonTimeout, reason: reasonTimeout, warm: a.coldLoad}
 	case a.err != nil && errors.Is(a.err, context.DeadlineExceeded):
 		return verdict{}
 	case a.err != nil && errors.Is(a.err, errConnect):

@@ -20,7 +20,7 @@ func TestRetryRules(t *testing.T) {
 		{"connect refused", attempt{err: fmt.Errorf("dial: %w", errConnect)}, true, reasonConnect},
 		{"reset before headers", attempt{err: errors.New("connection reset")}, true, reasonReset},
 		{"first byte timeout, model loaded", attempt{err: errFirstByteTimeout}, true, reasonTimeout},
-		{"first byte timeout during a load", attempt{err: errFirstByteTimeout, coldLoad: true}, false, reasonTimeout},
+		{"first byte timeout during a load", attempt{err: errFirstByteTimeout, coldLoad: true}, true, reasonTimeout},
 		{"body cut by the node", attempt{err: fmt.Errorf("%w: %w", errBodyCut, io.ErrUnexpectedEOF)}, true, reasonMidStream},
 		{"node silent within the body", attempt{err: errIdleTimeout}, true, reasonTimeout},
 		{"client went away", attempt{err: errClientGone}, false, ""},
@@ -40,6 +40,9 @@ func TestRetryRules(t *testing.T) {
 			}
 			if v.failure != tc.failure {
 				t.Errorf("failure = %q, want %q", v.failure, tc.failure)
+			}
+			if v.warm != tc.a.coldLoad {
+				t.Errorf("warm = %v, want %v", v.warm, tc.a.coldLoad)
 			}
 		})
 	}

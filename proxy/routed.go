@@ -71,8 +71,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 
 	var tried []*balancer.Node
 	var last attempt
+	warm := false
 	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
-		lease, err := s.acquire(wctx, rt, rs, f, tried)
+		lease, err := s.acquire(wctx, rt, rs, f, tried, warm)
 		if err != nil {
 			if stop := proxyStop(watch); stop != nil {
 				err = stop
@@ -98,7 +99,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		v := judge(a)
 		s.report(node, v.failure)
 		last = a
-		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rt, rs, f, tried) {
+		warm = warm || v.warm
+		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rt, rs, f, tried, warm) {
 			break
 		}
 		rs.retries++
@@ -121,19 +123,20 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 
 // canRetry reports whether a node is left for another try, so that a
 // request with none neither counts a retry nor waits a backoff for it.
-func (s *Server) canRetry(rt route, rs *reqState, f fields, tried []*balancer.Node) bool {
+func (s *Server) canRetry(rt route, rs *reqState, f fields, tried []*balancer.Node, warm bool) bool {
 	if f.pinned != nil {
 		return false
 	}
-	return s.bal.HasCandidate(placement(rt, rs, f, tried))
+	return s.bal.HasCandidate(placement(rt, rs, f, tried, warm))
 }
 
 // placement returns the balancer's view of a request.
-func placement(rt route, rs *reqState, f fields, tried []*balancer.Node) balancer.Request {
+func placement(rt route, rs *reqState, f fields, tried []*balancer.Node, warm bool) balancer.Request {
 	return balancer.Request{
 		Model:    f.model,
 		NumCtx:   f.numCtx,
 		Tried:    tried,
+		Warm:     warm,
 		Slot:     rt.inference && !f.preload,
 		Class:    rs.class,
 		Client:   rs.client,
@@ -144,18 +147,20 @@ func placement(rt route, rs *reqState, f fields, tried []*balancer.Node) balance
 // acquire gets a lease on a node from the balancer, or on f.pinned when it
 // is set. When no node lists the model, acquire refreshes the inventories
 // (at most once a second) and tries again, because the model may have been
-// pulled on a node since the last poll.
+// pulled on a node since the last poll, or a node whose list was not known
+// may be back.
 func (s *Server) acquire(ctx context.Context, rt route, rs *reqState, f fields,
-	tried []*balancer.Node) (*balancer.Lease, error) {
+	tried []*balancer.Node, warm bool) (*balancer.Lease, error) {
 	if f.pinned != nil {
 		if len(tried) > 0 {
 			return nil, balancer.ErrNoNode
 		}
 		return balancer.NewLease(f.pinned), nil
 	}
-	req := placement(rt, rs, f, tried)
+	req := placement(rt, rs, f, tried, warm)
 	lease, err := s.bal.Acquire(ctx, req)
-	if errors.Is(err, balancer.ErrModelNotFound) && s.refreshAll(ctx) {
+	notListed := errors.Is(err, balancer.ErrModelNotFound) || errors.Is(err, balancer.ErrModelsUnknown)
+	if notListed && s.refreshAll(ctx) {
 		lease, err = s.bal.Acquire(ctx, req)
 	}
 	// The balancer places a request with a model only on a node that
@@ -227,9 +232,7 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 	case errors.Is(err, errClientGone):
 		s.failAttempt(ctx, rt, rs, attempt{err: err})
 	case errors.Is(err, balancer.ErrNoNode):
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
-			"no healthy node can serve model "+quote(f.rawModel)+" now, try again later")
-		ctx.Response.Header.Set("Retry-After", "5")
+		writeNoHealthyNode(ctx, rt, f.rawModel)
 	case errors.Is(err, balancer.ErrQueueFull):
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
 			"the "+rs.class+" queue is full (queue.classes."+rs.class+".max_length), try again later")
@@ -242,6 +245,16 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 	default:
 		s.failAttempt(ctx, rt, rs, attempt{err: err})
 	}
+}
+
+// writeNoHealthyNode responds 503 for a model that no usable node can
+// serve now. A model that only nodes with unknown model lists may have
+// gets this response too, and not 404, because the ollama CLI starts a
+// pull when it gets a 404.
+func writeNoHealthyNode(ctx *fasthttp.RequestCtx, rt route, model string) {
+	writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+		"no healthy node can serve model "+quote(model)+" now, try again later")
+	ctx.Response.Header.Set("Retry-After", "5")
 }
 
 // failAttempt responds with the outcome of the last attempt: the node's own

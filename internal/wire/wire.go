@@ -12,7 +12,8 @@ import (
 // spaces, drops the "registry.ollama.ai/" and "library/" prefixes and adds
 // ":latest" when the last path element has no tag, so "llama3",
 // "llama3:latest" and "registry.ollama.ai/library/llama3" compare equal.
-// Case is kept because Ollama's model names are case-sensitive on disk.
+// Case is kept, so the result can be shown as the client or node wrote
+// it. Compare names with ModelKey.
 func NormalizeModel(name string) string {
 	name = strings.TrimSpace(name)
 	name = strings.TrimPrefix(name, "registry.ollama.ai/")
@@ -28,6 +29,13 @@ func NormalizeModel(name string) string {
 		name += ":latest"
 	}
 	return name
+}
+
+// ModelKey returns the key under which model names compare: the
+// normalized name in lower case, because Ollama matches model names
+// without regard to case.
+func ModelKey(name string) string {
+	return NormalizeModel(strings.ToLower(name))
 }
 
 // CompareVersions compares two Ollama version strings such as "0.25.0" and

@@ -23,6 +23,21 @@ func TestNormalizeModel(t *testing.T) {
 	}
 }
 
+func TestModelKey(t *testing.T) {
+	cases := map[string]string{
+		"Llama3.2:1B":                       "llama3.2:1b",
+		"REGISTRY.OLLAMA.AI/LIBRARY/LLAMA3": "llama3:latest",
+		"registry.ollama.ai/library/Llama3": "llama3:latest",
+		"hf.co/user/Model:Q4_K_M":           "hf.co/user/model:q4_k_m",
+		"":                                  "",
+	}
+	for in, want := range cases {
+		if got := ModelKey(in); got != want {
+			t.Errorf("ModelKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestCompareVersions(t *testing.T) {
 	cases := []struct {
 		a, b string
