@@ -24,6 +24,8 @@ type waiter struct {
 	rank    int    // class rank: 0 for priority, rising towards batch
 	tag     uint64 // start-time fair-queuing tag within the class
 	arrived time.Time
+	// maxWait is the class's max_wait when the request was queued.
+	maxWait time.Duration
 	// ready receives the node the request was placed on, or nil when the
 	// request failed with err.
 	ready chan *Node
@@ -79,6 +81,7 @@ func (b *Balancer) enqueueLocked(w *waiter) error {
 	if limit.MaxLength > 0 && b.depth[w.req.Class] >= limit.MaxLength {
 		return ErrQueueFull
 	}
+	w.maxWait = limit.MaxWait
 	clients := b.lastTag[w.req.Class]
 	if clients == nil {
 		clients = map[string]uint64{}
@@ -173,10 +176,9 @@ func (b *Balancer) failUnservableLocked() {
 // wait blocks until w is placed, its context ends or its class's
 // max_wait passes.
 func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
-	maxWait := b.settings.classLimit(w.req.Class).MaxWait
 	var timeout <-chan time.Time
-	if maxWait > 0 {
-		t := time.NewTimer(maxWait)
+	if w.maxWait > 0 {
+		t := time.NewTimer(w.maxWait)
 		defer t.Stop()
 		timeout = t.C
 	}
