@@ -114,6 +114,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 		Addr:   addr,
 		Tokens: f.maxTokens,
 		Model:  s.modelLabel(f.model),
+		// Only routes that run a model count towards the token and
+		// request quotas.
+		Uncounted: !rt.inference,
 	})
 	d.VisitHeaders(ctx.Response.Header.Set)
 	if !d.Allowed {
@@ -150,13 +153,25 @@ func retryAfter(d ratelimit.Decision) string {
 	return itoa(int(max(secs, 1))) + "s"
 }
 
-// settle charges the tokens the node reported and frees the key's slot.
+// settle charges the tokens the node reported and frees the key's slot. A
+// request that was not served does not count towards monthly_requests.
 func (rs *reqState) settle() {
 	if rs.reservation == nil {
 		return
 	}
-	rs.reservation.Settle(rs.promptTokens, rs.completionTokens)
+	if rs.unserved() {
+		rs.reservation.SettleUnserved(rs.promptTokens, rs.completionTokens)
+	} else {
+		rs.reservation.Settle(rs.promptTokens, rs.completionTokens)
+	}
 	rs.reservation = nil
+}
+
+// unserved reports whether the proxy or the nodes failed to serve the
+// request: it ended with a 5xx status, or its client left before any byte
+// of the response body was sent.
+func (rs *reqState) unserved() bool {
+	return rs.status >= 500 || (rs.status == StatusClientClosed && rs.ttfb == 0)
 }
 
 // stripProxyKey removes the proxy's own API key from a request before it

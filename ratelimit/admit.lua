@@ -23,6 +23,9 @@
 -- ARGV[15], ARGV[16] the month's token and request counts this instance
 --          last knew, used when Redis has none
 -- ARGV[17] month key TTL in seconds
+-- ARGV[18] 1 when the request counts towards the monthly requests, else 0
+-- ARGV[19] this instance's GCRA time of the subject, 0 for none. It carries
+--          the requests the instance admitted while Redis was unreachable.
 --
 -- Reply: allowed (0 or 1), then four values for each limit in the order
 -- requests, tokens, concurrency, monthly_tokens, monthly_requests: exceeded,
@@ -45,6 +48,8 @@ local mt_need = tonumber(ARGV[14])
 local mt_known = tonumber(ARGV[15])
 local mr_known = tonumber(ARGV[16])
 local month_ttl = tonumber(ARGV[17])
+local mr_need = tonumber(ARGV[18])
+local known_tat = tonumber(ARGV[19])
 
 -- Numbers go to Redis as integer strings: tostring would print large
 -- microsecond times in exponent form, which integer commands reject.
@@ -75,11 +80,15 @@ local function in_slices(list, fn)
   end
 end
 
--- requests: GCRA.
+-- requests: GCRA. The later of the stored time and the instance's own
+-- counts, because both only grow.
 local new_tat
 if interval > 0 then
   local tat = tonumber(redis.call('GET', KEYS[1]))
-  if not tat or tat < now then
+  if not tat or tat < known_tat then
+    tat = known_tat
+  end
+  if tat < now then
     tat = now
   end
   new_tat = tat + interval
@@ -185,11 +194,11 @@ if monthly then
     end
   end
   if mr_limit > 0 then
-    if mr + 1 > mr_limit then
+    if mr + mr_need > mr_limit then
       ok = false
       put(4, true, math.max(0, mr_limit - mr), 0, 0)
     else
-      put(4, false, mr_limit - mr - 1, 0, 0)
+      put(4, false, mr_limit - mr - mr_need, 0, 0)
     end
   end
 end
@@ -215,7 +224,7 @@ if ok then
   end
   if monthly then
     mt = mt + mt_need
-    mr = mr + 1
+    mr = mr + mr_need
     redis.call('HSET', KEYS[6], 't', int(mt), 'r', int(mr))
     redis.call('EXPIRE', KEYS[6], int(month_ttl))
   end

@@ -77,6 +77,11 @@ type windowEntry struct {
 type tokenLog struct {
 	entries []*windowEntry
 	sum     int64
+	// others is the tokens that other instances held in the shared window
+	// at the last Redis decision. They count until othersUntil, one window
+	// after that decision, because the reply does not carry their times.
+	others      int64
+	othersUntil int64
 }
 
 // expire drops the entries admitted at or before cutoff.
@@ -92,26 +97,78 @@ func (w *tokenLog) expire(cutoff int64) {
 	w.entries = w.entries[n:]
 }
 
+// othersAt returns the tokens of other instances that still count at now.
+func (w *tokenLog) othersAt(now int64) int64 {
+	if now < w.othersUntil {
+		return w.others
+	}
+	return 0
+}
+
 // check tests need more tokens against limit at now. When they do not fit,
-// retry is the time until enough of the oldest entries leave the window.
+// retry is the time until enough of the oldest entries, and the tokens of
+// other instances, leave the window.
 func (w *tokenLog) check(limit, need, now int64) status {
 	w.expire(now - tokenWindowMicros)
-	if w.sum+need <= limit {
-		return status{on: true, remaining: limit - w.sum - need}
+	others := w.othersAt(now)
+	used := w.sum + others
+	if used+need <= limit {
+		return status{on: true, remaining: limit - used - need}
 	}
-	st := status{on: true, exceeded: true, remaining: max(0, limit-w.sum), retry: tokenWindowMicros}
+	st := status{on: true, exceeded: true, remaining: max(0, limit-used), retry: tokenWindowMicros}
 	if n := len(w.entries); n > 0 {
 		st.reset = w.entries[n-1].at + tokenWindowMicros - now
 	}
+	if others > 0 {
+		st.reset = max(st.reset, w.othersUntil-now)
+	}
+	// Free the entries and the tokens of other instances in the order
+	// they leave the window, until need fits.
 	freed := int64(0)
+	othersLeft := others > 0
 	for _, e := range w.entries {
+		leaves := e.at + tokenWindowMicros
+		if othersLeft && w.othersUntil <= leaves {
+			othersLeft = false
+			freed += others
+			if used-freed+need <= limit {
+				st.retry = w.othersUntil - now
+				return st
+			}
+		}
 		freed += e.amount
-		if w.sum-freed+need <= limit {
-			st.retry = e.at + tokenWindowMicros - now
-			break
+		if used-freed+need <= limit {
+			st.retry = leaves - now
+			return st
 		}
 	}
+	if othersLeft && used-freed-others+need <= limit {
+		st.retry = w.othersUntil - now
+	}
 	return st
+}
+
+// mirror records the token window that Redis reported for a at its
+// decision. An admitted request gets its own entry, as a local admission
+// would, and the rest of the shared window counts as the tokens of other
+// instances. It returns the entry of an admitted request.
+func (w *tokenLog) mirror(a *admission, out *outcome) *windowEntry {
+	w.expire(a.nowMicros - tokenWindowMicros)
+	st := out.slots[slotTokens]
+	// The tokens in the shared window after the decision. Redis reports
+	// the remaining tokens after the request when it was not rejected for
+	// tokens, and before it otherwise.
+	shared := a.tpm - st.remaining
+	var e *windowEntry
+	switch {
+	case out.allowed:
+		e = w.add(a.nowMicros, a.tpmNeed)
+	case !st.exceeded:
+		shared -= a.tpmNeed
+	}
+	w.others = max(0, shared-w.sum)
+	w.othersUntil = a.nowMicros + tokenWindowMicros
+	return e
 }
 
 func (w *tokenLog) add(at, amount int64) *windowEntry {

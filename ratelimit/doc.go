@@ -38,10 +38,29 @@
 // Info, sets llmproxy_redis_up, counts every operation decided locally in
 // llmproxy_redis_fallback_total{component="ratelimit"}, and tries Redis
 // again once a second by the injected clock. During an outage each instance
-// counts on its own. The rate and token limits then allow up to one full
-// limit per instance, max_concurrent counts the requests this instance has
-// in flight, and the monthly quotas continue from the last counts this
-// instance read from Redis.
+// counts on its own, from the state of its last Redis decision: the request
+// rate of the key or address and the token window as Redis reported them,
+// with this instance's own admissions added. max_concurrent counts the
+// requests this instance has in flight, and the monthly quotas continue
+// from the last counts this instance read from Redis.
+//
+// So no instance gets a fresh burst from an outage. Each still admits what
+// its own copy of the limits allows: for an outage of length D, up to the
+// burst left at its last Redis decision plus rate × D requests, and the
+// tokens_per_minute left then plus what leaves the window. The other
+// instances do the same, so N instances admit up to N − 1 times that
+// beyond the shared limit per outage. Afterwards Redis continues from the
+// later of its own request rate state and that of each instance that
+// calls it, which carries the admissions of one instance, not their sum.
+// The token window of other instances counts locally for a whole window
+// after the last decision, which can reject more than Redis would.
+//
+// # Monthly requests
+//
+// A request counts towards monthly_requests when it is admitted, and
+// SettleUnserved takes it back out for a request the proxy or the nodes
+// failed to serve. Requests with Request.Uncounted set, which run no
+// model, never count.
 //
 // # Clocks
 //

@@ -285,6 +285,10 @@ type Request struct {
 	// Model is the model label of llmproxy_tokens_total, already bounded by
 	// the caller; empty means metrics.OtherModel.
 	Model string
+	// Uncounted marks a request that runs no model, such as /api/show or
+	// a model pull. It reserves no tokens and does not count towards
+	// monthly_requests, but the request rate and max_concurrent apply.
+	Uncounted bool
 }
 
 // admission is one Admit call with every value the stores need.
@@ -305,6 +309,7 @@ type admission struct {
 	monthTokens   int64 // monthly_tokens; 0: no limit
 	monthRequests int64 // monthly_requests; 0: no limit
 	monthNeed     int64 // tokens reserved in the month
+	requestNeed   int64 // 1 when the request counts towards monthly_requests, else 0
 	month         string
 	monthEnd      time.Time
 }
@@ -325,6 +330,11 @@ func (l *Limiter) newAdmission(req Request) *admission {
 	need := req.Tokens
 	if need <= 0 {
 		need = set.defaultEstimate
+	}
+	if req.Uncounted {
+		need = 0
+	} else {
+		a.requestNeed = 1
 	}
 	// The key's name names its state, here and in Redis, so that the
 	// state outlives a Reconfigure.
@@ -389,18 +399,16 @@ func (l *Limiter) Admit(ctx context.Context, req Request) (Decision, *Reservatio
 }
 
 // check runs the admission in Redis when it is available and in the local
-// store otherwise; shared reports whether Redis decided.
+// store otherwise; shared reports whether Redis decided. It returns the
+// local token window entry of an admitted request in either case.
 func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntry, bool) {
 	if l.useRedis(a.now) {
-		var knownTokens, knownRequests int64
-		if a.key != nil {
-			_, knownTokens, knownRequests = a.state.snapshot(a.month)
-		}
-		out, err := l.redis.admit(ctx, a, knownTokens, knownRequests)
+		knownTAT, knownTokens, knownRequests := l.local.known(a)
+		out, err := l.redis.admit(ctx, a, knownTAT, knownTokens, knownRequests)
 		if err == nil {
 			l.health.succeeded()
-			l.local.mirror(a, &out)
-			return out, nil, true
+			entry := l.local.mirror(a, &out)
+			return out, entry, true
 		}
 		// The failed call may have taken up to redis.timeout: judge the
 		// request at the time it falls back, not when it arrived, or it
@@ -448,6 +456,7 @@ func (l *Limiter) reserve(a *admission, entry *windowEntry, shared bool) *Reserv
 		month:     a.month,
 		tpmNeed:   a.tpmNeed,
 		monthNeed: a.monthNeed,
+		requests:  a.requestNeed,
 		shared:    shared,
 		entry:     entry,
 	}

@@ -11,9 +11,10 @@ import (
 const addrSweepMicros = 60_000_000
 
 // localStore holds the limits of one instance in memory. It decides alone
-// without Redis and during a Redis outage. It also counts, in every mode,
-// the requests this instance has in flight and the last monthly counts read
-// from Redis, so that a fallback continues from them.
+// without Redis and during a Redis outage. With Redis it mirrors every
+// decision Redis makes for this instance: the request rate, the token
+// window, the requests in flight and the monthly counts. So a fallback
+// continues from that state instead of starting with full buckets.
 type localStore struct {
 	// keys maps each configured key name to its state. setKeys replaces
 	// the map and carries the state of the names it keeps.
@@ -104,7 +105,7 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	}
 	k.inflight++
 	k.monthTokens += a.monthNeed
-	k.monthRequests++
+	k.monthRequests += a.requestNeed
 	out.monthTokens, out.monthRequests = k.monthTokens, k.monthRequests
 	return out, entry
 }
@@ -115,7 +116,7 @@ func checkMonthly(a *admission, out *outcome, tokens, requests int64) {
 		out.slots[slotMonthlyTokens] = quotaStatus(tokens, a.monthNeed, a.monthTokens)
 	}
 	if a.monthRequests > 0 {
-		out.slots[slotMonthlyRequests] = quotaStatus(requests, 1, a.monthRequests)
+		out.slots[slotMonthlyRequests] = quotaStatus(requests, a.requestNeed, a.monthRequests)
 	}
 }
 
@@ -154,20 +155,82 @@ func (s *localStore) sweepLocked(now int64) {
 	s.sweepAt = now + addrSweepMicros
 }
 
-// mirror records a request that Redis decided: the month's counts are the
-// shared ones, and an admitted request holds a slot of this instance. A
-// rejected one holds none and is never settled.
-func (s *localStore) mirror(a *admission, out *outcome) {
+// mirror records a request that Redis decided, so that a fallback
+// continues from it. The request rate and the token window take the
+// shared state from the reply, and an admitted request also consumes them
+// as a local admission would. The month's counts are the shared ones, and
+// an admitted request holds a slot of this instance; a rejected one holds
+// none and is never settled. It returns the token window entry of an
+// admitted request, which Settle corrects.
+func (s *localStore) mirror(a *admission, out *outcome) *windowEntry {
 	if a.key == nil {
-		return
+		s.mirrorAddr(a, out)
+		return nil
 	}
 	k := a.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if a.rate.on() {
+		k.tat = mergeTAT(k.tat, a, out)
+	}
+	var entry *windowEntry
+	if a.tpm > 0 {
+		entry = k.window.mirror(a, out)
+	}
 	if out.allowed {
 		k.inflight++
 	}
 	k.setMonthLocked(a.month, out.monthTokens, out.monthRequests)
+	return entry
+}
+
+// mirrorAddr records the request rate of a client address that Redis
+// decided.
+func (s *localStore) mirrorAddr(a *admission, out *outcome) {
+	if !a.rate.on() {
+		return
+	}
+	s.addrsMu.Lock()
+	defer s.addrsMu.Unlock()
+	s.sweepLocked(a.nowMicros)
+	s.addrs[a.subject] = mergeTAT(s.addrs[a.subject], a, out)
+}
+
+// mergeTAT returns the GCRA time to store locally after Redis decided a:
+// the later of the local time, charged with a when Redis admitted it, and
+// the time Redis stored. Both only grow, so the later one never admits a
+// request that either would reject.
+func mergeTAT(local int64, a *admission, out *outcome) int64 {
+	st := out.slots[slotRequests]
+	shared := a.nowMicros + st.reset
+	if !out.allowed && !st.exceeded {
+		// Another limit rejected the request: Redis reported the time
+		// after it, which it did not store.
+		shared -= a.rate.interval
+	}
+	tat := max(local, shared)
+	if out.allowed {
+		tat = max(tat, max(local, a.nowMicros)+a.rate.interval)
+	}
+	return tat
+}
+
+// known returns the local state that the Redis admission of a merges
+// with its own: the GCRA time of the key or address, and the month's
+// counts of a key.
+func (s *localStore) known(a *admission) (tat, tokens, requests int64) {
+	if a.key == nil {
+		s.addrsMu.Lock()
+		defer s.addrsMu.Unlock()
+		return s.addrs[a.subject], 0, 0
+	}
+	k := a.state
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.month == a.month {
+		tokens, requests = k.monthTokens, k.monthRequests
+	}
+	return k.tat, tokens, requests
 }
 
 // mirrorMonth stores the monthly counts that Redis returned for r.
@@ -185,11 +248,12 @@ func (k *localKey) setMonthLocked(month string, tokens, requests int64) {
 	}
 }
 
-// settle frees the slot of r and corrects its token window entry, if the
-// local store admitted it, by the actual tokens used. With correctMonth set
-// it also corrects the month's token count; a caller that has just stored
-// the shared counts from Redis leaves it unset.
-func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth bool) {
+// settle frees the slot of r and corrects its token window entry by the
+// actual tokens used. With correctMonth set it also corrects the month's
+// token count, and takes r back out of the month's request count when
+// unserved is set. A caller that has just stored the shared counts from
+// Redis leaves correctMonth unset.
+func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth, unserved bool) {
 	k := r.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -199,6 +263,9 @@ func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth bool
 	}
 	if correctMonth && r.month == k.month {
 		k.monthTokens = max(0, k.monthTokens+actual-r.monthNeed)
+		if unserved {
+			k.monthRequests = max(0, k.monthRequests-r.requests)
+		}
 	}
 }
 

@@ -92,13 +92,15 @@ func (s *redisStore) keyNames(subject, month string) []string {
 	return names
 }
 
-// admit runs the admission script for a. knownTokens and knownRequests are
-// the month's counts this instance last knew, which restore the month when
-// Redis has lost its counts.
+// admit runs the admission script for a. knownTAT is this instance's GCRA
+// time of the subject, which includes the requests it admitted during an
+// outage, and Redis uses it when it is later than its own. knownTokens and
+// knownRequests are the month's counts this instance last knew, which
+// restore the month when Redis has lost its counts.
 func (s *redisStore) admit(
 	ctx context.Context,
 	a *admission,
-	knownTokens, knownRequests int64,
+	knownTAT, knownTokens, knownRequests int64,
 ) (outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -109,6 +111,7 @@ func (s *redisStore) admit(
 		flag(keyed), a.concurrency, s.leaseTTL.Microseconds(),
 		flag(keyed), a.monthTokens, a.monthRequests, a.monthNeed,
 		knownTokens, knownRequests, monthKeyTTL(a.now, a.monthEnd),
+		a.requestNeed, knownTAT,
 	}
 	reply, err := admitScript.Run(ctx, s.client, s.keyNames(a.subject, a.month), args...).Int64Slice()
 	if err != nil {
@@ -138,22 +141,28 @@ type monthCounts struct {
 	tokens, requests int64
 }
 
-// settle runs the settlement script for r with actual tokens used. It
+// settle runs the settlement script for r with actual tokens used, and
+// takes r back out of the month's request count when unserved is set. It
 // returns the month's counts after the correction, and false when Redis has
 // no counts for the month and so stored no correction.
 func (s *redisStore) settle(
 	ctx context.Context,
 	r *Reservation,
 	actual int64,
+	unserved bool,
 	now time.Time,
 ) (monthCounts, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	_, monthEnd := monthOf(now)
+	refund := int64(0)
+	if unserved {
+		refund = r.requests
+	}
 	args := []any{
 		now.UnixMicro(), r.id, actual - r.tpmNeed, tokenWindowMicros,
 		flag(r.key.limits.TokensPerMinute > 0), flag(true), flag(true), actual - r.monthNeed,
-		monthKeyTTL(now, monthEnd),
+		monthKeyTTL(now, monthEnd), refund,
 	}
 	names := s.keyNames("k:"+r.key.Name, r.month)
 	keys := []string{

@@ -17,8 +17,9 @@ type Reservation struct {
 	month     string // month the tokens were reserved in
 	tpmNeed   int64
 	monthNeed int64
+	requests  int64        // 1 when counted in monthly_requests, else 0
 	shared    bool         // admitted by Redis
-	entry     *windowEntry // token window entry of a local admission
+	entry     *windowEntry // local token window entry; nil without tokens_per_minute
 	// state is the local state of key that the request took its share of,
 	// so that settling frees that slot even after a reload removed the key.
 	state *localKey
@@ -45,16 +46,29 @@ func (r *Reservation) Settle(prompt, completion int64) {
 	if r == nil || !r.done.CompareAndSwap(false, true) {
 		return
 	}
-	r.l.settle(r, max(0, prompt), max(0, completion))
+	r.l.settle(r, max(0, prompt), max(0, completion), false)
+}
+
+// SettleUnserved ends a request that the proxy or the nodes failed to
+// serve: one that found the queue full or no node in time, whose client
+// left before any response byte, or that got a 5xx status from a node. It
+// settles the tokens as Settle does and takes the request back out of
+// monthly_requests. The request rate stays consumed, so that
+// failing requests cannot be retried faster than the rate.
+func (r *Reservation) SettleUnserved(prompt, completion int64) {
+	if r == nil || !r.done.CompareAndSwap(false, true) {
+		return
+	}
+	r.l.settle(r, max(0, prompt), max(0, completion), true)
 }
 
 // Release ends a request that used no tokens, such as one that failed
 // before a node responded. It refunds the whole token reservation and frees
 // the slot. The request still counts towards the request rate and
-// monthly_requests.
+// monthly_requests; SettleUnserved refunds the latter.
 func (r *Reservation) Release() { r.Settle(0, 0) }
 
-func (l *Limiter) settle(r *Reservation, prompt, completion int64) {
+func (l *Limiter) settle(r *Reservation, prompt, completion int64, unserved bool) {
 	l.countTokens(r, prompt, completion)
 	if r.key == nil {
 		return
@@ -62,26 +76,27 @@ func (l *Limiter) settle(r *Reservation, prompt, completion int64) {
 	actual := prompt + completion
 	now := l.now()
 	if !r.shared {
-		l.local.settle(r, actual, now.UnixMicro(), true)
+		l.local.settle(r, actual, now.UnixMicro(), true, unserved)
 		return
 	}
 	l.leases.remove(r.id)
-	stored := l.settleShared(r, actual)
-	l.local.settle(r, actual, now.UnixMicro(), !stored)
+	stored := l.settleShared(r, actual, unserved)
+	l.local.settle(r, actual, now.UnixMicro(), !stored, unserved)
 }
 
 // settleShared settles a reservation Redis admitted and reports whether
 // Redis stored the month's correction.
 //
 // NOTE: when Redis is down at settlement, the other instances never see the
-// token correction, and the slot stays taken until its lease expires. Only
-// this instance's monthly counts get the correction.
-func (l *Limiter) settleShared(r *Reservation, actual int64) bool {
+// token correction or the request refund, and the slot stays taken until
+// its lease expires. Only this instance's monthly counts get the
+// correction.
+func (l *Limiter) settleShared(r *Reservation, actual int64, unserved bool) bool {
 	now := l.now()
 	if !l.useRedis(now) {
 		return false
 	}
-	counts, stored, err := l.redis.settle(l.ctx, r, actual, now)
+	counts, stored, err := l.redis.settle(l.ctx, r, actual, unserved, now)
 	if err != nil {
 		l.redisFailed(l.ctx, now, err)
 		return false

@@ -1,5 +1,6 @@
--- Settlement of one admitted request: frees its lease and corrects its
--- token reservation by the tokens the node reported. Times are microseconds
+-- Settlement of one admitted request: frees its lease, corrects its token
+-- reservation by the tokens the node reported, and takes a request that was
+-- not served back out of the month's request count. Times are microseconds
 -- from the caller's clock.
 --
 -- KEYS[1..4] as in admit.lua: token window times, amounts and sum, leases.
@@ -13,6 +14,8 @@
 -- ARGV[6] 1 to free the lease
 -- ARGV[7] 1 when the month is counted; ARGV[8] month correction in tokens
 -- ARGV[9] month key TTL in seconds
+-- ARGV[10] requests to take back out of the month's request count: 1 for a
+--          request that was not served, else 0
 --
 -- Reply: 1 when Redis has counts for the month, then the month's token and
 -- request counts after the correction. Without counts, Redis has lost its
@@ -28,6 +31,7 @@ local lease = ARGV[6] == '1'
 local monthly = ARGV[7] == '1'
 local month_delta = tonumber(ARGV[8])
 local month_ttl = tonumber(ARGV[9])
+local month_refund = tonumber(ARGV[10])
 
 local function int(x)
   return string.format('%.0f', x)
@@ -65,6 +69,12 @@ if month_delta ~= 0 then
     redis.call('HSET', KEYS[5], 't', 0)
   end
   redis.call('EXPIRE', KEYS[5], int(month_ttl))
+end
+if month_refund > 0 then
+  local r = redis.call('HINCRBY', KEYS[5], 'r', -month_refund)
+  if r < 0 then
+    redis.call('HSET', KEYS[5], 'r', 0)
+  end
 end
 local v = redis.call('HMGET', KEYS[5], 't', 'r')
 return {1, tonumber(v[1]) or 0, tonumber(v[2]) or 0}
