@@ -183,15 +183,28 @@ func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
 		c.countBypass()
 		return nil, ResultBypass
 	}
-	if rec, ok := c.l1.get(p.Key); ok && rec.response != nil {
+	if rec, ok := c.l1.get(p.Key); ok && rec.response.serves(p) {
 		c.count(tierL1, outcomeHit)
 		return &Entry{route: p.route, response: rec.response}, ResultHitL1
 	}
 	c.count(tierL1, outcomeMiss)
-	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.response != nil {
+	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.response.serves(p) {
 		return &Entry{route: p.route, response: rec.response}, ResultHitL2
 	}
 	return nil, ResultMiss
+}
+
+// serves reports whether rs can serve p. A /v1 response stored from a
+// stream sent without stream_options.include_usage has no usage, which a
+// non-streamed /v1 response and a stream that asks for usage must carry.
+// Such a response serves only streams that do not ask for usage, and the
+// node's response to any other request replaces it.
+func (rs *response) serves(p Plan) bool {
+	if rs == nil {
+		return false
+	}
+	needsUsage := p.route.isV1() && (!p.Stream || p.IncludeUsage)
+	return !needsUsage || len(rs.Usage) > 0
 }
 
 // Store turns the response fed to agg into an Entry and stores it in both

@@ -55,7 +55,7 @@ func (c *Cache) Do(
 		close(f.done)
 	}()
 	if p.Kind == KindResponse && !p.NoCache {
-		if rec, ok := c.l1.get(p.Key); ok && rec.response != nil {
+		if rec, ok := c.l1.get(p.Key); ok && rec.response.serves(p) {
 			f.entry = &Entry{route: p.route, response: rec.response}
 			return f.entry, false, nil
 		}

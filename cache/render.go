@@ -125,10 +125,8 @@ func (rs *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	if !p.Stream {
 		out = h.appendStart(out, false)
 		out = rs.appendV1Choice(out, r, true, false)
-		// NOTE: a response stored from a stream sent without
-		// stream_options.include_usage has no usage, so objects rendered
-		// from it lack the usage member. Asking upstream for usage on
-		// every /v1 stream avoids that.
+		// Lookup does not return a response without usage for this
+		// request (see response.serves).
 		if len(rs.Usage) > 0 {
 			out = append(out, `,"usage":`...)
 			out = append(out, rs.Usage...)

@@ -182,10 +182,11 @@ func (s *Server) modelLabel(model string) string {
 }
 
 // observeFinal reads the token counts and timings of a response's final
-// object: Ollama's done line or an OpenAI object with usage.
+// object: Ollama's done line, its embed response, or an OpenAI object with
+// usage.
 func (s *Server) observeFinal(rs *reqState, line []byte) {
 	st := scanFinal(line)
-	if st.usage {
+	if st.usage || st.embed {
 		rs.promptTokens, rs.completionTokens = st.promptTokens, st.completionTokens
 		return
 	}

@@ -403,3 +403,53 @@ func TestEmbedUsageFromL2(t *testing.T) {
 	}
 	checkOllamaEmbedUsage(t, "L2 hit", got, want)
 }
+
+func TestCachedV1ResponseKeepsUsage(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	body := func(stream, usage bool) string {
+		b := `{"model":"m","temperature":0,"max_tokens":3,"messages":[{"role":"user","content":"usage kept"}]`
+		if stream {
+			b += `,"stream":true`
+		}
+		if usage {
+			b += `,"stream_options":{"include_usage":true}`
+		}
+		return b + "}"
+	}
+	send := func(stream, usage bool) (string, []byte) {
+		resp := post(t, f.proxy.URL()+"/v1/chat/completions", body(stream, usage))
+		got := readBody(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, got)
+		}
+		return cacheHeader(resp), got
+	}
+
+	// A stream without usage fills the cache with a response that has none.
+	if result, _ := send(true, false); result != "miss" {
+		t.Fatalf("first stream: %q, want miss", result)
+	}
+	// A non-streamed request needs usage, so it goes to the node.
+	result, got := send(false, false)
+	if result != "miss" {
+		t.Errorf("non-streamed after a stream without usage: %q, want miss", result)
+	}
+	if !strings.Contains(string(got), `"usage":{`) {
+		t.Errorf("non-streamed response without usage: %s", got)
+	}
+	// The node's response replaced the entry, so usage comes from the cache now.
+	result, got = send(false, false)
+	if result != "hit-l1" {
+		t.Errorf("non-streamed again: %q, want hit-l1", result)
+	}
+	if !strings.Contains(string(got), `"usage":{`) {
+		t.Errorf("cached non-streamed response without usage: %s", got)
+	}
+	result, got = send(true, true)
+	if result != "hit-l1" {
+		t.Errorf("stream asking for usage: %q, want hit-l1", result)
+	}
+	if !strings.Contains(string(got), `"choices":[],"usage":{`) {
+		t.Errorf("cached stream asking for usage has no usage chunk: %s", got)
+	}
+}

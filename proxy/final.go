@@ -5,8 +5,11 @@ import "bytes"
 // finalStats are the accounting fields of a response's final object:
 // Ollama's done object, or an OpenAI object with usage.
 type finalStats struct {
-	usage            bool // the object has an OpenAI usage object
-	done             bool // the object is Ollama's final one
+	usage bool // the object has an OpenAI usage object
+	done  bool // the object is Ollama's final one
+	// embed is set for Ollama's /api/embed response, which has token
+	// counts but no done member.
+	embed            bool
 	promptTokens     int64
 	completionTokens int64
 	// Ollama's timings in nanoseconds.
@@ -59,6 +62,9 @@ func scanFinal(b []byte) finalStats {
 			st.completionTokens = vals[keyOutputTokens]
 			st.promptTokens += vals[keyInputTokens]
 		}
+	case !seen[keyDone] && seen[keyPromptEvalCount]:
+		st.embed = true
+		st.promptTokens = vals[keyPromptEvalCount]
 	case doneTrue:
 		st.done = true
 		st.promptTokens = vals[keyPromptEvalCount]

@@ -31,6 +31,9 @@ func TestScanFinal(t *testing.T) {
 		{"overflow", `{"done":true,"eval_count":99999999999999999999}`, finalStats{done: true}},
 		{"negative", `{"done":true,"eval_duration":-5}`, finalStats{done: true, evalNs: -5}},
 		{"truncated", `{"done":true,"eval_count":`, finalStats{done: true}},
+		{"ollama embed", `{"model":"e","embeddings":[[0.1,-0.2]],"total_duration":90,"load_duration":10,"prompt_eval_count":5}`,
+			finalStats{embed: true, promptTokens: 5}},
+		{"embed without counts", `{"model":"e","embeddings":[[0.1]]}`, finalStats{}},
 		{"empty", ``, finalStats{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,7 +69,7 @@ func FuzzScanFinal(f *testing.F) {
 	f.Add(`"done":`)
 	f.Fuzz(func(t *testing.T, in string) {
 		st := scanFinal([]byte(in))
-		if !st.usage && !st.done && st != (finalStats{}) {
+		if !st.usage && !st.done && !st.embed && st != (finalStats{}) {
 			t.Errorf("scanFinal(%q) = %+v: counts without a final object", in, st)
 		}
 		spaced := scanFinal([]byte(strings.ReplaceAll(in, `":`, `": `)))

@@ -1068,6 +1068,40 @@ func TestLimitsAdminUsage(t *testing.T) {
 	}
 }
 
+// Ollama's /api/embed response has token counts but no done member, and
+// its tokens count towards the key's quota as a generation's do.
+func TestLimitsCountEmbedTokens(t *testing.T) {
+	sim := testenv.Sim(t, "embed-e", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	metered := limitKey("metered")
+	metered.MonthlyTokens = 100000
+	cfg.Auth.Keys = []config.Key{metered}
+	p := testenv.Proxy(t, cfg)
+
+	resp := post(t, p.URL()+"/api/embed", `{"model":"embed-e","input":["aaa bbb ccc ddd","eee"]}`,
+		append(bearer("metered"), "Cache-Control", "no-store, no-cache")...)
+	var embed struct {
+		PromptEvalCount int64 `json:"prompt_eval_count"`
+	}
+	if err := json.Unmarshal(readBody(t, resp), &embed); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("embed: status %d, %v", resp.StatusCode, err)
+	}
+	if embed.PromptEvalCount == 0 {
+		t.Fatal("the node reported no prompt tokens")
+	}
+	testenv.WaitFor(t, 5*time.Second, "the embed tokens in /admin/usage", func() bool {
+		r, err := http.Get(p.URL() + "/admin/usage")
+		if err != nil {
+			t.Fatalf("GET /admin/usage: %v", err)
+		}
+		usage, err := decodeUsage(readBody(t, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(usage) == 1 && usage[0].InFlight == 0 && usage[0].MonthlyTokens == embed.PromptEvalCount
+	})
+}
+
 // A client that closes a stream before its final line, which alone
 // carries the node's token counts, is still charged for what it received.
 func TestLimitsChargeCutStream(t *testing.T) {
