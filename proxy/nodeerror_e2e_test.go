@@ -518,32 +518,50 @@ func TestStreamThenBufferedResponse(t *testing.T) {
 	}
 }
 
-// TestNodeClientErrorShapeOnV1 checks that a node's 4xx on /v1 reaches
-// OpenAI clients in OpenAI's shape, as a node without the route sends
-// plain text, while Ollama routes relay it as the node sent it.
-func TestNodeClientErrorShapeOnV1(t *testing.T) {
-	node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte("404 page not found"))
-	})
-	cfg := testenv.Config(t)
-	nc := config.DefaultNode(node)
-	nc.Name = "old"
-	cfg.Nodes = append(cfg.Nodes, nc)
-	p := testenv.Proxy(t, cfg)
-
-	resp := post(t, p.URL()+"/v1/chat/completions", `{"model":"m","messages":[]}`)
-	if got := openAIErrorMessage(t, resp, http.StatusNotFound); got != "node returned status 404: 404 page not found" {
-		t.Errorf("/v1/chat/completions error %q", got)
+// TestNodeClientErrorShape checks that a node's 4xx reaches each API's
+// clients in that API's shape, as the 5xx cases of TestNodeErrorBodyShape
+// do.
+func TestNodeClientErrorShape(t *testing.T) {
+	cases := []struct {
+		name        string
+		status      int
+		contentType string
+		body        string
+		// wantOllama and wantOpenAI are the messages that each API's
+		// client reads.
+		wantOllama, wantOpenAI string
+	}{
+		{"route missing on the node", 404, "text/plain", "404 page not found",
+			"node returned status 404: 404 page not found", "node returned status 404: 404 page not found"},
+		{"html page", 413, "text/html", "<html><body>413 Request Entity Too Large</body></html>",
+			"node returned status 413", "node returned status 413"},
+		{"empty body", 422, "text/plain", "", "node returned status 422", "node returned status 422"},
+		{"openai error", 400, "application/json",
+			`{"error":{"message":"bad field","type":"invalid_request_error","param":null,"code":null}}`,
+			"bad field", "bad field"},
+		{"ollama error", 400, "application/json", `{"error":"bad field"}`, "bad field", "bad field"},
 	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tc.contentType)
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			})
+			cfg := testenv.Config(t)
+			nc := config.DefaultNode(node)
+			nc.Name = "old"
+			cfg.Nodes = append(cfg.Nodes, nc)
+			p := testenv.Proxy(t, cfg)
 
-	resp = post(t, p.URL()+"/api/chat", `{"model":"m","messages":[],"stream":false}`)
-	body := readBody(t, resp)
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("/api/chat status %d, want 404", resp.StatusCode)
-	}
-	if string(body) != "404 page not found" {
-		t.Errorf("/api/chat body %q, want the node's own", body)
+			resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[],"stream":false}`)
+			if got := ollamaErrorMessage(t, resp, tc.status); got != tc.wantOllama {
+				t.Errorf("/api/chat error %q, want %q", got, tc.wantOllama)
+			}
+			resp = post(t, p.URL()+"/v1/chat/completions", `{"model":"m","messages":[]}`)
+			if got := openAIErrorMessage(t, resp, tc.status); got != tc.wantOpenAI {
+				t.Errorf("/v1/chat/completions error %q, want %q", got, tc.wantOpenAI)
+			}
+		})
 	}
 }

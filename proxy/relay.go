@@ -79,9 +79,10 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		s.afterSuccess(rs, rt, f, lease.Node)
 		s.observeFinal(rs, body)
 	}
-	if status >= 400 && rt.openAI {
-		// OpenAI clients parse only OpenAI's error shape, and a node
-		// without the route sends plain text.
+	if status >= 400 && !ctx.IsHead() {
+		// Each API's clients parse only its own error shape, and a node
+		// without the route, or a server in front of it, sends plain text
+		// or HTML.
 		if relay, msg := nodeErrorMessage(rt, status, body); !relay {
 			writeError(ctx, rt, status, msg)
 		}
