@@ -50,6 +50,12 @@ func TestWatchNoticesAClientThatLeaves(t *testing.T) {
 	if !errors.Is(context.Cause(ctx), errClientGone) {
 		t.Fatalf("cause = %v, want errClientGone", context.Cause(ctx))
 	}
+	// The context ends before the watch's read goroutine does, and gone
+	// waits for neither.
+	deadline := time.Now().Add(5 * time.Second)
+	for !w.gone() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if !w.gone() {
 		t.Error("gone() is false after the client closed")
 	}
