@@ -234,6 +234,16 @@ func TestNodeErrorBodyShape(t *testing.T) {
 			"node returned status 500", "node returned status 500"},
 		{"over the read limit", 500, "application/json", `{"error":"` + bigMessage + `"}`,
 			"node returned status 500", "node returned status 500"},
+		// A node's 4xx is rewrapped in the same way.
+		{"route missing on the node", 404, "text/plain", "404 page not found",
+			"node returned status 404: 404 page not found", "node returned status 404: 404 page not found"},
+		{"html page of a 4xx", 413, "text/html", "<html><body>413 Request Entity Too Large</body></html>",
+			"node returned status 413", "node returned status 413"},
+		{"empty body of a 4xx", 422, "text/plain", "", "node returned status 422", "node returned status 422"},
+		{"openai error of a 4xx", 400, "application/json",
+			`{"error":{"message":"bad field","type":"invalid_request_error","param":null,"code":null}}`,
+			"bad field", "bad field"},
+		{"ollama error of a 4xx", 400, "application/json", `{"error":"bad field"}`, "bad field", "bad field"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -515,53 +525,5 @@ func TestStreamThenBufferedResponse(t *testing.T) {
 	}
 	if len(conns) > 2 {
 		t.Errorf("the buffered requests came over %d node connections, want them reused", len(conns))
-	}
-}
-
-// TestNodeClientErrorShape checks that a node's 4xx reaches each API's
-// clients in that API's shape, as the 5xx cases of TestNodeErrorBodyShape
-// do.
-func TestNodeClientErrorShape(t *testing.T) {
-	cases := []struct {
-		name        string
-		status      int
-		contentType string
-		body        string
-		// wantOllama and wantOpenAI are the messages that each API's
-		// client reads.
-		wantOllama, wantOpenAI string
-	}{
-		{"route missing on the node", 404, "text/plain", "404 page not found",
-			"node returned status 404: 404 page not found", "node returned status 404: 404 page not found"},
-		{"html page", 413, "text/html", "<html><body>413 Request Entity Too Large</body></html>",
-			"node returned status 413", "node returned status 413"},
-		{"empty body", 422, "text/plain", "", "node returned status 422", "node returned status 422"},
-		{"openai error", 400, "application/json",
-			`{"error":{"message":"bad field","type":"invalid_request_error","param":null,"code":null}}`,
-			"bad field", "bad field"},
-		{"ollama error", 400, "application/json", `{"error":"bad field"}`, "bad field", "bad field"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			node := scriptedNode(t, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", tc.contentType)
-				w.WriteHeader(tc.status)
-				_, _ = w.Write([]byte(tc.body))
-			})
-			cfg := testenv.Config(t)
-			nc := config.DefaultNode(node)
-			nc.Name = "old"
-			cfg.Nodes = append(cfg.Nodes, nc)
-			p := testenv.Proxy(t, cfg)
-
-			resp := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[],"stream":false}`)
-			if got := ollamaErrorMessage(t, resp, tc.status); got != tc.wantOllama {
-				t.Errorf("/api/chat error %q, want %q", got, tc.wantOllama)
-			}
-			resp = post(t, p.URL()+"/v1/chat/completions", `{"model":"m","messages":[]}`)
-			if got := openAIErrorMessage(t, resp, tc.status); got != tc.wantOpenAI {
-				t.Errorf("/v1/chat/completions error %q, want %q", got, tc.wantOpenAI)
-			}
-		})
 	}
 }
