@@ -196,8 +196,8 @@ func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
 
 // serves reports whether rs can serve p. A /v1 response stored from a
 // stream sent without stream_options.include_usage has no usage, which a
-// non-streamed /v1 response and a stream that asks for usage must carry.
-// Such a response serves only streams that do not ask for usage, and the
+// non-streamed /v1 response and a stream with include_usage must carry.
+// Such a response serves only streams without include_usage, and the
 // node's response to any other request replaces it.
 func (rs *response) serves(p Plan) bool {
 	if rs == nil {

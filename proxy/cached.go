@@ -55,7 +55,8 @@ func setCacheResult(ctx *fasthttp.RequestCtx, rs *reqState, r cache.Result) {
 // sendEntry responds with a cached entry rendered for this request. A
 // stream is sent as the proxy sends a live one: chunked, with the same
 // headers, or to an HTTP/1.0 client, ended by closing the connection.
-func (s *Server) sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry, plan cache.Plan, r cache.Result) {
+func (s *Server) sendEntry(ctx *fasthttp.RequestCtx, rs *reqState, e *cache.Entry,
+	plan cache.Plan, r cache.Result) {
 	body, ct := e.Render(plan)
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetContentType(ct)

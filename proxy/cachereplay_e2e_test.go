@@ -301,18 +301,18 @@ func inputJSON(texts []string) string {
 
 // checkOllamaEmbedUsage checks that an /api/embed response carries the
 // usage fields as integers and the node's prompt_eval_count.
-func checkOllamaEmbedUsage(t *testing.T, what string, got map[string]json.RawMessage, wantCount int) {
+func checkOllamaEmbedUsage(t *testing.T, label string, got map[string]json.RawMessage, wantCount int) {
 	t.Helper()
 	for _, name := range []string{"total_duration", "load_duration", "prompt_eval_count"} {
 		var n int64
 		if err := json.Unmarshal(got[name], &n); err != nil {
-			t.Errorf("%s: %s is %q, want an integer", what, name, got[name])
+			t.Errorf("%s: %s is %q, want an integer", label, name, got[name])
 		}
 	}
 	var count int
 	_ = json.Unmarshal(got["prompt_eval_count"], &count)
 	if count != wantCount {
-		t.Errorf("%s: prompt_eval_count %d, want the node's %d", what, count, wantCount)
+		t.Errorf("%s: prompt_eval_count %d, want the node's %d", label, count, wantCount)
 	}
 }
 

@@ -22,14 +22,14 @@ import (
 // "no healthy node", never 404, which makes the ollama CLI pull the model.
 func TestUnreachableNodesAre503(t *testing.T) {
 	hung := testenv.Sim(t, "llama3.2:1b", ollamasim.Config{})
-	refusing := testenv.Sim(t, "llama3.2:1b", ollamasim.Config{})
+	closed := testenv.Sim(t, "llama3.2:1b", ollamasim.Config{})
 	if err := hung.Server().SetFaults(ollamasim.Faults{Hang: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := refusing.Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+	if err := closed.Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testenv.Config(t, hung, refusing)
+	cfg := testenv.Config(t, hung, closed)
 	cfg.Health.Timeout = 300 * time.Millisecond
 	p := testenv.Proxy(t, cfg)
 
@@ -76,7 +76,7 @@ func TestUnreachableNodesAre503(t *testing.T) {
 	}
 
 	// Once every node's list is known, a model that no node has is 404.
-	for _, s := range []*ollamasim.Running{hung, refusing} {
+	for _, s := range []*ollamasim.Running{hung, closed} {
 		if err := s.Server().SetFaults(ollamasim.Faults{}); err != nil {
 			t.Fatal(err)
 		}
@@ -96,15 +96,15 @@ func TestUnreachableNodesAre503(t *testing.T) {
 	}
 }
 
-func checkStatusError(t *testing.T, what string, err error, status int) {
+func checkStatusError(t *testing.T, label string, err error, status int) {
 	t.Helper()
 	var se api.StatusError
 	if !errors.As(err, &se) {
-		t.Errorf("%s: error %v (%T), want api.StatusError %d", what, err, err, status)
+		t.Errorf("%s: error %v (%T), want api.StatusError %d", label, err, err, status)
 		return
 	}
 	if se.StatusCode != status {
-		t.Errorf("%s: status %d (%q), want %d", what, se.StatusCode, se.ErrorMessage, status)
+		t.Errorf("%s: status %d (%q), want %d", label, se.StatusCode, se.ErrorMessage, status)
 	}
 }
 

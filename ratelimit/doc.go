@@ -45,9 +45,9 @@
 // from the last counts this instance read from Redis.
 //
 // So no instance gets a fresh burst from an outage. Each still admits what
-// its own copy of the limits allows: for an outage of length D, up to the
-// burst left at its last Redis decision plus rate × D requests, and the
-// tokens_per_minute left then plus what leaves the window. The other
+// its own copy of the limits allows. For an outage of length D, that is up
+// to the burst left at its last Redis decision plus rate × D requests. It
+// is also the tokens_per_minute left then plus what leaves the window. The other
 // instances do the same, so N instances admit up to N − 1 times that
 // beyond the shared limit per outage. Afterwards Redis continues from the
 // later of its own request rate state and that of each instance that

@@ -158,9 +158,9 @@ func (s *localStore) sweepLocked(now int64) {
 // mirror records a request that Redis decided, so that a fallback
 // continues from it. The request rate and the token window take the
 // shared state from the reply, and an admitted request also consumes them
-// as a local admission would. The month's counts are the shared ones, and
-// an admitted request holds a slot of this instance; a rejected one holds
-// none and is never settled. It returns the token window entry of an
+// as a local admission would. The month's counts are the shared ones. An
+// admitted request holds a slot of this instance, while a rejected one
+// holds none because it is never settled. It returns the token window entry of an
 // admitted request, which Settle corrects.
 func (s *localStore) mirror(a *admission, out *outcome) *windowEntry {
 	if a.key == nil {
