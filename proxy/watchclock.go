@@ -8,8 +8,10 @@ import (
 // watchTick is how often the watch clock looks for watches to start. A
 // watch starts between watchDelay and watchDelay+watchTick after its
 // request began, and sooner past watchDelay when other requests begin in
-// the meantime, since each one starts the watches that are due.
-const watchTick = 100 * time.Millisecond
+// the meantime, since each one starts the watches that are due. A longer
+// tick costs less CPU, but a client that half-closes its side after a
+// lone request must be noticed before a fast node's first byte.
+const watchTick = 20 * time.Millisecond
 
 // dueAtAdd bounds the due watches that one add starts.
 const dueAtAdd = 4
@@ -21,8 +23,9 @@ const watchClockRest = time.Second
 // watchClock starts the reads of the watches whose requests have run for
 // watchDelay. One clock serves every watch, so a request sets no runtime
 // timer of its own. On a proxy that is idle between requests, such a
-// timer woke a sleeping runtime thread to re-arm its wait, at a cost of
-// about 0.2 futex calls per request at 1,000 requests/s.
+// timer woke a sleeping runtime thread to re-arm its wait. strace at
+// 1,000 requests/s counted 0.42 futex calls per request with such timers
+// and 0.34 with this clock.
 //
 // The clock's ticks are the fallback: on a busy proxy, each new request
 // starts the watches that are due, without waiting for a tick. The
