@@ -1,15 +1,13 @@
 package loadgen
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"sync"
+	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -36,7 +34,8 @@ func (f Format) String() string {
 // starts within Ramp, then opens one stream after another until the phase
 // ends. Samples count only in the window of Duration that follows Ramp.
 type StreamLoad struct {
-	// URLs are base URLs, and each new stream takes the next one.
+	// URLs are base URLs (http://host:port). Worker i sends all its
+	// streams to URLs[i % len(URLs)] over one keep-alive connection.
 	URLs     []string
 	Path     string
 	Body     []byte
@@ -49,61 +48,61 @@ type StreamLoad struct {
 // StreamResult is the outcome of a stream phase.
 type StreamResult struct {
 	// Streams counts the streams that started in the window and ended
-	// with their final line.
+	// with their final line before the window ended.
 	Streams int64
 	// Chunks counts the lines (NDJSON) or data events (SSE) received in
 	// the window.
 	Chunks int64
-	// Errors counts streams that failed or ended without a final line.
+	// Errors counts streams that failed or ended without a final line
+	// before the window ended. It is 1 when the phase could not start,
+	// and FirstError then gives the reason.
 	Errors     int64
 	FirstError string
 	// Window is the measured time. Elapsed is the whole phase, ramp
 	// included.
 	Window  time.Duration
 	Elapsed time.Duration
-	// TTFB is the time from sending the request to the first chunk, for
+	// TTFB is the time from the start of a stream, connecting included
+	// when the worker has no open connection, to its first chunk, for
 	// streams that started in the window.
 	TTFB Summary
 	// ChunkLatency is the receive time of a chunk minus the time the node
 	// wrote into it: created_at in NDJSON lines, and sent_at in SSE events
 	// from a node that adds it (bench/cmd/stampsim). It is empty for SSE
-	// events without sent_at.
+	// events without sent_at. All chunks that one read(2) returns share
+	// its receive time.
 	ChunkLatency Summary
 	// Gap is the time between two consecutive chunks of one stream.
 	Gap Summary
 }
 
-// maxLineBytes bounds one line of a streamed response.
+// maxLineBytes bounds one line of a streamed response, newline included.
 const maxLineBytes = 64 << 10
 
+// connectTimeout bounds the TCP handshake of a new connection.
+const connectTimeout = 3 * time.Second
+
 // RunStreams runs the phase and returns when the window has ended and
-// every worker has stopped.
+// every connection is closed. The streams are read on a few epoll event
+// loops (see streamLoop), so it needs Linux.
 func RunStreams(ctx context.Context, cfg StreamLoad) StreamResult {
-	transport := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: cfg.Streams,
-		DisableCompression:  true,
-	}
-	defer transport.CloseIdleConnections()
-	g := &streamGen{
-		start:  time.Now(),
-		cfg:    cfg,
-		client: &http.Client{Transport: transport},
-	}
+	g := &streamGen{start: time.Now(), cfg: cfg}
 	g.windowStart = g.start.Add(cfg.Ramp)
 	g.windowEnd = g.windowStart.Add(cfg.Duration)
 	ctx, cancel := context.WithDeadline(ctx, g.windowEnd)
 	defer cancel()
 
-	workers := make([]*streamWorker, cfg.Streams)
-	var wg sync.WaitGroup
-	for i := range workers {
-		w := &streamWorker{g: g, br: bufio.NewReaderSize(nil, maxLineBytes)}
-		workers[i] = w
-		delay := cfg.Ramp * time.Duration(i) / time.Duration(cfg.Streams)
-		wg.Go(func() { w.run(ctx, i, delay) })
+	targets, err := newStreamTargets(cfg)
+	if err != nil {
+		return g.failed(err)
 	}
-	wg.Wait()
+	workers := make([]*streamWorker, cfg.Streams)
+	for i := range workers {
+		workers[i] = &streamWorker{g: g, target: targets[i%len(targets)]}
+	}
+	if err := runStreamLoops(ctx, g, workers); err != nil {
+		return g.failed(err)
+	}
 	return g.collect(workers)
 }
 
@@ -111,13 +110,26 @@ func RunStreams(ctx context.Context, cfg StreamLoad) StreamResult {
 type streamGen struct {
 	start       time.Time
 	cfg         StreamLoad
-	client      *http.Client
 	windowStart time.Time
 	windowEnd   time.Time
 }
 
 func (g *streamGen) inWindow(t time.Time) bool {
 	return !t.Before(g.windowStart) && t.Before(g.windowEnd)
+}
+
+// startTime returns when worker i of n opens its first stream: the
+// workers start evenly within the ramp.
+func (g *streamGen) startTime(i, n int) time.Time {
+	return g.start.Add(g.cfg.Ramp * time.Duration(i) / time.Duration(n))
+}
+
+// failed returns the result of a phase that could not start.
+func (g *streamGen) failed(err error) StreamResult {
+	return StreamResult{
+		Errors: 1, FirstError: err.Error(),
+		Window: g.cfg.Duration, Elapsed: time.Since(g.start),
+	}
 }
 
 func (g *streamGen) collect(workers []*streamWorker) StreamResult {
@@ -142,99 +154,151 @@ func (g *streamGen) collect(workers []*streamWorker) StreamResult {
 	return r
 }
 
-// streamWorker opens one stream after another and keeps its own samples,
-// so that workers share no lock.
+// streamTarget is a server that workers stream from, and the request
+// they send it.
+type streamTarget struct {
+	addr    *net.TCPAddr
+	request []byte
+}
+
+// newStreamTargets resolves the base URLs and writes the request for
+// each of them.
+func newStreamTargets(cfg StreamLoad) ([]*streamTarget, error) {
+	if cfg.Streams <= 0 {
+		return nil, fmt.Errorf("invalid stream count %d, want 1 or more", cfg.Streams)
+	}
+	if len(cfg.URLs) == 0 {
+		return nil, errors.New("no base URL")
+	}
+	targets := make([]*streamTarget, len(cfg.URLs))
+	for i, raw := range cfg.URLs {
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "http" || u.Host == "" || u.Port() == "" {
+			return nil, fmt.Errorf("invalid base URL %q, want http://host:port", raw)
+		}
+		addr, err := net.ResolveTCPAddr("tcp", u.Host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", u.Host, err)
+		}
+		targets[i] = &streamTarget{addr: addr, request: streamRequest(u, cfg)}
+	}
+	return targets, nil
+}
+
+// streamRequest returns the HTTP/1.1 request of a stream as it goes on
+// the wire.
+func streamRequest(base *url.URL, cfg StreamLoad) []byte {
+	path := base.EscapedPath() + cfg.Path
+	if path == "" {
+		path = "/"
+	}
+	var b bytes.Buffer
+	b.WriteString("POST " + path + " HTTP/1.1\r\n")
+	b.WriteString("Host: " + base.Host + "\r\n")
+	b.WriteString("Content-Type: application/json\r\n")
+	b.WriteString("Content-Length: " + strconv.Itoa(len(cfg.Body)) + "\r\n\r\n")
+	b.Write(cfg.Body)
+	return b.Bytes()
+}
+
+// streamWorker opens one stream after another and keeps its own samples.
+// One event loop owns it, so its fields need no lock.
 type streamWorker struct {
-	g  *streamGen
-	br *bufio.Reader
+	g      *streamGen
+	target *streamTarget
 
 	streams, chunks, errors int64
 	firstErr                error
 	ttfb, latency, gap      []time.Duration
+
+	// The fields below describe the current stream.
+	start time.Time // when the stream started, before any connect
+	prev  time.Time // receive time of the previous chunk, zero before the first
+	final bool      // the final line or [DONE] event arrived
+	// partial is the start of a line that the next read completes.
+	partial []byte
 }
 
-func (w *streamWorker) run(ctx context.Context, index int, delay time.Duration) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(delay):
-	}
-	urls := w.g.cfg.URLs
-	for n := index; ctx.Err() == nil; n++ {
-		start := time.Now()
-		err := w.stream(ctx, urls[n%len(urls)], start)
-		switch {
-		case err == nil:
-			if w.g.inWindow(start) {
-				w.streams++
-			}
-		case ctx.Err() == nil:
-			w.errors++
-			if w.firstErr == nil {
-				w.firstErr = err
-			}
-			time.Sleep(errorPause)
+// beginStream resets the state of the current stream.
+func (w *streamWorker) beginStream(now time.Time) {
+	w.start, w.prev, w.final = now, time.Time{}, false
+	w.partial = w.partial[:0]
+}
+
+// endStream records the end of a stream: err is nil when its body ended
+// after its final line.
+func (w *streamWorker) endStream(err error, counted bool) {
+	switch {
+	case err == nil:
+		if w.g.inWindow(w.start) && counted {
+			w.streams++
+		}
+	case counted:
+		w.errors++
+		if w.firstErr == nil {
+			w.firstErr = err
 		}
 	}
 }
 
-// stream sends one request and reads its response to the end.
-func (w *streamWorker) stream(ctx context.Context, base string, start time.Time) error {
-	cfg := w.g.cfg
-	body := bytes.NewReader(cfg.Body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+cfg.Path, body)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.g.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return &StatusError{Status: resp.StatusCode, Body: string(bytes.TrimSpace(msg))}
-	}
-	w.br.Reset(resp.Body)
-	return w.readChunks(start)
-}
+var (
+	// errNoFinalLine means the stream ended before its final line or
+	// event.
+	errNoFinalLine = errors.New("stream ended without its final line")
+	// errPartialLine means the body ended within a line.
+	errPartialLine = errors.New("stream ended within a line")
+	// errLongLine means a line is longer than maxLineBytes.
+	errLongLine = fmt.Errorf("stream line longer than %d bytes", maxLineBytes)
+)
 
-// errNoFinalLine means the stream ended before its final line or event.
-var errNoFinalLine = errors.New("stream ended without its final line")
-
-// readChunks reads the response and records each chunk's samples. It
-// returns nil once the final line (NDJSON) or [DONE] event (SSE) arrived
-// and the body ended.
-func (w *streamWorker) readChunks(start time.Time) error {
-	var prev time.Time
-	final := false
+// feed records the chunks of the complete lines in payload, all received
+// at now, and keeps the last line in w.partial when it has no newline
+// yet. payload starts with the bytes that w.partial held before.
+func (w *streamWorker) feed(payload []byte, now time.Time) error {
 	for {
-		line, err := w.br.ReadSlice('\n')
-		now := time.Now()
-		if errors.Is(err, io.EOF) && len(line) == 0 {
-			if final {
-				return nil
-			}
-			return errNoFinalLine
+		i := bytes.IndexByte(payload, '\n')
+		if i < 0 {
+			break
 		}
-		if err != nil {
-			return fmt.Errorf("read stream: %w", err)
+		if i+1 > maxLineBytes {
+			return errLongLine
 		}
-		payload, last, ok := w.chunk(line)
-		final = final || last
-		if !ok {
-			continue
-		}
-		w.record(payload, start, prev, now)
-		prev = now
+		w.line(payload[:i+1], now)
+		payload = payload[i+1:]
 	}
+	if len(payload) >= maxLineBytes {
+		return errLongLine
+	}
+	w.partial = append(w.partial[:0], payload...)
+	return nil
+}
+
+// bodyEnded checks the stream once its body is complete.
+func (w *streamWorker) bodyEnded() error {
+	switch {
+	case len(w.partial) > 0:
+		return errPartialLine
+	case !w.final:
+		return errNoFinalLine
+	}
+	return nil
+}
+
+// line records the chunk that a line carries, if any.
+func (w *streamWorker) line(line []byte, now time.Time) {
+	payload, last, ok := w.chunk(line)
+	w.final = w.final || last
+	if !ok {
+		return
+	}
+	w.record(payload, now)
+	w.prev = now
 }
 
 // chunk returns the payload of a line that carries a chunk, and whether
 // it is the stream's last chunk. SSE blank lines and [DONE] carry none.
 func (w *streamWorker) chunk(line []byte) (payload []byte, last, ok bool) {
-	line = bytes.TrimRight(line, "\r\n")
+	line = trimLineEnd(line)
 	if w.g.cfg.Format == NDJSON {
 		return line, bytes.Contains(line, []byte(`"done":true`)), len(line) > 0
 	}
@@ -248,15 +312,22 @@ func (w *streamWorker) chunk(line []byte) (payload []byte, last, ok bool) {
 	return data, false, true
 }
 
-// record adds the samples of a chunk received at now. prev is the time of
-// the stream's previous chunk, or zero for its first.
-func (w *streamWorker) record(payload []byte, start, prev, now time.Time) {
-	if prev.IsZero() {
-		if w.g.inWindow(start) {
-			w.ttfb = append(w.ttfb, now.Sub(start))
+// trimLineEnd removes the CR and LF bytes at the end of line.
+func trimLineEnd(line []byte) []byte {
+	for len(line) > 0 && (line[len(line)-1] == '\n' || line[len(line)-1] == '\r') {
+		line = line[:len(line)-1]
+	}
+	return line
+}
+
+// record adds the samples of a chunk received at now.
+func (w *streamWorker) record(payload []byte, now time.Time) {
+	if w.prev.IsZero() {
+		if w.g.inWindow(w.start) {
+			w.ttfb = append(w.ttfb, now.Sub(w.start))
 		}
 	} else if w.g.inWindow(now) {
-		w.gap = append(w.gap, now.Sub(prev))
+		w.gap = append(w.gap, now.Sub(w.prev))
 	}
 	if !w.g.inWindow(now) {
 		return
@@ -288,6 +359,9 @@ func timeField(line, key []byte) (time.Time, bool) {
 	value, _, found := bytes.Cut(rest, []byte(`"`))
 	if !found {
 		return time.Time{}, false
+	}
+	if t, ok := parseRFC3339(value); ok {
+		return t, true
 	}
 	t, err := time.Parse(time.RFC3339Nano, string(value))
 	return t, err == nil

@@ -129,7 +129,8 @@ func streamIntro(s Settings) string {
 	return fmt.Sprintf("%d simulated nodes stream one token per chunk at %d tokens "+
 		"per second, a chunk about every 15 ms (`stampsim -tokens-per-sec %d "+
 		"-parallel %d`), and a response has 20 to 40 chunks. Each of N workers opens "+
-		"one stream after another: the workers start within %s, then the "+
+		"one stream after another over one keep-alive connection, to one of the "+
+		"nodes when direct: the workers start within %s, then the "+
 		"samples of the next %s count. Each phase starts a new proxy "+
 		"process, and its CPU time and peak RSS (VmHWM) cover the ramp and "+
 		"the window.\n\n"+

@@ -61,3 +61,27 @@ func QueuedBytes(fd int) int {
 	}
 	return int(q)
 }
+
+// EpollWait collects the ready events of the epoll set epfd without
+// waiting. It is a raw system call, because an event loop makes one for
+// every batch of events, and a regular one wakes the runtime's monitor
+// thread whenever the process was idle.
+func EpollWait(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
+		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// EpollCtl changes the epoll set epfd as a raw system call, for the
+// reason given at EpollWait. ev may be nil for EPOLL_CTL_DEL.
+func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op),
+		uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

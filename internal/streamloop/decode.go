@@ -43,10 +43,11 @@ const (
 	stateDone
 )
 
-// decoder takes the payload out of a body that arrives in pieces of any
+// Decoder takes the payload out of a body that arrives in pieces of any
 // size. It keeps no bytes of its own: each call appends the payload found
-// in its input to the caller's buffer.
-type decoder struct {
+// in its input to the caller's buffer. The loops use it, and so does the
+// benchmark's stream load generator (bench/loadgen).
+type Decoder struct {
 	framing Framing
 	state   decodeState
 	// remaining is the number of payload bytes left in the current chunk,
@@ -59,8 +60,10 @@ type decoder struct {
 	lineEmpty bool // the trailer line being read has no bytes yet
 }
 
-func newDecoder(f Framing, length int64) decoder {
-	d := decoder{framing: f}
+// NewDecoder returns a decoder for a body of framing f, whose size is
+// length when f is Length.
+func NewDecoder(f Framing, length int64) Decoder {
+	d := Decoder{framing: f}
 	if f == Length {
 		d.remaining = length
 		if length <= 0 {
@@ -70,13 +73,15 @@ func newDecoder(f Framing, length int64) decoder {
 	return d
 }
 
-// done reports whether the body is complete.
-func (d *decoder) done() bool { return d.state == stateDone }
+// Done reports whether the body is complete.
+func (d *Decoder) Done() bool { return d.state == stateDone }
 
-// decode appends the payload in in to out. It returns the extended out
+// Decode appends the payload in in to out. It returns the extended out
 // and the number of bytes of in that follow the end of the body, which
-// belong to no response and make the connection unusable.
-func (d *decoder) decode(in, out []byte) ([]byte, int, error) {
+// belong to no response and make the connection unusable. out may share
+// in's array when it ends at or before the start of in, because the
+// payload never outgrows the bytes it came in.
+func (d *Decoder) Decode(in, out []byte) ([]byte, int, error) {
 	switch d.framing {
 	case UntilClose:
 		return append(out, in...), 0, nil
@@ -121,7 +126,7 @@ func (d *decoder) decode(in, out []byte) ([]byte, int, error) {
 }
 
 // step reads one byte of the framing around the payload.
-func (d *decoder) step(c byte) error {
+func (d *Decoder) step(c byte) error {
 	switch d.state {
 	case stateSize:
 		if v, ok := hexValue(c); ok {
@@ -194,7 +199,7 @@ func (d *decoder) step(c byte) error {
 	return nil
 }
 
-func (d *decoder) endSizeLine() {
+func (d *Decoder) endSizeLine() {
 	if d.remaining == 0 {
 		d.state, d.sideBytes, d.lineEmpty = stateTrailer, 0, true
 		return
@@ -204,7 +209,7 @@ func (d *decoder) endSizeLine() {
 
 // endTrailerLine ends the body at the empty line after the trailer
 // fields.
-func (d *decoder) endTrailerLine() {
+func (d *Decoder) endTrailerLine() {
 	if d.lineEmpty {
 		d.state = stateDone
 		return

@@ -12,7 +12,7 @@ import (
 
 // decodeSplit decodes in, fed in pieces of the given size, and returns the
 // payload, the bytes after the body and whether the body ended.
-func decodeSplit(t *testing.T, d decoder, in []byte, piece int) ([]byte, int, bool, error) {
+func decodeSplit(t *testing.T, d Decoder, in []byte, piece int) ([]byte, int, bool, error) {
 	t.Helper()
 	var out []byte
 	extra := 0
@@ -20,14 +20,14 @@ func decodeSplit(t *testing.T, d decoder, in []byte, piece int) ([]byte, int, bo
 		n := min(piece, len(in))
 		var err error
 		var e int
-		out, e, err = d.decode(in[:n], out)
+		out, e, err = d.Decode(in[:n], out)
 		if err != nil {
 			return out, 0, false, err
 		}
 		extra += e
 		in = in[n:]
 	}
-	return out, extra, d.done(), nil
+	return out, extra, d.Done(), nil
 }
 
 func TestDecodeChunked(t *testing.T) {
@@ -50,7 +50,7 @@ func TestDecodeChunked(t *testing.T) {
 	}
 	for _, c := range cases {
 		for _, piece := range []int{1, 2, 7, len(c.in)} {
-			payload, extra, done, err := decodeSplit(t, newDecoder(Chunked, 0), []byte(c.in), piece)
+			payload, extra, done, err := decodeSplit(t, NewDecoder(Chunked, 0), []byte(c.in), piece)
 			if err != nil {
 				t.Fatalf("%s, pieces of %d: %v", c.name, piece, err)
 			}
@@ -79,7 +79,7 @@ func TestDecodeChunkedRejectsBadFraming(t *testing.T) {
 		"CR in trailer":      "0\r\nX: 1\rY\r\n\r\n",
 	}
 	for name, in := range cases {
-		_, _, _, err := decodeSplit(t, newDecoder(Chunked, 0), []byte(in), 1)
+		_, _, _, err := decodeSplit(t, NewDecoder(Chunked, 0), []byte(in), 1)
 		if !errors.Is(err, ErrFraming) {
 			t.Errorf("%s: error %v, want ErrFraming", name, err)
 		}
@@ -87,7 +87,7 @@ func TestDecodeChunkedRejectsBadFraming(t *testing.T) {
 }
 
 func TestDecodeLength(t *testing.T) {
-	payload, extra, done, err := decodeSplit(t, newDecoder(Length, 5), []byte("helloXY"), 3)
+	payload, extra, done, err := decodeSplit(t, NewDecoder(Length, 5), []byte("helloXY"), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,14 +100,14 @@ func TestDecodeLength(t *testing.T) {
 	if !done {
 		t.Error("body of 5 bytes not done after 5 bytes")
 	}
-	empty := newDecoder(Length, 0)
-	if !empty.done() {
+	empty := NewDecoder(Length, 0)
+	if !empty.Done() {
 		t.Error("empty body not done at once")
 	}
 }
 
 func TestDecodeUntilClose(t *testing.T) {
-	payload, extra, done, err := decodeSplit(t, newDecoder(UntilClose, 0), []byte("all of it"), 4)
+	payload, extra, done, err := decodeSplit(t, NewDecoder(UntilClose, 0), []byte("all of it"), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,28 @@ func TestDecodeUntilClose(t *testing.T) {
 	}
 }
 
-// FuzzDecodeChunked checks the decoder against Go's own chunked reader:
+func TestDecodeInPlace(t *testing.T) {
+	const carried = "start of a line "
+	in := "4\r\nabcd\r\n1;x=y\r\ne\r\n0\r\n\r\nnext"
+	buf := []byte(carried + in)
+	d := NewDecoder(Chunked, 0)
+	// The payload goes after the carried bytes, over the input it came in.
+	out, extra, err := d.Decode(buf[len(carried):], buf[:len(carried)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != carried+"abcde" {
+		t.Errorf("payload = %q, want %q", out, carried+"abcde")
+	}
+	if &out[0] != &buf[0] {
+		t.Error("payload left the input's array")
+	}
+	if extra != len("next") || !d.Done() {
+		t.Errorf("extra = %d, done = %v, want 4 bytes after a complete body", extra, d.Done())
+	}
+}
+
+// FuzzDecodeChunked checks the Decoder against Go's own chunked reader:
 // for any input both accept, the payloads match, however the input is
 // split.
 func FuzzDecodeChunked(f *testing.F) {
@@ -131,11 +152,11 @@ func FuzzDecodeChunked(f *testing.F) {
 	f.Add([]byte("10\r\n0123456789abcdef\r\n0\r\n\r\n"), uint8(5))
 	f.Fuzz(func(t *testing.T, in []byte, split uint8) {
 		piece := int(split%16) + 1
-		payload, _, done, err := decodeSplit(t, newDecoder(Chunked, 0), in, piece)
+		payload, _, done, err := decodeSplit(t, NewDecoder(Chunked, 0), in, piece)
 		if err != nil || !done {
 			return
 		}
-		whole, _, _, err := decodeSplit(t, newDecoder(Chunked, 0), in, len(in))
+		whole, _, _, err := decodeSplit(t, NewDecoder(Chunked, 0), in, len(in))
 		if err != nil {
 			t.Fatalf("accepted in pieces of %d but not whole: %v", piece, err)
 		}
@@ -161,8 +182,8 @@ func BenchmarkDecodeChunked(b *testing.B) {
 	b.SetBytes(int64(len(line)))
 	b.ReportAllocs()
 	for b.Loop() {
-		d := newDecoder(Chunked, 0)
-		if _, _, err := d.decode(in, out[:0]); err != nil {
+		d := NewDecoder(Chunked, 0)
+		if _, _, err := d.Decode(in, out[:0]); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -72,7 +71,7 @@ func Start(s Stream) (*Handle, error) {
 	}
 	l := loops[int(nextLoop.Add(1))%len(loops)]
 	h := &Handle{
-		l: l, s: s, dec: newDecoder(s.Framing, s.Length), done: make(chan Result, 1),
+		l: l, s: s, dec: NewDecoder(s.Framing, s.Length), done: make(chan Result, 1),
 		reusable: s.Framing != UntilClose,
 	}
 	l.mu.Lock()
@@ -182,7 +181,7 @@ func (l *loop) closeFds() {
 
 func (l *loop) ctl(op, fd int, events uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := epollCtl(l.epfd, op, fd, &ev); err != nil {
+	if err := rawconn.EpollCtl(l.epfd, op, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl on fd %d: %w", fd, err)
 	}
 	return nil
@@ -237,7 +236,7 @@ func (l *loop) arm() {
 // a full buffer from every socket has left nothing behind.
 func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := epollWait(l.epfd, l.events)
+		n, err := rawconn.EpollWait(l.epfd, l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -332,7 +331,7 @@ func (l *loop) add(h *Handle) {
 	if len(h.s.Buffered) > 0 {
 		l.relay(h, h.s.Buffered)
 		h.s.Buffered = nil
-	} else if h.dec.done() {
+	} else if h.dec.Done() {
 		l.finish(h, nil)
 	}
 }
@@ -368,7 +367,7 @@ func (l *loop) nodeEvent(h *Handle) {
 // relay decodes in and sends its payload to the client as one chunk.
 func (l *loop) relay(h *Handle, in []byte) {
 	frame := l.frameBuf[:frameHeadroom]
-	frame, extra, err := h.dec.decode(in, frame)
+	frame, extra, err := h.dec.Decode(in, frame)
 	payload := frame[frameHeadroom:]
 	if extra > 0 {
 		h.reusable = false
@@ -388,7 +387,7 @@ func (l *loop) relay(h *Handle, in []byte) {
 	switch {
 	case err != nil:
 		l.finish(h, &NodeError{Err: err})
-	case h.dec.done():
+	case h.dec.Done():
 		h.ended = true
 		if len(h.unsent) == 0 {
 			l.finish(h, nil)
@@ -551,13 +550,13 @@ func (l *loop) finish(h *Handle, err error) {
 	if h.registered {
 		if l.byFd[int32(h.s.Src)] == h {
 			delete(l.byFd, int32(h.s.Src))
-			_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
+			_ = rawconn.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
 			l.live--
 		}
 		if l.byFd[int32(h.s.Dst)] == h {
 			delete(l.byFd, int32(h.s.Dst))
 		}
-		_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
+		_ = rawconn.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
 	}
 	res := Result{Err: err, Reusable: err == nil && h.reusable}
 	if err != nil && !errors.Is(err, ErrClientGone) && len(h.unsent) > 0 {
@@ -578,28 +577,4 @@ func Fd(c syscall.Conn) (int, error) {
 		return -1, err
 	}
 	return fd, nil
-}
-
-// epollWait collects the ready events of the epoll set without waiting.
-// It is a raw system call because the loop makes it for every batch of
-// chunks, and a regular one wakes the runtime's monitor thread whenever
-// the process was idle.
-func epollWait(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
-		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// epollCtl changes the epoll set as a raw system call, for the reason
-// given at epollWait. ev may be nil for EPOLL_CTL_DEL.
-func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
-	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op),
-		uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
-	if e != 0 {
-		return e
-	}
-	return nil
 }

@@ -72,7 +72,7 @@ func (e *NodeError) Unwrap() error { return e.Err }
 type Handle struct {
 	l         *loop
 	s         Stream
-	dec       decoder
+	dec       Decoder
 	done      chan Result
 	cancelled atomic.Bool
 

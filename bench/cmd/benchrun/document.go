@@ -22,8 +22,9 @@ the trace and the Go benchmarks, and writes bench/out/quick.md instead.`
 // methodFormat takes the number of rounds and the longest wait for a
 // quiet machine.
 const methodFormat = `- Every process runs on the same machine: the load generator (Go,
-  fasthttp for single responses, net/http for streams), the simulated nodes,
-  and the proxy under test. They compete for the CPUs, so absolute numbers
+  fasthttp for single responses, and for streams its own HTTP/1.1 reader
+  on raw sockets and epoll event loops), the simulated nodes, and the
+  proxy under test. They compete for the CPUs, so absolute numbers
   depend on the machine; compare rows of one run.
 - Proxy CPU time is utime plus stime from /proc/PID/stat of the proxy and
   its child processes (nginx's workers), read before and after the phase.
