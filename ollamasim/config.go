@@ -363,6 +363,13 @@ func modelKey(name string) string {
 	return strings.ToLower(normalizeName(name))
 }
 
+// ModelKey returns the key under which the node matches and counts the
+// model name, as in Stats.ModelRequests: lower case, without the default
+// registry and namespace, and with ":latest" when the name has no tag.
+func ModelKey(name string) string {
+	return modelKey(name)
+}
+
 func isHexDigest(s string) bool {
 	if len(s) != 64 {
 		return false

@@ -126,6 +126,18 @@ func (s *Server) ticketFor(c *completion, prompt []int) *ticket {
 	}
 }
 
+// ModelReady reports whether a chat or generate request for the model name,
+// without num_ctx, would start without a load: the node has the model, the
+// model is not embedding-only, and it is loaded with the default context
+// length. It does not check for a free slot.
+func (s *Server) ModelReady(name string) bool {
+	entry := s.models.get(name)
+	if entry == nil || entry.spec.Embedding {
+		return false
+	}
+	return s.sched.isLoaded(entry.key, s.contextLength(entry.spec, 0))
+}
+
 // perTokens returns the time n tokens take at rate tokens per second, and
 // zero when rate is zero (no pacing).
 func perTokens(rate float64, n int) time.Duration {

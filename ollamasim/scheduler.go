@@ -265,6 +265,14 @@ func (s *scheduler) grantLocked(t *ticket) bool {
 	return true
 }
 
+// isLoaded reports whether model key is loaded and ready with numCtx.
+func (s *scheduler) isLoaded(key string, numCtx int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inst := s.instances[key]
+	return inst != nil && inst.isReady && inst.numCtx == numCtx
+}
+
 // makeRoomLocked evicts the least recently used idle model when MaxLoaded
 // models are loaded, and reports whether there is room for one more.
 func (s *scheduler) makeRoomLocked() bool {

@@ -26,6 +26,16 @@ var vocabulary = []string{
 	"always", "never", "sometimes", "slowly", "softly", "today", "tomorrow", "again",
 }
 
+// spacedVocabulary contains the words of vocabulary with a leading space, as
+// they follow another piece, so that drawing a word allocates nothing.
+var spacedVocabulary = func() []string {
+	spaced := make([]string, len(vocabulary))
+	for i, w := range vocabulary {
+		spaced[i] = " " + w
+	}
+	return spaced
+}()
+
 // tokenID maps a piece of text to a token ID. The mapping is a hash, so the
 // same piece has the same ID in a prompt and in generated text, and a
 // conversation sent back with the model's replies matches the prompt cache.
@@ -149,7 +159,46 @@ func (ts *tokenStream) word() string {
 	if ts.last != "." && ts.last != "" && ts.rng.IntN(9) == 0 {
 		return "."
 	}
-	return " " + vocabulary[ts.rng.IntN(len(vocabulary))]
+	return spacedVocabulary[ts.rng.IntN(len(spacedVocabulary))]
+}
+
+// TokenStream produces the pieces of one generated text, the way the node
+// streams a completion: words with a leading space and an occasional ".",
+// ending with ".". Each piece is one token. A TokenStream is not safe for
+// concurrent use.
+type TokenStream struct {
+	stream *tokenStream
+}
+
+// NewTokenStream starts the text of a completion that is not deterministic:
+// its seed comes from the node's generator, and its length is
+// Config.MinTokens to Config.MaxTokens pieces.
+func (s *Server) NewTokenStream() *TokenStream {
+	return &TokenStream{stream: newTokenStream(s.randomSeed(), s.cfg.MinTokens, s.cfg.MaxTokens, false)}
+}
+
+// Next returns the next piece and whether it ends the text. Calls after the
+// last piece return "" and true.
+func (t *TokenStream) Next() (piece string, last bool) {
+	return t.stream.next()
+}
+
+// ChatMessage is one message of a chat prompt.
+type ChatMessage struct {
+	Role    string
+	Content string
+}
+
+// CountChatPromptTokens returns the number of tokens of the prompt that the
+// node renders from messages in a chat without tools. It is the
+// prompt_eval_count of such a request when the prompt cache contains none
+// of the prompt.
+func CountChatPromptTokens(messages []ChatMessage) int {
+	turns := make([]turn, len(messages))
+	for i, m := range messages {
+		turns[i] = turn{role: m.Role, content: m.Content}
+	}
+	return len(splitPieces(renderChat(turns, nil)))
 }
 
 // hashSeed derives a 64-bit seed from the given parts.

@@ -16,8 +16,9 @@ const tokensPerSec = 66
 
 // streamFleet has enough slots that 1,000 streams never queue in a node,
 // even when a balancer sends all of them to one node. Its nodes are
-// stampsim, ollamasim that adds the time it wrote each SSE event, so that
-// SSE chunks have a latency as NDJSON lines do.
+// stampsim: ollamasim with a lean path for streamed chat, which costs the
+// shared CPU little per chunk and adds the time it wrote each SSE event,
+// so that SSE chunks have a latency as NDJSON lines do.
 var streamFleet = harness.FleetSpec{
 	Nodes:        3,
 	TokensPerSec: tokensPerSec,
@@ -134,10 +135,13 @@ func streamIntro(s Settings) string {
 		"samples of the next %s count. Each phase starts a new proxy "+
 		"process, and its CPU time and peak RSS (VmHWM) cover the ramp and "+
 		"the window.\n\n"+
-		"The nodes are bench/cmd/stampsim: ollamasim with a wrapper that writes "+
-		"the time of writing into each SSE event (`data: {\"sent_at\":\"...\",...}`), "+
-		"because OpenAI chunks carry only whole seconds in `created`. NDJSON lines "+
-		"carry `created_at`, which the node sets as it writes the line.\n\n"+
+		"The nodes are bench/cmd/stampsim: ollamasim's routes and wire format, "+
+		"with streamed chat served by one goroutine per node that writes each "+
+		"chunk with one non-blocking system call, so that the nodes take little "+
+		"of the CPU the proxies share with them. It writes the time of writing "+
+		"into each SSE event (`data: {\"sent_at\":\"...\",...}`), because OpenAI "+
+		"chunks carry only whole seconds in `created`. NDJSON lines carry "+
+		"`created_at`, which the node sets as it writes the line.\n\n"+
 		"TTFB is the time from sending the request to the first chunk. Chunk "+
 		"latency is the receive time minus the time the node wrote into the chunk "+
 		"(`created_at` or `sent_at`), and added latency is a target's percentile "+
