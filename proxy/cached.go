@@ -178,7 +178,7 @@ func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cach
 	e, err := s.cache.StoreEmbeddings(sctx, b, ctx.Response.Body())
 	if err != nil {
 		if b.Partial() {
-			writeError(ctx, route{openAI: plan.Route == "/v1/embeddings"}, fasthttp.StatusBadGateway,
+			writeError(ctx, rs.route, fasthttp.StatusBadGateway,
 				"node returned an invalid embedding response: "+err.Error())
 		}
 		return nil

@@ -14,27 +14,28 @@ func TestClassify(t *testing.T) {
 		method, path string
 		how          handling
 		name         string
-		openAI       bool
+		family       apiFamily
 	}{
-		{"GET", "/", handleRoot, "/", false},
-		{"HEAD", "/", handleRoot, "/", false},
-		{"POST", "/api/chat", handleRouted, "/api/chat", false},
-		{"POST", "/api/pull", handleFanout, "/api/pull", false},
-		{"DELETE", "/api/delete", handleFanout, "/api/delete", false},
-		{"HEAD", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", false},
-		{"POST", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", false},
-		{"POST", "/v1/chat/completions", handleRouted, "/v1/chat/completions", true},
-		{"GET", "/v1/models/llama3", handleModel, "/v1/models/{model}", true},
-		{"GET", "/api/chat", handleMethodNotAllowed, "other", false},
-		{"POST", "/nothing", handleNotFound, "other", false},
-		{"GET", "/admin/nodes", handleAdmin, "/admin", false},
-		{"GET", "/administrator", handleNotFound, "other", false},
+		{"GET", "/", handleRoot, "/", apiOllama},
+		{"HEAD", "/", handleRoot, "/", apiOllama},
+		{"POST", "/api/chat", handleRouted, "/api/chat", apiOllama},
+		{"POST", "/api/pull", handleFanout, "/api/pull", apiOllama},
+		{"DELETE", "/api/delete", handleFanout, "/api/delete", apiOllama},
+		{"HEAD", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", apiOllama},
+		{"POST", "/api/blobs/sha256:abc", handleSticky, "/api/blobs", apiOllama},
+		{"POST", "/v1/chat/completions", handleRouted, "/v1/chat/completions", apiOpenAI},
+		{"GET", "/v1/models/llama3", handleModel, "/v1/models/{model}", apiOpenAI},
+		{"POST", "/v1/messages", handleRouted, "/v1/messages", apiAnthropic},
+		{"GET", "/api/chat", handleMethodNotAllowed, "other", apiOllama},
+		{"POST", "/nothing", handleNotFound, "other", apiOllama},
+		{"GET", "/admin/nodes", handleAdmin, "/admin", apiOllama},
+		{"GET", "/administrator", handleNotFound, "other", apiOllama},
 	}
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
 			r := classify([]byte(tc.method), []byte(tc.path))
-			if r.how != tc.how || r.name != tc.name || r.openAI != tc.openAI {
-				t.Errorf("got %+v, want how %d name %s openAI %v", r, tc.how, tc.name, tc.openAI)
+			if r.how != tc.how || r.name != tc.name || r.family != tc.family {
+				t.Errorf("got %+v, want how %d name %s family %d", r, tc.how, tc.name, tc.family)
 			}
 		})
 	}

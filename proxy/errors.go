@@ -20,24 +20,44 @@ import (
 const StatusClientClosed = 499
 
 // writeError sends an error in the shape the route's clients parse:
-// {"error":"..."} on Ollama routes, OpenAI's error object on /v1.
+// {"error":"..."} on Ollama routes, OpenAI's error object on the OpenAI
+// routes, and Anthropic's error object on /v1/messages.
 func writeError(ctx *fasthttp.RequestCtx, r route, status int, msg string) {
 	ctx.Response.ResetBody()
 	ctx.SetStatusCode(status)
-	if r.openAI {
+	switch r.family {
+	case apiOpenAI:
 		ctx.SetContentType("application/json")
 		ctx.SetBody(wire.OpenAIError(msg, wire.OpenAIErrorType(status)))
-		return
+	case apiAnthropic:
+		ctx.SetContentType("application/json")
+		ctx.SetBody(wire.AnthropicError(msg, wire.AnthropicErrorType(status), anthropicRequestID(ctx)))
+	default:
+		ctx.SetContentType("application/json; charset=utf-8")
+		ctx.SetBody(wire.OllamaError(msg))
 	}
-	ctx.SetContentType("application/json; charset=utf-8")
-	ctx.SetBody(wire.OllamaError(msg))
+}
+
+// anthropicRequestID returns the request_id of an Anthropic error body:
+// the X-Request-Id that the proxy has set on the response, with the "req_"
+// prefix of Ollama's ids unless it has one. It returns "" before the
+// request has an id, and the body then has no request_id.
+func anthropicRequestID(ctx *fasthttp.RequestCtx) string {
+	id := ctx.Response.Header.PeekBytes(headerRequestID)
+	if len(id) == 0 {
+		return ""
+	}
+	if bytes.HasPrefix(id, []byte("req_")) {
+		return string(id)
+	}
+	return "req_" + string(id)
 }
 
 // maxLoggedError bounds the error message that bodyErrorMessage returns.
 const maxLoggedError = 512
 
 // bodyErrorMessage returns the message of an error response: the message
-// of either route shape, {"error":"..."} or {"error":{"message":"..."}},
+// of any route shape, {"error":"..."} or {"error":{"message":"..."}},
 // or a short plain-text body such as "404 page not found". It returns ""
 // for any other body, and does not read a streamed one.
 func bodyErrorMessage(resp *fasthttp.Response) string {
@@ -116,20 +136,31 @@ func nodeErrorMessage(rt route, status int, body []byte) (relay bool, msg string
 	switch errField.Type() {
 	case fastjson.TypeString:
 		// Ollama's shape.
-		if !rt.openAI {
+		if rt.family == apiOllama {
 			return true, ""
 		}
 		return false, string(errField.GetStringBytes())
 	case fastjson.TypeObject:
-		// OpenAI's shape.
+		// OpenAI's or Anthropic's shape.
 		message := errField.Get("message")
 		if message == nil || message.Type() != fastjson.TypeString {
 			return false, fallback
 		}
-		if rt.openAI {
+		if rt.family == apiOpenAI || (rt.family == apiAnthropic && isAnthropicError(doc)) {
 			return true, ""
 		}
 		return false, string(message.GetStringBytes())
 	}
 	return false, fallback
+}
+
+// isAnthropicError reports whether doc has the shape of an Anthropic error
+// body, {"type":"error","error":{"type":"...","message":"..."}}. OpenAI's
+// shape lacks the top-level type.
+func isAnthropicError(doc *fastjson.Value) bool {
+	if string(doc.GetStringBytes("type")) != "error" {
+		return false
+	}
+	typ := doc.Get("error", "type")
+	return typ != nil && typ.Type() == fastjson.TypeString
 }

@@ -77,7 +77,7 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 		f.numCtx = opts.GetInt("num_ctx")
 		f.maxTokens = tokenCount(opts.Get("num_predict"))
 	}
-	if r.openAI {
+	if r.compat() {
 		if n := tokenCount(v.Get("max_tokens")); n > 0 {
 			f.maxTokens = n
 		}
@@ -179,14 +179,14 @@ func stringField(v *fastjson.Value, key string) (string, error) {
 }
 
 // streamFlag applies each API's default. Ollama streams unless "stream"
-// is false, and OpenAI streams only when it is true.
+// is false, and the /v1 routes stream only when it is true.
 func streamFlag(v *fastjson.Value, r route) bool {
 	if !r.streams {
 		return false
 	}
 	s := v.Get("stream")
 	if s == nil || s.Type() == fastjson.TypeNull {
-		return !r.openAI
+		return !r.compat()
 	}
 	return s.Type() == fastjson.TypeTrue
 }

@@ -507,16 +507,28 @@ func (r *relay) failure(err error) ([]byte, error) {
 	if !r.lastNL {
 		b = append(b, '\n')
 	}
-	if r.sse {
+	return appendStreamError(b, r.rt, r.sse, msg, statusFor(r.failed)), nil
+}
+
+// appendStreamError appends the error that ends a broken stream: an
+// Anthropic error event on /v1/messages, an OpenAI error object in a data
+// line on the other SSE streams, and Ollama's error line on NDJSON ones.
+// The error type matches the non-streamed error of the same status.
+func appendStreamError(b []byte, rt route, sse bool, msg string, status int) []byte {
+	switch {
+	case sse && rt.family == apiAnthropic:
+		// Anthropic streams name each event. Ollama's error event, like
+		// Anthropic's, has no request_id.
+		b = append(b, "event: error\ndata: "...)
+		b = append(b, wire.AnthropicError(msg, wire.AnthropicErrorType(status), "")...)
+		return append(b, "\n\n"...)
+	case sse:
 		b = append(b, "data: "...)
-		// The type matches the non-streamed error of the same cause.
-		b = append(b, wire.OpenAIError(msg, wire.OpenAIErrorType(statusFor(r.failed)))...)
-		b = append(b, "\n\n"...)
-	} else {
-		b = append(b, wire.OllamaError(msg)...)
-		b = append(b, '\n')
+		b = append(b, wire.OpenAIError(msg, wire.OpenAIErrorType(status))...)
+		return append(b, "\n\n"...)
 	}
-	return b, nil
+	b = append(b, wire.OllamaError(msg)...)
+	return append(b, '\n')
 }
 
 // Close ends the request once fasthttp has written the body or given up.

@@ -387,7 +387,7 @@ func appendRemoteIP(b []byte, ctx *fasthttp.RequestCtx) []byte {
 }
 
 func contentTypeJSON(rt route) string {
-	if rt.openAI {
+	if rt.compat() {
 		return "application/json"
 	}
 	return "application/json; charset=utf-8"

@@ -27,18 +27,41 @@ const (
 	handleReadyz                    // at least one node is up
 )
 
+// apiFamily is the API a route belongs to. Each family's clients parse
+// only its own error shape.
+type apiFamily uint8
+
+const (
+	apiOllama    apiFamily = iota // Ollama's own API
+	apiOpenAI                     // the OpenAI-compatible routes under /v1
+	apiAnthropic                  // the Anthropic-compatible /v1/messages
+)
+
+// familyOfPath returns the family of a path whose route is unknown, or was
+// lost to a parse error. /v1/messages and the paths under it are
+// Anthropic's, the rest of /v1/ is OpenAI's, and any other path Ollama's.
+func familyOfPath(path []byte) apiFamily {
+	switch {
+	case bytes.HasPrefix(path, []byte("/v1/messages")) &&
+		(len(path) == len("/v1/messages") || path[len("/v1/messages")] == '/'):
+		return apiAnthropic
+	case bytes.HasPrefix(path, []byte("/v1/")):
+		return apiOpenAI
+	}
+	return apiOllama
+}
+
 // route is the classification of one request.
 type route struct {
 	// name is the path without parameters, used as a metric label.
 	name string
 	how  handling
-	// openAI marks the OpenAI-compatible routes, whose errors have
-	// OpenAI's shape.
-	openAI bool
+	// family sets the shape of the errors the proxy writes on the route.
+	family apiFamily
 	// inference marks routes that run a model and take a slot on a node.
 	inference bool
 	// streams marks routes whose response can stream. Ollama routes stream
-	// unless "stream" is false, and OpenAI routes only when it is true.
+	// unless "stream" is false, and the /v1 routes only when it is true.
 	streams bool
 }
 
@@ -58,11 +81,11 @@ var postRoutes = map[string]route{
 	"/api/pull":            {name: "/api/pull", how: handleFanout, streams: true},
 	"/api/copy":            {name: "/api/copy", how: handleFanout},
 	"/api/create":          {name: "/api/create", how: handleSticky, streams: true},
-	"/v1/chat/completions": {name: "/v1/chat/completions", how: handleRouted, openAI: true, inference: true, streams: true},
-	"/v1/completions":      {name: "/v1/completions", how: handleRouted, openAI: true, inference: true, streams: true},
-	"/v1/embeddings":       {name: "/v1/embeddings", how: handleRouted, openAI: true, inference: true},
-	"/v1/responses":        {name: "/v1/responses", how: handleRouted, openAI: true, inference: true, streams: true},
-	"/v1/messages":         {name: "/v1/messages", how: handleRouted, openAI: true, inference: true, streams: true},
+	"/v1/chat/completions": {name: "/v1/chat/completions", how: handleRouted, family: apiOpenAI, inference: true, streams: true},
+	"/v1/completions":      {name: "/v1/completions", how: handleRouted, family: apiOpenAI, inference: true, streams: true},
+	"/v1/embeddings":       {name: "/v1/embeddings", how: handleRouted, family: apiOpenAI, inference: true},
+	"/v1/responses":        {name: "/v1/responses", how: handleRouted, family: apiOpenAI, inference: true, streams: true},
+	"/v1/messages":         {name: "/v1/messages", how: handleRouted, family: apiAnthropic, inference: true, streams: true},
 }
 
 // getRoutes maps the exact paths served by GET.
@@ -71,7 +94,7 @@ var getRoutes = map[string]route{
 	"/api/version": {name: "/api/version", how: handleVersion},
 	"/api/tags":    {name: "/api/tags", how: handleTags},
 	"/api/ps":      {name: "/api/ps", how: handlePS},
-	"/v1/models":   {name: "/v1/models", how: handleModels, openAI: true},
+	"/v1/models":   {name: "/v1/models", how: handleModels, family: apiOpenAI},
 	"/metrics":     {name: "/metrics", how: handleMetrics},
 	"/healthz":     {name: "/healthz", how: handleHealthz},
 	"/readyz":      {name: "/readyz", how: handleReadyz},
@@ -82,7 +105,7 @@ var (
 	// NOTE: fasthttp reads a blob whole into memory like any body, so a
 	// blob over max_body_bytes gets 413 instead of streaming to the node.
 	routeBlobs = route{name: "/api/blobs", how: handleSticky}
-	routeModel = route{name: "/v1/models/{model}", how: handleModel, openAI: true}
+	routeModel = route{name: "/v1/models/{model}", how: handleModel, family: apiOpenAI}
 	routeAdmin = route{name: "/admin", how: handleAdmin}
 )
 
@@ -142,6 +165,11 @@ func knownPath(p string) bool {
 	}
 	return p == "/api/delete" || isBlobPath(p) || strings.HasPrefix(p, "/v1/models/")
 }
+
+// compat reports whether the route is one of Ollama's compatibility
+// routes under /v1, OpenAI's or Anthropic's. Their requests stream only
+// when "stream" is true and may set max_tokens.
+func (r route) compat() bool { return r.family != apiOllama }
 
 // api reports whether the route is part of the Ollama or OpenAI API, which
 // API keys protect. The heartbeat, probes, metrics and admin routes are not.

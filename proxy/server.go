@@ -365,7 +365,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case handleReadyz:
 		s.serveReady(ctx)
 	case handleMethodNotAllowed:
-		rt.openAI = bytes.HasPrefix(ctx.Path(), []byte("/v1/"))
+		rt.family = familyOfPath(ctx.Path())
 		ctx.Response.Header.Set("Allow", allowedMethods(ctx.Path()))
 		writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
 			"method "+string(ctx.Method())+" not allowed on "+string(ctx.Path()))
@@ -378,8 +378,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
-	if len(ctx.Path()) >= 4 && string(ctx.Path()[:4]) == "/v1/" {
-		writeError(ctx, route{openAI: true}, fasthttp.StatusNotFound,
+	if family := familyOfPath(ctx.Path()); family != apiOllama {
+		writeError(ctx, route{family: family}, fasthttp.StatusNotFound,
 			"unknown path "+string(ctx.Path()))
 		return
 	}
@@ -414,9 +414,11 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			if complete {
 				rt = classify(m, path)
 			}
-			// Like serveNotFound, any /v1/ path gets OpenAI's shape, also
-			// when the quote cut it off and its route is unknown.
-			rt.openAI = rt.openAI || bytes.HasPrefix(path, []byte("/v1/"))
+			// Like serveNotFound, any /v1/ path gets its family's shape,
+			// also when the quote cut it off and its route is unknown.
+			if rt.family == apiOllama {
+				rt.family = familyOfPath(path)
+			}
 		}
 	}
 	status := fasthttp.StatusBadRequest
@@ -464,10 +466,11 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			discardBody(ctx, int64(ctx.Request.Header.ContentLength()))
 		}
 	}
+	// begin sets the X-Request-Id that an Anthropic error body quotes.
+	rs := s.begin(ctx, rt)
 	writeError(ctx, rt, status, msg)
 	ctx.SetConnectionClose()
 	s.limitWrite(ctx)
-	rs := s.begin(ctx, rt)
 	rs.method = methodString(method)
 	rs.err = msg
 	s.end(rs)

@@ -1,6 +1,6 @@
 // Package wire contains helpers for Ollama's wire format that several
 // packages share. They normalize model names, order versions and build the
-// error bodies of the Ollama and OpenAI routes.
+// error bodies of the Ollama, OpenAI and Anthropic routes.
 package wire
 
 import (
@@ -140,6 +140,49 @@ func OpenAIErrorType(status int) string {
 	case status >= 400 && status < 500:
 		// Every other client error, such as 400, 405, 408, 413 or 431.
 		return "invalid_request_error"
+	default:
+		return "api_error"
+	}
+}
+
+// AnthropicError returns the JSON body of an error on the Anthropic-compatible
+// route, in the shape of Ollama's anthropic.ErrorResponse:
+// {"type":"error","error":{"type":...,"message":...},"request_id":...}.
+// An empty requestID is left out, which also gives the data of a stream's
+// error event (Ollama's anthropic.StreamErrorEvent has no request_id).
+func AnthropicError(msg, typ, requestID string) []byte {
+	b := make([]byte, 0, len(msg)+len(requestID)+80)
+	b = append(b, `{"type":"error","error":{"type":`...)
+	b = appendJSONString(b, typ)
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, '}')
+	if requestID != "" {
+		b = append(b, `,"request_id":`...)
+		b = appendJSONString(b, requestID)
+	}
+	return append(b, '}')
+}
+
+// AnthropicErrorType returns the Anthropic error type for an HTTP status,
+// as Ollama's anthropic.NewError maps it. Unlike OpenAIErrorType, a client
+// error without its own type, such as 405 or 408, gets api_error.
+func AnthropicErrorType(status int) string {
+	switch status {
+	case 400:
+		return "invalid_request_error"
+	case 401:
+		return "authentication_error"
+	case 403:
+		return "permission_error"
+	case 404:
+		return "not_found_error"
+	case 413:
+		return "request_too_large"
+	case 429:
+		return "rate_limit_error"
+	case 503, 529:
+		return "overloaded_error"
 	default:
 		return "api_error"
 	}

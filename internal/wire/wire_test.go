@@ -110,6 +110,44 @@ func TestOpenAIErrorType(t *testing.T) {
 	}
 }
 
+func TestAnthropicError(t *testing.T) {
+	got := string(AnthropicError("model \"x\" not found", "not_found_error", "req_1"))
+	want := `{"type":"error","error":{"type":"not_found_error","message":"model \"x\" not found"},"request_id":"req_1"}`
+	if got != want {
+		t.Errorf("AnthropicError with a request id = %s, want %s", got, want)
+	}
+	got = string(AnthropicError("node failed", "api_error", ""))
+	want = `{"type":"error","error":{"type":"api_error","message":"node failed"}}`
+	if got != want {
+		t.Errorf("AnthropicError without a request id = %s, want %s", got, want)
+	}
+}
+
+func TestAnthropicErrorType(t *testing.T) {
+	tests := []struct {
+		status int
+		want   string
+	}{
+		{400, "invalid_request_error"},
+		{401, "authentication_error"},
+		{403, "permission_error"},
+		{404, "not_found_error"},
+		{405, "api_error"},
+		{413, "request_too_large"},
+		{429, "rate_limit_error"},
+		{500, "api_error"},
+		{502, "api_error"},
+		{503, "overloaded_error"},
+		{504, "api_error"},
+		{529, "overloaded_error"},
+	}
+	for _, tt := range tests {
+		if got := AnthropicErrorType(tt.status); got != tt.want {
+			t.Errorf("AnthropicErrorType(%d) = %q, want %q", tt.status, got, tt.want)
+		}
+	}
+}
+
 func FuzzErrorBodies(f *testing.F) {
 	f.Add("plain")
 	f.Add("\x00\x1f\"\\")
@@ -119,6 +157,9 @@ func FuzzErrorBodies(f *testing.F) {
 		}
 		if !json.Valid(OpenAIError(msg, "x")) {
 			t.Fatalf("OpenAIError(%q) is not JSON", msg)
+		}
+		if !json.Valid(AnthropicError(msg, "x", msg)) {
+			t.Fatalf("AnthropicError(%q) is not JSON", msg)
 		}
 	})
 }
