@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"hash/fnv"
 	"io"
 	"math"
 	"strings"
@@ -28,7 +27,11 @@ const modelOpTimeout = 6 * time.Hour
 
 // serveFanout serves the model management routes that change every node
 // concerned: pull goes to every usable node, delete and copy to the
-// usable nodes that list the model. Success means every node succeeded.
+// usable nodes that list the model. A pull succeeds when at least one node
+// succeeded, because the model is then listed and served, as it would be
+// by one Ollama server. A delete or copy succeeds only when every node
+// succeeded, and is rejected before any node is changed while a node that
+// lists the model is unavailable (see checkHoldersUsable).
 func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	var p fastjson.Parser
 	v, err := parseObject(&p, ctx.PostBody())
@@ -51,6 +54,9 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		}
 	}
 	if !s.admit(ctx, rt, rs, fields{model: rs.model, rawModel: model}) {
+		return
+	}
+	if !s.checkHoldersUsable(ctx, rt, v, model) {
 		return
 	}
 	targets := s.fanoutTargets(rt, rs.model)
@@ -117,8 +123,9 @@ type fanoutResult struct {
 }
 
 // waitFanout sends the request to every target and waits for all of them.
-// It responds with the first node's response when every node succeeded,
-// and otherwise with the error of the first node that failed.
+// It responds with the first successful node's response when the fan-out
+// succeeded (see fanoutSucceeded), and otherwise with an error that names
+// the nodes that failed.
 func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
@@ -135,21 +142,77 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, ta
 	}
 	wg.Wait()
 	s.refreshNodes(targets)
+	if !fanoutSucceeded(rt, results) {
+		writeFanoutError(ctx, rt, rs, results)
+		return
+	}
+	s.logFailedNodes(rs, results)
 	for _, r := range results {
-		if r.errMsg != "" {
-			status := r.status
-			if status < 400 {
-				status = fasthttp.StatusInternalServerError
+		if r.errMsg == "" {
+			ctx.SetStatusCode(r.status)
+			if len(r.body) > 0 {
+				ctx.SetContentType("application/json; charset=utf-8")
+				ctx.SetBody(r.body)
 			}
-			writeError(ctx, rt, status, "node "+r.node.Name+": "+r.errMsg)
 			return
 		}
 	}
-	ctx.SetStatusCode(results[0].status)
-	if len(results[0].body) > 0 {
-		ctx.SetContentType("application/json; charset=utf-8")
-		ctx.SetBody(results[0].body)
+}
+
+// fanoutSucceeded reports whether a fan-out succeeded: a pull when at
+// least one node succeeded, and any other route when every node did.
+func fanoutSucceeded(rt route, results []fanoutResult) bool {
+	failed := 0
+	for _, r := range results {
+		if r.errMsg != "" {
+			failed++
+		}
 	}
+	if rt.name == "/api/pull" {
+		return failed < len(results)
+	}
+	return failed == 0
+}
+
+// logFailedNodes logs at warn level each node that failed in a fan-out
+// that succeeded as a whole.
+func (s *Server) logFailedNodes(rs *reqState, results []fanoutResult) {
+	for _, r := range results {
+		if r.errMsg != "" {
+			s.log.Warn("model operation failed on a node but succeeded on others",
+				"request_id", rs.id, "route", rs.route.name, "model", rs.model,
+				"node", r.node.Name, "error", r.errMsg)
+		}
+	}
+}
+
+// writeFanoutError responds with the status of the first node that
+// failed, or 500 when that node sent no error status. When every node
+// failed, the message is the first node's error. When some succeeded, the
+// model was changed on those nodes only, so the message names every node
+// that failed and every node that succeeded.
+func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results []fanoutResult) {
+	status := 0
+	var failed, succeeded []string
+	for _, r := range results {
+		if r.errMsg == "" {
+			succeeded = append(succeeded, r.node.Name)
+			continue
+		}
+		if status == 0 {
+			status = r.status
+		}
+		failed = append(failed, "node "+r.node.Name+": "+r.errMsg)
+	}
+	if status < 400 {
+		status = fasthttp.StatusInternalServerError
+	}
+	msg := failed[0]
+	if len(succeeded) > 0 {
+		msg = strings.TrimPrefix(rt.name, "/api/") + " of " + quote(rs.model) + " failed on " +
+			strings.Join(failed, "; ") + ". It succeeded on " + strings.Join(succeeded, ", ")
+	}
+	writeError(ctx, rt, status, msg)
 }
 
 // fanoutOne sends req to one node. With lines set, each progress line of
@@ -246,7 +309,10 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 		fs.wg.Wait()
 		fasthttp.ReleaseRequest(req)
 		s.refreshNodes(targets)
-		fs.lines <- progressLine{line: finalFanoutLine(results)}
+		if fanoutSucceeded(rt, results) {
+			s.logFailedNodes(rs, results)
+		}
+		fs.lines <- progressLine{line: finalFanoutLine(rt, results)}
 		close(fs.lines)
 	}()
 	ctx.SetContentType("application/x-ndjson")
@@ -258,15 +324,17 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 	ctx.SetBodyStream(fs, -1)
 }
 
-func finalFanoutLine(results []fanoutResult) []byte {
+// finalFanoutLine returns the last line of a streamed fan-out: success,
+// or an error naming each node that failed.
+func finalFanoutLine(rt route, results []fanoutResult) []byte {
+	if fanoutSucceeded(rt, results) {
+		return []byte("{\"status\":\"success\"}\n")
+	}
 	var failed []string
 	for _, r := range results {
 		if r.errMsg != "" {
 			failed = append(failed, "node "+r.node.Name+": "+r.errMsg)
 		}
-	}
-	if len(failed) == 0 {
-		return []byte("{\"status\":\"success\"}\n")
 	}
 	return append(wire.OllamaError(strings.Join(failed, "; ")), '\n')
 }
@@ -369,7 +437,8 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 
 // serveSticky serves model creation: blob uploads and the create that
 // uses them must reach one node, so each client address is pinned to one
-// usable node by rendezvous hashing.
+// usable node by rendezvous hashing. A create from a base model is pinned
+// among the nodes that list the base instead (see createNodes).
 func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	nodes := s.bal.Usable()
 	if len(nodes) == 0 {
@@ -377,17 +446,7 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	client := remoteIP(ctx)
-	var best *balancer.Node
-	var bestRank uint64
-	for _, n := range nodes {
-		h := fnv.New64a()
-		h.Write([]byte(client))
-		h.Write([]byte(n.Name))
-		if r := h.Sum64(); best == nil || r > bestRank {
-			best, bestRank = n, r
-		}
-	}
-	f := fields{pinned: best, stream: rt.streams}
+	f := fields{pinned: stickyNode(client, nodes), stream: rt.streams}
 	if rt.name == "/api/create" {
 		// A body without a model still goes to the node, which words the
 		// error as Ollama does.
@@ -406,9 +465,11 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		f.model = rs.model
 		f.refresh = true
 		// A key may not build on a model that it may not use.
-		if base := createBase(v); base != "" && !allowsModel(ctx, rt, rs, base) {
+		base := createBase(v)
+		if base != "" && !allowsModel(ctx, rt, rs, base) {
 			return
 		}
+		f.pinned = stickyNode(client, s.createNodes(v, base, nodes))
 	}
 	if !s.admit(ctx, rt, rs, f) {
 		return
@@ -463,6 +524,9 @@ type progressLine struct {
 // progress is that of the slowest node, counting nodes that
 // have not reported the layer yet as at 0, and it is sent only when it
 // grows, so it never moves back.
+// NOTE: a node that fails still counts, so after a pull fails on one node
+// the later stages and full layer progress are not sent, although the
+// stream ends in success when another node got the model.
 type progressMerge struct {
 	nodes    int
 	statuses map[string]map[*balancer.Node]bool // the nodes that reported each

@@ -349,9 +349,9 @@ func lowerASCII(k []byte) bool {
 // readKeys are the top-level keys of request bodies that the proxy reads,
 // and readOptionKeys those of "options", in the form its lookups use.
 var (
-	readKeys = []string{"model", "name", "from", "modelfile", "source", "destination", "stream",
-		"keep_alive", "options", "messages", "prompt", "images", "max_tokens",
-		"max_completion_tokens", "stream_options"}
+	readKeys = []string{"model", "name", "from", "modelfile", "files", "adapters", "source",
+		"destination", "stream", "keep_alive", "options", "messages", "prompt", "images",
+		"max_tokens", "max_completion_tokens", "stream_options"}
 	readOptionKeys = []string{"num_ctx", "num_predict"}
 )
 

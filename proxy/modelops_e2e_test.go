@@ -1,0 +1,316 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// blobNode returns the index of the simulated node that receives the
+// blob uploads of this test's client, found by sending one blob HEAD
+// through the proxy.
+func blobNode(t *testing.T, tr *trio) int {
+	t.Helper()
+	resp, _ := send(t, tr.proxy.URL(), "HEAD /api/blobs/sha256:"+strings.Repeat("0", 64), "")
+	if resp.StatusCode != 404 {
+		t.Fatalf("blob HEAD status %d, want 404 for a missing blob", resp.StatusCode)
+	}
+	for i, sim := range tr.sims {
+		if sim.Server().Requests("/api/blobs/{digest}") == 1 {
+			return i
+		}
+	}
+	t.Fatal("no node received the blob HEAD")
+	return -1
+}
+
+// createCounts returns how many /api/create requests each node received.
+func createCounts(tr *trio) []int64 {
+	counts := make([]int64, len(tr.sims))
+	for i, sim := range tr.sims {
+		counts[i] = sim.Server().Requests("/api/create")
+	}
+	return counts
+}
+
+func TestCreateFromGoesToBaseHolder(t *testing.T) {
+	// No registry model: a node without the base cannot pull it.
+	tr := newTrio(t, ollamasim.Config{Registry: map[string]ollamasim.ModelSpec{}}, nil)
+	sticky := blobNode(t, tr)
+	for i, sim := range tr.sims {
+		if i == sticky {
+			continue
+		}
+		resp := post(t, sim.URL()+"/api/copy", `{"source":"m","destination":"mycopy"}`)
+		if body := readBody(t, resp); resp.StatusCode != 200 {
+			t.Fatalf("copy on node %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	testenv.WaitFor(t, 5*time.Second, "mycopy listed on two nodes", func() bool {
+		return len(tr.proxy.Balancer().Listing("mycopy")) == 2
+	})
+
+	for _, name := range []string{"derived", "derived2"} {
+		resp := post(t, tr.proxy.URL()+"/api/create",
+			`{"model":"`+name+`","from":"mycopy","stream":false}`)
+		body := readBody(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("create %s from mycopy: %d %s", name, resp.StatusCode, body)
+		}
+	}
+	counts := createCounts(tr)
+	if counts[sticky] != 0 {
+		t.Errorf("node %d, which lacks mycopy, received %d creates", sticky, counts[sticky])
+	}
+	// Both creates of one client reach the same holder.
+	same := false
+	for _, c := range counts {
+		same = same || c == 2
+	}
+	if !same {
+		t.Errorf("creates per node %v, want both on one holder of mycopy", counts)
+	}
+
+	// The Modelfile's FROM line of older clients selects the holders too.
+	// The simulated node rejects that field, so only the routing counts.
+	before := createCounts(tr)
+	readBody(t, post(t, tr.proxy.URL()+"/api/create",
+		`{"model":"derived3","modelfile":"FROM mycopy\nSYSTEM hi\n","stream":false}`))
+	if after := createCounts(tr); after[sticky] != before[sticky] {
+		t.Errorf("a Modelfile create from mycopy reached node %d, which lacks it", sticky)
+	}
+}
+
+func TestCreateWithBlobsStaysOnBlobNode(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{Registry: map[string]ollamasim.ModelSpec{}}, nil)
+	sticky := blobNode(t, tr)
+	other := (sticky + 1) % len(tr.sims)
+	resp := post(t, tr.sims[other].URL()+"/api/copy", `{"source":"m","destination":"mycopy"}`)
+	if body := readBody(t, resp); resp.StatusCode != 200 {
+		t.Fatalf("copy on node %d: %d %s", other, resp.StatusCode, body)
+	}
+	testenv.WaitFor(t, 5*time.Second, "mycopy listed on one node", func() bool {
+		return len(tr.proxy.Balancer().Listing("mycopy")) == 1
+	})
+
+	// An adapter blob uploaded earlier is only on the blob node, so the
+	// create goes there even though another node has the base. The
+	// simulated node ignores adapters, so only the routing counts.
+	digest := "sha256:" + strings.Repeat("1", 64)
+	readBody(t, post(t, tr.proxy.URL()+"/api/create",
+		`{"model":"tuned","from":"mycopy","adapters":{"lora.gguf":"`+digest+`"},"stream":false}`))
+	counts := createCounts(tr)
+	if counts[sticky] != 1 {
+		t.Errorf("creates per node %v, want the create on blob node %d", counts, sticky)
+	}
+}
+
+// trioWithHolderDown returns a trio whose node n1 is down, with the
+// connections to it refused, while the proxy still lists m on it.
+func trioWithHolderDown(t *testing.T) *trio {
+	t.Helper()
+	tr := newTrio(t, ollamasim.Config{}, nil)
+	testenv.WaitFor(t, 5*time.Second, "m listed on every node", func() bool {
+		return len(tr.proxy.Balancer().Listing("m")) == 3
+	})
+	if err := tr.byName("n1").Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := tr.proxy.Balancer().Node("n1")
+	testenv.WaitFor(t, 5*time.Second, "n1 down", func() bool { return !n1.Usable() })
+	if !n1.HasModel("m") {
+		t.Fatal("the proxy dropped m from n1's inventory when n1 went down")
+	}
+	return tr
+}
+
+func TestDeleteRejectedWhileHolderDown(t *testing.T) {
+	tr := trioWithHolderDown(t)
+	resp, body := send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"m"}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("delete status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot delete \"m\" because node n1, which has the model, is unavailable. ` +
+		`Try again when it is back"}`
+	if string(body) != want {
+		t.Errorf("delete body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("delete response has no Retry-After")
+	}
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/delete"); n != 0 {
+			t.Errorf("node %d received %d deletes, want none", i, n)
+		}
+	}
+
+	if err := tr.byName("n1").Server().SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := tr.proxy.Balancer().Node("n1")
+	testenv.WaitFor(t, 5*time.Second, "n1 back", n1.Usable)
+	resp, body = send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"m"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("delete with every node up: %d %s", resp.StatusCode, body)
+	}
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/delete"); n != 1 {
+			t.Errorf("node %d received %d deletes, want 1", i, n)
+		}
+	}
+}
+
+func TestCopyRejectedWhileHolderDown(t *testing.T) {
+	tr := trioWithHolderDown(t)
+	resp, body := send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"m","destination":"m2"}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("copy status %d %s, want 503", resp.StatusCode, body)
+	}
+	if !bytes.Contains(body, []byte("node n1")) {
+		t.Errorf("copy error %s does not name n1", body)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("copy response has no Retry-After")
+	}
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/copy"); n != 0 {
+			t.Errorf("node %d received %d copies, want none", i, n)
+		}
+	}
+}
+
+func TestDeletePartialFailureNamesNodes(t *testing.T) {
+	// Slow health checks keep n1 usable after it starts refusing, so the
+	// delete reaches it and fails there.
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.Interval = time.Hour
+		c.Discovery.Interval = time.Hour
+	})
+	testenv.WaitFor(t, 5*time.Second, "m listed on every node", func() bool {
+		return len(tr.proxy.Balancer().Listing("m")) == 3
+	})
+	if err := tr.byName("n1").Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"m"}`)
+	if resp.StatusCode < 500 {
+		t.Fatalf("partial delete status %d %s, want a 5xx", resp.StatusCode, body)
+	}
+	var e struct{ Error string }
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("partial delete body %s: %v", body, err)
+	}
+	if !strings.HasPrefix(e.Error, `delete of "m:latest" failed on node n1: `) {
+		t.Errorf("partial delete error %q does not start with the failed node", e.Error)
+	}
+	if !strings.HasSuffix(e.Error, ". It succeeded on n0, n2") {
+		t.Errorf("partial delete error %q does not end with the nodes that deleted it", e.Error)
+	}
+}
+
+// pullTrio returns three nodes behind a proxy that logs warnings as JSON:
+// n0 and n1 can pull any model, and n2 can pull none.
+func pullTrio(t *testing.T) (*trio, *testenv.LogBuffer) {
+	t.Helper()
+	tr := &trio{}
+	for i := 0; i < 3; i++ {
+		var cfg ollamasim.Config
+		if i == 2 {
+			cfg.Registry = map[string]ollamasim.ModelSpec{}
+		}
+		tr.sims = append(tr.sims, testenv.Sim(t, "m", cfg))
+	}
+	tr.cfg = testenv.Config(t, tr.sims...)
+	var logs *testenv.LogBuffer
+	tr.proxy, logs = testenv.JSONProxy(t, tr.cfg, slog.LevelWarn)
+	return tr, logs
+}
+
+// checkPullFailureLogged checks that the proxy logged n2's failed pull at
+// warn level with the node's error.
+func checkPullFailureLogged(t *testing.T, logs *testenv.LogBuffer) {
+	t.Helper()
+	type record struct {
+		Level, Node, Error string
+	}
+	for _, r := range testenv.Records[record](t, logs) {
+		if r.Level == "WARN" && r.Node == "n2" && strings.Contains(r.Error, "file does not exist") {
+			return
+		}
+	}
+	t.Errorf("no warning names n2 and its error, log:\n%s", logs)
+}
+
+// checkModelListed checks that /api/tags and /v1/models list model.
+func checkModelListed(t *testing.T, proxyURL, model string) {
+	t.Helper()
+	for _, path := range []string{"/api/tags", "/v1/models"} {
+		resp, err := http.Get(proxyURL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := readBody(t, resp); !bytes.Contains(body, []byte(`"`+model+`"`)) {
+			t.Errorf("%s does not list %s: %s", path, model, body)
+		}
+	}
+}
+
+func TestPullSucceedsIfOneNodeFails(t *testing.T) {
+	tr, logs := pullTrio(t)
+	resp := post(t, tr.proxy.URL()+"/api/pull", `{"model":"zzz:1","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("pull stream:false status %d %s, want 200", resp.StatusCode, body)
+	}
+	if string(body) != `{"status":"success"}` {
+		t.Errorf("pull stream:false body %s, want {\"status\":\"success\"}", body)
+	}
+	checkModelListed(t, tr.proxy.URL(), "zzz:1")
+	checkPullFailureLogged(t, logs)
+}
+
+func TestStreamedPullSucceedsIfOneNodeFails(t *testing.T) {
+	tr, logs := pullTrio(t)
+	resp := post(t, tr.proxy.URL()+"/api/pull", `{"model":"zzz:2"}`)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("streamed pull status %d", resp.StatusCode)
+	}
+	var last string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		last = sc.Text()
+		if strings.Contains(last, `"error"`) {
+			t.Errorf("streamed pull sent an error line: %s", last)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("read stream: %v", err)
+	}
+	if last != `{"status":"success"}` {
+		t.Errorf("last line %s, want {\"status\":\"success\"}", last)
+	}
+	checkModelListed(t, tr.proxy.URL(), "zzz:2")
+	checkPullFailureLogged(t, logs)
+}
+
+func TestPullFailingEverywhereIsError(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{Registry: map[string]ollamasim.ModelSpec{}}, nil)
+	resp := post(t, tr.proxy.URL()+"/api/pull", `{"model":"zzz:1","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 500 {
+		t.Fatalf("pull status %d %s, want 500", resp.StatusCode, body)
+	}
+	if !bytes.Contains(body, []byte("pull model manifest: file does not exist")) {
+		t.Errorf("pull error %s does not pass on the node's error", body)
+	}
+}
