@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
 type openAIChatRequest struct {
@@ -339,14 +341,11 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, contentOpenAIJSON, openAIModelOf(name, e))
 }
 
-// openAIModelOf describes a model as /v1/models does; the owner is the
-// namespace of the name, "library" for official models.
+// openAIModelOf describes a model as /v1/models does. The owner is the
+// namespace of id, as Ollama derives it: "library" for official models.
 func openAIModelOf(id string, e *modelEntry) openAIModel {
-	owner := "library"
-	if namespace, _, ok := strings.Cut(e.spec.Name, "/"); ok {
-		owner = namespace
-	}
-	return openAIModel{ID: id, Object: "model", Created: e.modifiedAt.Unix(), OwnedBy: owner}
+	return openAIModel{ID: id, Object: "model", Created: e.modifiedAt.Unix(),
+		OwnedBy: wire.ModelNamespace(id)}
 }
 
 // openAITurns extracts the text of OpenAI messages, whose content is a

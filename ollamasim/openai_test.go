@@ -212,3 +212,43 @@ func TestOpenAIErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenAIModelsOwnedBy checks that owned_by is the namespace of the
+// name, as in Ollama, and not the host or its port.
+func TestOpenAIModelsOwnedBy(t *testing.T) {
+	want := map[string]string{
+		"llama3:8b":                    "library",
+		"myuser/m:latest":              "myuser",
+		"hf.co/foo/bar:Q4_K_M":         "foo",
+		"example.com:5000/ns/m:latest": "ns",
+	}
+	var specs []ollamasim.ModelSpec
+	for name := range want {
+		specs = append(specs, ollamasim.ModelSpec{Name: name})
+	}
+	n := startNode(t, ollamasim.Config{Models: specs})
+	client := openAIClient(n)
+	ctx := context.Background()
+
+	list, err := client.ListModels(ctx)
+	if err != nil {
+		t.Fatalf("ListModels: %v", err)
+	}
+	if len(list.Models) != len(want) {
+		t.Errorf("ListModels has %d models, want %d", len(list.Models), len(want))
+	}
+	for _, m := range list.Models {
+		if m.OwnedBy != want[m.ID] {
+			t.Errorf("ListModels: %s owned_by %q, want %q", m.ID, m.OwnedBy, want[m.ID])
+		}
+	}
+	for id, owner := range want {
+		m, err := client.GetModel(ctx, id)
+		if err != nil {
+			t.Fatalf("GetModel(%q): %v", id, err)
+		}
+		if m.OwnedBy != owner {
+			t.Errorf("GetModel(%q): owned_by %q, want %q", id, m.OwnedBy, owner)
+		}
+	}
+}

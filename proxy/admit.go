@@ -86,12 +86,18 @@ func (s *Server) clientAddr(ctx *fasthttp.RequestCtx) string {
 // as the client wrote it, and responds 403 when it may not. A request
 // without a key may use every model.
 func allowsModel(ctx *fasthttp.RequestCtx, rt route, rs *reqState, model string) bool {
-	if rs.apiKey == nil || rs.apiKey.Allows(wire.NormalizeModel(model)) {
+	if keyAllows(rs, model) {
 		return true
 	}
 	writeError(ctx, rt, fasthttp.StatusForbidden,
 		"key "+quote(rs.apiKey.Name)+" may not use model "+quote(model))
 	return false
+}
+
+// keyAllows reports whether the request's API key may use model, by the
+// key's allowed_models. A request without a key may use every model.
+func keyAllows(rs *reqState, model string) bool {
+	return rs.apiKey == nil || rs.apiKey.Allows(wire.NormalizeModel(model))
 }
 
 // admit checks the key's model list and every limit before the request

@@ -91,10 +91,11 @@ func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
 }
 
 // serveTags responds with the union of the nodes' model lists, with one
-// entry per model as the first node that lists it sent it. The most recently
-// modified model comes first, as in Ollama's list.
-func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/tags", "", "modified_at")
+// entry per model as the first node that lists it sent it, and only the
+// models the request's key may use. The most recently modified model comes
+// first, as in Ollama's list.
+func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	entries, ok := s.mergeLists("/api/tags", "", "modified_at", rs)
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
@@ -103,10 +104,11 @@ func (s *Server) serveTags(ctx *fasthttp.RequestCtx, rt route) {
 }
 
 // servePS responds with the union of the models loaded on the nodes, with
-// one entry per model: the entry that expires last. The model that expires
-// last comes first, as Ollama lists them.
-func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/ps", "expires_at", "expires_at")
+// one entry per model: the entry that expires last. It lists only the
+// models the request's key may use. The model that expires last comes
+// first, as Ollama lists them.
+func (s *Server) servePS(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	entries, ok := s.mergeLists("/api/ps", "expires_at", "expires_at", rs)
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
@@ -124,9 +126,11 @@ type listEntry struct {
 }
 
 // mergeLists fetches a {"models":[...]} list from every usable node, merges
-// them with mergeModelLists and orders the result with sortLatestFirst by
-// orderField. The bool reports whether any node responded with a valid list.
-func (s *Server) mergeLists(path, rankField, orderField string) ([]listEntry, bool) {
+// them with mergeModelLists, keeps the models that the key of rs may use and
+// orders the result with sortLatestFirst by orderField. The bool reports
+// whether any node responded with a valid list. Each call fetches and merges
+// anew, so no request gets another key's list.
+func (s *Server) mergeLists(path, rankField, orderField string, rs *reqState) ([]listEntry, bool) {
 	responses := s.getAll(context.Background(), path)
 	bodies := make([][]byte, 0, len(responses))
 	for _, a := range responses {
@@ -136,6 +140,7 @@ func (s *Server) mergeLists(path, rankField, orderField string) ([]listEntry, bo
 		bodies = append(bodies, a.body)
 	}
 	entries, ok := mergeModelLists(bodies, rankField)
+	entries = slices.DeleteFunc(entries, func(e listEntry) bool { return !keyAllows(rs, e.name) })
 	sortLatestFirst(entries, orderField)
 	return entries, ok
 }
@@ -256,8 +261,11 @@ func writeModelList(ctx *fasthttp.RequestCtx, entries []listEntry) {
 // serveOpenAIModels serves GET /v1/models and /v1/models/{model} from the
 // merged model list, in OpenAI's shape as Ollama builds it. The list has
 // the order of /api/tags, because Ollama converts its /api/tags response.
-func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route) {
-	entries, ok := s.mergeLists("/api/tags", "", "modified_at")
+// A model that the request's key may not use is left out of the list and
+// gets the 404 of an unknown model, so the response does not confirm that
+// it exists.
+func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	entries, ok := s.mergeLists("/api/tags", "", "modified_at", rs)
 	if !ok {
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node responded")
 		return
@@ -299,7 +307,9 @@ func appendOpenAIModel(b []byte, id string, v *fastjson.Value) []byte {
 	b = strconv.AppendQuote(b, id)
 	b = append(b, `,"object":"model","created":`...)
 	b = strconv.AppendInt(b, created, 10)
-	return append(b, `,"owned_by":"library"}`...)
+	b = append(b, `,"owned_by":`...)
+	b = strconv.AppendQuote(b, wire.ModelNamespace(id))
+	return append(b, '}')
 }
 
 func notFoundMessage(model string) string { return wire.NotFoundMessage(model) }

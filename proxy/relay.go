@@ -137,17 +137,55 @@ func isStreamed(h *fasthttp.ResponseHeader) bool {
 }
 
 // copyResponseHeaders copies the node's headers except those that
-// describe its connection or framing, which the proxy sets itself.
+// describe its connection or framing, which the proxy sets itself, and the
+// hop-by-hop headers that a proxy removes (RFC 9110 section 7.6.1),
+// including every field that the node's Connection headers name.
 func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHeader) {
 	dst.SetContentTypeBytes(src.ContentType())
+	// A field may come before the Connection header that names it, so a
+	// first pass collects the Connection values. They point into src, and
+	// up to len(connBuf) of them stay on the stack.
+	var connBuf [4][]byte
+	conn := connBuf[:0]
 	for k, v := range src.All() {
-		switch string(k) {
-		case "Content-Type", "Content-Length", "Transfer-Encoding", "Connection",
-			"Keep-Alive", "Date", "Server", "Trailer":
+		if string(k) == fasthttp.HeaderConnection {
+			conn = append(conn, v)
+		}
+	}
+	for k, v := range src.All() {
+		if skipResponseHeader(k) || (len(conn) > 0 && listedIn(conn, k)) {
 			continue
 		}
 		dst.AddBytesKV(k, v)
 	}
+}
+
+// skipResponseHeader reports whether a node's header stays out of the
+// response to the client. Names arrive in fasthttp's canonical form,
+// because the upstream client normalizes header names.
+func skipResponseHeader(name []byte) bool {
+	switch string(name) {
+	case "Content-Type", "Content-Length", "Date", "Server",
+		"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// listedIn reports whether name is one of the comma-separated field names
+// in the Connection header values conn, compared without regard to case.
+func listedIn(conn [][]byte, name []byte) bool {
+	for _, v := range conn {
+		for len(v) > 0 {
+			field, rest, _ := bytes.Cut(v, []byte(","))
+			if bytes.EqualFold(bytes.TrimSpace(field), name) {
+				return true
+			}
+			v = rest
+		}
+	}
+	return false
 }
 
 // setStreamHeaders sets the headers the proxy adds to every NDJSON or SSE

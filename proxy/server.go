@@ -342,11 +342,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case handleVersion:
 		s.serveVersion(ctx, rt)
 	case handleTags:
-		s.serveTags(ctx, rt)
+		s.serveTags(ctx, rt, rs)
 	case handlePS:
-		s.servePS(ctx, rt)
+		s.servePS(ctx, rt, rs)
 	case handleModels, handleModel:
-		s.serveOpenAIModels(ctx, rt)
+		s.serveOpenAIModels(ctx, rt, rs)
 	case handleRouted:
 		s.serveRouted(ctx, rt, rs)
 	case handleFanout:
