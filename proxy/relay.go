@@ -298,10 +298,13 @@ type relay struct {
 	br      *bufio.Reader
 	pending []byte // the part of a line that did not fit the caller's buffer
 	pendBuf []byte
-	lastNL  bool // the last byte sent ended a line
-	sent    bool
-	done    bool
-	failed  error
+	// tail contains the last bytes sent to the client, so that the error
+	// that ends a broken stream can first close an open line or SSE event.
+	// It starts as blank lines, as if an event had just ended.
+	tail   [4]byte
+	sent   bool
+	done   bool
+	failed error
 
 	// loop is set when WriteTo relays the stream on a streamloop, which
 	// writes to client directly. loopBuf holds the body bytes buffered
@@ -335,7 +338,7 @@ func (r *relay) reset(body io.Reader) {
 	if body != nil {
 		r.attach(body)
 	}
-	r.pending, r.lastNL, r.sent, r.done, r.failed = nil, true, false, false, nil
+	r.pending, r.tail, r.sent, r.done, r.failed = nil, blankTail, false, false, nil
 	r.client, r.overlong = nil, false
 	r.loopBuf, r.partial = r.loopBuf[:0], r.partial[:0]
 }
@@ -490,7 +493,41 @@ func (r *relay) markSent(b []byte) {
 		r.sent = true
 		r.rs.ttfb = elapsed(r.rs.start)
 	}
-	r.lastNL = b[len(b)-1] == '\n'
+	if len(b) >= len(r.tail) {
+		copy(r.tail[:], b[len(b)-len(r.tail):])
+		return
+	}
+	kept := copy(r.tail[:], r.tail[len(b):])
+	copy(r.tail[kept:], b)
+}
+
+// blankTail is the tail of a relay that has sent nothing.
+var blankTail = [4]byte{'\n', '\n', '\n', '\n'}
+
+// closeOpenEvent appends to b what ends the line or SSE event that the
+// bytes sent so far, ending in tail, left open. On an SSE stream a cut
+// line gets "\n\n" and a whole line of an event without its blank line
+// gets "\n", so that the error event after them is dispatched alone. An
+// NDJSON stream only needs its last line ended. A final '\r' counts as
+// an open line, which is safe because '\n' after it makes a CRLF and an
+// extra blank line dispatches nothing.
+func closeOpenEvent(b []byte, tail [4]byte, sse bool) []byte {
+	last := tail[:]
+	switch {
+	case bytes.HasSuffix(last, []byte("\r\n")):
+		last = last[:len(last)-2]
+	case last[len(last)-1] == '\n':
+		last = last[:len(last)-1]
+	default:
+		if sse {
+			return append(b, "\n\n"...)
+		}
+		return append(b, '\n')
+	}
+	if sse && last[len(last)-1] != '\n' {
+		return append(b, '\n')
+	}
+	return b
 }
 
 // observe reads the accounting fields of a final line: Ollama's done line
@@ -541,10 +578,7 @@ func (r *relay) failure(err error) ([]byte, error) {
 		r.s.report(r.lease.Node, reasonMidStream)
 		msg = "node " + r.lease.Node.Name + " failed during the response: " + err.Error()
 	}
-	var b []byte
-	if !r.lastNL {
-		b = append(b, '\n')
-	}
+	b := closeOpenEvent(nil, r.tail, r.sse)
 	return appendStreamError(b, r.rt, r.sse, msg, statusFor(r.failed)), nil
 }
 
