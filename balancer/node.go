@@ -298,6 +298,11 @@ func (n *Node) ModelsKnown() bool {
 	return true
 }
 
+// ModelsListed reports whether a poll has filled the node's model list at
+// least once. Unlike ModelsKnown, it stays true while the node is down, and
+// HasModel then uses the last list fetched.
+func (n *Node) ModelsListed() bool { return n.inv.Load().listed }
+
 // LoadedKnown reports whether the node's loaded models have been polled.
 func (n *Node) LoadedKnown() bool { return n.inv.Load().loadedKnown }
 

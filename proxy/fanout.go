@@ -31,7 +31,8 @@ const modelOpTimeout = 6 * time.Hour
 // succeeded, because the model is then listed and served, as it would be
 // by one Ollama server. A delete or copy succeeds only when every node
 // succeeded, and is rejected before any node is changed while a node that
-// lists the model is unavailable (see checkHoldersUsable).
+// lists the model is unavailable or a node's model list has never been
+// fetched (see checkHoldersUsable).
 func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	var p fastjson.Parser
 	v, err := parseObject(&p, ctx.PostBody())
@@ -438,7 +439,9 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 // serveSticky serves model creation: blob uploads and the create that
 // uses them must reach one node, so each client address is pinned to one
 // usable node by rendezvous hashing. A create from a base model is pinned
-// among the nodes that list the base instead (see createNodes).
+// among the nodes that list the base instead, and is rejected with 503
+// while the base may be only on nodes that are unavailable or not listed
+// yet (see createNodes).
 func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	nodes := s.bal.Usable()
 	if len(nodes) == 0 {
@@ -447,6 +450,7 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	}
 	client := remoteIP(ctx)
 	f := fields{pinned: stickyNode(client, nodes), stream: rt.streams}
+	var baseErr error
 	if rt.name == "/api/create" {
 		// A body without a model still goes to the node, which words the
 		// error as Ollama does.
@@ -469,9 +473,17 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		if base != "" && !allowsModel(ctx, rt, rs, base) {
 			return
 		}
-		f.pinned = stickyNode(client, s.createNodes(v, base, nodes))
+		var candidates []*balancer.Node
+		candidates, baseErr = s.createNodes(v, f.rawModel, base, nodes)
+		if baseErr == nil {
+			f.pinned = stickyNode(client, candidates)
+		}
 	}
 	if !s.admit(ctx, rt, rs, f) {
+		return
+	}
+	if baseErr != nil {
+		writeHoldersUnavailable(ctx, rt, baseErr.Error())
 		return
 	}
 	s.forward(ctx, rt, rs, f)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"hash/fnv"
 	"strings"
 
@@ -11,15 +12,14 @@ import (
 )
 
 // holderRetryAfter is the Retry-After, in seconds, of a model operation
-// rejected because a node that has the model is unavailable. It is a hint
-// only, because the proxy cannot tell when the node comes back.
+// rejected because a node that may have the model is unavailable or has
+// not been listed yet. It is a hint only, because the proxy cannot tell
+// when the node comes back.
 const holderRetryAfter = "10"
 
 // unavailableHolders returns the names of the nodes that list any of
 // models in their last known inventory and are not usable now, so a
 // fan-out would skip them.
-// NOTE: a node whose model list was never fetched lists nothing, so a
-// model that only such a node has is not found here.
 func (s *Server) unavailableHolders(models ...string) []string {
 	var names []string
 	for _, n := range s.bal.Nodes() {
@@ -36,9 +36,51 @@ func (s *Server) unavailableHolders(models ...string) []string {
 	return names
 }
 
-// checkHoldersUsable reports whether every node that lists the model of
-// a delete or copy is usable. When one is not (down, circuit breaker open
-// or draining), it responds 503 and returns false.
+// unlistedNodes returns the names of the nodes whose model list has never
+// been fetched, such as a node that has been down since the proxy started.
+// Any model may be on such a node.
+func (s *Server) unlistedNodes() []string {
+	var names []string
+	for _, n := range s.bal.Nodes() {
+		if !n.ModelsListed() {
+			names = append(names, n.Name)
+		}
+	}
+	return names
+}
+
+// holdersUnavailableMessage returns why action cannot run now when a node
+// that lists any of models is unavailable, or when a node's model list has
+// never been fetched while another node is usable. It returns "" when
+// neither is the case. subject names what the unavailable nodes have, such
+// as "the model". With no usable node and no known holder, the caller
+// responds "no healthy node" instead.
+func (s *Server) holdersUnavailableMessage(action, subject string, models ...string) string {
+	if names := s.unavailableHolders(models...); len(names) == 1 {
+		return "cannot " + action + " because node " + names[0] +
+			", which has " + subject + ", is unavailable. Try again when it is back"
+	} else if len(names) > 1 {
+		return "cannot " + action + " because nodes " + strings.Join(names, ", ") +
+			", which have " + subject + ", are unavailable. Try again when they are back"
+	}
+	if len(s.bal.Usable()) == 0 {
+		return ""
+	}
+	if names := s.unlistedNodes(); len(names) == 1 {
+		return "cannot " + action + " because the model list of node " + names[0] +
+			" is not known yet. Try again shortly"
+	} else if len(names) > 1 {
+		return "cannot " + action + " because the model lists of nodes " + strings.Join(names, ", ") +
+			" are not known yet. Try again shortly"
+	}
+	return ""
+}
+
+// checkHoldersUsable reports whether every node that may have the model
+// of a delete or copy is usable and listed. When a node that lists the
+// model is not usable (down, circuit breaker open or draining), or a
+// node's model list has never been fetched, it responds 503 and returns
+// false.
 //
 // A delete that skipped such a node would return success, and the model
 // would be listed again once the node is back. A copy is checked the same
@@ -47,33 +89,34 @@ func (s *Server) unavailableHolders(models ...string) []string {
 // that skipped a node with an older model under the destination name
 // would leave two different models under one name once the node is back,
 // and requests for it would reach either of them.
+//
+// NOTE: the same split happens with every node usable: a copy or create
+// onto a name that nodes without the source already hold leaves their
+// older model under that name, where one Ollama would replace it.
 func (s *Server) checkHoldersUsable(ctx *fasthttp.RequestCtx, rt route, v *fastjson.Value,
 	model string) bool {
-	var names []string
-	var action, subject string
+	var msg string
 	switch rt.name {
 	case "/api/delete":
-		names = s.unavailableHolders(model)
-		action, subject = "delete "+quote(model), "the model"
+		msg = s.holdersUnavailableMessage("delete "+quote(model), "the model", model)
 	case "/api/copy":
 		destination, _ := stringField(v, "destination")
-		names = s.unavailableHolders(model, destination)
-		action, subject = "copy "+quote(model)+" to "+quote(destination), "the source or destination"
+		msg = s.holdersUnavailableMessage("copy "+quote(model)+" to "+quote(destination),
+			"the source or destination", model, destination)
 	default:
 		return true
 	}
-	if len(names) == 0 {
+	if msg == "" {
 		return true
 	}
-	msg := "cannot " + action + " because node " + names[0] +
-		", which has " + subject + ", is unavailable. Try again when it is back"
-	if len(names) > 1 {
-		msg = "cannot " + action + " because nodes " + strings.Join(names, ", ") +
-			", which have " + subject + ", are unavailable. Try again when they are back"
-	}
+	writeHoldersUnavailable(ctx, rt, msg)
+	return false
+}
+
+// writeHoldersUnavailable responds 503 with msg and a Retry-After.
+func writeHoldersUnavailable(ctx *fasthttp.RequestCtx, rt route, msg string) {
 	writeError(ctx, rt, fasthttp.StatusServiceUnavailable, msg)
 	ctx.Response.Header.Set("Retry-After", holderRetryAfter)
-	return false
 }
 
 // stickyNode returns the node that rendezvous hashing of the client
@@ -94,22 +137,32 @@ func stickyNode(client string, nodes []*balancer.Node) *balancer.Node {
 	return best
 }
 
-// createNodes returns the nodes among which an /api/create is pinned by
-// client address. A create that builds on a base model goes to the usable
-// nodes that list the base, so that no node downloads the base again or
-// fails to find a model that only other nodes have. A create that uses
-// uploaded blobs keeps all usable nodes, because the blobs are only on the
-// node picked among all of them, while a node without the base pulls it
-// from the registry. When no usable node lists the base, all usable nodes
-// are returned.
-func (s *Server) createNodes(v *fastjson.Value, base string, usable []*balancer.Node) []*balancer.Node {
+// createNodes returns the nodes among which an /api/create of model is
+// pinned by client address. A create that builds on a base model goes to
+// the usable nodes that list the base, so that no node downloads the base
+// again or fails to find a model that only other nodes have. A create that
+// uses uploaded blobs keeps all usable nodes, because the blobs are only
+// on the node picked among all of them, while a node without the base
+// pulls it from the registry.
+//
+// When no usable node lists the base, another node would pull it from the
+// registry. So createNodes returns an error, whose message is meant for a
+// 503, if a node that lists the base is unavailable or a node's model list
+// has never been fetched. Otherwise no node has the base, and all usable
+// nodes are returned, so the node picked pulls it as Ollama does.
+func (s *Server) createNodes(v *fastjson.Value, model, base string,
+	usable []*balancer.Node) ([]*balancer.Node, error) {
 	if base == "" || createUsesBlobs(v) {
-		return usable
+		return usable, nil
 	}
 	if holders := s.bal.Listing(base); len(holders) > 0 {
-		return holders
+		return holders, nil
 	}
-	return usable
+	action := "create " + quote(model) + " from " + quote(base)
+	if msg := s.holdersUnavailableMessage(action, quote(base), base); msg != "" {
+		return nil, errors.New(msg)
+	}
+	return usable, nil
 }
 
 // createUsesBlobs reports whether an /api/create body refers to uploaded

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,4 +314,182 @@ func TestPullFailingEverywhereIsError(t *testing.T) {
 	if !bytes.Contains(body, []byte("pull model manifest: file does not exist")) {
 		t.Errorf("pull error %s does not pass on the node's error", body)
 	}
+}
+
+// modelTrio returns three simulated nodes n0, n1 and n2 with the given
+// comma-separated model lists, behind a proxy. The nodes named in down
+// refuse connections from before the proxy starts, so the proxy never
+// fetches their model lists. It returns once the proxy has fetched the
+// model list of every other node.
+func modelTrio(t *testing.T, models [3]string, down ...string) *trio {
+	t.Helper()
+	tr := &trio{}
+	for _, list := range models {
+		tr.sims = append(tr.sims, testenv.Sim(t, list, ollamasim.Config{}))
+	}
+	tr.cfg = testenv.Config(t, tr.sims...)
+	for _, name := range down {
+		if err := tr.byName(name).Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr.proxy = testenv.Proxy(t, tr.cfg)
+	testenv.WaitFor(t, 5*time.Second, "model lists of the reachable nodes fetched", func() bool {
+		for _, nc := range tr.cfg.Nodes {
+			if !slices.Contains(down, nc.Name) && !tr.proxy.Balancer().Node(nc.Name).ModelsListed() {
+				return false
+			}
+		}
+		return true
+	})
+	return tr
+}
+
+// simLists reports whether the simulated node's own /api/tags lists model.
+func simLists(t *testing.T, sim *ollamasim.Running, model string) bool {
+	t.Helper()
+	resp, err := http.Get(sim.URL() + "/api/tags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tags struct{ Models []struct{ Name string } }
+	if err := json.Unmarshal(readBody(t, resp), &tags); err != nil {
+		t.Fatalf("decode /api/tags: %v", err)
+	}
+	for _, m := range tags.Models {
+		if m.Name == model {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDeleteRejectedWhileNodeUnlisted(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m,dup1", "m,dup1"}, "n2")
+	resp, body := send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"dup1"}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("delete status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot delete \"dup1\" because the model list of node n2 is not known yet. ` +
+		`Try again shortly"}`
+	if string(body) != want {
+		t.Errorf("delete body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("delete response has no Retry-After")
+	}
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/delete"); n != 0 {
+			t.Errorf("node %d received %d deletes, want none", i, n)
+		}
+	}
+	if !simLists(t, tr.byName("n1"), "dup1:latest") {
+		t.Error("n1 no longer lists dup1 after the rejected delete")
+	}
+
+	// Once n2 is back and listed, the delete reaches both holders.
+	if err := tr.byName("n2").Server().SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "dup1 listed on n1 and n2", func() bool {
+		return len(tr.proxy.Balancer().Listing("dup1")) == 2
+	})
+	resp, body = send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"dup1"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("delete with every node listed: %d %s", resp.StatusCode, body)
+	}
+	for _, name := range []string{"n1", "n2"} {
+		if simLists(t, tr.byName(name), "dup1:latest") {
+			t.Errorf("%s still lists dup1 after the delete", name)
+		}
+	}
+}
+
+func TestCopyRejectedWhileNodeUnlisted(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m,dup1", "m,dup1"}, "n2")
+	resp, body := send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"dup1","destination":"dup2"}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("copy status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot copy \"dup1\" to \"dup2\" because the model list of node n2 is not known yet. ` +
+		`Try again shortly"}`
+	if string(body) != want {
+		t.Errorf("copy body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("copy response has no Retry-After")
+	}
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/copy"); n != 0 {
+			t.Errorf("node %d received %d copies, want none", i, n)
+		}
+	}
+	if simLists(t, tr.byName("n1"), "dup2:latest") {
+		t.Error("n1 lists dup2 after the rejected copy")
+	}
+}
+
+// checkBaseNotPulled checks that no node received a create and that
+// neither n0 nor n1 lists phi3:mini, so that no node pulled it.
+func checkBaseNotPulled(t *testing.T, tr *trio) {
+	t.Helper()
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/create"); n != 0 {
+			t.Errorf("node %d received %d creates, want none", i, n)
+		}
+	}
+	for _, name := range []string{"n0", "n1"} {
+		if simLists(t, tr.byName(name), "phi3:mini") {
+			t.Errorf("%s pulled phi3:mini", name)
+		}
+	}
+}
+
+func TestCreateRejectedWhileBaseHolderDown(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m", "m,phi3:mini"})
+	if err := tr.byName("n2").Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	n2 := tr.proxy.Balancer().Node("n2")
+	testenv.WaitFor(t, 5*time.Second, "n2 down", func() bool { return !n2.Usable() })
+
+	resp := post(t, tr.proxy.URL()+"/api/create", `{"model":"phicopy","from":"phi3:mini","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 503 {
+		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot create \"phicopy\" from \"phi3:mini\" because node n2, ` +
+		`which has \"phi3:mini\", is unavailable. Try again when it is back"}`
+	if string(body) != want {
+		t.Errorf("create body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("create response has no Retry-After")
+	}
+	checkBaseNotPulled(t, tr)
+
+	// A base that no node lists is pulled by the node picked, as Ollama
+	// pulls it.
+	resp = post(t, tr.proxy.URL()+"/api/create", `{"model":"zzzcopy","from":"zzz:1","stream":false}`)
+	if body := readBody(t, resp); resp.StatusCode != 200 {
+		t.Errorf("create from a base no node lists: %d %s, want 200", resp.StatusCode, body)
+	}
+}
+
+func TestCreateRejectedWhileNodeUnlisted(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m", "m,phi3:mini"}, "n2")
+	resp := post(t, tr.proxy.URL()+"/api/create", `{"model":"phicopy","from":"phi3:mini","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 503 {
+		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot create \"phicopy\" from \"phi3:mini\" because the model list of node n2 ` +
+		`is not known yet. Try again shortly"}`
+	if string(body) != want {
+		t.Errorf("create body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("create response has no Retry-After")
+	}
+	checkBaseNotPulled(t, tr)
 }
