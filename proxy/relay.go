@@ -497,8 +497,8 @@ func (r *relay) markSent(b []byte) {
 		copy(r.tail[:], b[len(b)-len(r.tail):])
 		return
 	}
-	kept := copy(r.tail[:], r.tail[len(b):])
-	copy(r.tail[kept:], b)
+	shifted := copy(r.tail[:], r.tail[len(b):])
+	copy(r.tail[shifted:], b)
 }
 
 // blankTail is the tail of a relay that has sent nothing.

@@ -96,7 +96,7 @@ func (l *streamLoop) connect(c *streamConn) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	// The kernel returns Fd and Pad as they were given.
 	ev := unix.EpollEvent{Events: socketEvents, Fd: int32(fd), Pad: c.index}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := unix.EpollCtl(l.set.Fd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = unix.Close(fd)
 		l.lost(c, fmt.Errorf("add socket to epoll: %w", err))
 		return

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -79,17 +78,14 @@ func runStreamLoops(ctx context.Context, g *streamGen, workers []*streamWorker) 
 // streamLoop is one epoll instance and the goroutine that serves its
 // connections.
 type streamLoop struct {
-	g       *streamGen
-	epfd    int
-	eventfd int
-	// file and raw wrap epfd, so that the loop waits in Go's poller, and a
-	// read deadline on file wakes it for the next timer.
-	file   *os.File
-	raw    syscall.RawConn
+	g *streamGen
+	// set is the loop's epoll set, in which it waits through Go's poller.
+	// A read deadline on set.File wakes it for the next timer.
+	set    *rawconn.EpollSet
 	events []unix.EpollEvent
 	// stopping is set when the phase's context ends.
 	stopping atomic.Bool
-	// mu guards eventfd against stop writing it after close.
+	// mu guards the eventfd against stop writing it after close.
 	mu     sync.Mutex
 	closed bool
 
@@ -106,43 +102,15 @@ type streamLoop struct {
 }
 
 func newStreamLoop(g *streamGen) (*streamLoop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	set, err := rawconn.NewEpollSet("loadgen-epoll")
 	if err != nil {
-		return nil, fmt.Errorf("epoll_create1: %w", err)
-	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		_ = unix.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	l := &streamLoop{
-		g: g, epfd: epfd, eventfd: efd,
-		events: make([]unix.EpollEvent, 256),
-		buf:    make([]byte, maxLineBytes+readSpace),
-	}
-
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
-		l.close()
-		return nil, fmt.Errorf("add eventfd to epoll: %w", err)
-	}
-	// A non-blocking epoll descriptor joins Go's poller, which then wakes
-	// the loop's goroutine when the loop's epoll set has events.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.close()
-		return nil, fmt.Errorf("set epoll descriptor non-blocking: %w", err)
-	}
-
-	l.file = os.NewFile(uintptr(epfd), "loadgen-epoll")
-	if err := l.file.SetReadDeadline(time.Time{}); err != nil {
-		l.close()
-		return nil, fmt.Errorf("epoll descriptor not accepted by Go's poller: %w", err)
-	}
-	if l.raw, err = l.file.SyscallConn(); err != nil {
-		l.close()
 		return nil, err
 	}
-	return l, nil
+	return &streamLoop{
+		g: g, set: set,
+		events: make([]unix.EpollEvent, 256),
+		buf:    make([]byte, maxLineBytes+readSpace),
+	}, nil
 }
 
 // stop makes the loop end its streams and return. It may be called from
@@ -154,12 +122,7 @@ func (l *streamLoop) stop() {
 	if l.closed {
 		return
 	}
-	increment := [8]byte{1}
-	for {
-		if _, err := rawconn.Write(l.eventfd, increment[:]); err != unix.EINTR {
-			return
-		}
-	}
+	l.set.Wake()
 }
 
 // close closes every descriptor of the loop.
@@ -167,14 +130,9 @@ func (l *streamLoop) close() {
 	for _, c := range l.conns {
 		l.closeConn(c)
 	}
-	if l.file != nil {
-		_ = l.file.Close()
-	} else {
-		_ = unix.Close(l.epfd)
-	}
 	l.mu.Lock()
 	l.closed = true
-	_ = unix.Close(l.eventfd)
+	l.set.Close()
 	l.mu.Unlock()
 }
 
@@ -185,7 +143,7 @@ func (l *streamLoop) run() {
 	l.now = time.Now()
 	l.tick()
 	for !l.done {
-		err := l.raw.Read(l.poll)
+		err := l.set.Raw.Read(l.poll)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			l.err = fmt.Errorf("wait for epoll events: %w", err)
 			return
@@ -200,7 +158,7 @@ func (l *streamLoop) run() {
 // is done, and false to wait for more events.
 func (l *streamLoop) poll(uintptr) bool {
 	for {
-		n, err := rawconn.EpollWait(l.epfd, l.events)
+		n, err := rawconn.EpollWait(l.set.Fd, l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -277,13 +235,12 @@ func (l *streamLoop) arm() {
 		return
 	}
 	l.deadline = l.nextWake
-	_ = l.file.SetReadDeadline(l.deadline)
+	_ = l.set.File.SetReadDeadline(l.deadline)
 }
 
 func (l *streamLoop) handle(ev unix.EpollEvent) {
-	if int(ev.Fd) == l.eventfd {
-		var buf [8]byte
-		_, _ = rawconn.Read(l.eventfd, buf[:])
+	if int(ev.Fd) == l.set.EventFd {
+		l.set.Drain()
 		return
 	}
 	c := l.conns[ev.Pad]

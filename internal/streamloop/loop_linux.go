@@ -53,7 +53,7 @@ func startLoops() {
 		if err != nil {
 			loopsErr = err
 			for _, l := range loops {
-				l.closeFds()
+				l.set.Close()
 			}
 			loops = nil
 			return
@@ -99,12 +99,9 @@ func (h *Handle) Wait() Result { return <-h.done }
 
 // loop is one epoll instance and the goroutine that serves its streams.
 type loop struct {
-	epfd    int
-	eventfd int
-	// file and raw wrap epfd, so that the loop waits in Go's poller
+	// set is the loop's epoll set, in which it waits through Go's poller
 	// instead of blocking a thread in epoll_wait.
-	file   *os.File
-	raw    syscall.RawConn
+	set    *rawconn.EpollSet
 	armed  bool // a read deadline on file is set for the next scan
 	events []unix.EpollEvent
 	// woken is set while a wake-up is pending, so that a burst of Start
@@ -127,61 +124,22 @@ type loop struct {
 }
 
 func newLoop() (*loop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	set, err := rawconn.NewEpollSet("streamloop")
 	if err != nil {
-		return nil, fmt.Errorf("epoll_create1: %w", err)
+		return nil, err
 	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		_ = unix.Close(epfd)
-		return nil, fmt.Errorf("eventfd: %w", err)
-	}
-	l := &loop{
-		epfd: epfd, eventfd: efd,
+	return &loop{
+		set:      set,
 		events:   make([]unix.EpollEvent, 256),
 		byFd:     map[int32]*Handle{},
 		readBuf:  make([]byte, readBufferSize),
 		frameBuf: make([]byte, 0, frameHeadroom+readBufferSize+2),
-	}
-
-	if err := l.ctl(unix.EPOLL_CTL_ADD, efd, unix.EPOLLIN); err != nil {
-		l.closeFds()
-		return nil, err
-	}
-	// A non-blocking epoll descriptor joins Go's poller, which then wakes
-	// the loop's goroutine when the loop's own epoll set has events.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		l.closeFds()
-		return nil, fmt.Errorf("set epoll descriptor non-blocking: %w", err)
-	}
-
-	l.file = os.NewFile(uintptr(epfd), "streamloop")
-	// Only a descriptor in Go's poller takes deadlines.
-	if err := l.file.SetReadDeadline(time.Time{}); err != nil {
-		l.closeFds()
-		return nil, fmt.Errorf("epoll descriptor not accepted by Go's poller: %w", err)
-	}
-	rc, err := l.file.SyscallConn()
-	if err != nil {
-		l.closeFds()
-		return nil, err
-	}
-	l.raw = rc
-	return l, nil
-}
-
-func (l *loop) closeFds() {
-	_ = unix.Close(l.eventfd)
-	if l.file != nil {
-		_ = l.file.Close()
-		return
-	}
-	_ = unix.Close(l.epfd)
+	}, nil
 }
 
 func (l *loop) ctl(op, fd int, events uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := rawconn.EpollCtl(l.epfd, op, fd, &ev); err != nil {
+	if err := rawconn.EpollCtl(l.set.Fd, op, fd, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl on fd %d: %w", fd, err)
 	}
 	return nil
@@ -191,20 +149,14 @@ func (l *loop) wake() {
 	if l.woken.Swap(true) {
 		return
 	}
-	increment := [8]byte{1}
-	for {
-		_, err := rawconn.Write(l.eventfd, increment[:])
-		if err != unix.EINTR {
-			return
-		}
-	}
+	l.set.Wake()
 }
 
 // run waits in Go's poller until the loop's epoll set has events. The
 // read deadline on the epoll descriptor wakes it for the idle scan.
 func (l *loop) run() {
 	for {
-		err := l.raw.Read(l.poll)
+		err := l.set.Raw.Read(l.poll)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			// Only a closed epoll descriptor fails here, which is a bug.
 			panic(fmt.Sprintf("streamloop: wait for events: %v", err))
@@ -213,7 +165,7 @@ func (l *loop) run() {
 		l.armed = false
 		if l.live == 0 {
 			// A deadline in the past would fail every wait at once.
-			_ = l.file.SetReadDeadline(time.Time{})
+			_ = l.set.File.SetReadDeadline(time.Time{})
 			continue
 		}
 		l.scan()
@@ -227,7 +179,7 @@ func (l *loop) arm() {
 		return
 	}
 	l.armed = true
-	_ = l.file.SetReadDeadline(l.lastScan.Add(scanInterval))
+	_ = l.set.File.SetReadDeadline(l.lastScan.Add(scanInterval))
 }
 
 // poll handles the events ready in the epoll set and returns false, so
@@ -236,7 +188,7 @@ func (l *loop) arm() {
 // a full buffer from every socket has left nothing behind.
 func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := rawconn.EpollWait(l.epfd, l.events)
+		n, err := rawconn.EpollWait(l.set.Fd, l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -265,7 +217,7 @@ func (l *loop) poll(uintptr) bool {
 }
 
 func (l *loop) handle(ev unix.EpollEvent) {
-	if int(ev.Fd) == l.eventfd {
+	if int(ev.Fd) == l.set.EventFd {
 		l.takeRequests()
 		return
 	}
@@ -283,8 +235,7 @@ func (l *loop) handle(ev unix.EpollEvent) {
 // takeRequests starts the streams handed over and ends the cancelled
 // ones.
 func (l *loop) takeRequests() {
-	var buf [8]byte
-	_, _ = rawconn.Read(l.eventfd, buf[:])
+	l.set.Drain()
 	l.woken.Store(false)
 
 	l.mu.Lock()
@@ -550,13 +501,13 @@ func (l *loop) finish(h *Handle, err error) {
 	if h.registered {
 		if l.byFd[int32(h.s.Src)] == h {
 			delete(l.byFd, int32(h.s.Src))
-			_ = rawconn.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
+			_ = rawconn.EpollCtl(l.set.Fd, unix.EPOLL_CTL_DEL, h.s.Src, nil)
 			l.live--
 		}
 		if l.byFd[int32(h.s.Dst)] == h {
 			delete(l.byFd, int32(h.s.Dst))
 		}
-		_ = rawconn.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
+		_ = rawconn.EpollCtl(l.set.Fd, unix.EPOLL_CTL_DEL, h.s.Dst, nil)
 	}
 	res := Result{Err: err, Reusable: err == nil && h.reusable}
 	if err != nil && !errors.Is(err, ErrClientGone) && len(h.unsent) > 0 {

@@ -45,10 +45,11 @@
 //
 // A streamed chat request goes through ollamasim instead when its model is
 // unknown, embedding-only or not loaded with the default num_ctx. So does
-// a request that comes while a fault is set, one with an Origin header or
-// a Host the node rejects, and one that sets format, tools, keep_alive, a
-// seed, a temperature of 0, num_ctx, a response_format other than text, or
-// message content that is not a string. ollamasim then writes its usual
+// a request that comes while a fault is set, and one with an Origin header
+// or a Host the node rejects. The same goes for a request that sets
+// format, tools, keep_alive, a seed, a temperature of 0 or num_ctx, a
+// response_format other than text, or message content that is not a
+// string. ollamasim then writes its usual
 // response, errors included.
 //
 // # Everything else
