@@ -46,6 +46,7 @@ bench: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
 	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
 	$(GO) build -o $(BIN)/stampsim ./bench/cmd/stampsim
+	$(GO) build -o $(BIN)/fasthttpproxy ./bench/cmd/fasthttpproxy
 	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -out BENCHMARKS.md -command "make bench" \
 		-go $(GO) $(BENCHFLAGS)
 
@@ -55,6 +56,7 @@ bench-quick: build
 	$(GO) build -o $(BIN)/benchrun ./bench/cmd/benchrun
 	$(GO) build -o $(BIN)/llmproxyprof ./bench/cmd/llmproxyprof
 	$(GO) build -o $(BIN)/stampsim ./bench/cmd/stampsim
+	$(GO) build -o $(BIN)/fasthttpproxy ./bench/cmd/fasthttpproxy
 	BENCH_BIN=$(BIN) sh bench/run.sh -bin $(BIN) -quick -out bench/out/quick.md \
 		-command "make bench-quick" $(BENCHFLAGS)
 

@@ -1,6 +1,9 @@
 package harness
 
-import "path/filepath"
+import (
+	"path/filepath"
+	"strings"
+)
 
 // llmproxyConfig sets least-connection balancing unless Options name
 // another policy, and turns off the per-address rate limit, whose default
@@ -65,5 +68,19 @@ func startLLMProxy(e *Env, listen string, fleet *Fleet, opts Options) (*Proc, er
 		Name: opts.Name,
 		Path: filepath.Join(e.BinDir, "llmproxy"),
 		Args: []string{"serve", "-config", path},
+	})
+}
+
+// startFastHTTP starts bench/cmd/fasthttpproxy in front of every node of
+// fleet. It takes no options but the process name.
+func startFastHTTP(e *Env, listen string, fleet *Fleet, opts Options) (*Proc, error) {
+	addrs := make([]string, len(fleet.Nodes))
+	for i, n := range fleet.Nodes {
+		addrs[i] = n.Addr
+	}
+	return e.Start(ProcSpec{
+		Name: opts.Name,
+		Path: filepath.Join(e.BinDir, "fasthttpproxy"),
+		Args: []string{"-listen", listen, "-nodes", strings.Join(addrs, ",")},
 	})
 }

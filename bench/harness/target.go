@@ -15,10 +15,20 @@ const (
 	LLMProxy = "llmproxy"
 	Nginx    = "nginx"
 	HAProxy  = "haproxy"
+	// FastHTTP is bench/cmd/fasthttpproxy, a reverse proxy built from
+	// fasthttp alone, without llmproxy's work per request. It buffers
+	// responses and has no failover, so only the non-streamed scenario
+	// measures it (see Full).
+	FastHTTP = "fasthttp"
 )
 
 // Kinds lists every target kind in the order reports show them.
-var Kinds = []string{Direct, LLMProxy, Nginx, HAProxy}
+var Kinds = []string{Direct, LLMProxy, Nginx, HAProxy, FastHTTP}
+
+// Full reports whether a target kind streams responses and retries on
+// other nodes, as the streaming and failure scenarios need: every kind but
+// FastHTTP.
+func Full(kind string) bool { return kind != FastHTTP }
 
 // Shared settings of the proxies, so that none wins by a different limit.
 const (
@@ -81,6 +91,8 @@ func StartTargetWith(
 		p, err = startNginx(e, addr, fleet, opts)
 	case HAProxy:
 		p, err = startHAProxy(e, addr, fleet, opts)
+	case FastHTTP:
+		p, err = startFastHTTP(e, addr, fleet, opts)
 	default:
 		return nil, fmt.Errorf("unknown target %q, want one of %s", kind, strings.Join(Kinds, ", "))
 	}

@@ -269,11 +269,12 @@ func kindsCell(kinds map[string]int64) string {
 	return strings.Join(parts, ", ")
 }
 
-// proxyTargets returns the targets of the run other than the direct
-// connection, which has no failover or scheduling to measure.
+// proxyTargets returns the proxies of the run that fail over
+// (harness.Full), without the direct connection, which has no failover to
+// measure.
 func proxyTargets(s Settings) []string {
 	var kinds []string
-	for _, k := range s.Targets {
+	for _, k := range fullTargets(s) {
 		if k != harness.Direct {
 			kinds = append(kinds, k)
 		}

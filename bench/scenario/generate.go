@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,19 +62,19 @@ func runGenerate(ctx context.Context, r *Run) (report.Section, error) {
 		return report.Section{}, err
 	}
 	defer fleet.Stop()
-	targets, stop, err := startTargets(ctx, r, fleet)
+	targets, stop, err := startTargets(ctx, r, r.Settings.Targets, fleet)
 	if err != nil {
 		return report.Section{}, err
 	}
 	defer stop()
 
-	saturated, err := inRounds(ctx, r, func(kind string) (requestPhase, error) {
+	saturated, err := inRounds(ctx, r, r.Settings.Targets, func(kind string) (requestPhase, error) {
 		return saturate(ctx, r, targets[kind])
 	})
 	if err != nil {
 		return report.Section{}, err
 	}
-	fixed, err := inRounds(ctx, r, func(kind string) (requestPhase, error) {
+	fixed, err := inRounds(ctx, r, r.Settings.Targets, func(kind string) (requestPhase, error) {
 		return fixedRate(ctx, r, targets[kind])
 	})
 	if err != nil {
@@ -146,6 +147,16 @@ func generateIntro(s Settings) string {
 		"(`ollamasim -tokens-per-sec 0 -parallel %d`). A direct connection "+
 		"sends each request to the next node in turn.\n\n",
 		generateFleet.Nodes, generateFleet.Parallel)
+	if slices.Contains(s.Targets, harness.FastHTTP) {
+		nodes += "The fasthttp row is bench/cmd/fasthttpproxy: a fasthttp server that " +
+			"sends each request through a fasthttp client to the node with the " +
+			"fewest requests in flight, and nothing else. llmproxy is built on the " +
+			"same library and Go runtime, so the fasthttp row is what they cost by " +
+			"themselves, and the difference to the llmproxy row is what llmproxy's " +
+			"own handling adds: reading the model from the body, placement, " +
+			"health and circuit-breaker reports, metrics, token accounting and " +
+			"the client watch.\n\n"
+	}
 	phases := fmt.Sprintf("Saturation: %d connections, each sending its next request when the "+
 		"last is complete, for %s after %s of warmup. Fixed rate: %s requests "+
 		"per second, evenly spaced and sent whether or not earlier ones are "+

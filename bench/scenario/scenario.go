@@ -174,12 +174,12 @@ func All() []Scenario {
 	}
 }
 
-// startTargets starts every target of the run in front of fleet and
-// returns them by kind. The returned stop function stops those that
-// started.
+// startTargets starts a target of each kind in front of fleet and returns
+// them by kind. The returned stop function stops those that started.
 func startTargets(
 	ctx context.Context,
 	r *Run,
+	kinds []string,
 	fleet *harness.Fleet,
 ) (map[string]*harness.Target, func(), error) {
 	targets := map[string]*harness.Target{}
@@ -188,7 +188,7 @@ func startTargets(
 			stopTarget(r, t)
 		}
 	}
-	for _, kind := range r.Settings.Targets {
+	for _, kind := range kinds {
 		t, err := harness.StartTarget(ctx, r.Env, kind, fleet)
 		if err != nil {
 			stop()
@@ -197,6 +197,18 @@ func startTargets(
 		targets[kind] = t
 	}
 	return targets, stop, nil
+}
+
+// fullTargets returns the target kinds of the run that stream and fail
+// over (harness.Full), for the scenarios that need both.
+func fullTargets(s Settings) []string {
+	var kinds []string
+	for _, k := range s.Targets {
+		if harness.Full(k) {
+			kinds = append(kinds, k)
+		}
+	}
+	return kinds
 }
 
 // stopTarget stops t and logs a failure to stop, which leaves the
@@ -292,12 +304,12 @@ type disturbed interface {
 	disturbance() float64
 }
 
-// inRounds runs phase r.Settings.Rounds times on every target kind of the
-// run, the targets taking turns, and returns per target the round with
-// the least disturbance. Choosing by disturbance, never by the result,
-// keeps the choice from favouring any target.
-func inRounds[P disturbed](ctx context.Context, r *Run, phase func(kind string) (P, error)) ([]P, error) {
-	kinds := r.Settings.Targets
+// inRounds runs phase r.Settings.Rounds times on every kind of kinds, the
+// targets taking turns, and returns per target the round with the least
+// disturbance. Choosing by disturbance, never by the result, keeps the
+// choice from favouring any target.
+func inRounds[P disturbed](ctx context.Context, r *Run, kinds []string,
+	phase func(kind string) (P, error)) ([]P, error) {
 	best := make([]P, len(kinds))
 	for round := range max(r.Settings.Rounds, 1) {
 		r.round = round + 1

@@ -31,7 +31,7 @@ func TestInRoundsKeepsLeastDisturbedRound(t *testing.T) {
 		harness.LLMProxy: {0.4, 0.4, 0.2},
 	}
 	var order []string
-	got, err := inRounds(context.Background(), r, func(kind string) (fakePhase, error) {
+	got, err := inRounds(context.Background(), r, r.Settings.Targets, func(kind string) (fakePhase, error) {
 		order = append(order, kind)
 		return fakePhase{kind: kind, round: r.round, others: others[kind][r.round-1]}, nil
 	})

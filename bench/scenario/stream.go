@@ -77,7 +77,7 @@ func runStream(ctx context.Context, r *Run) (report.Section, error) {
 	var atMax []streamPhase
 	for _, c := range streamCases {
 		for _, level := range r.Settings.StreamLevels {
-			phases, err := inRounds(ctx, r, func(kind string) (streamPhase, error) {
+			phases, err := inRounds(ctx, r, fullTargets(r.Settings), func(kind string) (streamPhase, error) {
 				return streamOnce(ctx, r, fleet, kind, streamCall{c: c, streams: level})
 			})
 			if err != nil {

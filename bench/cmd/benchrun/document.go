@@ -13,7 +13,9 @@ const preface = `Measured by ` + "`make bench`" + `, which rewrites this file: l
 next to a direct connection to the nodes (the floor), nginx and HAProxy, each
 balancing by least connections over the same simulated Ollama nodes
 (` + "`ollamasim`" + `), all on 127.0.0.1 and all in one run, so that the ratios
-hold on a busy machine; then the three proxies while a node fails, llmproxy's
+hold on a busy machine. Non-streamed requests also go through a bare fasthttp
+proxy, which shows what llmproxy's Go HTTP stack costs without llmproxy's own
+work. Then come the three proxies while a node fails, llmproxy's
 placement policies on a trace of multi-turn conversations, its response
 cache with two instances sharing Redis, and the Go benchmarks of its hot
 path. ` + "`make bench-quick`" + ` runs a shorter set in under two minutes, without

@@ -162,7 +162,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.quick, "quick", false,
 		"run the short set: shorter phases, 100 streams, no HAProxy, no scheduler trace\n"+
 			"and no Go benchmarks")
-	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy, ollamasim and stampsim binaries")
+	fs.StringVar(&o.binDir, "bin", "bin", "`folder` containing the llmproxy, ollamasim, stampsim and fasthttpproxy binaries")
 	fs.StringVar(&o.out, "out", "", "Markdown `file` to write, or empty to print the report only")
 	fs.StringVar(&o.runDir, "run-dir", "bench/out/run",
 		"`folder` for generated configs and process logs, emptied first")
@@ -173,7 +173,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.verbose, "v", false, "log every process started")
 
 	fs.StringVar(&ov.targets, "targets", "", "comma-separated target `list` from "+
-		strings.Join(harness.Kinds, ",")+" (default: all, or all but haproxy with -quick)")
+		strings.Join(harness.Kinds, ",")+" (default: all, or direct,llmproxy,nginx with -quick)")
 	fs.StringVar(&ov.scenarios, "scenarios", "",
 		"comma-separated scenario `list` from "+strings.Join(scenarioNames(), ",")+
 			" (default: all, or those of the short set with -quick)")
