@@ -272,6 +272,27 @@ func (n *Node) MarkUnloaded(model string) {
 	})
 }
 
+// MarkRemoved records that model was deleted from the node: the node no
+// longer lists it or has it loaded, so that no request for it goes there
+// before the next poll confirms the change.
+func (n *Node) MarkRemoved(model string) {
+	key := wire.ModelKey(model)
+	n.invMu.Lock()
+	defer n.invMu.Unlock()
+	inv := n.inv.Load()
+	_, listed := inv.models[key]
+	_, loaded := inv.loaded[key]
+	if !listed && !loaded {
+		return
+	}
+	n.update(func(inv *inventory) {
+		inv.models = maps.Clone(inv.models)
+		delete(inv.models, key)
+		inv.loaded = maps.Clone(inv.loaded)
+		delete(inv.loaded, key)
+	})
+}
+
 // HasModel reports whether the node lists model. Names compare as
 // wire.ModelKey does, so case and the default tag do not matter.
 func (n *Node) HasModel(model string) bool {

@@ -58,6 +58,31 @@ func TestNodeInventoryUpdates(t *testing.T) {
 	}
 }
 
+func TestNodeMarkRemoved(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 2, 1)
+	n.SetInventory([]Model{{Name: "a:latest"}, {Name: "b:latest"}}, []Loaded{{Name: "a:latest"}},
+		time.Unix(10, 0))
+
+	n.MarkRemoved("A")
+	if n.HasModel("a:latest") {
+		t.Error("after MarkRemoved(A): a is still listed")
+	}
+	if n.IsLoaded("a:latest", 0) {
+		t.Error("after MarkRemoved(A): a is still loaded")
+	}
+	if !n.HasModel("b:latest") {
+		t.Error("MarkRemoved(A) removed b as well")
+	}
+	if !n.ModelsListed() {
+		t.Error("MarkRemoved made the model list unknown")
+	}
+	n.MarkRemoved("zzz")
+	if got := len(n.Models()); got != 1 {
+		t.Errorf("after removing a model the node lacks: %d models listed, want 1", got)
+	}
+}
+
 // TestNodeInventoryConcurrentUse runs readers against every kind of
 // writer, for the race detector, and checks that no update is lost.
 func TestNodeInventoryConcurrentUse(t *testing.T) {

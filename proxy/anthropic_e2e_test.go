@@ -72,8 +72,8 @@ func anthropicErrorOf(t *testing.T, resp *http.Response, status int, typ string)
 }
 
 // TestAnthropicProxyErrors checks the errors the proxy makes itself on
-// /v1/messages: each has Anthropic's shape and the type that Ollama's
-// anthropic package gives its status.
+// /v1/messages: each has Anthropic's shape and the type that Anthropic's
+// API gives its status.
 func TestAnthropicProxyErrors(t *testing.T) {
 	sim := testenv.Sim(t, "m", ollamasim.Config{})
 	cfg := testenv.Config(t, sim)
@@ -87,7 +87,7 @@ func TestAnthropicProxyErrors(t *testing.T) {
 		contains string
 	}{
 		{"unknown model", "POST", "/v1/messages", strings.Replace(messagesBody, `"m"`, `"nope"`, 1),
-			404, "not_found_error", `model "nope" not found, try pulling it first`},
+			404, "not_found_error", `model 'nope' not found`},
 		{"malformed json", "POST", "/v1/messages", `{"model":`, 400, "invalid_request_error", "invalid JSON"},
 		{"missing model", "POST", "/v1/messages", `{"messages":[]}`, 400, "invalid_request_error",
 			"model is required"},
@@ -96,7 +96,8 @@ func TestAnthropicProxyErrors(t *testing.T) {
 			413, "request_too_large", "max_body_bytes"},
 		{"unknown path under /v1/messages", "POST", "/v1/messages/count_tokens", messagesBody,
 			404, "not_found_error", "unknown path /v1/messages/count_tokens"},
-		{"method not allowed", "GET", "/v1/messages", "", 405, "api_error", "method GET not allowed"},
+		{"method not allowed", "GET", "/v1/messages", "", 405, "invalid_request_error",
+			"method GET not allowed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -249,23 +249,25 @@ func TestModelManagementFansOut(t *testing.T) {
 
 func TestUnknownModelIs404(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
-	resp := post(t, f.proxy.URL()+"/api/generate", `{"model":"nope","prompt":"x"}`)
-	body := readBody(t, resp)
-	if resp.StatusCode != 404 {
-		t.Fatalf("status %d, want 404", resp.StatusCode)
+	cases := []struct {
+		recording, path, body string
+	}{
+		{"err_unknown_model", "/api/generate", `{"model":"nope","prompt":"x"}`},
+		{"openai_err_unknown_model", "/v1/chat/completions",
+			`{"model":"nope","messages":[{"role":"user","content":"x"}]}`},
 	}
-	want := `{"error":"model \"nope\" not found, try pulling it first"}`
-	if string(body) != want {
-		t.Errorf("body %s, want %s", body, want)
-	}
-	resp = post(t, f.proxy.URL()+"/v1/chat/completions",
-		`{"model":"nope","messages":[{"role":"user","content":"x"}]}`)
-	body = readBody(t, resp)
-	var oe struct {
-		Error struct{ Message, Type string }
-	}
-	if resp.StatusCode != 404 || json.Unmarshal(body, &oe) != nil || oe.Error.Type != "not_found_error" {
-		t.Errorf("openai unknown model: %d %s", resp.StatusCode, body)
+	for _, tc := range cases {
+		t.Run(tc.recording, func(t *testing.T) {
+			recorded, want := recordedResponse(t, tc.recording)
+			resp := post(t, f.proxy.URL()+tc.path, tc.body)
+			body := readBody(t, resp)
+			if resp.StatusCode != recorded.StatusCode {
+				t.Errorf("status %d, want %d as Ollama sends", resp.StatusCode, recorded.StatusCode)
+			}
+			if !bytes.Equal(bytes.TrimSpace(body), bytes.TrimSpace(want)) {
+				t.Errorf("body %s, want %s as Ollama sends", body, want)
+			}
+		})
 	}
 }
 
@@ -332,7 +334,8 @@ func TestFanoutBadInput(t *testing.T) {
 		{"name not a string", named, `{"name":5}`, "invalid name: want a string", true},
 		{"name not a string beside a model", named, `{"model":"m","name":7}`,
 			"invalid name: want a string", true},
-		{"missing model", []string{"POST /api/pull", "DELETE /api/delete"}, `{}`, "model is required", true},
+		{"missing model", []string{"DELETE /api/delete"}, `{}`, "model is required", true},
+		{"missing pull model", []string{"POST /api/pull"}, `{}`, "invalid model name", false},
 		{"source not a string", copyRoute, `{"source":5,"destination":"x"}`,
 			"invalid source: want a string", false},
 		{"destination not a string", copyRoute, `{"source":"m","destination":5}`,

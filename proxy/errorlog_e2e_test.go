@@ -20,7 +20,7 @@ func TestAccessLogNamesProxyErrors(t *testing.T) {
 		message                  string
 	}{
 		{"invalid JSON", "POST", "/api/generate", "{bad", 400, "invalid JSON"},
-		{"unknown model", "POST", "/api/generate", `{"model":"nope","prompt":"x"}`, 404, `model "nope" not found`},
+		{"unknown model", "POST", "/api/generate", `{"model":"nope","prompt":"x"}`, 404, `model 'nope' not found`},
 		{"invalid JSON on /v1", "POST", "/v1/chat/completions", "{bad", 400, "invalid JSON"},
 		{"unknown path", "GET", "/nope", "", 404, "404 page not found"},
 		{"unknown /v1 path", "GET", "/v1/nope", "", 404, "unknown path /v1/nope"},

@@ -164,3 +164,37 @@ func isAnthropicError(doc *fastjson.Value) bool {
 	typ := doc.Get("error", "type")
 	return typ != nil && typ.Type() == fastjson.TypeString
 }
+
+// notFoundMessage returns the message of the 404 for a model that no node
+// has, in the words of Ollama's handler for rt (server/routes.go). Most
+// handlers send "model 'x' not found". /api/embed and /api/embeddings, and
+// /v1/embeddings through them, pass on the error of Ollama's scheduler, and
+// /api/copy quotes the source as Go does.
+func notFoundMessage(rt route, model string) string {
+	switch rt.name {
+	case "/api/embed", "/api/embeddings", "/v1/embeddings":
+		return "model " + quote(model) + " not found, try pulling it first"
+	case "/api/copy":
+		return "model " + quote(model) + " not found"
+	}
+	return "model '" + model + "' not found"
+}
+
+// missingModelError returns the status and message of Ollama's response to
+// a body that names no model on rt, from its handlers in server/routes.go
+// and its /v1/messages middleware. /api/generate and /api/embed, and the /v1
+// routes built on them, treat an empty name as a model they do not have.
+// /api/pull rejects it as an invalid name. /api/copy names its empty field
+// in fanoutModel instead.
+// NOTE: Ollama checks some other fields first, such as the messages of
+// /v1/chat/completions and the input of /v1/embeddings, so a body that
+// also lacks those gets another error from Ollama than from the proxy.
+func missingModelError(rt route) (status int, msg string) {
+	switch rt.name {
+	case "/api/generate", "/api/embed", "/v1/completions", "/v1/embeddings":
+		return fasthttp.StatusNotFound, notFoundMessage(route{}, "")
+	case "/api/pull":
+		return fasthttp.StatusBadRequest, "invalid model name"
+	}
+	return fasthttp.StatusBadRequest, "model is required"
+}

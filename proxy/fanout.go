@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
-	"math"
 	"strings"
 	"sync"
 	"time"
@@ -32,7 +32,9 @@ const modelOpTimeout = 6 * time.Hour
 // by one Ollama server. A delete or copy succeeds only when every node
 // succeeded, and is rejected before any node is changed while a node that
 // lists the model is unavailable or a node's model list has never been
-// fetched (see checkHoldersUsable).
+// fetched (see checkHoldersUsable). A copy that succeeded then removes the
+// destination from the nodes that list it without the source (see
+// replacement).
 func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	var p fastjson.Parser
 	v, err := parseObject(&p, ctx.PostBody())
@@ -70,24 +72,33 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 			writeNoHealthyNode(ctx, rt, model)
 			return
 		}
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(model))
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, model))
 		return
+	}
+	var repl *replacement
+	if rt.name == "/api/copy" {
+		destination, _ := stringField(v, "destination")
+		repl = s.newReplacement(ctx, rs, "copied "+quote(model)+" to "+quote(destination),
+			destination, targets)
 	}
 	stream := rt.streams && streamFlag(v, rt)
 	if stream {
-		s.streamFanout(ctx, rt, rs, targets)
+		s.streamFanout(ctx, rt, rs, targets, repl)
 		return
 	}
-	s.waitFanout(ctx, rt, rs, targets)
+	s.waitFanout(ctx, rt, rs, targets, repl)
 }
 
 // fanoutModel returns the model that a fan-out acts on: the source of a
 // copy, which also needs a destination, or else the model the body names.
+// The error for a missing name is Ollama's, and has status 400 on every
+// fan-out route.
 func fanoutModel(v *fastjson.Value, rt route) (string, error) {
 	if rt.name != "/api/copy" {
 		model, err := modelField(v, rt)
 		if err == nil && model == "" {
-			err = errModelRequired
+			_, msg := missingModelError(rt)
+			err = errors.New(msg)
 		}
 		return model, err
 	}
@@ -99,8 +110,12 @@ func fanoutModel(v *fastjson.Value, rt route) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if source == "" || destination == "" {
-		return "", errors.New("source and destination are required")
+	// Ollama's CopyHandler checks the source before the destination.
+	if source == "" {
+		return "", fmt.Errorf("source %q is invalid", source)
+	}
+	if destination == "" {
+		return "", fmt.Errorf("destination %q is invalid", destination)
 	}
 	return source, nil
 }
@@ -125,9 +140,11 @@ type fanoutResult struct {
 
 // waitFanout sends the request to every target and waits for all of them.
 // It responds with the first successful node's response when the fan-out
-// succeeded (see fanoutSucceeded), and otherwise with an error that names
-// the nodes that failed.
-func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
+// succeeded (see fanoutSucceeded) and repl, when set, removed the older
+// model everywhere. Otherwise it responds with an error that names the
+// nodes that failed.
+func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
+	targets []*balancer.Node, repl *replacement) {
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
 	req := s.upstreamRequest(ctx, rs)
@@ -142,12 +159,17 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, ta
 		}()
 	}
 	wg.Wait()
-	s.refreshNodes(targets)
+	s.afterFanout(rt, rs, targets, results)
 	if !fanoutSucceeded(rt, results) {
+		repl.release()
 		writeFanoutError(ctx, rt, rs, results)
 		return
 	}
 	s.logFailedNodes(rs, results)
+	if status, msg := s.replaceOlder(rs, repl); msg != "" {
+		writeError(ctx, rt, status, msg)
+		return
+	}
 	for _, r := range results {
 		if r.errMsg == "" {
 			ctx.SetStatusCode(r.status)
@@ -158,6 +180,21 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, ta
 			return
 		}
 	}
+}
+
+// afterFanout updates the inventories of the targets once every node has
+// responded. A node that deleted the model stops listing it at once, so
+// that no request goes there even when the refresh that follows fails.
+func (s *Server) afterFanout(rt route, rs *reqState, targets []*balancer.Node,
+	results []fanoutResult) {
+	if rt.name == "/api/delete" {
+		for _, r := range results {
+			if r.errMsg == "" {
+				r.node.MarkRemoved(rs.model)
+			}
+		}
+	}
+	s.refreshNodes(targets)
 }
 
 // fanoutSucceeded reports whether a fan-out succeeded: a pull when at
@@ -188,32 +225,45 @@ func (s *Server) logFailedNodes(rs *reqState, results []fanoutResult) {
 }
 
 // writeFanoutError responds with the status of the first node that
-// failed, or 500 when that node sent no error status. When every node
-// failed, the message is the first node's error. When some succeeded, the
-// model was changed on those nodes only, so the message names every node
-// that failed and every node that succeeded.
+// failed, or 500 when that node sent no error status, and the message of
+// fanoutFailure.
 func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results []fanoutResult) {
 	status := 0
+	for _, r := range results {
+		if r.errMsg != "" {
+			status = r.status
+			break
+		}
+	}
+	if status < 400 {
+		status = fasthttp.StatusInternalServerError
+	}
+	writeError(ctx, rt, status, fanoutFailure(rt, rs, results))
+}
+
+// fanoutFailure returns the error message of a fan-out that failed. It
+// names every node that failed with its error and, because the model was
+// then changed on those nodes only, every node that succeeded. A create
+// has one target, whose message it returns unchanged, as a create that
+// goes through forward would.
+func fanoutFailure(rt route, rs *reqState, results []fanoutResult) string {
+	if rt.name == "/api/create" {
+		return results[0].errMsg
+	}
 	var failed, succeeded []string
 	for _, r := range results {
 		if r.errMsg == "" {
 			succeeded = append(succeeded, r.node.Name)
 			continue
 		}
-		if status == 0 {
-			status = r.status
-		}
 		failed = append(failed, "node "+r.node.Name+": "+r.errMsg)
 	}
-	if status < 400 {
-		status = fasthttp.StatusInternalServerError
-	}
-	msg := failed[0]
+	msg := strings.TrimPrefix(rt.name, "/api/") + " of " + quote(rs.model) + " failed on " +
+		strings.Join(failed, "; ")
 	if len(succeeded) > 0 {
-		msg = strings.TrimPrefix(rt.name, "/api/") + " of " + quote(rs.model) + " failed on " +
-			strings.Join(failed, "; ") + ". It succeeded on " + strings.Join(succeeded, ", ")
+		msg += ". It succeeded on " + strings.Join(succeeded, ", ")
 	}
-	writeError(ctx, rt, status, msg)
+	return msg
 }
 
 // fanoutOne sends req to one node. With lines set, each progress line of
@@ -290,8 +340,12 @@ func errorText(body []byte) string {
 
 // streamFanout streams the progress of every target to the client as it
 // comes and ends with one success line, or an error line naming the nodes
-// that failed.
-func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, targets []*balancer.Node) {
+// that failed. A node that fails is reported to the merge, which then
+// stops waiting for it. When the fan-out succeeded, repl, when set, runs
+// before the last line, which then names any node that still has the
+// older model.
+func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
+	targets []*balancer.Node, repl *replacement) {
 	fctx, cancel := context.WithCancel(context.Background())
 	wctx, watch := watchClient(fctx, ctx.Conn())
 	s.inflight.track(watch)
@@ -304,16 +358,20 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 		go func() {
 			defer fs.wg.Done()
 			results[i] = s.fanoutOne(wctx, n, req, fs.lines)
+			if results[i].errMsg == "" {
+				return
+			}
+			select {
+			case fs.lines <- progressLine{node: n, failed: true}:
+			case <-wctx.Done():
+			}
 		}()
 	}
 	go func() {
 		fs.wg.Wait()
 		fasthttp.ReleaseRequest(req)
-		s.refreshNodes(targets)
-		if fanoutSucceeded(rt, results) {
-			s.logFailedNodes(rs, results)
-		}
-		fs.lines <- progressLine{line: finalFanoutLine(rt, results)}
+		s.afterFanout(rt, rs, targets, results)
+		fs.lines <- progressLine{line: s.finalFanoutLine(rt, rs, results, repl)}
 		close(fs.lines)
 	}()
 	ctx.SetContentType("application/x-ndjson")
@@ -326,18 +384,19 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState, 
 }
 
 // finalFanoutLine returns the last line of a streamed fan-out: success,
-// or an error naming each node that failed.
-func finalFanoutLine(rt route, results []fanoutResult) []byte {
-	if fanoutSucceeded(rt, results) {
-		return []byte("{\"status\":\"success\"}\n")
+// or an error naming each node that failed, or each node that still has
+// the older model that repl was to remove.
+func (s *Server) finalFanoutLine(rt route, rs *reqState, results []fanoutResult,
+	repl *replacement) []byte {
+	if !fanoutSucceeded(rt, results) {
+		repl.release()
+		return append(wire.OllamaError(fanoutFailure(rt, rs, results)), '\n')
 	}
-	var failed []string
-	for _, r := range results {
-		if r.errMsg != "" {
-			failed = append(failed, "node "+r.node.Name+": "+r.errMsg)
-		}
+	s.logFailedNodes(rs, results)
+	if _, msg := s.replaceOlder(rs, repl); msg != "" {
+		return append(wire.OllamaError(msg), '\n')
 	}
-	return append(wire.OllamaError(strings.Join(failed, "; ")), '\n')
+	return []byte("{\"status\":\"success\"}\n")
 }
 
 // fanoutStream is the body of a streamed fan-out: the progress of all
@@ -436,59 +495,6 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	ctx.SetBody(r.body)
 }
 
-// serveSticky serves model creation: blob uploads and the create that
-// uses them must reach one node, so each client address is pinned to one
-// usable node by rendezvous hashing. A create from a base model is pinned
-// among the nodes that list the base instead, and is rejected with 503
-// while the base may be only on nodes that are unavailable or not listed
-// yet (see createNodes).
-func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
-	nodes := s.bal.Usable()
-	if len(nodes) == 0 {
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node")
-		return
-	}
-	client := remoteIP(ctx)
-	f := fields{pinned: stickyNode(client, nodes), stream: rt.streams}
-	var baseErr error
-	if rt.name == "/api/create" {
-		// A body without a model still goes to the node, which words the
-		// error as Ollama does.
-		var p fastjson.Parser
-		v, err := parseObject(&p, ctx.PostBody())
-		if err == nil {
-			f.rawModel, err = modelField(v, rt)
-		}
-		if err != nil {
-			writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
-			return
-		}
-		rs.model = wire.ModelKey(f.rawModel)
-		// The model is set so that admit applies the key's allowed_models
-		// to the name created, as it does to those pulled or deleted.
-		f.model = rs.model
-		f.refresh = true
-		// A key may not build on a model that it may not use.
-		base := createBase(v)
-		if base != "" && !allowsModel(ctx, rt, rs, base) {
-			return
-		}
-		var candidates []*balancer.Node
-		candidates, baseErr = s.createNodes(v, f.rawModel, base, nodes)
-		if baseErr == nil {
-			f.pinned = stickyNode(client, candidates)
-		}
-	}
-	if !s.admit(ctx, rt, rs, f) {
-		return
-	}
-	if baseErr != nil {
-		writeHoldersUnavailable(ctx, rt, baseErr.Error())
-		return
-	}
-	s.forward(ctx, rt, rs, f)
-}
-
 // refreshNodes refreshes the inventory of nodes whose models changed.
 func (s *Server) refreshNodes(nodes []*balancer.Node) {
 	if s.inv == nil {
@@ -519,111 +525,4 @@ func (s *Server) refreshAll(ctx context.Context) bool {
 	}
 	s.refreshNodes(s.bal.Nodes())
 	return ctx.Err() == nil
-}
-
-// progressLine is one progress line of a node, or the final line of a
-// fan-out when node is nil.
-type progressLine struct {
-	node *balancer.Node
-	line []byte
-}
-
-// progressMerge turns the progress of every node of a fan-out into the
-// stream one Ollama server would send, so that a client such as the
-// ollama CLI draws one bar per layer. A status without a digest ("pulling
-// manifest", "writing manifest") is sent once every node has reported it,
-// so that a stage is shown when the whole fan-out reached it. A layer's
-// progress is that of the slowest node, counting nodes that
-// have not reported the layer yet as at 0, and it is sent only when it
-// grows, so it never moves back.
-// NOTE: a node that fails still counts, so after a pull fails on one node
-// the later stages and full layer progress are not sent, although the
-// stream ends in success when another node got the model.
-type progressMerge struct {
-	nodes    int
-	statuses map[string]map[*balancer.Node]bool // the nodes that reported each
-	sent     map[string]bool
-	layers   map[string]*layerProgress
-}
-
-type layerProgress struct {
-	completed map[*balancer.Node]int64
-	sent      int64 // -1 before the first line
-}
-
-func newProgressMerge(targets []*balancer.Node) *progressMerge {
-	return &progressMerge{nodes: len(targets), statuses: map[string]map[*balancer.Node]bool{},
-		sent:   map[string]bool{},
-		layers: map[string]*layerProgress{}}
-}
-
-// line returns what to send for pl: the line itself, a merged line, or
-// nothing.
-func (m *progressMerge) line(pl progressLine) []byte {
-	if pl.node == nil {
-		return pl.line
-	}
-	v, err := fastjson.ParseBytes(pl.line)
-	if err != nil || v.Type() != fastjson.TypeObject {
-		return pl.line
-	}
-	status := string(v.GetStringBytes("status"))
-	digest := string(v.GetStringBytes("digest"))
-	if digest == "" {
-		if m.sent[status] {
-			return nil
-		}
-		reported := m.statuses[status]
-		if reported == nil {
-			reported = map[*balancer.Node]bool{}
-			m.statuses[status] = reported
-		}
-		reported[pl.node] = true
-		if len(reported) < m.nodes {
-			return nil
-		}
-		m.sent[status] = true
-		return pl.line
-	}
-
-	l := m.layers[digest]
-	if l == nil {
-		l = &layerProgress{completed: map[*balancer.Node]int64{}, sent: -1}
-		m.layers[digest] = l
-	}
-	l.completed[pl.node] = v.GetInt64("completed")
-
-	low := int64(0)
-	if len(l.completed) == m.nodes {
-		low = math.MaxInt64
-		for _, c := range l.completed {
-			low = min(low, c)
-		}
-	}
-	if low <= l.sent {
-		return nil
-	}
-	l.sent = low
-	out := wire.AppendProgress(nil, status, digest, v.GetInt64("total"), low)
-	return append(out, '\n')
-}
-
-// createBase returns the model that an /api/create body builds on: its
-// "from", or the FROM line of a Modelfile that older clients send. It
-// returns "" when the body names none.
-func createBase(v *fastjson.Value) string {
-	if from, err := stringField(v, "from"); err == nil && from != "" {
-		return from
-	}
-	modelfile, err := stringField(v, "modelfile")
-	if err != nil {
-		return ""
-	}
-	for line := range strings.SplitSeq(modelfile, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) >= 2 && strings.EqualFold(fields[0], "FROM") {
-			return fields[1]
-		}
-	}
-	return ""
 }

@@ -86,13 +86,11 @@ func (s *Server) holdersUnavailableMessage(action, subject string, models ...str
 // would be listed again once the node is back. A copy is checked the same
 // way, for its source and its destination. A copy that skipped a node
 // with the source would leave the new name on some holders only. A copy
-// that skipped a node with an older model under the destination name
-// would leave two different models under one name once the node is back,
-// and requests for it would reach either of them.
-//
-// NOTE: the same split happens with every node usable: a copy or create
-// onto a name that nodes without the source already hold leaves their
-// older model under that name, where one Ollama would replace it.
+// also removes an older model under the destination name from the nodes
+// without the source (see replacement). A node with that model that the
+// copy skipped would keep it, so the fleet would list two different models
+// under one name once the node is back. planCreate checks the name of a
+// create the same way.
 func (s *Server) checkHoldersUsable(ctx *fasthttp.RequestCtx, rt route, v *fastjson.Value,
 	model string) bool {
 	var msg string

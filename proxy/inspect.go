@@ -50,9 +50,6 @@ type fields struct {
 	store *pendingStore
 }
 
-// errModelRequired is the error for a body that names no model.
-var errModelRequired = errors.New("model is required")
-
 // inspect reads the fields routing needs from body. It returns an error
 // naming the problem when the body is not a JSON object or its model is
 // not a string.

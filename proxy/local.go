@@ -282,7 +282,7 @@ func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route, rs *reqSt
 				return
 			}
 		}
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(want))
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, want))
 		return
 	}
 	b := []byte(`{"object":"list","data":[`)
@@ -311,8 +311,6 @@ func appendOpenAIModel(b []byte, id string, v *fastjson.Value) []byte {
 	b = strconv.AppendQuote(b, wire.ModelNamespace(id))
 	return append(b, '}')
 }
-
-func notFoundMessage(model string) string { return wire.NotFoundMessage(model) }
 
 func quote(s string) string { return strconv.Quote(s) }
 

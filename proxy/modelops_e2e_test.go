@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ollama/ollama/api"
 
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
@@ -316,6 +319,79 @@ func TestPullFailingEverywhereIsError(t *testing.T) {
 	}
 }
 
+// checkEveryPullFailure checks that msg names each node of a trio that
+// failed to pull zzz:1 with its error.
+func checkEveryPullFailure(t *testing.T, msg string) {
+	t.Helper()
+	if prefix := `pull of "zzz:1" failed on `; !strings.HasPrefix(msg, prefix) {
+		t.Errorf("error %q does not start with %q", msg, prefix)
+	}
+	for _, name := range []string{"n0", "n1", "n2"} {
+		if want := "node " + name + ": pull model manifest: file does not exist"; !strings.Contains(msg, want) {
+			t.Errorf("error %q does not contain %q", msg, want)
+		}
+	}
+}
+
+func TestPullFailingEverywhereNamesEveryNode(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{Registry: map[string]ollamasim.ModelSpec{}}, nil)
+	resp := post(t, tr.proxy.URL()+"/api/pull", `{"model":"zzz:1","stream":false}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != 500 {
+		t.Fatalf("pull status %d %s, want 500", resp.StatusCode, body)
+	}
+	var shape map[string]string
+	if err := json.Unmarshal(body, &shape); err != nil || len(shape) != 1 {
+		t.Fatalf("pull body %s, want one JSON object with only an error key", body)
+	}
+	checkEveryPullFailure(t, shape["error"])
+
+	// A streamed pull ends with the same message on its error line.
+	err := ollamaClient(t, tr.proxy.URL(), "", "").Pull(context.Background(),
+		&api.PullRequest{Model: "zzz:1"}, func(api.ProgressResponse) error { return nil })
+	if err == nil {
+		t.Fatal("streamed pull failing on every node returned no error")
+	}
+	checkEveryPullFailure(t, err.Error())
+}
+
+func TestStreamedPullProgressAfterNodeFails(t *testing.T) {
+	// n2 fails at once, and n0 and n1 pull the model.
+	tr, _ := pullTrio(t)
+	var statuses []string
+	complete := map[string]bool{} // digests whose progress reached their total
+	client := ollamaClient(t, tr.proxy.URL(), "", "")
+	err := client.Pull(context.Background(), &api.PullRequest{Model: "zzz:3"},
+		func(p api.ProgressResponse) error {
+			statuses = append(statuses, p.Status)
+			if p.Digest != "" && p.Total > 0 && p.Completed == p.Total {
+				complete[p.Digest] = true
+			}
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("streamed pull: %v", err)
+	}
+
+	// The simulated pull has three layers: the model, its template and
+	// its parameters.
+	if len(complete) != 3 {
+		t.Errorf("%d layers reached their total, want 3; statuses %q", len(complete), statuses)
+	}
+	verify := slices.Index(statuses, "verifying sha256 digest")
+	write := slices.Index(statuses, "writing manifest")
+	if verify < 0 || write < 0 {
+		t.Fatalf("statuses %q lack the stages after the layers", statuses)
+	}
+	if verify > write {
+		t.Errorf("statuses %q: verifying comes after writing the manifest", statuses)
+	}
+	if last := statuses[len(statuses)-1]; last != "success" {
+		t.Errorf("last status %q, want success", last)
+	}
+	checkModelListed(t, tr.proxy.URL(), "zzz:3")
+}
+
 // modelTrio returns three simulated nodes n0, n1 and n2 with the given
 // comma-separated model lists, behind a proxy. The nodes named in down
 // refuse connections from before the proxy starts, so the proxy never
@@ -492,4 +568,236 @@ func TestCreateRejectedWhileNodeUnlisted(t *testing.T) {
 		t.Error("create response has no Retry-After")
 	}
 	checkBaseNotPulled(t, tr)
+}
+
+// checkOnlyListedOn checks that model is listed by the simulated nodes
+// named in want and by no other, both on the nodes themselves and in the
+// proxy's model lists, which routing uses.
+func checkOnlyListedOn(t *testing.T, tr *trio, model string, want ...string) {
+	t.Helper()
+	for _, nc := range tr.cfg.Nodes {
+		listed := slices.Contains(want, nc.Name)
+		if got := simLists(t, tr.byName(nc.Name), model); got != listed {
+			t.Errorf("%s lists %s: %v, want %v", nc.Name, model, got, listed)
+		}
+		if got := tr.proxy.Balancer().Node(nc.Name).HasModel(model); got != listed {
+			t.Errorf("the proxy's list of %s has %s: %v, want %v", nc.Name, model, got, listed)
+		}
+	}
+}
+
+func TestCopyReplacesOlderDestination(t *testing.T) {
+	tr := modelTrio(t, [3]string{"src", "src", "m,dst"})
+	resp, body := send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"src","destination":"dst"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("copy status %d %s, want 200", resp.StatusCode, body)
+	}
+	checkOnlyListedOn(t, tr, "dst:latest", "n0", "n1")
+	if n := tr.byName("n2").Server().Requests("/api/delete"); n != 1 {
+		t.Errorf("n2 received %d deletes, want 1 for its older dst", n)
+	}
+	resp, body = send(t, tr.proxy.URL(), "POST /api/generate", `{"model":"dst","prompt":"x","stream":false}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("generate with dst: %d %s", resp.StatusCode, body)
+	}
+	if node := resp.Header.Get("X-LLMProxy-Node"); node == "n2" {
+		t.Error("a request for dst went to n2, which no longer has it")
+	}
+}
+
+func TestCreateReplacesOlderModel(t *testing.T) {
+	for _, stream := range []bool{false, true} {
+		t.Run(map[bool]string{false: "stream false", true: "streamed"}[stream], func(t *testing.T) {
+			tr := modelTrio(t, [3]string{"m,dst", "m,dst", "m,dst"})
+			// Every node has the base m, so the create goes to the node
+			// that the client's blob uploads reach.
+			sticky := tr.cfg.Nodes[blobNode(t, tr)].Name
+			req := &api.CreateRequest{Model: "dst", From: "m", Stream: &stream}
+			var statuses []string
+			err := ollamaClient(t, tr.proxy.URL(), "", "").Create(context.Background(), req,
+				func(p api.ProgressResponse) error {
+					statuses = append(statuses, p.Status)
+					return nil
+				})
+			if err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			if len(statuses) == 0 || statuses[len(statuses)-1] != "success" {
+				t.Errorf("statuses %q, want success last", statuses)
+			}
+			checkOnlyListedOn(t, tr, "dst:latest", sticky)
+			for i, n := range createCounts(tr) {
+				if name := tr.cfg.Nodes[i].Name; (name == sticky) != (n == 1) {
+					t.Errorf("%s received %d creates, want 1 on %s only", name, n, sticky)
+				}
+			}
+		})
+	}
+}
+
+func TestCreateRejectedWhileNameHolderDown(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m", "m,dst"})
+	if err := tr.byName("n2").Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	n2 := tr.proxy.Balancer().Node("n2")
+	testenv.WaitFor(t, 5*time.Second, "n2 down", func() bool { return !n2.Usable() })
+
+	resp, body := send(t, tr.proxy.URL(), "POST /api/create", `{"model":"dst","from":"m","stream":false}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot create \"dst\" from \"m\" because node n2, which has \"dst\", ` +
+		`is unavailable. Try again when it is back"}`
+	if string(body) != want {
+		t.Errorf("create body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("create response has no Retry-After")
+	}
+	for i, n := range createCounts(tr) {
+		if n != 0 {
+			t.Errorf("node %d received %d creates, want none", i, n)
+		}
+	}
+}
+
+func TestCreateRejectedWhileNameUnknown(t *testing.T) {
+	tr := modelTrio(t, [3]string{"m", "m", "m,dst"}, "n2")
+	// A create from uploaded blobs builds on no base model, so only its
+	// name makes the unlisted n2 matter.
+	digest := "sha256:" + strings.Repeat("2", 64)
+	resp, body := send(t, tr.proxy.URL(), "POST /api/create",
+		`{"model":"dst","files":{"model.gguf":"`+digest+`"},"stream":false}`)
+	if resp.StatusCode != 503 {
+		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
+	}
+	want := `{"error":"cannot create \"dst\" because the model list of node n2 is not known yet. ` +
+		`Try again shortly"}`
+	if string(body) != want {
+		t.Errorf("create body %s, want %s", body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("create response has no Retry-After")
+	}
+	for i, n := range createCounts(tr) {
+		if n != 0 {
+			t.Errorf("node %d received %d creates, want none", i, n)
+		}
+	}
+}
+
+// slowHealthTrio returns three simulated nodes with the given model lists
+// behind a proxy that logs warnings as JSON and checks health and model
+// lists only once an hour, so that a node that starts refusing stays
+// usable and listed. It returns once the proxy has listed every node.
+func slowHealthTrio(t *testing.T, models [3]string) (*trio, *testenv.LogBuffer) {
+	t.Helper()
+	tr := &trio{}
+	for _, list := range models {
+		tr.sims = append(tr.sims, testenv.Sim(t, list, ollamasim.Config{}))
+	}
+	tr.cfg = testenv.Config(t, tr.sims...)
+	tr.cfg.Health.Interval = time.Hour
+	tr.cfg.Discovery.Interval = time.Hour
+	var logs *testenv.LogBuffer
+	tr.proxy, logs = testenv.JSONProxy(t, tr.cfg, slog.LevelWarn)
+	testenv.WaitFor(t, 5*time.Second, "every model list fetched", func() bool {
+		for _, n := range tr.proxy.Balancer().Nodes() {
+			if !n.ModelsListed() {
+				return false
+			}
+		}
+		return true
+	})
+	return tr, logs
+}
+
+// checkOlderModelLogged checks that the proxy logged at warn level that
+// node still has model.
+func checkOlderModelLogged(t *testing.T, logs *testenv.LogBuffer, node, model string) {
+	t.Helper()
+	type record struct {
+		Level, Node, Model string
+	}
+	for _, r := range testenv.Records[record](t, logs) {
+		if r.Level == "WARN" && r.Node == node && r.Model == model {
+			return
+		}
+	}
+	t.Errorf("no warning names %s and %s, log:\n%s", node, model, logs)
+}
+
+func TestCopyReplaceFailureNamesNodes(t *testing.T) {
+	tr, logs := slowHealthTrio(t, [3]string{"src", "src", "m,dst"})
+	if err := tr.byName("n2").Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"src","destination":"dst"}`)
+	if resp.StatusCode != 500 {
+		t.Errorf("copy status %d %s, want 500", resp.StatusCode, body)
+	}
+	var shape map[string]string
+	if err := json.Unmarshal(body, &shape); err != nil || len(shape) != 1 {
+		t.Fatalf("copy body %s, want one JSON object with only an error key", body)
+	}
+	msg := shape["error"]
+	if prefix := `copied "src" to "dst", but removing the older "dst" failed on node n2: `; !strings.HasPrefix(msg, prefix) {
+		t.Errorf("copy error %q does not start with %q", msg, prefix)
+	}
+	if want := ". Node n2 still has the older model under that name"; !strings.Contains(msg, want) {
+		t.Errorf("copy error %q does not contain %q", msg, want)
+	}
+	for _, name := range []string{"n0", "n1"} {
+		if !simLists(t, tr.byName(name), "dst:latest") {
+			t.Errorf("%s lacks dst after the copy", name)
+		}
+	}
+	if !tr.proxy.Balancer().Node("n2").HasModel("dst") {
+		t.Error("the proxy dropped dst from n2's list, which still has it")
+	}
+	checkOlderModelLogged(t, logs, "n2", "dst")
+
+	// Sending the copy again retries the removal.
+	if err := tr.byName("n2").Server().SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, body = send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"src","destination":"dst"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("second copy status %d %s, want 200", resp.StatusCode, body)
+	}
+	checkOnlyListedOn(t, tr, "dst:latest", "n0", "n1")
+}
+
+func TestCreateReplaceFailureEndsStream(t *testing.T) {
+	tr, logs := slowHealthTrio(t, [3]string{"m,dst", "m,dst", "m,dst"})
+	sticky := blobNode(t, tr)
+	failing := tr.cfg.Nodes[(sticky+1)%3].Name
+	cleaned := tr.cfg.Nodes[(sticky+2)%3].Name
+	if err := tr.byName(failing).Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	var statuses []string
+	err := ollamaClient(t, tr.proxy.URL(), "", "").Create(context.Background(),
+		&api.CreateRequest{Model: "dst", From: "m"}, func(p api.ProgressResponse) error {
+			statuses = append(statuses, p.Status)
+			return nil
+		})
+	if err == nil {
+		t.Fatalf("create returned no error, statuses %q", statuses)
+	}
+	prefix := `created "dst", but removing the older "dst" failed on node ` + failing + ": "
+	if !strings.HasPrefix(err.Error(), prefix) {
+		t.Errorf("create error %q does not start with %q", err, prefix)
+	}
+	if slices.Contains(statuses, "success") {
+		t.Errorf("statuses %q include success before the error", statuses)
+	}
+	if simLists(t, tr.byName(cleaned), "dst:latest") {
+		t.Errorf("%s still lists dst", cleaned)
+	}
+	if !simLists(t, tr.sims[sticky], "dst:latest") {
+		t.Errorf("%s, which created dst, does not list it", tr.cfg.Nodes[sticky].Name)
+	}
+	checkOlderModelLogged(t, logs, failing, "dst")
 }

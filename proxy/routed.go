@@ -39,7 +39,8 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	if f.rawModel == "" {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, errModelRequired.Error())
+		status, msg := missingModelError(rt)
+		writeError(ctx, rt, status, msg)
 		return
 	}
 	rs.model = f.model
@@ -226,7 +227,7 @@ func (s *Server) report(n *balancer.Node, failure string) {
 func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, err error, last attempt) {
 	switch {
 	case errors.Is(err, balancer.ErrModelNotFound):
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(f.rawModel))
+		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, f.rawModel))
 	case (last.err != nil || last.status != 0) && errors.Is(err, balancer.ErrNoNode):
 		s.failAttempt(ctx, rt, rs, last)
 	case errors.Is(err, errClientGone):

@@ -164,9 +164,12 @@ func AnthropicError(msg, typ, requestID string) []byte {
 	return append(b, '}')
 }
 
-// AnthropicErrorType returns the Anthropic error type for an HTTP status,
-// as Ollama's anthropic.NewError maps it. Unlike OpenAIErrorType, a client
-// error without its own type, such as 405 or 408, gets api_error.
+// AnthropicErrorType returns the Anthropic error type for an HTTP status.
+// It follows Ollama's anthropic.NewError, except that a client error
+// without a type of its own, such as 405 or 408, gets invalid_request_error
+// where Ollama sends api_error. Anthropic's API documentation (errors page)
+// gives invalid_request_error to every 4xx status that it does not list,
+// and api_error means a fault of the server.
 func AnthropicErrorType(status int) string {
 	switch status {
 	case 400:
@@ -183,15 +186,11 @@ func AnthropicErrorType(status int) string {
 		return "rate_limit_error"
 	case 503, 529:
 		return "overloaded_error"
-	default:
-		return "api_error"
 	}
-}
-
-// NotFoundMessage returns the error message Ollama sends for a model it
-// does not have.
-func NotFoundMessage(model string) string {
-	return "model " + strconv.Quote(model) + " not found, try pulling it first"
+	if status >= 400 && status < 500 {
+		return "invalid_request_error"
+	}
+	return "api_error"
 }
 
 // appendJSONString appends s as a JSON string. It does not use
