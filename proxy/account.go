@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -15,8 +16,21 @@ import (
 )
 
 // reqState is the record of one request for the access log and the
-// metrics.
+// metrics. Records are pooled: begin takes one from reqStates and end puts
+// it back, so a holder that keeps a record past its end would share it
+// with a later request.
 type reqState struct {
+	requestFields
+	// gen is odd while a request owns the record and even while the
+	// record is in reqStates, because begin and end each add one. A holder
+	// that saved gen when it got the record, its owner token, can tell
+	// whether the record is still its own.
+	gen atomic.Uint64
+}
+
+// requestFields are the fields of a reqState that begin sets and end
+// clears.
+type requestFields struct {
 	id     string
 	start  time.Time
 	method string
@@ -61,13 +75,14 @@ type reqState struct {
 func (s *Server) begin(ctx *fasthttp.RequestCtx, rt route) *reqState {
 	id := ctx.Request.Header.Peek("X-Request-Id")
 	rs := reqStates.Get().(*reqState)
-	*rs = reqState{
+	rs.requestFields = requestFields{
 		start:  time.Now(),
 		method: methodString(ctx.Method()),
 		route:  rt,
 		class:  "standard",
 		ctx:    ctx,
 	}
+	rs.gen.Add(1)
 	if len(id) == 0 || len(id) > 128 {
 		var buf [64]byte
 		id = strconv.AppendUint(append(buf[:0], s.idPrefix...), s.idSeq.Add(1), 16)
@@ -101,8 +116,18 @@ func methodString(m []byte) string {
 }
 
 // end records a finished request, metrics and one access log line, and
-// recycles rs.
-func (s *Server) end(rs *reqState) {
+// recycles rs. Only the request that owns rs may call it, once (see
+// endAs).
+func (s *Server) end(rs *reqState) { s.endAs(rs, rs.gen.Load()) }
+
+// endAs ends rs for the holder of token, the owner token that it saved
+// when it got rs. When rs was ended since, endAs reports the bug and
+// changes nothing, because rs may belong to another request by now.
+func (s *Server) endAs(rs *reqState, token uint64) {
+	if token%2 == 0 || !rs.gen.CompareAndSwap(token, token+1) {
+		s.reportStaleEnd()
+		return
+	}
 	if rs.ctx != nil && rs.status == 0 {
 		rs.status = rs.ctx.Response.StatusCode()
 	}
@@ -155,8 +180,37 @@ func (s *Server) end(rs *reqState) {
 		slog.Int("retries", rs.retries),
 		slog.String("error", rs.err),
 	)
-	*rs = reqState{}
+	rs.requestFields = requestFields{}
 	reqStates.Put(rs)
+}
+
+// endHandled ends the request that handle began with the owner token
+// token, unless its response outlives the handler (rs.deferred) and the
+// body stream ends it. Reading the body of such a response in the handler
+// would end the request early, through the stream's Close, and is a bug
+// that endHandled reports.
+func (s *Server) endHandled(rs *reqState, token uint64) {
+	if rs.gen.Load() != token {
+		s.reportStaleEnd()
+		return
+	}
+	if !rs.deferred {
+		s.endAs(rs, token)
+	}
+}
+
+// panicOnStaleEnd makes reportStaleEnd panic. This package's tests set it,
+// so that a request record ended twice fails the test that ends it.
+var panicOnStaleEnd bool
+
+// reportStaleEnd reports an end of a request record that its caller no
+// longer owns.
+func (s *Server) reportStaleEnd() {
+	const msg = "request record ended twice, ignoring the second end (a bug in llmproxy)"
+	if panicOnStaleEnd {
+		panic(msg)
+	}
+	s.log.Error(msg)
 }
 
 // requestModelLabel is modelLabel of the request's model, without a
@@ -204,6 +258,17 @@ func (s *Server) observeFinal(rs *reqState, line []byte) {
 	if rs.lease != nil {
 		rs.lease.Observe(time.Duration(st.loadNs), time.Duration(st.totalNs),
 			rs.completionTokens, time.Duration(st.evalNs))
+	}
+}
+
+// estimateTokens charges a stream that carried no token counts one token
+// per chunk, because Ollama streams about one token per chunk, and
+// promptEstimate for the prompt. Such a stream ended before its final line
+// or is an OpenAI stream without usage, and the estimate keeps a client
+// that leaves early within its key's token limits.
+func (rs *reqState) estimateTokens(chunks, promptEstimate int64) {
+	if rs.promptTokens == 0 && rs.completionTokens == 0 && chunks > 0 {
+		rs.completionTokens, rs.promptTokens = chunks, promptEstimate
 	}
 }
 

@@ -125,7 +125,7 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 // storeResponse stores the non-streamed response that forward left in
 // ctx, and returns the entry for the requests that waited for it.
 func (s *Server) storeResponse(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.Entry {
-	if ctx.Response.StatusCode() != fasthttp.StatusOK {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK || outlivesHandler(ctx) {
 		return nil
 	}
 	agg := s.cache.NewAggregator(plan)
@@ -137,6 +137,16 @@ func (s *Server) storeResponse(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache
 		s.log.Debug("response not cached", "route", plan.Route, "error", err)
 	}
 	return e
+}
+
+// outlivesHandler reports whether the response in ctx is sent after the
+// handler returns: a body stream, or a stream on a connection taken over
+// from fasthttp. Its body is not in ctx, and reading it with
+// Response.Body would consume the stream and end the request early.
+// deliver relays a stream only to a request for one, so the stores of
+// non-streamed responses do not meet one. The check keeps it that way.
+func outlivesHandler(ctx *fasthttp.RequestCtx) bool {
+	return ctx.Response.IsBodyStream() || ctx.Hijacked()
 }
 
 // serveCachedEmbeddings serves the cached inputs of an embedding request
@@ -170,7 +180,7 @@ func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *r
 // storeEmbeddings stores the vectors a node computed for the missing
 // inputs and responds to the whole request, in input order.
 func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cache.Batch, plan cache.Plan) *cache.Entry {
-	if ctx.Response.StatusCode() != fasthttp.StatusOK {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK || outlivesHandler(ctx) {
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)

@@ -19,12 +19,13 @@ import (
 )
 
 // deliver sends the node's response to the client. A streamed response
-// goes line by line as it arrives, and any other response once read in
-// full.
+// to a request for a stream goes line by line as it arrives, and any other
+// response once read in full, a stream included (see collectStream).
 func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) (retry attempt) {
 	status := ex.resp.StatusCode()
-	if isStreamed(&ex.resp) {
+	streamed := isStreamed(&ex.resp)
+	if streamed && f.stream && !ctx.IsHead() {
 		ctx.SetStatusCode(status)
 		copyResponseHeaders(&ctx.Response.Header, &ex.resp)
 		ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)
@@ -77,7 +78,11 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 	rs.ttfb = elapsed(rs.start)
 	if status < 300 {
 		s.afterSuccess(rs, rt, f, lease.Node)
-		s.observeFinal(rs, body)
+		if streamed {
+			s.collectStream(ctx, rt, rs, f, body)
+		} else {
+			s.observeFinal(rs, body)
+		}
 	}
 	if status >= 400 && !ctx.IsHead() {
 		// Each API's clients parse only its own error shape, and a node
@@ -198,7 +203,10 @@ func setStreamHeaders(h *fasthttp.ResponseHeader) {
 // deliverStream hands the response to fasthttp as a body stream. fasthttp
 // calls relay.Read after the handler returns and writes each read as one
 // HTTP chunk, flushed at once, so a line leaves the proxy as soon as it
-// arrives.
+// arrives. From here on the relay owns rs and ends it in Close, so the
+// handler must not read the response body. Response.Body would read the
+// stream in the handler, which sends a looped stream straight to the
+// client's socket ahead of the response head, and would close the relay.
 func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) {
 	setStreamHeaders(&ctx.Response.Header)
@@ -216,6 +224,7 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 		r.reset(ex)
 	}
 	r.s, r.rt, r.rs, r.f, r.lease, r.ex, r.watch = s, rt, rs, f, lease, ex, watch
+	r.token = rs.gen.Load()
 	r.sse = bytes.HasPrefix(ex.resp.ContentType(), []byte("text/event-stream"))
 	r.promptEstimate = int64(len(ctx.PostBody()) / 4)
 	r.client = ctx.Conn()
@@ -280,9 +289,12 @@ type streamBody interface {
 // line to fasthttp as it arrives. It reads the final line for accounting
 // and ends a broken stream with an error in the stream's own format.
 type relay struct {
-	s     *Server
-	rt    route
-	rs    *reqState
+	s  *Server
+	rt route
+	rs *reqState
+	// token is the owner token of rs (see reqState.gen), with which Close
+	// ends the request.
+	token uint64
 	f     fields
 	lease *balancer.Lease
 	ex    *exchange
@@ -533,15 +545,22 @@ func closeOpenEvent(b []byte, tail [4]byte, sse bool) []byte {
 // observe reads the accounting fields of a final line: Ollama's done line
 // or an SSE event with usage.
 func (r *relay) observe(line []byte) {
-	if r.sse {
-		if !bytes.Contains(line, []byte(`"usage"`)) || !bytes.HasPrefix(line, []byte("data: {")) {
-			return
-		}
-		line = line[len("data: "):]
-	} else if !bytes.Contains(line, []byte(`"done":true`)) {
-		return
+	if final, ok := finalObject(line, r.sse); ok {
+		r.s.observeFinal(r.rs, final)
 	}
-	r.s.observeFinal(r.rs, line)
+}
+
+// finalObject returns the JSON object of a stream line that can carry the
+// accounting fields: Ollama's done line, or the data of an SSE event with
+// usage. ok is false for any other line.
+func finalObject(line []byte, sse bool) (object []byte, ok bool) {
+	if sse {
+		if !bytes.Contains(line, []byte(`"usage"`)) || !bytes.HasPrefix(line, []byte("data: {")) {
+			return nil, false
+		}
+		return line[len("data: "):], true
+	}
+	return line, bytes.Contains(line, []byte(`"done":true`))
 }
 
 // fail ends a broken stream. When the client went away, nothing more can
@@ -617,13 +636,7 @@ func (r *relay) Close() error {
 	r.watch.release()
 	r.lease.Release()
 	rs := r.rs
-	if rs.promptTokens == 0 && rs.completionTokens == 0 && r.chunks > 0 {
-		// The stream carried no counts: it ended before its final line, or
-		// it is an OpenAI stream without usage. Charge an estimate, one
-		// token per chunk sent (Ollama streams about one token per chunk),
-		// so that leaving early does not escape the key's token limits.
-		rs.completionTokens, rs.promptTokens = r.chunks, r.promptEstimate
-	}
+	rs.estimateTokens(r.chunks, r.promptEstimate)
 	if r.f.store != nil {
 		r.f.store.finish(complete && rs.status == fasthttp.StatusOK)
 	}
@@ -659,8 +672,9 @@ func (r *relay) Close() error {
 		r.br.Reset(nil)
 	}
 	r.loop = false
+	token := r.token
 	relayPool.Put(r)
-	s.end(rs)
+	s.endAs(rs, token)
 	return nil
 }
 

@@ -330,6 +330,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		rt = routeNotFound
 	}
 	rs := s.begin(ctx, rt)
+	token := rs.gen.Load()
 	if !checkHost(ctx, s.config().Listen) || !s.applyCORS(ctx, rt) ||
 		(rt.api() && !s.identify(ctx, rt, rs)) {
 		s.end(rs)
@@ -372,9 +373,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	default:
 		s.serveNotFound(ctx, rt)
 	}
-	if !rs.deferred {
-		s.end(rs)
-	}
+	s.endHandled(rs, token)
 }
 
 func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
