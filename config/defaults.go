@@ -75,6 +75,7 @@ func Default() Config {
 			HealthyThreshold:   2,
 			MaxFails:           3,
 			FailTimeout:        30 * time.Second,
+			MaxEjectionPercent: 50,
 		},
 		Breaker: Breaker{
 			ConsecutiveFailures: 5,

@@ -30,6 +30,7 @@ func TestDefaultValues(t *testing.T) {
 		{"health.healthy_threshold", c.Health.HealthyThreshold, 2},
 		{"health.max_fails", c.Health.MaxFails, 3},
 		{"health.fail_timeout", c.Health.FailTimeout, 30 * time.Second},
+		{"health.max_ejection_percent", c.Health.MaxEjectionPercent, 50},
 		{"breaker.consecutive_failures", c.Breaker.ConsecutiveFailures, uint32(5)},
 		{"breaker.failure_ratio", c.Breaker.FailureRatio, 0.5},
 		{"breaker.min_requests", c.Breaker.MinRequests, uint32(10)},

@@ -132,6 +132,8 @@ func TestParseProblem(t *testing.T) {
 			nil, "health.healthy_threshold", 4, "must be at least 1"},
 		{"zero fail timeout", nodeYAML + "health:\n  fail_timeout: 0s\n",
 			nil, "health.fail_timeout", 4, "must be positive"},
+		{"ejection percent above 100", nodeYAML + "health:\n  max_ejection_percent: 150\n",
+			nil, "health.max_ejection_percent", 4, "must be from 0 to 100, got 150"},
 		{"ratio above one", nodeYAML + "breaker:\n  failure_ratio: 1.5\n",
 			nil, "breaker.failure_ratio", 4, "above 0 and at most 1"},
 		{"zero attempts", nodeYAML + "retry:\n  attempts: 0\n",

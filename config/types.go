@@ -75,7 +75,9 @@ type Upstream struct {
 	Connect time.Duration `yaml:"connect"`
 	// FirstByte bounds the time from the start of sending a request to its
 	// response headers, which covers a cold model load and the upload of a
-	// body over 16 KiB. Default 5m.
+	// body over 16 KiB. Ollama sends the headers of a non-streamed response
+	// only when generation ends, so for one it bounds the whole
+	// generation. Default 5m.
 	FirstByte time.Duration `yaml:"first_byte"`
 	// Idle bounds the silence between two chunks of a streamed response,
 	// and the time a client of a stream may take no bytes. Default 2m.
@@ -116,6 +118,12 @@ type Health struct {
 	// FailTimeout is both the window that counts failures and how long a
 	// node stays out after MaxFails. Default 30s.
 	FailTimeout time.Duration `yaml:"fail_timeout"`
+	// MaxEjectionPercent caps the nodes that passive checks and open
+	// circuit breakers keep out at once, in percent of all nodes, rounded
+	// down but at least one node. Neither ever takes out the last usable
+	// node of a model, and active probes are not capped. 0 lets neither
+	// take any node out. From 0 to 100, default 50.
+	MaxEjectionPercent int `yaml:"max_ejection_percent"`
 }
 
 // Breaker configures the circuit breaker of each node.

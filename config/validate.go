@@ -164,6 +164,9 @@ func (v *validator) health(h Health) {
 	} else {
 		nonNegative(v, "health.fail_timeout", h.FailTimeout)
 	}
+	if h.MaxEjectionPercent < 0 || h.MaxEjectionPercent > 100 {
+		v.add("health.max_ejection_percent", "must be from 0 to 100, got %d", h.MaxEjectionPercent)
+	}
 }
 
 func (v *validator) breaker(b Breaker) {

@@ -39,6 +39,10 @@ type Checker struct {
 	runCtx   context.Context
 	wg       sync.WaitGroup
 
+	// ejections caps the nodes that passive checks and breakers keep out.
+	// Sync keeps its settings and trackers current.
+	ejections ejectionCap
+
 	// pulling contains a key for each node and model that models.ensure
 	// is pulling, so that at most one pull runs per pair. pullMu guards it.
 	pullMu  sync.Mutex
@@ -99,6 +103,11 @@ func (c *Checker) Sync(cfg *config.Config) {
 		}
 	}
 	c.dropTrackersLocked(live)
+	trackers := make([]*tracker, 0, len(nodes))
+	for _, n := range nodes {
+		trackers = append(trackers, c.trackers[n])
+	}
+	c.ejections.set(cfg.Health.MaxEjectionPercent, trackers)
 }
 
 // syncTrackerLocked gives n a tracker built from cfg, or applies cfg to the
@@ -106,7 +115,7 @@ func (c *Checker) Sync(cfg *config.Config) {
 func (c *Checker) syncTrackerLocked(n *balancer.Node, cfg *config.Config) {
 	t, ok := c.trackers[n]
 	if !ok {
-		t = newTracker(n, cfg, c.now, c.breakerChanged)
+		t = newTracker(n, cfg, c.now, c.breakerChanged, &c.ejections)
 		c.trackers[n] = t
 		n.SetGate(t)
 		if c.m != nil {
@@ -303,11 +312,12 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	if t == nil {
 		return
 	}
-	// Only a failure can take the node out, so a success skips the scan.
-	if out, ok := t.report(failure, failure != "" && c.othersUsable(n)); ok {
+	r := t.report(failure)
+	if r.out != nil {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
-			"failures", out.failures, "for", out.duration)
+			"failures", r.out.failures, "for", r.out.duration)
 	}
+	c.noteHeld(t, r)
 	// A success cannot make the node unusable, so only a failure updates the
 	// gauge here. /metrics refreshes it on every scrape.
 	if c.m != nil && failure != "" {
@@ -317,6 +327,74 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 		}
 		c.m.NodeUp.WithLabelValues(n.Name).Set(up)
 	}
+}
+
+// noteHeld counts the take-outs that the ejection cap refused in r, and
+// logs them at most once per heldLogInterval and node.
+func (c *Checker) noteHeld(t *tracker, r reported) {
+	if !r.passiveHeld && r.breakerHeld == 0 {
+		return
+	}
+	n := t.node
+	if c.m != nil {
+		if r.passiveHeld {
+			c.m.EjectionsSkipped.WithLabelValues(n.Name, "passive").Inc()
+		}
+		if r.breakerHeld > 0 {
+			c.m.EjectionsSkipped.WithLabelValues(n.Name, "breaker").Add(float64(r.breakerHeld))
+		}
+	}
+	if t.heldLogDue() {
+		check := "passive"
+		if !r.passiveHeld {
+			check = "breaker"
+		}
+		c.log.Info("node kept in despite failures: health.max_ejection_percent nodes are out, "+
+			"or it is the last usable node of a model", "node", n.Name, "check", check,
+			"max_ejection_percent", c.config().Health.MaxEjectionPercent)
+	}
+}
+
+// Alive probes n with GET /api/version within health.timeout, as the
+// active checks do, and returns nil when n responds with its version. It
+// changes no health state of n. Concurrent calls for one node share one
+// probe, so that the requests that time out together on a node send it
+// one probe. Alive implements the proxy's HealthReporter.
+func (c *Checker) Alive(ctx context.Context, n *balancer.Node) error {
+	t := c.tracker(n)
+	if t == nil {
+		return fmt.Errorf("node %s: not in the configuration", n.Name)
+	}
+	t.probeCallMu.Lock()
+	call := t.probeCall
+	if call != nil {
+		t.probeCallMu.Unlock()
+		select {
+		case <-call.done:
+			return call.err
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	call = &liveness{done: make(chan struct{})}
+	t.probeCall = call
+	t.probeCallMu.Unlock()
+
+	// The callers that share the probe must not take this caller's end for
+	// a failure of the node, so the probe ends only at health.timeout.
+	call.err = c.checkVersion(context.WithoutCancel(ctx), n, c.config().Health.Timeout)
+	t.probeCallMu.Lock()
+	t.probeCall = nil
+	t.probeCallMu.Unlock()
+	close(call.done)
+	return call.err
+}
+
+// liveness is one probe of Alive and its result, which err holds once done
+// is closed.
+type liveness struct {
+	done chan struct{}
+	err  error
 }
 
 // BreakerState returns the state of the node's breaker: closed, half-open
@@ -436,16 +514,4 @@ func parsePS(body []byte) ([]balancer.Loaded, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// othersUsable reports whether a node other than n may take requests, so
-// that passive checks never take the last usable node out: a node that
-// fails some requests serves better than none.
-func (c *Checker) othersUsable(n *balancer.Node) bool {
-	for _, o := range c.bal.Nodes() {
-		if o != n && o.Usable() {
-			return true
-		}
-	}
-	return false
 }

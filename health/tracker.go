@@ -22,6 +22,17 @@ type tracker struct {
 	node     *balancer.Node
 	now      func() time.Time
 	onChange func(n *balancer.Node, from, to gobreaker.State)
+	// ejections decides whether the node may be taken out, nil for no cap.
+	ejections *ejectionCap
+
+	// breakerHeld counts the trips that the ejection cap refused to the
+	// breaker since report last read it.
+	breakerHeld atomic.Int64
+
+	// probeCall is the liveness probe in progress, shared by the callers
+	// of Alive. probeCallMu guards it.
+	probeCallMu sync.Mutex
+	probeCall   *liveness
 
 	// breaker is the node's current breaker. recovered and apply replace
 	// it with mu held. The outcome of a request that ends while it is
@@ -39,6 +50,9 @@ type tracker struct {
 	// outUntil is the end of a passive take-out in Unix nanoseconds, 0 for
 	// none. Usable reads it without the lock.
 	outUntil atomic.Int64
+	// heldLogged is when a take-out that the ejection cap refused was last
+	// logged, so that a node failing on and on logs it once a minute.
+	heldLogged time.Time
 
 	// probeMu serialises the node's probes: its loop's, and those of
 	// ProbeAll at start and after a reload. It guards the fields below.
@@ -70,12 +84,29 @@ type takeOut struct {
 	duration time.Duration
 }
 
+// reported is the effect of one reported outcome on the node.
+type reported struct {
+	// out is set when passive checks have just taken the node out.
+	out *takeOut
+	// passiveHeld is set when the node reached max_fails but the ejection
+	// cap kept it in.
+	passiveHeld bool
+	// breakerHeld counts the times that the breaker would have opened but
+	// the ejection cap kept it closed.
+	breakerHeld int64
+}
+
+// heldLogInterval is the least time between two logs of a take-out that
+// the ejection cap refused to one node.
+const heldLogInterval = time.Minute
+
 func newTracker(n *balancer.Node, cfg *config.Config, now func() time.Time,
-	onChange func(n *balancer.Node, from, to gobreaker.State)) *tracker {
+	onChange func(n *balancer.Node, from, to gobreaker.State), ejections *ejectionCap) *tracker {
 	t := &tracker{
 		node:       n,
 		now:        now,
 		onChange:   onChange,
+		ejections:  ejections,
 		maxFails:   cfg.Health.MaxFails,
 		failWindow: cfg.Health.FailTimeout,
 	}
@@ -92,11 +123,16 @@ func (t *tracker) newBreaker(b config.Breaker) *nodeBreaker {
 		Interval:    b.Interval,
 		Timeout:     b.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
-			if b.ConsecutiveFailures > 0 && c.ConsecutiveFailures >= b.ConsecutiveFailures {
+			if !tripping(b, c) {
+				return false
+			}
+			// The flag is set inside the cap's decision, so that the next
+			// decision counts this node out.
+			if t.ejections.admit(t, func() { nb.tripped.Store(true) }) {
 				return true
 			}
-			return b.FailureRatio > 0 && c.Requests >= max(b.MinRequests, 1) &&
-				float64(c.TotalFailures)/float64(c.Requests) >= b.FailureRatio
+			t.breakerHeld.Add(1)
+			return false
 		},
 		// gobreaker calls OnStateChange with its lock held, so this only
 		// passes the event on. The gauge and the log follow the current
@@ -109,6 +145,16 @@ func (t *tracker) newBreaker(b config.Breaker) *nodeBreaker {
 		},
 	})
 	return nb
+}
+
+// tripping reports whether counts c reach the thresholds of b that open a
+// breaker.
+func tripping(b config.Breaker, c gobreaker.Counts) bool {
+	if b.ConsecutiveFailures > 0 && c.ConsecutiveFailures >= b.ConsecutiveFailures {
+		return true
+	}
+	return b.FailureRatio > 0 && c.Requests >= max(b.MinRequests, 1) &&
+		float64(c.TotalFailures)/float64(c.Requests) >= b.FailureRatio
 }
 
 // recovered clears the passive failures and replaces the breaker of a node
@@ -177,32 +223,68 @@ func (t *tracker) Usable() bool {
 	return true
 }
 
-// report records one request's outcome. It returns true and the take-out
-// when passive checks have just taken the node out.
-func (t *tracker) report(failure string, mayTakeOut bool) (takeOut, bool) {
+// report records one request's outcome in the breaker and the passive
+// failure count, and returns what that did to the node. An empty failure
+// is a success.
+func (t *tracker) report(failure string) reported {
 	var err error
 	if failure != "" {
 		err = errNodeFailure
 	}
 	_, _ = t.breaker.Load().cb.Execute(func() (struct{}, error) { return struct{}{}, err })
+	r := reported{breakerHeld: t.breakerHeld.Swap(0)}
 	if failure == "" {
-		return takeOut{}, false
+		return r
 	}
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.maxFails <= 0 {
-		return takeOut{}, false
+		return r
 	}
 	t.failures = append(t.recentLocked(now), now)
-	if !mayTakeOut || len(t.failures) < t.maxFails || now.UnixNano() < t.outUntil.Load() {
-		return takeOut{}, false
+	if len(t.failures) < t.maxFails || now.UnixNano() < t.outUntil.Load() {
+		return r
 	}
-	out := takeOut{failures: len(t.failures), duration: t.failWindow}
-	t.outSince = now
-	t.outUntil.Store(now.Add(t.failWindow).UnixNano())
+	// The failures stay counted while the cap keeps the node in, so the
+	// next failure runs the decision again.
+	taken := t.ejections.admit(t, func() {
+		t.outSince = now
+		t.outUntil.Store(now.Add(t.failWindow).UnixNano())
+	})
+	if !taken {
+		r.passiveHeld = true
+		return r
+	}
+	r.out = &takeOut{failures: len(t.failures), duration: t.failWindow}
 	t.failures = t.failures[:0]
-	return out, true
+	return r
+}
+
+// heldLogDue reports whether a refused take-out of the node is to be
+// logged now, at most once per heldLogInterval.
+func (t *tracker) heldLogDue() bool {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.heldLogged.IsZero() && now.Sub(t.heldLogged) < heldLogInterval {
+		return false
+	}
+	t.heldLogged = now
+	return true
+}
+
+// ejected reports whether passive checks or the breaker keep the node out
+// now. A half-open breaker counts as out. It takes no lock, so that the
+// ejection cap may call it while a breaker holds its own.
+func (t *tracker) ejected() bool {
+	return t.passiveOut() || t.breaker.Load().tripped.Load()
+}
+
+// available reports, without a lock, whether the node may take requests:
+// up, not draining and not ejected.
+func (t *tracker) available() bool {
+	return t.node.Up() && !t.node.Draining() && !t.ejected()
 }
 
 // recentLocked returns the failures within the window before now, reusing

@@ -21,7 +21,7 @@ func newTestTracker(t *testing.T, tune func(*config.Config)) (*tracker, *testclo
 		tune(&cfg)
 	}
 	c := testclock.New(time.Unix(1000, 0))
-	tr := newTracker(n, &cfg, c.Now, func(*balancer.Node, gobreaker.State, gobreaker.State) {})
+	tr := newTracker(n, &cfg, c.Now, func(*balancer.Node, gobreaker.State, gobreaker.State) {}, nil)
 	return tr, c
 }
 
@@ -32,14 +32,14 @@ func TestPassiveWindow(t *testing.T) {
 		cfg.Breaker.ConsecutiveFailures = 100
 		cfg.Breaker.FailureRatio = 0
 	})
-	tr.report("connect", true)
-	tr.report("connect", true)
+	tr.report("connect")
+	tr.report("connect")
 	c.Advance(31 * time.Second) // the first two fall out of the window
-	if _, out := tr.report("connect", true); out {
+	if r := tr.report("connect"); r.out != nil {
 		t.Fatal("taken out after one failure in the window")
 	}
-	tr.report("connect", true)
-	if _, out := tr.report("connect", true); !out {
+	tr.report("connect")
+	if r := tr.report("connect"); r.out == nil {
 		t.Fatal("not taken out after three failures in the window")
 	}
 	if tr.Usable() {
@@ -58,7 +58,7 @@ func TestPassiveWindow(t *testing.T) {
 func TestSuccessesDoNotCountAsFailures(t *testing.T) {
 	tr, _ := newTestTracker(t, func(cfg *config.Config) { cfg.Health.MaxFails = 1 })
 	for i := 0; i < 10; i++ {
-		if _, out := tr.report("", true); out {
+		if r := tr.report(""); r.out != nil {
 			t.Fatal("a success took the node out")
 		}
 	}
@@ -74,7 +74,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Hour
 	})
 	for i := 0; i < 3; i++ {
-		tr.report("status_5xx", true)
+		tr.report("status_5xx")
 	}
 	if got := tr.breakerState(); got != "open" {
 		t.Fatalf("breaker %s after 3 consecutive failures, want open", got)
@@ -98,7 +98,7 @@ func TestHalfOpenLimitsProbes(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Millisecond
 		cfg.Breaker.HalfOpenRequests = 2
 	})
-	tr.report("timeout", true)
+	tr.report("timeout")
 	waitHalfOpen(t, tr)
 	tr.node.Acquire()
 	tr.node.Acquire()
@@ -125,8 +125,8 @@ func TestApplyTurnsPassiveChecksOff(t *testing.T) {
 		cfg.Breaker.ConsecutiveFailures = 100
 		cfg.Breaker.FailureRatio = 0
 	})
-	tr.report("connect", true)
-	if _, out := tr.report("connect", true); !out {
+	tr.report("connect")
+	if r := tr.report("connect"); r.out == nil {
 		t.Fatal("not taken out after two failures")
 	}
 	tr.apply(reloaded(func(cfg *config.Config) {
@@ -138,7 +138,7 @@ func TestApplyTurnsPassiveChecksOff(t *testing.T) {
 		t.Error("still taken out after max_fails 0 turned passive checks off")
 	}
 	for range 5 {
-		if _, out := tr.report("connect", true); out {
+		if r := tr.report("connect"); r.out != nil {
 			t.Fatal("taken out with max_fails 0")
 		}
 	}
@@ -146,17 +146,17 @@ func TestApplyTurnsPassiveChecksOff(t *testing.T) {
 
 func TestApplyStartsPassiveChecks(t *testing.T) {
 	tr, _ := newTestTracker(t, func(cfg *config.Config) { cfg.Health.MaxFails = 0 })
-	tr.report("connect", true)
+	tr.report("connect")
 	tr.apply(reloaded(func(cfg *config.Config) {
 		cfg.Health.MaxFails = 2
 		cfg.Health.FailTimeout = 45 * time.Second
 	}))
 	// Failures before the reload went uncounted, as passive checks were off.
-	if _, out := tr.report("connect", true); out {
+	if r := tr.report("connect"); r.out != nil {
 		t.Fatal("taken out after one failure counted")
 	}
-	got, out := tr.report("connect", true)
-	if !out {
+	got := tr.report("connect").out
+	if got == nil {
 		t.Fatal("not taken out after two failures with max_fails 2")
 	}
 	if got.failures != 2 {
@@ -172,7 +172,7 @@ func TestApplyMovesTakeOutEnd(t *testing.T) {
 		cfg.Health.MaxFails = 1
 		cfg.Health.FailTimeout = time.Minute
 	})
-	tr.report("connect", true)
+	tr.report("connect")
 	c.Advance(5 * time.Second)
 	tr.apply(reloaded(func(cfg *config.Config) {
 		cfg.Health.MaxFails = 1
@@ -202,14 +202,14 @@ func TestApplyKeepsExpiredFailuresOut(t *testing.T) {
 		cfg.Health.MaxFails = 3
 		cfg.Health.FailTimeout = 30 * time.Second
 	})
-	tr.report("connect", true)
-	tr.report("connect", true)
+	tr.report("connect")
+	tr.report("connect")
 	c.Advance(40 * time.Second)
 	tr.apply(reloaded(func(cfg *config.Config) {
 		cfg.Health.MaxFails = 3
 		cfg.Health.FailTimeout = 2 * time.Minute
 	}))
-	if _, out := tr.report("connect", true); out {
+	if r := tr.report("connect"); r.out != nil {
 		t.Error("failures that had left the old window counted under the new one")
 	}
 }
@@ -221,8 +221,8 @@ func TestApplyReplacesChangedBreaker(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Hour
 	}
 	tr, _ := newTestTracker(t, tight)
-	tr.report("status_5xx", true)
-	tr.report("status_5xx", true)
+	tr.report("status_5xx")
+	tr.report("status_5xx")
 	if got := tr.breakerState(); got != "open" {
 		t.Fatalf("breaker %s after 2 consecutive failures, want open", got)
 	}
@@ -254,12 +254,12 @@ func TestApplyReplacesChangedBreaker(t *testing.T) {
 	if !tr.Usable() {
 		t.Error("not usable with a new closed breaker")
 	}
-	tr.report("status_5xx", true)
-	tr.report("status_5xx", true)
+	tr.report("status_5xx")
+	tr.report("status_5xx")
 	if got := tr.breakerState(); got != "closed" {
 		t.Errorf("breaker %s after 2 failures with consecutive_failures 3, want closed", got)
 	}
-	tr.report("status_5xx", true)
+	tr.report("status_5xx")
 	if got := tr.breakerState(); got != "open" {
 		t.Errorf("breaker %s after 3 failures with consecutive_failures 3, want open", got)
 	}
@@ -276,7 +276,7 @@ func TestApplyBoundsHalfOpenRequests(t *testing.T) {
 		cfg.Breaker.OpenTimeout = time.Millisecond
 		cfg.Breaker.HalfOpenRequests = 3
 	}))
-	tr.report("timeout", true)
+	tr.report("timeout")
 	waitHalfOpen(t, tr)
 	tr.node.Acquire()
 	tr.node.Acquire()

@@ -34,6 +34,8 @@ type Metrics struct {
 	NodeLoadedModels *prometheus.GaugeVec   // node
 	NodeVRAMBytes    *prometheus.GaugeVec   // node
 	NodeFailures     *prometheus.CounterVec // node, reason
+	UncountedErrors  *prometheus.CounterVec // node, reason
+	EjectionsSkipped *prometheus.CounterVec // node, check
 	Retries          *prometheus.CounterVec // node, reason
 	ModelLoads       *prometheus.CounterVec // node, model
 
@@ -114,6 +116,18 @@ func New() *Metrics {
 			"GPU memory used by the models loaded on the node (size_vram in /api/ps).", "node"),
 		NodeFailures: f.counter("llmproxy_node_failures_total",
 			"Failures counted against a node, by reason.", "node", "reason"),
+		UncountedErrors: f.counter("llmproxy_uncounted_node_errors_total",
+			"Errors of a node that passive checks and its breaker did not count against it, by "+
+				"reason: request_error (every node tried returned the same 5xx error, so the "+
+				"request caused it), unconfirmed_5xx (a 5xx error of Ollama's that no other node's "+
+				"response confirmed or refuted) and slow_response (no head of a non-streamed "+
+				"response within upstream.first_byte from a node that then passed a probe).",
+			"node", "reason"),
+		EjectionsSkipped: f.counter("llmproxy_ejections_skipped_total",
+			"Times that passive checks (check=passive) or a circuit breaker (check=breaker) "+
+				"would have taken a node out but did not, because health.max_ejection_percent "+
+				"nodes were out already or the node was the last usable one of a model.",
+			"node", "check"),
 		Retries: f.counter("llmproxy_retries_total",
 			"Requests retried on another node, by the node that failed and the reason.",
 			"node", "reason"),

@@ -25,6 +25,9 @@ type HealthReporter interface {
 	// Report records one request's outcome on n. failure is "" for a
 	// success, or a reason such as "connect" or "timeout".
 	Report(n *balancer.Node, failure string)
+	// Alive probes n now and returns nil when it responds. The result
+	// decides whether a first-byte timeout counts against n.
+	Alive(ctx context.Context, n *balancer.Node) error
 }
 
 // serveRouted serves a request that one node handles. After the API key
@@ -72,6 +75,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 
 	var tried []*balancer.Node
 	var last attempt
+	var ledger errorLedger
+	// The errors still held when the request ends are those of a request
+	// that no node served.
+	defer s.settleUnserved(rs, &ledger)
 	warm := false
 	for n := 1; n <= max(cfg.Retry.Attempts, 1); n++ {
 		lease, err := s.acquire(wctx, rt, rs, f, tried, warm)
@@ -89,6 +96,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 		rs.lease = lease
 		a, ex := s.try(wctx, lease, req, f)
 		if a.err == nil && a.body == nil {
+			s.settleServed(&ledger)
 			s.report(node, "")
 			if a = s.deliver(ctx, rt, rs, f, lease, ex, watch); a.err == nil {
 				return
@@ -96,9 +104,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fie
 			// deliver released the lease of a body that the node cut.
 		} else {
 			lease.Release()
+			s.probeAfterTimeout(wctx, rt, f, node, &a)
 		}
 		v := judge(a)
-		s.report(node, v.failure)
+		s.record(node, v, a, &ledger)
 		last = a
 		warm = warm || v.warm
 		if !v.retry || n == cfg.Retry.Attempts || !s.canRetry(rt, rs, f, tried, warm) {
@@ -207,11 +216,28 @@ func (s *Server) try(ctx context.Context, lease *balancer.Lease, req *fasthttp.R
 		if a.body == nil {
 			a.body = []byte{}
 		}
+		a.signature = errorSignature(st, a.body)
 		ex.finish()
 		node.SetLastError("status " + itoa(st) + ": " + string(a.body))
 		return a, nil
 	}
 	return a, ex
+}
+
+// record passes the verdict on an attempt on n to the node's health: a
+// failure that waits for the request's other attempts goes to ledger, and
+// an error that counts against no node only to the metrics.
+func (s *Server) record(n *balancer.Node, v verdict, a attempt, ledger *errorLedger) {
+	switch {
+	case v.deferred:
+		ledger.add(n, a.signature)
+	case v.uncounted != "":
+		if s.m != nil {
+			s.m.UncountedErrors.WithLabelValues(n.Name, v.uncounted).Inc()
+		}
+	default:
+		s.report(n, v.failure)
+	}
 }
 
 func (s *Server) report(n *balancer.Node, failure string) {

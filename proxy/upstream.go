@@ -51,6 +51,11 @@ var errTotalTimeout = fmt.Errorf("request exceeded upstream.total: %w", context.
 // response headers in time.
 var errFirstByteTimeout = errors.New("no response from node within the first-byte timeout")
 
+// errBodyNotTaken is the first-byte timeout of a node that stopped reading
+// the request body.
+var errBodyNotTaken = fmt.Errorf("%w (the node did not take the whole request body in time)",
+	errFirstByteTimeout)
+
 // errBodyCut ends a response body whose node connection closed or failed
 // before the last byte that the framing announced.
 var errBodyCut = errors.New("node closed the connection before the response body was complete")
@@ -234,8 +239,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 			return nil, errStaleConn
 		}
 		if isTimeout(err) && ctx.Err() == nil {
-			return nil, fmt.Errorf("node %s: %w (the node did not take the whole request body in time)",
-				u.node.Name, errFirstByteTimeout)
+			return nil, fmt.Errorf("node %s: %w", u.node.Name, errBodyNotTaken)
 		}
 		return nil, u.wrap(ctx, "send request", err)
 	}

@@ -71,7 +71,9 @@ func gatewayTimeout(t *testing.T, resp *http.Response) string {
 func TestFirstByteTimeoutIs504(t *testing.T) {
 	tr := slowTrio(t, true)
 
-	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi","stream":false}`)
+	// A stream's head comes with its first token, so its timeout counts
+	// against the node without a probe.
+	resp := post(t, tr.proxy.URL()+"/api/generate", `{"model":"m","prompt":"hi"}`)
 	body := gatewayTimeout(t, resp)
 	if !strings.Contains(body, `"error":`) || !strings.Contains(body, "first-byte timeout") {
 		t.Errorf("body %s is not an Ollama error naming the first-byte timeout", body)
