@@ -35,7 +35,11 @@ type requestFields struct {
 	start  time.Time
 	method string
 	route  route
-	model  string
+	// path is the request path of a fallback route, logged in place of
+	// the route's name, which is the same for every such path. It is ""
+	// on every other route.
+	path  string
+	model string
 	// modelListed is set when the balancer placed the request by its
 	// model, which a node listed then, so the model is a bounded label
 	// even if the node leaves before the request ends.
@@ -136,6 +140,11 @@ func (s *Server) endAs(rs *reqState, token uint64) {
 		rs.err = bodyErrorMessage(&rs.ctx.Response)
 	}
 	model := s.requestModelLabel(rs)
+	if !rs.route.inference {
+		// Only routes that run a model use tokens. The lines of a pull or
+		// create stream would otherwise count as completion tokens.
+		rs.promptTokens, rs.completionTokens = 0, 0
+	}
 	if rs.reservation != nil {
 		rs.settle() // the limiter counts the tokens it settles
 	} else {
@@ -163,10 +172,14 @@ func (s *Server) endAs(rs *reqState, token uint64) {
 	if rs.route.how == handleRoot || rs.route.how == handleAdmin {
 		level = slog.LevelDebug
 	}
+	route := rs.route.name
+	if rs.path != "" {
+		route = rs.path
+	}
 	s.log.LogAttrs(nil, level, "request",
 		slog.String("request_id", rs.id),
 		slog.String("method", rs.method),
-		slog.String("route", rs.route.name),
+		slog.String("route", route),
 		slog.String("model", rs.model),
 		slog.String("node", rs.node),
 		slog.Int("status", rs.status),

@@ -118,7 +118,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 	d, res := lim.Admit(context.Background(), ratelimit.Request{
 		Key:    rs.apiKey,
 		Addr:   addr,
-		Tokens: f.maxTokens,
+		Tokens: f.reserveTokens,
 		Model:  s.modelLabel(f.model),
 		// Only routes that run a model count towards the token and
 		// request quotas.

@@ -30,6 +30,15 @@ func TestClassify(t *testing.T) {
 		{"POST", "/nothing", handleNotFound, "other", apiOllama},
 		{"GET", "/admin/nodes", handleAdmin, "/admin", apiOllama},
 		{"GET", "/administrator", handleNotFound, "other", apiOllama},
+		{"GET", "/v1/models/", handleRedirect, "other", apiOllama},
+		{"POST", "/api/generate/", handleRedirect, "other", apiOllama},
+		{"GET", "/api/generate/", handleFallback, "/api/*", apiOllama},
+		{"GET", "/api/status", handleFallback, "/api/*", apiOllama},
+		{"POST", "/v1/audio/transcriptions", handleFallback, "/v1/*", apiOpenAI},
+		{"POST", "/v1/messages/count_tokens", handleFallback, "/v1/*", apiAnthropic},
+		{"GET", "/v1/models/library/m", handleFallback, "/v1/*", apiOpenAI},
+		{"OPTIONS", "/api/status", handleOptions, "options", apiOllama},
+		{"GET", "/api", handleNotFound, "other", apiOllama},
 	}
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
@@ -56,7 +65,7 @@ func TestInspectDefaults(t *testing.T) {
 		{"ollama stream false", chat, `{"model":"m","stream":false,"messages":[1]}`,
 			fields{model: "m:latest", rawModel: "m"}},
 		{"openai does not stream by default", oaChat, `{"model":"m","max_tokens":9}`,
-			fields{model: "m:latest", rawModel: "m", maxTokens: 9}},
+			fields{model: "m:latest", rawModel: "m", reserveTokens: 9}},
 		{"preload", gen, `{"model":"m"}`,
 			fields{model: "m:latest", rawModel: "m", stream: true, preload: true}},
 		{"unload", gen, `{"model":"m","keep_alive":0}`,
@@ -64,7 +73,7 @@ func TestInspectDefaults(t *testing.T) {
 		{"unload string", gen, `{"model":"m","keep_alive":"0s","prompt":"x"}`,
 			fields{model: "m:latest", rawModel: "m", stream: true, unload: true}},
 		{"options", gen, `{"model":"a/b:7b","prompt":"x","options":{"num_ctx":8192,"num_predict":50}}`,
-			fields{model: "a/b:7b", rawModel: "a/b:7b", stream: true, numCtx: 8192, maxTokens: 50}},
+			fields{model: "a/b:7b", rawModel: "a/b:7b", stream: true, numCtx: 8192, reserveTokens: 50}},
 	}
 	var p fastjson.Parser
 	for _, tc := range cases {
@@ -186,16 +195,16 @@ func TestInspectReadsTokenCounts(t *testing.T) {
 		if err != nil {
 			t.Fatalf("num_predict %s: %v", tt.num, err)
 		}
-		if f.maxTokens != tt.want {
-			t.Errorf("num_predict %s: max tokens %d, want %d", tt.num, f.maxTokens, tt.want)
+		if f.reserveTokens != tt.want {
+			t.Errorf("num_predict %s: max tokens %d, want %d", tt.num, f.reserveTokens, tt.want)
 		}
 		body = `{"model":"m","messages":[],"max_tokens":` + tt.num + `}`
 		f, err = inspect(&p, classify([]byte("POST"), []byte("/v1/chat/completions")), []byte(body))
 		if err != nil {
 			t.Fatalf("max_tokens %s: %v", tt.num, err)
 		}
-		if want := max(tt.want, 0); f.maxTokens != want {
-			t.Errorf("max_tokens %s: max tokens %d, want %d", tt.num, f.maxTokens, want)
+		if want := max(tt.want, 0); f.reserveTokens != want {
+			t.Errorf("max_tokens %s: max tokens %d, want %d", tt.num, f.reserveTokens, want)
 		}
 	}
 }

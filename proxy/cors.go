@@ -60,11 +60,13 @@ func isWildcardAddress(address string) bool {
 
 // applyCORS handles the Origin header as Ollama does. A request whose
 // Origin is neither local nor allowed by cors.allowed_origins gets 403 with
-// an empty body, and an allowed one gets the CORS headers. It reports
-// whether the request may continue.
+// an empty body, and an allowed one gets the CORS headers. An Origin that
+// names the Host the request was sent to marks a same-origin request,
+// which Ollama's CORS middleware (gin-contrib/cors) leaves alone. It
+// reports whether the request may continue.
 func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	origin := ctx.Request.Header.Peek("Origin")
-	if len(origin) == 0 {
+	if len(origin) == 0 || isSameOrigin(origin, ctx.Host()) {
 		return true
 	}
 	if !s.originAllowed(string(origin)) {
@@ -76,22 +78,42 @@ func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	h.Add("Vary", "Origin")
 	if rt.how == handleOptions {
 		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS")
-		h.Set("Access-Control-Allow-Headers",
-			"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-API-Key, "+
-				"X-Priority, X-Request-Id, Cache-Control, OpenAI-Beta, x-stainless-arch, "+
-				"x-stainless-lang, x-stainless-os, x-stainless-package-version, "+
-				"x-stainless-runtime, x-stainless-runtime-version, x-stainless-async")
+		h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
 		h.Set("Access-Control-Max-Age", "43200")
 	}
 	h.Set("Access-Control-Expose-Headers", "X-Request-Id, X-LLMProxy-Node, X-LLMProxy-Cache")
 	return true
 }
 
-// originAllowed reports whether origin is allowed. Like Ollama's default,
-// it allows http and https origins on localhost, 127.0.0.1, ::1 or 0.0.0.0,
-// and every origin with the app, file, tauri or vscode-webview scheme. It
-// also allows the entries of cors.allowed_origins, where "*" allows any
-// origin and a "*" inside an entry matches any text, as in
+// corsAllowHeaders lists the request headers that a preflight allows:
+// those of Ollama's GenerateRoutes (server/routes.go, Ollama v0.17.4),
+// which include the x-stainless-* headers that OpenAI's SDKs send, and
+// the headers that the proxy itself reads.
+const corsAllowHeaders = "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, " +
+	"OpenAI-Beta, x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, " +
+	"x-stainless-helper-method, x-stainless-lang, x-stainless-os, " +
+	"x-stainless-package-version, x-stainless-poll-helper, x-stainless-retry-count, " +
+	"x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, " +
+	"X-API-Key, X-Priority, X-Request-Id, Cache-Control"
+
+// isSameOrigin reports whether origin is http:// or https:// followed by
+// host, the request's Host header.
+func isSameOrigin(origin, host []byte) bool {
+	for _, scheme := range [...]string{"http://", "https://"} {
+		if len(origin) == len(scheme)+len(host) && string(origin[:len(scheme)]) == scheme &&
+			string(origin[len(scheme):]) == string(host) {
+			return true
+		}
+	}
+	return false
+}
+
+// originAllowed reports whether origin is allowed. Like Ollama's default
+// (AllowedOrigins in envconfig/config.go, Ollama v0.17.4), it allows http
+// and https origins on localhost, 127.0.0.1 or 0.0.0.0 with any port, and
+// every origin with the app, file, tauri, vscode-webview or vscode-file
+// scheme. It also allows the entries of cors.allowed_origins, where "*"
+// allows any origin and a "*" inside an entry matches any text, as in
 // "https://*.example.com".
 func (s *Server) originAllowed(origin string) bool {
 	for _, allowed := range s.config().CORS.AllowedOrigins {
@@ -104,13 +126,13 @@ func (s *Server) originAllowed(origin string) bool {
 		return false
 	}
 	switch u.Scheme {
-	case "http", "https", "app", "file", "tauri", "vscode-webview":
-	default:
-		return false
+	case "app", "file", "tauri", "vscode-webview", "vscode-file":
+		return true
+	case "http", "https":
+		host := u.Hostname()
+		return host == "localhost" || host == "127.0.0.1" || host == "0.0.0.0"
 	}
-	host := u.Hostname()
-	return host == "localhost" || host == "127.0.0.1" || host == "::1" || host == "0.0.0.0" ||
-		u.Scheme != "http" && u.Scheme != "https"
+	return false
 }
 
 func wildcardMatch(pattern, s string) bool {

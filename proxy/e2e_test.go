@@ -335,7 +335,11 @@ func TestFanoutBadInput(t *testing.T) {
 		{"name not a string beside a model", named, `{"model":"m","name":7}`,
 			"invalid name: want a string", true},
 		{"missing model", []string{"DELETE /api/delete"}, `{}`, "model is required", true},
-		{"missing pull model", []string{"POST /api/pull"}, `{}`, "invalid model name", false},
+		// Ollama's PullHandler words a missing model as an invalid name,
+		// and its CopyHandler an empty source or destination.
+		{"missing model of a pull", []string{"POST /api/pull"}, `{}`, "invalid model name", false},
+		{"missing source", copyRoute, `{"destination":"x"}`, `source "" is invalid`, false},
+		{"missing destination", copyRoute, `{"source":"m"}`, `destination "" is invalid`, false},
 		{"source not a string", copyRoute, `{"source":5,"destination":"x"}`,
 			"invalid source: want a string", false},
 		{"destination not a string", copyRoute, `{"source":"m","destination":5}`,

@@ -23,7 +23,8 @@ func TestAccessLogNamesProxyErrors(t *testing.T) {
 		{"unknown model", "POST", "/api/generate", `{"model":"nope","prompt":"x"}`, 404, `model 'nope' not found`},
 		{"invalid JSON on /v1", "POST", "/v1/chat/completions", "{bad", 400, "invalid JSON"},
 		{"unknown path", "GET", "/nope", "", 404, "404 page not found"},
-		{"unknown /v1 path", "GET", "/v1/nope", "", 404, "unknown path /v1/nope"},
+		// A path under /v1/ goes to a node, whose 404 the log quotes.
+		{"unknown /v1 path", "GET", "/v1/nope", "", 404, "404 page not found"},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -117,8 +117,13 @@ const maxNodeErrorText = 256
 // nodeErrorMessage reports whether a node's error body has the shape that
 // rt's clients parse (relay), and otherwise returns the message to send in
 // that shape. A body without a message, such as an HTML page, gets one
-// that names the status.
+// that names the status. A 4xx on a fallback route is always relayed,
+// because the proxy has no record of the shape of that route's errors,
+// and the node's 404 for a path it does not serve is what Ollama sends.
 func nodeErrorMessage(rt route, status int, body []byte) (relay bool, msg string) {
+	if rt.how == handleFallback && status < 500 {
+		return true, ""
+	}
 	fallback := "node returned status " + itoa(status)
 	var parser fastjson.Parser
 	doc, err := parser.ParseBytes(body)

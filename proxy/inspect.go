@@ -28,14 +28,20 @@ type fields struct {
 	// node gets the body with this name.
 	rawModel string
 	stream   bool
+	// asSent relays a streamed response as a stream whatever the request
+	// asked for. It is set on paths the proxy has no route for, whose
+	// request fields it does not know.
+	asSent bool
 	// unload is keep_alive 0: Ollama unloads the model after the request.
 	unload bool
 	// preload is a generate without prompt or a chat without messages, to
 	// which Ollama responds by loading the model.
 	preload bool
 	numCtx  int
-	// maxTokens is options.num_predict or max_tokens, 0 when unset.
-	maxTokens int64
+	// reserveTokens is the number of tokens that admit reserves: the
+	// output limit that the route reads, or an estimate of the input
+	// tokens of an embedding request. 0 means default_token_estimate.
+	reserveTokens int64
 	// includeUsage is stream_options.include_usage on the OpenAI routes.
 	includeUsage bool
 	// pinned, when set, is the only node the request may go to.
@@ -69,21 +75,63 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 	if r.name == "/api/chat" || r.name == "/v1/chat/completions" {
 		f.affinity = conversationKey(f.model, v.GetArray("messages"))
 	}
-	opts := v.Get("options")
-	if opts != nil {
+	if opts := v.Get("options"); opts != nil {
 		f.numCtx = opts.GetInt("num_ctx")
-		f.maxTokens = tokenCount(opts.Get("num_predict"))
 	}
+	f.reserveTokens = reserveTokens(v, r)
 	if r.compat() {
-		if n := tokenCount(v.Get("max_tokens")); n > 0 {
-			f.maxTokens = n
-		}
-		if n := tokenCount(v.Get("max_completion_tokens")); n > 0 {
-			f.maxTokens = n
-		}
 		f.includeUsage = v.GetBool("stream_options", "include_usage")
 	}
 	return f, nil
+}
+
+// reserveTokens returns the tokens to reserve for a request of route r.
+// That is the output limit that Ollama reads on r: options.num_predict on
+// its own routes, and on the /v1 routes the field that its middleware
+// maps to num_predict. An embedding request generates nothing, so it
+// reserves an estimate of its input instead.
+func reserveTokens(v *fastjson.Value, r route) int64 {
+	switch r.name {
+	case "/api/embed", "/v1/embeddings":
+		return inputTokens(v.Get("input"))
+	case "/api/embeddings":
+		return inputTokens(v.Get("prompt"))
+	case "/v1/responses":
+		return tokenCount(v.Get("max_output_tokens"))
+	case "/v1/completions", "/v1/messages":
+		return tokenCount(v.Get("max_tokens"))
+	case "/v1/chat/completions":
+		// NOTE: Ollama v0.17.4 maps only max_tokens to num_predict and
+		// ignores max_completion_tokens, OpenAI's newer name for it, so
+		// a request with only the latter may generate more than it
+		// reserves. Settling charges the tokens used either way.
+		if n := tokenCount(v.Get("max_tokens")); n > 0 {
+			return n
+		}
+		return tokenCount(v.Get("max_completion_tokens"))
+	}
+	return tokenCount(v.Get("options", "num_predict"))
+}
+
+// inputTokens estimates the prompt tokens of an embedding input: a string,
+// an array of strings, or on /v1/embeddings token ids, an array of them or
+// an array of such arrays. A text counts a token per four bytes, a rough
+// ratio for English text, and at least one. A token id counts one. The
+// result is at least 1, because 0 would reserve default_token_estimate.
+func inputTokens(v *fastjson.Value) int64 {
+	var n int64
+	switch {
+	case v == nil:
+	case v.Type() == fastjson.TypeString:
+		n = int64(len(v.GetStringBytes())+3) / 4
+	case v.Type() == fastjson.TypeNumber:
+		n = 1
+	case v.Type() == fastjson.TypeArray:
+		for _, item := range v.GetArray() {
+			n += inputTokens(item)
+		}
+	}
+	return max(n, 1)
 }
 
 // parseObject parses a request body, which must be one JSON object. It
@@ -348,7 +396,7 @@ func lowerASCII(k []byte) bool {
 var (
 	readKeys = []string{"model", "name", "from", "modelfile", "files", "adapters", "source",
 		"destination", "stream", "keep_alive", "options", "messages", "prompt", "images",
-		"max_tokens", "max_completion_tokens", "stream_options"}
+		"max_tokens", "max_completion_tokens", "max_output_tokens", "stream_options", "input"}
 	readOptionKeys = []string{"num_ctx", "num_predict"}
 )
 

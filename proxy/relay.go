@@ -19,13 +19,14 @@ import (
 )
 
 // deliver sends the node's response to the client. A streamed response
-// to a request for a stream goes line by line as it arrives, and any other
-// response once read in full, a stream included (see collectStream).
+// to a request for a stream, or on a path the proxy has no route for
+// (fields.asSent), goes line by line as it arrives, and any other response
+// once read in full, a stream included (see collectStream).
 func (s *Server) deliver(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields,
 	lease *balancer.Lease, ex *exchange, watch *clientWatch) (retry attempt) {
 	status := ex.resp.StatusCode()
 	streamed := isStreamed(&ex.resp)
-	if streamed && f.stream && !ctx.IsHead() {
+	if streamed && (f.stream || f.asSent) && !ctx.IsHead() {
 		ctx.SetStatusCode(status)
 		copyResponseHeaders(&ctx.Response.Header, &ex.resp)
 		ctx.Response.Header.Set("X-LLMProxy-Node", lease.Node.Name)

@@ -275,12 +275,16 @@ func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f 
 }
 
 // writeNoHealthyNode responds 503 for a model that no usable node can
-// serve now. A model that only nodes with unknown model lists may have
-// gets this response too, and not 404, because the ollama CLI starts a
-// pull when it gets a 404.
+// serve now, or for a request without a model when no node is usable. A
+// model that only nodes with unknown model lists may have gets this
+// response too, and not 404, because the ollama CLI starts a pull when it
+// gets a 404.
 func writeNoHealthyNode(ctx *fasthttp.RequestCtx, rt route, model string) {
-	writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
-		"no healthy node can serve model "+quote(model)+" now, try again later")
+	msg := "no healthy node can serve model " + quote(model) + " now, try again later"
+	if model == "" {
+		msg = "no healthy node can serve the request now, try again later"
+	}
+	writeError(ctx, rt, fasthttp.StatusServiceUnavailable, msg)
 	ctx.Response.Header.Set("Retry-After", "5")
 }
 

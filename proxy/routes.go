@@ -25,6 +25,8 @@ const (
 	handleMetrics                   // Prometheus metrics
 	handleHealthz                   // the process is serving
 	handleReadyz                    // at least one node is up
+	handleRedirect                  // a known path with a trailing slash
+	handleFallback                  // another path under /api/ or /v1/, sent to a node
 )
 
 // apiFamily is the API a route belongs to. Each family's clients parse
@@ -68,6 +70,8 @@ type route struct {
 var (
 	routeNotFound = route{name: "other", how: handleNotFound}
 	routeBadMeth  = route{name: "other", how: handleMethodNotAllowed}
+	routeRedirect = route{name: "other", how: handleRedirect}
+	routeOptions  = route{name: "options", how: handleOptions}
 )
 
 // postRoutes maps the exact paths served by POST.
@@ -107,10 +111,23 @@ var (
 	routeBlobs = route{name: "/api/blobs", how: handleSticky}
 	routeModel = route{name: "/v1/models/{model}", how: handleModel, family: apiOpenAI}
 	routeAdmin = route{name: "/admin", how: handleAdmin}
+
+	// The fallback routes have one name per prefix, because their paths
+	// are unbounded and the name is a metric label.
+	routeFallbackOllama    = route{name: "/api/*", how: handleFallback}
+	routeFallbackOpenAI    = route{name: "/v1/*", how: handleFallback, family: apiOpenAI}
+	routeFallbackAnthropic = route{name: "/v1/*", how: handleFallback, family: apiAnthropic}
 )
 
 // classify maps a method and path to a route. It allocates nothing for the
 // routes on the request path.
+//
+// A route's path with a trailing slash added gets a redirect to the route
+// when the route serves the method, as from Ollama's router (gin's
+// RedirectTrailingSlash). Any other path under /api/ or /v1/ that the
+// proxy has no route for goes to a node (handleFallback), so that routes
+// of newer Ollama versions keep working. A known path with another method
+// gets 405, and every other path 404.
 func classify(method, path []byte) route {
 	// p does not escape, so the compiler converts paths of up to 32 bytes
 	// in a stack buffer.
@@ -119,43 +136,90 @@ func classify(method, path []byte) route {
 		(len(path) == 6 || path[6] == '/') {
 		return routeAdmin
 	}
-	switch string(method) {
-	case "POST":
-		if r, ok := postRoutes[p]; ok {
-			return r
-		}
-		if isBlobPath(p) {
-			return routeBlobs
-		}
-	case "GET", "HEAD":
-		if r, ok := getRoutes[p]; ok {
-			return r
-		}
-		if strings.HasPrefix(p, "/v1/models/") && len(p) > len("/v1/models/") {
-			return routeModel
-		}
-		if string(method) == "HEAD" && isBlobPath(p) {
-			return routeBlobs
-		}
-	case "DELETE":
-		if p == "/api/delete" {
-			return routeDelete
-		}
-	case "OPTIONS":
-		if knownPath(p) {
-			return route{name: "options", how: handleOptions}
+	if r, ok := exactRoute(string(method), p); ok {
+		return r
+	}
+	switch {
+	case string(method) == "OPTIONS" && (knownPath(p) || isFallbackPath(p)):
+		return routeOptions
+	case knownPath(p):
+		return routeBadMeth
+	case isFallbackPath(p) && len(p) > 1 && p[len(p)-1] == '/':
+		if _, ok := exactRoute(string(method), p[:len(p)-1]); ok {
+			return routeRedirect
 		}
 	}
-	if knownPath(p) {
-		return routeBadMeth
+	if isFallbackPath(p) {
+		return fallbackRoute(path)
 	}
 	return routeNotFound
 }
 
-func isBlobPath(p string) bool {
-	return strings.HasPrefix(p, "/api/blobs/") && len(p) > len("/api/blobs/")
+// exactRoute returns the route that serves method on path, if any.
+func exactRoute(method, p string) (route, bool) {
+	switch method {
+	case "POST":
+		if r, ok := postRoutes[p]; ok {
+			return r, true
+		}
+		if isBlobPath(p) {
+			return routeBlobs, true
+		}
+	case "GET", "HEAD":
+		if r, ok := getRoutes[p]; ok {
+			return r, true
+		}
+		if isModelPath(p) {
+			return routeModel, true
+		}
+		if method == "HEAD" && isBlobPath(p) {
+			return routeBlobs, true
+		}
+	case "DELETE":
+		if p == "/api/delete" {
+			return routeDelete, true
+		}
+	}
+	return route{}, false
 }
 
+// fallbackRoute returns the fallback route of a path under /api/ or /v1/,
+// whose family follows familyOfPath.
+func fallbackRoute(path []byte) route {
+	switch familyOfPath(path) {
+	case apiOpenAI:
+		return routeFallbackOpenAI
+	case apiAnthropic:
+		return routeFallbackAnthropic
+	}
+	return routeFallbackOllama
+}
+
+// isFallbackPath reports whether p is under /api/ or /v1/, the prefixes
+// of Ollama's API, where a path that the proxy has no route for goes to a
+// node.
+func isFallbackPath(p string) bool {
+	return strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/v1/")
+}
+
+// isBlobPath reports whether p is /api/blobs/{digest} with a digest. Like
+// a gin parameter, the digest is not empty and contains no slash.
+func isBlobPath(p string) bool {
+	return isParamPath(p, "/api/blobs/")
+}
+
+// isModelPath reports whether p is /v1/models/{model} with a model that
+// is not empty and contains no slash, as Ollama's router matches it.
+func isModelPath(p string) bool {
+	return isParamPath(p, "/v1/models/")
+}
+
+func isParamPath(p, prefix string) bool {
+	return len(p) > len(prefix) && strings.HasPrefix(p, prefix) &&
+		strings.IndexByte(p[len(prefix):], '/') < 0
+}
+
+// knownPath reports whether some route serves p with some method.
 func knownPath(p string) bool {
 	if _, ok := postRoutes[p]; ok {
 		return true
@@ -163,7 +227,7 @@ func knownPath(p string) bool {
 	if _, ok := getRoutes[p]; ok {
 		return true
 	}
-	return p == "/api/delete" || isBlobPath(p) || strings.HasPrefix(p, "/v1/models/")
+	return p == "/api/delete" || isBlobPath(p) || isModelPath(p)
 }
 
 // compat reports whether the route is one of Ollama's compatibility
@@ -172,11 +236,12 @@ func knownPath(p string) bool {
 func (r route) compat() bool { return r.family != apiOllama }
 
 // api reports whether the route is part of the Ollama or OpenAI API, which
-// API keys protect. The heartbeat, probes, metrics and admin routes are not.
+// API keys protect. The heartbeat, probes, metrics, admin routes and
+// trailing-slash redirects are not.
 func (r route) api() bool {
 	switch r.how {
 	case handleRoot, handleOptions, handleAdmin, handleMetrics, handleHealthz, handleReadyz,
-		handleNotFound, handleMethodNotAllowed:
+		handleNotFound, handleMethodNotAllowed, handleRedirect:
 		return false
 	}
 	return true
@@ -192,7 +257,7 @@ func (r route) operational() bool {
 func allowedMethods(path []byte) string {
 	p := string(path)
 	var methods []string
-	if _, ok := getRoutes[p]; ok || strings.HasPrefix(p, "/v1/models/") {
+	if _, ok := getRoutes[p]; ok || isModelPath(p) {
 		methods = append(methods, "GET", "HEAD")
 	}
 	if _, ok := postRoutes[p]; ok || isBlobPath(p) {

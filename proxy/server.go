@@ -354,6 +354,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.serveFanout(ctx, rt, rs)
 	case handleSticky:
 		s.serveSticky(ctx, rt, rs)
+	case handleFallback:
+		s.serveFallback(ctx, rt, rs)
+	case handleRedirect:
+		serveRedirect(ctx)
 	case handleOptions:
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	case handleAdmin:
