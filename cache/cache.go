@@ -36,6 +36,8 @@ const (
 	DefaultL1TTL        = time.Hour
 	DefaultL2TTL        = 24 * time.Hour
 	DefaultRedisTimeout = 50 * time.Millisecond
+	// DefaultCheckInterval is the interval of the periodic Redis check.
+	DefaultCheckInterval = 5 * time.Second
 )
 
 // Metric label values of CacheRequests.
@@ -70,8 +72,9 @@ type Cache struct {
 }
 
 // New returns a cache configured by cfg. rdb is the shared Redis client, or
-// nil for an L1-only cache. The cache uses rcfg.Timeout and rcfg.KeyPrefix
-// and never closes rdb. m receives the cache metrics (nil: a private
+// nil for an L1-only cache. The cache uses rcfg.Timeout, rcfg.KeyPrefix and
+// rcfg.CheckInterval, where a negative CheckInterval turns the periodic
+// check of Redis off, and never closes rdb. m receives the cache metrics (nil: a private
 // registry), and log receives the Redis state changes (nil: slog.Default).
 // Zero sizes, TTLs and timeouts take the Default values. New rejects a
 // negative value or an unknown cache.generate, listing every problem.
@@ -122,6 +125,7 @@ func New(
 			instanceID:   newInstanceID(),
 		}
 		c.startPurgeSubscriber()
+		c.startRedisCheck(rcfg.CheckInterval)
 	}
 	return c, nil
 }
@@ -156,11 +160,13 @@ func orDefault[T int64 | time.Duration](v, def T) T {
 	return v
 }
 
-// Close ends the subscription to the purge channel, waiting for the
-// goroutine that applies purge messages, then stops L1's goroutines and
-// drops its entries. Call it once, after the last call of any other method.
+// Close stops the periodic Redis check and ends the subscription to the
+// purge channel, waiting for the goroutines of both, then stops L1's
+// goroutines and drops its entries. Call it once, after the last call of
+// any other method.
 func (c *Cache) Close() {
 	if c.l2 != nil {
+		c.stopRedisCheck()
 		c.stopPurgeSubscriber()
 	}
 	c.l1.close()

@@ -241,6 +241,53 @@ func TestRedisDownThenBack(t *testing.T) {
 	}
 }
 
+// TestRedisCheckWithoutLookups stops and restarts Redis while the cache
+// gets no lookup. The periodic check must report both changes, and L2
+// must serve again right after the restart.
+func TestRedisCheckWithoutLookups(t *testing.T) {
+	srv := testredis.Start(t)
+	tc := newTestCache(t, testOptions{redis: srv, checkInterval: 10 * time.Millisecond})
+	ctx := context.Background()
+	response := readTestdata(t, "chat_nostream.body")
+	stored := chatPlan(t, tc, "tiny", "stored")
+	tc.store(t, stored, response)
+	srv.Save(t)
+	up := func() float64 { return testutil.ToFloat64(tc.metrics.RedisUp) }
+
+	const downMsg = "redis unavailable, cache continues with l1 only"
+	warnings := func() int { return tc.logs.count(slog.LevelWarn, downMsg) }
+	srv.Stop()
+	// The gauge changes just before the log line.
+	if !waitFor(t, "redis_up 0 and a warning with Redis stopped", func() bool {
+		return up() == 0 && warnings() > 0
+	}) {
+		return
+	}
+	if n := warnings(); n != 1 {
+		t.Errorf("%d outage warnings, want 1", n)
+	}
+	if got := testutil.ToFloat64(tc.metrics.RedisFallback.WithLabelValues("cache")); got != 0 {
+		t.Errorf("redis fallbacks = %v without a lookup, want 0", got)
+	}
+
+	recoveries := func() int {
+		return tc.logs.count(slog.LevelInfo, "redis reachable again, cache l2 resumed")
+	}
+	srv.Restart(t)
+	if !waitFor(t, "redis_up 1 and a recovery message after the restart", func() bool {
+		return up() == 1 && recoveries() > 0
+	}) {
+		return
+	}
+	if n := recoveries(); n != 1 {
+		t.Errorf("%d recovery messages, want 1", n)
+	}
+	tc.purgeL1("")
+	if _, res := tc.Lookup(ctx, stored); res != ResultHitL2 {
+		t.Errorf("Lookup after the restart: %s, want hit-l2", res)
+	}
+}
+
 func TestPurgeReportsRedisFailure(t *testing.T) {
 	srv := testredis.Start(t)
 	tc := newTestCache(t, testOptions{redis: srv, redisTimeout: downTimeout})

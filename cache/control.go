@@ -15,6 +15,9 @@ const (
 	// ResultMiss is a response that went upstream, or came from a
 	// coalesced identical request that did.
 	ResultMiss Result = "miss"
+	// ResultPartial is an embedding response whose inputs were cached in
+	// part, so the node computed only the others.
+	ResultPartial Result = "partial"
 	// ResultBypass is a request the cache did not look up: not cacheable,
 	// or sent with Cache-Control: no-cache.
 	ResultBypass Result = "bypass"

@@ -206,7 +206,8 @@ type Batch struct {
 
 // Result returns the outcome of the lookup. It is ResultHitL1 when every
 // input was in L1, and ResultHitL2 when every input was cached and some came
-// from L2. It is ResultMiss when some inputs must be sent upstream, and
+// from L2. It is ResultPartial when some inputs were cached and the others
+// must be sent upstream, ResultMiss when no input was cached, and
 // ResultBypass for a request with NoCache or a plan that is not KindEmbed.
 func (b *Batch) Result() Result { return b.result }
 
@@ -318,12 +319,19 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte, token
 			vectors[i], tokens[i] = rec.vector, rec.tokens
 		}
 	}
+	cached := 0
 	for _, v := range vectors {
-		if v == nil {
-			return ResultMiss
+		if v != nil {
+			cached++
 		}
 	}
-	return ResultHitL2
+	switch cached {
+	case len(vectors):
+		return ResultHitL2
+	case 0:
+		return ResultMiss
+	}
+	return ResultPartial
 }
 
 // StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores

@@ -138,8 +138,8 @@ func TestEmbedPartialBatch(t *testing.T) {
 	body := `{"model":"tiny", "truncate":true,"input":[ "a" ,"bb","c"],"keep_alive":"5m"}`
 	tc.embed(t, up, "/api/embed", `{"model":"tiny","input":["bb"]}`)
 	out, res := tc.embed(t, up, "/api/embed", body)
-	if res != ResultMiss {
-		t.Errorf("result = %s, want miss", res)
+	if res != ResultPartial {
+		t.Errorf("result = %s, want partial", res)
 	}
 	sent := up.received()
 	if len(sent) != 3 {

@@ -37,6 +37,10 @@ type testOptions struct {
 	// redisTimeout is redis.timeout, 1s when zero: far above a loopback
 	// call, even on a loaded machine.
 	redisTimeout time.Duration
+	// checkInterval turns the periodic Redis check on when set. The cache
+	// then keeps the wall clock, because the check reads it from its own
+	// goroutine, and clock is nil.
+	checkInterval time.Duration
 }
 
 func newTestCache(t *testing.T, o testOptions) *testCache {
@@ -48,18 +52,26 @@ func newTestCache(t *testing.T, o testOptions) *testCache {
 	}
 	m := metrics.New()
 	logs := &logRecorder{}
-	rcfg := config.Redis{Timeout: o.redisTimeout, KeyPrefix: "test:"}
+	// Without a check interval, no periodic check, so that only the
+	// test's calls change the Redis state.
+	rcfg := config.Redis{Timeout: o.redisTimeout, KeyPrefix: "test:", CheckInterval: -1}
 	if rcfg.Timeout == 0 {
 		rcfg.Timeout = time.Second
+	}
+	if o.checkInterval > 0 {
+		rcfg.CheckInterval = o.checkInterval
 	}
 	c, err := New(o.cfg, rdb, rcfg, m, slog.New(logs))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(c.Close)
-	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
-	c.now = clock.Now
-	return &testCache{Cache: c, metrics: m, logs: logs, clock: clock}
+	tc := &testCache{Cache: c, metrics: m, logs: logs}
+	if o.checkInterval == 0 {
+		tc.clock = &fakeClock{now: time.Unix(1_800_000_000, 0)}
+		c.now = tc.clock.Now
+	}
+	return tc
 }
 
 // requests returns the CacheRequests counter of tier and outcome.

@@ -33,6 +33,11 @@ type l2Tier struct {
 	healthMu sync.Mutex
 	down     bool      // guarded by healthMu: the last call failed
 	retryAt  time.Time // guarded by healthMu: when a call may try again
+
+	// stopCheck ends checkRedisLoop, and checkDone is closed when it has
+	// returned; both nil without a periodic check.
+	stopCheck context.CancelFunc
+	checkDone chan struct{}
 }
 
 // redisRetryInterval is how long the cache stops calling Redis after a
@@ -71,6 +76,12 @@ func (c *Cache) redisFailed(ctx context.Context, op string, err error) {
 		return
 	}
 	c.countFallback()
+	c.markRedisDown(op, err)
+}
+
+// markRedisDown records that Redis failed the call op with err, and logs
+// the first failure of an outage.
+func (c *Cache) markRedisDown(op string, err error) {
 	c.m.RedisUp.Set(0)
 	t := c.l2
 	t.healthMu.Lock()
@@ -98,6 +109,59 @@ func (c *Cache) redisSucceeded() {
 
 func (c *Cache) countFallback() {
 	c.m.RedisFallback.WithLabelValues(redisComponent).Inc()
+}
+
+// startRedisCheck starts checkRedisLoop, unless interval is negative.
+// Zero means DefaultCheckInterval.
+func (c *Cache) startRedisCheck(interval time.Duration) {
+	if interval < 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.l2.stopCheck = cancel
+	c.l2.checkDone = make(chan struct{})
+	go c.checkRedisLoop(ctx, orDefault(interval, DefaultCheckInterval))
+}
+
+// stopRedisCheck stops checkRedisLoop and waits for it to return.
+func (c *Cache) stopRedisCheck() {
+	if c.l2.stopCheck == nil {
+		return
+	}
+	c.l2.stopCheck()
+	<-c.l2.checkDone
+}
+
+// checkRedisLoop sends Redis a PING every interval of wall time until ctx
+// ends, so that a Redis outage and its end show in llmproxy_redis_up and
+// the log without waiting for a request to call Redis. L1 hits never call
+// it. After a successful check L2 is used again at once.
+func (c *Cache) checkRedisLoop(ctx context.Context, interval time.Duration) {
+	defer close(c.l2.checkDone)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.checkRedis(ctx)
+		}
+	}
+}
+
+// checkRedis sends Redis one PING and records the result. A failed check
+// counts no fallback, because no operation fell back.
+func (c *Cache) checkRedis(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, c.l2.timeout)
+	defer cancel()
+	if err := c.l2.rdb.Ping(cctx).Err(); err != nil {
+		if ctx.Err() == nil {
+			c.markRedisDown("ping", err)
+		}
+		return
+	}
+	c.redisSucceeded()
 }
 
 // redisCall runs one Redis call under redis.timeout and records its

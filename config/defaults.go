@@ -104,8 +104,9 @@ func Default() Config {
 			DefaultTokenEstimate: 512,
 		},
 		Redis: Redis{
-			Timeout:   50 * time.Millisecond,
-			KeyPrefix: "llmproxy:",
+			Timeout:       50 * time.Millisecond,
+			KeyPrefix:     "llmproxy:",
+			CheckInterval: 5 * time.Second,
 		},
 		Cache: Cache{
 			Enabled:  boolPtr(true),

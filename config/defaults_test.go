@@ -56,6 +56,7 @@ func TestDefaultValues(t *testing.T) {
 		{"redis.db", c.Redis.DB, 0},
 		{"redis.timeout", c.Redis.Timeout, 50 * time.Millisecond},
 		{"redis.key_prefix", c.Redis.KeyPrefix, "llmproxy:"},
+		{"redis.check_interval", c.Redis.CheckInterval, 5 * time.Second},
 		{"cache.enabled", *c.Cache.Enabled, true},
 		{"cache.generate", c.Cache.Generate, "deterministic"},
 		{"cache.l1.max_bytes", c.Cache.L1.MaxBytes, int64(256 << 20)},

@@ -275,6 +275,11 @@ type Redis struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// KeyPrefix namespaces every key. Default "llmproxy:".
 	KeyPrefix string `yaml:"key_prefix"`
+	// CheckInterval is how often the rate limiter and the cache each check
+	// Redis with a call of their own. So llmproxy_redis_up and the log
+	// follow Redis without traffic, and the counts of an outage reach Redis
+	// soon after it responds again. Default 5s.
+	CheckInterval time.Duration `yaml:"check_interval"`
 }
 
 // Cache configures the response cache.

@@ -262,6 +262,7 @@ func (v *validator) redis(r Redis) {
 	}
 	nonNegative(v, "redis.db", r.DB)
 	positive(v, "redis.timeout", r.Timeout)
+	positive(v, "redis.check_interval", r.CheckInterval)
 }
 
 func (v *validator) cache(c Cache) {

@@ -38,6 +38,7 @@ type Metrics struct {
 	EjectionsSkipped *prometheus.CounterVec // node, check
 	Retries          *prometheus.CounterVec // node, reason
 	ModelLoads       *prometheus.CounterVec // node, model
+	PullSkipped      *prometheus.CounterVec // node, reason
 
 	// Queue.
 	QueueDepth    *prometheus.GaugeVec     // class
@@ -105,7 +106,8 @@ func New() *Metrics {
 				"HTTP/1.0 client whose client stops reading counts there as status 499 instead."),
 
 		NodeUp: f.gauge("llmproxy_node_up",
-			"1 when the node is up and takes traffic, 0 otherwise.", "node"),
+			"1 when the node takes new requests (state up in /admin/nodes), 0 when it is "+
+				"down, draining, or kept out by its breaker or passive checks.", "node"),
 		NodeBreaker: f.gauge("llmproxy_node_breaker_state",
 			"Circuit breaker state of the node: 0 closed, 1 half-open, 2 open.", "node"),
 		NodeInflight: f.gauge("llmproxy_node_inflight",
@@ -135,6 +137,11 @@ func New() *Metrics {
 			"Cold model loads caused on a node, seen as a load_duration over 1s or a placement "+
 				"on a node without the model loaded.",
 			"node", "model"),
+		PullSkipped: f.counter("llmproxy_pull_skipped_nodes_total",
+			"Nodes that a pull did not reach because they took no requests at the time, by "+
+				"reason: down, ejected (breaker or passive checks) or draining. Such a node "+
+				"lacks the model until it is pulled again.",
+			"node", "reason"),
 
 		QueueDepth: f.gauge("llmproxy_queue_depth",
 			"Requests waiting in the proxy's queue, by priority class.", "class"),
@@ -150,7 +157,10 @@ func New() *Metrics {
 			"Operations that fell back to local state because Redis failed, by component.",
 			"component"),
 		RedisUp: f.plainGauge("llmproxy_redis_up",
-			"1 when the last Redis call succeeded, 0 when it failed."),
+			"1 when the last Redis call of the rate limiter or the cache succeeded, 0 when it "+
+				"failed. Both also check Redis every redis.check_interval (5s by default), so the "+
+				"gauge follows Redis without traffic. 0 until the first call or check, and without "+
+				"redis.addr."),
 
 		CacheRequests: f.counter("llmproxy_cache_requests_total",
 			"Cache lookups by tier (l1, l2) and result (hit, miss, bypass, error).",

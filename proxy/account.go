@@ -66,6 +66,9 @@ type requestFields struct {
 	reservation *ratelimit.Reservation
 	retries     int
 	err         string
+	// proxyEnded is set when the proxy itself ended a stream before the
+	// node finished it: at shutdown or at upstream.total.
+	proxyEnded bool
 	// deferred is set when a streamed response outlives the handler. The
 	// relay then ends the request when the stream ends.
 	deferred bool

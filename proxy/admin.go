@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/pprofhandler"
 
+	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/internal/wire"
 	"github.com/llmproxy/llmproxy/statuspage"
 )
@@ -89,7 +90,7 @@ func (s *Server) NodeStatuses() []nodeStatus {
 		st := nodeStatus{
 			Name:          n.Name,
 			URL:           n.URL.String(),
-			State:         nodeState(n.Up(), n.Draining()),
+			State:         nodeState(n),
 			Breaker:       "closed",
 			Inflight:      n.Inflight(),
 			MaxConcurrent: n.MaxConcurrent(),
@@ -112,14 +113,20 @@ func (s *Server) NodeStatuses() []nodeStatus {
 	return out
 }
 
-func nodeState(up, draining bool) string {
+// nodeState returns the node's state for GET /admin/nodes and the status
+// page. It is "up" exactly when the node takes new requests (Node.Usable),
+// which is also when llmproxy_node_up is 1. A node that passes its probes
+// but that its breaker or passive checks keep out is "ejected".
+func nodeState(n *balancer.Node) string {
 	switch {
-	case draining:
+	case n.Draining():
 		return "draining"
-	case up:
-		return "up"
-	default:
+	case !n.Up():
 		return "down"
+	case !n.Usable():
+		return "ejected"
+	default:
+		return "up"
 	}
 }
 

@@ -174,10 +174,12 @@ func (rs *reqState) settle() {
 }
 
 // unserved reports whether the proxy or the nodes failed to serve the
-// request: it ended with a 5xx status, or its client left before any byte
-// of the response body was sent.
+// request: it ended with a 5xx status, the proxy ended its stream before
+// the node finished it, or its client left before any byte of the response
+// body was sent.
 func (rs *reqState) unserved() bool {
-	return rs.status >= 500 || (rs.status == StatusClientClosed && rs.ttfb == 0)
+	return rs.status >= 500 || rs.proxyEnded ||
+		(rs.status == StatusClientClosed && rs.ttfb == 0)
 }
 
 // stripProxyKey removes the proxy's own API key from a request before it

@@ -328,8 +328,8 @@ func TestEmbedUsageCountsCachedInputs(t *testing.T) {
 	two := `{"model":"embed-e","input":` + inputJSON([]string{embedInputs[1], embedInputs[3]}) + `}`
 	embedRaw(t, f.proxy.URL()+"/api/embed", two)
 	partial, res := embedRaw(t, f.proxy.URL()+"/api/embed", all)
-	if res != "miss" {
-		t.Errorf("partial hit: cache %q, want miss", res)
+	if res != "partial" {
+		t.Errorf("partial hit: cache %q, want partial", res)
 	}
 	checkOllamaEmbedUsage(t, "partial hit", partial, want)
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,9 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	targets := s.fanoutTargets(rt, rs.model)
+	if rt.name == "/api/pull" {
+		s.logSkippedNodes(rs, targets)
+	}
 	if len(targets) == 0 {
 		if rt.name == "/api/pull" {
 			writeError(ctx, rt, fasthttp.StatusServiceUnavailable, "no healthy node to pull onto")
@@ -128,6 +132,28 @@ func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
 		}
 	}
 	return out
+}
+
+// logSkippedNodes logs at warn level, and counts, each node that a pull
+// does not reach because it took no requests when the targets were chosen.
+// Such a node lacks the model until the model is pulled again.
+func (s *Server) logSkippedNodes(rs *reqState, targets []*balancer.Node) {
+	for _, n := range s.bal.Nodes() {
+		if slices.Contains(targets, n) {
+			continue
+		}
+		reason := nodeState(n)
+		breaker := ""
+		if s.breakerState != nil {
+			breaker = s.breakerState(n)
+		}
+		s.log.Warn("pull skipped a node that takes no requests, so it lacks the model until pulled again",
+			"request_id", rs.id, "model", rs.model, "node", n.Name, "reason", reason,
+			"breaker", breaker, "last_error", n.LastError())
+		if s.m != nil {
+			s.m.PullSkipped.WithLabelValues(n.Name, reason).Inc()
+		}
+	}
 }
 
 // fanoutResult is one node's outcome of a fanned-out request.

@@ -647,6 +647,7 @@ func (r *relay) Close() error {
 		rs.err = r.failed.Error()
 	case r.failed != nil:
 		rs.err = r.failed.Error()
+		rs.proxyEnded = errors.Is(r.failed, errShuttingDown) || errors.Is(r.failed, errTotalTimeout)
 	case !r.done && r.clientStalled():
 		rs.status = StatusClientClosed
 		rs.err = errClientStalled.Error()

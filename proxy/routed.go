@@ -317,6 +317,9 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 		return
 	}
 	writeError(ctx, rt, status, errString(a.err))
+	if errors.Is(a.err, errShuttingDown) {
+		ctx.Response.Header.Set("Retry-After", shutdownRetryAfter)
+	}
 }
 
 // closeWithoutResponse closes the client's connection when the handler

@@ -143,6 +143,11 @@ func (l *watchList) cancelAll(cause error) int {
 // shutdown_timeout is about to run out.
 var errShuttingDown = errors.New("llmproxy is shutting down, retry the request")
 
+// shutdownRetryAfter is the Retry-After, in seconds, of a 503 for
+// errShuttingDown. It is short because another instance, or this one
+// once restarted, can take the retry.
+const shutdownRetryAfter = "1"
+
 var watchPool = sync.Pool{New: func() any { return new(clientWatch) }}
 
 // closedChan is the Done channel of a watch cancelled before anyone asked

@@ -26,10 +26,22 @@
 -- ARGV[18] 1 when the request counts towards the monthly requests, else 0
 -- ARGV[19] this instance's GCRA time of the subject, 0 for none. It carries
 --          the requests the instance admitted while Redis was unreachable.
+-- ARGV[20] deadline in microseconds of Redis's clock, 0 for none: a call
+--          that runs later changes nothing, because its caller has given up
+--          on it and decided locally.
 --
 -- Reply: allowed (0 or 1), then four values for each limit in the order
 -- requests, tokens, concurrency, monthly_tokens, monthly_requests: exceeded,
 -- remaining, reset and retry. The month's token and request counts end it.
+-- A call past its deadline replies {-1}.
+
+local deadline = tonumber(ARGV[20])
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) > deadline then
+    return {-1}
+  end
+end
 
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -173,9 +185,11 @@ if lease then
 end
 
 -- monthly quotas. Without counts for the month, Redis has lost its data or
--- the month has just begun, and the counts this instance last knew restore
--- the first case. Counts that exist are never raised to them, because
--- another instance's refunds may have lowered them since.
+-- the month has just begun, and the counts this instance last read from
+-- Redis restore the first case. Counts that exist are never raised to them,
+-- because another instance's refunds may have lowered them since. What an
+-- instance counted while Redis was unreachable reaches Redis through
+-- sync.lua, which the instance runs before its next admission.
 local mt, mr = 0, 0
 if monthly then
   local v = redis.call('HMGET', KEYS[6], 't', 'r')

@@ -67,9 +67,14 @@ func quotaStatus(used, need, limit int64) status {
 
 // windowEntry is one reservation in a tokenLog.
 type windowEntry struct {
-	at      int64 // admission time, microseconds
+	id      string // reservation ID, the member name in Redis's window
+	at      int64  // admission time, microseconds
 	amount  int64
 	expired bool // left the window; amount no longer counts
+	// synced reports whether Redis's window holds the entry at this
+	// amount. Entries counted while Redis was unreachable are not synced
+	// until a reconciliation adds them.
+	synced bool
 }
 
 // tokenLog is the in-memory sliding window of tokens_per_minute: every
@@ -162,7 +167,7 @@ func (w *tokenLog) mirror(a *admission, out *outcome) *windowEntry {
 	var e *windowEntry
 	switch {
 	case out.allowed:
-		e = w.add(a.nowMicros, a.tpmNeed)
+		e = w.add(a.id, a.nowMicros, a.tpmNeed, true)
 	case !st.exceeded:
 		shared -= a.tpmNeed
 	}
@@ -171,8 +176,8 @@ func (w *tokenLog) mirror(a *admission, out *outcome) *windowEntry {
 	return e
 }
 
-func (w *tokenLog) add(at, amount int64) *windowEntry {
-	e := &windowEntry{at: at, amount: amount}
+func (w *tokenLog) add(id string, at, amount int64, synced bool) *windowEntry {
+	e := &windowEntry{id: id, at: at, amount: amount, synced: synced}
 	w.entries = append(w.entries, e)
 	w.sum += amount
 	return e
@@ -180,15 +185,29 @@ func (w *tokenLog) add(at, amount int64) *windowEntry {
 
 // adjust corrects the amount of e by delta. When e has already left the
 // window, a refund has nothing left to correct, and an extra charge counts
-// from now.
-func (w *tokenLog) adjust(e *windowEntry, delta, now int64) {
+// from now, under the ID that settle.lua gives it. stored reports whether
+// Redis's window got the same correction.
+func (w *tokenLog) adjust(e *windowEntry, delta, now int64, stored bool) {
 	if !e.expired && e.at > now-tokenWindowMicros {
 		amount := max(0, e.amount+delta)
 		w.sum += amount - e.amount
 		e.amount = amount
+		e.synced = e.synced && stored
 		return
 	}
 	if delta > 0 {
-		w.add(now, delta)
+		w.add(e.id+"+", now, delta, stored)
 	}
+}
+
+// unsynced returns the entries still in the window at now that Redis does
+// not hold at their amount.
+func (w *tokenLog) unsynced(now int64) []*windowEntry {
+	var out []*windowEntry
+	for _, e := range w.entries {
+		if !e.synced && !e.expired && e.at > now-tokenWindowMicros {
+			out = append(out, e)
+		}
+	}
+	return out
 }

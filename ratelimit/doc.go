@@ -37,21 +37,60 @@
 // rejection by itself. It logs the outage once at Warn and the recovery at
 // Info, sets llmproxy_redis_up, counts every operation decided locally in
 // llmproxy_redis_fallback_total{component="ratelimit"}, and tries Redis
-// again once a second by the injected clock. During an outage each instance
-// counts on its own, from the state of its last Redis decision: the request
-// rate of the key or address and the token window as Redis reported them,
-// with this instance's own admissions added. max_concurrent counts the
-// requests this instance has in flight, and the monthly quotas continue
-// from the last counts this instance read from Redis.
+// again once a second by the injected clock. Every redis.check_interval of
+// wall time it also reads Redis's clock with TIME, so that the gauge and
+// the log follow Redis without traffic. Each script carries a deadline in
+// Redis's clock, half of redis.timeout away, and changes nothing when it
+// runs later. So a call that timed out in a Redis that hangs, and runs
+// when Redis resumes, does not count what the instance then counted
+// itself.
+//
+// During an outage each instance counts on its own, from the state of its
+// last Redis decision: the request rate of the key or address and the
+// token window as Redis reported them, with this instance's own admissions
+// added. max_concurrent counts the requests this instance has in flight,
+// and the monthly quotas continue from the last counts this instance read
+// from Redis. An instance with no Redis decision for a key before the
+// outage, such as one started during it, starts the key from zero.
 //
 // So no instance gets a fresh burst from an outage. Each still admits what
 // its own copy of the limits allows. For an outage of length D, that is up
 // to the burst left at its last Redis decision plus rate × D requests. It
-// is also the tokens_per_minute left then plus what leaves the window. The other
-// instances do the same, so N instances admit up to N − 1 times that
-// beyond the shared limit per outage. Afterwards Redis continues from the
-// later of its own request rate state and that of each instance that
-// calls it, which carries the admissions of one instance, not their sum.
+// is also the tokens_per_minute left then plus what leaves the window, and
+// the monthly quotas left then. The other instances do the same, so N
+// instances admit up to N − 1 times that beyond the shared limit per
+// outage, and one instance nothing beyond.
+//
+// # Reconciliation
+//
+// Once Redis responds again, each instance adds to Redis what it counted of
+// each key during the outage, in one script call per key (sync.lua): the
+// part of its GCRA time beyond the last one Redis reported, its
+// reservations still in the token window, a lease for each request still
+// in flight, the end of the leases of requests settled during the outage,
+// and for each month the requests, tokens and settlement corrections it
+// counted. Redis adds them to its own counts, which hold those of the
+// other instances, and the instance continues from the totals. The health
+// check does it for every key within redis.check_interval, and Admit does
+// it for the request's key before the key's next admission in Redis.
+// Months carry the instance's running totals and the window each
+// reservation's amount, so a call sent again after a lost reply adds
+// nothing twice.
+//
+// When Redis restarted without its data, the first instance to reconcile
+// a month restores it from the count it last read plus its own outage
+// counts, and the others add theirs. Requests that Redis counted after
+// that instance's last read are lost. A month whose counters Redis has
+// dropped, 35 days after its end, is not reconciled.
+//
+// NOTE: the counts of an outage live only in the instance's memory until
+// they are reconciled. They are lost when the instance stops before Redis
+// answers again (Close reconciles while Redis is up), and for a key that a
+// reload removes meanwhile. Client addresses are not reconciled: Redis
+// continues from the later of its own request rate state and that of each
+// instance that calls it, which carries the admissions of one instance,
+// not their sum.
+//
 // The token window of other instances counts locally for a whole window
 // after the last decision, which can reject more than Redis would.
 //

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,10 @@ import (
 // Redis call before it tries Redis again, by the injected clock. It keeps a
 // Redis that times out from adding redis.timeout to every request.
 const redisRetryInterval = time.Second
+
+// defaultCheckInterval is the interval of the periodic Redis check when
+// redis.check_interval is zero, as in config's defaults.
+const defaultCheckInterval = 5 * time.Second
 
 // Redis states of redisHealth.
 const (
@@ -44,28 +49,66 @@ func (h *redisHealth) shouldTry(now time.Time) bool {
 	return h.retryAt.CompareAndSwap(at, now.Add(redisRetryInterval).UnixNano())
 }
 
-// succeeded records a Redis call that worked.
-func (h *redisHealth) succeeded() {
-	old := h.state.Swap(redisUp)
-	if old == redisUp {
-		return
-	}
-	if old == redisDown {
-		h.log.Info("redis reachable again, rate limits are shared")
-	}
+// isUp reports whether the last Redis call worked.
+func (h *redisHealth) isUp() bool { return h.state.Load() == redisUp }
+
+// succeeded records a Redis call that worked, and reports whether Redis
+// was down until then. It sets llmproxy_redis_up at every call, because
+// the cache sets the gauge too.
+func (h *redisHealth) succeeded() bool {
 	if h.metrics != nil {
 		h.metrics.RedisUp.Set(1)
 	}
+	old := h.state.Swap(redisUp)
+	if old == redisDown {
+		h.log.Info("redis reachable again, rate limits are shared")
+	}
+	return old == redisDown
 }
 
 // failed records a Redis call that failed at now with err.
 func (h *redisHealth) failed(now time.Time, err error) {
+	if h.metrics != nil {
+		h.metrics.RedisUp.Set(0)
+	}
 	h.retryAt.Store(now.Add(redisRetryInterval).UnixNano())
 	if h.state.Swap(redisDown) == redisDown {
 		return
 	}
 	h.log.Warn("redis unreachable, rate limits are counted per instance", "error", err)
-	if h.metrics != nil {
-		h.metrics.RedisUp.Set(0)
+}
+
+// checkLoop checks Redis at once and then every interval of wall time
+// until ctx ends, and reconciles every key when a request's call finds
+// Redis reachable again. Tests call checkRedis directly.
+func (l *Limiter) checkLoop(ctx context.Context, interval time.Duration) {
+	defer l.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	l.checkRedis(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			l.checkRedis(ctx)
+		case <-l.recovered:
+			l.reconcile(ctx)
+		}
 	}
+}
+
+// checkRedis reads Redis's clock, which shows whether Redis responds
+// without any request calling it. When Redis responds, it reconciles the
+// keys that this instance counted without Redis.
+func (l *Limiter) checkRedis(ctx context.Context) {
+	now := l.now()
+	if err := l.redis.measureClock(ctx); err != nil {
+		if ctx.Err() == nil {
+			l.health.failed(now, err)
+		}
+		return
+	}
+	l.health.succeeded()
+	l.reconcile(ctx)
 }

@@ -84,10 +84,16 @@ func (b backend) newLimiter(t *testing.T, opts Options) *Limiter {
 	return newTestLimiter(t, opts)
 }
 
+// newTestLimiter builds a Limiter with opts. Unless opts sets a check
+// interval, Redis is not checked in the background, so that only the
+// test's own calls change the Redis state.
 func newTestLimiter(t *testing.T, opts Options) *Limiter {
 	t.Helper()
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
+	}
+	if opts.Redis.CheckInterval == 0 {
+		opts.Redis.CheckInterval = -1
 	}
 	l, err := New(opts)
 	if err != nil {

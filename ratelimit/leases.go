@@ -69,5 +69,5 @@ func (l *Limiter) renewLeases(ctx context.Context) {
 		}
 		return
 	}
-	l.health.succeeded()
+	l.redisSucceeded()
 }

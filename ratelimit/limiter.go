@@ -36,7 +36,10 @@ type Options struct {
 	// no token limit.
 	RateLimit config.RateLimit
 	// Redis is the shared store; an empty Addr keeps every limit per
-	// instance. A zero Timeout means 50ms.
+	// instance. A zero Timeout means 50ms. A zero CheckInterval means 5s,
+	// and a negative one turns the periodic check of Redis off, which
+	// leaves llmproxy_redis_up and reconciliation to the calls of
+	// requests.
 	Redis config.Redis
 	// Metrics receives the rate limit, token and Redis metrics; nil records
 	// none.
@@ -78,9 +81,13 @@ type Limiter struct {
 
 	leases leaseSet
 	seq    atomic.Uint64
+	// recovered wakes the health check to reconcile every key when a call
+	// finds Redis reachable again.
+	recovered chan struct{}
 
 	// ctx ends at Close; it bounds settlements, which outlive the request
-	// context, and the renewal goroutine, which wg waits for.
+	// context, and the renewal and health check goroutines, which wg
+	// waits for.
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -90,8 +97,9 @@ type Limiter struct {
 
 // New builds a Limiter from the configuration. It reads the keys given by
 // environment variable and reports every invalid key, trusted proxy and
-// limit in one error. With Redis configured it starts lease renewal; it
-// does not contact Redis, so New succeeds while Redis is down.
+// limit in one error. With Redis configured it starts lease renewal and
+// the periodic check of Redis in the background, so New succeeds while
+// Redis is down.
 func New(opts Options) (*Limiter, error) {
 	opts = withDefaults(opts)
 
@@ -111,9 +119,10 @@ func New(opts Options) (*Limiter, error) {
 		now:        opts.Now,
 		metrics:    opts.Metrics,
 		instanceID: id,
-		local:      newLocalStore(),
+		local:      newLocalStore(opts.Redis.Addr != ""),
 		health:     &redisHealth{log: log, metrics: opts.Metrics},
 		leases:     leaseSet{byID: make(map[string]string)},
+		recovered:  make(chan struct{}, 1),
 	}
 	l.local.setKeys(set.keys.ordered)
 	l.settings.Store(set)
@@ -123,6 +132,10 @@ func New(opts Options) (*Limiter, error) {
 		l.redis = newRedisStore(opts.Redis, opts.LeaseTTL)
 		l.wg.Add(1)
 		go l.renewLoop(l.ctx)
+		if opts.Redis.CheckInterval > 0 {
+			l.wg.Add(1)
+			go l.checkLoop(l.ctx, opts.Redis.CheckInterval)
+		}
 	}
 	return l, nil
 }
@@ -193,6 +206,9 @@ func withDefaults(opts Options) Options {
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = defaultLeaseTTL
 	}
+	if opts.Redis.CheckInterval == 0 {
+		opts.Redis.CheckInterval = defaultCheckInterval
+	}
 	return opts
 }
 
@@ -221,11 +237,16 @@ func newInstanceID() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// Close stops lease renewal and closes the Redis client. Leases still held
-// expire after LeaseTTL. Calls made after Close decide with local state.
-// Closing twice returns the first result.
+// Close stops lease renewal and the health check and closes the Redis
+// client. While Redis is up it first adds to Redis what this instance
+// counted during an outage and has not reconciled yet, which is otherwise
+// lost. Leases still held expire after LeaseTTL. Calls made after Close
+// decide with local state. Closing twice returns the first result.
 func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
+		if l.redis != nil && l.health.isUp() {
+			l.reconcile(l.ctx)
+		}
 		l.cancel()
 		l.wg.Wait()
 		if l.redis == nil {
@@ -403,11 +424,8 @@ func (l *Limiter) Admit(ctx context.Context, req Request) (Decision, *Reservatio
 // local token window entry of an admitted request in either case.
 func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntry, bool) {
 	if l.useRedis(a.now) {
-		knownTAT, knownTokens, knownRequests := l.local.known(a)
-		out, err := l.redis.admit(ctx, a, knownTAT, knownTokens, knownRequests)
+		out, entry, err := l.admitShared(ctx, a)
 		if err == nil {
-			l.health.succeeded()
-			entry := l.local.mirror(a, &out)
 			return out, entry, true
 		}
 		// The failed call may have taken up to redis.timeout: judge the
@@ -419,6 +437,41 @@ func (l *Limiter) check(ctx context.Context, a *admission) (outcome, *windowEntr
 	}
 	out, entry := l.local.admit(a)
 	return out, entry, false
+}
+
+// admitShared runs the admission in Redis, after reconciling the key when
+// this instance has counted some of it without Redis, and mirrors the
+// decision locally.
+//
+// NOTE: a request of the key that another goroutine decides locally
+// between the reconciliation and the admission, because its own Redis call
+// failed or came before Redis was back, is missing from this admission's
+// counts. The next reconciliation adds it.
+func (l *Limiter) admitShared(ctx context.Context, a *admission) (outcome, *windowEntry, error) {
+	if a.key != nil && a.state.dirty() {
+		if _, err := l.syncKey(ctx, a.key, a.state); err != nil {
+			return outcome{}, nil, err
+		}
+	}
+	knownTAT, knownTokens, knownRequests := l.local.known(a)
+	out, err := l.redis.admit(ctx, a, knownTAT, knownTokens, knownRequests)
+	if err != nil {
+		return outcome{}, nil, err
+	}
+	l.redisSucceeded()
+	return out, l.local.mirror(a, &out), nil
+}
+
+// redisSucceeded records a Redis call that worked, and wakes the health
+// check to reconcile the other keys when Redis was down until then.
+func (l *Limiter) redisSucceeded() {
+	if !l.health.succeeded() {
+		return
+	}
+	select {
+	case l.recovered <- struct{}{}:
+	default:
+	}
 }
 
 // useRedis reports whether a call at now should go to Redis, and counts a
@@ -460,8 +513,12 @@ func (l *Limiter) reserve(a *admission, entry *windowEntry, shared bool) *Reserv
 		shared:    shared,
 		entry:     entry,
 	}
-	if shared && a.key != nil {
+	switch {
+	case a.key == nil:
+	case shared:
 		l.leases.add(a.id, l.redis.leaseKey(a.key))
+	default:
+		l.local.addUnleased(r)
 	}
 	return r
 }

@@ -14,8 +14,13 @@ const addrSweepMicros = 60_000_000
 // without Redis and during a Redis outage. With Redis it mirrors every
 // decision Redis makes for this instance: the request rate, the token
 // window, the requests in flight and the monthly counts. So a fallback
-// continues from that state instead of starting with full buckets.
+// continues from that state instead of starting with full buckets. It also
+// records what the instance counts of a key while Redis is unreachable,
+// which a reconciliation adds to Redis once Redis responds again.
 type localStore struct {
+	// shared is set when Redis is configured, so that the counts made
+	// without it are kept for reconciliation.
+	shared bool
 	// keys maps each configured key name to its state. setKeys replaces
 	// the map and carries the state of the names it keeps.
 	keys atomic.Pointer[map[string]*localKey]
@@ -25,19 +30,74 @@ type localStore struct {
 	sweepAt int64            // next sweep of addrs, microseconds
 }
 
-// localKey is the state of one key.
+// localKey is the state of one key. mu guards every field but syncMu.
 type localKey struct {
-	mu            sync.Mutex
-	tat           int64
-	window        tokenLog
-	inflight      int64
-	month         string // month of monthTokens and monthRequests, "2006-01"
-	monthTokens   int64
-	monthRequests int64
+	// syncMu serializes the reconciliations of the key. It is held during
+	// the Redis call, and taken before mu.
+	syncMu sync.Mutex
+
+	mu       sync.Mutex
+	tat      int64
+	window   tokenLog
+	inflight int64
+	month    string // the latest month admitted in, "2006-01"
+	// months holds the counts of the current month and of earlier months
+	// whose counts made without Redis have not reached Redis yet.
+	months map[string]*monthLedger
+
+	// Counts made without Redis, kept only when Redis is configured.
+	//
+	// syncedTAT is the GCRA time of the last Redis decision or
+	// reconciliation; tat beyond it counts admissions Redis has not seen.
+	syncedTAT int64
+	// unleased maps the ID of each request admitted without Redis and not
+	// yet settled to its reservation, which has no lease in Redis.
+	unleased map[string]*Reservation
+	// released lists the leases in Redis of requests settled while Redis
+	// was unreachable, oldest first.
+	released []releasedLease
+	// changes counts the changes made without Redis, and syncedChanges
+	// the changes that the last reconciliation covered.
+	changes, syncedChanges uint64
 }
 
-func newLocalStore() *localStore {
-	s := &localStore{addrs: make(map[string]int64)}
+// monthLedger is one month's counts of a key. Without Redis, counted is
+// the whole count. With Redis, shared is the count Redis last returned,
+// and counted − stored is what this instance counted while Redis was
+// unreachable and has not yet added to Redis. counted and stored only
+// accumulate over the life of the instance, so that a reconciliation
+// sent twice adds its counts once (see sync.lua).
+type monthLedger struct {
+	shared, counted, stored monthCounts
+}
+
+// total returns the month's counts: the last ones from Redis plus those
+// not yet added to Redis.
+func (m *monthLedger) total() monthCounts {
+	p := m.pending()
+	return monthCounts{
+		tokens:   max(0, m.shared.tokens+p.tokens),
+		requests: max(0, m.shared.requests+p.requests),
+	}
+}
+
+// pending returns the counts not yet added to Redis.
+func (m *monthLedger) pending() monthCounts {
+	return monthCounts{
+		tokens:   m.counted.tokens - m.stored.tokens,
+		requests: m.counted.requests - m.stored.requests,
+	}
+}
+
+// releasedLease is a lease in Redis whose request ended while Redis was
+// unreachable.
+type releasedLease struct {
+	id string
+	at int64 // settlement time, microseconds
+}
+
+func newLocalStore(shared bool) *localStore {
+	s := &localStore{shared: shared, addrs: make(map[string]int64)}
 	s.keys.Store(&map[string]*localKey{})
 	return s
 }
@@ -89,11 +149,13 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	if a.concurrency > 0 {
 		out.slots[slotConcurrency] = concurrencyStatus(k.inflight, a.concurrency)
 	}
-	k.rollMonthLocked(a.month)
-	checkMonthly(a, &out, k.monthTokens, k.monthRequests)
+	s.rollMonthLocked(k, a.month)
+	month := k.ledgerLocked(a.month)
+	counts := month.total()
+	checkMonthly(a, &out, counts.tokens, counts.requests)
 	out.allowed = !out.anyExceeded()
 	if !out.allowed {
-		out.monthTokens, out.monthRequests = k.monthTokens, k.monthRequests
+		out.monthTokens, out.monthRequests = counts.tokens, counts.requests
 		return out, nil
 	}
 
@@ -101,13 +163,31 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	var entry *windowEntry
 	k.tat = tat
 	if a.tpm > 0 {
-		entry = k.window.add(a.nowMicros, a.tpmNeed)
+		entry = k.window.add(a.id, a.nowMicros, a.tpmNeed, false)
 	}
 	k.inflight++
-	k.monthTokens += a.monthNeed
-	k.monthRequests += a.requestNeed
-	out.monthTokens, out.monthRequests = k.monthTokens, k.monthRequests
+	month.counted.tokens += a.monthNeed
+	month.counted.requests += a.requestNeed
+	k.changes++
+	counts = month.total()
+	out.monthTokens, out.monthRequests = counts.tokens, counts.requests
 	return out, entry
+}
+
+// addUnleased records r, which this instance admitted without Redis, so
+// that a reconciliation gives it a lease in Redis while it is in flight.
+func (s *localStore) addUnleased(r *Reservation) {
+	if !s.shared {
+		return
+	}
+	k := r.state
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.unleased == nil {
+		k.unleased = make(map[string]*Reservation)
+	}
+	k.unleased[r.id] = r
+	k.changes++
 }
 
 // checkMonthly fills the monthly slots of out from the month's counts.
@@ -121,11 +201,35 @@ func checkMonthly(a *admission, out *outcome, tokens, requests int64) {
 }
 
 // rollMonthLocked starts a new month's counts when month is later than the
-// stored one.
-func (k *localKey) rollMonthLocked(month string) {
-	if month > k.month {
-		k.month, k.monthTokens, k.monthRequests = month, 0, 0
+// current one. Without Redis it drops the earlier months. With Redis,
+// prepareSync drops those that Redis has every count of, because it runs
+// while no reconciliation is in flight.
+func (s *localStore) rollMonthLocked(k *localKey, month string) {
+	if month <= k.month {
+		return
 	}
+	k.month = month
+	if s.shared {
+		return
+	}
+	for name := range k.months {
+		if name < month {
+			delete(k.months, name)
+		}
+	}
+}
+
+// ledgerLocked returns the counts of month, which it creates empty.
+func (k *localKey) ledgerLocked(month string) *monthLedger {
+	if k.months == nil {
+		k.months = make(map[string]*monthLedger)
+	}
+	m := k.months[month]
+	if m == nil {
+		m = &monthLedger{}
+		k.months[month] = m
+	}
+	return m
 }
 
 func (s *localStore) admitAddr(a *admission) outcome {
@@ -171,7 +275,7 @@ func (s *localStore) mirror(a *admission, out *outcome) *windowEntry {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if a.rate.on() {
-		k.tat = mergeTAT(k.tat, a, out)
+		k.tat, k.syncedTAT = mergeTAT(k.tat, a, out)
 	}
 	var entry *windowEntry
 	if a.tpm > 0 {
@@ -180,7 +284,7 @@ func (s *localStore) mirror(a *admission, out *outcome) *windowEntry {
 	if out.allowed {
 		k.inflight++
 	}
-	k.setMonthLocked(a.month, out.monthTokens, out.monthRequests)
+	s.setSharedMonthLocked(k, a.month, monthCounts{out.monthTokens, out.monthRequests})
 	return entry
 }
 
@@ -193,31 +297,33 @@ func (s *localStore) mirrorAddr(a *admission, out *outcome) {
 	s.addrsMu.Lock()
 	defer s.addrsMu.Unlock()
 	s.sweepLocked(a.nowMicros)
-	s.addrs[a.subject] = mergeTAT(s.addrs[a.subject], a, out)
+	tat, _ := mergeTAT(s.addrs[a.subject], a, out)
+	s.addrs[a.subject] = tat
 }
 
 // mergeTAT returns the GCRA time to store locally after Redis decided a:
 // the later of the local time, charged with a when Redis admitted it, and
-// the time Redis stored. Both only grow, so the later one never admits a
-// request that either would reject.
-func mergeTAT(local int64, a *admission, out *outcome) int64 {
+// the time Redis stored, which it also returns. Both only grow, so the
+// later one never admits a request that either would reject.
+func mergeTAT(local int64, a *admission, out *outcome) (tat, shared int64) {
 	st := out.slots[slotRequests]
-	shared := a.nowMicros + st.reset
+	shared = a.nowMicros + st.reset
 	if !out.allowed && !st.exceeded {
 		// Another limit rejected the request: Redis reported the time
 		// after it, which it did not store.
 		shared -= a.rate.interval
 	}
-	tat := max(local, shared)
+	tat = max(local, shared)
 	if out.allowed {
 		tat = max(tat, max(local, a.nowMicros)+a.rate.interval)
 	}
-	return tat
+	return tat, shared
 }
 
 // known returns the local state that the Redis admission of a merges
 // with its own: the GCRA time of the key or address, and the month's
-// counts of a key.
+// counts of a key as Redis last returned them. The counts made without
+// Redis are left out, because a reconciliation adds them.
 func (s *localStore) known(a *admission) (tat, tokens, requests int64) {
 	if a.key == nil {
 		s.addrsMu.Lock()
@@ -227,45 +333,111 @@ func (s *localStore) known(a *admission) (tat, tokens, requests int64) {
 	k := a.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.month == a.month {
-		tokens, requests = k.monthTokens, k.monthRequests
+	if m := k.months[a.month]; m != nil {
+		tokens, requests = m.shared.tokens, m.shared.requests
 	}
 	return k.tat, tokens, requests
 }
 
-// mirrorMonth stores the monthly counts that Redis returned for r.
-func (s *localStore) mirrorMonth(r *Reservation, tokens, requests int64) {
-	k := r.state
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.setMonthLocked(r.month, tokens, requests)
-}
-
-func (k *localKey) setMonthLocked(month string, tokens, requests int64) {
-	k.rollMonthLocked(month)
-	if month == k.month {
-		k.monthTokens, k.monthRequests = tokens, requests
+// setSharedMonthLocked stores the counts that Redis returned for month.
+func (s *localStore) setSharedMonthLocked(k *localKey, month string, counts monthCounts) {
+	s.rollMonthLocked(k, month)
+	if month == k.month || k.months[month] != nil {
+		k.ledgerLocked(month).shared = counts
 	}
 }
 
-// settle frees the slot of r and corrects its token window entry by the
-// actual tokens used. With correctMonth set it also corrects the month's
-// token count, and takes r back out of the month's request count when
-// unserved is set. A caller that has just stored the shared counts from
-// Redis leaves correctMonth unset.
-func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth, unserved bool) {
+// settleUnleased settles r, which this instance admitted without Redis.
+// It frees the slot and corrects the token window and the month's counts
+// of r by the actual tokens used. When unserved is set, it also takes r
+// back out of the month's request count. It returns false, and changes
+// nothing, when a reconciliation has since given r a lease in Redis, so
+// that r settles as one that Redis admitted.
+func (s *localStore) settleUnleased(r *Reservation, actual, now int64, unserved bool) bool {
+	k := r.state
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if s.shared {
+		if k.unleased[r.id] == nil {
+			return false
+		}
+		delete(k.unleased, r.id)
+		k.changes++
+	}
+	k.inflight--
+	if r.entry != nil {
+		k.window.adjust(r.entry, actual-r.tpmNeed, now, false)
+	}
+	s.correctMonthLocked(k, r, actual, unserved, func(m *monthLedger) *monthCounts {
+		return &m.counted
+	})
+	return true
+}
+
+// sharedSettlement is how far Redis took the settlement of a reservation
+// that it admitted.
+type sharedSettlement struct {
+	// reached reports whether the settlement script ran, which freed the
+	// lease and corrected the token window.
+	reached bool
+	// stored reports whether it also corrected the month's counts, and
+	// counts holds them then.
+	stored bool
+	counts monthCounts
+}
+
+// settleShared settles r, which Redis admitted, after Redis settled it as
+// far as res reports. It frees the slot and corrects the local token
+// window and month's counts. What Redis did not store is recorded for
+// the next reconciliation, except a month's correction that Redis
+// skipped because it has no counts for the month: the correction goes
+// into the counts that restore the month (see admit.lua).
+func (s *localStore) settleShared(
+	r *Reservation,
+	actual, now int64,
+	unserved bool,
+	res sharedSettlement,
+) {
 	k := r.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.inflight--
 	if r.entry != nil {
-		k.window.adjust(r.entry, actual-r.tpmNeed, now)
+		k.window.adjust(r.entry, actual-r.tpmNeed, now, res.reached)
 	}
-	if correctMonth && r.month == k.month {
-		k.monthTokens = max(0, k.monthTokens+actual-r.monthNeed)
-		if unserved {
-			k.monthRequests = max(0, k.monthRequests-r.requests)
-		}
+	switch {
+	case res.stored:
+		s.setSharedMonthLocked(k, r.month, res.counts)
+	case res.reached:
+		s.correctMonthLocked(k, r, actual, unserved, func(m *monthLedger) *monthCounts {
+			return &m.shared
+		})
+	default:
+		s.correctMonthLocked(k, r, actual, unserved, func(m *monthLedger) *monthCounts {
+			return &m.counted
+		})
+		k.released = append(k.released, releasedLease{id: r.id, at: now})
+		k.changes++
+	}
+}
+
+// correctMonthLocked corrects the counts that part selects in the month
+// of r: the tokens by the actual count, and the requests by r when
+// unserved is set. Without Redis only the current month is corrected.
+func (s *localStore) correctMonthLocked(
+	k *localKey,
+	r *Reservation,
+	actual int64,
+	unserved bool,
+	part func(*monthLedger) *monthCounts,
+) {
+	if !s.shared && r.month != k.month {
+		return
+	}
+	c := part(k.ledgerLocked(r.month))
+	c.tokens += actual - r.monthNeed
+	if unserved {
+		c.requests -= r.requests
 	}
 }
 
@@ -273,8 +445,17 @@ func (s *localStore) settle(r *Reservation, actual, now int64, correctMonth, uns
 func (k *localKey) snapshot(month string) (inflight, tokens, requests int64) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.month == month {
-		tokens, requests = k.monthTokens, k.monthRequests
+	if m := k.months[month]; m != nil {
+		c := m.total()
+		tokens, requests = c.tokens, c.requests
 	}
 	return k.inflight, tokens, requests
+}
+
+// dirty reports whether k has changes made without Redis that no
+// reconciliation has covered yet.
+func (k *localKey) dirty() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.changes != k.syncedChanges
 }

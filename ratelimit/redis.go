@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -18,9 +19,12 @@ var (
 	admitSource string
 	//go:embed settle.lua
 	settleSource string
+	//go:embed sync.lua
+	syncSource string
 
 	admitScript  = redis.NewScript(admitSource)
 	settleScript = redis.NewScript(settleSource)
+	syncScript   = redis.NewScript(syncSource)
 )
 
 // defaultRedisTimeout applies when redis.timeout is zero, as config does.
@@ -33,12 +37,21 @@ const monthKeyGrace = 35 * 24 * time.Hour
 // errBadReply means a script returned a reply of the wrong shape.
 var errBadReply = errors.New("unexpected reply from rate limit script")
 
+// errLate means that Redis ran a script after its deadline, so the script
+// changed nothing.
+var errLate = errors.New("redis ran the call after its deadline, so it changed nothing")
+
 // redisStore runs the limit scripts on Redis.
 type redisStore struct {
 	client   *redis.Client
 	prefix   string
 	timeout  time.Duration
 	leaseTTL time.Duration
+
+	// clockOffset is Redis's clock minus this host's, in microseconds,
+	// as the last measureClock found it. clockKnown is set once it has.
+	clockOffset atomic.Int64
+	clockKnown  atomic.Bool
 }
 
 func newRedisStore(cfg config.Redis, leaseTTL time.Duration) *redisStore {
@@ -77,6 +90,46 @@ const (
 	numKeys
 )
 
+// deadline returns the time, in microseconds of Redis's clock, after which
+// a script sent now changes nothing. A call that times out may still be
+// waiting in Redis, for example in a Redis that was paused, and would run
+// once Redis resumes, after the caller decided locally and counted the
+// request or its settlement itself. Half the timeout is left for the
+// reply to arrive. Before the first call it measures the offset between
+// the clocks, which the health check then measures again.
+//
+// NOTE: a reply delayed by more than half of redis.timeout still leaves a
+// call that ran and was also counted locally.
+func (s *redisStore) deadline(ctx context.Context) (int64, error) {
+	if !s.clockKnown.Load() {
+		if err := s.measureClock(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return time.Now().UnixMicro() + s.clockOffset.Load() + s.timeout.Microseconds()/2, nil
+}
+
+// measureClock reads Redis's clock with TIME, which also checks that Redis
+// responds, and stores its offset from this host's clock.
+func (s *redisStore) measureClock(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	sent := time.Now()
+	t, err := s.client.Time(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("read redis time: %w", err)
+	}
+	received := time.Now()
+	middle := sent.Add(received.Sub(sent) / 2)
+	s.clockOffset.Store(t.Sub(middle).Microseconds())
+	s.clockKnown.Store(true)
+	return nil
+}
+
+// isLate reports whether reply is the reply of a script that ran after
+// its deadline.
+func isLate(reply []int64) bool { return len(reply) == 1 && reply[0] == -1 }
+
 // keyNames returns the Redis keys of subject for month. The braces are a
 // Redis Cluster hash tag that puts every key of a subject in one slot, which
 // a script touching them all requires.
@@ -102,6 +155,10 @@ func (s *redisStore) admit(
 	a *admission,
 	knownTAT, knownTokens, knownRequests int64,
 ) (outcome, error) {
+	deadline, err := s.deadline(ctx)
+	if err != nil {
+		return outcome{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	keyed := a.key != nil
@@ -111,11 +168,14 @@ func (s *redisStore) admit(
 		flag(keyed), a.concurrency, s.leaseTTL.Microseconds(),
 		flag(keyed), a.monthTokens, a.monthRequests, a.monthNeed,
 		knownTokens, knownRequests, monthKeyTTL(a.now, a.monthEnd),
-		a.requestNeed, knownTAT,
+		a.requestNeed, knownTAT, deadline,
 	}
 	reply, err := admitScript.Run(ctx, s.client, s.keyNames(a.subject, a.month), args...).Int64Slice()
 	if err != nil {
 		return outcome{}, fmt.Errorf("run admission script: %w", err)
+	}
+	if isLate(reply) {
+		return outcome{}, fmt.Errorf("run admission script: %w", errLate)
 	}
 	return parseAdmitReply(a, reply)
 }
@@ -152,6 +212,10 @@ func (s *redisStore) settle(
 	unserved bool,
 	now time.Time,
 ) (monthCounts, bool, error) {
+	deadline, err := s.deadline(ctx)
+	if err != nil {
+		return monthCounts{}, false, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	_, monthEnd := monthOf(now)
@@ -162,7 +226,7 @@ func (s *redisStore) settle(
 	args := []any{
 		now.UnixMicro(), r.id, actual - r.tpmNeed, tokenWindowMicros,
 		flag(r.key.limits.TokensPerMinute > 0), flag(true), flag(true), actual - r.monthNeed,
-		monthKeyTTL(now, monthEnd), refund,
+		monthKeyTTL(now, monthEnd), refund, deadline,
 	}
 	names := s.keyNames("k:"+r.key.Name, r.month)
 	keys := []string{
@@ -172,6 +236,9 @@ func (s *redisStore) settle(
 	reply, err := settleScript.Run(ctx, s.client, keys, args...).Int64Slice()
 	if err != nil {
 		return monthCounts{}, false, fmt.Errorf("run settlement script: %w", err)
+	}
+	if isLate(reply) {
+		return monthCounts{}, false, fmt.Errorf("run settlement script: %w", errLate)
 	}
 	if len(reply) != 3 {
 		return monthCounts{}, false, fmt.Errorf("settlement script returned %d values: %w",

@@ -17,9 +17,12 @@ type Reservation struct {
 	month     string // month the tokens were reserved in
 	tpmNeed   int64
 	monthNeed int64
-	requests  int64        // 1 when counted in monthly_requests, else 0
-	shared    bool         // admitted by Redis
-	entry     *windowEntry // local token window entry; nil without tokens_per_minute
+	requests  int64 // 1 when counted in monthly_requests, else 0
+	// shared reports whether Redis admitted the request. One admitted
+	// locally gets a lease in Redis from a reconciliation while it is in
+	// flight (see localKey.unleased), and then settles as a shared one.
+	shared bool
+	entry  *windowEntry // local token window entry; nil without tokens_per_minute
 	// state is the local state of key that the request took its share of,
 	// so that settling frees that slot even after a reload removed the key.
 	state *localKey
@@ -75,37 +78,32 @@ func (l *Limiter) settle(r *Reservation, prompt, completion int64, unserved bool
 	}
 	actual := prompt + completion
 	now := l.now()
-	if !r.shared {
-		l.local.settle(r, actual, now.UnixMicro(), true, unserved)
+	// A request admitted without Redis settles locally, unless a
+	// reconciliation has given it a lease in Redis since.
+	if !r.shared && l.local.settleUnleased(r, actual, now.UnixMicro(), unserved) {
 		return
 	}
 	l.leases.remove(r.id)
-	stored := l.settleShared(r, actual, unserved)
-	l.local.settle(r, actual, now.UnixMicro(), !stored, unserved)
+	res := l.settleShared(r, actual, unserved)
+	l.local.settleShared(r, actual, now.UnixMicro(), unserved, res)
 }
 
-// settleShared settles a reservation Redis admitted and reports whether
-// Redis stored the month's correction.
-//
-// NOTE: when Redis is down at settlement, the other instances never see the
-// token correction or the request refund, and the slot stays taken until
-// its lease expires. Only this instance's monthly counts get the
-// correction.
-func (l *Limiter) settleShared(r *Reservation, actual int64, unserved bool) bool {
+// settleShared settles in Redis a reservation that has a lease there.
+// When Redis is down, the local store records the settlement for the next
+// reconciliation, and the lease stays taken until then or until it
+// expires.
+func (l *Limiter) settleShared(r *Reservation, actual int64, unserved bool) sharedSettlement {
 	now := l.now()
 	if !l.useRedis(now) {
-		return false
+		return sharedSettlement{}
 	}
 	counts, stored, err := l.redis.settle(l.ctx, r, actual, unserved, now)
 	if err != nil {
 		l.redisFailed(l.ctx, now, err)
-		return false
+		return sharedSettlement{}
 	}
-	l.health.succeeded()
-	if stored {
-		l.local.mirrorMonth(r, counts.tokens, counts.requests)
-	}
-	return stored
+	l.redisSucceeded()
+	return sharedSettlement{reached: true, stored: stored, counts: counts}
 }
 
 func (l *Limiter) countTokens(r *Reservation, prompt, completion int64) {

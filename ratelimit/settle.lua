@@ -16,11 +16,22 @@
 -- ARGV[9] month key TTL in seconds
 -- ARGV[10] requests to take back out of the month's request count: 1 for a
 --          request that was not served, else 0
+-- ARGV[11] deadline in microseconds of Redis's clock, 0 for none, as in
+--          admit.lua
 --
 -- Reply: 1 when Redis has counts for the month, then the month's token and
 -- request counts after the correction. Without counts, Redis has lost its
 -- data, the correction is not stored, and the next admission restores the
--- counts from the instance that admits it.
+-- counts from the instance that admits it. A call past its deadline
+-- replies {-1}.
+
+local deadline = tonumber(ARGV[11])
+if deadline > 0 then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000000 + tonumber(t[2]) > deadline then
+    return {-1}
+  end
+end
 
 local now = tonumber(ARGV[1])
 local id = ARGV[2]

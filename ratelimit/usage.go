@@ -48,12 +48,20 @@ func (l *Limiter) Usage(ctx context.Context) []KeyUsage {
 	if len(keys) == 0 || !l.useRedis(now) {
 		return usage
 	}
+	// Redis's counts include this instance's counts of an outage only
+	// once they are reconciled.
+	for _, k := range keys {
+		if _, err := l.syncKey(ctx, k, l.local.state(k.Name)); err != nil {
+			l.redisFailed(ctx, now, err)
+			return usage
+		}
+	}
 	counts, err := l.redis.usage(ctx, keys, now)
 	if err != nil {
 		l.redisFailed(ctx, now, err)
 		return usage
 	}
-	l.health.succeeded()
+	l.redisSucceeded()
 	for i, c := range counts {
 		// Without shared counts the local ones stay: Redis has lost its
 		// data, and the next admission restores them there.

@@ -36,7 +36,10 @@ type Snapshot struct {
 type NodeStatus struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
-	// State is up, down or draining, as GET /admin/nodes reports it.
+	// State is up, down, ejected or draining, as GET /admin/nodes reports
+	// it. Only an up node takes new requests, as llmproxy_node_up says.
+	// An ejected node passes its probes, but its breaker or passive health
+	// checks keep it out.
 	State string `json:"state"`
 	// Breaker is the circuit breaker's state: closed, half-open or open,
 	// with " (passive out)" appended while passive health checks keep the

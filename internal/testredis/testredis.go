@@ -4,12 +4,14 @@
 package testredis
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -57,6 +59,54 @@ func (s *Server) start(t testing.TB, path string) {
 	}
 }
 
+// Save writes the data set to the server's folder with SAVE, so that the
+// next Restart loads it. The server writes nothing by itself.
+func (s *Server) Save(t testing.TB) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial redis-server on %s: %v", s.Addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := conn.Write([]byte("*1\r\n$4\r\nSAVE\r\n")); err != nil {
+		t.Fatalf("send SAVE to %s: %v", s.Addr, err)
+	}
+	reply, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read the reply to SAVE from %s: %v", s.Addr, err)
+	}
+	if reply != "+OK\r\n" {
+		t.Fatalf("SAVE on %s replied %q, want +OK", s.Addr, reply)
+	}
+}
+
+// Pause stops the server process with SIGSTOP, as a Redis that hangs: it
+// accepts connections but runs no command until Resume. Commands sent
+// meanwhile run when it resumes.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("pause redis-server: %v", err)
+	}
+	t.Cleanup(func() { s.resume() })
+}
+
+// Resume continues a server that Pause stopped.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := s.resume(); err != nil {
+		t.Fatalf("resume redis-server: %v", err)
+	}
+}
+
+func (s *Server) resume() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	return s.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // Stop ends the server and waits for it to exit. Stopping twice is harmless.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
@@ -67,8 +117,9 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
-// Restart starts the server again on the same port after Stop, with an
-// empty data set.
+// Restart starts the server again on the same port after Stop. It loads
+// the data of the last Save, and starts with an empty data set when Save
+// was never called.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()

@@ -1,0 +1,169 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/internal/testredis"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// TestShutdownQueued503RetryAfter queues a request of each API family
+// behind a stream that holds the only slot, shuts the proxy down, and
+// checks that each gets a 503 in its family's error shape with a
+// Retry-After.
+func TestShutdownQueued503RetryAfter(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 10, MinTokens: 200, MaxTokens: 200})
+	cfg := testenv.Config(t, sim)
+	cfg.Nodes[0].MaxConcurrent = 1
+	p := testenv.Proxy(t, cfg)
+
+	hold := post(t, p.URL()+"/api/chat", `{"model":"m","messages":[{"role":"user","content":"long"}]}`)
+	defer hold.Body.Close()
+	if _, err := bufio.NewReader(hold.Body).ReadString('\n'); err != nil {
+		t.Fatalf("read the holding stream's first line: %v", err)
+	}
+
+	requests := []struct{ path, body string }{
+		{"/api/generate", quickGenerate},
+		{"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`},
+		{"/v1/messages", messagesBody},
+	}
+	type outcome struct {
+		status     int
+		retryAfter string
+		body       []byte
+	}
+	results := make([]outcome, len(requests))
+	var wg sync.WaitGroup
+	for i, r := range requests {
+		wg.Go(func() {
+			resp := post(t, p.URL()+r.path, r.body)
+			results[i] = outcome{resp.StatusCode, resp.Header.Get("Retry-After"), readBody(t, resp)}
+		})
+	}
+	testenv.WaitFor(t, 5*time.Second, "three requests in the queue", func() bool {
+		return p.Balancer().Depth()[config.ClassStandard] == len(requests)
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx)
+	wg.Wait()
+
+	for i, r := range requests {
+		got := results[i]
+		if got.status != http.StatusServiceUnavailable {
+			t.Errorf("%s: status %d, body %s; want 503", r.path, got.status, got.body)
+			continue
+		}
+		if got.retryAfter == "" {
+			t.Errorf("%s: 503 at shutdown without Retry-After", r.path)
+		}
+		if !strings.Contains(string(got.body), "shutting down") {
+			t.Errorf("%s: body %s, want the shutdown's message", r.path, got.body)
+		}
+	}
+	var ollama struct{ Error string }
+	if err := json.Unmarshal(results[0].body, &ollama); err != nil || ollama.Error == "" {
+		t.Errorf("/api/generate: body %s is not Ollama's error shape", results[0].body)
+	}
+	var openAI struct {
+		Error struct{ Message, Type string }
+	}
+	if err := json.Unmarshal(results[1].body, &openAI); err != nil || openAI.Error.Message == "" {
+		t.Errorf("/v1/chat/completions: body %s is not OpenAI's error shape", results[1].body)
+	}
+	decodeAnthropicError(t, results[2].body)
+}
+
+// TestProxyEndedStreamsNotCounted checks that streams the proxy itself
+// ended before the node finished them, at upstream.total or at shutdown,
+// do not count towards monthly_requests, while a served request does.
+func TestProxyEndedStreamsNotCounted(t *testing.T) {
+	longChat := `{"model":"m","messages":[{"role":"user","content":"long"}]}`
+	simCfg := ollamasim.Config{TokensPerSec: 10, MinTokens: 200, MaxTokens: 200}
+	newConfig := func(t *testing.T, r *testredis.Server) *config.Config {
+		cfg := testenv.Config(t, testenv.Sim(t, "m", simCfg))
+		key := limitKey("eps")
+		key.MonthlyRequests = 1000
+		cfg.Auth.Keys = []config.Key{key}
+		sharedRedisConfig(cfg, r)
+		return cfg
+	}
+
+	t.Run("upstream.total", func(t *testing.T) {
+		cfg := newConfig(t, testredis.Start(t))
+		cfg.Upstream.Total = 600 * time.Millisecond
+		p := testenv.Proxy(t, cfg)
+		expectStatus(t, p, "/api/generate", "eps", quickGenerate, http.StatusOK, "")
+		for range 2 {
+			resp := post(t, p.URL()+"/api/chat", longChat, bearer("eps")...)
+			if body := readBody(t, resp); !strings.Contains(string(body), "upstream.total") {
+				t.Fatalf("stream not ended at upstream.total: status %d, body %s", resp.StatusCode, body)
+			}
+		}
+		u := keyUsage(t, p, "eps")
+		testenv.WaitFor(t, 5*time.Second, "every request of eps settled", func() bool {
+			u = keyUsage(t, p, "eps")
+			return u.InFlight == 0
+		})
+		if u.MonthlyRequests != 1 {
+			t.Errorf("monthly_requests = %d, want 1: the streams cut at upstream.total do not count",
+				u.MonthlyRequests)
+		}
+	})
+
+	t.Run("shutdown", func(t *testing.T) {
+		// Two instances share the usage in Redis, so the second reads what
+		// the first counted after the first has shut down.
+		r := testredis.Start(t)
+		a := testenv.Proxy(t, newConfig(t, r))
+		b := testenv.Proxy(t, newConfig(t, r))
+		expectStatus(t, a, "/api/generate", "eps", quickGenerate, http.StatusOK, "")
+
+		bodies := make([]string, 2)
+		var wg sync.WaitGroup
+		started := make(chan struct{}, len(bodies))
+		for i := range bodies {
+			wg.Go(func() {
+				resp := post(t, a.URL()+"/api/chat", longChat, bearer("eps")...)
+				defer resp.Body.Close()
+				br := bufio.NewReader(resp.Body)
+				first, _ := br.ReadString('\n')
+				started <- struct{}{}
+				rest, _ := io.ReadAll(br)
+				bodies[i] = first + string(rest)
+			})
+		}
+		<-started
+		<-started
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+		wg.Wait()
+		for i, body := range bodies {
+			if !strings.Contains(body, "shutting down") {
+				t.Fatalf("stream %d not ended by the shutdown: %s", i, body)
+			}
+		}
+
+		u := keyUsage(t, b, "eps")
+		if u.MonthlyRequests != 1 {
+			t.Errorf("monthly_requests = %d, want 1: the streams cut at shutdown do not count",
+				u.MonthlyRequests)
+		}
+		if u.MonthlyTokens == 0 {
+			t.Error("monthly_tokens = 0, want the tokens of the served request and the cut streams")
+		}
+	})
+}
