@@ -29,6 +29,7 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	f := fields{pinned: stickyNode(client, nodes), stream: rt.streams}
 	var plan createPlan
 	if rt.name == "/api/create" {
+		s.refreshBeforeWrite()
 		var ok bool
 		if plan, ok = s.planCreate(ctx, rt, rs, client, nodes); !ok {
 			return

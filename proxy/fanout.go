@@ -60,6 +60,9 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	if !s.admit(ctx, rt, rs, fields{model: rs.model, rawModel: model}) {
 		return
 	}
+	if rt.name != "/api/pull" {
+		s.refreshBeforeWrite()
+	}
 	if !s.checkHoldersUsable(ctx, rt, v, model) {
 		return
 	}
@@ -539,6 +542,16 @@ func (s *Server) refreshNodes(nodes []*balancer.Node) {
 		}()
 	}
 	wg.Wait()
+}
+
+// refreshBeforeWrite refreshes every node's model list before a delete,
+// copy or create, whose checks and removal of older models go by those
+// lists. A model added since the last poll, through another instance or on
+// a node directly, would otherwise be missed, and a copy onto its name
+// would leave two models under it. It waits up to refreshTimeout, and a
+// node whose refresh fails keeps its last list.
+func (s *Server) refreshBeforeWrite() {
+	s.refreshNodes(s.bal.Nodes())
 }
 
 // refreshAll refreshes every node's inventory, at most once a second. It

@@ -605,6 +605,41 @@ func TestCopyReplacesOlderDestination(t *testing.T) {
 	}
 }
 
+func TestCopyReplacesModelAddedSinceLastPoll(t *testing.T) {
+	sims := []*ollamasim.Running{
+		testenv.Sim(t, "src", ollamasim.Config{}),
+		testenv.Sim(t, "src", ollamasim.Config{}),
+		testenv.Sim(t, "m", ollamasim.Config{}),
+	}
+	cfg := testenv.Config(t, sims...)
+	// The proxy polls the model lists only at start during the test.
+	cfg.Discovery.Interval = time.Hour
+	cfg.Health.Interval = time.Hour
+	tr := &trio{sims: sims, cfg: cfg, proxy: testenv.Proxy(t, cfg)}
+	testenv.WaitFor(t, 5*time.Second, "model lists fetched", func() bool {
+		for _, nc := range cfg.Nodes {
+			if !tr.proxy.Balancer().Node(nc.Name).ModelsListed() {
+				return false
+			}
+		}
+		return true
+	})
+	// n2 gets a dst of its own, which the proxy's lists do not show yet.
+	resp, body := send(t, tr.byName("n2").URL(), "POST /api/copy", `{"source":"m","destination":"dst"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("copy on n2: %d %s", resp.StatusCode, body)
+	}
+	if tr.proxy.Balancer().Node("n2").HasModel("dst:latest") {
+		t.Fatal("the proxy already lists n2's dst, so the test shows nothing")
+	}
+
+	resp, body = send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"src","destination":"dst"}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("copy status %d %s, want 200", resp.StatusCode, body)
+	}
+	checkOnlyListedOn(t, tr, "dst:latest", "n0", "n1")
+}
+
 func TestCreateReplacesOlderModel(t *testing.T) {
 	for _, stream := range []bool{false, true} {
 		t.Run(map[bool]string{false: "stream false", true: "streamed"}[stream], func(t *testing.T) {
