@@ -384,7 +384,6 @@ func TestStreamOnFalseUnmergedSentAsNodeSent(t *testing.T) {
 		name, path, framing, want string
 	}{
 		{"route without merged form", "/v1/messages", "stream", strings.Join(streamPieces("/v1/messages"), "")},
-		{"stream ended by an error", "/api/chat", "error", failedStream},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -404,6 +403,25 @@ func TestStreamOnFalseUnmergedSentAsNodeSent(t *testing.T) {
 					resp.ContentLength, len(got))
 			}
 		})
+	}
+}
+
+// TestStreamOnFalseErrorIs500 checks that a stream ending in an error
+// line, sent for a request for one response, reaches the client as the
+// error response Ollama sends for a failed generation.
+func TestStreamOnFalseErrorIs500(t *testing.T) {
+	node := framingNode(t)
+	p, _, _ := cacheSetups[1].start(t, node)
+	resp, got, err := roundTrip(p.URL(), "POST", "/api/chat", generationBody("/api/chat", false, true, "error"),
+		framingHeader, "error")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("status %d, want 500; body %s", resp.StatusCode, got)
+	}
+	if want := `{"error":"model runner stopped"}`; string(got) != want {
+		t.Errorf("body %s, want %s", got, want)
 	}
 }
 
