@@ -88,7 +88,9 @@ type Upstream struct {
 
 // Discovery sets how often each node's model inventory is polled.
 type Discovery struct {
-	// Interval between polls of /api/tags and /api/ps. Default 10s.
+	// Interval between polls of /api/tags and /api/ps. Default 10s. The
+	// poll runs at a health probe, so it is never more frequent than
+	// Health.Interval.
 	Interval time.Duration `yaml:"interval"`
 }
 
