@@ -78,3 +78,32 @@ func FuzzScanFinal(f *testing.F) {
 		}
 	})
 }
+
+func TestFinalObjectAcceptsSpacedJSON(t *testing.T) {
+	cases := []struct {
+		name, line string
+		sse, want  bool
+		object     string
+	}{
+		{"compact done", `{"done":true,"eval_count":2}`, false, true, `{"done":true,"eval_count":2}`},
+		{"spaced done", `{"done" : true, "eval_count": 2}`, false, true, `{"done" : true, "eval_count": 2}`},
+		{"not done", `{"done": false}`, false, false, ""},
+		{"done as a value first", `{"status":"done","done": true}`, false, true, `{"status":"done","done": true}`},
+		{"done only as a value", `{"status":"done"}`, false, false, ""},
+		{"sse with space", `data: {"usage":{"prompt_tokens":1}}`, true, true, `{"usage":{"prompt_tokens":1}}`},
+		{"sse without space", `data:{"usage":{"prompt_tokens":1}}`, true, true, `{"usage":{"prompt_tokens":1}}`},
+		{"sse without usage", `data: {"choices":[]}`, true, false, ""},
+		{"sse done marker", `data: [DONE]`, true, false, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			object, ok := finalObject([]byte(c.line), c.sse)
+			if ok != c.want {
+				t.Fatalf("ok %v, want %v", ok, c.want)
+			}
+			if ok && string(object) != c.object {
+				t.Errorf("object %q, want %q", object, c.object)
+			}
+		})
+	}
+}

@@ -556,12 +556,35 @@ func (r *relay) observe(line []byte) {
 // usage. ok is false for any other line.
 func finalObject(line []byte, sse bool) (object []byte, ok bool) {
 	if sse {
-		if !bytes.Contains(line, []byte(`"usage"`)) || !bytes.HasPrefix(line, []byte("data: {")) {
+		// The space after "data:" is optional in SSE.
+		data, found := bytes.CutPrefix(line, []byte("data:"))
+		if !found || !bytes.Contains(data, []byte(`"usage"`)) {
 			return nil, false
 		}
-		return line[len("data: "):], true
+		data = bytes.TrimLeft(data, " ")
+		return data, len(data) > 0 && data[0] == '{'
 	}
-	return line, bytes.Contains(line, []byte(`"done":true`))
+	return line, doneTrue(line)
+}
+
+// doneTrue reports whether an NDJSON line has "done": true, with or
+// without spaces around the colon. A quote inside a JSON string is
+// escaped, so "done" between real quotes is a key or a whole string
+// value, and a value is followed by no colon.
+func doneTrue(line []byte) bool {
+	key := []byte(`"done"`)
+	for i := bytes.Index(line, key); i >= 0; {
+		j := skipSpace(line, i+len(key))
+		if j < len(line) && line[j] == ':' {
+			return bytes.HasPrefix(line[skipSpace(line, j+1):], []byte("true"))
+		}
+		next := bytes.Index(line[i+len(key):], key)
+		if next < 0 {
+			return false
+		}
+		i += len(key) + next
+	}
+	return false
 }
 
 // fail ends a broken stream. When the client went away, nothing more can
