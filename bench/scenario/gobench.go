@@ -98,10 +98,12 @@ func goBenchIntro(commands []string, runs int) string {
 		"object (BenchmarkScanFinal), a slot taken and given back on the balancer "+
 		"(BenchmarkAcquireRelease), the cache key of a request (BenchmarkKey), and "+
 		"one non-streamed POST /api/generate over loopback, straight to a simulated "+
-		"node and through a whole proxy (BenchmarkForwardGenerate/direct and /proxy). "+
+		"node, through a whole proxy and through a bare fasthttp proxy "+
+		"(BenchmarkForwardGenerate/direct, /proxy and /fasthttp). "+
 		"The node and the client of that benchmark run in the same process, so the "+
-		"difference between its two rows is the proxy's cost per request, in time "+
-		"and in allocations.\n", runs)
+		"difference between the direct and proxy rows is the proxy's cost per request, "+
+		"in time and in allocations, and the difference between the fasthttp and proxy "+
+		"rows the part of it that llmproxy's own handling adds.\n", runs)
 }
 
 // goBenchTable shows each benchmark's runs in the order first seen.
