@@ -329,7 +329,7 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	}
 }
 
-// noteHeld counts the take-outs that the ejection cap refused in r, and
+// noteHeld counts the take-outs that the ejection cap skipped in r, and
 // logs them at most once per heldLogInterval and node.
 func (c *Checker) noteHeld(t *tracker, r reported) {
 	if !r.passiveHeld && r.breakerHeld == 0 {

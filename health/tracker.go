@@ -261,8 +261,8 @@ func (t *tracker) report(failure string) reported {
 	return r
 }
 
-// heldLogDue reports whether a refused take-out of the node is to be
-// logged now, at most once per heldLogInterval.
+// heldLogDue reports whether a take-out of the node that the ejection cap
+// skipped is logged now. It returns true at most once per heldLogInterval.
 func (t *tracker) heldLogDue() bool {
 	now := t.now()
 	t.mu.Lock()

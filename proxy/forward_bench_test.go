@@ -13,11 +13,11 @@ import (
 
 // BenchmarkForwardGenerate sends non-streamed POST /api/generate requests
 // over loopback, straight to a simulated node ("direct"), through a whole
-// proxy ("proxy") and through a bare fasthttp proxy ("fasthttp"). The
-// difference between direct and proxy is the proxy's cost per request, in
-// time and in allocations (the node and the client run in this process
-// too), and the difference between fasthttp and proxy is the part of it
-// that llmproxy's own handling adds to the HTTP library.
+// proxy ("proxy") and through a bare fasthttp proxy ("fasthttp"). The node
+// and the client run in this process too. The difference between direct
+// and proxy is the proxy's cost per request, in time and in allocations.
+// The difference between fasthttp and proxy is the part of that cost which
+// llmproxy's own handling adds to the HTTP library.
 func BenchmarkForwardGenerate(b *testing.B) {
 	sim := testenv.Sim(b, "m", ollamasim.Config{Parallel: 1024, MaxTokens: 8, MinTokens: 8})
 	cfg := testenv.Config(b, sim)

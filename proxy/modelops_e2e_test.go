@@ -140,17 +140,9 @@ func trioWithHolderDown(t *testing.T) *trio {
 func TestDeleteRejectedWhileHolderDown(t *testing.T) {
 	tr := trioWithHolderDown(t)
 	resp, body := send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"m"}`)
-	if resp.StatusCode != 503 {
-		t.Fatalf("delete status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot delete \"m\" because node n1, which has the model, is unavailable. ` +
 		`Try again when it is back"}`
-	if string(body) != want {
-		t.Errorf("delete body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("delete response has no Retry-After")
-	}
+	checkUnavailable(t, "delete", resp, body, want)
 	for i, sim := range tr.sims {
 		if n := sim.Server().Requests("/api/delete"); n != 0 {
 			t.Errorf("node %d received %d deletes, want none", i, n)
@@ -399,11 +391,19 @@ func TestStreamedPullProgressAfterNodeFails(t *testing.T) {
 // model list of every other node.
 func modelTrio(t *testing.T, models [3]string, down ...string) *trio {
 	t.Helper()
+	return modelTrioWith(t, models, func(*config.Config) {}, down...)
+}
+
+// modelTrioWith starts a trio as modelTrio does, with the proxy's config
+// changed by adjust first.
+func modelTrioWith(t *testing.T, models [3]string, adjust func(*config.Config), down ...string) *trio {
+	t.Helper()
 	tr := &trio{}
 	for _, list := range models {
 		tr.sims = append(tr.sims, testenv.Sim(t, list, ollamasim.Config{}))
 	}
 	tr.cfg = testenv.Config(t, tr.sims...)
+	adjust(tr.cfg)
 	for _, name := range down {
 		if err := tr.byName(name).Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
 			t.Fatal(err)
@@ -419,6 +419,21 @@ func modelTrio(t *testing.T, models [3]string, down ...string) *trio {
 		return true
 	})
 	return tr
+}
+
+// checkUnavailable checks that an op got 503 with the body want and a
+// Retry-After header.
+func checkUnavailable(t *testing.T, op string, resp *http.Response, body []byte, want string) {
+	t.Helper()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("%s status %d %s, want 503", op, resp.StatusCode, body)
+	}
+	if string(body) != want {
+		t.Errorf("%s body %s, want %s", op, body, want)
+	}
+	if resp.Header.Get("Retry-After") == "" {
+		t.Errorf("%s response has no Retry-After", op)
+	}
 }
 
 // simLists reports whether the simulated node's own /api/tags lists model.
@@ -443,17 +458,9 @@ func simLists(t *testing.T, sim *ollamasim.Running, model string) bool {
 func TestDeleteRejectedWhileNodeUnlisted(t *testing.T) {
 	tr := modelTrio(t, [3]string{"m", "m,dup1", "m,dup1"}, "n2")
 	resp, body := send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"dup1"}`)
-	if resp.StatusCode != 503 {
-		t.Fatalf("delete status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot delete \"dup1\" because the model list of node n2 is not known yet. ` +
 		`Try again shortly"}`
-	if string(body) != want {
-		t.Errorf("delete body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("delete response has no Retry-After")
-	}
+	checkUnavailable(t, "delete", resp, body, want)
 	for i, sim := range tr.sims {
 		if n := sim.Server().Requests("/api/delete"); n != 0 {
 			t.Errorf("node %d received %d deletes, want none", i, n)
@@ -484,17 +491,9 @@ func TestDeleteRejectedWhileNodeUnlisted(t *testing.T) {
 func TestCopyRejectedWhileNodeUnlisted(t *testing.T) {
 	tr := modelTrio(t, [3]string{"m", "m,dup1", "m,dup1"}, "n2")
 	resp, body := send(t, tr.proxy.URL(), "POST /api/copy", `{"source":"dup1","destination":"dup2"}`)
-	if resp.StatusCode != 503 {
-		t.Fatalf("copy status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot copy \"dup1\" to \"dup2\" because the model list of node n2 is not known yet. ` +
 		`Try again shortly"}`
-	if string(body) != want {
-		t.Errorf("copy body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("copy response has no Retry-After")
-	}
+	checkUnavailable(t, "copy", resp, body, want)
 	for i, sim := range tr.sims {
 		if n := sim.Server().Requests("/api/copy"); n != 0 {
 			t.Errorf("node %d received %d copies, want none", i, n)
@@ -531,17 +530,9 @@ func TestCreateRejectedWhileBaseHolderDown(t *testing.T) {
 
 	resp := post(t, tr.proxy.URL()+"/api/create", `{"model":"phicopy","from":"phi3:mini","stream":false}`)
 	body := readBody(t, resp)
-	if resp.StatusCode != 503 {
-		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot create \"phicopy\" from \"phi3:mini\" because node n2, ` +
 		`which has \"phi3:mini\", is unavailable. Try again when it is back"}`
-	if string(body) != want {
-		t.Errorf("create body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("create response has no Retry-After")
-	}
+	checkUnavailable(t, "create", resp, body, want)
 	checkBaseNotPulled(t, tr)
 
 	// A base that no node lists is pulled by the node picked, as Ollama
@@ -556,17 +547,9 @@ func TestCreateRejectedWhileNodeUnlisted(t *testing.T) {
 	tr := modelTrio(t, [3]string{"m", "m", "m,phi3:mini"}, "n2")
 	resp := post(t, tr.proxy.URL()+"/api/create", `{"model":"phicopy","from":"phi3:mini","stream":false}`)
 	body := readBody(t, resp)
-	if resp.StatusCode != 503 {
-		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot create \"phicopy\" from \"phi3:mini\" because the model list of node n2 ` +
 		`is not known yet. Try again shortly"}`
-	if string(body) != want {
-		t.Errorf("create body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("create response has no Retry-After")
-	}
+	checkUnavailable(t, "create", resp, body, want)
 	checkBaseNotPulled(t, tr)
 }
 
@@ -606,23 +589,10 @@ func TestCopyReplacesOlderDestination(t *testing.T) {
 }
 
 func TestCopyReplacesModelAddedSinceLastPoll(t *testing.T) {
-	sims := []*ollamasim.Running{
-		testenv.Sim(t, "src", ollamasim.Config{}),
-		testenv.Sim(t, "src", ollamasim.Config{}),
-		testenv.Sim(t, "m", ollamasim.Config{}),
-	}
-	cfg := testenv.Config(t, sims...)
 	// The proxy polls the model lists only at start during the test.
-	cfg.Discovery.Interval = time.Hour
-	cfg.Health.Interval = time.Hour
-	tr := &trio{sims: sims, cfg: cfg, proxy: testenv.Proxy(t, cfg)}
-	testenv.WaitFor(t, 5*time.Second, "model lists fetched", func() bool {
-		for _, nc := range cfg.Nodes {
-			if !tr.proxy.Balancer().Node(nc.Name).ModelsListed() {
-				return false
-			}
-		}
-		return true
+	tr := modelTrioWith(t, [3]string{"src", "src", "m"}, func(cfg *config.Config) {
+		cfg.Discovery.Interval = time.Hour
+		cfg.Health.Interval = time.Hour
 	})
 	// n2 gets a dst of its own, which the proxy's lists do not show yet.
 	resp, body := send(t, tr.byName("n2").URL(), "POST /api/copy", `{"source":"m","destination":"dst"}`)
@@ -679,17 +649,9 @@ func TestCreateRejectedWhileNameHolderDown(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, "n2 down", func() bool { return !n2.Usable() })
 
 	resp, body := send(t, tr.proxy.URL(), "POST /api/create", `{"model":"dst","from":"m","stream":false}`)
-	if resp.StatusCode != 503 {
-		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot create \"dst\" from \"m\" because node n2, which has \"dst\", ` +
 		`is unavailable. Try again when it is back"}`
-	if string(body) != want {
-		t.Errorf("create body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("create response has no Retry-After")
-	}
+	checkUnavailable(t, "create", resp, body, want)
 	for i, n := range createCounts(tr) {
 		if n != 0 {
 			t.Errorf("node %d received %d creates, want none", i, n)
@@ -704,17 +666,9 @@ func TestCreateRejectedWhileNameUnknown(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("2", 64)
 	resp, body := send(t, tr.proxy.URL(), "POST /api/create",
 		`{"model":"dst","files":{"model.gguf":"`+digest+`"},"stream":false}`)
-	if resp.StatusCode != 503 {
-		t.Fatalf("create status %d %s, want 503", resp.StatusCode, body)
-	}
 	want := `{"error":"cannot create \"dst\" because the model list of node n2 is not known yet. ` +
 		`Try again shortly"}`
-	if string(body) != want {
-		t.Errorf("create body %s, want %s", body, want)
-	}
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("create response has no Retry-After")
-	}
+	checkUnavailable(t, "create", resp, body, want)
 	for i, n := range createCounts(tr) {
 		if n != 0 {
 			t.Errorf("node %d received %d creates, want none", i, n)

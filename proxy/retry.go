@@ -115,10 +115,10 @@ func judge(a attempt) verdict {
 // upstream.first_byte.
 //
 // Ollama sends the head of a non-streamed response only when generation
-// ends (in server/routes.go, GenerateHandler and ChatHandler collect every
-// chunk and then write the response), so such a timeout alone is no
-// evidence against the node: the generation may just be long. The proxy therefore
-// probes the node at once. A node that fails the probe is broken: the
+// ends, because GenerateHandler and ChatHandler (server/routes.go) collect
+// every chunk and then write the response. Such a timeout alone is no
+// evidence against the node, since the generation may just be long. The
+// proxy therefore probes the node at once. A node that fails the probe is broken: the
 // timeout counts, and the request goes to any other node, whatever the
 // node had loaded. A node that passes is slow: the timeout counts against
 // no node, and the request does not go to another node, which would only

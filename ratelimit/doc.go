@@ -64,12 +64,12 @@
 // # Reconciliation
 //
 // Once Redis responds again, each instance adds to Redis what it counted of
-// each key during the outage, in one script call per key (sync.lua): the
-// part of its GCRA time beyond the last one Redis reported, its
+// each key during the outage, in one script call per key (sync.lua). That
+// is the part of its GCRA time beyond the last one Redis reported, its
 // reservations still in the token window, a lease for each request still
 // in flight, the end of the leases of requests settled during the outage,
 // and for each month the requests, tokens and settlement corrections it
-// counted. Redis adds them to its own counts, which hold those of the
+// counted. Redis adds them to its own counts, which contain those of the
 // other instances, and the instance continues from the totals. The health
 // check does it for every key within redis.check_interval, and Admit does
 // it for the request's key before the key's next admission in Redis.

@@ -8,10 +8,10 @@ import (
 )
 
 // A reconciliation adds to Redis what this instance counted of a key while
-// Redis was unreachable: the admissions beyond the request rate state in
-// Redis, the reservations in the token window, leases for the requests
-// still in flight, the end of the leases of requests settled meanwhile,
-// and each month's counts. Redis adds them to what the other instances
+// Redis was unreachable. That is the admissions beyond the request rate
+// state in Redis, the reservations in the token window, leases for the
+// requests still in flight, the end of the leases of requests settled
+// meanwhile, and each month's counts. Redis adds them to what the other instances
 // counted, in one script call per key, and the instance then continues
 // from Redis's totals. The health check runs it for every key soon after
 // Redis answers again, and Admit runs it for the request's key before the

@@ -37,7 +37,8 @@ type NodeStatus struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
 	// State is up, down, ejected or draining, as GET /admin/nodes reports
-	// it. Only an up node takes new requests, as llmproxy_node_up says.
+	// it. Only an up node takes new requests, which llmproxy_node_up
+	// reports as 1.
 	// An ejected node passes its probes, but its breaker or passive health
 	// checks keep it out.
 	State string `json:"state"`
