@@ -21,25 +21,27 @@ type finalStats struct {
 // carries the whole generated text and, from /api/generate, the context token
 // array, which a parse would walk for a handful of numbers. In valid JSON
 // a quoted name followed by a colon is always a key, because every quote
-// inside a string is escaped. A key that occurs more than once counts at
-// its first place.
+// inside a string is escaped.
+//
+// The pass runs from the end. Ollama and OpenAI write the accounting
+// fields after the message or the choices, so the pass stops once it has
+// them and does not walk the text. A key that occurs more than once counts
+// at its last place: the top-level field, not a key of the same name in a
+// tool call's arguments.
 func scanFinal(b []byte) finalStats {
 	var st finalStats
 	var seen [numFinalKeys]bool
 	var vals [numFinalKeys]int64
 	usageObject, doneTrue := false, false
-	for i := 0; i < len(b); {
-		q := bytes.IndexByte(b[i:], '"')
+	for end := len(b); end > 0; {
+		q := bytes.LastIndexByte(b[:end], '"')
 		if q < 0 {
 			break
 		}
-		i += q + 1
-		k, v := matchKey(b, i)
-		if k < 0 {
-			continue
-		}
-		i = v
-		if seen[k] {
+		end = q
+		k, v := matchKey(b, q+1)
+		if k < 0 || seen[k] || (k == keyUsage && seen[keyDone]) {
+			// The last of "done" and "usage" tells the kind of object.
 			continue
 		}
 		seen[k] = true
@@ -50,6 +52,12 @@ func scanFinal(b []byte) finalStats {
 			doneTrue = bytes.HasPrefix(b[v:], []byte("true"))
 		default:
 			vals[k] = intValue(b, v)
+		}
+		if usageObject || (seen[keyDone] && seen[keyPromptEvalCount] && seen[keyEvalCount] &&
+			seen[keyEvalDuration] && seen[keyLoadDuration] && seen[keyTotalDuration]) {
+			// Everything an object of either kind reports is read: the
+			// rest is the text before it.
+			break
 		}
 	}
 	switch {

@@ -34,6 +34,13 @@ func TestScanFinal(t *testing.T) {
 		{"ollama embed", `{"model":"e","embeddings":[[0.1,-0.2]],"total_duration":90,"load_duration":10,"prompt_eval_count":5}`,
 			finalStats{embed: true, promptTokens: 5}},
 		{"embed without counts", `{"model":"e","embeddings":[[0.1]]}`, finalStats{}},
+		{"same keys in tool call arguments", `{"message":{"role":"assistant","tool_calls":[{"function":` +
+			`{"name":"f","arguments":{"done":false,"eval_count":3,"usage":{"prompt_tokens":1}}}}]},` +
+			`"done":true,"eval_count":8,"prompt_eval_count":2}`,
+			finalStats{done: true, completionTokens: 8, promptTokens: 2}},
+		{"openai usage after choices with the same keys", `{"choices":[{"message":{"tool_calls":[{"function":` +
+			`{"arguments":"{}"}}]},"done":true}],"usage":{"prompt_tokens":3,"completion_tokens":4}}`,
+			finalStats{usage: true, promptTokens: 3, completionTokens: 4}},
 		{"empty", ``, finalStats{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
