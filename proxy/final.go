@@ -41,7 +41,7 @@ func scanFinal(b []byte) finalStats {
 		end = q
 		k, v := matchKey(b, q+1)
 		if k < 0 || seen[k] || (k == keyUsage && seen[keyDone]) {
-			// The last of "done" and "usage" tells the kind of object.
+			// The last of "done" and "usage" in the object decides its kind.
 			continue
 		}
 		seen[k] = true
@@ -55,8 +55,8 @@ func scanFinal(b []byte) finalStats {
 		}
 		if usageObject || (seen[keyDone] && seen[keyPromptEvalCount] && seen[keyEvalCount] &&
 			seen[keyEvalDuration] && seen[keyLoadDuration] && seen[keyTotalDuration]) {
-			// Everything an object of either kind reports is read: the
-			// rest is the text before it.
+			// Every count of the object is read, and what remains is
+			// the text before them.
 			break
 		}
 	}
