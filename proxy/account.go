@@ -175,6 +175,15 @@ func (s *Server) endAs(rs *reqState, token uint64) {
 	if rs.route.how == handleRoot || rs.route.how == handleAdmin {
 		level = slog.LevelDebug
 	}
+	if s.log.Enabled(nil, level) {
+		s.logRequest(rs, level, d)
+	}
+	rs.requestFields = requestFields{}
+	reqStates.Put(rs)
+}
+
+// logRequest writes the access log line of rs, which took d.
+func (s *Server) logRequest(rs *reqState, level slog.Level, d time.Duration) {
 	route := rs.route.name
 	if rs.path != "" {
 		route = rs.path
@@ -196,8 +205,6 @@ func (s *Server) endAs(rs *reqState, token uint64) {
 		slog.Int("retries", rs.retries),
 		slog.String("error", rs.err),
 	)
-	rs.requestFields = requestFields{}
-	reqStates.Put(rs)
 }
 
 // endHandled ends the request that handle began with the owner token
