@@ -46,7 +46,7 @@ type doResult struct {
 
 // runConcurrent calls Do n times at once with fetch and returns every
 // outcome once all have returned.
-func runConcurrent(ctx context.Context, c *Cache, p Plan, n int, fetch func() *Entry) []doResult {
+func runConcurrent(ctx context.Context, c *Cache, p Plan, n int, fetch func() (*Entry, error)) []doResult {
 	results := make([]doResult, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -65,10 +65,10 @@ func TestDoCoalescesConcurrentMisses(t *testing.T) {
 	p := chatPlan(t, tc, "tiny", "hi")
 	response := readTestdata(t, "chat_nostream.body")
 	var calls atomic.Int32
-	fetch := func() *Entry {
+	fetch := func() (*Entry, error) {
 		calls.Add(1)
 		waitFor(t, "every other request to wait", func() bool { return tc.waiters(p.Key) == n-1 })
-		return tc.store(t, p, response)
+		return tc.store(t, p, response), nil
 	}
 
 	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
@@ -89,25 +89,117 @@ func TestDoCoalescesConcurrentMisses(t *testing.T) {
 	}
 }
 
-func TestDoFailedLeaderLetsWaitersFetch(t *testing.T) {
+// recordMax raises peak to v unless it is already at least v.
+func recordMax(peak *atomic.Int32, v int32) {
+	for {
+		m := peak.Load()
+		if v <= m || peak.CompareAndSwap(m, v) {
+			return
+		}
+	}
+}
+
+func TestDoEmptyFetchRecoalesces(t *testing.T) {
 	const n = 5
 	tc := newTestCache(t, testOptions{})
 	p := chatPlan(t, tc, "tiny", "hi")
+	var calls, active, maxActive atomic.Int32
+	fetch := func() (*Entry, error) {
+		started := calls.Add(1)
+		recordMax(&maxActive, active.Add(1))
+		defer active.Add(-1)
+		// Every caller that has not fetched yet waits for this fetch, unless
+		// another fetch runs beside it or every caller has fetched.
+		waitFor(t, "the callers that have not fetched to wait", func() bool {
+			return tc.waiters(p.Key) == n-int(started) || active.Load() > 1 || calls.Load() == n
+		})
+		return nil, nil
+	}
+
+	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
+	if got := maxActive.Load(); got != 1 {
+		t.Errorf("concurrent fetches of one key = %d, want 1", got)
+	}
+	if got := calls.Load(); got != n {
+		t.Errorf("fetches = %d, want %d: each caller leads once after the fetch before it returned nothing",
+			got, n)
+	}
+	for _, r := range results {
+		if !r.fetched || r.err != nil || r.entry != nil {
+			t.Errorf("Do = %v, fetched %v, err %v, want nil, fetched, no error", r.entry, r.fetched, r.err)
+		}
+	}
+}
+
+func TestDoNextLeaderServesWaiters(t *testing.T) {
+	const n = 5
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	response := readTestdata(t, "chat_nostream.body")
 	var calls atomic.Int32
-	fetch := func() *Entry {
+	fetch := func() (*Entry, error) {
+		started := calls.Add(1)
+		waitFor(t, "the callers that have not fetched to wait", func() bool {
+			return tc.waiters(p.Key) == n-int(started) || calls.Load() > started
+		})
+		if started == 1 {
+			// The first leader's client went away.
+			return nil, nil
+		}
+		return tc.store(t, p, response), nil
+	}
+
+	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
+	if got := calls.Load(); got != 2 {
+		t.Errorf("fetches = %d, want 2: the first returned nothing, the second an entry", got)
+	}
+	fetched, served := 0, 0
+	for _, r := range results {
+		if r.err != nil {
+			t.Errorf("Do error = %v, want none", r.err)
+		}
+		if r.fetched {
+			fetched++
+		} else if r.entry != nil {
+			served++
+		}
+	}
+	if fetched != 2 {
+		t.Errorf("callers that fetched = %d, want 2", fetched)
+	}
+	if served != n-2 {
+		t.Errorf("callers served the second leader's entry = %d, want %d", served, n-2)
+	}
+}
+
+func TestDoWaitersShareFetchError(t *testing.T) {
+	const n = 5
+	tc := newTestCache(t, testOptions{})
+	p := chatPlan(t, tc, "tiny", "hi")
+	errNode := errors.New("node returned status 500")
+	var calls atomic.Int32
+	fetch := func() (*Entry, error) {
 		if calls.Add(1) == 1 {
 			waitFor(t, "the other requests to wait", func() bool { return tc.waiters(p.Key) == n-1 })
 		}
-		return nil
+		return nil, errNode
 	}
+
 	results := runConcurrent(context.Background(), tc.Cache, p, n, fetch)
-	if got := calls.Load(); got != n {
-		t.Errorf("upstream calls = %d, want %d: each waiter fetches after the leader failed", got, n)
+	if got := calls.Load(); got != 1 {
+		t.Errorf("fetches = %d, want 1: the waiters share the leader's error", got)
 	}
+	fetched := 0
 	for _, r := range results {
-		if !r.fetched || r.err != nil {
-			t.Errorf("Do = fetched %v, err %v, want fetched", r.fetched, r.err)
+		if r.fetched {
+			fetched++
 		}
+		if !errors.Is(r.err, errNode) || r.entry != nil {
+			t.Errorf("Do = %v, err %v, want nil and the leader's error", r.entry, r.err)
+		}
+	}
+	if fetched != 1 {
+		t.Errorf("callers that fetched = %d, want 1", fetched)
 	}
 }
 
@@ -122,9 +214,9 @@ func TestDoWaiterHonoursContext(t *testing.T) {
 	}()
 	go func() {
 		defer close(leaderDone)
-		_, _, _ = tc.Do(context.Background(), p, func() *Entry {
+		_, _, _ = tc.Do(context.Background(), p, func() (*Entry, error) {
 			<-release
-			return nil
+			return nil, nil
 		})
 	}()
 	if !waitFor(t, "the leader to start", func() bool {
@@ -138,9 +230,9 @@ func TestDoWaiterHonoursContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 1)
 	go func() {
-		_, _, err := tc.Do(ctx, p, func() *Entry {
+		_, _, err := tc.Do(ctx, p, func() (*Entry, error) {
 			t.Error("a cancelled waiter fetched")
-			return nil
+			return nil, nil
 		})
 		errs <- err
 	}()
@@ -155,9 +247,9 @@ func TestDoFindsAnswerStoredMeanwhile(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	p := chatPlan(t, tc, "tiny", "hi")
 	tc.store(t, p, readTestdata(t, "chat_nostream.body"))
-	e, fetched, err := tc.Do(context.Background(), p, func() *Entry {
+	e, fetched, err := tc.Do(context.Background(), p, func() (*Entry, error) {
 		t.Error("fetched a response that L1 holds")
-		return nil
+		return nil, nil
 	})
 	if err != nil || fetched || e == nil {
 		t.Errorf("Do = %v, %v, %v, want the stored entry", e, fetched, err)
@@ -168,9 +260,9 @@ func TestDoNotCacheableRunsFetch(t *testing.T) {
 	tc := newTestCache(t, testOptions{})
 	p := tc.Classify(Request{Route: "/api/show", Body: []byte(`{"model":"m"}`)})
 	ran := false
-	_, fetched, err := tc.Do(context.Background(), p, func() *Entry {
+	_, fetched, err := tc.Do(context.Background(), p, func() (*Entry, error) {
 		ran = true
-		return nil
+		return nil, nil
 	})
 	if !ran || !fetched || err != nil {
 		t.Errorf("Do of a KindNone plan: ran %v, fetched %v, err %v", ran, fetched, err)

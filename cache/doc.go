@@ -23,13 +23,15 @@
 //		if e, res := c.Lookup(ctx, plan); e != nil {
 //			// send e.Render(plan); X-LLMProxy-Cache: res
 //		}
-//		e, fetched, err := c.Do(ctx, plan, func() *cache.Entry {
+//		e, fetched, err := c.Do(ctx, plan, func() (*cache.Entry, error) {
 //			agg := c.NewAggregator(plan)
 //			// forward, copying the response to the client and to agg
 //			e, _ := c.Store(ctx, plan, agg, status == 200 && streamEndedWell)
-//			return e
+//			// without e: return nil and an error that describes the response
+//			return e, nil
 //		})
-//		// !fetched and err == nil: send e.Render(plan)
+//		// !fetched: send e.Render(plan), or the response that err describes
+//		// unless err is ctx.Err()
 //	case cache.KindEmbed:
 //		b := c.LookupEmbeddings(ctx, plan)
 //		if e := b.Entry(); e != nil {

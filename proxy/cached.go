@@ -24,9 +24,10 @@ func cacheable(rt route) bool {
 
 // serveCached serves a request through the response cache. A hit is sent
 // at once in the form the client requested. Identical non-streaming misses
-// wait for one upstream request, and a miss is stored when its response
-// completes. It reports whether it served the request. False means that
-// the request is not cacheable and should be forwarded as usual.
+// wait for one upstream request and receive its response, error or not,
+// and a miss is stored when its response completes. It reports whether it
+// served the request. False means that the request is not cacheable and
+// should be forwarded as usual.
 func (s *Server) serveCached(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
 	c := s.cache
 	if c == nil || !cacheable(rt) || f.preload || f.unload {
@@ -105,38 +106,121 @@ func (s *Server) serveCachedResponse(ctx *fasthttp.RequestCtx, rt route, rs *req
 		return
 	}
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
-	e, fetched, err := c.Do(wctx, plan, func() *cache.Entry {
+	e, fetched, err := c.Do(wctx, plan, func() (*cache.Entry, error) {
 		watch.stop()
 		setCacheResult(ctx, rs, cache.ResultMiss)
 		s.forward(ctx, rt, rs, f)
 		return s.storeResponse(ctx, plan)
 	})
 	watch.finish()
+	s.finishCoalesced(ctx, rs, plan, e, fetched, err)
+}
+
+// finishCoalesced responds to a request that cache.Do served, unless its
+// own fetch already did: with the entry or the sharedResponse of the
+// request it waited for, or by closing the connection of a client that
+// went away while it waited.
+func (s *Server) finishCoalesced(ctx *fasthttp.RequestCtx, rs *reqState, plan cache.Plan,
+	e *cache.Entry, fetched bool, err error) {
+	var shared *sharedResponse
 	switch {
-	case err != nil:
-		rs.status = StatusClientClosed
-		ctx.SetConnectionClose()
-	case !fetched && e != nil:
+	case fetched:
+		// The request's own fetch sent the response.
+	case e != nil:
 		s.sendEntry(ctx, rs, e, plan, cache.ResultMiss)
 		rs.cache = "coalesced"
+	case errors.As(err, &shared):
+		shared.send(ctx, rs)
+		rs.cache = "coalesced"
+	default:
+		rs.status = StatusClientClosed
+		ctx.SetConnectionClose()
 	}
 }
 
-// storeResponse stores the non-streamed response that forward left in
-// ctx, and returns the entry for the requests that waited for it.
-func (s *Server) storeResponse(ctx *fasthttp.RequestCtx, plan cache.Plan) *cache.Entry {
-	if ctx.Response.StatusCode() != fasthttp.StatusOK || outlivesHandler(ctx) {
+// sharedResponse is a non-streamed response that the leader of coalesced
+// requests sent but did not store, such as an error of a node or of the
+// proxy, or a 200 that the cache rejected. cache.Do returns it as the
+// error of every request that waited for the leader, and each sends it as
+// its own response. The waiters share the leader's route, because the
+// route is part of the key, so the body has the shape their clients
+// expect.
+//
+// NOTE: a waiter also receives a 503 that the leader got from the queue
+// of its priority class (queue full, or max_wait passed), although the
+// waiter's own class may be another.
+type sharedResponse struct {
+	status      int
+	contentType string
+	retryAfter  string
+	node        string // the leader's X-LLMProxy-Node
+	body        []byte
+}
+
+func (r *sharedResponse) Error() string {
+	return "an identical request in flight received status " + itoa(r.status)
+}
+
+// shareResponse returns the non-streamed response in ctx as a
+// sharedResponse, or nil when the client received no response that
+// another client could use: it went away, or the response outlives the
+// handler.
+func shareResponse(ctx *fasthttp.RequestCtx) error {
+	if outlivesHandler(ctx) {
 		return nil
+	}
+	h := &ctx.Response.Header
+	return &sharedResponse{
+		status:      ctx.Response.StatusCode(),
+		contentType: string(h.ContentType()),
+		retryAfter:  string(h.Peek("Retry-After")),
+		node:        string(h.Peek("X-LLMProxy-Node")),
+		// The response buffer goes back to fasthttp's pool when the
+		// leader's handler returns.
+		body: bytes.Clone(ctx.Response.Body()),
+	}
+}
+
+// send responds with r, marked as a cache miss.
+func (r *sharedResponse) send(ctx *fasthttp.RequestCtx, rs *reqState) {
+	ctx.SetStatusCode(r.status)
+	ctx.SetContentType(r.contentType)
+	if r.retryAfter != "" {
+		ctx.Response.Header.Set("Retry-After", r.retryAfter)
+	}
+	if r.node != "" {
+		ctx.Response.Header.Set("X-LLMProxy-Node", r.node)
+	}
+	ctx.SetBody(r.body)
+	setCacheResult(ctx, rs, cache.ResultMiss)
+	rs.ttfb = elapsed(rs.start)
+}
+
+// storeResponse stores the non-streamed response that forward left in
+// ctx. It returns the entry for the requests that waited for this one, or
+// a sharedResponse when the response is not stored, see shareResponse.
+func (s *Server) storeResponse(ctx *fasthttp.RequestCtx, plan cache.Plan) (*cache.Entry, error) {
+	if ctx.Response.StatusCode() != fasthttp.StatusOK || outlivesHandler(ctx) {
+		return nil, shareResponse(ctx)
 	}
 	agg := s.cache.NewAggregator(plan)
 	_, _ = agg.Write(ctx.Response.Body())
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	e, err := s.cache.Store(sctx, plan, agg, true)
-	if err != nil && !errors.Is(err, cache.ErrNotCacheable) {
-		s.log.Debug("response not cached", "route", plan.Route, "error", err)
+	if err != nil {
+		if !errors.Is(err, cache.ErrNotCacheable) {
+			s.log.Debug("response not cached", "route", plan.Route, "error", err)
+		}
+		if !s.cache.Waiting(plan) {
+			// A body the cache rejected may be large, and is copied only
+			// for requests that wait for it. One that starts waiting
+			// after this check leads a fetch of its own.
+			return nil, nil
+		}
+		return nil, shareResponse(ctx)
 	}
-	return e
+	return e, nil
 }
 
 // outlivesHandler reports whether the response in ctx is sent after the
@@ -160,28 +244,24 @@ func (s *Server) serveCachedEmbeddings(ctx *fasthttp.RequestCtx, rt route, rs *r
 	}
 	f.body = b.UpstreamBody()
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
-	e, fetched, err := c.Do(wctx, plan, func() *cache.Entry {
+	e, fetched, err := c.Do(wctx, plan, func() (*cache.Entry, error) {
 		watch.stop()
 		setCacheResult(ctx, rs, b.Result())
 		s.forward(ctx, rt, rs, f)
 		return s.storeEmbeddings(ctx, rs, b, plan)
 	})
 	watch.finish()
-	switch {
-	case err != nil:
-		rs.status = StatusClientClosed
-		ctx.SetConnectionClose()
-	case !fetched && e != nil:
-		s.sendEntry(ctx, rs, e, plan, cache.ResultMiss)
-		rs.cache = "coalesced"
-	}
+	s.finishCoalesced(ctx, rs, plan, e, fetched, err)
 }
 
 // storeEmbeddings stores the vectors a node computed for the missing
-// inputs and responds to the whole request, in input order.
-func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cache.Batch, plan cache.Plan) *cache.Entry {
+// inputs and responds to the whole request, in input order. It returns
+// the entry or the sharedResponse for the requests that waited for this
+// one, as storeResponse does.
+func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cache.Batch,
+	plan cache.Plan) (*cache.Entry, error) {
 	if ctx.Response.StatusCode() != fasthttp.StatusOK || outlivesHandler(ctx) {
-		return nil
+		return nil, shareResponse(ctx)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
@@ -191,14 +271,14 @@ func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cach
 			writeError(ctx, rs.route, fasthttp.StatusBadGateway,
 				"node returned an invalid embedding response: "+err.Error())
 		}
-		return nil
+		return nil, shareResponse(ctx)
 	}
 	if b.Partial() {
 		body, ct := e.Render(plan)
 		ctx.SetContentType(ct)
 		ctx.SetBody(body)
 	}
-	return e
+	return e, nil
 }
 
 // pendingStore collects a streamed response for the cache while it is
