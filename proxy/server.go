@@ -438,9 +438,6 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		discardBody(ctx, -1)
 	}
 	if isTimeout(err) {
-		// NOTE: a body of known length that times out has lost its route,
-		// because fasthttp resets the request and only chunked bodies keep
-		// a pending head. Such a 408 on /v1 has Ollama's error shape.
 		status = fasthttp.StatusRequestTimeout
 		msg = "request not received in full within " + s.srv.ReadTimeout.String() + " (read_timeout)"
 	}
@@ -449,8 +446,9 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// status is 400, not 499, so that a client that only half-closed
 		// its side reads a clear error.
 		// NOTE: fasthttp resets the request when a body of known length
-		// fails, so only a chunked body keeps its method and route here.
-		// The others are logged as route "other".
+		// fails, so only a chunked body, or one sent to a /v1/ path, keeps
+		// its method and route here. The others are logged as route
+		// "other".
 		msg = "request body incomplete: the client closed the connection before sending all of it"
 		if !pending {
 			rt, method = routeNotFound, nil
@@ -524,7 +522,9 @@ func isHeaderError(err error) bool {
 // when such a body fails to read, fasthttp v1.79.0 (Request.ReadBody)
 // resets the request and handleParseError would see GET /. A body with a
 // Content-Length over the limit is rejected before it is read, with the
-// request intact.
+// request intact. One within the limit that fails later, by a timeout or
+// a client that closes, is reset the same way, so the head is kept for
+// the /v1/ paths, whose errors have OpenAI's or Anthropic's shape.
 //
 // A request with "Expect: 100-continue" and a Content-Length over the
 // limit loses its Expect header, so that fasthttp rejects it with
@@ -546,6 +546,10 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 	case length > maxBody && h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue")):
 		h.Del("Expect")
 		s.heads.keep(h, pendingHead{continueRejected: true})
+	case length > 0 && bytes.HasPrefix(h.RequestURI(), []byte("/v1/")):
+		// fasthttp resets the request when a body of known length fails,
+		// and the route's error shape is not Ollama's.
+		s.heads.keep(h, pendingHead{})
 	}
 	// The limit of the configuration in force, the same as
 	// s.srv.MaxRequestBodySize but read without a data race.

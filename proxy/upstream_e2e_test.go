@@ -241,6 +241,10 @@ func TestSlowRequestGets408(t *testing.T) {
 			"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":", `{"error":"`},
 		{"half an OpenAI head", "POST /v1/chat/completions HTTP/1.1\r\nHost: " + addr + "\r\nContent-Ty",
 			`{"error":{"message":"`},
+		{"half an OpenAI body", "POST /v1/chat/completions HTTP/1.1\r\nHost: " + addr +
+			"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":", `{"error":{"message":"`},
+		{"half an Anthropic body", "POST /v1/messages HTTP/1.1\r\nHost: " + addr +
+			"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":", `{"type":"error"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
