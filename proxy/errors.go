@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
@@ -13,6 +15,26 @@ import (
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
+
+// clientText returns the message of err for a client. A socket error
+// names the proxy's and the node's addresses (dial tcp 10.0.0.5:11434:
+// connect: connection refused), which stay in the log: the client gets
+// the cause alone (connection refused).
+func clientText(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Err == nil {
+		return msg
+	}
+	cause := op.Err
+	for next := errors.Unwrap(cause); next != nil; next = errors.Unwrap(cause) {
+		cause = next
+	}
+	return strings.Replace(msg, op.Error(), cause.Error(), 1)
+}
 
 // StatusClientClosed is the status logged and counted for a request whose
 // client went away before the response was complete (nginx's 499). It is

@@ -229,3 +229,41 @@ func TestColdTimeoutRetriesOnWarmNode(t *testing.T) {
 		t.Errorf("retries{node=delay,reason=timeout} = %v, want at least 1", retries)
 	}
 }
+
+// TestRefusingNodeIs503WithoutAddress has the only node of a model refuse
+// connections before the health checks notice. The client gets the 503
+// and Retry-After that it gets once they have, in its API's shape, and
+// the error names the node but not its address.
+func TestRefusingNodeIs503WithoutAddress(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, sim)
+	cfg.Health.Interval = time.Hour
+	cfg.Discovery.Interval = time.Hour
+	p := testenv.Proxy(t, cfg)
+	testenv.WaitFor(t, 5*time.Second, "the model list fetched", func() bool {
+		return p.Balancer().Nodes()[0].ModelsListed()
+	})
+	if err := sim.Server().SetFaults(ollamasim.Faults{Refuse: true}); err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(sim.URL(), "http://")
+	for _, path := range []string{"/api/generate", "/v1/chat/completions"} {
+		body := `{"model":"m","prompt":"hi","messages":[{"role":"user","content":"hi"}],"stream":false}`
+		resp := post(t, p.URL()+path, body)
+		var msg string
+		if path == "/api/generate" {
+			msg = ollamaErrorMessage(t, resp, http.StatusServiceUnavailable)
+		} else {
+			msg = openAIErrorMessage(t, resp, http.StatusServiceUnavailable)
+		}
+		if got := resp.Header.Get("Retry-After"); got != "5" {
+			t.Errorf("%s: Retry-After %q, want 5", path, got)
+		}
+		if !strings.Contains(msg, "connection refused") || !strings.Contains(msg, "node n0") {
+			t.Errorf("%s: error %q, want the node's name and the cause", path, msg)
+		}
+		if strings.Contains(msg, host) || strings.Contains(msg, "127.0.0.1") {
+			t.Errorf("%s: error %q names an address", path, msg)
+		}
+	}
+}

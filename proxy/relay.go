@@ -619,7 +619,7 @@ func (r *relay) failure(err error) ([]byte, error) {
 	} else {
 		r.failed = err
 		r.s.report(r.lease.Node, reasonMidStream)
-		msg = "node " + r.lease.Node.Name + " failed during the response: " + err.Error()
+		msg = "node " + r.lease.Node.Name + " failed during the response: " + clientText(err)
 	}
 	b := closeOpenEvent(nil, r.tail, r.sse)
 	return appendStreamError(b, r.rt, r.sse, msg, statusFor(r.failed)), nil

@@ -316,7 +316,16 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 		closeWithoutResponse(ctx)
 		return
 	}
-	writeError(ctx, rt, status, errString(a.err))
+	if errors.Is(a.err, errConnect) {
+		// No node that was tried could be reached. Until the health
+		// checks mark such a node down, the balancer still offers it,
+		// and the client gets what it gets once they have.
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+			clientText(a.err)+"; no other node could take the request, try again later")
+		ctx.Response.Header.Set("Retry-After", "5")
+		return
+	}
+	writeError(ctx, rt, status, clientText(a.err))
 	if errors.Is(a.err, errShuttingDown) {
 		ctx.Response.Header.Set("Retry-After", shutdownRetryAfter)
 	}
