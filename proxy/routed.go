@@ -317,9 +317,9 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 		return
 	}
 	if errors.Is(a.err, errConnect) {
-		// No node that was tried could be reached. Until the health
-		// checks mark such a node down, the balancer still offers it,
-		// and the client gets what it gets once they have.
+		// No node that was tried could be reached. The client gets the
+		// 503 and Retry-After that it gets once the health checks have
+		// marked such nodes down and the balancer offers none.
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
 			clientText(a.err)+"; no other node could take the request, try again later")
 		ctx.Response.Header.Set("Retry-After", "5")
