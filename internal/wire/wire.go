@@ -6,6 +6,7 @@ package wire
 import (
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // NormalizeModel returns the name under which Ollama lists a model. It trims
@@ -198,7 +199,7 @@ func AnthropicErrorType(status int) string {
 // which JSON lacks. Control bytes are escaped here as \u00XX.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
+	for i := 0; i < len(s); {
 		c := s[i]
 		switch {
 		case c == '"' || c == '\\':
@@ -206,9 +207,22 @@ func appendJSONString(b []byte, s string) []byte {
 		case c < 0x20:
 			b = append(b, `\u00`...)
 			b = append(b, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
+		case c >= utf8.RuneSelf:
+			// A message may quote a client's bytes, such as a model name,
+			// that are not UTF-8. As encoding/json does, each invalid
+			// byte becomes U+FFFD, so the body stays valid JSON.
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				b = append(b, `\ufffd`...)
+			} else {
+				b = append(b, s[i:i+size]...)
+			}
+			i += size
+			continue
 		default:
 			b = append(b, c)
 		}
+		i++
 	}
 	return append(b, '"')
 }

@@ -2,7 +2,9 @@ package wire
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestNormalizeModel(t *testing.T) {
@@ -80,6 +82,33 @@ func TestErrorBodiesAreJSON(t *testing.T) {
 	}
 	if oa.Error.Type != "api_error" {
 		t.Errorf("OpenAIError: type = %q, want %q", oa.Error.Type, "api_error")
+	}
+}
+
+// TestErrorBodiesReplaceInvalidUTF8 checks that a message quoting bytes
+// that are not UTF-8 gives a body that strict JSON parsers accept, with
+// U+FFFD for each invalid byte, as encoding/json writes it.
+func TestErrorBodiesReplaceInvalidUTF8(t *testing.T) {
+	msg := "model 'a\xffb\xc3' not found, ü kept"
+	want := `model 'a\ufffdb\ufffd' not found, ü kept`
+	for name, body := range map[string][]byte{
+		"ollama":    OllamaError(msg),
+		"openai":    OpenAIError(msg, "not_found_error"),
+		"anthropic": AnthropicError(msg, "not_found_error", ""),
+	} {
+		if !utf8.Valid(body) {
+			t.Errorf("%s: body %q is not UTF-8", name, body)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(body, &doc); err != nil {
+			t.Errorf("%s: invalid JSON %q: %v", name, body, err)
+		}
+		if !strings.Contains(string(body), want) {
+			t.Errorf("%s: body %q lacks %q", name, body, want)
+		}
+	}
+	if got, want := string(OllamaError(msg)), `{"error":"model 'a\ufffdb\ufffd' not found, ü kept"}`; got != want {
+		t.Errorf("OllamaError = %s, want %s", got, want)
 	}
 }
 
