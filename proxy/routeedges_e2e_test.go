@@ -97,6 +97,9 @@ func TestTrailingSlashRedirects(t *testing.T) {
 			strings.Contains(allow, "GET") {
 			t.Errorf("Allow %q, want POST and not GET", allow)
 		}
+		if codes := requestCodes(t, f.proxy, "/api/generate"); codes["405"] != 1 {
+			t.Errorf("405s counted under route /api/generate: %v, want 1", codes["405"])
+		}
 	})
 }
 

@@ -143,7 +143,11 @@ func classify(method, path []byte) route {
 	case string(method) == "OPTIONS" && (knownPath(p) || isFallbackPath(p)):
 		return routeOptions
 	case knownPath(p):
-		return routeBadMeth
+		// Counted under the path's own route, so that the metrics show
+		// which route receives a wrong method.
+		r := routeBadMeth
+		r.name = pathRouteName(p)
+		return r
 	case isFallbackPath(p) && len(p) > 1 && p[len(p)-1] == '/':
 		if _, ok := exactRoute(string(method), p[:len(p)-1]); ok {
 			return routeRedirect
@@ -217,6 +221,26 @@ func isModelPath(p string) bool {
 func isParamPath(p, prefix string) bool {
 	return len(p) > len(prefix) && strings.HasPrefix(p, prefix) &&
 		strings.IndexByte(p[len(prefix):], '/') < 0
+}
+
+// pathRouteName returns the name of the route that serves the known path p
+// with some method.
+func pathRouteName(p string) string {
+	if r, ok := postRoutes[p]; ok {
+		return r.name
+	}
+	if r, ok := getRoutes[p]; ok {
+		return r.name
+	}
+	switch {
+	case p == "/api/delete":
+		return routeDelete.name
+	case isBlobPath(p):
+		return routeBlobs.name
+	case isModelPath(p):
+		return routeModel.name
+	}
+	return routeBadMeth.name
 }
 
 // knownPath reports whether some route serves p with some method.
