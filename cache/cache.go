@@ -35,7 +35,7 @@ const (
 	DefaultL1MaxBytes   = 256 << 20
 	DefaultL1TTL        = time.Hour
 	DefaultL2TTL        = 24 * time.Hour
-	DefaultRedisTimeout = 50 * time.Millisecond
+	DefaultRedisTimeout = 200 * time.Millisecond
 	// DefaultCheckInterval is the interval of the periodic Redis check.
 	DefaultCheckInterval = 5 * time.Second
 )

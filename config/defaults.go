@@ -104,7 +104,7 @@ func Default() Config {
 			DefaultTokenEstimate: 512,
 		},
 		Redis: Redis{
-			Timeout:       50 * time.Millisecond,
+			Timeout:       200 * time.Millisecond,
 			KeyPrefix:     "llmproxy:",
 			CheckInterval: 5 * time.Second,
 		},

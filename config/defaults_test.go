@@ -54,7 +54,7 @@ func TestDefaultValues(t *testing.T) {
 		{"rate_limit.default_token_estimate", c.RateLimit.DefaultTokenEstimate, int64(512)},
 		{"redis.addr", c.Redis.Addr, ""},
 		{"redis.db", c.Redis.DB, 0},
-		{"redis.timeout", c.Redis.Timeout, 50 * time.Millisecond},
+		{"redis.timeout", c.Redis.Timeout, 200 * time.Millisecond},
 		{"redis.key_prefix", c.Redis.KeyPrefix, "llmproxy:"},
 		{"redis.check_interval", c.Redis.CheckInterval, 5 * time.Second},
 		{"cache.enabled", *c.Cache.Enabled, true},

@@ -273,7 +273,7 @@ type Redis struct {
 	// DB is the Redis database number. Default 0.
 	DB int `yaml:"db"`
 	// Timeout of one Redis call; past it the caller falls back to local
-	// state. Default 50ms.
+	// state. Default 200ms.
 	Timeout time.Duration `yaml:"timeout"`
 	// KeyPrefix namespaces every key. Default "llmproxy:".
 	KeyPrefix string `yaml:"key_prefix"`

@@ -36,7 +36,7 @@ type Options struct {
 	// no token limit.
 	RateLimit config.RateLimit
 	// Redis is the shared store; an empty Addr keeps every limit per
-	// instance. A zero Timeout means 50ms. A zero CheckInterval means 5s,
+	// instance. A zero Timeout means 200ms. A zero CheckInterval means 5s,
 	// and a negative one turns the periodic check of Redis off, which
 	// leaves llmproxy_redis_up and reconciliation to the calls of
 	// requests.

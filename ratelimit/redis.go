@@ -28,7 +28,7 @@ var (
 )
 
 // defaultRedisTimeout applies when redis.timeout is zero, as config does.
-const defaultRedisTimeout = 50 * time.Millisecond
+const defaultRedisTimeout = 200 * time.Millisecond
 
 // monthKeyGrace keeps a month's counters in Redis this long after the month
 // ends, so that operators can still read the last month.
