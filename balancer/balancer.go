@@ -248,7 +248,7 @@ func (b *Balancer) Holding(model string) []*Node {
 	var out []*Node
 	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.Usable() && n.loadedKey(key, 0) {
+		if n.loadedKey(key, 0) && b.usableFor(n, key) {
 			out = append(out, n)
 		}
 	}
@@ -260,14 +260,15 @@ func (b *Balancer) Listing(model string) []*Node {
 	var out []*Node
 	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.Usable() && n.hasKey(key) {
+		if n.hasKey(key) && b.usableFor(n, key) {
 			out = append(out, n)
 		}
 	}
 	return out
 }
 
-// Usable returns the nodes that may take requests now.
+// Usable returns the nodes that may take requests now, without the
+// restricted ones.
 func (b *Balancer) Usable() []*Node {
 	var out []*Node
 	for _, n := range b.Nodes() {
@@ -276,6 +277,39 @@ func (b *Balancer) Usable() []*Node {
 		}
 	}
 	return out
+}
+
+// Serving returns the nodes that may take requests now: the usable nodes
+// and the restricted ones.
+func (b *Balancer) Serving() []*Node {
+	var out []*Node
+	for _, n := range b.Nodes() {
+		if n.Usable() || n.Restricted() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// usableFor reports whether n may take a request for the model key, a
+// wire.ModelKey, or "" for a request that any node can serve. A usable node
+// may take every request. A restricted node may take only a request that
+// no other usable node could take, so that a failing node stays in rotation
+// just for the models whose last usable node it is. usableFor does not
+// check that n lists the model.
+func (b *Balancer) usableFor(n *Node, key string) bool {
+	if n.Usable() {
+		return true
+	}
+	if !n.Restricted() {
+		return false
+	}
+	for _, o := range b.Nodes() {
+		if o != n && o.Usable() && (key == "" || o.hasKey(key)) {
+			return false
+		}
+	}
+	return true
 }
 
 // Lease is one request's claim on a node. Call Release when the request
@@ -387,7 +421,7 @@ func (b *Balancer) checkCandidates(req Request) error {
 			continue
 		}
 		listed = true
-		if n.Usable() && !tried(req.Tried, n) && (!req.Warm || warmFor(n, req)) {
+		if !tried(req.Tried, n) && (!req.Warm || warmFor(n, req)) && b.usableFor(n, req.Model) {
 			return nil
 		}
 	}

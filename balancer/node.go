@@ -43,6 +43,9 @@ type Loaded struct {
 type Gate interface {
 	// Usable reports whether the node may be offered new requests now.
 	Usable() bool
+	// Restricted reports whether a node that is not Usable may still take
+	// the requests for models that no usable node lists.
+	Restricted() bool
 }
 
 // Node is one Ollama server and the proxy's view of its state. The
@@ -157,6 +160,17 @@ func (n *Node) Usable() bool {
 		return b.g.Usable()
 	}
 	return true
+}
+
+// Restricted reports whether the node takes only the requests that no
+// usable node can take: it is up and not draining, and its gate keeps it out
+// restricted (see Gate).
+func (n *Node) Restricted() bool {
+	if !n.up.Load() || n.draining.Load() {
+		return false
+	}
+	b := n.gate.Load()
+	return b != nil && b.g != nil && !b.g.Usable() && b.g.Restricted()
 }
 
 // Inflight returns the number of requests the proxy has in flight on the

@@ -122,9 +122,10 @@ type Health struct {
 	FailTimeout time.Duration `yaml:"fail_timeout"`
 	// MaxEjectionPercent caps the nodes that passive checks and open
 	// circuit breakers keep out at once, in percent of all nodes, rounded
-	// down but at least one node. Neither ever takes out the last usable
-	// node of a model, and active probes are not capped. 0 lets neither
-	// take any node out. From 0 to 100, default 50.
+	// down but at least one node. A node that is the last usable node of
+	// some of its models is restricted to those models instead, and counts
+	// as out. Active probes are not capped. 0 lets neither take any node
+	// out. From 0 to 100, default 50.
 	MaxEjectionPercent int `yaml:"max_ejection_percent"`
 }
 

@@ -315,7 +315,7 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 	r := t.report(failure)
 	if r.out != nil {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
-			"failures", r.out.failures, "for", r.out.duration)
+			"failures", r.out.failures, "for", r.out.duration, "restricted", r.out.restricted)
 	}
 	c.noteHeld(t, r)
 	// A success cannot make the node unusable, so only a failure updates the

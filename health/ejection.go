@@ -10,8 +10,11 @@ import "sync"
 // down but at least one node, as in Envoy's outlier detection. On top of
 // it, neither takes out the last usable node of a model that the node
 // lists, because a node that fails some requests serves better than none.
-// Active probes are not capped: a node that fails GET /api/version cannot
-// serve anything.
+// Such a node is restricted instead: it stays out for every model that
+// another usable node lists, and in for the rest (see tracker.Restricted).
+// A node whose every model has no other usable node is not taken out at
+// all. Active probes are not capped: a node that fails GET /api/version
+// cannot serve anything.
 type ejectionCap struct {
 	// mu serialises the decisions, so that two nodes that fail at once
 	// cannot both take the last place. It guards the fields below. A
@@ -31,11 +34,13 @@ func (ec *ejectionCap) set(percent int, trackers []*tracker) {
 }
 
 // admit calls takeOut and returns true when t may be taken out now. The
-// call runs inside the decision, so takeOut must mark t out before the
-// next decision reads it. A nil cap admits every take-out.
-func (ec *ejectionCap) admit(t *tracker, takeOut func()) bool {
+// argument of takeOut is true when the take-out is restricted, because t is
+// the last usable node of some of its models but not of all. The call runs
+// inside the decision, so takeOut must mark t out before the next decision
+// reads it. A nil cap admits every take-out unrestricted.
+func (ec *ejectionCap) admit(t *tracker, takeOut func(restricted bool)) bool {
 	if ec == nil {
-		takeOut()
+		takeOut(false)
 		return true
 	}
 	ec.mu.Lock()
@@ -43,10 +48,17 @@ func (ec *ejectionCap) admit(t *tracker, takeOut func()) bool {
 	if !ec.allowsLocked(t) {
 		return false
 	}
-	takeOut()
+	sole, shared := ec.coverageLocked(t)
+	if sole && !shared {
+		// Every model of t would keep it in, so the take-out changes nothing.
+		return false
+	}
+	takeOut(sole)
 	return true
 }
 
+// allowsLocked reports whether health.max_ejection_percent leaves room to
+// take t out. A restricted node counts as out.
 func (ec *ejectionCap) allowsLocked(t *tracker) bool {
 	if t.ejected() {
 		// Out already, by the other mechanism: no capacity is lost.
@@ -61,31 +73,32 @@ func (ec *ejectionCap) allowsLocked(t *tracker) bool {
 			out++
 		}
 	}
-	if out >= max(1, len(ec.trackers)*ec.percent/100) {
-		return false
-	}
-	return !ec.lastUsableLocked(t)
+	return out < max(1, len(ec.trackers)*ec.percent/100)
 }
 
-// lastUsableLocked reports whether t serves a model that no other usable
-// node lists. For a node whose model list is empty or not yet known, it
-// reports whether no other node is usable at all.
-func (ec *ejectionCap) lastUsableLocked(t *tracker) bool {
+// coverageLocked reports whether t lists a model that no other usable node
+// lists (sole), and whether it lists one that another usable node lists
+// (shared). A node whose model list is empty or not yet known counts as the
+// holder of a sole model when no other node is usable at all, and of a
+// shared one otherwise.
+func (ec *ejectionCap) coverageLocked(t *tracker) (sole, shared bool) {
 	models := t.node.Models()
 	if len(models) == 0 {
 		for _, o := range ec.trackers {
 			if o != t && o.available() {
-				return false
+				return false, true
 			}
 		}
-		return true
+		return true, false
 	}
 	for _, m := range models {
-		if !ec.listedElsewhereLocked(t, m.Name) {
-			return true
+		if ec.listedElsewhereLocked(t, m.Name) {
+			shared = true
+		} else {
+			sole = true
 		}
 	}
-	return false
+	return sole, shared
 }
 
 // listedElsewhereLocked reports whether a usable node other than t lists

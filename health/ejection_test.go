@@ -146,3 +146,96 @@ func TestEjectionCapCountsNodeOutOnce(t *testing.T) {
 		t.Errorf("breaker of n0 %s after 3 failures, want open", got)
 	}
 }
+
+func TestEjectionCapRestrictsSoleHolder(t *testing.T) {
+	// n0 and n1 list a, n2 lists a and b, so n2 is the last usable node of b.
+	fleet := cappedFleet(t, 50, []string{"a:latest"}, []string{"a:latest"}, []string{"a:latest", "b:latest"})
+	n2 := fleet[2]
+	r := failTwice(n2)
+	if r.out == nil {
+		t.Fatal("n2 kept in although n0 and n1 list a")
+	}
+	if !r.out.restricted {
+		t.Error("take-out of n2, the last usable node of b, not restricted")
+	}
+	if r.passiveHeld {
+		t.Error("restricted take-out of n2 reported as held")
+	}
+	if n2.Usable() {
+		t.Error("n2 usable after its take-out")
+	}
+	if !n2.Restricted() {
+		t.Error("n2 not restricted after its take-out")
+	}
+	// The restriction counts against the cap of one node out of three.
+	if r := failTwice(fleet[0]); r.out != nil {
+		t.Error("n0 taken out while restricted n2 fills the cap")
+	}
+}
+
+func TestEjectionCapRestrictsBreaker(t *testing.T) {
+	fleet := cappedFleet(t, 50, []string{"a:latest"}, []string{"a:latest"}, []string{"a:latest", "b:latest"})
+	n2 := fleet[2]
+	var held int64
+	for range 3 {
+		held += n2.report("timeout").breakerHeld
+	}
+	if got := n2.breakerState(); got != "open" {
+		t.Fatalf("breaker of n2 %s after 3 failures, want open", got)
+	}
+	if held != 0 {
+		t.Errorf("%d breaker trips of n2 reported as held, want 0", held)
+	}
+	if !n2.Restricted() {
+		t.Error("n2 not restricted with its breaker open")
+	}
+}
+
+func TestEjectionCapFullTakeOutNotRestricted(t *testing.T) {
+	fleet := cappedFleet(t, 50, []string{"a:latest"}, []string{"a:latest"}, []string{"a:latest", "b:latest"})
+	r := failTwice(fleet[0])
+	if r.out == nil {
+		t.Fatal("n0 kept in although n1 and n2 list a")
+	}
+	if r.out.restricted {
+		t.Error("take-out of n0, which lists no model of its own, restricted")
+	}
+	if fleet[0].Restricted() {
+		t.Error("n0 restricted after a full take-out")
+	}
+}
+
+func TestRestrictionEndsWithTakeOut(t *testing.T) {
+	cfg := config.Default()
+	cfg.Health.MaxFails = 2
+	cfg.Health.FailTimeout = time.Minute
+	clock := testclock.New(time.Unix(1000, 0))
+	ec := &ejectionCap{}
+	var fleet []*tracker
+	for i, names := range [][]string{{"a:latest"}, {"a:latest", "b:latest"}} {
+		u, _ := url.Parse("http://n:11434")
+		n := balancer.NewNode("n"+string(rune('0'+i)), u, 4, 1)
+		var listed []balancer.Model
+		for _, name := range names {
+			listed = append(listed, balancer.Model{Name: name})
+		}
+		n.SetInventory(listed, nil, clock.Now())
+		fleet = append(fleet, newTracker(n, &cfg, clock.Now, func(*balancer.Node, gobreaker.State, gobreaker.State) {}, ec))
+	}
+	ec.set(50, fleet)
+	n1 := fleet[1]
+	r := failTwice(n1)
+	if r.out == nil {
+		t.Fatal("n1 kept in although n0 lists a")
+	}
+	if !r.out.restricted {
+		t.Fatal("take-out of n1, the last usable node of b, not restricted")
+	}
+	clock.Advance(time.Minute)
+	if n1.Restricted() {
+		t.Error("n1 still restricted after fail_timeout")
+	}
+	if !n1.Usable() {
+		t.Error("n1 unusable after fail_timeout")
+	}
+}

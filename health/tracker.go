@@ -50,6 +50,9 @@ type tracker struct {
 	// outUntil is the end of a passive take-out in Unix nanoseconds, 0 for
 	// none. Usable reads it without the lock.
 	outUntil atomic.Int64
+	// outRestricted is set when the latest passive take-out is restricted
+	// (see Restricted). Restricted reads it without the lock.
+	outRestricted atomic.Bool
 	// heldLogged is when a take-out that the ejection cap refused was last
 	// logged, so that a node failing on and on logs it once a minute.
 	heldLogged time.Time
@@ -75,13 +78,18 @@ type nodeBreaker struct {
 	// lock in the usual closed state. Each breaker has its own flag, so a
 	// replaced breaker cannot set the flag of its successor.
 	tripped atomic.Bool
+	// restricted is set when the latest trip was restricted (see
+	// Restricted). It stays set while the breaker is half-open and after it
+	// reopens from there.
+	restricted atomic.Bool
 }
 
 // takeOut describes a passive take-out: the failures counted within the
-// window, and how long the node stays out.
+// window, how long the node stays out, and whether it is restricted.
 type takeOut struct {
-	failures int
-	duration time.Duration
+	failures   int
+	duration   time.Duration
+	restricted bool
 }
 
 // reported is the effect of one reported outcome on the node.
@@ -128,7 +136,11 @@ func (t *tracker) newBreaker(b config.Breaker) *nodeBreaker {
 			}
 			// The flag is set inside the cap's decision, so that the next
 			// decision counts this node out.
-			if t.ejections.admit(t, func() { nb.tripped.Store(true) }) {
+			admitted := t.ejections.admit(t, func(restricted bool) {
+				nb.restricted.Store(restricted)
+				nb.tripped.Store(true)
+			})
+			if admitted {
 				return true
 			}
 			t.breakerHeld.Add(1)
@@ -223,6 +235,23 @@ func (t *tracker) Usable() bool {
 	return true
 }
 
+// Restricted implements balancer.Gate. It reports whether the node is out
+// only for the models that another usable node lists: passive checks or the
+// breaker keep it out, and each of them that does was restricted when it
+// took the node out.
+func (t *tracker) Restricted() bool {
+	passive := t.passiveOut()
+	b := t.breaker.Load()
+	tripped := b.tripped.Load()
+	if !passive && !tripped {
+		return false
+	}
+	if passive && !t.outRestricted.Load() {
+		return false
+	}
+	return !tripped || b.restricted.Load()
+}
+
 // report records one request's outcome in the breaker and the passive
 // failure count, and returns what that did to the node. An empty failure
 // is a success.
@@ -248,15 +277,18 @@ func (t *tracker) report(failure string) reported {
 	}
 	// The failures stay counted while the cap keeps the node in, so the
 	// next failure runs the decision again.
-	taken := t.ejections.admit(t, func() {
+	restricted := false
+	taken := t.ejections.admit(t, func(r bool) {
+		restricted = r
 		t.outSince = now
+		t.outRestricted.Store(r)
 		t.outUntil.Store(now.Add(t.failWindow).UnixNano())
 	})
 	if !taken {
 		r.passiveHeld = true
 		return r
 	}
-	r.out = &takeOut{failures: len(t.failures), duration: t.failWindow}
+	r.out = &takeOut{failures: len(t.failures), duration: t.failWindow, restricted: restricted}
 	t.failures = t.failures[:0]
 	return r
 }

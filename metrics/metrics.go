@@ -107,7 +107,8 @@ func New() *Metrics {
 
 		NodeUp: f.gauge("llmproxy_node_up",
 			"1 when the node takes new requests (state up in /admin/nodes), 0 when it is "+
-				"down, draining, or kept out by its breaker or passive checks.", "node"),
+				"down, draining, or kept out by its breaker or passive checks, including a "+
+				"restricted node that takes only the requests for its models that no up node lists.", "node"),
 		NodeBreaker: f.gauge("llmproxy_node_breaker_state",
 			"Circuit breaker state of the node: 0 closed, 1 half-open, 2 open.", "node"),
 		NodeInflight: f.gauge("llmproxy_node_inflight",
@@ -128,7 +129,7 @@ func New() *Metrics {
 		EjectionsSkipped: f.counter("llmproxy_ejections_skipped_total",
 			"Times that passive checks (check=passive) or a circuit breaker (check=breaker) "+
 				"would have taken a node out but did not, because health.max_ejection_percent "+
-				"nodes were out already or the node was the last usable one of a model.",
+				"nodes were out already or the node was the last usable one of each of its models.",
 			"node", "check"),
 		Retries: f.counter("llmproxy_retries_total",
 			"Requests retried on another node, by the node that failed and the reason.",
@@ -139,7 +140,7 @@ func New() *Metrics {
 			"node", "model"),
 		PullSkipped: f.counter("llmproxy_pull_skipped_nodes_total",
 			"Nodes that a pull did not reach because they took no requests at the time, by "+
-				"reason: down, ejected (breaker or passive checks) or draining. Such a node "+
+				"reason: down, ejected or restricted (breaker or passive checks) or draining. Such a node "+
 				"lacks the model until it is pulled again.",
 			"node", "reason"),
 

@@ -116,13 +116,17 @@ func (s *Server) NodeStatuses() []nodeStatus {
 // nodeState returns the node's state for GET /admin/nodes and the status
 // page. It is "up" exactly when the node takes new requests (Node.Usable),
 // which is also when llmproxy_node_up is 1. A node that passes its probes
-// but that its breaker or passive checks keep out is "ejected".
+// but that its breaker or passive checks keep out is "ejected", or
+// "restricted" while it still takes the requests for the models that no
+// usable node lists.
 func nodeState(n *balancer.Node) string {
 	switch {
 	case n.Draining():
 		return "draining"
 	case !n.Up():
 		return "down"
+	case n.Restricted():
+		return "restricted"
 	case !n.Usable():
 		return "ejected"
 	default:

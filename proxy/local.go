@@ -28,10 +28,11 @@ type nodeResponse struct {
 	err    error
 }
 
-// getAll sends GET path to every usable node concurrently and returns
-// their responses in node order.
+// getAll sends GET path to every node that takes requests, restricted
+// nodes included, concurrently and returns their responses in node order.
+// The model lists then keep the models that only a restricted node serves.
 func (s *Server) getAll(ctx context.Context, path string) []nodeResponse {
-	nodes := s.bal.Usable()
+	nodes := s.bal.Serving()
 	out := make([]nodeResponse, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {

@@ -41,11 +41,11 @@ func (s *Server) initMetricsHandler() {
 }
 
 // serveReady responds with 200 when at least one node may take requests,
-// and with 503 otherwise, for load balancers and orchestrators in front of
-// the proxy.
+// restricted nodes included, and with 503 otherwise, for load balancers and
+// orchestrators in front of the proxy.
 func (s *Server) serveReady(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("text/plain; charset=utf-8")
-	if len(s.bal.Usable()) == 0 {
+	if len(s.bal.Serving()) == 0 {
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		ctx.SetBodyString("no node is up")
 		return

@@ -81,7 +81,7 @@
 
   // Badge classes come from fixed lists, never from server text.
   function stateClass(state) {
-    return { up: "good", down: "bad", ejected: "bad", draining: "warn" }[state] || "neutral";
+    return { up: "good", down: "bad", ejected: "bad", restricted: "warn", draining: "warn" }[state] || "neutral";
   }
 
   function breakerClass(breaker) {

@@ -36,11 +36,12 @@ type Snapshot struct {
 type NodeStatus struct {
 	Name string `json:"name"`
 	URL  string `json:"url"`
-	// State is up, down, ejected or draining, as GET /admin/nodes reports
-	// it. Only an up node takes new requests, which llmproxy_node_up
-	// reports as 1.
+	// State is up, down, ejected, restricted or draining, as GET
+	// /admin/nodes reports it. Only an up node takes new requests, which
+	// llmproxy_node_up reports as 1.
 	// An ejected node passes its probes, but its breaker or passive health
-	// checks keep it out.
+	// checks keep it out. A restricted node is kept out the same way, but
+	// takes the requests for its models that no up node lists.
 	State string `json:"state"`
 	// Breaker is the circuit breaker's state: closed, half-open or open,
 	// with " (passive out)" appended while passive health checks keep the

@@ -1,0 +1,118 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/llmproxy/llmproxy/config"
+	"github.com/llmproxy/llmproxy/internal/testenv"
+	"github.com/llmproxy/llmproxy/ollamasim"
+)
+
+// streamM is a streamed generate of m that takes more than three chunks, so
+// that a node that cuts streams after three fails it.
+const streamM = `{"model":"m","prompt":"hi","stream":true,"options":{"num_predict":8}}`
+
+// streamComplete posts body to /api/generate and reports whether the
+// stream ended with its final "done":true line.
+func streamComplete(t *testing.T, url, body string) bool {
+	t.Helper()
+	resp, err := http.Post(url+"/api/generate", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST /api/generate: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return err == nil && resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"done":true`)
+}
+
+// TestFailingSoleHolderRestricted runs n0 and n1 with m, and n2 with m and
+// solo, where n2 cuts every stream after three chunks. Once n2 reaches its
+// failure thresholds, requests for m must go only to n0 and n1, while
+// requests for solo, which only n2 lists, still reach n2.
+func TestFailingSoleHolderRestricted(t *testing.T) {
+	var sims []*ollamasim.Running
+	for range 2 {
+		sims = append(sims, testenv.Sim(t, "m", ollamasim.Config{}))
+	}
+	sims = append(sims, testenv.Sim(t, "m,solo", ollamasim.Config{Faults: ollamasim.Faults{CutAfterChunks: 3}}))
+	cfg := testenv.Config(t, sims...)
+	cfg.Health.MaxFails = 3
+	cfg.Health.FailTimeout = 10 * time.Minute
+	cfg.Breaker.ConsecutiveFailures = 3
+	cfg.Breaker.OpenTimeout = 10 * time.Minute
+	cfg.Balancer.Policy = config.PolicyLeastConn
+	p := testenv.Proxy(t, cfg)
+	n2 := p.Balancer().Node("n2")
+	n2sim := sims[2].Server()
+	m := p.Metrics()
+
+	// Send streams of m until n2 has failed enough of them for its
+	// failure thresholds to act: it is out, or the ejection cap kept it in.
+	testenv.WaitFor(t, 30*time.Second, "n2 reaching its failure thresholds", func() bool {
+		streamComplete(t, p.URL(), streamM)
+		skipped := testutil.ToFloat64(m.EjectionsSkipped.WithLabelValues("n2", "passive")) +
+			testutil.ToFloat64(m.EjectionsSkipped.WithLabelValues("n2", "breaker"))
+		return !n2.Usable() || skipped > 0
+	})
+
+	before := n2sim.ModelRequests("m")
+	const requests, concurrency = 24, 4
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	incomplete := 0
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range requests / concurrency {
+				if !streamComplete(t, p.URL(), streamM) {
+					mu.Lock()
+					incomplete++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := n2sim.ModelRequests("m") - before; got != 0 {
+		t.Errorf("n2 received %d of %d requests for m after its failure thresholds, want 0", got, requests)
+	}
+	if incomplete != 0 {
+		t.Errorf("%d of %d streams of m incomplete after n2's failure thresholds, want 0", incomplete, requests)
+	}
+
+	soloBefore := n2sim.ModelRequests("solo")
+	resp := post(t, p.URL()+"/api/generate", `{"model":"solo","prompt":"hi","stream":false,"options":{"num_predict":2}}`)
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("request for solo: status %d %s, want 200", resp.StatusCode, body)
+	}
+	if got := n2sim.ModelRequests("solo") - soloBefore; got != 1 {
+		t.Errorf("n2 received %d requests for solo, want 1", got)
+	}
+
+	states := adminNodeStates(t, p.URL())
+	if states["n2"] != "restricted" {
+		t.Errorf("state of n2 = %q, want restricted", states["n2"])
+	}
+	for _, name := range []string{"n0", "n1"} {
+		if states[name] != "up" {
+			t.Errorf("state of %s = %q, want up", name, states[name])
+		}
+	}
+	readBody(t, getURL(t, p.URL()+"/metrics"))
+	if up := testutil.ToFloat64(m.NodeUp.WithLabelValues("n2")); up != 0 {
+		t.Errorf("llmproxy_node_up of n2 = %v while restricted, want 0", up)
+	}
+	tags := string(readBody(t, getURL(t, p.URL()+"/api/tags")))
+	if !strings.Contains(tags, `"solo:latest"`) {
+		t.Errorf("/api/tags lacks solo, which restricted n2 serves: %s", tags)
+	}
+}
