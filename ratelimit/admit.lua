@@ -20,8 +20,10 @@
 -- ARGV[11] 1 to count the month; ARGV[12] monthly tokens limit;
 --          ARGV[13] monthly requests limit, 0 for none;
 --          ARGV[14] tokens to reserve in the month
--- ARGV[15], ARGV[16] the month's token and request counts this instance
---          last knew, used when Redis has none
+-- ARGV[15], ARGV[16] the month's token and request counts of this
+--          instance's latest read, which restore the month when Redis has
+--          lost it (see month.lua); ARGV[21], ARGV[22] the generation and
+--          version of that read, 0 for none
 -- ARGV[17] month key TTL in seconds
 -- ARGV[18] 1 when the request counts towards the monthly requests, else 0
 -- ARGV[19] this instance's GCRA time of the subject, 0 for none. It carries
@@ -29,10 +31,12 @@
 -- ARGV[20] deadline in microseconds of Redis's clock, 0 for none: a call
 --          that runs later changes nothing, because its caller has given up
 --          on it and decided locally.
+-- ARGV[23] generation of a month hash created now
 --
 -- Reply: allowed (0 or 1), then four values for each limit in the order
 -- requests, tokens, concurrency, monthly_tokens, monthly_requests: exceeded,
--- remaining, reset and retry. The month's token and request counts end it.
+-- remaining, reset and retry. The month's token and request counts, its
+-- generation (0 when Redis has no hash for it) and version end it.
 -- A call past its deadline replies {-1}.
 
 local deadline = tonumber(ARGV[20])
@@ -62,15 +66,11 @@ local mr_known = tonumber(ARGV[16])
 local month_ttl = tonumber(ARGV[17])
 local mr_need = tonumber(ARGV[18])
 local known_tat = tonumber(ARGV[19])
-
--- Numbers go to Redis as integer strings: tostring would print large
--- microsecond times in exponent form, which integer commands reject.
-local function int(x)
-  return string.format('%.0f', x)
-end
+local month_known = {t = mt_known, r = mr_known, g = tonumber(ARGV[21]), v = tonumber(ARGV[22])}
+local month_gen = tonumber(ARGV[23])
 
 local out = {0}
-for i = 2, 23 do
+for i = 2, 25 do
   out[i] = 0
 end
 local function put(slot, exceeded, remaining, reset, retry)
@@ -184,21 +184,15 @@ if lease then
   end
 end
 
--- monthly quotas. Without counts for the month, Redis has lost its data or
--- the month has just begun, and the counts this instance last read from
--- Redis restore the first case. Counts that exist are never raised to them,
--- because another instance's refunds may have lowered them since. What an
--- instance counted while Redis was unreachable reaches Redis through
--- sync.lua, which the instance runs before its next admission.
+-- monthly quotas. month_load restores the month from this instance's
+-- latest read when Redis has lost it since. What an instance counted while
+-- Redis was unreachable reaches Redis through sync.lua, which the
+-- instance runs before its next admission.
 local mt, mr = 0, 0
+local month = {g = 0, v = 0}
 if monthly then
-  local v = redis.call('HMGET', KEYS[6], 't', 'r')
-  if v[1] or v[2] then
-    mt = tonumber(v[1]) or 0
-    mr = tonumber(v[2]) or 0
-  else
-    mt, mr = mt_known, mr_known
-  end
+  month = month_load(KEYS[6], month_known, month_gen, month_ttl)
+  mt, mr = month.t, month.r
   if mt_limit > 0 then
     if mt + mt_need > mt_limit then
       ok = false
@@ -237,12 +231,14 @@ if ok then
     redis.call('PEXPIRE', KEYS[5], int(2 * lease_ttl / 1000))
   end
   if monthly then
-    mt = mt + mt_need
-    mr = mr + mr_need
-    redis.call('HSET', KEYS[6], 't', int(mt), 'r', int(mr))
-    redis.call('EXPIRE', KEYS[6], int(month_ttl))
+    month.t = mt + mt_need
+    month.r = mr + mr_need
+    month_store(KEYS[6], month, month_gen, month_ttl)
+    mt, mr = month.t, month.r
   end
 end
 out[22] = mt
 out[23] = mr
+out[24] = month.g
+out[25] = month.v
 return out

@@ -117,9 +117,9 @@ type status struct {
 type outcome struct {
 	allowed bool
 	slots   [numSlots]status
-	// monthTokens and monthRequests are the key's counts for the month
-	// after the check.
-	monthTokens, monthRequests int64
+	// month is the key's counts for the month after the check. Only Redis
+	// fills its generation and version.
+	month monthRead
 }
 
 func (o *outcome) anyExceeded() bool {

@@ -77,11 +77,35 @@
 // reservation's amount, so a call sent again after a lost reply adds
 // nothing twice.
 //
-// When Redis restarted without its data, the first instance to reconcile
-// a month restores it from the count it last read plus its own outage
-// counts, and the others add theirs. Requests that Redis counted after
-// that instance's last read are lost. A month whose counters Redis has
-// dropped, 35 days after its end, is not reconciled.
+// A month whose counters Redis has dropped, 35 days after its end, is not
+// reconciled.
+//
+// # Data loss
+//
+// Redis can also come back without its data: after a restart without
+// persistence, a failover to an empty replica or a FLUSHALL. An instance
+// may see no outage at all when that takes less than redis.check_interval.
+// Each month hash carries a generation, a random ID written when the hash
+// is created, and a version that every write raises. Each instance keeps
+// its latest read of each month of each key, from the replies of its
+// admissions, settlements and reconciliations and from Usage. Every
+// script that touches a month finds a hash that is missing or has another
+// generation than that read, and restores it: the counts of the read,
+// plus what was counted since the hash was created again. The hash keeps
+// the read it was restored from, so a later read of the same lost hash
+// replaces it and no count is added twice. So the first instance to touch
+// the month restores what it read, and the others raise it to their
+// latest reads. Without requests, the periodic check restores every month
+// the instance has read, once a marker key that Redis lost has changed.
+//
+// NOTE: what Redis counted after the latest read of every instance is
+// lost, and so are the reads of an instance that stopped. A Redis that
+// comes back with older data, from a snapshot or a lagging replica,
+// keeps its older counts, because the generation is the same. The request
+// rate is restored by the next admission of each instance, which uses the
+// later of Redis's and its own GCRA time. The token window and the leases
+// are not restored: a loss frees at most the tokens_per_minute of one
+// window and the slots of the requests then in flight, until they end.
 //
 // NOTE: the counts of an outage live only in the instance's memory until
 // they are reconciled. They are lost when the instance stops before Redis

@@ -100,7 +100,8 @@ func (l *Limiter) checkLoop(ctx context.Context, interval time.Duration) {
 
 // checkRedis reads Redis's clock, which shows whether Redis responds
 // without any request calling it. When Redis responds, it reconciles the
-// keys that this instance counted without Redis.
+// keys that this instance counted without Redis, and restores the months
+// it has read when Redis has lost its data since the last check.
 func (l *Limiter) checkRedis(ctx context.Context) {
 	now := l.now()
 	if err := l.redis.measureClock(ctx); err != nil {
@@ -111,4 +112,7 @@ func (l *Limiter) checkRedis(ctx context.Context) {
 	}
 	l.health.succeeded()
 	l.reconcile(ctx)
+	if err := l.checkDataLoss(ctx); err != nil && ctx.Err() == nil {
+		l.health.failed(l.now(), err)
+	}
 }

@@ -84,6 +84,9 @@ type Limiter struct {
 	// recovered wakes the health check to reconcile every key when a call
 	// finds Redis reachable again.
 	recovered chan struct{}
+	// marker is the marker of Redis's data set, a string, at the last
+	// check that read it (see checkDataLoss).
+	marker atomic.Value
 
 	// ctx ends at Close; it bounds settlements, which outlive the request
 	// context, and the renewal and health check goroutines, which wg
@@ -453,8 +456,8 @@ func (l *Limiter) admitShared(ctx context.Context, a *admission) (outcome, *wind
 			return outcome{}, nil, err
 		}
 	}
-	knownTAT, knownTokens, knownRequests := l.local.known(a)
-	out, err := l.redis.admit(ctx, a, knownTAT, knownTokens, knownRequests)
+	knownTAT, knownMonth := l.local.known(a)
+	out, err := l.redis.admit(ctx, a, knownTAT, knownMonth)
 	if err != nil {
 		return outcome{}, nil, err
 	}

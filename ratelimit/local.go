@@ -62,13 +62,32 @@ type localKey struct {
 }
 
 // monthLedger is one month's counts of a key. Without Redis, counted is
-// the whole count. With Redis, shared is the count Redis last returned,
-// and counted − stored is what this instance counted while Redis was
-// unreachable and has not yet added to Redis. counted and stored only
-// accumulate over the life of the instance, so that a reconciliation
+// the whole count. With Redis, shared is the count of the latest read of
+// the month hash, and counted − stored is what this instance counted while
+// Redis was unreachable and has not yet added to Redis. counted and stored
+// only accumulate over the life of the instance, so that a reconciliation
 // sent twice adds its counts once (see sync.lua).
 type monthLedger struct {
 	shared, counted, stored monthCounts
+	// gen and version are those of the month hash at the read of shared,
+	// gen 0 when Redis had none. With shared they restore the month when
+	// Redis loses it (see month.lua).
+	gen, version int64
+}
+
+// lastRead returns the latest read of the month hash.
+func (m *monthLedger) lastRead() monthRead {
+	return monthRead{counts: m.shared, gen: m.gen, version: m.version}
+}
+
+// setRead records r as the latest read of the month hash, unless the
+// ledger holds a later read of the same hash, which a reply that arrived
+// out of order would otherwise replace.
+func (m *monthLedger) setRead(r monthRead) {
+	if !r.newer(m.lastRead()) {
+		return
+	}
+	m.shared, m.gen, m.version = r.counts, r.gen, r.version
 }
 
 // total returns the month's counts: the last ones from Redis plus those
@@ -155,7 +174,7 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	checkMonthly(a, &out, counts.tokens, counts.requests)
 	out.allowed = !out.anyExceeded()
 	if !out.allowed {
-		out.monthTokens, out.monthRequests = counts.tokens, counts.requests
+		out.month.counts = counts
 		return out, nil
 	}
 
@@ -170,7 +189,7 @@ func (s *localStore) admit(a *admission) (outcome, *windowEntry) {
 	month.counted.requests += a.requestNeed
 	k.changes++
 	counts = month.total()
-	out.monthTokens, out.monthRequests = counts.tokens, counts.requests
+	out.month.counts = counts
 	return out, entry
 }
 
@@ -284,7 +303,7 @@ func (s *localStore) mirror(a *admission, out *outcome) *windowEntry {
 	if out.allowed {
 		k.inflight++
 	}
-	s.setSharedMonthLocked(k, a.month, monthCounts{out.monthTokens, out.monthRequests})
+	s.setSharedMonthLocked(k, a.month, out.month)
 	return entry
 }
 
@@ -321,30 +340,48 @@ func mergeTAT(local int64, a *admission, out *outcome) (tat, shared int64) {
 }
 
 // known returns the local state that the Redis admission of a merges
-// with its own: the GCRA time of the key or address, and the month's
-// counts of a key as Redis last returned them. The counts made without
-// Redis are left out, because a reconciliation adds them.
-func (s *localStore) known(a *admission) (tat, tokens, requests int64) {
+// with its own: the GCRA time of the key or address, and the latest read
+// of the key's month. The counts made without Redis are left out, because
+// a reconciliation adds them.
+func (s *localStore) known(a *admission) (int64, monthRead) {
 	if a.key == nil {
 		s.addrsMu.Lock()
 		defer s.addrsMu.Unlock()
-		return s.addrs[a.subject], 0, 0
+		return s.addrs[a.subject], monthRead{}
 	}
 	k := a.state
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if m := k.months[a.month]; m != nil {
-		tokens, requests = m.shared.tokens, m.shared.requests
-	}
-	return k.tat, tokens, requests
+	return k.tat, k.lastReadLocked(a.month)
 }
 
-// setSharedMonthLocked stores the counts that Redis returned for month.
-func (s *localStore) setSharedMonthLocked(k *localKey, month string, counts monthCounts) {
+// lastRead returns the latest read of month, empty when k has none.
+func (k *localKey) lastRead(month string) monthRead {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lastReadLocked(month)
+}
+
+func (k *localKey) lastReadLocked(month string) monthRead {
+	if m := k.months[month]; m != nil {
+		return m.lastRead()
+	}
+	return monthRead{}
+}
+
+// setSharedMonthLocked records read, a read of month from Redis.
+func (s *localStore) setSharedMonthLocked(k *localKey, month string, read monthRead) {
 	s.rollMonthLocked(k, month)
 	if month == k.month || k.months[month] != nil {
-		k.ledgerLocked(month).shared = counts
+		k.ledgerLocked(month).setRead(read)
 	}
+}
+
+// setSharedMonth records read, a read of month from Redis.
+func (s *localStore) setSharedMonth(k *localKey, month string, read monthRead) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s.setSharedMonthLocked(k, month, read)
 }
 
 // settleUnleased settles r, which this instance admitted without Redis.
@@ -378,20 +415,16 @@ func (s *localStore) settleUnleased(r *Reservation, actual, now int64, unserved 
 // that it admitted.
 type sharedSettlement struct {
 	// reached reports whether the settlement script ran, which freed the
-	// lease and corrected the token window.
+	// lease and corrected the token window and the month's counts, which
+	// month then holds.
 	reached bool
-	// stored reports whether it also corrected the month's counts, and
-	// counts holds them then.
-	stored bool
-	counts monthCounts
+	month   monthRead
 }
 
 // settleShared settles r, which Redis admitted, after Redis settled it as
 // far as res reports. It frees the slot and corrects the local token
 // window and month's counts. What Redis did not store is recorded for
-// the next reconciliation, except a month's correction that Redis
-// skipped because it has no counts for the month: the correction goes
-// into the counts that restore the month (see admit.lua).
+// the next reconciliation.
 func (s *localStore) settleShared(
 	r *Reservation,
 	actual, now int64,
@@ -406,12 +439,8 @@ func (s *localStore) settleShared(
 		k.window.adjust(r.entry, actual-r.tpmNeed, now, res.reached)
 	}
 	switch {
-	case res.stored:
-		s.setSharedMonthLocked(k, r.month, res.counts)
 	case res.reached:
-		s.correctMonthLocked(k, r, actual, unserved, func(m *monthLedger) *monthCounts {
-			return &m.shared
-		})
+		s.setSharedMonthLocked(k, r.month, res.month)
 	default:
 		s.correctMonthLocked(k, r, actual, unserved, func(m *monthLedger) *monthCounts {
 			return &m.counted

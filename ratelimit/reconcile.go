@@ -28,6 +28,7 @@ type syncPayload struct {
 	Leases       []string    `json:"leases,omitempty"`
 	Released     []string    `json:"released,omitempty"`
 	Months       []syncMonth `json:"months,omitempty"`
+	Gen          int64       `json:"gen"`
 }
 
 type syncRate struct {
@@ -46,8 +47,15 @@ type syncEntry struct {
 type syncMonth struct {
 	Counted syncCounts `json:"counted"`
 	Stored  syncCounts `json:"stored"`
-	Shared  syncCounts `json:"shared"`
+	Shared  syncRead   `json:"shared"`
 	TTL     int64      `json:"ttl"`
+}
+
+type syncRead struct {
+	Tokens   int64 `json:"tokens"`
+	Requests int64 `json:"requests"`
+	Gen      int64 `json:"gen"`
+	Version  int64 `json:"version"`
 }
 
 type syncCounts struct {
@@ -72,7 +80,7 @@ type syncBatch struct {
 // syncReply is the reply of sync.lua.
 type syncReply struct {
 	tat    int64
-	months []monthCounts // in the order of the batch's months
+	months []monthRead // in the order of the batch's months
 }
 
 // prepareSync returns the batch that reconciles k at now, or nil when
@@ -87,6 +95,7 @@ func (s *localStore) prepareSync(k *localKey, r rate, now time.Time, leaseTTL ti
 	}
 	nowMicros := now.UnixMicro()
 	b := &syncBatch{changes: k.changes, payload: syncPayload{
+		Gen:          newGeneration(),
 		Now:          nowMicros,
 		WindowLength: tokenWindowMicros,
 		LeaseTTL:     leaseTTL.Microseconds(),
@@ -130,8 +139,13 @@ func (s *localStore) prepareSync(k *localKey, r rate, now time.Time, leaseTTL ti
 		p.Months = append(p.Months, syncMonth{
 			Counted: toSyncCounts(m.counted),
 			Stored:  toSyncCounts(m.stored),
-			Shared:  toSyncCounts(m.shared),
-			TTL:     ttl,
+			Shared: syncRead{
+				Tokens:   m.shared.tokens,
+				Requests: m.shared.requests,
+				Gen:      m.gen,
+				Version:  m.version,
+			},
+			TTL: ttl,
 		})
 		b.months = append(b.months, name)
 	}
@@ -170,7 +184,7 @@ func (s *localStore) ackSync(k *localKey, b *syncBatch, reply syncReply, renew f
 		sent := p.Months[i].Counted
 		m := k.months[name]
 		m.stored = monthCounts{tokens: sent.Tokens, requests: sent.Requests}
-		m.shared = reply.months[i]
+		m.setRead(reply.months[i])
 	}
 	k.syncedChanges = b.changes
 }
@@ -203,13 +217,13 @@ func (s *redisStore) sync(ctx context.Context, subject string, b *syncBatch) (sy
 	if isLate(reply) {
 		return syncReply{}, fmt.Errorf("run reconciliation script: %w", errLate)
 	}
-	if len(reply) != 2+2*len(b.months) || reply[0] != 1 {
+	if len(reply) != 2+4*len(b.months) || reply[0] != 1 {
 		return syncReply{}, fmt.Errorf("reconciliation script returned %d values: %w",
 			len(reply), errBadReply)
 	}
-	out := syncReply{tat: reply[1], months: make([]monthCounts, len(b.months))}
+	out := syncReply{tat: reply[1], months: make([]monthRead, len(b.months))}
 	for i := range out.months {
-		out.months[i] = monthCounts{tokens: reply[2+2*i], requests: reply[3+2*i]}
+		out.months[i] = parseMonthRead(reply[2+4*i:])
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -15,16 +16,23 @@ import (
 )
 
 var (
+	// monthSource defines the functions that read and restore a month's
+	// counters. Every script that touches a month starts with it.
+	//go:embed month.lua
+	monthSource string
 	//go:embed admit.lua
 	admitSource string
 	//go:embed settle.lua
 	settleSource string
 	//go:embed sync.lua
 	syncSource string
+	//go:embed restore.lua
+	restoreSource string
 
-	admitScript  = redis.NewScript(admitSource)
-	settleScript = redis.NewScript(settleSource)
-	syncScript   = redis.NewScript(syncSource)
+	admitScript   = redis.NewScript(monthSource + admitSource)
+	settleScript  = redis.NewScript(monthSource + settleSource)
+	syncScript    = redis.NewScript(monthSource + syncSource)
+	restoreScript = redis.NewScript(monthSource + restoreSource)
 )
 
 // defaultRedisTimeout applies when redis.timeout is zero, as config does.
@@ -147,13 +155,14 @@ func (s *redisStore) keyNames(subject, month string) []string {
 
 // admit runs the admission script for a. knownTAT is this instance's GCRA
 // time of the subject, which includes the requests it admitted during an
-// outage, and Redis uses it when it is later than its own. knownTokens and
-// knownRequests are the month's counts this instance last knew, which
-// restore the month when Redis has lost its counts.
+// outage, and Redis uses it when it is later than its own. known is this
+// instance's latest read of the month, which restores the month when
+// Redis has lost it since.
 func (s *redisStore) admit(
 	ctx context.Context,
 	a *admission,
-	knownTAT, knownTokens, knownRequests int64,
+	knownTAT int64,
+	known monthRead,
 ) (outcome, error) {
 	deadline, err := s.deadline(ctx)
 	if err != nil {
@@ -167,8 +176,9 @@ func (s *redisStore) admit(
 		a.tpm, a.tpmNeed, tokenWindowMicros, a.id,
 		flag(keyed), a.concurrency, s.leaseTTL.Microseconds(),
 		flag(keyed), a.monthTokens, a.monthRequests, a.monthNeed,
-		knownTokens, knownRequests, monthKeyTTL(a.now, a.monthEnd),
+		known.counts.tokens, known.counts.requests, monthKeyTTL(a.now, a.monthEnd),
 		a.requestNeed, knownTAT, deadline,
+		known.gen, known.version, newGeneration(),
 	}
 	reply, err := admitScript.Run(ctx, s.client, s.keyNames(a.subject, a.month), args...).Int64Slice()
 	if err != nil {
@@ -181,7 +191,7 @@ func (s *redisStore) admit(
 }
 
 func parseAdmitReply(a *admission, reply []int64) (outcome, error) {
-	if len(reply) != 1+4*numSlots+2 {
+	if len(reply) != 1+4*numSlots+4 {
 		return outcome{}, fmt.Errorf("admission script returned %d values: %w", len(reply), errBadReply)
 	}
 	on := [numSlots]bool{
@@ -192,7 +202,7 @@ func parseAdmitReply(a *admission, reply []int64) (outcome, error) {
 		v := reply[1+4*i : 5+4*i]
 		out.slots[i] = status{on: on[i], exceeded: v[0] == 1, remaining: v[1], reset: v[2], retry: v[3]}
 	}
-	out.monthTokens, out.monthRequests = reply[1+4*numSlots], reply[2+4*numSlots]
+	out.month = parseMonthRead(reply[1+4*numSlots:])
 	return out, nil
 }
 
@@ -201,20 +211,47 @@ type monthCounts struct {
 	tokens, requests int64
 }
 
+// monthRead is a month's counts as one reply from Redis returned them,
+// with the generation and version of the month hash (see month.lua). A
+// generation of 0 means that Redis had no hash for the month.
+type monthRead struct {
+	counts       monthCounts
+	gen, version int64
+}
+
+// newer reports whether r is a later read of the month hash than old:
+// one of another generation, or a version at least as high.
+func (r monthRead) newer(old monthRead) bool {
+	return r.gen != old.gen || r.version >= old.version
+}
+
+// parseMonthRead reads tokens, requests, generation and version from the
+// start of v.
+func parseMonthRead(v []int64) monthRead {
+	return monthRead{counts: monthCounts{tokens: v[0], requests: v[1]}, gen: v[2], version: v[3]}
+}
+
+// newGeneration returns a random generation for a month hash that a
+// script may create. It stays below 2^53, which Lua's numbers hold
+// exactly.
+func newGeneration() int64 { return rand.Int64N(1<<53-1) + 1 }
+
 // settle runs the settlement script for r with actual tokens used, and
-// takes r back out of the month's request count when unserved is set. It
-// returns the month's counts after the correction, and false when Redis has
-// no counts for the month and so stored no correction.
+// takes r back out of the month's request count when unserved is set.
+// known is this instance's latest read of r's month, which restores the
+// month when Redis has lost it since. It returns the month's counts after
+// the correction.
 func (s *redisStore) settle(
 	ctx context.Context,
 	r *Reservation,
 	actual int64,
 	unserved bool,
 	now time.Time,
-) (monthCounts, bool, error) {
+	known monthRead,
+) (monthRead, error) {
 	deadline, err := s.deadline(ctx)
 	if err != nil {
-		return monthCounts{}, false, err
+		return monthRead{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -227,6 +264,7 @@ func (s *redisStore) settle(
 		now.UnixMicro(), r.id, actual - r.tpmNeed, tokenWindowMicros,
 		flag(r.key.limits.TokensPerMinute > 0), flag(true), flag(true), actual - r.monthNeed,
 		monthKeyTTL(now, monthEnd), refund, deadline,
+		known.counts.tokens, known.counts.requests, known.gen, known.version, newGeneration(),
 	}
 	names := s.keyNames("k:"+r.key.Name, r.month)
 	keys := []string{
@@ -235,16 +273,16 @@ func (s *redisStore) settle(
 	}
 	reply, err := settleScript.Run(ctx, s.client, keys, args...).Int64Slice()
 	if err != nil {
-		return monthCounts{}, false, fmt.Errorf("run settlement script: %w", err)
+		return monthRead{}, fmt.Errorf("run settlement script: %w", err)
 	}
 	if isLate(reply) {
-		return monthCounts{}, false, fmt.Errorf("run settlement script: %w", errLate)
+		return monthRead{}, fmt.Errorf("run settlement script: %w", errLate)
 	}
-	if len(reply) != 3 {
-		return monthCounts{}, false, fmt.Errorf("settlement script returned %d values: %w",
+	if len(reply) != 5 || reply[0] != 1 {
+		return monthRead{}, fmt.Errorf("settlement script returned %d values: %w",
 			len(reply), errBadReply)
 	}
-	return monthCounts{tokens: reply[1], requests: reply[2]}, reply[0] == 1, nil
+	return parseMonthRead(reply[1:]), nil
 }
 
 // renew moves the expiry of the leases, by reservation id, to now plus the
@@ -282,7 +320,7 @@ func (s *redisStore) leaseKey(key *Key) string {
 // usageCounts is the shared usage of one key: the month's counts, unless
 // Redis has none, and the live leases.
 type usageCounts struct {
-	month    monthCounts
+	month    monthRead
 	hasMonth bool
 	inflight int64
 }
@@ -298,7 +336,7 @@ func (s *redisStore) usage(ctx context.Context, keys []*Key, now time.Time) ([]u
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, k := range keys {
 			names := s.keyNames("k:"+k.Name, month)
-			months[i] = p.HMGet(ctx, names[keyMonth], "t", "r")
+			months[i] = p.HMGet(ctx, names[keyMonth], "t", "r", "g", "v")
 			leases[i] = p.ZCount(ctx, names[keyLeases], live, "+inf")
 		}
 		return nil
@@ -310,7 +348,11 @@ func (s *redisStore) usage(ctx context.Context, keys []*Key, now time.Time) ([]u
 	for i := range keys {
 		v := months[i].Val()
 		counts[i] = usageCounts{
-			month:    monthCounts{tokens: parseCount(v[0]), requests: parseCount(v[1])},
+			month: monthRead{
+				counts:  monthCounts{tokens: parseCount(v[0]), requests: parseCount(v[1])},
+				gen:     parseCount(v[2]),
+				version: parseCount(v[3]),
+			},
 			hasMonth: v[0] != nil || v[1] != nil,
 			inflight: leases[i].Val(),
 		}

@@ -97,13 +97,13 @@ func (l *Limiter) settleShared(r *Reservation, actual int64, unserved bool) shar
 	if !l.useRedis(now) {
 		return sharedSettlement{}
 	}
-	counts, stored, err := l.redis.settle(l.ctx, r, actual, unserved, now)
+	month, err := l.redis.settle(l.ctx, r, actual, unserved, now, r.state.lastRead(r.month))
 	if err != nil {
 		l.redisFailed(l.ctx, now, err)
 		return sharedSettlement{}
 	}
 	l.redisSucceeded()
-	return sharedSettlement{reached: true, stored: stored, counts: counts}
+	return sharedSettlement{reached: true, month: month}
 }
 
 func (l *Limiter) countTokens(r *Reservation, prompt, completion int64) {

@@ -18,12 +18,15 @@
 --          request that was not served, else 0
 -- ARGV[11] deadline in microseconds of Redis's clock, 0 for none, as in
 --          admit.lua
+-- ARGV[12], ARGV[13], ARGV[14], ARGV[15] the instance's latest read of
+--          the month: tokens, requests, generation (0 for none) and
+--          version, which restore the month when Redis has lost it (see
+--          month.lua)
+-- ARGV[16] generation of a month hash created now
 --
--- Reply: 1 when Redis has counts for the month, then the month's token and
--- request counts after the correction. Without counts, Redis has lost its
--- data, the correction is not stored, and the next admission restores the
--- counts from the instance that admits it. A call past its deadline
--- replies {-1}.
+-- Reply: 1 when the month is counted, then the month's token and request
+-- counts after the correction, its generation and version. A call past
+-- its deadline replies {-1}.
 
 local deadline = tonumber(ARGV[11])
 if deadline > 0 then
@@ -43,10 +46,9 @@ local monthly = ARGV[7] == '1'
 local month_delta = tonumber(ARGV[8])
 local month_ttl = tonumber(ARGV[9])
 local month_refund = tonumber(ARGV[10])
-
-local function int(x)
-  return string.format('%.0f', x)
-end
+local month_known = {t = tonumber(ARGV[12]), r = tonumber(ARGV[13]), g = tonumber(ARGV[14]),
+  v = tonumber(ARGV[15])}
+local month_gen = tonumber(ARGV[16])
 
 if lease then
   redis.call('ZREM', KEYS[4], id)
@@ -71,21 +73,15 @@ if in_window and delta ~= 0 then
   end
 end
 
-if not monthly or redis.call('EXISTS', KEYS[5]) == 0 then
-  return {0, 0, 0}
+if not monthly then
+  return {0, 0, 0, 0, 0}
 end
-if month_delta ~= 0 then
-  local t = redis.call('HINCRBY', KEYS[5], 't', int(month_delta))
-  if t < 0 then
-    redis.call('HSET', KEYS[5], 't', 0)
-  end
-  redis.call('EXPIRE', KEYS[5], int(month_ttl))
+-- The month is restored first, so that a month that Redis lost gets the
+-- correction on top of the counts it had.
+local m = month_load(KEYS[5], month_known, month_gen, month_ttl)
+if month_delta ~= 0 or month_refund > 0 then
+  m.t = math.max(0, m.t + month_delta)
+  m.r = math.max(0, m.r - month_refund)
+  month_store(KEYS[5], m, month_gen, month_ttl)
 end
-if month_refund > 0 then
-  local r = redis.call('HINCRBY', KEYS[5], 'r', -month_refund)
-  if r < 0 then
-    redis.call('HSET', KEYS[5], 'r', 0)
-  end
-end
-local v = redis.call('HMGET', KEYS[5], 't', 'r')
-return {1, tonumber(v[1]) or 0, tonumber(v[2]) or 0}
+return {1, m.t, m.r, m.g, m.v}

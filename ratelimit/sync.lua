@@ -27,12 +27,14 @@
 --   released      IDs of leases whose requests ended during the outage
 --   months        for each month key: counted and stored (the instance's
 --                 running totals of its local counts, and the part Redis
---                 has added before), shared (the counts Redis last
---                 returned, which restore a month whose counters Redis
---                 lost), each as tokens and requests, and ttl in seconds
+--                 has added before), each as tokens and requests, shared
+--                 (the instance's latest read of the month, which restores
+--                 a month that Redis lost, see month.lua) as tokens,
+--                 requests, gen and version, and ttl in seconds
+--   gen           generation of a month hash created now
 --
 -- Reply: 1, the GCRA time after the call (0 without a rate), then the
--- token and request counts of each month.
+-- token and request counts, generation and version of each month.
 
 local deadline = tonumber(ARGV[1])
 if deadline > 0 then
@@ -45,10 +47,6 @@ end
 local batch = cjson.decode(ARGV[2])
 local inst = batch.instance
 local now = batch.now
-
-local function int(x)
-  return string.format('%.0f', x)
-end
 
 -- cjson decodes a missing list as nil and a JSON null as cjson.null.
 local function list(v)
@@ -110,29 +108,28 @@ for _, id in ipairs(list(batch.released)) do
   redis.call('ZREM', KEYS[5], id)
 end
 
--- monthly quotas: each instance's running totals sit in the month's hash
--- under its ID, and only their growth since then is added. Without them,
--- because the instance never sent any or Redis lost them, the part that
--- the instance has recorded as stored counts as sent.
+-- monthly quotas: month_load first restores a month that Redis lost.
+-- Each instance's running totals sit in the month's hash under its ID,
+-- and only their growth since then is added. Without them, because the
+-- instance never sent any or Redis lost them, the part that the instance
+-- has recorded as stored counts as sent.
 local out = {1, tat}
 for i, m in ipairs(list(batch.months)) do
   local key = KEYS[6 + i]
+  local known = {t = m.shared.tokens, r = m.shared.requests, g = m.shared.gen,
+    v = m.shared.version}
+  local month = month_load(key, known, batch.gen, m.ttl)
   local t_field, r_field = 'c:t:' .. inst, 'c:r:' .. inst
-  local v = redis.call('HMGET', key, 't', 'r', t_field, r_field)
-  local t, r
-  if v[1] or v[2] then
-    t, r = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  else
-    t, r = m.shared.tokens, m.shared.requests
-  end
-  local sent_t = tonumber(v[3]) or m.stored.tokens
-  local sent_r = tonumber(v[4]) or m.stored.requests
-  t = math.max(0, t + m.counted.tokens - sent_t)
-  r = math.max(0, r + m.counted.requests - sent_r)
-  redis.call('HSET', key, 't', int(t), 'r', int(r),
-    t_field, int(m.counted.tokens), r_field, int(m.counted.requests))
-  redis.call('EXPIRE', key, int(m.ttl))
-  out[#out + 1] = t
-  out[#out + 1] = r
+  local v = redis.call('HMGET', key, t_field, r_field)
+  local sent_t = tonumber(v[1]) or m.stored.tokens
+  local sent_r = tonumber(v[2]) or m.stored.requests
+  month.t = math.max(0, month.t + m.counted.tokens - sent_t)
+  month.r = math.max(0, month.r + m.counted.requests - sent_r)
+  month_store(key, month, batch.gen, m.ttl)
+  redis.call('HSET', key, t_field, int(m.counted.tokens), r_field, int(m.counted.requests))
+  out[#out + 1] = month.t
+  out[#out + 1] = month.r
+  out[#out + 1] = month.g
+  out[#out + 1] = month.v
 end
 return out

@@ -61,13 +61,31 @@ func (l *Limiter) Usage(ctx context.Context) []KeyUsage {
 		l.redisFailed(ctx, now, err)
 		return usage
 	}
+	for i, k := range keys {
+		state := l.local.state(k.Name)
+		known := state.lastRead(month)
+		if known.gen == 0 || known.gen == counts[i].month.gen {
+			if counts[i].hasMonth {
+				l.local.setSharedMonth(state, month, counts[i].month)
+			}
+			continue
+		}
+		// Redis has lost the month since this instance read it.
+		read, err := l.restoreMonth(ctx, k, state, month, known, now)
+		if err != nil {
+			l.redisFailed(ctx, now, err)
+			return usage
+		}
+		counts[i].month, counts[i].hasMonth = read, true
+	}
 	l.redisSucceeded()
 	for i, c := range counts {
-		// Without shared counts the local ones stay: Redis has lost its
-		// data, and the next admission restores them there.
+		// Without shared counts the local ones stay: this instance has
+		// not read the month from Redis, and counts made without Redis
+		// are its only counts.
 		if c.hasMonth {
-			usage[i].MonthlyTokens = c.month.tokens
-			usage[i].MonthlyRequests = c.month.requests
+			usage[i].MonthlyTokens = c.month.counts.tokens
+			usage[i].MonthlyRequests = c.month.counts.requests
 		}
 		usage[i].InFlight = c.inflight
 		usage[i].Shared = true
