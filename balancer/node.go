@@ -64,7 +64,11 @@ type Node struct {
 	// balancer's mu guards it.
 	slots int
 
-	up       atomic.Bool
+	up atomic.Bool
+	// downMu guards down, which SetUp closes when the node goes down and
+	// replaces when it comes back up.
+	downMu   sync.Mutex
+	down     chan struct{}
 	draining atomic.Bool
 	inflight atomic.Int64
 	gate     atomic.Pointer[gateBox]
@@ -110,6 +114,7 @@ func NewNode(name string, u *url.URL, maxConcurrent int, weight float64) *Node {
 	n.SetLimits(maxConcurrent, weight)
 	n.inv.Store(&inventory{models: map[string]Model{}, loaded: map[string]Loaded{}})
 	n.up.Store(true)
+	n.down = make(chan struct{})
 	return n
 }
 
@@ -141,7 +146,28 @@ func (n *Node) SetGate(g Gate) { n.gate.Store(&gateBox{g: g}) }
 func (n *Node) Up() bool { return n.up.Load() }
 
 // SetUp records the node's health state and returns whether it changed.
-func (n *Node) SetUp(up bool) bool { return n.up.Swap(up) != up }
+func (n *Node) SetUp(up bool) bool {
+	n.downMu.Lock()
+	defer n.downMu.Unlock()
+	if n.up.Swap(up) == up {
+		return false
+	}
+	if up {
+		n.down = make(chan struct{})
+	} else {
+		close(n.down)
+	}
+	return true
+}
+
+// Down returns a channel that is closed once SetUp marks the node down. It
+// is already closed while the node is down, and a later call after the
+// node came back up returns a new, open channel.
+func (n *Node) Down() <-chan struct{} {
+	n.downMu.Lock()
+	defer n.downMu.Unlock()
+	return n.down
+}
 
 // Draining reports whether the node is being drained.
 func (n *Node) Draining() bool { return n.draining.Load() }

@@ -137,3 +137,46 @@ func TestNodeInventoryConcurrentUse(t *testing.T) {
 		t.Error("a is not listed after the writers")
 	}
 }
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestNodeDownChannel(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 1, 1)
+	up := n.Down()
+	if closed(up) {
+		t.Fatal("Down() is closed for a node that is up")
+	}
+	if n.SetUp(true) {
+		t.Error("SetUp(true) on an up node reported a change")
+	}
+	if closed(up) {
+		t.Error("SetUp(true) closed Down()")
+	}
+
+	if !n.SetUp(false) {
+		t.Error("SetUp(false) on an up node reported no change")
+	}
+	if !closed(up) {
+		t.Error("Down() taken while up is still open after SetUp(false)")
+	}
+	if !closed(n.Down()) {
+		t.Error("Down() is open for a node that is down")
+	}
+	if n.SetUp(false) {
+		t.Error("SetUp(false) on a down node reported a change")
+	}
+
+	n.SetUp(true)
+	if closed(n.Down()) {
+		t.Error("Down() is closed after the node came back up")
+	}
+}

@@ -23,8 +23,37 @@ import (
 // a request.
 const refreshTimeout = 5 * time.Second
 
-// modelOpTimeout bounds the silences of a fanned-out model operation.
+// modelOpTimeout bounds a whole pull or create that goes through a
+// fan-out, and the wait for the response headers of one sent with
+// "stream": false, for which Ollama sends nothing until it ends.
 const modelOpTimeout = 6 * time.Hour
+
+// errNodeDown ends a node's part in a fan-out when health checks mark the
+// node down while the operation is in flight.
+var errNodeDown = errors.New("node marked down by health checks during the operation")
+
+// modelOpTimeouts returns the limits of a node's part in a fan-out on rt.
+// A delete, copy or unload is quick on Ollama, so it gets the upstream
+// timeouts of any request, and upstream.total when set. A pull or create
+// gets modelOpTimeout as its overall bound. Streamed, it must send
+// progress within upstream.idle. Not streamed, it has modelOpTimeout for
+// its response headers.
+//
+// NOTE: Ollama sends no progress while it checks the digests of a pulled
+// model ("verifying sha256 digest"). On a slow disk, that check of a large
+// model can outlast upstream.idle, which then fails the pull on that node.
+func (s *Server) modelOpTimeouts(rt route, stream bool) (timeouts, time.Duration) {
+	cfg := s.config()
+	t := timeouts{connect: cfg.Upstream.Connect, firstByte: cfg.Upstream.FirstByte,
+		idle: cfg.Upstream.Idle}
+	if rt.name != "/api/pull" && rt.name != "/api/create" {
+		return t, cfg.Upstream.Total
+	}
+	if !stream {
+		t.firstByte = max(t.firstByte, modelOpTimeout)
+	}
+	return t, modelOpTimeout
+}
 
 // serveFanout serves the model management routes that change every node
 // concerned: pull goes to every usable node, delete and copy to the
@@ -176,15 +205,17 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	targets []*balancer.Node, repl *replacement) {
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
+	defer s.noteClientLeft(ctx, rs, watch)
 	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
+	t, total := s.modelOpTimeouts(rt, false)
 	results := make([]fanoutResult, len(targets))
 	var wg sync.WaitGroup
 	for i, n := range targets {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = s.fanoutOne(wctx, n, req, nil)
+			results[i] = s.fanoutOne(wctx, n, req, t, total, nil)
 		}()
 	}
 	wg.Wait()
@@ -209,6 +240,18 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 			return
 		}
 	}
+}
+
+// noteClientLeft records StatusClientClosed for a request whose client
+// left before its response was sent, whatever response the handler set,
+// because the client got none of it.
+func (s *Server) noteClientLeft(ctx *fasthttp.RequestCtx, rs *reqState, watch *clientWatch) {
+	if !clientLeft(watch, nil) {
+		return
+	}
+	rs.status = StatusClientClosed
+	rs.err = errClientGone.Error()
+	ctx.SetConnectionClose()
 }
 
 // afterFanout updates the inventories of the targets once every node has
@@ -295,42 +338,67 @@ func fanoutFailure(rt route, rs *reqState, results []fanoutResult) string {
 	return msg
 }
 
-// fanoutOne sends req to one node. With lines set, each progress line of
-// a streamed response is passed on as it arrives, except the node's own
-// final success line, because the proxy sends one for all nodes at the end.
+// fanoutOne sends req to one node within t and total, when total is
+// positive. With lines set, each progress line of a streamed response is
+// passed on as it arrives, except the node's own final success line,
+// because the proxy sends one for all nodes at the end. The node's part
+// ends with errNodeDown once health checks mark the node down.
 func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	lines chan<- progressLine) fanoutResult {
+	t timeouts, total time.Duration, lines chan<- progressLine) fanoutResult {
 	r := fanoutResult{node: n}
 	local := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(local)
 	req.CopyTo(local)
-	cfg := s.config()
-	// A pull with "stream": false sends nothing until the whole model is
-	// downloaded, which can take far longer than a model load.
-	t := timeouts{connect: cfg.Upstream.Connect, firstByte: max(cfg.Upstream.FirstByte, modelOpTimeout),
-		idle: max(cfg.Upstream.Idle, modelOpTimeout)}
-	ex, err := s.upstreamFor(n).send(ctx, local, t)
-	if err != nil {
-		r.errMsg = err.Error()
-		return r
+	nctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if total > 0 {
+		var stop context.CancelFunc
+		nctx, stop = context.WithTimeoutCause(nctx, total,
+			fmt.Errorf("model operation timed out after %s", total))
+		defer stop()
 	}
-	r.status = ex.resp.StatusCode()
+	go func() {
+		select {
+		case <-n.Down():
+			cancel(errNodeDown)
+		case <-nctx.Done():
+		}
+	}()
+	r.status, r.body, r.errMsg = s.exchangeModelOp(nctx, n, local, t, lines)
+	if r.errMsg != "" && context.Cause(nctx) != nil {
+		// A read that the context ended fails with errCancelled, which
+		// does not say why.
+		r.errMsg = context.Cause(nctx).Error()
+	}
+	return r
+}
+
+// exchangeModelOp sends req to n and returns the response's status, its
+// body when it is not relayed to lines, and the error of the node's part,
+// "" for success.
+func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
+	t timeouts, lines chan<- progressLine) (status int, body []byte, errMsg string) {
+	ex, err := s.upstreamFor(n).send(ctx, req, t)
+	if err != nil {
+		return 0, nil, err.Error()
+	}
+	status = ex.resp.StatusCode()
 	if lines == nil || !isStreamed(&ex.resp) {
-		r.body, err = ex.readAll(16 << 20)
+		body, err = ex.readAll(16 << 20)
 		ex.closeWith(err == nil)
 		if err != nil {
-			r.errMsg = err.Error()
-		} else if r.status >= 400 || fastjson.Exists(r.body, "error") {
-			r.errMsg = errorText(r.body)
+			errMsg = err.Error()
+		} else if status >= 400 || fastjson.Exists(body, "error") {
+			errMsg = errorText(body)
 		}
-		return r
+		return status, body, errMsg
 	}
-	r.errMsg = relayProgress(ctx, n, ex, lines)
-	if r.errMsg == "" && r.status >= 400 {
-		r.errMsg = "status " + itoa(r.status)
+	errMsg = relayProgress(ctx, n, ex, lines)
+	if errMsg == "" && status >= 400 {
+		errMsg = "status " + itoa(status)
 	}
-	ex.closeWith(r.errMsg == "")
-	return r
+	ex.closeWith(errMsg == "")
+	return status, nil, errMsg
 }
 
 // relayProgress passes a node's NDJSON progress lines on and returns the
@@ -381,12 +449,13 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	req := s.upstreamRequest(ctx, rs)
 	fs := &fanoutStream{lines: make(chan progressLine, 64), cancel: cancel, watch: watch, s: s, rs: rs,
 		merge: newProgressMerge(targets)}
+	t, total := s.modelOpTimeouts(rt, true)
 	results := make([]fanoutResult, len(targets))
 	fs.wg.Add(len(targets))
 	for i, n := range targets {
 		go func() {
 			defer fs.wg.Done()
-			results[i] = s.fanoutOne(wctx, n, req, fs.lines)
+			results[i] = s.fanoutOne(wctx, n, req, t, total, fs.lines)
 			if results[i].errMsg == "" {
 				return
 			}
@@ -493,15 +562,17 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	}
 	wctx, watch := watchClient(context.Background(), ctx.Conn())
 	defer watch.finish()
+	defer s.noteClientLeft(ctx, rs, watch)
 	req := s.upstreamRequest(ctx, rs)
 	defer fasthttp.ReleaseRequest(req)
+	t, total := s.modelOpTimeouts(rt, false)
 	results := make([]fanoutResult, len(holders))
 	var wg sync.WaitGroup
 	for i, n := range holders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = s.fanoutOne(wctx, n, req, nil)
+			results[i] = s.fanoutOne(wctx, n, req, t, total, nil)
 		}()
 	}
 	wg.Wait()

@@ -16,9 +16,12 @@ import (
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
-// listTimeout is the maximum wait for one node's listing. A node slower
-// than this is left out of the merged response rather than delaying it.
-const listTimeout = 5 * time.Second
+// listTimeout is the maximum wait for one node's response to a GET that
+// the proxy sends to every usable node. A node may stop responding some
+// probes before health checks mark it down. Until then, a listing uses
+// what its last inventory refresh stored (see lastKnownList), so such a
+// node delays the listing by at most listTimeout.
+const listTimeout = time.Second
 
 // nodeResponse is one node's response to a request sent to several nodes.
 type nodeResponse struct {
@@ -54,7 +57,8 @@ func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) node
 	req.Header.SetMethod("GET")
 	req.SetRequestURI(path)
 	cfg := s.config()
-	t := timeouts{connect: cfg.Upstream.Connect, firstByte: listTimeout, idle: listTimeout}
+	t := timeouts{connect: min(cfg.Upstream.Connect, listTimeout), firstByte: listTimeout,
+		idle: listTimeout}
 	ex, err := s.upstreamFor(n).send(ctx, req, t)
 	if err != nil {
 		return nodeResponse{node: n, err: err}
@@ -74,11 +78,18 @@ func (s *Server) getOne(ctx context.Context, n *balancer.Node, path string) node
 func (s *Server) serveVersion(ctx *fasthttp.RequestCtx, rt route) {
 	var lowest string
 	for _, a := range s.getAll(context.Background(), "/api/version") {
-		if a.err != nil || a.status != 200 {
+		var v string
+		switch {
+		case a.err != nil:
+			// The version last stored for the node, by a probe or an
+			// earlier /api/version.
+			v = a.node.Version()
+		case a.status != 200:
 			continue
+		default:
+			v = fastjson.GetString(a.body, "version")
+			a.node.SetVersion(v)
 		}
-		v := fastjson.GetString(a.body, "version")
-		a.node.SetVersion(v)
 		if v != "" && (lowest == "" || wire.CompareVersions(v, lowest) < 0) {
 			lowest = v
 		}
@@ -135,15 +146,53 @@ func (s *Server) mergeLists(path, rankField, orderField string, rs *reqState) ([
 	responses := s.getAll(context.Background(), path)
 	bodies := make([][]byte, 0, len(responses))
 	for _, a := range responses {
-		if a.err != nil || a.status != 200 {
-			continue
+		switch {
+		case a.err != nil:
+			if body := lastKnownList(a.node, path); body != nil {
+				bodies = append(bodies, body)
+			}
+		case a.status == 200:
+			bodies = append(bodies, a.body)
 		}
-		bodies = append(bodies, a.body)
 	}
 	entries, ok := mergeModelLists(bodies, rankField)
 	entries = slices.DeleteFunc(entries, func(e listEntry) bool { return !keyAllows(rs, e.name) })
 	sortLatestFirst(entries, orderField)
 	return entries, ok
+}
+
+// lastKnownList builds the {"models":[...]} list at path (/api/tags or
+// /api/ps) of a node that sent no response. It uses the entries that the
+// node's last inventory refresh stored, and returns nil when that list
+// was never fetched. A model that the proxy marked loaded since the
+// refresh has no entry as the node sent it, and is left out.
+func lastKnownList(n *balancer.Node, path string) []byte {
+	var entries [][]byte
+	switch {
+	case path == "/api/tags" && n.ModelsListed():
+		for _, m := range n.Models() {
+			entries = append(entries, m.Raw)
+		}
+	case path == "/api/ps" && n.LoadedKnown():
+		for _, l := range n.LoadedModels() {
+			entries = append(entries, l.Raw)
+		}
+	default:
+		return nil
+	}
+	b := []byte(`{"models":[`)
+	first := true
+	for _, raw := range entries {
+		if len(raw) == 0 {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, raw...)
+	}
+	return append(b, "]}"...)
 }
 
 // mergeModelLists keeps one entry per model name from the {"models":[...]}

@@ -91,10 +91,11 @@ func (s *Server) replaceOlder(rs *reqState, repl *replacement) (status int, msg 
 	// create that it completes has already changed the nodes.
 	ctx, cancel := context.WithTimeout(context.Background(), replaceTimeout)
 	defer cancel()
+	t, _ := s.modelOpTimeouts(routeDelete, false)
 	results := make([]fanoutResult, len(repl.nodes))
 	var wg sync.WaitGroup
 	for i, n := range repl.nodes {
-		wg.Go(func() { results[i] = s.fanoutOne(ctx, n, repl.req, nil) })
+		wg.Go(func() { results[i] = s.fanoutOne(ctx, n, repl.req, t, 0, nil) })
 	}
 	wg.Wait()
 
