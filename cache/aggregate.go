@@ -26,6 +26,7 @@ type Aggregator struct {
 	toolCalls      []json.RawMessage
 	v1Calls        []toolCall
 	logprobs       []json.RawMessage
+	choiceLogprobs choiceLogprobs
 	final          []byte
 	finishReason   string
 	usage          []byte
@@ -104,6 +105,7 @@ func (a *Aggregator) fail(err error) {
 	a.err = err
 	a.pending, a.event, a.text, a.thinking = nil, nil, nil, nil
 	a.toolCalls, a.v1Calls, a.logprobs = nil, nil, nil
+	a.choiceLogprobs = choiceLogprobs{}
 }
 
 // line handles one line of an NDJSON or SSE stream.
@@ -247,14 +249,15 @@ func (a *Aggregator) flush() {
 
 func (a *Aggregator) result() *response {
 	ans := &response{
-		Text:         string(a.text),
-		Thinking:     string(a.thinking),
-		ToolCalls:    a.toolCalls,
-		Logprobs:     a.logprobs,
-		Final:        a.final,
-		FinishReason: a.finishReason,
-		Usage:        a.usage,
-		Fingerprint:  a.fingerprint,
+		Text:           string(a.text),
+		Thinking:       string(a.thinking),
+		ToolCalls:      a.toolCalls,
+		Logprobs:       a.logprobs,
+		ChoiceLogprobs: a.choiceLogprobs.encode(),
+		Final:          a.final,
+		FinishReason:   a.finishReason,
+		Usage:          a.usage,
+		Fingerprint:    a.fingerprint,
 	}
 	for _, c := range a.v1Calls {
 		ans.ToolCalls = append(ans.ToolCalls, c.encode())

@@ -89,6 +89,7 @@ func (a *Aggregator) v1Value(v *fastjson.Value, part string) error {
 			a.add(&a.thinking, m.GetStringBytes("reasoning"))
 			a.mergeToolCalls(m.GetArray("tool_calls"))
 		}
+		a.addLogprobs(ch.Get("logprobs"))
 		if fr := ch.GetStringBytes("finish_reason"); len(fr) > 0 {
 			a.finishReason = string(fr)
 		}

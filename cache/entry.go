@@ -29,6 +29,10 @@ type response struct {
 	ToolCalls []json.RawMessage `json:"tool_calls,omitempty"`
 	// Logprobs joins the logprobs arrays of an /api response.
 	Logprobs []json.RawMessage `json:"logprobs,omitempty"`
+	// ChoiceLogprobs is choices[0].logprobs of a /v1 response: the object
+	// as it came, or from a stream the chunks' objects joined (see
+	// choiceLogprobs).
+	ChoiceLogprobs json.RawMessage `json:"choice_logprobs,omitempty"`
 	// Final is an object holding the members of Ollama's final line other
 	// than the ones above and model, created_at and done, in the order
 	// received: done_reason, context, the durations and counts.
@@ -42,8 +46,8 @@ type response struct {
 }
 
 func (rs *response) size() int64 {
-	n := len(rs.Text) + len(rs.Thinking) + len(rs.Final) + len(rs.FinishReason) +
-		len(rs.Usage) + len(rs.Fingerprint)
+	n := len(rs.Text) + len(rs.Thinking) + len(rs.ChoiceLogprobs) + len(rs.Final) +
+		len(rs.FinishReason) + len(rs.Usage) + len(rs.Fingerprint)
 	for _, c := range rs.ToolCalls {
 		n += len(c)
 	}
@@ -91,9 +95,10 @@ type envelope struct {
 // its stored form changes, so that instances running different versions
 // read each other's records of that kind as misses. Vector records are at
 // version 2 because they carry their input's prompt token count, which
-// version 1 lacks.
+// version 1 lacks. Response records are at version 2 because they carry
+// the logprobs of /v1 responses, which version 1 dropped.
 const (
-	responseEnvelopeVersion = 1
+	responseEnvelopeVersion = 2
 	vectorEnvelopeVersion   = 2
 )
 

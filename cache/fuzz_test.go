@@ -59,6 +59,9 @@ func FuzzAggregate(f *testing.F) {
 	f.Add(uint8(2), []byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"))
 	f.Add(uint8(2), []byte(`{"choices":[{"index":0,"message":{"content":"a","tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},"finish_reason":"stop"}]}`))
 	f.Add(uint8(3), []byte("data: {\"choices\":[{\"text\":\"a\",\"index\":0,\"finish_reason\":\"length\"}],\"usage\":{}}\n\ndata: [DONE]\n\n"))
+	f.Add(uint8(2), []byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null,"+
+		"\"logprobs\":{\"content\":[{\"token\":\"a\",\"logprob\":-1}]}}]}\n\n"+
+		"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"logprobs\":{\"content\":null,\"x\":1}}]}\n\ndata: [DONE]\n\n"))
 	bodies := []string{
 		`{"model":"m","prompt":"p","options":{"seed":1}}`,
 		`{"model":"m","messages":[{"role":"user","content":"x"}],"options":{"seed":1}}`,

@@ -105,7 +105,15 @@ func (rs *response) appendOllamaLine(out []byte, line ollamaLine) []byte {
 }
 
 // renderV1 writes a /v1 response. A stream has a chunk with the whole text,
-// a chunk with the finish reason, an optional usage chunk and [DONE].
+// a chunk with the finish reason, an optional usage chunk and [DONE]. The
+// text chunk carries all of choices[0].logprobs. A client joins the
+// logprobs.content arrays of the chunks in order, as it joins their text,
+// so it reads the same entries as from Ollama's stream, which sends the
+// entries of each token in the chunk that carries the token. The entries
+// are not split over several chunks because Ollama v0.17.4
+// (server/routes.go) also sends entries in chunks without content, for
+// thinking tokens and for tokens that become a tool call, so they cannot
+// be matched to pieces of the text.
 func (rs *response) renderV1(r route, p Plan, now time.Time) ([]byte, string) {
 	h := v1Header{
 		route:       r,
@@ -198,9 +206,9 @@ func (h v1Header) appendModel(out []byte) []byte {
 	return appendOptionalString(out, "system_fingerprint", h.fingerprint)
 }
 
-// appendV1Choice writes the choices member: with the text when withText is
-// set, with the finish reason when it is not or when the response is one
-// object.
+// appendV1Choice writes the choices member: with the text and the logprobs
+// when withText is set, with the finish reason when it is not or when the
+// response is one object.
 func (rs *response) appendV1Choice(out []byte, r route, withText, chunk bool) []byte {
 	var text string
 	if withText {
@@ -230,6 +238,10 @@ func (rs *response) appendV1Choice(out []byte, r route, withText, chunk bool) []
 		out = append(out, "null"...)
 	} else {
 		out = appendString(out, rs.FinishReason)
+	}
+	if withText && len(rs.ChoiceLogprobs) > 0 {
+		out = append(out, `,"logprobs":`...)
+		out = append(out, rs.ChoiceLogprobs...)
 	}
 	return append(out, "}]"...)
 }
