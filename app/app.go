@@ -97,6 +97,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, err
 		Logger:       log,
 		Version:      Version,
 	})
+	if a.cache != nil {
+		a.checker.OnModelChange(a.server.PurgeModel)
+	}
 
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -209,14 +209,49 @@ func (n *Node) Acquire() { n.inflight.Add(1) }
 // Release counts one request fewer in flight.
 func (n *Node) Release() { n.inflight.Add(-1) }
 
+// ModelChange is a model that a node lists no more, or lists with another
+// digest, compared with the node's previous list.
+type ModelChange struct {
+	// Name is the normalized name of the model.
+	Name string
+	// Removed is set when the node no longer lists the model. Otherwise
+	// the model's digest changed.
+	Removed bool
+}
+
 // SetInventory replaces the node's listed and loaded models after a
 // successful poll of /api/tags and /api/ps, and records now as the time of
-// the refresh.
-func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) {
+// the refresh. It returns the changes from the list that the previous poll
+// and any MarkRemoved since left, sorted by name, and none for the first
+// list of the node. A digest change counts only when both lists carry a
+// digest.
+func (n *Node) SetInventory(models []Model, loaded []Loaded, now time.Time) []ModelChange {
 	m, l := modelMap(models), loadedMap(loaded)
 	n.invMu.Lock()
+	prev := n.inv.Load()
 	n.inv.Store(&inventory{models: m, loaded: l, listed: true, loadedKnown: true, refreshed: now})
 	n.invMu.Unlock()
+	if !prev.listed {
+		return nil
+	}
+	return modelChanges(prev.models, m)
+}
+
+// modelChanges returns the models of before that after lacks or lists
+// with another digest, sorted by name.
+func modelChanges(before, after map[string]Model) []ModelChange {
+	var out []ModelChange
+	for key, old := range before {
+		cur, ok := after[key]
+		switch {
+		case !ok:
+			out = append(out, ModelChange{Name: old.Name, Removed: true})
+		case old.Digest != "" && cur.Digest != "" && old.Digest != cur.Digest:
+			out = append(out, ModelChange{Name: cur.Name})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 func modelMap(models []Model) map[string]Model {

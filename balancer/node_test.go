@@ -180,3 +180,39 @@ func TestNodeDownChannel(t *testing.T) {
 		t.Error("Down() is closed after the node came back up")
 	}
 }
+
+func TestSetInventoryReportsModelChanges(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 2, 1)
+	list := []Model{
+		{Name: "a:latest", Digest: "d1"},
+		{Name: "b:latest", Digest: "d2"},
+		{Name: "c:latest", Digest: "d3"},
+		{Name: "e:latest", Digest: "d5"},
+	}
+	if got := n.SetInventory(list, nil, time.Unix(10, 0)); len(got) != 0 {
+		t.Errorf("first list: changes %+v, want none", got)
+	}
+	if got := n.SetInventory(list, nil, time.Unix(20, 0)); len(got) != 0 {
+		t.Errorf("same list again: changes %+v, want none", got)
+	}
+
+	// MarkRemoved takes a out of the list before the poll, so its absence
+	// is no change. b changes its digest, c goes, d is new, and e loses
+	// its digest.
+	n.MarkRemoved("a")
+	got := n.SetInventory([]Model{
+		{Name: "b:latest", Digest: "d9"},
+		{Name: "d:latest", Digest: "d4"},
+		{Name: "e:latest"},
+	}, nil, time.Unix(30, 0))
+	want := []ModelChange{{Name: "b:latest"}, {Name: "c:latest", Removed: true}}
+	if len(got) != len(want) {
+		t.Fatalf("changes %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("change %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -50,6 +51,9 @@ type Checker struct {
 	// pullCtx outlives single probes; Run cancels it when it ends.
 	pullCtx    context.Context
 	pullCancel context.CancelFunc
+
+	// modelChanged is the function set by OnModelChange, nil until then.
+	modelChanged atomic.Pointer[func(model, reason string)]
 }
 
 // New returns a checker for the nodes of bal. m may be nil.
@@ -463,9 +467,40 @@ func (c *Checker) Refresh(ctx context.Context, n *balancer.Node) error {
 	if err != nil {
 		return fmt.Errorf("node %s /api/ps: %w", n.Name, err)
 	}
-	n.SetInventory(models, loaded, c.now())
+	changes := n.SetInventory(models, loaded, c.now())
 	c.setNodeGauges(n)
+	c.reportModelChanges(n, changes)
 	return nil
+}
+
+// OnModelChange sets fn to receive each model whose cached responses a
+// refresh shows to be stale, with the reason for the log. A model is stale
+// when its digest changed on a node, or when no node lists it any more
+// after a node stopped listing it. A node's first list, and a list equal
+// to the previous one, report nothing. fn runs in the goroutine of the
+// refresh, which waits for it.
+func (c *Checker) OnModelChange(fn func(model, reason string)) {
+	c.modelChanged.Store(&fn)
+}
+
+// reportModelChanges passes the changes of n's model list that make cached
+// responses stale to the function set by OnModelChange. A model that n no
+// longer lists counts only when no other node lists it, by the last list
+// of a node that is down too, because the model that another node lists
+// keeps the cached responses valid.
+func (c *Checker) reportModelChanges(n *balancer.Node, changes []balancer.ModelChange) {
+	fn := c.modelChanged.Load()
+	if fn == nil {
+		return
+	}
+	for _, ch := range changes {
+		switch {
+		case !ch.Removed:
+			(*fn)(ch.Name, "digest changed on node "+n.Name)
+		case !c.bal.HasModel(ch.Name):
+			(*fn)(ch.Name, "no node lists the model since node "+n.Name+" stopped listing it")
+		}
+	}
 }
 
 func parseTags(body []byte) ([]balancer.Model, error) {

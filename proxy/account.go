@@ -40,6 +40,11 @@ type requestFields struct {
 	// on every other route.
 	path  string
 	model string
+	// changedModel is the model, by wire.ModelKey, whose cached responses
+	// a delete, copy, create or pull makes stale once it succeeds on a
+	// node. It is the destination of a copy, the model the body names on
+	// the other three routes, and "" on every other route.
+	changedModel string
 	// modelListed is set when the balancer placed the request by its
 	// model, which a node listed then, so the model is a bounded label
 	// even if the node leaves before the request ends.

@@ -26,11 +26,16 @@ func cacheable(rt route) bool {
 // at once in the form the client requested. Identical non-streaming misses
 // wait for one upstream request and receive its response, error or not,
 // and a miss is stored when its response completes. It reports whether it
-// served the request. False means that the request is not cacheable and
-// should be forwarded as usual.
+// served the request. False means that the request is not cacheable, or
+// names a model that no node lists (see modelUnlisted), and should be
+// forwarded as usual.
 func (s *Server) serveCached(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) bool {
 	c := s.cache
 	if c == nil || !cacheable(rt) || f.preload || f.unload {
+		return false
+	}
+	if s.modelUnlisted(f.model) {
+		setCacheResult(ctx, rs, cache.ResultBypass)
 		return false
 	}
 	noCache, noStore := cache.ParseCacheControl(string(ctx.Request.Header.Peek("Cache-Control")))

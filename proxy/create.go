@@ -37,6 +37,7 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		// The model is set so that admit applies the key's allowed_models
 		// to the name created, as it does to those pulled or deleted.
 		f.rawModel, f.model, f.refresh = plan.rawModel, rs.model, true
+		rs.changedModel = rs.model
 		if plan.pinned != nil {
 			f.pinned = plan.pinned
 		}

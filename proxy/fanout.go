@@ -78,10 +78,12 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	rs.model = wire.ModelKey(model)
+	rs.changedModel = rs.model
 	if rt.name == "/api/copy" {
 		// A copy writes its destination, which the key must be allowed to
 		// use as well as the source that admit checks.
 		destination, _ := stringField(v, "destination")
+		rs.changedModel = wire.ModelKey(destination)
 		if !allowsModel(ctx, rt, rs, destination) {
 			return
 		}
@@ -220,6 +222,9 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	}
 	wg.Wait()
 	s.afterFanout(rt, rs, targets, results)
+	// The purge runs after the removal of older models, and before the
+	// client gets the response.
+	defer s.purgeChangedModel(rs, results)
 	if !fanoutSucceeded(rt, results) {
 		repl.release()
 		writeFanoutError(ctx, rt, rs, results)
@@ -469,7 +474,9 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 		fs.wg.Wait()
 		fasthttp.ReleaseRequest(req)
 		s.afterFanout(rt, rs, targets, results)
-		fs.lines <- progressLine{line: s.finalFanoutLine(rt, rs, results, repl)}
+		last := s.finalFanoutLine(rt, rs, results, repl)
+		s.purgeChangedModel(rs, results)
+		fs.lines <- progressLine{line: last}
 		close(fs.lines)
 	}()
 	ctx.SetContentType("application/x-ndjson")

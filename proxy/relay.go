@@ -120,7 +120,8 @@ func clientLeft(w *clientWatch, err error) bool {
 
 // afterSuccess updates the node's inventory after a successful request.
 // It marks the model loaded or unloaded, and refreshes the node when the
-// request changed its models.
+// request changed its models. After a create, it purges the cached
+// responses of the model created.
 func (s *Server) afterSuccess(rs *reqState, rt route, f fields, n *balancer.Node) {
 	if rt.inference && f.model != "" {
 		if f.unload {
@@ -131,6 +132,9 @@ func (s *Server) afterSuccess(rs *reqState, rt route, f fields, n *balancer.Node
 	}
 	if f.refresh {
 		s.refreshNodes([]*balancer.Node{n})
+	}
+	if rs.changedModel != "" {
+		s.PurgeModel(rs.changedModel, modelOpReason(rs))
 	}
 }
 
