@@ -248,7 +248,7 @@ func (b *Balancer) Holding(model string) []*Node {
 	var out []*Node
 	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.loadedKey(key, 0) && b.usableFor(n, key) {
+		if n.loadedKey(key, 0) && b.usableFor(n, key, nil) {
 			out = append(out, n)
 		}
 	}
@@ -260,7 +260,7 @@ func (b *Balancer) Listing(model string) []*Node {
 	var out []*Node
 	key := wire.ModelKey(model)
 	for _, n := range b.Nodes() {
-		if n.hasKey(key) && b.usableFor(n, key) {
+		if n.hasKey(key) && b.usableFor(n, key, nil) {
 			out = append(out, n)
 		}
 	}
@@ -292,20 +292,22 @@ func (b *Balancer) Serving() []*Node {
 }
 
 // usableFor reports whether n may take a request for the model key, a
-// wire.ModelKey, or "" for a request that any node can serve. A usable node
-// may take every request. A restricted node may take only a request that
-// no other usable node could take, so that a failing node stays in rotation
-// just for the models whose last usable node it is. usableFor does not
-// check that n lists the model.
-func (b *Balancer) usableFor(n *Node, key string) bool {
+// wire.ModelKey, or "" for a request that any node can serve, which has
+// tried the nodes in tried. A usable node may take every request. A node
+// that passive checks or its breaker keep out (restricted or ejected) may
+// take only a request that no other usable node could take, as it has not
+// tried them: a failing node serves better than none, also when the
+// model's other nodes went down or refused the request after it was taken
+// out. usableFor does not check that n lists the model.
+func (b *Balancer) usableFor(n *Node, key string, triedNodes []*Node) bool {
 	if n.Usable() {
 		return true
 	}
-	if !n.Restricted() {
+	if !n.heldOut() {
 		return false
 	}
 	for _, o := range b.Nodes() {
-		if o != n && o.Usable() && (key == "" || o.hasKey(key)) {
+		if o != n && o.Usable() && !tried(triedNodes, o) && (key == "" || o.hasKey(key)) {
 			return false
 		}
 	}
@@ -421,7 +423,7 @@ func (b *Balancer) checkCandidates(req Request) error {
 			continue
 		}
 		listed = true
-		if !tried(req.Tried, n) && (!req.Warm || warmFor(n, req)) && b.usableFor(n, req.Model) {
+		if !tried(req.Tried, n) && (!req.Warm || warmFor(n, req)) && b.usableFor(n, req.Model, req.Tried) {
 			return nil
 		}
 	}

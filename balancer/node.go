@@ -199,6 +199,17 @@ func (n *Node) Restricted() bool {
 	return b != nil && b.g != nil && !b.g.Usable() && b.g.Restricted()
 }
 
+// heldOut reports whether only its gate keeps the node out: it is up and
+// not draining, but passive checks or its breaker have taken it out,
+// restricted or not.
+func (n *Node) heldOut() bool {
+	if !n.up.Load() || n.draining.Load() {
+		return false
+	}
+	b := n.gate.Load()
+	return b != nil && b.g != nil && !b.g.Usable()
+}
+
 // Inflight returns the number of requests the proxy has in flight on the
 // node.
 func (n *Node) Inflight() int64 { return n.inflight.Load() }

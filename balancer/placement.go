@@ -54,7 +54,7 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 	start := b.rr.Add(1)
 	cands := b.cands[:0]
 	for i, n := range nodes {
-		if tried(req.Tried, n) || (req.Model != "" && !n.hasKey(req.Model)) || !b.usableFor(n, req.Model) {
+		if tried(req.Tried, n) || (req.Model != "" && !n.hasKey(req.Model)) || !b.usableFor(n, req.Model, req.Tried) {
 			continue
 		}
 		if req.Warm && !warmFor(n, req) {

@@ -57,9 +57,68 @@ func TestRestrictedNodeSkipsSharedModel(t *testing.T) {
 			t.Error("Listing(m) contains restricted node c")
 		}
 	}
-	_, err := bal.Acquire(context.Background(), Request{Model: "m", Tried: nodes[:2]})
-	if !errors.Is(err, ErrNoNode) {
-		t.Errorf("request for m that tried a and b: err %v, want ErrNoNode", err)
+	// A request that a and b failed, for example by refusing the
+	// connection before the health checks mark them down, goes to c
+	// rather than failing.
+	l, err := bal.Acquire(context.Background(), Request{Model: "m", Tried: nodes[:2]})
+	if err != nil {
+		t.Fatalf("request for m that tried a and b: %v", err)
+	}
+	defer l.Release()
+	if l.Node != c {
+		t.Errorf("request for m that tried a and b placed on %s, want c", l.Node.Name)
+	}
+}
+
+// ejectedGate keeps its node out for every model, as the health package
+// does for a failing node whose models other nodes listed when it was
+// taken out.
+type ejectedGate struct{}
+
+func (ejectedGate) Usable() bool     { return false }
+func (ejectedGate) Restricted() bool { return false }
+
+// TestEjectedNodeServesWhenOthersGone has the nodes that listed the model
+// of an ejected node go down, or fail a request, after it was taken out.
+// The ejected node takes the model's requests again, because no other
+// node can.
+func TestEjectedNodeServesWhenOthersGone(t *testing.T) {
+	a := testNode(t, "a", 4, []string{"m:latest"})
+	c := testNode(t, "c", 4, []string{"m:latest"})
+	c.SetGate(ejectedGate{})
+	bal := testBalancer(t, nil, PolicyLeastConn, a, c)
+
+	l, err := bal.Acquire(context.Background(), Request{Model: "m", Slot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Node != a {
+		t.Errorf("request for m with a usable placed on %s, want a", l.Node.Name)
+	}
+	l.Release()
+
+	l, err = bal.Acquire(context.Background(), Request{Model: "m", Tried: []*Node{a}})
+	if err != nil {
+		t.Fatalf("request for m that tried a: %v", err)
+	}
+	if l.Node != c {
+		t.Errorf("request for m that tried a placed on %s, want c", l.Node.Name)
+	}
+	l.Release()
+
+	a.SetUp(false)
+	l, err = bal.Acquire(context.Background(), Request{Model: "m", Slot: true})
+	if err != nil {
+		t.Fatalf("request for m with a down: %v", err)
+	}
+	if l.Node != c {
+		t.Errorf("request for m with a down placed on %s, want c", l.Node.Name)
+	}
+	l.Release()
+
+	c.SetUp(false)
+	if _, err := bal.Acquire(context.Background(), Request{Model: "m"}); !errors.Is(err, ErrNoNode) {
+		t.Errorf("request for m with a and c down: err %v, want ErrNoNode", err)
 	}
 }
 
