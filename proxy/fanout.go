@@ -536,14 +536,21 @@ func (f *fanoutStream) Read(p []byte) (int, error) {
 }
 
 // Close cancels the node requests when the client left early, waits for
-// them, and logs the request.
+// them, and logs the request. A client that left counts as 499 also when
+// the stream ended after it left, because the watch cancelled the node
+// requests and the last line went nowhere.
 func (f *fanoutStream) Close() error {
+	left := clientLeft(f.watch, nil)
 	f.watch.finish()
 	if !f.ended {
 		f.cancel()
-		f.rs.status = StatusClientClosed
+		left = true
 		for range f.lines { // let the sender goroutines finish
 		}
+	}
+	if left {
+		f.rs.status = StatusClientClosed
+		f.rs.err = errClientGone.Error()
 	}
 	f.wg.Wait()
 	f.cancel()

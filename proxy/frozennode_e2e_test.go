@@ -384,6 +384,62 @@ func TestPullClientLeftLogged499(t *testing.T) {
 	}
 }
 
+// TestStreamedPullClientLeftLogged499 has the client of a streamed pull
+// leave while one node's part hangs. The access log records 499, as for a
+// streamed generation that its client leaves, and not the 200 of the
+// stream's head.
+func TestStreamedPullClientLeftLogged499(t *testing.T) {
+	frozen, logs, url := frozenNodeProxy(t, ollamasim.Config{}, "m", func(cfg *config.Config) {
+		cfg.Health.UnhealthyThreshold = 1000
+	})
+	frozen.freezeOn("/api/pull", 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/api/pull",
+		strings.NewReader(`{"model":"new"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("streamed pull: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("streamed pull: status %d, want 200", resp.StatusCode)
+	}
+	// The first progress line shows that the stream runs, then the client
+	// leaves.
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil {
+		t.Fatalf("first progress line: %v", err)
+	}
+	if !strings.Contains(line, `"status"`) {
+		t.Fatalf("first line %q, want a progress line", line)
+	}
+	cancel()
+	resp.Body.Close()
+
+	type record struct {
+		Msg    string `json:"msg"`
+		Route  string `json:"route"`
+		Status int    `json:"status"`
+	}
+	var got *record
+	testenv.WaitFor(t, 10*time.Second, "access log line of the pull", func() bool {
+		for _, r := range testenv.Records[record](t, logs) {
+			if r.Msg == "request" && r.Route == "/api/pull" {
+				got = &r
+				return true
+			}
+		}
+		return false
+	})
+	if got.Status != 499 {
+		t.Errorf("access log status %d, want 499 for a client that left", got.Status)
+	}
+}
+
 func TestTagsServesFrozenNodeLastList(t *testing.T) {
 	// n1 stays up, as in the time before probes mark a frozen node down.
 	frozen, _, url := frozenNodeProxy(t, ollamasim.Config{}, "frozenmodel", func(cfg *config.Config) {
