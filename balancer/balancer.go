@@ -279,16 +279,35 @@ func (b *Balancer) Usable() []*Node {
 	return out
 }
 
-// Serving returns the nodes that may take requests now: the usable nodes
-// and the restricted ones.
+// Serving returns the nodes that may take requests now: the usable nodes,
+// the restricted ones, and an ejected node that placement offers for one
+// of its models, because no usable node lists that model.
 func (b *Balancer) Serving() []*Node {
 	var out []*Node
 	for _, n := range b.Nodes() {
-		if n.Usable() || n.Restricted() {
+		if n.Usable() || n.Restricted() || b.offeredHeldOut(n) {
 			out = append(out, n)
 		}
 	}
 	return out
+}
+
+// offeredHeldOut reports whether n is held out by its gate and placement
+// still offers it for some request (see usableFor).
+func (b *Balancer) offeredHeldOut(n *Node) bool {
+	if !n.heldOut() {
+		return false
+	}
+	models := n.Models()
+	if len(models) == 0 {
+		return b.usableFor(n, "", nil)
+	}
+	for _, m := range models {
+		if b.usableFor(n, wire.ModelKey(m.Name), nil) {
+			return true
+		}
+	}
+	return false
 }
 
 // usableFor reports whether n may take a request for the model key, a

@@ -181,3 +181,29 @@ func TestRestrictedNodeServing(t *testing.T) {
 		t.Errorf("request for x with c draining: err %v, want ErrNoNode", err)
 	}
 }
+
+// TestServingCountsOfferedEjectedNode checks that Serving, which the
+// listings and /readyz use, counts an ejected node exactly while
+// placement offers it.
+func TestServingCountsOfferedEjectedNode(t *testing.T) {
+	a := testNode(t, "a", 4, []string{"m:latest"})
+	c := testNode(t, "c", 4, []string{"m:latest"})
+	c.SetGate(ejectedGate{})
+	bal := testBalancer(t, nil, PolicyLeastConn, a, c)
+
+	if got := bal.Serving(); len(got) != 1 || got[0] != a {
+		t.Errorf("Serving with a usable = %v, want [a]", names(got))
+	}
+	a.SetUp(false)
+	if got := bal.Serving(); len(got) != 1 || got[0] != c {
+		t.Errorf("Serving with a down = %v, want [c], which placement offers", names(got))
+	}
+}
+
+func names(nodes []*Node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, n.Name)
+	}
+	return out
+}

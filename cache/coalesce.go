@@ -10,7 +10,7 @@ type flight struct {
 	done    chan struct{} // closed when the leader's fetch returned
 	entry   *Entry        // the leader's entry, written before done closes
 	err     error         // the leader's error, written before done closes
-	waiters atomic.Int32  // requests that waited for this flight
+	waiters atomic.Int32  // requests waiting for this flight
 }
 
 // shared reports whether the leader's fetch left anything for the waiters.
@@ -71,6 +71,7 @@ func (c *Cache) Do(
 		select {
 		case <-f.done:
 		case <-ctx.Done():
+			f.waiters.Add(-1)
 			return nil, false, ctx.Err()
 		}
 		if f.shared() {

@@ -35,13 +35,12 @@ var errNodeDown = errors.New("node marked down by health checks during the opera
 // modelOpTimeouts returns the limits of a node's part in a fan-out on rt.
 // A delete, copy or unload is quick on Ollama, so it gets the upstream
 // timeouts of any request, and upstream.total when set. A pull or create
-// gets modelOpTimeout as its overall bound. Streamed, it must send
-// progress within upstream.idle. Not streamed, it has modelOpTimeout for
-// its response headers.
-//
-// NOTE: Ollama sends no progress while it checks the digests of a pulled
-// model ("verifying sha256 digest"). On a slow disk, that check of a large
-// model can outlast upstream.idle, which then fails the pull on that node.
+// gets modelOpTimeout as its overall bound, and modelOpTimeout between
+// progress lines too, because Ollama sends none for long stretches: while
+// it checks the digests of a pulled model, and while a create converts or
+// quantizes a model. Not streamed, it has modelOpTimeout for its response
+// headers. A node that stops responding meanwhile fails its health checks,
+// and fanoutOne ends its part once they mark it down.
 func (s *Server) modelOpTimeouts(rt route, stream bool) (timeouts, time.Duration) {
 	cfg := s.config()
 	t := timeouts{connect: cfg.Upstream.Connect, firstByte: cfg.Upstream.FirstByte,
@@ -49,6 +48,7 @@ func (s *Server) modelOpTimeouts(rt route, stream bool) (timeouts, time.Duration
 	if rt.name != "/api/pull" && rt.name != "/api/create" {
 		return t, cfg.Upstream.Total
 	}
+	t.idle = max(t.idle, modelOpTimeout)
 	if !stream {
 		t.firstByte = max(t.firstByte, modelOpTimeout)
 	}
