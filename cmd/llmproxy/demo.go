@@ -39,6 +39,8 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	hup := catchHangup()
+	defer signal.Stop(hup)
 
 	cfg := config.Default()
 	cfg.Listen = *listen
@@ -70,7 +72,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printDemoHelp(stdout, a.URL())
-	return waitAndStop(ctx, a, "", log)
+	return waitAndStop(ctx, a, "", hup, log)
 }
 
 // startSimNode serves a simulated Ollama node on a free loopback port.

@@ -119,6 +119,8 @@ func serve(args []string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	redis.SetLogger(redisLog{log})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	hup := catchHangup()
+	defer signal.Stop(hup)
 	defer stop()
 	a, err := app.Start(ctx, cfg, log)
 	if err != nil {
@@ -128,15 +130,21 @@ func serve(args []string, stderr io.Writer) int {
 	if err := sdnotify.Ready(); err != nil {
 		log.Warn("systemd readiness notification failed", "error", err)
 	}
-	return waitAndStop(ctx, a, path, log)
+	return waitAndStop(ctx, a, path, hup, log)
+}
+
+// catchHangup returns a channel that receives SIGHUP. The caller sets it
+// up before the proxy serves, because SIGHUP's default action ends the
+// process and a reload may be requested as soon as the port answers.
+func catchHangup() chan os.Signal {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup
 }
 
 // waitAndStop serves until SIGTERM or SIGINT, reloading on SIGHUP, then
 // shuts down gracefully.
-func waitAndStop(ctx context.Context, a *app.App, path string, log *slog.Logger) int {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func waitAndStop(ctx context.Context, a *app.App, path string, hup <-chan os.Signal, log *slog.Logger) int {
 	changed := make(chan struct{}, 1)
 	if path != "" {
 		wctx, cancel := context.WithCancel(ctx)
