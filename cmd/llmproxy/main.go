@@ -135,7 +135,8 @@ func serve(args []string, stderr io.Writer) int {
 
 // catchHangup returns a channel that receives SIGHUP. The caller sets it
 // up before the proxy serves, because SIGHUP's default action ends the
-// process and a reload may be requested as soon as the port answers.
+// process and a reload may be requested as soon as the port accepts
+// connections.
 func catchHangup() chan os.Signal {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
