@@ -38,8 +38,9 @@ func (a *Aggregator) addLogprobs(v *fastjson.Value) {
 	}
 	l := &a.choiceLogprobs
 	if v.Type() != fastjson.TypeObject {
+		old := len(l.other)
 		l.other = appendValue(l.other[:0], v)
-		a.grow(int64(len(l.other)))
+		a.growBy(old, len(l.other))
 		return
 	}
 	v.GetObject().Visit(func(key []byte, mv *fastjson.Value) {
@@ -55,10 +56,19 @@ func (a *Aggregator) addLogprobs(v *fastjson.Value) {
 			// A chunk without entries of its own keeps those received.
 		default:
 			m.isArray, m.elements = false, nil
+			old := len(m.value)
 			m.value = appendValue(m.value[:0], mv)
-			a.grow(int64(len(m.value)))
+			a.growBy(old, len(m.value))
 		}
 	})
+}
+
+// growBy counts a value that replaced one of old bytes with one of n
+// bytes, so that a member sent again in every chunk counts once.
+func (a *Aggregator) growBy(old, n int) {
+	if n > old {
+		a.grow(int64(n - old))
+	}
 }
 
 // member returns the member named key, adding it when new.

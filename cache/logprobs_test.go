@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testredis"
 )
 
@@ -273,5 +275,33 @@ func TestResponseOfOldVersionIsMiss(t *testing.T) {
 	}
 	if e, res := tc.Lookup(ctx, p); e != nil || res != ResultMiss {
 		t.Errorf("lookup of a version 1 response record: %v, %s, want nil, miss", e, res)
+	}
+}
+
+// TestV1LogprobsRepeatedMemberCountsOnce streams a chunk per token whose
+// logprobs repeat a scalar member. The member counts towards the entry
+// size bound once, not once per chunk, so the response is stored.
+func TestV1LogprobsRepeatedMemberCountsOnce(t *testing.T) {
+	const chunks = 200
+	note := strings.Repeat("n", 100)
+	var sse strings.Builder
+	for range chunks {
+		sse.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",` +
+			`"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"finish_reason":null,` +
+			`"logprobs":{"content":[],"note":"` + note + `"}}]}` + "\n\n")
+	}
+	sse.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",` +
+		`"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":"stop"}]}` + "\n\n")
+	sse.WriteString("data: [DONE]\n\n")
+
+	// The bound is far above the text and one note, and far below a note
+	// per chunk.
+	tc := newTestCache(t, testOptions{cfg: config.Cache{L1: config.CacheL1{MaxBytes: 8 << 10}}})
+	p := tc.plan(t, "/v1/chat/completions",
+		`{"model":"m","messages":[{"role":"user","content":"x"}],"seed":1,"logprobs":true,"stream":true}`)
+	agg := tc.NewAggregator(p)
+	_, _ = agg.Write([]byte(sse.String()))
+	if _, err := tc.Store(context.Background(), p, agg, true); err != nil {
+		t.Fatalf("store of %d chunks with one repeated note: %v", chunks, err)
 	}
 }
