@@ -314,9 +314,9 @@ func (b *Balancer) offeredHeldOut(n *Node) bool {
 // wire.ModelKey, or "" for a request that any node can serve, which has
 // tried the nodes in tried. A usable node may take every request. A node
 // that passive checks or its breaker keep out (restricted or ejected) may
-// take only a request that no other usable node could take, as it has not
-// tried them: a failing node serves better than none, also when the
-// model's other nodes went down or refused the request after it was taken
+// take a request only when every other usable node that lists the model
+// is in tried. A failing node serves better than none, also when the
+// model's other nodes went down or failed the request after it was taken
 // out. usableFor does not check that n lists the model.
 func (b *Balancer) usableFor(n *Node, key string, triedNodes []*Node) bool {
 	if n.Usable() {

@@ -122,7 +122,10 @@ func statusFor(err error) int {
 		return StatusClientClosed
 	case errors.Is(err, balancer.ErrModelNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, balancer.ErrNoNode), errors.Is(err, errShuttingDown):
+	case errors.Is(err, balancer.ErrNoNode), errors.Is(err, errShuttingDown),
+		errors.Is(err, errConnect):
+		// A node that rejects connections gets the status of one that
+		// health checks have marked down.
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errFirstByteTimeout), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, errIdleTimeout):

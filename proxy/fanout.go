@@ -35,12 +35,11 @@ var errNodeDown = errors.New("node marked down by health checks during the opera
 // modelOpTimeouts returns the limits of a node's part in a fan-out on rt.
 // A delete, copy or unload is quick on Ollama, so it gets the upstream
 // timeouts of any request, and upstream.total when set. A pull or create
-// gets modelOpTimeout as its overall bound, and modelOpTimeout between
-// progress lines too, because Ollama sends none for long stretches: while
-// it checks the digests of a pulled model, and while a create converts or
-// quantizes a model. Not streamed, it has modelOpTimeout for its response
-// headers. A node that stops responding meanwhile fails its health checks,
-// and fanoutOne ends its part once they mark it down.
+// gets modelOpTimeout in all and between two progress lines. Ollama sends
+// no progress while it checks a pulled model's digests or converts or
+// quantizes a created model. Not streamed, it has modelOpTimeout for its
+// response headers. A node that stops responding meanwhile fails its
+// health checks, and fanoutOne ends its part once they mark it down.
 func (s *Server) modelOpTimeouts(rt route, stream bool) (timeouts, time.Duration) {
 	cfg := s.config()
 	t := timeouts{connect: cfg.Upstream.Connect, firstByte: cfg.Upstream.FirstByte,

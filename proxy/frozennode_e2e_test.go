@@ -364,24 +364,7 @@ func TestPullClientLeftLogged499(t *testing.T) {
 		t.Fatalf("pull with n1 frozen got status %d (%s), want no response", resp.StatusCode, body)
 	}
 
-	type record struct {
-		Msg    string `json:"msg"`
-		Route  string `json:"route"`
-		Status int    `json:"status"`
-	}
-	var got *record
-	testenv.WaitFor(t, 10*time.Second, "access log line of the pull", func() bool {
-		for _, r := range testenv.Records[record](t, logs) {
-			if r.Msg == "request" && r.Route == "/api/pull" {
-				got = &r
-				return true
-			}
-		}
-		return false
-	})
-	if got.Status != 499 {
-		t.Errorf("access log status %d, want 499 for a client that left", got.Status)
-	}
+	checkPullLogged499(t, logs)
 }
 
 // TestStreamedPullClientLeftLogged499 has the client of a streamed pull
@@ -420,6 +403,13 @@ func TestStreamedPullClientLeftLogged499(t *testing.T) {
 	cancel()
 	resp.Body.Close()
 
+	checkPullLogged499(t, logs)
+}
+
+// checkPullLogged499 waits for the access log line of a pull and checks
+// that it records 499, the status of a client that left.
+func checkPullLogged499(t *testing.T, logs *testenv.LogBuffer) {
+	t.Helper()
 	type record struct {
 		Msg    string `json:"msg"`
 		Route  string `json:"route"`

@@ -316,18 +316,17 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 		closeWithoutResponse(ctx)
 		return
 	}
+	msg := clientText(a.err)
 	if errors.Is(a.err, errConnect) {
-		// No node that was tried could be reached. The client gets the
-		// 503 and Retry-After that it gets once the health checks have
-		// marked such nodes down and the balancer offers none.
-		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
-			clientText(a.err)+"; no other node could take the request, try again later")
-		ctx.Response.Header.Set("Retry-After", "5")
-		return
+		msg += "; no other node could take the request, try again later"
 	}
-	writeError(ctx, rt, status, clientText(a.err))
-	if errors.Is(a.err, errShuttingDown) {
+	writeError(ctx, rt, status, msg)
+	switch {
+	case errors.Is(a.err, errShuttingDown):
 		ctx.Response.Header.Set("Retry-After", shutdownRetryAfter)
+	case errors.Is(a.err, errConnect):
+		// As writeNoHealthyNode sends once the nodes are marked down.
+		ctx.Response.Header.Set("Retry-After", "5")
 	}
 }
 
