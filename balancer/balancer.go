@@ -203,7 +203,7 @@ func (b *Balancer) SetNodes(nodes []*Node) {
 // next slot to free elsewhere.
 func (b *Balancer) Dispatch() {
 	b.mu.Lock()
-	b.dispatchLocked(b.now())
+	b.dispatchLocked()
 	b.mu.Unlock()
 }
 
@@ -366,7 +366,7 @@ func (l *Lease) Release() {
 	b := l.b
 	b.mu.Lock()
 	b.freeSlotLocked(l.Node, l.req)
-	b.dispatchLocked(b.now())
+	b.dispatchLocked()
 	b.mu.Unlock()
 }
 

@@ -132,10 +132,11 @@ func (b *Balancer) forgetIdleClientsLocked(class string) {
 // for the node that has its model loaded instead of loading it elsewhere.
 // A waiter that has waited longer than that load would take goes to a free
 // node.
-func (b *Balancer) dispatchLocked(now time.Time) {
+func (b *Balancer) dispatchLocked() {
 	if len(b.waiting) == 0 {
 		return
 	}
+	now := b.now()
 	aging := b.settings.Aging
 	sort.SliceStable(b.waiting, func(i, j int) bool {
 		return b.waiting[i].before(b.waiting[j], now, aging)
@@ -200,7 +201,7 @@ func (b *Balancer) wait(ctx context.Context, w *waiter) (*Node, error) {
 		// The waiter was placed while it gave up, so free the slot.
 		n := <-w.ready
 		b.freeSlotLocked(n, w.req)
-		b.dispatchLocked(b.now())
+		b.dispatchLocked()
 	} else {
 		b.removeLocked(w)
 		b.observeWait(w.req.Class, b.now().Sub(w.arrived))

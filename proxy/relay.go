@@ -423,7 +423,7 @@ func (r *relay) clientStalled() bool {
 	if sb, ok := r.client.(stallBounder); ok && r.stallSet {
 		return sb.WriteStalled()
 	}
-	return !r.writeBy.IsZero() && !time.Now().Before(r.writeBy)
+	return !r.writeBy.IsZero() && time.Until(r.writeBy) <= 0
 }
 
 // readLine is Read without the bound on the client's write.

@@ -102,7 +102,7 @@ func (d *deadline) expired() bool {
 	d.mu.Lock()
 	w := d.want
 	d.mu.Unlock()
-	return !w.IsZero() && !time.Now().Before(w)
+	return !w.IsZero() && time.Until(w) <= 0
 }
 
 // done ends the wait that wait marked.
@@ -121,7 +121,7 @@ func (d *deadline) passed(apply func(time.Time) error) bool {
 	if d.want.Equal(d.have) {
 		return false
 	}
-	if !d.want.IsZero() && !time.Now().Before(d.want) {
+	if !d.want.IsZero() && time.Until(d.want) <= 0 {
 		return false
 	}
 	d.have = d.want
