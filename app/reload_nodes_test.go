@@ -96,3 +96,61 @@ func TestReloadKeepsDrain(t *testing.T) {
 		t.Error("a reload that changed the node's limits ended its drain")
 	}
 }
+
+// generateModel sends a deterministic generation request for model and
+// returns its X-LLMProxy-Cache header after reading the body.
+func generateModel(t *testing.T, a interface{ URL() string }, model string) string {
+	t.Helper()
+	body := `{"model":"` + model + `","prompt":"q","stream":false,` +
+		`"options":{"temperature":0,"num_predict":2}}`
+	resp, err := http.Post(a.URL()+"/api/generate", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("generate %s: %v", model, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("generate %s: status %d", model, resp.StatusCode)
+	}
+	return resp.Header.Get("X-LLMProxy-Cache")
+}
+
+func TestReloadPurgesModelsOfRemovedNode(t *testing.T) {
+	remaining := testenv.Sim(t, "m", ollamasim.Config{})
+	removed := testenv.Sim(t, "m,solo", ollamasim.Config{})
+	added := testenv.Sim(t, "solo", ollamasim.Config{})
+	a, logs := startApp(t, testenv.Config(t, remaining, removed))
+	for _, model := range []string{"m", "solo"} {
+		generateModel(t, a, model)
+		if got := generateModel(t, a, model); got != "hit-l1" {
+			t.Fatalf("second generate of %s: cache %q, want hit-l1", model, got)
+		}
+	}
+
+	// n1 leaves, and n2 lists solo from its first probe on, which purges
+	// nothing.
+	next := testenv.Config(t, remaining, added)
+	next.Nodes[1].Name = "n2"
+	reload(t, a, next)
+	testenv.WaitFor(t, 5*time.Second, "n2 listing solo", func() bool {
+		return a.Balancer().HasModel("solo")
+	})
+	if got := generateModel(t, a, "solo"); got != "miss" {
+		t.Errorf("generate of solo after n1 left: cache %q, want miss", got)
+	}
+	if got := generateModel(t, a, "m"); got != "hit-l1" {
+		t.Errorf("generate of m, which n0 still lists: cache %q, want hit-l1", got)
+	}
+
+	type record struct{ Msg, Model, Reason string }
+	logged := false
+	for _, r := range testenv.Records[record](t, logs) {
+		if r.Msg == "cache purged" && r.Model == "solo:latest" &&
+			r.Reason == "no node lists the model since node n1 left the configuration" {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Errorf("no log line records the purge of solo with n1 as the reason, log:\n%s", logs)
+	}
+}

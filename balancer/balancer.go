@@ -279,6 +279,18 @@ func (b *Balancer) Usable() []*Node {
 	return out
 }
 
+// Manageable returns the nodes that model management may reach now (see
+// Node.Manageable), restricted and ejected ones included.
+func (b *Balancer) Manageable() []*Node {
+	var out []*Node
+	for _, n := range b.Nodes() {
+		if n.Manageable() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // Serving returns the nodes that may take requests now: the usable nodes,
 // the restricted ones, and an ejected node that placement offers for one
 // of its models, because no usable node lists that model.

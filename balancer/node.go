@@ -188,6 +188,14 @@ func (n *Node) Usable() bool {
 	return true
 }
 
+// Manageable reports whether model management (pull, delete, copy) may
+// reach the node: it is up and not draining. Unlike Usable it ignores the
+// health gate, because a node that passive checks or its breaker keep
+// out, restricted or ejected, still passes its probes and lists models.
+func (n *Node) Manageable() bool {
+	return n.up.Load() && !n.draining.Load()
+}
+
 // Restricted reports whether the node takes only the requests that no
 // usable node can take: it is up and not draining, and its gate keeps it out
 // restricted (see Gate).

@@ -68,7 +68,8 @@ type Cache struct {
 	flightsMu sync.Mutex
 	flights   map[string]*flight // guarded by flightsMu
 
-	purgeMu sync.Mutex // serializes Purge
+	purgeMu sync.Mutex // serializes Purge and the purges of other instances
+	epochs  purgeEpochs
 }
 
 // New returns a cache configured by cfg. rdb is the shared Redis client, or
@@ -194,7 +195,7 @@ func (c *Cache) Lookup(ctx context.Context, p Plan) (*Entry, Result) {
 		return &Entry{route: p.route, response: rec.response}, ResultHitL1
 	}
 	c.count(tierL1, outcomeMiss)
-	if rec := c.l2Get(ctx, p.Key); rec != nil && rec.response.serves(p) {
+	if rec := c.l2Get(ctx, p.Key, p.Model, p.epoch); rec != nil && rec.response.serves(p) {
 		return &Entry{route: p.route, response: rec.response}, ResultHitL2
 	}
 	return nil, ResultMiss
@@ -214,7 +215,10 @@ func (rs *response) serves(p Plan) bool {
 }
 
 // Store turns the response fed to agg into an Entry and stores it in both
-// tiers, unless the plan has NoStore. complete is true when the upstream
+// tiers, unless the plan has NoStore or this instance applied a purge of
+// the plan's model since Classify returned the plan (see purgeEpochs),
+// because the response may then come from the model that the purge
+// dropped. complete is true when the upstream
 // response arrived whole with status 200, and false for an error status, a
 // cut stream or a cancelled one. Store returns the Entry even with NoStore,
 // for the requests coalesced with this one. An error wraps ErrNotCacheable,
@@ -237,15 +241,60 @@ func (c *Cache) Store(ctx context.Context, p Plan, agg *Aggregator, complete boo
 		return nil, err
 	}
 	if !p.NoStore {
-		c.put(ctx, newResponseRecord(p.Key, p.Model, ans))
+		c.putUnlessPurged(ctx, p.Model, p.epoch, newResponseRecord(p.Key, p.Model, ans))
 	}
 	return &Entry{route: p.route, response: ans}, nil
 }
 
-// put stores records in L1, then in L2.
-func (c *Cache) put(ctx context.Context, recs ...*record) {
+// putUnlessPurged stores recs, the records of model, in L1, then in L2,
+// unless a purge of model that this instance applied began after epoch. A
+// purge empties the tiers after it records its start, so it removes
+// records written before that. Records written while it runs may land
+// after it emptied a tier, and putUnlessPurged removes those again.
+//
+// NOTE: a purge on another instance takes effect here only when its
+// pub/sub message arrives. A store that lands between that instance's L2
+// purge and the message's arrival stays in L2, and in L1 until the message
+// empties it, so that entry may be served until l2.ttl ends.
+func (c *Cache) putUnlessPurged(ctx context.Context, model string, epoch uint64, recs ...*record) {
+	if c.epochs.purgedSince(model, epoch) {
+		return
+	}
 	c.l1.set(recs...)
 	c.l2Put(ctx, recs)
+	if c.epochs.purgedSince(model, epoch) {
+		c.remove(ctx, recs)
+	}
+}
+
+// fillL1 copies recs, the records of model read from L2, into L1 unless a
+// purge of model that this instance applied began after epoch, as
+// putUnlessPurged does for both tiers. The L2 read may have come before
+// the purge emptied L2.
+func (c *Cache) fillL1(model string, epoch uint64, recs ...*record) {
+	if c.epochs.purgedSince(model, epoch) {
+		return
+	}
+	c.l1.set(recs...)
+	if c.epochs.purgedSince(model, epoch) {
+		c.l1.del(recs)
+	}
+}
+
+// remove deletes recs from L1 and L2. A Redis failure counts as any failed
+// Redis call, and the L2 copies then stay until their TTL ends.
+func (c *Cache) remove(ctx context.Context, recs []*record) {
+	c.l1.del(recs)
+	if c.l2 == nil {
+		return
+	}
+	keys := make([]string, len(recs))
+	for i, r := range recs {
+		keys[i] = c.l2.entryKey(r.key)
+	}
+	c.redisCall(ctx, "unlink", func(ctx context.Context) error {
+		return c.l2.rdb.Unlink(ctx, keys...).Err()
+	})
 }
 
 // Purge removes every entry, when model is "", or the entries of one model
@@ -254,8 +303,11 @@ func (c *Cache) put(ctx context.Context, recs ...*record) {
 // that uses the same Redis database and key prefix removes the same entries
 // from its own L1. Purge does not wait for them: each applies the message
 // asynchronously, after Redis has delivered it, so its clients may still
-// get the old entries from L1 until then. An entry stored while Purge runs
-// may remain, on any instance.
+// get the old entries from L1 until then. Purge and the purges that
+// other instances publish also stop the stores of responses to requests
+// that were classified before them (see putUnlessPurged), except that an
+// entry that another instance stores before the message reaches it may
+// remain.
 //
 // An error means that L2 could not be purged or the purge could not be
 // published, but L1 is purged in any case. Purge does not publish when the
@@ -269,6 +321,7 @@ func (c *Cache) Purge(ctx context.Context, model string) error {
 	c.purgeMu.Lock()
 	defer c.purgeMu.Unlock()
 	model = NormalizeModel(model)
+	c.epochs.bump(model)
 	c.purgeL1(model)
 	if c.l2 == nil {
 		return nil

@@ -115,6 +115,9 @@ type Plan struct {
 	route        route
 	requestModel string // the model name as the client sent it
 	embed        *embedPlan
+	// epoch is purgeEpochs.current when Classify made the plan. Store and
+	// StoreEmbeddings skip the response when a purge of Model began since.
+	epoch uint64
 }
 
 // Cacheable reports whether the plan's Kind is other than KindNone.
@@ -143,12 +146,17 @@ var parsers fastjson.ParserPool
 // the top-level temperature and seed. No request is cached that only loads
 // a model (no prompt, input or messages), sets keep_alive to 0, or has two
 // keys that differ only in case.
+//
+// Classify marks the start of the request for the purges of its model:
+// call it before the request goes to a node, and make a new plan for each
+// request.
 func (c *Cache) Classify(req Request) Plan {
 	p := Plan{
 		Route:   req.Route,
 		NoCache: req.NoCache,
 		NoStore: req.NoStore,
 		route:   routes[req.Route],
+		epoch:   c.epochs.current(),
 	}
 	p.Stream = p.route == routeGenerate || p.route == routeChat
 	switch {

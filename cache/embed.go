@@ -310,7 +310,7 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte, token
 		return ResultHitL1
 	}
 
-	found := c.l2GetMany(ctx, missed)
+	found := c.l2GetMany(ctx, missed, p.Model, p.epoch)
 	for i, it := range p.embed.items {
 		if vectors[i] != nil {
 			continue
@@ -337,12 +337,13 @@ func (c *Cache) lookupItems(ctx context.Context, p Plan, vectors [][]byte, token
 // StoreEmbeddings reads the upstream response to b.UpstreamBody(), stores
 // the new vectors with their prompt token counts (unless the plan has
 // NoStore) and returns the whole response, every input in request order,
-// to render with Entry.Render. Its token count is the sum over all inputs,
-// cached or not, and its durations are upstream's. Call it only for a 200
-// response. It returns an error wrapping ErrInvalidResponse when the
-// response cannot be read or contains a number of vectors other than the
-// number of inputs sent, and nothing is stored then. It copies what it
-// keeps from upstream.
+// to render with Entry.Render. Like Store, it stores nothing when this
+// instance applied a purge of the model since the plan was made. Its token
+// count is the sum over all inputs, cached or not, and its durations are
+// upstream's. Call it only for a 200 response. It returns an error
+// wrapping ErrInvalidResponse when the response cannot be read or contains
+// a number of vectors other than the number of inputs sent, and nothing is
+// stored then. It copies what it keeps from upstream.
 func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) (*Entry, error) {
 	if b.plan.Kind != KindEmbed {
 		return nil, ErrNotCacheable
@@ -382,7 +383,7 @@ func (c *Cache) StoreEmbeddings(ctx context.Context, b *Batch, upstream []byte) 
 		}
 	}
 	if !b.plan.NoStore {
-		c.put(ctx, records...)
+		c.putUnlessPurged(ctx, b.plan.Model, b.plan.epoch, records...)
 	}
 	return &Entry{route: b.plan.route, embed: &embedResponse{
 		vectors:       all,

@@ -83,6 +83,15 @@ func (t *l1Tier) set(recs ...*record) {
 	t.updateBytes()
 }
 
+// del removes recs and waits until ristretto has applied the removals.
+func (t *l1Tier) del(recs []*record) {
+	for _, r := range recs {
+		t.cache.Del(r.key)
+	}
+	t.cache.Wait()
+	t.updateBytes()
+}
+
 // purgeModel removes the records of one model. It visits every record,
 // which is fine for an administrative call.
 func (t *l1Tier) purgeModel(model string) {

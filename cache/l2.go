@@ -182,8 +182,9 @@ func (c *Cache) redisCall(ctx context.Context, op string, call func(context.Cont
 	return true
 }
 
-// l2Get returns the record of key from L2 and copies it into L1, or nil.
-func (c *Cache) l2Get(ctx context.Context, key string) *record {
+// l2Get returns the record of key from L2, or nil. It copies the record
+// into L1 as fillL1 does, with model and epoch from the request's plan.
+func (c *Cache) l2Get(ctx context.Context, key, model string, epoch uint64) *record {
 	if c.l2 == nil {
 		return nil
 	}
@@ -195,14 +196,16 @@ func (c *Cache) l2Get(ctx context.Context, key string) *record {
 	})
 	rec := c.decodeL2(key, b, ok)
 	if rec != nil {
-		c.l1.set(rec)
+		c.fillL1(model, epoch, rec)
 	}
 	return rec
 }
 
 // l2GetMany returns the records of keys found in L2, by key, and copies
-// them into L1.
-func (c *Cache) l2GetMany(ctx context.Context, keys []string) map[string]*record {
+// them into L1 as fillL1 does, with model and epoch from the request's
+// plan.
+func (c *Cache) l2GetMany(ctx context.Context, keys []string, model string,
+	epoch uint64) map[string]*record {
 	if c.l2 == nil {
 		return nil
 	}
@@ -232,7 +235,7 @@ func (c *Cache) l2GetMany(ctx context.Context, keys []string) map[string]*record
 		}
 	}
 	if len(fill) > 0 {
-		c.l1.set(fill...)
+		c.fillL1(model, epoch, fill...)
 	}
 	return found
 }

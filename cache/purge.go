@@ -94,6 +94,7 @@ func (c *Cache) receivePurges(messages <-chan any) {
 				continue
 			}
 			c.purgeMu.Lock()
+			c.epochs.bump("")
 			c.purgeL1("")
 			c.purgeMu.Unlock()
 			c.log.Info("cache purge channel subscribed after an interruption, l1 cleared because purges may have been missed",
@@ -119,6 +120,7 @@ func (c *Cache) applyPurgeMessage(payload string) {
 	}
 	model := NormalizeModel(msg.Model)
 	c.purgeMu.Lock()
+	c.epochs.bump(model)
 	c.purgeL1(model)
 	c.purgeMu.Unlock()
 	c.log.Info("cache l1 purged by another instance", "model", model, "instance", msg.Instance)

@@ -81,8 +81,17 @@ func New(cfg *config.Config, bal *balancer.Balancer, m *metrics.Metrics, log *sl
 // tracker, and a probe loop once Run has started. An existing node's
 // tracker takes the health and breaker settings of cfg, see tracker.apply.
 // A node that was removed has its loop stopped, its tracker dropped and its
-// gauges removed.
+// gauges removed. Each model that a removed node listed and no remaining
+// node lists goes to the function set by OnModelChange, after Sync has
+// released its lock.
 func (c *Checker) Sync(cfg *config.Config) {
+	removed := c.syncNodes(cfg)
+	c.reportRemovedNodes(removed)
+}
+
+// syncNodes does the work of Sync under c.mu and returns the nodes that
+// left the balancer's node set.
+func (c *Checker) syncNodes(cfg *config.Config) []*balancer.Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// A loop waits out the interval that it read when its wait began, so the
@@ -106,12 +115,37 @@ func (c *Checker) Sync(cfg *config.Config) {
 			c.startLoopLocked(n)
 		}
 	}
-	c.dropTrackersLocked(live)
+	removed := c.dropTrackersLocked(live)
 	trackers := make([]*tracker, 0, len(nodes))
 	for _, n := range nodes {
 		trackers = append(trackers, c.trackers[n])
 	}
 	c.ejections.set(cfg.Health.MaxEjectionPercent, trackers)
+	return removed
+}
+
+// reportRemovedNodes passes each model that a node in removed listed, and
+// that no node of the balancer lists now, to the function set by
+// OnModelChange, once. The cached responses of such a model would
+// otherwise be served for it when a node lists it again, whose first list
+// reports no change. A node whose url changed counts as removed, because
+// the proxy cannot tell whether the new url reaches the same server, and
+// its replacement lists nothing until its first probe.
+func (c *Checker) reportRemovedNodes(removed []*balancer.Node) {
+	fn := c.modelChanged.Load()
+	if fn == nil || len(removed) == 0 {
+		return
+	}
+	reported := map[string]bool{}
+	for _, n := range removed {
+		for _, m := range n.Models() {
+			if reported[m.Name] || c.bal.HasModel(m.Name) {
+				continue
+			}
+			reported[m.Name] = true
+			(*fn)(m.Name, "no node lists the model since node "+n.Name+" left the configuration")
+		}
+	}
 }
 
 // syncTrackerLocked gives n a tracker built from cfg, or applies cfg to the
@@ -132,16 +166,19 @@ func (c *Checker) syncTrackerLocked(n *balancer.Node, cfg *config.Config) {
 	}
 }
 
-// dropTrackersLocked drops the trackers of the nodes not in live.
-func (c *Checker) dropTrackersLocked(live map[*balancer.Node]bool) {
+// dropTrackersLocked drops the trackers of the nodes not in live and
+// returns those nodes.
+func (c *Checker) dropTrackersLocked(live map[*balancer.Node]bool) []*balancer.Node {
 	names := map[string]bool{}
 	for n := range live {
 		names[n.Name] = true
 	}
+	var removed []*balancer.Node
 	for n := range c.trackers {
 		if live[n] {
 			continue
 		}
+		removed = append(removed, n)
 		delete(c.trackers, n)
 		// A node whose URL or limits changed is a new Node under the same
 		// name, and keeps its series.
@@ -149,6 +186,7 @@ func (c *Checker) dropTrackersLocked(live map[*balancer.Node]bool) {
 			c.m.ForgetNode(n.Name)
 		}
 	}
+	return removed
 }
 
 // Run probes every node once so that routing starts from a known state.
@@ -474,11 +512,11 @@ func (c *Checker) Refresh(ctx context.Context, n *balancer.Node) error {
 }
 
 // OnModelChange sets fn to receive each model whose cached responses a
-// refresh shows to be stale, with the reason for the log. A model is stale
-// when its digest changed on a node, or when no node lists it any more
-// after a node stopped listing it. A node's first list, and a list equal
-// to the previous one, report nothing. fn runs in the goroutine of the
-// refresh, which waits for it.
+// refresh or Sync shows to be stale, with the reason for the log. A model
+// is stale when its digest changed on a node, or when no node lists it any
+// more after a node stopped listing it or left the node set. A node's
+// first list, and a list equal to the previous one, report nothing. fn
+// runs in the goroutine of the refresh or Sync, which waits for it.
 func (c *Checker) OnModelChange(fn func(model, reason string)) {
 	c.modelChanged.Store(&fn)
 }

@@ -98,3 +98,43 @@ func TestRefreshReportsStaleModels(t *testing.T) {
 		t.Errorf("fresh copied over other on n0: reported %q, want %q", got, want)
 	}
 }
+
+func TestSyncReportsModelsOfRemovedNode(t *testing.T) {
+	sims := []*ollamasim.Running{
+		testenv.Sim(t, "m,other", ollamasim.Config{}),
+		testenv.Sim(t, "m,solo", ollamasim.Config{}),
+	}
+	cfg := testenv.Config(t, sims...)
+	var nodes []*balancer.Node
+	for _, nc := range cfg.Nodes {
+		u, err := url.Parse(nc.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, balancer.NewNode(nc.Name, u, 1, 1))
+	}
+	bal := balancer.New(balancer.SettingsFrom(cfg), nodes, nil)
+	c := health.New(cfg, bal, nil, testenv.Logger())
+	var reported []string
+	c.OnModelChange(func(model, reason string) {
+		reported = append(reported, model+": "+reason)
+	})
+	for i, n := range nodes {
+		if err := c.Refresh(context.Background(), n); err != nil {
+			t.Fatalf("refresh of node %d: %v", i, err)
+		}
+	}
+
+	bal.SetNodes(nodes[:1])
+	c.Sync(cfg)
+	want := "solo:latest: no node lists the model since node n1 left the configuration"
+	if len(reported) != 1 || reported[0] != want {
+		t.Errorf("n1 removed: reported %q, want only %q", reported, want)
+	}
+
+	reported = nil
+	c.Sync(cfg)
+	if len(reported) != 0 {
+		t.Errorf("Sync without a change reported %q, want nothing", reported)
+	}
+}

@@ -139,9 +139,8 @@ func New() *Metrics {
 				"on a node without the model loaded.",
 			"node", "model"),
 		PullSkipped: f.counter("llmproxy_pull_skipped_nodes_total",
-			"Nodes that a pull did not reach because they took no requests at the time, by "+
-				"reason: down, ejected or restricted (breaker or passive checks) or draining. Such a node "+
-				"lacks the model until it is pulled again.",
+			"Nodes that a pull did not reach because they were down or draining at the time, by "+
+				"reason: down or draining. Such a node lacks the model until it is pulled again.",
 			"node", "reason"),
 
 		QueueDepth: f.gauge("llmproxy_queue_depth",

@@ -64,6 +64,12 @@ func (s *Server) serveSticky(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		}
 	}
 	s.forward(ctx, rt, rs, f)
+	// A create whose client left before the response headers, or before
+	// the whole of a response that is not streamed. A streamed response
+	// outlives the handler (rs.deferred), and the relay's Close purges.
+	if rs.changedModel != "" && !rs.deferred && rs.node != "" && rs.status == StatusClientClosed {
+		s.purgeCutOff(rs, f.pinned)
+	}
 }
 
 // createPlan is the outcome of planCreate: the name, streaming and node of

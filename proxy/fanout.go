@@ -55,15 +55,16 @@ func (s *Server) modelOpTimeouts(rt route, stream bool) (timeouts, time.Duration
 }
 
 // serveFanout serves the model management routes that change every node
-// concerned: pull goes to every usable node, delete and copy to the
-// usable nodes that list the model. A pull succeeds when at least one node
-// succeeded, because the model is then listed and served, as it would be
-// by one Ollama server. A delete or copy succeeds only when every node
-// succeeded, and is rejected before any node is changed while a node that
-// lists the model is unavailable or a node's model list has never been
-// fetched (see checkHoldersUsable). A copy that succeeded then removes the
-// destination from the nodes that list it without the source (see
-// replacement).
+// concerned: pull goes to every manageable node (up and not draining,
+// restricted and ejected nodes included, see balancer.Node.Manageable),
+// delete and copy to the manageable nodes that list the model. A pull
+// succeeds when at least one node succeeded, because the model is then
+// listed and served, as it would be by one Ollama server. A delete or copy
+// succeeds only when every node succeeded, and is rejected before any node
+// is changed while a node that lists the model is down or draining or a
+// node's model list has never been fetched (see checkHoldersUsable). A
+// copy that succeeded then removes the destination from the nodes that
+// list it without the source (see replacement).
 func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	var p fastjson.Parser
 	v, err := parseObject(&p, ctx.PostBody())
@@ -157,9 +158,15 @@ func fanoutModel(v *fastjson.Value, rt route) (string, error) {
 	return source, nil
 }
 
+// fanoutTargets returns the nodes that a pull, delete or copy of model
+// reaches. A node that passive checks or its breaker keep out of
+// generation traffic is among them, because it still passes its probes.
+// Without it, a model that only such a node lists could not be deleted or
+// copied until the node is back in. Its errors are reported as any other
+// node's, and a model operation counts nothing towards its health.
 func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
 	var out []*balancer.Node
-	for _, n := range s.bal.Usable() {
+	for _, n := range s.bal.Manageable() {
 		if rt.name == "/api/pull" || n.HasModel(model) {
 			out = append(out, n)
 		}
@@ -168,8 +175,8 @@ func (s *Server) fanoutTargets(rt route, model string) []*balancer.Node {
 }
 
 // logSkippedNodes logs at warn level, and counts, each node that a pull
-// does not reach because it took no requests when the targets were chosen.
-// Such a node lacks the model until the model is pulled again.
+// does not reach because it was down or draining when the targets were
+// chosen. Such a node lacks the model until the model is pulled again.
 func (s *Server) logSkippedNodes(rs *reqState, targets []*balancer.Node) {
 	for _, n := range s.bal.Nodes() {
 		if slices.Contains(targets, n) {
@@ -180,7 +187,7 @@ func (s *Server) logSkippedNodes(rs *reqState, targets []*balancer.Node) {
 		if s.breakerState != nil {
 			breaker = s.breakerState(n)
 		}
-		s.log.Warn("pull skipped a node that takes no requests, so it lacks the model until pulled again",
+		s.log.Warn("pull skipped a node that is down or draining, so it lacks the model until pulled again",
 			"request_id", rs.id, "model", rs.model, "node", n.Name, "reason", reason,
 			"breaker", breaker, "last_error", n.LastError())
 		if s.m != nil {
@@ -195,6 +202,10 @@ type fanoutResult struct {
 	status int
 	body   []byte
 	errMsg string
+	// cutOff is set when the proxy ended the node's part before the node's
+	// final response: the client left, the node went down or the operation
+	// ran out of time. The operation may have completed on the node anyway.
+	cutOff bool
 }
 
 // waitFanout sends the request to every target and waits for all of them.
@@ -373,6 +384,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		// A read that the context ended fails with errCancelled, which
 		// does not say why.
 		r.errMsg = context.Cause(nctx).Error()
+		r.cutOff = true
 	}
 	return r
 }

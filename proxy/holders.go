@@ -18,12 +18,12 @@ import (
 const holderRetryAfter = "10"
 
 // unavailableHolders returns the names of the nodes that list any of
-// models in their last known inventory and are not usable now, so a
+// models in their last known inventory and are down or draining now, so a
 // fan-out would skip them.
 func (s *Server) unavailableHolders(models ...string) []string {
 	var names []string
 	for _, n := range s.bal.Nodes() {
-		if n.Usable() {
+		if n.Manageable() {
 			continue
 		}
 		for _, m := range models {
@@ -50,11 +50,11 @@ func (s *Server) unlistedNodes() []string {
 }
 
 // holdersUnavailableMessage returns why action cannot run now when a node
-// that lists any of models is unavailable, or when a node's model list has
-// never been fetched while another node is usable. It returns "" when
-// neither is the case. subject names what the unavailable nodes have, such
-// as "the model". With no usable node and no known holder, the caller
-// responds "no healthy node" instead.
+// that lists any of models is down or draining, or when a node's model
+// list has never been fetched while another node is manageable. It
+// returns "" when neither is the case. subject names what the unavailable
+// nodes have, such as "the model". With no manageable node and no known
+// holder, the caller responds "no healthy node" instead.
 func (s *Server) holdersUnavailableMessage(action, subject string, models ...string) string {
 	if names := s.unavailableHolders(models...); len(names) == 1 {
 		return "cannot " + action + " because node " + names[0] +
@@ -63,7 +63,7 @@ func (s *Server) holdersUnavailableMessage(action, subject string, models ...str
 		return "cannot " + action + " because nodes " + strings.Join(names, ", ") +
 			", which have " + subject + ", are unavailable. Try again when they are back"
 	}
-	if len(s.bal.Usable()) == 0 {
+	if len(s.bal.Manageable()) == 0 {
 		return ""
 	}
 	if names := s.unlistedNodes(); len(names) == 1 {
@@ -77,10 +77,10 @@ func (s *Server) holdersUnavailableMessage(action, subject string, models ...str
 }
 
 // checkHoldersUsable reports whether every node that may have the model
-// of a delete or copy is usable and listed. When a node that lists the
-// model is not usable (down, circuit breaker open or draining), or a
-// node's model list has never been fetched, it responds 503 and returns
-// false.
+// of a delete or copy is manageable and listed. When a node that lists
+// the model is down or draining, or a node's model list has never been
+// fetched, it responds 503 and returns false. A restricted or ejected node
+// does not stop the request, because the fan-out reaches it.
 //
 // A delete that skipped such a node would return success, and the model
 // would be listed again once the node is back. A copy is checked the same

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
@@ -29,13 +30,40 @@ func (s *Server) PurgeModel(model, reason string) {
 // purgeChangedModel purges the cached responses of rs.changedModel when
 // the model operation of rs succeeded on at least one node in results,
 // because on that node the name then refers to another model, or to none.
+// It also purges when the proxy cut a node's part off, as when the client
+// left, for the reason given at purgeCutOff.
 func (s *Server) purgeChangedModel(rs *reqState, results []fanoutResult) {
+	cutOff := false
 	for _, r := range results {
 		if r.errMsg == "" {
 			s.PurgeModel(rs.changedModel, modelOpReason(rs))
 			return
 		}
+		cutOff = cutOff || r.cutOff
 	}
+	if cutOff {
+		s.purgeCutOff(rs, nil)
+	}
+}
+
+// purgeCutOff purges rs.changedModel after the proxy ended a node's part
+// in the model operation of rs before the node's final response, and
+// refreshes the model list of n unless n is nil. The proxy closes its
+// connection to the node when the client leaves, so a create whose client
+// left is cut off too. The operation may still have completed on the
+// node: Ollama writes the manifest before it sends its final line, and
+// its create (server/create.go) stops only where it next checks its
+// request's context. A purge costs only cache misses, so the model is
+// purged whenever the outcome is unknown.
+//
+// NOTE: a node that completes the operation after this purge leaves the
+// responses cached in between until a model-list poll shows the new
+// digest, within discovery.interval.
+func (s *Server) purgeCutOff(rs *reqState, n *balancer.Node) {
+	if n != nil {
+		s.refreshNodes([]*balancer.Node{n})
+	}
+	s.PurgeModel(rs.changedModel, modelOpReason(rs)+", ended before the node's final response")
 }
 
 // modelOpReason returns the reason logged for the purge after the model

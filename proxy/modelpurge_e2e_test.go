@@ -1,7 +1,10 @@
 package proxy_test
 
 import (
+	"bufio"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -193,5 +196,102 @@ func TestCreateAndPullPurgeCache(t *testing.T) {
 				t.Errorf("generate after the %s: status %d, cache %q, want 200 miss", tc.name, status, result)
 			}
 		})
+	}
+}
+
+// leaveCreate sends a create of m from base, which the nodes lack, so
+// that they pull it first for pullTime, and leaves before the create
+// ends: after the first progress line of a stream, or after a short wait
+// for a response that is not streamed.
+func leaveCreate(t *testing.T, baseURL string, stream bool) {
+	t.Helper()
+	body := `{"model":"m","from":"base","stream":` + strconv.FormatBool(stream) + `}`
+	if !stream {
+		client := &http.Client{Timeout: 300 * time.Millisecond}
+		resp, err := client.Post(baseURL+"/api/create", "application/json", strings.NewReader(body))
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("create: status %d before the node ended it, want no response yet", resp.StatusCode)
+		}
+		return
+	}
+	resp := post(t, baseURL+"/api/create", body)
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("create: status %d, first line %q, error %v", resp.StatusCode, line, err)
+	}
+	// Closing the body before its end closes the connection.
+	resp.Body.Close()
+}
+
+// checkPurgedAfterLeave waits until the cached response of m is gone and
+// fails the test unless the next generate is a miss.
+func checkPurgedAfterLeave(t *testing.T, baseURL string) {
+	t.Helper()
+	var status int
+	var result string
+	testenv.WaitFor(t, 5*time.Second, "the cached m to go after the client left the create", func() bool {
+		status, result = generateOnce(t, baseURL, "m")
+		return result != "hit-l1"
+	})
+	if status != 200 || result != "miss" {
+		t.Errorf("generate after the create: status %d, cache %q, want 200 miss", status, result)
+	}
+}
+
+// The simulated node stops a create whose connection closes, so the model
+// stays as it was. The proxy cannot tell that from a create that
+// completed, and purges in both cases.
+func TestCreateLeftByClientPurgesCache(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		stream bool
+		// nodes is the number of nodes that list m. With two, the create
+		// goes through the fan-out, which removes m from the other node.
+		nodes int
+	}{
+		{"streamed", true, 1},
+		{"not streamed", false, 1},
+		{"streamed with an older model to replace", true, 2},
+		{"not streamed with an older model to replace", false, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sims []*ollamasim.Running
+			for range tc.nodes {
+				sims = append(sims, testenv.Sim(t, "m", ollamasim.Config{PullTime: 3 * time.Second}))
+			}
+			p := testenv.Proxy(t, testenv.Config(t, sims...))
+			testenv.WaitFor(t, 5*time.Second, "m listed on every node", func() bool {
+				return len(p.Balancer().Listing("m")) == tc.nodes
+			})
+			checkCached(t, p.URL(), "m")
+
+			leaveCreate(t, p.URL(), tc.stream)
+			checkPurgedAfterLeave(t, p.URL())
+		})
+	}
+}
+
+func TestStreamStartedBeforePurgeNotCached(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20})
+	p := testenv.Proxy(t, testenv.Config(t, sim))
+	body := `{"model":"m","prompt":"which model","options":{"num_predict":10,"temperature":0}}`
+
+	resp := post(t, p.URL()+"/api/generate", body)
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: status %d, first line error %v", resp.StatusCode, err)
+	}
+	purge, purgeBody := send(t, p.URL(), "POST /admin/cache/purge", `{"model":"m"}`)
+	checkOK(t, "purge while the stream runs", purge, purgeBody)
+	rest := readBody(t, resp)
+	if !strings.Contains(string(rest), `"done":true`) {
+		t.Fatalf("stream ended without its final line: %s", rest)
+	}
+
+	again := post(t, p.URL()+"/api/generate", body)
+	readBody(t, again)
+	if got := cacheHeader(again); got != "miss" {
+		t.Errorf("the same request after the stream: cache %q, want miss", got)
 	}
 }

@@ -685,6 +685,10 @@ func (r *relay) Close() error {
 	default:
 		r.s.afterSuccess(rs, r.rt, r.f, r.lease.Node)
 	}
+	if !complete && rs.changedModel != "" {
+		// A create whose stream ended early, as when its client left.
+		r.s.purgeCutOff(rs, r.lease.Node)
+	}
 	// A write on the kept-alive connection before the next handler runs,
 	// such as 100 Continue, must not meet the stream's bound.
 	if sb, ok := r.client.(stallBounder); ok && r.stallSet {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
@@ -114,5 +115,109 @@ func TestFailingSoleHolderRestricted(t *testing.T) {
 	tags := string(readBody(t, getURL(t, p.URL()+"/api/tags")))
 	if !strings.Contains(tags, `"solo:latest"`) {
 		t.Errorf("/api/tags lacks solo, which restricted n2 serves: %s", tags)
+	}
+}
+
+// restrictedSoleHolder starts n0 and n1 with m, and n2 with m and solo,
+// and sends streams of m until n2, which cuts them, is restricted. It then
+// clears n2's faults, and n2 stays restricted for ten minutes.
+func restrictedSoleHolder(t *testing.T) (*app.App, []*ollamasim.Running) {
+	t.Helper()
+	var sims []*ollamasim.Running
+	for range 2 {
+		sims = append(sims, testenv.Sim(t, "m", ollamasim.Config{}))
+	}
+	sims = append(sims, testenv.Sim(t, "m,solo", ollamasim.Config{Faults: ollamasim.Faults{CutAfterChunks: 3}}))
+	cfg := testenv.Config(t, sims...)
+	cfg.Health.MaxFails = 3
+	cfg.Health.FailTimeout = 10 * time.Minute
+	cfg.Breaker.ConsecutiveFailures = 3
+	cfg.Breaker.OpenTimeout = 10 * time.Minute
+	cfg.Balancer.Policy = config.PolicyLeastConn
+	p := testenv.Proxy(t, cfg)
+	n2 := p.Balancer().Node("n2")
+	testenv.WaitFor(t, 30*time.Second, "n2 restricted", func() bool {
+		streamComplete(t, p.URL(), streamM)
+		return n2.Restricted()
+	})
+	if err := sims[2].Server().SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	return p, sims
+}
+
+func TestModelOpsReachRestrictedNode(t *testing.T) {
+	p, sims := restrictedSoleHolder(t)
+
+	resp, body := send(t, p.URL(), "POST /api/copy", `{"source":"solo","destination":"solo2"}`)
+	checkOK(t, "copy of solo, which only restricted n2 lists", resp, body)
+	if !simLists(t, sims[2], "solo2:latest") {
+		t.Error("n2 does not list solo2 after the copy")
+	}
+	resp, body = send(t, p.URL(), "DELETE /api/delete", `{"model":"solo"}`)
+	checkOK(t, "delete of solo, which only restricted n2 lists", resp, body)
+	if simLists(t, sims[2], "solo:latest") {
+		t.Error("n2 still lists solo after the delete")
+	}
+
+	resp, body = send(t, p.URL(), "POST /api/pull", `{"model":"fresh","stream":false}`)
+	checkOK(t, "pull", resp, body)
+	for i, sim := range sims {
+		if !simLists(t, sim, "fresh:latest") {
+			t.Errorf("node %d does not list fresh after the pull", i)
+		}
+	}
+	m := p.Metrics()
+	if n := testutil.ToFloat64(m.PullSkipped.WithLabelValues("n2", "restricted")); n != 0 {
+		t.Errorf("llmproxy_pull_skipped_nodes_total{node=n2,reason=restricted} = %v, want 0", n)
+	}
+	// Model operations count nothing towards the node's health.
+	if state := adminNodeStates(t, p.URL())["n2"]; state != "restricted" {
+		t.Errorf("state of n2 after the model operations = %q, want restricted", state)
+	}
+}
+
+func TestModelOpsReachEjectedNode(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.MaxFails = 0 // only the breaker takes the node out
+		c.Breaker.ConsecutiveFailures = 1
+		c.Breaker.OpenTimeout = 10 * time.Minute
+	})
+	tr.preload(t)
+	n2sim := tr.byName("n2").Server()
+	if err := n2sim.SetFaults(ollamasim.Faults{ErrorRate: 1, ErrorStatus: 502}); err != nil {
+		t.Fatal(err)
+	}
+	n2 := tr.proxy.Balancer().Node("n2")
+	testenv.WaitFor(t, 10*time.Second, "the breaker of n2 open", func() bool {
+		readBody(t, post(t, tr.proxy.URL()+"/api/generate", quickGenerate))
+		return n2.Up() && !n2.Usable() && !n2.Restricted()
+	})
+	if err := n2sim.SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, body := send(t, tr.proxy.URL(), "POST /api/pull", `{"model":"fresh","stream":false}`)
+	checkOK(t, "pull", resp, body)
+	if !simLists(t, tr.byName("n2"), "fresh:latest") {
+		t.Error("ejected n2 does not list fresh after the pull")
+	}
+	m := tr.proxy.Metrics()
+	if n := testutil.ToFloat64(m.PullSkipped.WithLabelValues("n2", "ejected")); n != 0 {
+		t.Errorf("llmproxy_pull_skipped_nodes_total{node=n2,reason=ejected} = %v, want 0", n)
+	}
+
+	resp, body = send(t, tr.proxy.URL(), "DELETE /api/delete", `{"model":"m"}`)
+	checkOK(t, "delete of m, which ejected n2 lists", resp, body)
+	for i, sim := range tr.sims {
+		if n := sim.Server().Requests("/api/delete"); n != 1 {
+			t.Errorf("node %d received %d deletes, want 1", i, n)
+		}
+		if simLists(t, sim, "m:latest") {
+			t.Errorf("node %d still lists m after the delete", i)
+		}
+	}
+	if state := adminNodeStates(t, tr.proxy.URL())["n2"]; state != "ejected" {
+		t.Errorf("state of n2 after the model operations = %q, want ejected", state)
 	}
 }
