@@ -29,6 +29,12 @@ const (
 	GenerateNever         = "never"
 )
 
+// Values of Auth.UnknownKeys.
+const (
+	UnknownKeysAnonymous = "anonymous"
+	UnknownKeysReject    = "reject"
+)
+
 // Values of Log.Format and Log.Level.
 const (
 	LogFormatText = "text"
@@ -98,6 +104,7 @@ func Default() Config {
 			Aging:   10 * time.Second,
 			Classes: defaultClasses(),
 		},
+		Auth: Auth{UnknownKeys: UnknownKeysAnonymous},
 		RateLimit: RateLimit{
 			PerAddress:           10,
 			Burst:                20,

@@ -204,6 +204,11 @@ type QueueClass struct {
 type Auth struct {
 	// Required rejects requests without a known key with 401. Default false.
 	Required bool `yaml:"required"`
+	// UnknownKeys decides, while Required is false, what happens to a
+	// request whose key matches none of Keys: UnknownKeysAnonymous serves
+	// it as a request without a key, UnknownKeysReject rejects it with
+	// 401. Default UnknownKeysAnonymous.
+	UnknownKeys string `yaml:"unknown_keys"`
 	// Keys lists the accepted keys.
 	Keys []Key `yaml:"keys"`
 }

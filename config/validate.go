@@ -40,6 +40,8 @@ func (v *validator) validate(c *Config) {
 	v.oneOf("balancer.policy", c.Balancer.Policy, Policies)
 	atLeast(v, "balancer.affinity_load_factor", c.Balancer.AffinityLoadFactor, 1)
 	v.queue(c.Queue)
+	v.oneOf("auth.unknown_keys", c.Auth.UnknownKeys,
+		[]string{UnknownKeysAnonymous, UnknownKeysReject})
 	v.keys(c.Auth.Keys)
 	v.rateLimit(c.RateLimit)
 	v.redis(c.Redis)

@@ -69,7 +69,8 @@ func (c *Config) authWarnings() []string {
 	switch {
 	case !c.Auth.Required && len(c.Auth.Keys) > 0:
 		w = append(w, fmt.Sprintf("auth.required: false while %d keys are configured, so "+
-			"requests without a key bypass every key's limits and quotas", len(c.Auth.Keys)))
+			"requests without a key, or with an unknown one, bypass every key's limits "+
+			"and quotas", len(c.Auth.Keys)))
 	case c.Auth.Required && len(c.Auth.Keys) == 0:
 		w = append(w, "auth.required: true with no auth.keys, so every request is "+
 			"rejected with 401")

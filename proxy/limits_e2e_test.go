@@ -633,17 +633,19 @@ const chatBody = `{"model":"m","messages":[{"role":"user","content":"hi"}],"stre
 func TestLimitsAuth(t *testing.T) {
 	sim := testenv.Sim(t, "m", ollamasim.Config{})
 	t.Setenv("LLMPROXY_TEST_KEY_ENVKEY", secretOf("envkey"))
-	newProxy := func(required bool) *app.App {
+	newProxy := func(required bool, unknownKeys string) *app.App {
 		cfg := testenv.Config(t, sim)
 		cfg.Auth.Required = required
+		cfg.Auth.UnknownKeys = unknownKeys
 		cfg.Auth.Keys = []config.Key{
 			limitKey("alice"),
 			{Name: "envkey", Env: "LLMPROXY_TEST_KEY_ENVKEY", Priority: "standard"},
 		}
 		return testenv.Proxy(t, cfg)
 	}
-	required := newProxy(true)
-	optional := newProxy(false)
+	required := newProxy(true, config.UnknownKeysAnonymous)
+	optional := newProxy(false, config.UnknownKeysAnonymous)
+	strict := newProxy(false, config.UnknownKeysReject)
 
 	t.Run("WrongKeyOpenAI", func(t *testing.T) {
 		_, err := openAIChat(openAIWithKey(required.URL(), "wrong"), "m")
@@ -681,10 +683,24 @@ func TestLimitsAuth(t *testing.T) {
 			t.Errorf("chat without a key: %v", err)
 		}
 	})
-	t.Run("WrongKeyOptional", func(t *testing.T) {
-		_, err := openAIChat(openAIWithKey(optional.URL(), "wrong"), "m")
+	t.Run("PlaceholderKeyOptional", func(t *testing.T) {
+		// Ollama's documentation has OpenAI client users set the key
+		// "ollama", which it ignores.
+		if _, err := openAIChat(openAIWithKey(optional.URL(), "ollama"), "m"); err != nil {
+			t.Errorf("OpenAI chat with the placeholder key: %v", err)
+		}
+		c := ollamaClient(t, optional.URL(), "Authorization", "Bearer ollama")
+		if _, err := ollamaChat(c, "m"); err != nil {
+			t.Errorf("Ollama chat with the placeholder key: %v", err)
+		}
+	})
+	t.Run("WrongKeyRejected", func(t *testing.T) {
+		_, err := openAIChat(openAIWithKey(strict.URL(), "wrong"), "m")
 		if err := checkOpenAIError(err, 401, "authentication_error"); err != nil {
 			t.Error(err)
+		}
+		if _, err := openAIChat(openAIWithKey(strict.URL(), secretOf("alice")), "m"); err != nil {
+			t.Errorf("chat with a known key: %v", err)
 		}
 	})
 	t.Run("XAPIKey", func(t *testing.T) {

@@ -65,16 +65,20 @@ func (k *Key) Allows(model string) bool { return k.models.match(model) }
 // keyring maps the SHA-256 digest of each key to its Key.
 type keyring struct {
 	required bool
-	byDigest map[[sha256.Size]byte]*Key
-	ordered  []*Key
+	// rejectUnknown rejects a key that matches none while required is
+	// false (auth.unknown_keys: reject).
+	rejectUnknown bool
+	byDigest      map[[sha256.Size]byte]*Key
+	ordered       []*Key
 }
 
 // newKeyring builds the keyring from auth.keys, reading keys given by
 // environment variable through lookupEnv. It reports every invalid entry.
 func newKeyring(auth config.Auth, lookupEnv func(string) (string, bool)) (*keyring, error) {
 	kr := &keyring{
-		required: auth.Required,
-		byDigest: make(map[[sha256.Size]byte]*Key, len(auth.Keys)),
+		required:      auth.Required,
+		rejectUnknown: auth.UnknownKeys == config.UnknownKeysReject,
+		byDigest:      make(map[[sha256.Size]byte]*Key, len(auth.Keys)),
 	}
 	names := make(map[string]bool, len(auth.Keys))
 	var errs []error
@@ -193,7 +197,7 @@ func (kr *keyring) authenticate(authorization, xAPIKey []byte) (*Key, error) {
 	// how many leading bytes of a digest match, and finding a key whose
 	// digest matches more bytes takes SHA-256 preimage work.
 	k := kr.byDigest[sha256.Sum256(secret)]
-	if k == nil {
+	if k == nil && (kr.required || kr.rejectUnknown) {
 		return nil, ErrUnknownKey
 	}
 	return k, nil

@@ -18,6 +18,7 @@ func TestAuthenticate(t *testing.T) {
 	cases := []struct {
 		name          string
 		required      bool
+		unknownKeys   string
 		authorization string
 		xAPIKey       string
 		want          string // key name; "" for anonymous
@@ -34,18 +35,22 @@ func TestAuthenticate(t *testing.T) {
 			xAPIKey: "alice-secret", want: "alice"},
 		{name: "empty bearer falls to x-api-key", authorization: "Bearer ",
 			xAPIKey: "alice-secret", want: "alice"},
-		{name: "unknown key", authorization: "Bearer nope", wantErr: ErrUnknownKey},
+		{name: "unknown key served as anonymous", authorization: "Bearer nope", want: ""},
+		{name: "placeholder key served as anonymous", authorization: "Bearer ollama", want: ""},
+		{name: "unknown key rejected", unknownKeys: config.UnknownKeysReject,
+			authorization: "Bearer nope", wantErr: ErrUnknownKey},
 		{name: "unknown key required", required: true, xAPIKey: "nope", wantErr: ErrUnknownKey},
 		{name: "missing key optional", want: ""},
 		{name: "missing key required", required: true, wantErr: ErrMissingKey},
 		{name: "basic only required", required: true, authorization: "Basic YWxpY2U6eA==",
 			wantErr: ErrMissingKey},
-		{name: "key is case sensitive", authorization: "Bearer ALICE-SECRET", wantErr: ErrUnknownKey},
+		{name: "key is case sensitive", unknownKeys: config.UnknownKeysReject,
+			authorization: "Bearer ALICE-SECRET", wantErr: ErrUnknownKey},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newTestLimiter(t, Options{
-				Auth:      config.Auth{Required: tc.required, Keys: keys},
+				Auth:      config.Auth{Required: tc.required, UnknownKeys: tc.unknownKeys, Keys: keys},
 				LookupEnv: lookup,
 			})
 			k, err := l.Authenticate([]byte(tc.authorization), []byte(tc.xAPIKey))

@@ -269,12 +269,11 @@ func (l *Limiter) Close() error {
 // It returns (nil, nil) for a request without a key when auth.required is
 // false, which Admit then limits by client address. It returns
 // ErrMissingKey for a request without a key when auth.required is true, and
-// ErrUnknownKey for a presented key that matches none, even when
-// auth.required is false. A client that sends a wrong key then learns of
-// its mistake, instead of being served anonymously under other limits. When no keys are
-// configured and auth.required is false, every request is anonymous and
-// presented keys are ignored, as Ollama ignores them, because OpenAI
-// clients always send one.
+// ErrUnknownKey for a presented key that matches none when auth.required
+// is true or auth.unknown_keys is reject. Otherwise a key that matches
+// none is served as no key, as Ollama ignores keys: OpenAI and Anthropic
+// clients always send one, and Ollama's documentation has their users set
+// a placeholder such as "ollama".
 func (l *Limiter) Authenticate(authorization, xAPIKey []byte) (*Key, error) {
 	return l.settings.Load().keys.authenticate(authorization, xAPIKey)
 }
