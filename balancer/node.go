@@ -400,17 +400,12 @@ func (n *Node) hasKey(key string) bool {
 }
 
 // ModelsKnown reports whether the node's model list is current: it has
-// been polled at least once, and the node is up and allowed by its health
-// gate. A draining node's list stays known. A model missing from a list
-// that is not known may still be on the node.
+// been polled at least once and the node is up. The list of a node that
+// passive checks or its breaker keep out stays known, because the probes
+// that keep it up also poll its list, and so does a draining node's. A
+// model missing from a list that is not known may still be on the node.
 func (n *Node) ModelsKnown() bool {
-	if !n.inv.Load().listed || !n.up.Load() {
-		return false
-	}
-	if b := n.gate.Load(); b != nil && b.g != nil {
-		return b.g.Usable()
-	}
-	return true
+	return n.inv.Load().listed && n.up.Load()
 }
 
 // ModelsListed reports whether a poll has filled the node's model list at

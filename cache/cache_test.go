@@ -336,3 +336,47 @@ func TestPurgeDuringStores(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisCheckRejectedWrites fills Redis's memory limit under the
+// noeviction policy, so that Redis answers PING but rejects writes. The
+// periodic check must keep L2 down, with one warning and no recovery
+// message, until Redis takes writes again.
+func TestRedisCheckRejectedWrites(t *testing.T) {
+	srv := testredis.Start(t)
+	tc := newTestCache(t, testOptions{redis: srv, checkInterval: 10 * time.Millisecond})
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = admin.Close() })
+	ctx := context.Background()
+	up := func() float64 { return testutil.ToFloat64(tc.metrics.RedisUp) }
+	const downMsg = "redis unavailable, cache continues with l1 only"
+	const upMsg = "redis reachable again, cache l2 resumed"
+
+	if err := admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory-policy: %v", err)
+	}
+	if err := admin.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory: %v", err)
+	}
+	if !waitFor(t, "redis_up 0 with writes rejected", func() bool {
+		return up() == 0 && tc.logs.count(slog.LevelWarn, downMsg) > 0
+	}) {
+		return
+	}
+	time.Sleep(200 * time.Millisecond) // about 20 more checks
+	if n := tc.logs.count(slog.LevelWarn, downMsg); n != 1 {
+		t.Errorf("%d outage warnings while writes were rejected, want 1", n)
+	}
+	if n := tc.logs.count(slog.LevelInfo, upMsg); n != 0 {
+		t.Errorf("%d recovery messages while writes were rejected, want 0", n)
+	}
+	if got := up(); got != 0 {
+		t.Errorf("redis_up = %v while writes were rejected, want 0", got)
+	}
+
+	if err := admin.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory 0: %v", err)
+	}
+	waitFor(t, "redis_up 1 and a recovery message once writes work", func() bool {
+		return up() == 1 && tc.logs.count(slog.LevelInfo, upMsg) == 1
+	})
+}

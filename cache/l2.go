@@ -132,7 +132,7 @@ func (c *Cache) stopRedisCheck() {
 	<-c.l2.checkDone
 }
 
-// checkRedisLoop sends Redis a PING every interval of wall time until ctx
+// checkRedisLoop checks Redis (see checkRedis) every interval of wall time until ctx
 // ends, so that a Redis outage and its end show in llmproxy_redis_up and
 // the log without waiting for a request to call Redis. L1 hits never call
 // it. After a successful check L2 is used again at once.
@@ -150,14 +150,18 @@ func (c *Cache) checkRedisLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// checkRedis sends Redis one PING and records the result. A failed check
-// counts no fallback, because no operation fell back.
+// checkRedis writes one short-lived key and records the result. It writes
+// instead of sending PING, because a Redis that replies to PING may still
+// reject the cache's writes, as a read-only replica or a full Redis under
+// maxmemory-policy noeviction does. A failed check counts no fallback, because
+// no operation fell back.
 func (c *Cache) checkRedis(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, c.l2.timeout)
 	defer cancel()
-	if err := c.l2.rdb.Ping(cctx).Err(); err != nil {
+	err := c.l2.rdb.Set(cctx, c.l2.prefix+"write-check", "1", time.Minute).Err()
+	if err != nil {
 		if ctx.Err() == nil {
-			c.markRedisDown("ping", err)
+			c.markRedisDown("write check", err)
 		}
 		return
 	}

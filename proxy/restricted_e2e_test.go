@@ -221,3 +221,41 @@ func TestModelOpsReachEjectedNode(t *testing.T) {
 		t.Errorf("state of n2 after the model operations = %q, want ejected", state)
 	}
 }
+
+// TestUnknownModelNotFoundWhileNodeEjected opens n2's breaker and asks
+// for a model that no node lists. The probes still poll the ejected
+// node's model list, so the proxy knows every list and must answer with
+// Ollama's 404, not the 503 of a list it lacks.
+func TestUnknownModelNotFoundWhileNodeEjected(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
+		c.Health.MaxFails = 0 // only the breaker takes the node out
+		c.Breaker.ConsecutiveFailures = 1
+		c.Breaker.OpenTimeout = 10 * time.Minute
+	})
+	tr.preload(t)
+	n2sim := tr.byName("n2").Server()
+	if err := n2sim.SetFaults(ollamasim.Faults{ErrorRate: 1, ErrorStatus: 502}); err != nil {
+		t.Fatal(err)
+	}
+	n2 := tr.proxy.Balancer().Node("n2")
+	testenv.WaitFor(t, 10*time.Second, "the breaker of n2 open", func() bool {
+		readBody(t, post(t, tr.proxy.URL()+"/api/generate", quickGenerate))
+		return n2.Up() && !n2.Usable() && !n2.Restricted()
+	})
+
+	for _, tc := range []struct{ route, body, want string }{
+		{"POST /api/generate", `{"model":"nosuch","prompt":"hi","stream":false}`,
+			`{"error":"model 'nosuch' not found"}`},
+		{"POST /v1/chat/completions", `{"model":"nosuch","messages":[{"role":"user","content":"hi"}]}`,
+			`"message":"model 'nosuch' not found"`},
+	} {
+		resp, body := send(t, tr.proxy.URL(), tc.route, tc.body)
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s of an unknown model with n2 ejected: status %d, body %s; want 404",
+				tc.route, resp.StatusCode, body)
+		}
+		if !strings.Contains(string(body), tc.want) {
+			t.Errorf("%s of an unknown model: body %s, want it to contain %s", tc.route, body, tc.want)
+		}
+	}
+}

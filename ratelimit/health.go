@@ -99,12 +99,19 @@ func (l *Limiter) checkLoop(ctx context.Context, interval time.Duration) {
 }
 
 // checkRedis reads Redis's clock, which shows whether Redis responds
-// without any request calling it. When Redis responds, it reconciles the
+// without any request calling it, and runs a script that writes, because
+// a Redis that responds may still reject the limit scripts: a read-only
+// replica, a full Redis under maxmemory-policy noeviction, or a user
+// whose ACL forbids scripts. When Redis responds, it reconciles the
 // keys that this instance counted without Redis, and restores the months
 // it has read when Redis has lost its data since the last check.
 func (l *Limiter) checkRedis(ctx context.Context) {
 	now := l.now()
-	if err := l.redis.measureClock(ctx); err != nil {
+	err := l.redis.measureClock(ctx)
+	if err == nil {
+		err = l.redis.checkWrite(ctx)
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			l.health.failed(now, err)
 		}

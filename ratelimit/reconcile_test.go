@@ -468,3 +468,56 @@ func TestRedisCheckWithoutTraffic(t *testing.T) {
 		t.Errorf("%d recovery messages, want 1", n)
 	}
 }
+
+// TestRedisCheckRejectedWrites fills Redis's memory limit under the
+// noeviction policy, so that Redis answers TIME but rejects the limit
+// scripts. The periodic check must keep the limiter in its local
+// fallback, with one warning and no recovery message, until Redis takes
+// writes again.
+func TestRedisCheckRejectedWrites(t *testing.T) {
+	srv := testredis.Start(t)
+	logs := &syncBuffer{}
+	l := newTestLimiter(t, Options{
+		Auth: config.Auth{Keys: []config.Key{keyWith("k", func(k *config.Key) { k.MonthlyRequests = 100 })}},
+		Redis: config.Redis{
+			Addr:          srv.Addr,
+			Timeout:       time.Second,
+			KeyPrefix:     t.Name() + ":",
+			CheckInterval: 10 * time.Millisecond,
+		},
+		Now:    newFakeClock(testStart).Now,
+		Logger: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = admin.Close() })
+	ctx := context.Background()
+	up := func() float64 { return gaugeValue(t, l.metrics.RedisUp) }
+	waitUntil(t, "redis_up 1 at start", func() bool { return up() == 1 })
+
+	if err := admin.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory-policy: %v", err)
+	}
+	if err := admin.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory: %v", err)
+	}
+	waitUntil(t, "redis_up 0 with writes rejected", func() bool {
+		return up() == 0 && logs.count("redis unreachable") > 0
+	})
+	time.Sleep(200 * time.Millisecond) // about 20 more checks
+	if n := logs.count("redis unreachable"); n != 1 {
+		t.Errorf("%d outage warnings while writes were rejected, want 1", n)
+	}
+	if n := logs.count("redis reachable again"); n != 0 {
+		t.Errorf("%d recovery messages while writes were rejected, want 0", n)
+	}
+	if got := up(); got != 0 {
+		t.Errorf("redis_up = %v while writes were rejected, want 0", got)
+	}
+
+	if err := admin.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory 0: %v", err)
+	}
+	waitUntil(t, "redis_up 1 and a recovery message once writes work", func() bool {
+		return up() == 1 && logs.count("redis reachable again") == 1
+	})
+}

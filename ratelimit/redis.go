@@ -134,6 +134,24 @@ func (s *redisStore) measureClock(ctx context.Context) error {
 	return nil
 }
 
+// writeCheckScript writes KEYS[1] for a minute, as a limit script writes
+// its counters.
+var writeCheckScript = redis.NewScript(`
+redis.call('SET', KEYS[1], '1', 'PX', 60000)
+return 1
+`)
+
+// checkWrite runs writeCheckScript, which fails where Redis responds but
+// rejects the limit scripts' writes.
+func (s *redisStore) checkWrite(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := writeCheckScript.Run(ctx, s.client, []string{s.prefix + "rl:write-check"}).Err(); err != nil {
+		return fmt.Errorf("write to redis: %w", err)
+	}
+	return nil
+}
+
 // isLate reports whether reply is the reply of a script that ran after
 // its deadline.
 func isLate(reply []int64) bool { return len(reply) == 1 && reply[0] == -1 }

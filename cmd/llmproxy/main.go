@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -117,7 +118,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg, stderr)
-	redis.SetLogger(redisLog{log})
+	redis.SetLogger(newRedisLog(log))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	hup := catchHangup()
 	defer signal.Stop(hup)
@@ -200,13 +201,46 @@ func reload(ctx context.Context, a *app.App, path string, log *slog.Logger) {
 	}
 }
 
+// redisLogInterval is the least time between two warn lines of the Redis
+// client. While Redis is down, the client reports each failed dial of its
+// pool, dozens per minute, and the proxy already logs the outage itself.
+const redisLogInterval = time.Minute
+
 // redisLog sends the Redis client's own messages, such as failed dials,
 // to the proxy's log, so that they follow log.format. The client calls it
-// only for problems, hence Warn.
-type redisLog struct{ log *slog.Logger }
+// only for problems. The first message is logged at warn level, and then
+// at most one per redisLogInterval, with the number of messages logged at
+// debug level in between.
+type redisLog struct {
+	log *slog.Logger
+	now func() time.Time
 
-func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
-	r.log.WarnContext(ctx, "redis client", "message", fmt.Sprintf(format, v...))
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func newRedisLog(log *slog.Logger) *redisLog {
+	return &redisLog{log: log, now: time.Now}
+}
+
+func (r *redisLog) Printf(ctx context.Context, format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	r.mu.Lock()
+	now := r.now()
+	warn := r.last.IsZero() || now.Sub(r.last) >= redisLogInterval
+	suppressed := r.suppressed
+	if warn {
+		r.last, r.suppressed = now, 0
+	} else {
+		r.suppressed++
+	}
+	r.mu.Unlock()
+	if !warn {
+		r.log.DebugContext(ctx, "redis client", "message", msg)
+		return
+	}
+	r.log.WarnContext(ctx, "redis client", "message", msg, "debug_since_last_warn", suppressed)
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -278,7 +278,7 @@ var _ = context.Background
 func TestRedisClientLogsFollowFormat(t *testing.T) {
 	var buf bytes.Buffer
 	cfg := &config.Config{Log: config.Log{Format: "json", Level: "info"}}
-	redisLog{newLogger(cfg, &buf)}.Printf(context.Background(),
+	newRedisLog(newLogger(cfg, &buf)).Printf(context.Background(),
 		"redis: connection pool: failed to dial after %d attempts: %v", 5, "connection refused")
 	var rec map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
@@ -289,5 +289,44 @@ func TestRedisClientLogsFollowFormat(t *testing.T) {
 	}
 	if msg, _ := rec["message"].(string); !strings.Contains(msg, "after 5 attempts: connection refused") {
 		t.Errorf("message field %q lacks the client's text", msg)
+	}
+}
+
+// TestRedisClientLogsLimited checks that a Redis outage, in which the
+// client reports every failed dial, logs one warn line per
+// redisLogInterval and the rest at debug level.
+func TestRedisClientLogsLimited(t *testing.T) {
+	var buf bytes.Buffer
+	cfg := &config.Config{Log: config.Log{Format: "json", Level: "debug"}}
+	r := newRedisLog(newLogger(cfg, &buf))
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return now }
+	for i := 0; i < 30; i++ {
+		r.Printf(context.Background(), "redis: failed to dial %d", i)
+		now = now.Add(3 * time.Second) // 30 messages over 90 s
+	}
+
+	var warns []map[string]any
+	debugs := 0
+	for _, line := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+		var rec map[string]any
+		if err := json.Unmarshal(line, &rec); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		switch rec["level"] {
+		case "WARN":
+			warns = append(warns, rec)
+		case "DEBUG":
+			debugs++
+		}
+	}
+	if len(warns) != 2 {
+		t.Fatalf("%d warn lines over 90 s, want 2 (at 0 s and 60 s)", len(warns))
+	}
+	if debugs != 28 {
+		t.Errorf("%d debug lines, want 28", debugs)
+	}
+	if n, _ := warns[1]["debug_since_last_warn"].(float64); n != 19 {
+		t.Errorf("second warn line counts %v messages since the first, want 19", warns[1]["debug_since_last_warn"])
 	}
 }
