@@ -67,7 +67,7 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 
 	e, err := s.embed(r.Context(), c, texts)
 	if err != nil {
-		s.completionFailed(w, r, false, false, err)
+		s.completionFailed(w, r, false, shapeOllama, err)
 		return
 	}
 	resp := embedResponse{
@@ -107,7 +107,7 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 
 	e, err := s.embed(r.Context(), c, texts)
 	if err != nil {
-		s.completionFailed(w, r, false, false, err)
+		s.completionFailed(w, r, false, shapeOllama, err)
 		return
 	}
 	vector := []float64{}

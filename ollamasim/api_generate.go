@@ -125,8 +125,8 @@ func (s *Server) generateFormat(req generateRequest) completionFormat {
 	}
 	return completionFormat{
 		stream: req.Stream == nil || *req.Stream,
-		chunk: func(piece string) any {
-			return generateLine{Model: req.Model, CreatedAt: s.now(), Response: piece}
+		chunk: func(piece string) []any {
+			return []any{generateLine{Model: req.Model, CreatedAt: s.now(), Response: piece}}
 		},
 		final: func(o *outcome) []any { return []any{final("", o)} },
 		whole: func(text string, o *outcome) any { return final(text, o) },
@@ -189,8 +189,8 @@ func (s *Server) chatFormat(req chatRequest) completionFormat {
 	}
 	return completionFormat{
 		stream: req.Stream == nil || *req.Stream,
-		chunk: func(piece string) any {
-			return chatLine{Model: req.Model, CreatedAt: s.now(), Message: assistantMessage(piece)}
+		chunk: func(piece string) []any {
+			return []any{chatLine{Model: req.Model, CreatedAt: s.now(), Message: assistantMessage(piece)}}
 		},
 		final: func(o *outcome) []any { return []any{final("", o)} },
 		whole: func(text string, o *outcome) any { return final(text, o) },
@@ -214,7 +214,7 @@ type modelRequest struct {
 	// capability is the capability the model needs, "generate" or "chat",
 	// and "" for embeddings, which any model serves as in Ollama.
 	capability string
-	openAI     bool // send errors in OpenAI's shape
+	errors     errorShape
 }
 
 // newCompletion checks the model and options of a request. When they are
@@ -224,23 +224,23 @@ func (s *Server) newCompletion(
 	start time.Time,
 	mr modelRequest,
 ) (*completion, options, bool) {
-	entry, ok := s.lookupModel(w, mr.model, mr.openAI)
+	entry, ok := s.lookupModel(w, mr.model, mr.errors, mr.capability == "")
 	if !ok {
 		return nil, options{}, false
 	}
 	if mr.capability != "" && entry.spec.Embedding {
 		message := fmt.Sprintf("%q does not support %s", mr.model, mr.capability)
-		writeError(w, mr.openAI, http.StatusBadRequest, message)
+		writeError(w, mr.errors, http.StatusBadRequest, message)
 		return nil, options{}, false
 	}
 	keepAlive, err := s.parseKeepAlive(mr.keepAlive)
 	if err != nil {
-		writeError(w, mr.openAI, http.StatusBadRequest, err.Error())
+		writeError(w, mr.errors, http.StatusBadRequest, err.Error())
 		return nil, options{}, false
 	}
 	opts, err := parseOptions(mr.options)
 	if err != nil {
-		writeError(w, mr.openAI, http.StatusBadRequest, err.Error())
+		writeError(w, mr.errors, http.StatusBadRequest, err.Error())
 		return nil, options{}, false
 	}
 	return &completion{
@@ -252,23 +252,41 @@ func (s *Server) newCompletion(
 }
 
 // lookupModel returns the model a request names. It writes 400 when the
-// request names none and 404 when the node does not have it.
-func (s *Server) lookupModel(w http.ResponseWriter, name string, openAI bool) (*modelEntry, bool) {
+// request names none and 404 when the node does not have it. The 404 of
+// an embedding request has the wording of Ollama's scheduler, which its
+// embed handlers pass on (server/routes.go, v0.17.4).
+func (s *Server) lookupModel(
+	w http.ResponseWriter,
+	name string,
+	shape errorShape,
+	embedding bool,
+) (*modelEntry, bool) {
 	if name == "" {
-		writeError(w, openAI, http.StatusBadRequest, "model is required")
+		writeError(w, shape, http.StatusBadRequest, "model is required")
 		return nil, false
 	}
 	entry := s.models.get(name)
 	if entry == nil {
-		writeError(w, openAI, http.StatusNotFound, notFoundMessage(name))
+		message := notFoundMessage(name)
+		if embedding {
+			message = schedulerNotFoundMessage(name)
+		}
+		writeError(w, shape, http.StatusNotFound, message)
 		return nil, false
 	}
 	return entry, true
 }
 
-// notFoundMessage returns the error of Ollama versions newer than 0.25 for a
-// model the node does not have. Version 0.25 sends "model 'NAME' not found".
+// notFoundMessage returns Ollama's error for a model the node does not
+// have, as recorded from Ollama 0.25 on /api/generate and
+// /v1/chat/completions.
 func notFoundMessage(name string) string {
+	return fmt.Sprintf("model '%s' not found", name)
+}
+
+// schedulerNotFoundMessage returns the error of Ollama's scheduler for a
+// model the node does not have.
+func schedulerNotFoundMessage(name string) string {
 	return fmt.Sprintf("model %q not found, try pulling it first", name)
 }
 
@@ -287,7 +305,7 @@ func (s *Server) loadOrUnload(
 		return
 	}
 	if err := s.preload(r.Context(), c); err != nil {
-		s.completionFailed(w, r, false, false, err)
+		s.completionFailed(w, r, false, shapeOllama, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, contentJSON, reply("load"))

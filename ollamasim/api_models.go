@@ -158,7 +158,7 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", req.model()))
 		return
 	}
-	writeJSON(w, http.StatusOK, contentJSON, showOf(e))
+	writeJSONChunked(w, http.StatusOK, contentJSON, showOf(e))
 }
 
 func showOf(e *modelEntry) showResponse {

@@ -28,23 +28,29 @@
 // charset for single objects on /api, application/x-ndjson for /api streams
 // (one object per line, flushed per line), text/event-stream for /v1 streams
 // ("data: {...}" events ending with "data: [DONE]"), and application/json
-// without charset for single /v1 objects. Streams are chunked. Field names
-// and their order match Ollama's, including the final line's done,
-// done_reason, context (generate only) and the duration and count fields,
-// which report the real time spent. Errors are {"error":"..."} on /api and
-// {"error":{"message","type","param","code"}} on /v1. A model the node
-// lacks gets 404 "model \"NAME\" not found, try pulling it first", the
-// wording of Ollama releases after 0.25. Malformed JSON gets 400 with
-// encoding/json's message, and a missing model field gets 400 "model is
-// required". Like Ollama, a foreign Origin, or a foreign Host on a loopback
-// listener, gets 403 with an empty body.
+// without charset for single /v1 objects. The streams of /v1/responses and
+// /v1/messages instead have named events ("event: NAME" before each
+// "data:" line) and no "data: [DONE]". Streams are chunked, and so is the
+// long /api/show response. Field names and their order match Ollama's,
+// including the final line's done, done_reason, context (generate only)
+// and the duration and count fields, which report the real time spent.
+// Errors are {"error":"..."} on /api, {"error":{"message","type","param",
+// "code"}} on the OpenAI routes under /v1, and
+// {"type":"error","error":{"type","message"},"request_id"} on
+// /v1/messages. A model the node lacks gets 404 "model 'NAME' not found",
+// as recorded, except on the embedding routes, where Ollama passes on its
+// scheduler's "model \"NAME\" not found, try pulling it first".
+// Malformed JSON gets 400 with encoding/json's message, and a missing
+// model field gets 400 "model is required". Like Ollama, a foreign Origin,
+// or a foreign Host on a loopback listener, gets 403 with an empty body.
 //
 // Routes: HEAD and GET /, GET /api/version, /api/tags, /api/ps, POST
 // /api/show, /api/generate, /api/chat, /api/embed, /api/embeddings,
 // /api/pull, /api/push, /api/create, /api/copy, DELETE /api/delete, HEAD and
 // POST /api/blobs/{digest}, POST /v1/chat/completions, /v1/completions,
-// /v1/embeddings, GET /v1/models and /v1/models/{model}. Other paths get 404,
-// or 405 when the path exists for another method.
+// /v1/embeddings, /v1/responses, /v1/messages, GET /v1/models and
+// /v1/models/{model}. Other paths get 404, or 405 when the path exists for
+// another method.
 //
 // # Behaviour
 //
@@ -54,11 +60,13 @@
 // completions vary, drawn from a generator seeded by Config.Seed. A
 // completion ends on its own after Config.MinTokens to Config.MaxTokens
 // tokens (done_reason "stop"), or at num_predict or max_tokens ("length").
+// /v1/responses reads max_output_tokens, and /v1/messages max_tokens,
+// which it requires, and reports stop_reason "end_turn" or "max_tokens".
 // Streaming sends one token per line, paced by Config.TokensPerSec.
 // /api/generate and /api/chat stream unless "stream" is false, and /v1
 // routes stream only when it is true. A "format" (or a /v1 response_format
-// other than text) wraps the text in a JSON object. Tools and think are
-// accepted and ignored.
+// or /v1/responses text.format other than text) wraps the text in a JSON
+// object. Tools and think are accepted and ignored.
 //
 // A request without a prompt (or chat without messages) loads the model,
 // without waiting for a slot when it is already loaded, and returns

@@ -163,9 +163,13 @@ func (s *Server) preload(ctx context.Context, c *completion) error {
 // completionFormat describes how one route frames and shapes a completion.
 type completionFormat struct {
 	stream bool
-	sse    bool // server-sent events; NDJSON otherwise
-	openAI bool // OpenAI error shape and content type
-	chunk  func(piece string) any
+	sse    bool       // server-sent events; NDJSON otherwise
+	errors errorShape // also sets the content type of a whole response
+	// events marks the /v1/responses and /v1/messages streams: named
+	// events, and no "data: [DONE]" at the end. Their whole responses end
+	// with a newline.
+	events bool
+	chunk  func(piece string) []any          // the frames of one token
 	final  func(o *outcome) []any            // the last frames of a stream
 	whole  func(text string, o *outcome) any // the response when not streaming
 }
@@ -186,33 +190,64 @@ func (s *Server) respondCompletion(
 			return nil
 		}
 		if frames == nil {
-			frames = newFrameWriter(w, a.sse, s.cutStream)
+			frames = s.newCompletionFrames(w, a)
 		}
-		return frames.write(a.chunk(piece))
+		for _, v := range a.chunk(piece) {
+			if err := frames.write(v); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 
 	o, err := s.complete(r.Context(), c, emit)
 	if err != nil {
-		s.completionFailed(w, r, frames != nil, a.openAI, err)
+		s.completionFailed(w, r, frames != nil, a.errors, err)
 		return
 	}
+	s.finishCompletion(w, a, frames, text.String(), o)
+}
+
+// newCompletionFrames starts the stream of a completion.
+func (s *Server) newCompletionFrames(w http.ResponseWriter, a completionFormat) *frameWriter {
+	if a.events {
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	return newFrameWriter(w, a.sse, s.cutStream)
+}
+
+// finishCompletion sends the whole response of a finished completion, or
+// the last frames of its stream. frames is nil when no frame was sent.
+func (s *Server) finishCompletion(
+	w http.ResponseWriter,
+	a completionFormat,
+	frames *frameWriter,
+	text string,
+	o *outcome,
+) {
 	if !a.stream {
-		contentType := contentJSON
-		if a.openAI {
-			contentType = contentOpenAIJSON
+		switch {
+		case a.events:
+			writeJSONLine(w, http.StatusOK, contentOpenAIJSON, a.whole(text, o))
+		case a.errors != shapeOllama:
+			writeJSON(w, http.StatusOK, contentOpenAIJSON, a.whole(text, o))
+		default:
+			writeJSON(w, http.StatusOK, contentJSON, a.whole(text, o))
 		}
-		writeJSON(w, http.StatusOK, contentType, a.whole(text.String(), o))
 		return
 	}
 
 	if frames == nil {
-		frames = newFrameWriter(w, a.sse, s.cutStream)
+		frames = s.newCompletionFrames(w, a)
 	}
 	for _, v := range a.final(o) {
 		if err := frames.write(v); err != nil {
 			s.rec.noteCancelled()
 			return
 		}
+	}
+	if a.events {
+		return
 	}
 	if err := frames.end(); err != nil {
 		s.rec.noteCancelled()
@@ -225,7 +260,7 @@ func (s *Server) completionFailed(
 	w http.ResponseWriter,
 	r *http.Request,
 	started bool,
-	openAI bool,
+	shape errorShape,
 	err error,
 ) {
 	switch {
@@ -233,14 +268,14 @@ func (s *Server) completionFailed(
 		s.rec.noteCancelled()
 	case errors.Is(err, errServerBusy):
 		s.rec.noteRejected()
-		writeError(w, openAI, http.StatusServiceUnavailable, err.Error())
+		writeError(w, shape, http.StatusServiceUnavailable, err.Error())
 	case started:
 		// A write failed mid-stream: the client is gone.
 		s.rec.noteCancelled()
 	case errors.Is(err, errServerClosed):
-		writeError(w, openAI, http.StatusServiceUnavailable, err.Error())
+		writeError(w, shape, http.StatusServiceUnavailable, err.Error())
 	default:
-		writeError(w, openAI, http.StatusInternalServerError, err.Error())
+		writeError(w, shape, http.StatusInternalServerError, err.Error())
 	}
 }
 

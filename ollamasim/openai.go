@@ -146,7 +146,7 @@ func (s *Server) handleOpenAIChat(w http.ResponseWriter, r *http.Request) {
 		options: openAIOptions(
 			cmpPtr(req.MaxCompletionTokens, req.MaxTokens), req.Temperature, req.Seed),
 		capability: "chat",
-		openAI:     true,
+		errors:     shapeOpenAI,
 	})
 	if !ok {
 		return
@@ -181,8 +181,8 @@ func (s *Server) openAIChatAnswer(req openAIChatRequest) completionFormat {
 	return completionFormat{
 		stream: req.Stream,
 		sse:    true,
-		openAI: true,
-		chunk:  func(piece string) any { return chunk(piece, nil) },
+		errors: shapeOpenAI,
+		chunk:  func(piece string) []any { return []any{chunk(piece, nil)} },
 		final: func(o *outcome) []any {
 			frames := []any{chunk("", finishReason(o))}
 			if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
@@ -218,7 +218,7 @@ func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request) 
 		model:      req.Model,
 		options:    openAIOptions(req.MaxTokens, req.Temperature, req.Seed),
 		capability: "generate",
-		openAI:     true,
+		errors:     shapeOpenAI,
 	})
 	if !ok {
 		return
@@ -247,8 +247,8 @@ func (s *Server) openAICompletionAnswer(req openAICompletionRequest) completionF
 	return completionFormat{
 		stream: req.Stream,
 		sse:    true,
-		openAI: true,
-		chunk:  func(piece string) any { return chunk(piece, nil) },
+		errors: shapeOpenAI,
+		chunk:  func(piece string) []any { return []any{chunk(piece, nil)} },
 		final: func(o *outcome) []any {
 			frames := []any{chunk("", finishReason(o))}
 			if req.StreamOptions != nil && req.StreamOptions.IncludeUsage {
@@ -288,14 +288,14 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request) 
 		writeOpenAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	c, _, ok := s.newCompletion(w, start, modelRequest{model: req.Model, openAI: true})
+	c, _, ok := s.newCompletion(w, start, modelRequest{model: req.Model, errors: shapeOpenAI})
 	if !ok {
 		return
 	}
 
 	e, err := s.embed(r.Context(), c, texts)
 	if err != nil {
-		s.completionFailed(w, r, false, true, err)
+		s.completionFailed(w, r, false, shapeOpenAI, err)
 		return
 	}
 	data := make([]openAIEmbedding, 0, len(e.vectors))

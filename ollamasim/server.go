@@ -44,7 +44,7 @@ type Server struct {
 type route struct {
 	name      string // the key of Stats.Requests
 	inference bool   // subject to the Busy, ErrorRate and delay faults
-	openAI    bool   // errors in OpenAI's shape
+	errors    errorShape
 }
 
 // New returns a node serving cfg. It panics when cfg.Validate reports an
@@ -76,7 +76,7 @@ func (s *Server) registerRoutes() {
 	general := func(name string) route { return route{name: name} }
 	inference := func(name string) route { return route{name: name, inference: true} }
 	openAI := func(name string, inference bool) route {
-		return route{name: name, inference: inference, openAI: true}
+		return route{name: name, inference: inference, errors: shapeOpenAI}
 	}
 
 	s.handle("GET /{$}", general("/"), s.handleRoot)
@@ -99,6 +99,9 @@ func (s *Server) registerRoutes() {
 	s.handle("POST /v1/chat/completions", openAI("/v1/chat/completions", true), s.handleOpenAIChat)
 	s.handle("POST /v1/completions", openAI("/v1/completions", true), s.handleOpenAICompletion)
 	s.handle("POST /v1/embeddings", openAI("/v1/embeddings", true), s.handleOpenAIEmbeddings)
+	s.handle("POST /v1/responses", openAI("/v1/responses", true), s.handleResponses)
+	s.handle("POST /v1/messages",
+		route{name: "/v1/messages", inference: true, errors: shapeAnthropic}, s.handleMessages)
 	s.handle("GET /v1/models", openAI("/v1/models", false), s.handleOpenAIModels)
 	s.handle("GET /v1/models/{model...}", openAI("/v1/models/{model}", false), s.handleOpenAIModel)
 
@@ -124,7 +127,7 @@ func (s *Server) middleware(rt route, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Track the handler so Close can wait for it.
 		if !s.handlers.enter() {
-			writeError(w, rt.openAI, http.StatusServiceUnavailable, errServerClosed.Error())
+			writeError(w, rt.errors, http.StatusServiceUnavailable, errServerClosed.Error())
 			return
 		}
 		defer s.handlers.exit()
@@ -230,11 +233,11 @@ func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bo
 		return false
 	}
 	if f.Busy {
-		writeError(w, rt.openAI, http.StatusServiceUnavailable, errServerBusy.Error())
+		writeError(w, rt.errors, http.StatusServiceUnavailable, errServerBusy.Error())
 		return false
 	}
 	if s.faults.drawFailure() {
-		writeError(w, rt.openAI, f.errorStatus(), f.errorMessage())
+		writeError(w, rt.errors, f.errorStatus(), f.errorMessage())
 		return false
 	}
 	return true

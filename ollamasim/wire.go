@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"time"
 )
@@ -34,14 +35,38 @@ func decodeBody(r *http.Request, v any) error {
 
 // writeJSON sends v as a single JSON object with the given content type.
 func writeJSON(w http.ResponseWriter, status int, contentType string, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		status = http.StatusInternalServerError
-		body = fmt.Appendf(nil, `{"error":%q}`, err.Error())
-	}
 	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(status)
-	w.Write(body)
+	w.Write(marshalBody(v))
+}
+
+// writeJSONLine is writeJSON with a newline after the object, as
+// json.Encoder writes it in Ollama's /v1/responses and /v1/messages
+// middleware.
+func writeJSONLine(w http.ResponseWriter, status int, contentType string, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	w.Write(append(marshalBody(v), '\n'))
+}
+
+// writeJSONChunked is writeJSON with a chunked body whatever its length.
+// Go's server sends a short body with a Content-Length, but Ollama's
+// /api/show response is long enough to be chunked.
+func writeJSONChunked(w http.ResponseWriter, status int, contentType string, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	// A flush before the body commits the head without a Content-Length.
+	http.NewResponseController(w).Flush()
+	w.Write(marshalBody(v))
+}
+
+// marshalBody encodes v, or an error object when v cannot be encoded.
+func marshalBody(v any) []byte {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Appendf(nil, `{"error":%q}`, err.Error())
+	}
+	return body
 }
 
 // apiError is the error body of Ollama's native routes.
@@ -79,13 +104,70 @@ func writeOpenAIError(w http.ResponseWriter, status int, message string) {
 	writeJSON(w, status, contentOpenAIJSON, body)
 }
 
-// writeError sends an error in the shape of the route family.
-func writeError(w http.ResponseWriter, openAI bool, status int, message string) {
-	if openAI {
-		writeOpenAIError(w, status, message)
-		return
+// anthropicError is the error body of /v1/messages, Ollama's
+// anthropic.ErrorResponse.
+type anthropicError struct {
+	Type      string               `json:"type"`
+	Error     anthropicErrorDetail `json:"error"`
+	RequestID string               `json:"request_id"`
+}
+
+type anthropicErrorDetail struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// writeAnthropicError sends an error in Anthropic's shape, with the error
+// type and the random request_id that Ollama's anthropic.NewError gives it.
+func writeAnthropicError(w http.ResponseWriter, status int, message string) {
+	kind := "api_error"
+	switch status {
+	case http.StatusBadRequest:
+		kind = "invalid_request_error"
+	case http.StatusUnauthorized:
+		kind = "authentication_error"
+	case http.StatusForbidden:
+		kind = "permission_error"
+	case http.StatusNotFound:
+		kind = "not_found_error"
+	case http.StatusTooManyRequests:
+		kind = "rate_limit_error"
+	case http.StatusServiceUnavailable, 529:
+		kind = "overloaded_error"
 	}
-	writeAPIError(w, status, message)
+	body := anthropicError{
+		Type:      "error",
+		Error:     anthropicErrorDetail{Type: kind, Message: message},
+		RequestID: "req_" + randomHex(),
+	}
+	writeJSONLine(w, status, contentOpenAIJSON, body)
+}
+
+// randomHex returns 24 random hexadecimal digits, the length of the ids
+// that Ollama's anthropic package makes from 12 random bytes.
+func randomHex() string {
+	return fmt.Sprintf("%016x%08x", rand.Uint64(), rand.Uint32())
+}
+
+// errorShape is the error body of a route family.
+type errorShape uint8
+
+const (
+	shapeOllama    errorShape = iota // {"error":"..."} on /api
+	shapeOpenAI                      // OpenAI's error object on /v1
+	shapeAnthropic                   // Anthropic's error object on /v1/messages
+)
+
+// writeError sends an error in the given shape.
+func writeError(w http.ResponseWriter, shape errorShape, status int, message string) {
+	switch shape {
+	case shapeOpenAI:
+		writeOpenAIError(w, status, message)
+	case shapeAnthropic:
+		writeAnthropicError(w, status, message)
+	default:
+		writeAPIError(w, status, message)
+	}
 }
 
 // timestamp formats t as Ollama's created_at, expires_at and modified_at.
@@ -113,15 +195,26 @@ func newFrameWriter(w http.ResponseWriter, sse bool, cut func(int) bool) *frameW
 	return &frameWriter{w: w, rc: http.NewResponseController(w), sse: sse, cut: cut}
 }
 
+// namedEvent is a server-sent event with an "event:" line, as the
+// /v1/responses and /v1/messages streams send them.
+type namedEvent struct {
+	name string
+	data any
+}
+
 // write sends v as one frame. When the cut fault is due it aborts the
 // connection with http.ErrAbortHandler, so the client never sees the end of
 // the chunked body.
 func (f *frameWriter) write(v any) error {
+	var name string
+	if e, ok := v.(namedEvent); ok {
+		name, v = e.name, e.data
+	}
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode frame: %w", err)
 	}
-	if err := f.writeRaw(body); err != nil {
+	if err := f.writeRaw(name, body); err != nil {
 		return err
 	}
 	f.frames++
@@ -131,10 +224,15 @@ func (f *frameWriter) write(v any) error {
 	return nil
 }
 
-func (f *frameWriter) writeRaw(body []byte) error {
+func (f *frameWriter) writeRaw(name string, body []byte) error {
 	var frame []byte
 	if f.sse {
-		frame = make([]byte, 0, len(body)+8)
+		frame = make([]byte, 0, len(name)+len(body)+16)
+		if name != "" {
+			frame = append(frame, "event: "...)
+			frame = append(frame, name...)
+			frame = append(frame, '\n')
+		}
 		frame = append(frame, "data: "...)
 		frame = append(frame, body...)
 		frame = append(frame, "\n\n"...)

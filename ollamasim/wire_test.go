@@ -92,6 +92,10 @@ func wireCases() []wireCase {
 			body: `{"model":"nope",` + chat + `}`},
 		{name: "openai_models", method: http.MethodGet, path: "/v1/models"},
 		{name: "openai_model", method: http.MethodGet, path: "/v1/models/llama3:8b"},
+		{name: "responses", method: http.MethodPost, path: "/v1/responses",
+			body: `{"model":"llama3:8b","input":"hi","max_output_tokens":5}`},
+		{name: "messages", method: http.MethodPost, path: "/v1/messages",
+			body: `{"model":"llama3:8b","max_tokens":5,` + chat + `}`},
 	}
 }
 
@@ -119,6 +123,86 @@ func TestWireMatchesRecordings(t *testing.T) {
 	}
 }
 
+// TestWireEventStreamsMatchRecordings compares the streams of
+// /v1/responses and /v1/messages with the recorded ones. Their server-sent
+// events have names and no "data: [DONE]" at the end. The test compares
+// the order of the event names, counting a run of deltas once, and the
+// layout of each event's data. The streams' heads were not recorded, so
+// the expected Content-Type is the one that Ollama's middleware sets.
+func TestWireEventStreamsMatchRecordings(t *testing.T) {
+	cases := []struct{ name, path, body string }{
+		{"responses_stream", "/v1/responses",
+			`{"model":"llama3:8b","input":"hi","max_output_tokens":3,"stream":true}`},
+		{"messages_stream", "/v1/messages",
+			`{"model":"llama3:8b","max_tokens":3,"stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			n := startNode(t, ollamasim.Config{})
+			want := namedEvents(t, readFile(t, filepath.Join(wireDir, tc.name+".body")))
+
+			resp := n.do(t, context.Background(), http.MethodPost, tc.path, tc.body)
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("read body: %v", err)
+			}
+			checkHead(t, resp, http.StatusOK, http.Header{"Content-Type": {"text/event-stream"}}, sse)
+			got := namedEvents(t, body)
+
+			if g, w := eventNames(got), eventNames(want); g != w {
+				t.Errorf("event names differ\n got: %s\nwant: %s", g, w)
+			}
+			recorded := map[string][]byte{}
+			for _, e := range want {
+				recorded[e.name] = e.data
+			}
+			for i, e := range got {
+				if w, ok := recorded[e.name]; ok {
+					compareShapes(t, fmt.Sprintf("event %d (%s)", i+1, e.name), e.data, w, nil)
+				}
+			}
+		})
+	}
+}
+
+// namedEvent is one server-sent event with an "event:" line.
+type namedEvent struct {
+	name string
+	data []byte
+}
+
+// namedEvents splits an event stream whose events each have an "event:"
+// line and one "data:" line of JSON, checking that framing.
+func namedEvents(t *testing.T, body []byte) []namedEvent {
+	t.Helper()
+	if !bytes.HasSuffix(body, []byte("\n\n")) {
+		t.Fatalf("event stream does not end with a blank line: %q", body)
+	}
+	var events []namedEvent
+	for _, event := range bytes.Split(bytes.TrimSuffix(body, []byte("\n\n")), []byte("\n\n")) {
+		head, data, ok := bytes.Cut(event, []byte("\n"))
+		name, named := bytes.CutPrefix(head, []byte("event: "))
+		data, hasData := bytes.CutPrefix(data, []byte("data: "))
+		if !ok || !named || !hasData || !json.Valid(data) {
+			t.Fatalf("event is not event: NAME and data: {json}: %q", event)
+		}
+		events = append(events, namedEvent{name: string(name), data: data})
+	}
+	return events
+}
+
+// eventNames lists the names of events, counting a run of one name once,
+// because the number of deltas depends on the generated text.
+func eventNames(events []namedEvent) string {
+	var names []string
+	for _, e := range events {
+		if len(names) == 0 || names[len(names)-1] != e.name {
+			names = append(names, e.name)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
 func TestWireUnloadMatchesRecording(t *testing.T) {
 	n := startNode(t, ollamasim.Config{})
 	n.generate(t, "/api/generate", `{"model":"llama3:8b"}`)
@@ -139,8 +223,9 @@ func TestWireUnloadMatchesRecording(t *testing.T) {
 }
 
 // checkHead compares the status, the content type and whether the body is
-// chunked. Only streams must be chunked: Go's server chunks a single object
-// when it exceeds its buffer, whatever the server.
+// chunked. Streams must be chunked, and so must a single object recorded
+// chunked. A single object recorded with a Content-Length may be chunked:
+// Go's server chunks one that exceeds its buffer, whatever the server.
 func checkHead(t *testing.T, resp *http.Response, wantStatus int, want http.Header, f framing) {
 	t.Helper()
 	if resp.StatusCode != wantStatus {
@@ -154,6 +239,9 @@ func checkHead(t *testing.T, resp *http.Response, wantStatus int, want http.Head
 		if !chunked {
 			t.Error("stream is not chunked")
 		}
+	}
+	if f == single && want.Get("Transfer-Encoding") == "chunked" && !chunked {
+		t.Error("body is not chunked, as recorded")
 	}
 }
 

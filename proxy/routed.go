@@ -34,6 +34,11 @@ type HealthReporter interface {
 // and limit checks, it serves the request from the cache when it can, or
 // forwards it to a node chosen by model and relays the response back.
 func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
+	// Ollama decodes a zstd body on /v1/responses only. On the other routes
+	// such a body is invalid JSON, to the proxy as to Ollama.
+	if rt.name == "/v1/responses" && !s.decodeZstdBody(ctx, rt) {
+		return
+	}
 	p := s.parsers.Get()
 	f, err := inspect(p, rt, ctx.PostBody())
 	s.parsers.Put(p)

@@ -112,6 +112,9 @@ type Server struct {
 	// heads keeps the request line of requests whose body fasthttp reads
 	// after receiveHeader, for handleParseError.
 	heads pendingHeads
+	// zstd decodes the zstd bodies of /v1/responses, bounded by
+	// max_body_bytes.
+	zstd atomic.Pointer[zstdDecoder]
 }
 
 // New returns a server for opts. It does not listen until Serve.
