@@ -36,6 +36,9 @@ func TestReloadKeepsNodeStateOnLimitChange(t *testing.T) {
 		cfg := testenv.Config(t, sim)
 		cfg.Nodes[0].MaxConcurrent = maxConcurrent
 		cfg.Nodes[0].Weight = weight
+		// The hanging node fails its probes too. It must stay up, because
+		// marking it down would end the requests that wait on it.
+		cfg.Health.UnhealthyThreshold = 1000
 		return cfg
 	}
 	a, _ := startApp(t, tune(1, 1))

@@ -66,9 +66,11 @@ type Node struct {
 
 	up atomic.Bool
 	// downMu guards down, which SetUp closes when the node goes down and
-	// replaces when it comes back up.
+	// replaces when it comes back up, and watchers, the head of the list
+	// of DownLinks that SetUp notifies when the node goes down.
 	downMu   sync.Mutex
 	down     chan struct{}
+	watchers *DownLink
 	draining atomic.Bool
 	inflight atomic.Int64
 	gate     atomic.Pointer[gateBox]
@@ -146,6 +148,8 @@ func (n *Node) SetGate(g Gate) { n.gate.Store(&gateBox{g: g}) }
 func (n *Node) Up() bool { return n.up.Load() }
 
 // SetUp records the node's health state and returns whether it changed.
+// When the node goes down, it also calls the NodeDown method of every
+// listener added with WatchDown and removes them all.
 func (n *Node) SetUp(up bool) bool {
 	n.downMu.Lock()
 	defer n.downMu.Unlock()
@@ -154,9 +158,73 @@ func (n *Node) SetUp(up bool) bool {
 	}
 	if up {
 		n.down = make(chan struct{})
-	} else {
-		close(n.down)
+		return true
 	}
+	close(n.down)
+	for l := n.watchers; l != nil; {
+		next := l.next
+		listener := l.listener
+		*l = DownLink{}
+		listener.NodeDown()
+		l = next
+	}
+	n.watchers = nil
+	return true
+}
+
+// DownListener is an operation on a node that must end when the node goes
+// down, such as a request that still waits for the node's response.
+type DownListener interface {
+	// NodeDown is called once, by SetUp with the node's lock held, so it
+	// must return quickly and call no method of the node.
+	NodeDown()
+}
+
+// DownLink is the entry of one DownListener in a node's list. Its zero
+// value is unlinked. Embedding it in the listener lets WatchDown and
+// UnwatchDown run without allocating.
+type DownLink struct {
+	listener   DownListener
+	prev, next *DownLink
+	linked     bool
+}
+
+// WatchDown adds l, through link, to the listeners that SetUp notifies
+// when the node goes down, and returns true. When the node is down
+// already, it adds nothing and returns false. link must be unlinked.
+func (n *Node) WatchDown(link *DownLink, l DownListener) bool {
+	n.downMu.Lock()
+	defer n.downMu.Unlock()
+	if !n.up.Load() {
+		return false
+	}
+	*link = DownLink{listener: l, next: n.watchers, linked: true}
+	if n.watchers != nil {
+		n.watchers.prev = link
+	}
+	n.watchers = link
+	return true
+}
+
+// UnwatchDown removes link from the node's listeners and returns true. It
+// returns false when link is not in the list, as after SetUp removed it
+// and called its listener's NodeDown. Either way, once it returns, the
+// listener is not called through link any more.
+func (n *Node) UnwatchDown(link *DownLink) bool {
+	n.downMu.Lock()
+	defer n.downMu.Unlock()
+	if !link.linked {
+		return false
+	}
+	if link.prev != nil {
+		link.prev.next = link.next
+	} else {
+		n.watchers = link.next
+	}
+	if link.next != nil {
+		link.next.prev = link.prev
+	}
+	*link = DownLink{}
 	return true
 }
 

@@ -181,6 +181,71 @@ func TestNodeDownChannel(t *testing.T) {
 	}
 }
 
+// countingListener counts the NodeDown calls it gets.
+type countingListener struct {
+	link  DownLink
+	calls int
+}
+
+func (l *countingListener) NodeDown() { l.calls++ }
+
+func TestNodeDownListeners(t *testing.T) {
+	u, _ := url.Parse("http://gpu1:11434")
+	n := NewNode("gpu1", u, 1, 1)
+	var first, middle, last, removed countingListener
+	for _, l := range []*countingListener{&first, &middle, &last, &removed} {
+		if !n.WatchDown(&l.link, l) {
+			t.Fatal("WatchDown on an up node returned false")
+		}
+	}
+	if !n.UnwatchDown(&removed.link) {
+		t.Error("UnwatchDown of a listed link returned false")
+	}
+	if n.UnwatchDown(&removed.link) {
+		t.Error("second UnwatchDown of the same link returned true")
+	}
+	// Removing one from the middle of the list keeps the others linked.
+	if !n.UnwatchDown(&middle.link) {
+		t.Error("UnwatchDown of the middle link returned false")
+	}
+	if !n.WatchDown(&middle.link, &middle) {
+		t.Fatal("WatchDown of a link removed earlier returned false")
+	}
+
+	n.SetUp(false)
+	for name, l := range map[string]*countingListener{"first": &first, "middle": &middle, "last": &last} {
+		if l.calls != 1 {
+			t.Errorf("%s listener got %d NodeDown calls, want 1", name, l.calls)
+		}
+		if n.UnwatchDown(&l.link) {
+			t.Errorf("UnwatchDown of the %s link returned true after SetUp(false) removed it", name)
+		}
+	}
+	if removed.calls != 0 {
+		t.Errorf("removed listener got %d NodeDown calls, want 0", removed.calls)
+	}
+
+	var late countingListener
+	if n.WatchDown(&late.link, &late) {
+		t.Error("WatchDown on a down node returned true")
+	}
+	n.SetUp(true)
+	n.SetUp(false)
+	if late.calls != 0 || first.calls != 1 {
+		t.Errorf("a second down reached listeners that were not listed: late %d, first %d calls",
+			late.calls, first.calls)
+	}
+
+	n.SetUp(true)
+	if !n.WatchDown(&late.link, &late) {
+		t.Fatal("WatchDown on a node back up returned false")
+	}
+	n.SetUp(false)
+	if late.calls != 1 {
+		t.Errorf("listener added after the node came back up got %d calls, want 1", late.calls)
+	}
+}
+
 func TestSetInventoryReportsModelChanges(t *testing.T) {
 	u, _ := url.Parse("http://gpu1:11434")
 	n := NewNode("gpu1", u, 2, 1)

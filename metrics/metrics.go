@@ -123,8 +123,10 @@ func New() *Metrics {
 			"Errors of a node that passive checks and its breaker did not count against it, by "+
 				"reason: request_error (every node tried returned the same 5xx error, so the "+
 				"request caused it), unconfirmed_5xx (a 5xx error of Ollama's that no other node's "+
-				"response confirmed or refuted) and slow_response (no head of a non-streamed "+
-				"response within upstream.first_byte from a node that then passed a probe).",
+				"response confirmed or refuted), slow_response (no head of a non-streamed "+
+				"response within upstream.first_byte from a node that then passed a probe) and "+
+				"node_down (health checks marked the node down while it had the request, "+
+				"before its response head).",
 			"node", "reason"),
 		EjectionsSkipped: f.counter("llmproxy_ejections_skipped_total",
 			"Times that passive checks (check=passive) or a circuit breaker (check=breaker) "+

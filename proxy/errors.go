@@ -123,9 +123,10 @@ func statusFor(err error) int {
 	case errors.Is(err, balancer.ErrModelNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, balancer.ErrNoNode), errors.Is(err, errShuttingDown),
-		errors.Is(err, errConnect):
-		// A node that rejects connections gets the status of one that
-		// health checks have marked down.
+		errors.Is(err, errConnect), errors.Is(err, errNodeMarkedDown):
+		// A node that rejects connections, or that health checks marked
+		// down while it had the request, gets 503 like a node that was
+		// down before the request arrived.
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errFirstByteTimeout), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, errIdleTimeout):

@@ -380,6 +380,12 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		}
 	}()
 	r.status, r.body, r.errMsg = s.exchangeModelOp(nctx, n, local, t, lines)
+	if r.errMsg != "" && context.Cause(nctx) == nil && !n.Up() {
+		// The upstream ended the wait for the node's response when the
+		// node went down (errNodeMarkedDown), before the goroutine above
+		// cancelled nctx.
+		cancel(errNodeDown)
+	}
 	if r.errMsg != "" && context.Cause(nctx) != nil {
 		// A read that the context ended fails with errCancelled, which
 		// does not say why.

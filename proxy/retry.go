@@ -45,6 +45,7 @@ const (
 	reasonReset     = "reset"
 	reasonMidStream = "midstream"
 	reasonBusy      = "busy"
+	reasonNodeDown  = "node_down"
 )
 
 // Reasons of node errors that count against no node, the reason label of
@@ -53,6 +54,7 @@ const (
 	uncountedRequest     = "request_error"
 	uncountedUnconfirmed = "unconfirmed_5xx"
 	uncountedSlow        = "slow_response"
+	uncountedNodeDown    = "node_down"
 )
 
 // verdict is the decision of the retry rules on one attempt.
@@ -90,6 +92,9 @@ func judge(a attempt) verdict {
 	switch {
 	case a.err != nil && (errors.Is(a.err, errClientGone) || errors.Is(a.err, errShuttingDown)):
 		return verdict{}
+	case a.err != nil && errors.Is(a.err, errNodeMarkedDown):
+		// The failed probes that took the node down have counted already.
+		return verdict{retry: true, uncounted: uncountedNodeDown, reason: reasonNodeDown}
 	case a.err != nil && errors.Is(a.err, errFirstByteTimeout):
 		return judgeFirstByteTimeout(a)
 	case a.err != nil && errors.Is(a.err, context.DeadlineExceeded):

@@ -208,9 +208,10 @@ func (s *Server) try(ctx context.Context, lease *balancer.Lease, req *fasthttp.R
 	if err != nil {
 		a.err = err
 		// The client leaving, upstream.total and a shutdown are not the
-		// node's errors.
+		// node's errors. A node marked down keeps the error of the probe
+		// that failed.
 		if !errors.Is(err, errClientGone) && !errors.Is(err, context.DeadlineExceeded) &&
-			!errors.Is(err, errShuttingDown) {
+			!errors.Is(err, errShuttingDown) && !errors.Is(err, errNodeMarkedDown) {
 			node.SetLastError(err.Error())
 		}
 		return a, nil
@@ -322,14 +323,15 @@ func (s *Server) failAttempt(ctx *fasthttp.RequestCtx, rt route, rs *reqState, a
 		return
 	}
 	msg := clientText(a.err)
-	if errors.Is(a.err, errConnect) {
+	nodeFailed := errors.Is(a.err, errConnect) || errors.Is(a.err, errNodeMarkedDown)
+	if nodeFailed {
 		msg += "; no other node could take the request, try again later"
 	}
 	writeError(ctx, rt, status, msg)
 	switch {
 	case errors.Is(a.err, errShuttingDown):
 		ctx.Response.Header.Set("Retry-After", shutdownRetryAfter)
-	case errors.Is(a.err, errConnect):
+	case nodeFailed:
 		// As writeNoHealthyNode sends once the nodes are marked down.
 		ctx.Response.Header.Set("Retry-After", "5")
 	}

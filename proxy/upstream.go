@@ -56,6 +56,11 @@ var errFirstByteTimeout = errors.New("no response from node within the first-byt
 var errBodyNotTaken = fmt.Errorf("%w (the node did not take the whole request body in time)",
 	errFirstByteTimeout)
 
+// errNodeMarkedDown ends an exchange that was still waiting for the
+// response head when health checks marked its node down. Like a refused
+// connection, it sends the request to another node.
+var errNodeMarkedDown = errors.New("node marked down by health checks before it sent a response")
+
 // errBodyCut ends a response body whose node connection closed or failed
 // before the last byte that the framing announced.
 var errBodyCut = errors.New("node closed the connection before the response body was complete")
@@ -130,6 +135,13 @@ type exchange struct {
 	// cancelled is set when the exchange's context ended, before the
 	// connection's deadline is moved to the past.
 	cancelled atomic.Bool
+	// downLink lists the exchange in its node's DownListeners while
+	// waitingHead is set, from before the request is written until the
+	// response head is read. nodeDown is set when the node went down in
+	// that time, before the connection's deadline is moved to the past.
+	downLink    balancer.DownLink
+	waitingHead bool
+	nodeDown    atomic.Bool
 	// watch is the request's client watch when the exchange is attached
 	// to it; stop ends the cancellation callback on any other context.
 	watch  *clientWatch
@@ -218,6 +230,12 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		ex.stop = context.AfterFunc(ctx, ex.abort)
 	}
 	reused := !cc.LastUseTime().IsZero()
+	if !u.node.WatchDown(&ex.downLink, ex) {
+		// The node went down after the balancer placed the request on it.
+		ex.close()
+		return nil, u.nodeDownError()
+	}
+	ex.waitingHead = true
 
 	// Ollama bound to loopback rejects a Host that is not its own with 403.
 	req.Header.SetHost(u.host)
@@ -231,7 +249,11 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		_ = conn.SetWriteDeadline(ex.deadline)
 	}
 	if err := ex.writeRequest(req); err != nil {
+		down := ex.endHeadWait()
 		ex.close()
+		if down && ctx.Err() == nil {
+			return nil, u.nodeDownError()
+		}
 		// A request larger than the write buffer takes several writes, and
 		// one after the first fails on a connection the node has closed.
 		// The node cannot have served a request it did not receive whole.
@@ -248,15 +270,20 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	}
 
 	_ = conn.SetReadDeadline(ex.deadline)
-	if ex.cancelled.Load() {
-		// A cancellation while the request was written would otherwise be
-		// undone by the new deadlines.
+	if ex.cancelled.Load() || ex.nodeDown.Load() {
+		// A cancellation, or the node going down, while the request was
+		// written would otherwise be undone by the new deadlines.
 		_ = conn.SetDeadline(time.Unix(1, 0))
 	}
 	ex.reader = idleReader{Conn: conn, ex: ex}
 	ex.br = u.hc.AcquireReader(&ex.reader)
-	if err := ex.resp.Read(ex.br); err != nil {
+	err = ex.resp.Read(ex.br)
+	down := ex.endHeadWait()
+	if err != nil {
 		ex.close()
+		if down && ctx.Err() == nil {
+			return nil, u.nodeDownError()
+		}
 		if reused && isConnClosed(err) && ctx.Err() == nil {
 			return nil, errStaleConn
 		}
@@ -267,6 +294,16 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 			err = fmt.Errorf("connection closed before the response head: %w", err)
 		}
 		return nil, u.wrap(ctx, "read response", err)
+	}
+	if down {
+		// The head arrived as the node went down, and the deadline that
+		// ended the wait would fail the first read of the body. Nothing
+		// has reached the client, so the request can go to another node.
+		ex.close()
+		if ctx.Err() == nil {
+			return nil, u.nodeDownError()
+		}
+		return nil, context.Cause(ctx)
 	}
 	if reused && ex.resp.StatusCode() == fasthttp.StatusRequestTimeout && ctx.Err() == nil {
 		// Some servers send 408 on a keep-alive connection that they close
@@ -471,6 +508,31 @@ func (ex *exchange) abort() {
 	_ = ex.conn.SetDeadline(time.Unix(1, 0))
 }
 
+// NodeDown ends the wait for the response head when health checks mark
+// the node down (balancer.DownListener): the pending write or read fails
+// at once. The node's lock is held, so it only sets the flag and the
+// deadline.
+func (ex *exchange) NodeDown() {
+	ex.nodeDown.Store(true)
+	_ = ex.conn.SetDeadline(time.Unix(1, 0))
+}
+
+// endHeadWait takes the exchange out of its node's DownListeners and
+// reports whether the node went down while the exchange waited.
+func (ex *exchange) endHeadWait() bool {
+	if ex.waitingHead {
+		ex.waitingHead = false
+		if !ex.u.node.UnwatchDown(&ex.downLink) {
+			return true
+		}
+	}
+	return ex.nodeDown.Load()
+}
+
+func (u *upstream) nodeDownError() error {
+	return fmt.Errorf("node %s: %w", u.node.Name, errNodeMarkedDown)
+}
+
 // finish ends an exchange whose body was read in full, and returns the
 // connection to the pool when it can be reused.
 func (ex *exchange) finish() { ex.closeWith(true) }
@@ -483,6 +545,7 @@ func (ex *exchange) closeWith(complete bool) {
 		return
 	}
 	ex.closed = true
+	ex.endHeadWait()
 	var cancelled bool
 	if ex.watch != nil {
 		cancelled = !ex.watch.detach(ex)
@@ -517,6 +580,8 @@ func (ex *exchange) recycle() {
 	ex.reader = idleReader{}
 	ex.reuse, ex.closed, ex.chunked = false, false, false
 	ex.cancelled.Store(false)
+	ex.waitingHead = false
+	ex.nodeDown.Store(false)
 	ex.handle.Store(nil)
 	ex.resp.Reset()
 	exchangePool.Put(ex)
