@@ -117,7 +117,6 @@ func (s Settings) classLimit(class string) config.QueueClass {
 // requests run.
 type Balancer struct {
 	nodes atomic.Pointer[[]*Node]
-	rr    atomic.Uint64
 	m     *metrics.Metrics
 	clock atomic.Pointer[func() time.Time]
 	// waits holds the queue wait histogram of each class, looked up once.
@@ -188,11 +187,14 @@ func (b *Balancer) SetSettings(s Settings) {
 // SetNodes replaces the node set and places waiting requests on new
 // nodes. Waiting requests for a model that no node lists any more fail
 // with ErrModelNotFound. Leases on removed nodes stay valid until
-// released.
+// released. The weighted round robin starts afresh over the new set.
 func (b *Balancer) SetNodes(nodes []*Node) {
 	cp := append([]*Node(nil), nodes...)
-	b.nodes.Store(&cp)
 	b.mu.Lock()
+	b.nodes.Store(&cp)
+	for _, n := range cp {
+		n.currentWeight = 0
+	}
 	b.failUnservableLocked()
 	b.mu.Unlock()
 	b.Dispatch()

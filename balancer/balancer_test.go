@@ -512,3 +512,32 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		l.Release()
 	}
 }
+
+// BenchmarkPolicies places and releases one request at a time on eight idle
+// nodes with unequal weights, so that every placement breaks a tie.
+func BenchmarkPolicies(b *testing.B) {
+	for _, policy := range []string{PolicyInferenceAware, PolicyLeastConn, PolicyRoundRobin} {
+		b.Run(policy, func(b *testing.B) {
+			var nodes []*Node
+			for i := 0; i < 8; i++ {
+				u, _ := url.Parse("http://node:11434")
+				n := NewNode("n"+string(rune('a'+i)), u, 64, float64(1+i%3))
+				n.SetInventory([]Model{{Name: "a:latest"}}, []Loaded{{Name: "a:latest"}}, time.Time{})
+				nodes = append(nodes, n)
+			}
+			cfg := config.Default()
+			s := SettingsFrom(&cfg)
+			s.Policy = policy
+			bal := New(s, nodes, nil)
+			req := Request{Model: "a:latest", Slot: true, Class: "standard", Client: "c"}
+			b.ReportAllocs()
+			for b.Loop() {
+				l, err := bal.Acquire(context.Background(), req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				l.Release()
+			}
+		})
+	}
+}

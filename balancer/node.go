@@ -63,6 +63,10 @@ type Node struct {
 	// slots is the number of slot leases taken on the node. The
 	// balancer's mu guards it.
 	slots int
+	// currentWeight is the node's current weight in the smooth weighted
+	// round robin that breaks ties in placement (see pickWeighted). The
+	// balancer's mu guards it.
+	currentWeight float64
 
 	up atomic.Bool
 	// downMu guards down, which SetUp closes when the node goes down and

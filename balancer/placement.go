@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"math"
 	"time"
 )
 
@@ -18,8 +19,12 @@ type candidate struct {
 	free bool    // a slot is free (always true for requests without slots)
 	warm bool    // the model is loaded with a fitting context size
 	load float64 // slots in use (requests in flight without slots) per weighted slot
-	rot  uint64  // rotation order, for ties
-	cost float64 // expected seconds until the request would finish
+	// weight is the node's weight, read once per placement.
+	weight float64
+	cost   float64 // expected seconds until the request would finish
+	// tie marks the candidates that the policy ranks equal to its choice.
+	// pickWeighted chooses among them by weight.
+	tie bool
 	// delay is the part of cost spent before generation starts: waiting
 	// for a slot and loading the model.
 	delay float64
@@ -50,10 +55,8 @@ func (b *Balancer) bestLocked(req Request, waited time.Duration, slots bool) *No
 // candidatesLocked returns the nodes that could serve req. The slice is
 // valid until the next call, which reuses it.
 func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
-	nodes := b.Nodes()
-	start := b.rr.Add(1)
 	cands := b.cands[:0]
-	for i, n := range nodes {
+	for _, n := range b.Nodes() {
 		if tried(req.Tried, n) || (req.Model != "" && !n.hasKey(req.Model)) || !b.usableFor(n, req.Model, req.Tried) {
 			continue
 		}
@@ -64,50 +67,77 @@ func (b *Balancer) candidatesLocked(req Request, slots bool) []candidate {
 		if !slots {
 			used = int(n.Inflight())
 		}
+		weight := n.Weight()
 		cands = append(cands, candidate{
-			n:    n,
-			free: !slots || n.slots < n.MaxConcurrent(),
-			warm: req.Model == "" || n.loadedKey(req.Model, req.NumCtx),
-			load: float64(used) / (float64(n.MaxConcurrent()) * n.Weight()),
-			rot:  (uint64(i) + start) % uint64(len(nodes)),
+			n:      n,
+			free:   !slots || n.slots < n.MaxConcurrent(),
+			warm:   req.Model == "" || n.loadedKey(req.Model, req.NumCtx),
+			load:   float64(used) / (float64(n.MaxConcurrent()) * weight),
+			weight: weight,
 		})
 	}
 	b.cands = cands
 	return cands
 }
 
-// pickRoundRobin returns the free candidate next in rotation.
+// pickRoundRobin returns a free candidate, chosen by weight among all of
+// them.
 func pickRoundRobin(cands []candidate) *Node {
-	var best *candidate
 	for i := range cands {
-		c := &cands[i]
-		if c.free && (best == nil || c.rot < best.rot) {
-			best = c
-		}
+		cands[i].tie = cands[i].free
 	}
-	if best == nil {
-		return nil
-	}
-	return best.n
+	return pickWeighted(cands)
 }
 
-// pickLeastConn returns the free candidate with the fewest requests per
-// weighted slot, as nginx's least_conn does.
+// pickLeastConn returns a free candidate with the fewest requests per
+// weighted slot, chosen by weight among those that have as few, as
+// nginx's least_conn does (ngx_http_upstream_least_conn_module.c).
 func pickLeastConn(cands []candidate) *Node {
 	var best *candidate
 	for i := range cands {
 		c := &cands[i]
-		if !c.free {
-			continue
-		}
-		if best == nil || c.load < best.load || (c.load == best.load && c.rot < best.rot) {
+		if c.free && (best == nil || c.load < best.load) {
 			best = c
 		}
 	}
 	if best == nil {
 		return nil
 	}
-	return best.n
+	for i := range cands {
+		c := &cands[i]
+		c.tie = c.free && c.load == best.load
+	}
+	return pickWeighted(cands)
+}
+
+// pickWeighted returns the node, among the candidates marked tie, that
+// comes next in nginx's smooth weighted round robin (ngx_http_upstream_get_peer
+// in ngx_http_upstream_round_robin.c), or nil when none is marked. Each
+// marked candidate's node adds its weight to its current weight, and the
+// node with the highest current weight wins and subtracts the sum of the
+// weights added. Over a run of picks among the same nodes each node gets a
+// share in proportion to its weight, spread out rather than in bursts.
+// Nodes that are not marked keep their current weight, as nginx's peers
+// that are down or failed do. The caller holds the balancer's mu, which
+// guards the current weights.
+func pickWeighted(cands []candidate) *Node {
+	var best *Node
+	total := 0.0
+	for i := range cands {
+		c := &cands[i]
+		if !c.tie {
+			continue
+		}
+		c.n.currentWeight += c.weight
+		total += c.weight
+		if best == nil || c.n.currentWeight > best.currentWeight {
+			best = c.n
+		}
+	}
+	if best != nil {
+		best.currentWeight -= total
+	}
+	return best
 }
 
 // pickInferenceAware returns the node where the request should finish
@@ -135,48 +165,75 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 		}
 		// A slower node takes longer to generate the same response.
 		c.cost = c.delay + svc*b.est.speedFactor(c.n.Name)
-		if best < 0 || cheaper(c, &cands[best], req.Model) {
+		if best < 0 || compare(c, &cands[best], req.Model) < 0 {
 			best = i
 		}
 	}
 	if cands[best].free {
-		return cands[best].n
+		markTies(cands, &cands[best], req.Model, math.Inf(1))
+		return pickWeighted(cands)
 	}
 	var fallback *candidate
 	for i := range cands {
 		c := &cands[i]
-		if c.free && waited.Seconds() >= c.delay && (fallback == nil || cheaper(c, fallback, req.Model)) {
+		if c.free && waited.Seconds() >= c.delay && (fallback == nil || compare(c, fallback, req.Model) < 0) {
 			fallback = c
 		}
 	}
 	if fallback == nil {
 		return nil
 	}
-	return fallback.n
+	markTies(cands, fallback, req.Model, waited.Seconds())
+	return pickWeighted(cands)
 }
 
-// cheaper reports whether c comes before o. It orders candidates by cost,
-// then free before busy, then by load, then by a stable rank. The rank is
-// the model's rendezvous rank when both would have to load the model, so
-// that one model's loads go to one node, and the rotation order otherwise.
+// markTies marks the free candidates with a delay of at most maxDelay
+// seconds that compare equal to best. A candidate that compares equal has
+// the load of best, which is checked first because it is cheaper.
+func markTies(cands []candidate, best *candidate, model string, maxDelay float64) {
+	for i := range cands {
+		c := &cands[i]
+		c.tie = c == best ||
+			c.free && c.load == best.load && c.delay <= maxDelay && compare(c, best, model) == 0
+	}
+}
+
+// compare returns -1 when c comes before o, 1 when o comes before c, and
+// 0 when the policy ranks them equal, which leaves the choice to weight
+// (see pickWeighted). It orders candidates by cost, then free before busy,
+// then by load. When both would have to load the model, the model's
+// rendezvous rank comes next, so that one model's loads go to one node.
 // Costs within costTolerance of each other count as equal, so that noise
 // in the measured speeds does not send every request to one node.
-func cheaper(c, o *candidate, model string) bool {
+func compare(c, o *candidate, model string) int {
 	d := c.cost - o.cost
 	tolerance := max(costTolerance*max(c.cost, o.cost), minCostDifference)
-	if d > tolerance || -d > tolerance {
-		return c.cost < o.cost
-	}
-	if c.free != o.free {
-		return c.free
-	}
-	if c.load != o.load {
-		return c.load < o.load
+	switch {
+	case d < -tolerance:
+		return -1
+	case d > tolerance:
+		return 1
+	case c.free != o.free:
+		return ordered(c.free)
+	case c.load < o.load:
+		return -1
+	case c.load > o.load:
+		return 1
 	}
 	if !c.warm && !o.warm {
-		return rendezvous(model, c.n.Name) < rendezvous(model, o.n.Name)
+		if rc, ro := rendezvous(model, c.n.Name), rendezvous(model, o.n.Name); rc != ro {
+			return ordered(rc < ro)
+		}
 	}
-	return c.rot < o.rot
+	return 0
+}
+
+// ordered returns -1 when first is true and 1 otherwise.
+func ordered(first bool) int {
+	if first {
+		return -1
+	}
+	return 1
 }
 
 // busyWaitLocked estimates in seconds how long a request for req.Model

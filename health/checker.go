@@ -283,6 +283,7 @@ func (c *Checker) probe(ctx context.Context, t *tracker) {
 		return
 	}
 	c.applyProbe(t, err, cfg.Health)
+	c.noteTimeouts(t)
 	// Usability also changes as passive fail timeouts and breaker open
 	// timeouts expire, so queued requests get another chance at every probe.
 	c.bal.Dispatch()
@@ -310,15 +311,43 @@ func (c *Checker) applyProbe(t *tracker, err error, h config.Health) {
 		t.failStreak = 0
 		t.okStreak++
 		if !n.Up() && (first || t.okStreak >= h.HealthyThreshold) {
-			t.recovered()
-			if c.m != nil {
-				c.m.NodeBreaker.WithLabelValues(n.Name).Set(0)
-			}
+			// A good probe shows only that the node responds to GET
+			// /api/version, so a passive take-out and an open breaker run
+			// their course.
 			n.SetUp(true)
-			c.log.Info("node up", "node", n.Name, "good_probes", t.okStreak)
+			attrs := []any{"node", n.Name, "good_probes", t.okStreak}
+			if left := t.passiveRemaining(); left > 0 {
+				attrs = append(attrs, "passive_out_remaining", left)
+			}
+			if state := t.breakerState(); state != gobreaker.StateClosed.String() {
+				attrs = append(attrs, "breaker", state)
+			}
+			c.log.Info("node up", attrs...)
 		}
 	}
 	c.setNodeGauges(n)
+}
+
+// noteTimeouts logs the end of a passive take-out of the node, and moves
+// its open breaker to half-open once breaker.open_timeout has passed. No
+// timer marks either timeout, so the node's first probe after it notices
+// it, up to health.interval late. The log line of a take-out's end carries
+// the time it ended. A placement that checks the node's breaker moves the
+// breaker earlier, and the breaker logs each change itself (see
+// breakerChanged).
+func (c *Checker) noteTimeouts(t *tracker) {
+	// gobreaker moves an open breaker to half-open when its state is read
+	// after the timeout.
+	t.breaker.Load().cb.State()
+	if end := t.ended(); end != nil {
+		c.logTakeOutEnd(t.node, end)
+	}
+}
+
+// logTakeOutEnd logs that a passive take-out of n has ended.
+func (c *Checker) logTakeOutEnd(n *balancer.Node, end *takeOutEnd) {
+	c.log.Info("passive take-out of node ended", "node", n.Name,
+		"out_for", end.lasted, "ended_at", end.at)
 }
 
 func (c *Checker) setNodeGauges(n *balancer.Node) {
@@ -355,6 +384,9 @@ func (c *Checker) Report(n *balancer.Node, failure string) {
 		return
 	}
 	r := t.report(failure)
+	if r.ended != nil {
+		c.logTakeOutEnd(n, r.ended)
+	}
 	if r.out != nil {
 		c.log.Info("node taken out by passive checks", "node", n.Name, "reason", failure,
 			"failures", r.out.failures, "for", r.out.duration, "restricted", r.out.restricted)

@@ -34,9 +34,9 @@ type tracker struct {
 	probeCallMu sync.Mutex
 	probeCall   *liveness
 
-	// breaker is the node's current breaker. recovered and apply replace
-	// it with mu held. The outcome of a request that ends while it is
-	// replaced counts in the old breaker and is lost.
+	// breaker is the node's current breaker. apply replaces it with mu
+	// held. The outcome of a request that ends while it is replaced counts
+	// in the old breaker and is lost.
 	breaker atomic.Pointer[nodeBreaker]
 
 	// mu guards the passive settings and failure record below.
@@ -48,7 +48,9 @@ type tracker struct {
 	// reloaded fail_timeout can move its end.
 	outSince time.Time
 	// outUntil is the end of a passive take-out in Unix nanoseconds, 0 for
-	// none. Usable reads it without the lock.
+	// none. It stays set after that end until endedLocked reports the end.
+	// Active probes do not clear it, so a node that probes mark down and up
+	// again stays out until then. Usable reads it without the lock.
 	outUntil atomic.Int64
 	// outRestricted is set when the latest passive take-out is restricted
 	// (see Restricted). Restricted reads it without the lock.
@@ -92,10 +94,20 @@ type takeOut struct {
 	restricted bool
 }
 
+// takeOutEnd is a passive take-out that has ended: when it ended and
+// how long it lasted.
+type takeOutEnd struct {
+	at     time.Time
+	lasted time.Duration
+}
+
 // reported is the effect of one reported outcome on the node.
 type reported struct {
 	// out is set when passive checks have just taken the node out.
 	out *takeOut
+	// ended is the passive take-out that had ended before this failure
+	// and whose end no probe had reported yet, or nil.
+	ended *takeOutEnd
 	// passiveHeld is set when the node reached max_fails but the ejection
 	// cap kept it in.
 	passiveHeld bool
@@ -169,18 +181,6 @@ func tripping(b config.Breaker, c gobreaker.Counts) bool {
 		float64(c.TotalFailures)/float64(c.Requests) >= b.FailureRatio
 }
 
-// recovered clears the passive failures and replaces the breaker of a node
-// that active probes found up again after it was down. Such a node was
-// restarted or repaired, so it gets traffic at once rather than after the
-// passive and breaker timeouts.
-func (t *tracker) recovered() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.failures = t.failures[:0]
-	t.outUntil.Store(0)
-	t.breaker.Store(t.newBreaker(t.breaker.Load().settings))
-}
-
 // apply adopts the health and breaker settings of a reloaded cfg. Changed
 // breaker settings replace the breaker with a closed one with zero counts,
 // and apply then returns the state of the replaced breaker and true.
@@ -195,12 +195,18 @@ func (t *tracker) apply(cfg *config.Config) (from gobreaker.State, replaced bool
 	t.failures = t.recentLocked(now)
 	t.maxFails = cfg.Health.MaxFails
 	t.failWindow = cfg.Health.FailTimeout
+	// The take-out keeps its end time, so that the next probe logs its
+	// end (see endedLocked).
 	switch {
+	case now.UnixNano() >= t.outUntil.Load():
+		// No take-out, or one that has ended already.
 	case t.maxFails <= 0:
-		t.failures = t.failures[:0]
-		t.outUntil.Store(0)
-	case now.UnixNano() < t.outUntil.Load():
+		t.outUntil.Store(now.UnixNano())
+	default:
 		t.outUntil.Store(t.outSince.Add(t.failWindow).UnixNano())
+	}
+	if t.maxFails <= 0 {
+		t.failures = t.failures[:0]
 	}
 
 	// gobreaker v2 fixes its settings at construction and cannot build a
@@ -275,6 +281,7 @@ func (t *tracker) report(failure string) reported {
 	if len(t.failures) < t.maxFails || now.UnixNano() < t.outUntil.Load() {
 		return r
 	}
+	r.ended = t.endedLocked(now)
 	// The failures stay counted while the cap keeps the node in, so the
 	// next failure runs the decision again.
 	restricted := false
@@ -291,6 +298,38 @@ func (t *tracker) report(failure string) reported {
 	r.out = &takeOut{failures: len(t.failures), duration: t.failWindow, restricted: restricted}
 	t.failures = t.failures[:0]
 	return r
+}
+
+// ended returns the passive take-out that has ended and whose end was
+// not reported yet, or nil.
+func (t *tracker) ended() *takeOutEnd {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.endedLocked(now)
+}
+
+// endedLocked returns the passive take-out that ended by now, or nil when
+// there is none or it was returned before. It clears outUntil, so it
+// returns each take-out at most once.
+func (t *tracker) endedLocked(now time.Time) *takeOutEnd {
+	until := t.outUntil.Load()
+	if until == 0 || now.UnixNano() < until {
+		return nil
+	}
+	t.outUntil.Store(0)
+	at := time.Unix(0, until)
+	return &takeOutEnd{at: at, lasted: at.Sub(t.outSince)}
+}
+
+// passiveRemaining returns how long passive checks keep the node out from
+// now, or 0 when they do not.
+func (t *tracker) passiveRemaining() time.Duration {
+	until := t.outUntil.Load()
+	if until == 0 {
+		return 0
+	}
+	return max(time.Duration(until-t.now().UnixNano()), 0)
 }
 
 // heldLogDue reports whether a take-out of the node that the ejection cap

@@ -67,11 +67,12 @@ func TestSuccessesDoNotCountAsFailures(t *testing.T) {
 	}
 }
 
-func TestBreakerOpensAndRecovers(t *testing.T) {
+func TestBreakerOpensAndCloses(t *testing.T) {
 	tr, _ := newTestTracker(t, func(cfg *config.Config) {
 		cfg.Health.MaxFails = 0
 		cfg.Breaker.ConsecutiveFailures = 3
-		cfg.Breaker.OpenTimeout = time.Hour
+		cfg.Breaker.OpenTimeout = 50 * time.Millisecond
+		cfg.Breaker.HalfOpenRequests = 2
 	})
 	for i := 0; i < 3; i++ {
 		tr.report("status_5xx")
@@ -82,12 +83,17 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if tr.Usable() {
 		t.Fatal("usable after 3 consecutive failures")
 	}
-	tr.recovered()
+	waitHalfOpen(t, tr)
+	if !tr.Usable() {
+		t.Error("not usable with a half-open breaker")
+	}
+	tr.report("")
+	tr.report("")
 	if got := tr.breakerState(); got != "closed" {
-		t.Errorf("breaker %s after recovery, want closed", got)
+		t.Errorf("breaker %s after 2 successes while half-open, want closed", got)
 	}
 	if !tr.Usable() {
-		t.Error("not usable after recovery")
+		t.Error("not usable after the breaker closed")
 	}
 }
 

@@ -217,6 +217,10 @@ func TestNodeKilledMidStream(t *testing.T) {
 		func(c *config.Config) {
 			c.Health.Interval = 100 * time.Millisecond
 			c.Health.Timeout = 200 * time.Millisecond
+			// Passive checks and the breaker keep the killed node out for
+			// this long after its failures, also once probes mark it up.
+			c.Health.FailTimeout = 2 * time.Second
+			c.Breaker.OpenTimeout = 2 * time.Second
 			for i := range c.Nodes {
 				c.Nodes[i].MaxConcurrent = 20 // every stream starts at once
 			}
@@ -302,16 +306,18 @@ func TestNodeKilledMidStream(t *testing.T) {
 		}
 	}
 
-	// The node comes back and gets traffic again, without a restart.
+	// The node comes back and gets traffic again, without a restart, once
+	// probes mark it up and its take-out or open breaker has ended.
 	if err := victim.Server().SetFaults(ollamasim.Faults{}); err != nil {
 		t.Fatal(err)
 	}
 	healed := time.Now()
-	testenv.WaitFor(t, 5*time.Second, "n0 to come back", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "n0 to come back", func() bool {
 		return tr.proxy.Balancer().Node("n0").Usable()
 	})
-	t.Logf("n0 usable %s after healing (interval %s × healthy_threshold %d)",
-		time.Since(healed), tr.cfg.Health.Interval, tr.cfg.Health.HealthyThreshold)
+	t.Logf("n0 usable %s after healing (interval %s × healthy_threshold %d, fail_timeout %s, open_timeout %s)",
+		time.Since(healed), tr.cfg.Health.Interval, tr.cfg.Health.HealthyThreshold,
+		tr.cfg.Health.FailTimeout, tr.cfg.Breaker.OpenTimeout)
 	before := victim.Server().Requests("/api/chat")
 	generateChats(t, tr.proxy.URL(), 12)
 	if victim.Server().Requests("/api/chat") == before {
