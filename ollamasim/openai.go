@@ -367,7 +367,15 @@ func openAITurns(messages []openAIMessage) ([]turn, error) {
 	return turns, nil
 }
 
-func messageText(raw json.RawMessage) (string, error) {
+// messageText returns the text of a chat message's content, a string or
+// an array of parts of which only the "text" parts count.
+func messageText(raw json.RawMessage) (string, error) { return partsText(raw, "text") }
+
+// partsText returns the text of a content that is a string or an array
+// of parts. With partType set, only the parts of that type count, and
+// otherwise every part's text does (Responses API input items mix
+// input_text, output_text and text).
+func partsText(raw json.RawMessage, partType string) (string, error) {
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
 		return "", nil
@@ -385,7 +393,7 @@ func messageText(raw json.RawMessage) (string, error) {
 	}
 	var b strings.Builder
 	for _, p := range parts {
-		if p.Type == "text" {
+		if partType == "" || p.Type == partType {
 			b.WriteString(p.Text)
 		}
 	}

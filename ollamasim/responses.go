@@ -176,7 +176,7 @@ func responsesTurns(raw json.RawMessage) ([]turn, error) {
 		case item.Type == "function_call_output":
 			turns = append(turns, turn{role: "tool", content: item.Output})
 		case item.Role != "" && (item.Type == "" || item.Type == "message"):
-			content, err := partsText(item.Content)
+			content, err := partsText(item.Content, "")
 			if err != nil {
 				return nil, fmt.Errorf("input[%d].content: %w", i, err)
 			}
@@ -184,30 +184,6 @@ func responsesTurns(raw json.RawMessage) ([]turn, error) {
 		}
 	}
 	return turns, nil
-}
-
-// partsText returns the text of a content that is a string or an array of
-// parts, whatever their type (input_text, output_text, text).
-func partsText(raw json.RawMessage) (string, error) {
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
-		return "", nil
-	}
-	var text string
-	if err := json.Unmarshal(trimmed, &text); err == nil {
-		return text, nil
-	}
-	var parts []struct {
-		Text string `json:"text"`
-	}
-	if err := json.Unmarshal(trimmed, &parts); err != nil {
-		return "", fmt.Errorf("invalid content: %w", err)
-	}
-	var b strings.Builder
-	for _, p := range parts {
-		b.WriteString(p.Text)
-	}
-	return b.String(), nil
 }
 
 // responsesFormat shapes a Responses API response and the events of its

@@ -34,8 +34,9 @@ type freezingNode struct {
 	afterWrites int
 }
 
-// newFreezingNode starts a freezingNode with models on 127.0.0.1.
-func newFreezingNode(t *testing.T, models string, cfg ollamasim.Config) *freezingNode {
+// innerSim returns a simulator with models, not listening, for a test
+// node that wraps its handler.
+func innerSim(t *testing.T, models string, cfg ollamasim.Config) *ollamasim.Server {
 	t.Helper()
 	specs, err := ollamasim.ParseModels(models)
 	if err != nil {
@@ -43,7 +44,13 @@ func newFreezingNode(t *testing.T, models string, cfg ollamasim.Config) *freezin
 	}
 	cfg.Models = append(cfg.Models, specs...)
 	cfg.Logger = testenv.Logger()
-	n := &freezingNode{sim: ollamasim.New(cfg), cold: make(chan struct{}), thaw: make(chan struct{})}
+	return ollamasim.New(cfg)
+}
+
+// newFreezingNode starts a freezingNode with models on 127.0.0.1.
+func newFreezingNode(t *testing.T, models string, cfg ollamasim.Config) *freezingNode {
+	t.Helper()
+	n := &freezingNode{sim: innerSim(t, models, cfg), cold: make(chan struct{}), thaw: make(chan struct{})}
 	n.srv = httptest.NewServer(n)
 	t.Cleanup(n.srv.Close)
 	// Cleanups run last first, so the handlers are released before the

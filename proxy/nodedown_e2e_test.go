@@ -271,13 +271,7 @@ type probeStallNode struct {
 
 func newProbeStallNode(t *testing.T, models string, cfg ollamasim.Config) *probeStallNode {
 	t.Helper()
-	specs, err := ollamasim.ParseModels(models)
-	if err != nil {
-		t.Fatalf("parse sim models %q: %v", models, err)
-	}
-	cfg.Models = append(cfg.Models, specs...)
-	cfg.Logger = testenv.Logger()
-	n := &probeStallNode{sim: ollamasim.New(cfg), release: make(chan struct{})}
+	n := &probeStallNode{sim: innerSim(t, models, cfg), release: make(chan struct{})}
 	n.srv = httptest.NewServer(n)
 	t.Cleanup(n.srv.Close)
 	t.Cleanup(func() { close(n.release) })

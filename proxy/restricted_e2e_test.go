@@ -178,24 +178,7 @@ func TestModelOpsReachRestrictedNode(t *testing.T) {
 }
 
 func TestModelOpsReachEjectedNode(t *testing.T) {
-	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
-		c.Health.MaxFails = 0 // only the breaker takes the node out
-		c.Breaker.ConsecutiveFailures = 1
-		c.Breaker.OpenTimeout = 10 * time.Minute
-	})
-	tr.preload(t)
-	n2sim := tr.byName("n2").Server()
-	if err := n2sim.SetFaults(ollamasim.Faults{ErrorRate: 1, ErrorStatus: 502}); err != nil {
-		t.Fatal(err)
-	}
-	n2 := tr.proxy.Balancer().Node("n2")
-	testenv.WaitFor(t, 10*time.Second, "the breaker of n2 open", func() bool {
-		readBody(t, post(t, tr.proxy.URL()+"/api/generate", quickGenerate))
-		return n2.Up() && !n2.Usable() && !n2.Restricted()
-	})
-	if err := n2sim.SetFaults(ollamasim.Faults{}); err != nil {
-		t.Fatal(err)
-	}
+	tr := trioWithEjectedN2(t)
 
 	resp, body := send(t, tr.proxy.URL(), "POST /api/pull", `{"model":"fresh","stream":false}`)
 	checkOK(t, "pull", resp, body)
@@ -222,11 +205,11 @@ func TestModelOpsReachEjectedNode(t *testing.T) {
 	}
 }
 
-// TestUnknownModelNotFoundWhileNodeEjected opens n2's breaker and asks
-// for a model that no node lists. The probes still poll the ejected
-// node's model list, so the proxy knows every list and must answer with
-// Ollama's 404, not the 503 of a list it lacks.
-func TestUnknownModelNotFoundWhileNodeEjected(t *testing.T) {
+// trioWithEjectedN2 starts three nodes with m behind a proxy and opens
+// n2's breaker with failed generations. n2 then passes its probes and
+// serves requests again, but stays ejected for ten minutes.
+func trioWithEjectedN2(t *testing.T) *trio {
+	t.Helper()
 	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
 		c.Health.MaxFails = 0 // only the breaker takes the node out
 		c.Breaker.ConsecutiveFailures = 1
@@ -242,6 +225,18 @@ func TestUnknownModelNotFoundWhileNodeEjected(t *testing.T) {
 		readBody(t, post(t, tr.proxy.URL()+"/api/generate", quickGenerate))
 		return n2.Up() && !n2.Usable() && !n2.Restricted()
 	})
+	if err := n2sim.SetFaults(ollamasim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// TestUnknownModelNotFoundWhileNodeEjected opens n2's breaker and asks
+// for a model that no node lists. The probes still poll the ejected
+// node's model list, so the proxy knows every list and must answer with
+// Ollama's 404, not the 503 of a list it lacks.
+func TestUnknownModelNotFoundWhileNodeEjected(t *testing.T) {
+	tr := trioWithEjectedN2(t)
 
 	for _, tc := range []struct{ route, body, want string }{
 		{"POST /api/generate", `{"model":"nosuch","prompt":"hi","stream":false}`,
