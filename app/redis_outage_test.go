@@ -1,12 +1,14 @@
 package app_test
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
@@ -99,4 +101,38 @@ func TestRedisUpWithoutTraffic(t *testing.T) {
 		return logged("INFO", "redis reachable again, rate limits are shared") == 1 &&
 			logged("INFO", "redis reachable again, cache l2 resumed") == 1
 	})
+}
+
+// TestRedisUpWhenScriptsDenied denies Redis's scripting commands to the
+// proxy's user. The cache's plain writes still work and the rate limiter's
+// scripts fail, so llmproxy_redis_up must stay 0 at every check instead
+// of following whichever component checked last.
+func TestRedisUpWhenScriptsDenied(t *testing.T) {
+	sim := testenv.Sim(t, "m", ollamasim.Config{})
+	r := testredis.Start(t)
+	cfg := testenv.Config(t, sim)
+	cfg.Redis.Addr = r.Addr
+	cfg.Redis.CheckInterval = 20 * time.Millisecond
+	a, _ := startApp(t, cfg)
+	up := func() float64 { return testutil.ToFloat64(a.Metrics().RedisUp) }
+	testenv.WaitFor(t, 15*time.Second, "redis_up 1 at start", func() bool { return up() == 1 })
+
+	admin := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { _ = admin.Close() })
+	ctx := context.Background()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "-@scripting").Err(); err != nil {
+		t.Fatalf("ACL SETUSER default -@scripting: %v", err)
+	}
+	testenv.WaitFor(t, 15*time.Second, "redis_up 0 with scripts denied", func() bool { return up() == 0 })
+	for i := range 20 { // about 10 checks of each component
+		time.Sleep(10 * time.Millisecond)
+		if got := up(); got != 0 {
+			t.Fatalf("sample %d: redis_up = %v with scripts denied, want 0", i, got)
+		}
+	}
+
+	if err := admin.Do(ctx, "ACL", "SETUSER", "default", "+@scripting").Err(); err != nil {
+		t.Fatalf("ACL SETUSER default +@scripting: %v", err)
+	}
+	testenv.WaitFor(t, 15*time.Second, "redis_up 1 with scripts allowed again", func() bool { return up() == 1 })
 }

@@ -149,7 +149,7 @@ func TestReloadPurgesModelsOfRemovedNode(t *testing.T) {
 	logged := false
 	for _, r := range testenv.Records[record](t, logs) {
 		if r.Msg == "cache purged" && r.Model == "solo:latest" &&
-			r.Reason == "no node lists the model since node n1 left the configuration" {
+			r.Reason == "no node lists the model since a reload removed node n1 or changed its url" {
 			logged = true
 		}
 	}

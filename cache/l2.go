@@ -82,7 +82,7 @@ func (c *Cache) redisFailed(ctx context.Context, op string, err error) {
 // markRedisDown records that Redis failed the call op with err, and logs
 // the first failure of an outage.
 func (c *Cache) markRedisDown(op string, err error) {
-	c.m.RedisUp.Set(0)
+	c.m.SetRedisUp(redisComponent, false)
 	t := c.l2
 	t.healthMu.Lock()
 	wasDown := t.down
@@ -96,7 +96,7 @@ func (c *Cache) markRedisDown(op string, err error) {
 }
 
 func (c *Cache) redisSucceeded() {
-	c.m.RedisUp.Set(1)
+	c.m.SetRedisUp(redisComponent, true)
 	t := c.l2
 	t.healthMu.Lock()
 	wasDown := t.down

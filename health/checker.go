@@ -143,7 +143,8 @@ func (c *Checker) reportRemovedNodes(removed []*balancer.Node) {
 				continue
 			}
 			reported[m.Name] = true
-			(*fn)(m.Name, "no node lists the model since node "+n.Name+" left the configuration")
+			(*fn)(m.Name, "no node lists the model since a reload removed node "+n.Name+
+				" or changed its url")
 		}
 	}
 }

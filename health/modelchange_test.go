@@ -127,7 +127,7 @@ func TestSyncReportsModelsOfRemovedNode(t *testing.T) {
 
 	bal.SetNodes(nodes[:1])
 	c.Sync(cfg)
-	want := "solo:latest: no node lists the model since node n1 left the configuration"
+	want := "solo:latest: no node lists the model since a reload removed node n1 or changed its url"
 	if len(reported) != 1 || reported[0] != want {
 		t.Errorf("n1 removed: reported %q, want only %q", reported, want)
 	}

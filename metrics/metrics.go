@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -48,7 +50,9 @@ type Metrics struct {
 	// Limits.
 	RateLimited   *prometheus.CounterVec // key, limit
 	RedisFallback *prometheus.CounterVec // component
-	RedisUp       prometheus.Gauge
+	// RedisUp is set through SetRedisUp, which combines the components.
+	RedisUp prometheus.Gauge
+	redis   redisComponents
 
 	// Cache.
 	CacheRequests  *prometheus.CounterVec // tier, result
@@ -159,10 +163,10 @@ func New() *Metrics {
 			"Operations that fell back to local state because Redis failed, by component.",
 			"component"),
 		RedisUp: f.plainGauge("llmproxy_redis_up",
-			"1 when the last Redis call of the rate limiter or the cache succeeded, 0 when it "+
-				"failed. Both also check Redis every redis.check_interval (5s by default), so the "+
-				"gauge follows Redis without traffic. 0 until the first call or check, and without "+
-				"redis.addr."),
+			"1 when the last Redis call of each component that uses Redis (the rate limiter, the "+
+				"cache) succeeded, 0 when one failed. Both also check Redis every "+
+				"redis.check_interval (5s by default), so the gauge follows Redis without traffic. "+
+				"0 until the first call or check, and without redis.addr."),
 
 		CacheRequests: f.counter("llmproxy_cache_requests_total",
 			"Cache lookups by tier (l1, l2) and result (hit, miss, bypass, error).",
@@ -206,4 +210,31 @@ func (f factory) plainCounter(name, help string) prometheus.Counter {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	f.reg.MustRegister(c)
 	return c
+}
+
+// redisComponents is the Redis state that each component last reported.
+type redisComponents struct {
+	mu sync.Mutex
+	up map[string]bool
+}
+
+// SetRedisUp records whether the last Redis call of component (such as
+// "ratelimit" or "cache") succeeded, and sets RedisUp to 1 only while
+// every component that reported is up. The components run different
+// commands, so Redis can take one's and reject the other's, as when an
+// ACL forbids the rate limiter's scripts.
+func (m *Metrics) SetRedisUp(component string, up bool) {
+	m.redis.mu.Lock()
+	defer m.redis.mu.Unlock()
+	if m.redis.up == nil {
+		m.redis.up = map[string]bool{}
+	}
+	m.redis.up[component] = up
+	all := 1.0
+	for _, ok := range m.redis.up {
+		if !ok {
+			all = 0
+		}
+	}
+	m.RedisUp.Set(all)
 }

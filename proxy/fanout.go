@@ -313,7 +313,8 @@ func (s *Server) logFailedNodes(rs *reqState, results []fanoutResult) {
 
 // writeFanoutError responds with the status of the first node that
 // failed, or 500 when that node sent no error status, and the message of
-// fanoutFailure.
+// fanoutFailure. A node that went down during the operation counts as a
+// 503, sent with Retry-After.
 func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results []fanoutResult) {
 	status := 0
 	for _, r := range results {
@@ -324,6 +325,9 @@ func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results 
 	}
 	if status < 400 {
 		status = fasthttp.StatusInternalServerError
+	}
+	if status == fasthttp.StatusServiceUnavailable {
+		ctx.Response.Header.Set("Retry-After", holderRetryAfter)
 	}
 	writeError(ctx, rt, status, fanoutFailure(rt, rs, results))
 }
@@ -391,6 +395,11 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		// does not say why.
 		r.errMsg = context.Cause(nctx).Error()
 		r.cutOff = true
+		if errors.Is(context.Cause(nctx), errNodeDown) {
+			// As for a delete or copy that finds the node down before
+			// it starts (checkHoldersUsable).
+			r.status = fasthttp.StatusServiceUnavailable
+		}
 	}
 	return r
 }

@@ -215,8 +215,11 @@ func TestFanoutEndsWhenNodeMarkedDown(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != http.StatusInternalServerError {
-				t.Errorf("status %d, want 500 (body %s)", resp.StatusCode, body)
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Errorf("status %d, want 503 (body %s)", resp.StatusCode, body)
+			}
+			if ra := resp.Header.Get("Retry-After"); ra == "" {
+				t.Error("503 without Retry-After")
 			}
 			msg := errorMessage(t, body)
 			if !strings.Contains(msg, "node n1: node marked down by health checks") {

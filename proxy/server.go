@@ -114,7 +114,7 @@ type Server struct {
 	heads pendingHeads
 	// zstd decodes the zstd bodies of /v1/responses, bounded by
 	// max_body_bytes.
-	zstd atomic.Pointer[zstdDecoder]
+	zstd *zstdDecoders
 }
 
 // New returns a server for opts. It does not listen until Serve.
@@ -136,6 +136,7 @@ func New(opts Options) *Server {
 		breakerState: opts.BreakerState,
 		adminExtra:   opts.AdminRoutes,
 		ups:          map[string]*upstream{},
+		zstd:         newZstdDecoders(),
 		idPrefix:     hex.EncodeToString(prefix[:]),
 	}
 	s.version = opts.Version

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"io"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -11,37 +13,100 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// zstdDecoder decodes zstd request bodies whole with DecodeAll, which is
-// safe for concurrent use. It starts no goroutines, so a decoder that a
-// new limit replaces needs no Close.
-type zstdDecoder struct {
-	limit int
-	dec   *zstd.Decoder
+// zstdMaxWindow bounds the window that a zstd frame may declare. zstd
+// levels up to 19 use at most 8 MiB (zstd's own compression parameter
+// tables), so only the --ultra levels exceed it.
+const zstdMaxWindow = 8 << 20
+
+// zstdDecoders decodes zstd request bodies. A body is decoded as a stream
+// into a buffer that grows with the output, so decoding stops as soon as
+// the output passes the limit, however few bytes the body has. At most
+// one decode per CPU runs at once (slots), which bounds the memory of
+// bodies that decode to nearly the limit: each decode holds up to the
+// limit plus the window.
+type zstdDecoders struct {
+	pool  atomic.Pointer[zstdPool]
+	slots chan struct{}
 }
 
-// decodedBodies pools the buffers that decoded bodies are written to. A
-// decoded body replaces the request body, and the compressed one comes
-// back to the pool in its place.
-var decodedBodies sync.Pool
+// zstdPool holds *zstd.Decoder values for bodies of at most limit bytes,
+// each decoding in the calling goroutine.
+type zstdPool struct {
+	limit int
+	sync.Pool
+}
 
-// zstdDecoderFor returns the shared decoder for limit, making a new one
-// when limit differs from the one held in current.
-func zstdDecoderFor(current *atomic.Pointer[zstdDecoder], limit int) (*zstdDecoder, error) {
-	if d := current.Load(); d != nil && d.limit == limit {
-		return d, nil
+func newZstdDecoders() *zstdDecoders {
+	return &zstdDecoders{slots: make(chan struct{}, runtime.GOMAXPROCS(0))}
+}
+
+// get returns a decoder of r for limit and the pool to return it to. A
+// limit other than the current pool's, after a reload, starts a new pool.
+func (z *zstdDecoders) get(r io.Reader, limit int) (*zstd.Decoder, *zstdPool, error) {
+	p := z.pool.Load()
+	if p == nil || p.limit != limit {
+		p = &zstdPool{limit: limit}
+		z.pool.Store(p)
 	}
-	dec, err := zstd.NewReader(nil,
-		// WithDecoderMaxMemory bounds what DecodeAll writes, and the
-		// window that a frame may declare.
-		zstd.WithDecoderMaxMemory(uint64(limit)),
-		// One block decoder per CPU: DecodeAll calls beyond that wait.
-		zstd.WithDecoderConcurrency(0))
+	if d, ok := p.Get().(*zstd.Decoder); ok {
+		if err := d.Reset(r); err == nil {
+			return d, p, nil
+		}
+		d.Close()
+	}
+	d, err := zstd.NewReader(r,
+		// One goroutine: the caller's, with no decoding ahead of the read.
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow))
+	return d, p, err
+}
+
+// put returns d to p, or closes it when a new pool has replaced p.
+func (z *zstdDecoders) put(d *zstd.Decoder, p *zstdPool) {
+	if z.pool.Load() != p {
+		d.Close()
+		return
+	}
+	_ = d.Reset(nil)
+	p.Put(d)
+}
+
+// errDecodedTooLarge ends the decoding of a body whose output passed the
+// limit.
+var errDecodedTooLarge = errors.New("decoded body too large")
+
+// decode returns body decoded, failing with errDecodedTooLarge once the
+// output passes limit bytes.
+func (z *zstdDecoders) decode(body []byte, limit int) ([]byte, error) {
+	z.slots <- struct{}{}
+	defer func() { <-z.slots }()
+	d, p, err := z.get(bytes.NewReader(body), limit)
 	if err != nil {
 		return nil, err
 	}
-	d := &zstdDecoder{limit: limit, dec: dec}
-	current.Store(d)
-	return d, nil
+	defer z.put(d, p)
+
+	out := make([]byte, 0, min(limit+1, max(4*len(body), 4<<10)))
+	for {
+		if len(out) == cap(out) {
+			// Double, but never past limit+1, which the check below needs.
+			grown := make([]byte, len(out), min(2*cap(out), limit+1))
+			copy(grown, out)
+			out = grown
+		}
+		n, err := d.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if len(out) > limit {
+			return nil, errDecodedTooLarge
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // decodeZstdBody replaces a request body sent with Content-Encoding zstd
@@ -49,12 +114,9 @@ func zstdDecoderFor(current *atomic.Pointer[zstdDecoder], limit int) (*zstdDecod
 // (middleware/openai.go, v0.17.4). It removes the Content-Encoding
 // header and sets the Content-Length of the decoded body, so the node
 // gets plain JSON. A body that decodes to more than max_body_bytes gets
-// 413, and one that is not valid zstd 400, and decodeZstdBody then
-// returns false with the error written.
-//
-// NOTE: DecodeAll checks the limit after each frame, so a body of several
-// frames may briefly hold up to twice max_body_bytes before it is
-// rejected.
+// 413, and one that is not valid zstd, or whose window exceeds
+// zstdMaxWindow, 400. decodeZstdBody then returns false with the error
+// written.
 func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 	if !isZstd(ctx.Request.Header.ContentEncoding()) {
 		return true
@@ -63,34 +125,24 @@ func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 	if limit <= 0 {
 		limit = fasthttp.DefaultMaxRequestBodySize
 	}
-	d, err := zstdDecoderFor(&s.zstd, limit)
-	if err != nil {
-		s.log.Error("failed to create a zstd decoder", "limit", limit, "error", err)
-		writeError(ctx, rt, fasthttp.StatusInternalServerError, "failed to create a zstd decoder: "+err.Error())
+	decoded, err := s.zstd.decode(ctx.PostBody(), limit)
+	switch {
+	case errors.Is(err, errDecodedTooLarge) || errors.Is(err, zstd.ErrDecoderSizeExceeded):
+		writeError(ctx, rt, fasthttp.StatusRequestEntityTooLarge,
+			"decoded request body exceeds the limit of "+strconv.Itoa(limit)+
+				" bytes (max_body_bytes)")
 		return false
-	}
-
-	var buf []byte
-	if b, ok := decodedBodies.Get().(*[]byte); ok {
-		buf = (*b)[:0]
-	}
-	decoded, err := d.dec.DecodeAll(ctx.PostBody(), buf)
-	if err == nil && len(decoded) > limit {
-		err = zstd.ErrDecoderSizeExceeded
-	}
-	if err != nil {
-		putDecodedBody(decoded)
-		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
-			writeError(ctx, rt, fasthttp.StatusRequestEntityTooLarge,
-				"decoded request body exceeds the limit of "+strconv.Itoa(limit)+
-					" bytes (max_body_bytes)")
-			return false
-		}
+	case errors.Is(err, zstd.ErrWindowSizeExceeded):
+		writeError(ctx, rt, fasthttp.StatusBadRequest,
+			"invalid zstd request body (Content-Encoding: zstd): its window exceeds "+
+				strconv.Itoa(zstdMaxWindow>>20)+" MiB; compress at level 19 or lower")
+		return false
+	case err != nil:
 		writeError(ctx, rt, fasthttp.StatusBadRequest,
 			"invalid zstd request body (Content-Encoding: zstd): "+err.Error())
 		return false
 	}
-	putDecodedBody(ctx.Request.SwapBody(decoded))
+	ctx.Request.SetBodyRaw(decoded)
 	ctx.Request.Header.Del(fasthttp.HeaderContentEncoding)
 	ctx.Request.Header.SetContentLength(len(decoded))
 	return true
@@ -100,14 +152,4 @@ func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 // Content codings are case-insensitive (RFC 9110, section 8.4.1).
 func isZstd(encoding []byte) bool {
 	return bytes.EqualFold(bytes.TrimSpace(encoding), []byte("zstd"))
-}
-
-// putDecodedBody returns a buffer to decodedBodies unless it is larger
-// than a connection keeps for its next request.
-func putDecodedBody(b []byte) {
-	if b == nil || cap(b) > maxPooledBody {
-		return
-	}
-	b = b[:0]
-	decodedBodies.Put(&b)
 }
