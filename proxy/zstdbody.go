@@ -18,12 +18,11 @@ import (
 // tables), so only the --ultra levels exceed it.
 const zstdMaxWindow = 8 << 20
 
-// zstdDecoders decodes zstd request bodies. A body is decoded as a stream
-// into a buffer that grows with the output, so decoding stops as soon as
-// the output passes the limit, however few bytes the body has. At most
-// one decode per CPU runs at once (slots), which bounds the memory of
-// bodies that decode to nearly the limit: each decode holds up to the
-// limit plus the window.
+// zstdDecoders decodes zstd request bodies. A body is decoded as a stream,
+// so decoding stops as soon as the output passes the limit, however few
+// bytes the body has. At most one decode per CPU runs at once (slots),
+// which bounds the memory of bodies that decode to nearly the limit: each
+// decode holds up to the limit and a chunk, plus the window.
 type zstdDecoders struct {
 	pool  atomic.Pointer[zstdPool]
 	slots chan struct{}
@@ -76,9 +75,26 @@ func (z *zstdDecoders) put(d *zstd.Decoder, p *zstdPool) {
 // limit.
 var errDecodedTooLarge = errors.New("decoded body too large")
 
+// zstdChunkSize is the size of the pooled buffers that a body is decoded
+// into before it is copied out whole.
+const zstdChunkSize = 1 << 20
+
+// zstdChunks pools *[]byte buffers of zstdChunkSize bytes.
+var zstdChunks = sync.Pool{New: func() any {
+	b := make([]byte, zstdChunkSize)
+	return &b
+}}
+
 // decode returns body decoded, failing with errDecodedTooLarge once the
-// output passes limit bytes.
+// output passes limit bytes. A body whose first frame declares a larger
+// content size fails before decoding. The output goes into pooled chunks
+// and is copied into one buffer only when the whole body fits, so a
+// body rejected for its size leaves no garbage behind.
 func (z *zstdDecoders) decode(body []byte, limit int) ([]byte, error) {
+	var h zstd.Header
+	if h.Decode(body) == nil && h.HasFCS && h.FrameContentSize > uint64(limit) {
+		return nil, errDecodedTooLarge
+	}
 	z.slots <- struct{}{}
 	defer func() { <-z.slots }()
 	d, p, err := z.get(bytes.NewReader(body), limit)
@@ -87,26 +103,47 @@ func (z *zstdDecoders) decode(body []byte, limit int) ([]byte, error) {
 	}
 	defer z.put(d, p)
 
-	out := make([]byte, 0, min(limit+1, max(4*len(body), 4<<10)))
-	for {
-		if len(out) == cap(out) {
-			// Double, but never past limit+1, which the check below needs.
-			grown := make([]byte, len(out), min(2*cap(out), limit+1))
-			copy(grown, out)
-			out = grown
+	var chunks []*[]byte
+	defer func() {
+		for _, c := range chunks {
+			zstdChunks.Put(c)
 		}
-		n, err := d.Read(out[len(out):cap(out)])
-		out = out[:len(out)+n]
-		if len(out) > limit {
+	}()
+	total := 0
+	for {
+		c := zstdChunks.Get().(*[]byte)
+		chunks = append(chunks, c)
+		n, err := fill(d, *c)
+		total += n
+		if total > limit {
 			return nil, errDecodedTooLarge
 		}
 		if err == io.EOF {
-			return out, nil
+			break
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
+	out := make([]byte, 0, total)
+	for _, c := range chunks {
+		out = append(out, (*c)[:min(len(*c), total-len(out))]...)
+	}
+	return out, nil
+}
+
+// fill reads from r until buf is full or r returns an error, and returns
+// the bytes read and that error, io.EOF at the end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // decodeZstdBody replaces a request body sent with Content-Encoding zstd
