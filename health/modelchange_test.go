@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/health"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/ollamasim"
@@ -32,12 +33,9 @@ func simRequest(t *testing.T, sim *ollamasim.Running, method, path, body string)
 	}
 }
 
-func TestRefreshReportsStaleModels(t *testing.T) {
-	sims := []*ollamasim.Running{
-		testenv.Sim(t, "m,other", ollamasim.Config{}),
-		testenv.Sim(t, "m,other", ollamasim.Config{}),
-	}
-	cfg := testenv.Config(t, sims...)
+// nodesOf returns a balancer node for each node of cfg.
+func nodesOf(t *testing.T, cfg *config.Config) []*balancer.Node {
+	t.Helper()
 	var nodes []*balancer.Node
 	for _, nc := range cfg.Nodes {
 		u, err := url.Parse(nc.URL)
@@ -46,6 +44,16 @@ func TestRefreshReportsStaleModels(t *testing.T) {
 		}
 		nodes = append(nodes, balancer.NewNode(nc.Name, u, 1, 1))
 	}
+	return nodes
+}
+
+func TestRefreshReportsStaleModels(t *testing.T) {
+	sims := []*ollamasim.Running{
+		testenv.Sim(t, "m,other", ollamasim.Config{}),
+		testenv.Sim(t, "m,other", ollamasim.Config{}),
+	}
+	cfg := testenv.Config(t, sims...)
+	nodes := nodesOf(t, cfg)
 	bal := balancer.New(balancer.SettingsFrom(cfg), nodes, nil)
 	c := health.New(cfg, bal, nil, testenv.Logger())
 	var mu sync.Mutex
@@ -105,14 +113,7 @@ func TestSyncReportsModelsOfRemovedNode(t *testing.T) {
 		testenv.Sim(t, "m,solo", ollamasim.Config{}),
 	}
 	cfg := testenv.Config(t, sims...)
-	var nodes []*balancer.Node
-	for _, nc := range cfg.Nodes {
-		u, err := url.Parse(nc.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, balancer.NewNode(nc.Name, u, 1, 1))
-	}
+	nodes := nodesOf(t, cfg)
 	bal := balancer.New(balancer.SettingsFrom(cfg), nodes, nil)
 	c := health.New(cfg, bal, nil, testenv.Logger())
 	var reported []string
