@@ -84,20 +84,20 @@ func TestWeightSplitsConcurrentRoundRobin(t *testing.T) {
 	// placed, as six clients keep the nodes busy. No node runs out of
 	// slots, which would skip it.
 	got := map[string]int{}
-	var held []*Lease
+	var leases []*Lease
 	for range 120 {
 		l, err := b.Acquire(context.Background(), Request{Model: "a:latest", Slot: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		got[l.Node.Name]++
-		held = append(held, l)
-		if len(held) == 6 {
-			held[0].Release()
-			held = held[1:]
+		leases = append(leases, l)
+		if len(leases) == 6 {
+			leases[0].Release()
+			leases = leases[1:]
 		}
 	}
-	for _, l := range held {
+	for _, l := range leases {
 		l.Release()
 	}
 	want := map[string]int{"n1": 80, "n2": 20, "n3": 20}

@@ -338,7 +338,7 @@ func TestPurgeDuringStores(t *testing.T) {
 }
 
 // TestRedisCheckRejectedWrites fills Redis's memory limit under the
-// noeviction policy, so that Redis answers PING but rejects writes. The
+// noeviction policy, so that Redis replies to PING but rejects writes. The
 // periodic check must keep L2 down, with one warning and no recovery
 // message, until Redis takes writes again.
 func TestRedisCheckRejectedWrites(t *testing.T) {

@@ -100,8 +100,8 @@ func TestL2FillSkippedAfterPurge(t *testing.T) {
 	a.store(t, chatPlan(t, a, "tiny", "hi"), readTestdata(t, "chat_nostream.body"))
 	// b's request starts, and this instance purges before its L2 read
 	// copies the entry into L1. The entry is still in L2 because b purges
-	// nothing there in this test: an L1-only purge stands in for the
-	// purge message of another instance.
+	// nothing there in this test: an L1-only purge takes the place of
+	// the purge message of another instance.
 	started := chatPlan(t, b, "tiny", "hi")
 	b.purgeMu.Lock()
 	b.epochs.bump(NormalizeModel("tiny"))

@@ -33,11 +33,11 @@ func streamComplete(t *testing.T, url, body string) bool {
 	return err == nil && resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"done":true`)
 }
 
-// TestFailingSoleHolderRestricted runs n0 and n1 with m, and n2 with m and
-// solo, where n2 cuts every stream after three chunks. Once n2 reaches its
-// failure thresholds, requests for m must go only to n0 and n1, while
-// requests for solo, which only n2 lists, still reach n2.
-func TestFailingSoleHolderRestricted(t *testing.T) {
+// soleHolderFleet starts n0 and n1 with m, and n2 with m and solo, where
+// n2 cuts every stream after three chunks, behind a least_conn proxy
+// whose failure thresholds take a node out for ten minutes.
+func soleHolderFleet(t *testing.T) (*app.App, []*ollamasim.Running) {
+	t.Helper()
 	var sims []*ollamasim.Running
 	for range 2 {
 		sims = append(sims, testenv.Sim(t, "m", ollamasim.Config{}))
@@ -50,6 +50,15 @@ func TestFailingSoleHolderRestricted(t *testing.T) {
 	cfg.Breaker.OpenTimeout = 10 * time.Minute
 	cfg.Balancer.Policy = config.PolicyLeastConn
 	p := testenv.Proxy(t, cfg)
+	return p, sims
+}
+
+// TestFailingSoleHolderRestricted runs n0 and n1 with m, and n2 with m and
+// solo, where n2 cuts every stream after three chunks. Once n2 reaches its
+// failure thresholds, requests for m must go only to n0 and n1, while
+// requests for solo, which only n2 lists, still reach n2.
+func TestFailingSoleHolderRestricted(t *testing.T) {
+	p, sims := soleHolderFleet(t)
 	n2 := p.Balancer().Node("n2")
 	n2sim := sims[2].Server()
 	m := p.Metrics()
@@ -123,18 +132,7 @@ func TestFailingSoleHolderRestricted(t *testing.T) {
 // clears n2's faults, and n2 stays restricted for ten minutes.
 func restrictedSoleHolder(t *testing.T) (*app.App, []*ollamasim.Running) {
 	t.Helper()
-	var sims []*ollamasim.Running
-	for range 2 {
-		sims = append(sims, testenv.Sim(t, "m", ollamasim.Config{}))
-	}
-	sims = append(sims, testenv.Sim(t, "m,solo", ollamasim.Config{Faults: ollamasim.Faults{CutAfterChunks: 3}}))
-	cfg := testenv.Config(t, sims...)
-	cfg.Health.MaxFails = 3
-	cfg.Health.FailTimeout = 10 * time.Minute
-	cfg.Breaker.ConsecutiveFailures = 3
-	cfg.Breaker.OpenTimeout = 10 * time.Minute
-	cfg.Balancer.Policy = config.PolicyLeastConn
-	p := testenv.Proxy(t, cfg)
+	p, sims := soleHolderFleet(t)
 	n2 := p.Balancer().Node("n2")
 	testenv.WaitFor(t, 30*time.Second, "n2 restricted", func() bool {
 		streamComplete(t, p.URL(), streamM)
@@ -231,10 +229,10 @@ func trioWithEjectedN2(t *testing.T) *trio {
 	return tr
 }
 
-// TestUnknownModelNotFoundWhileNodeEjected opens n2's breaker and asks
-// for a model that no node lists. The probes still poll the ejected
-// node's model list, so the proxy knows every list and must answer with
-// Ollama's 404, not the 503 of a list it lacks.
+// TestUnknownModelNotFoundWhileNodeEjected opens n2's breaker and
+// requests a model that no node lists. The probes still poll the ejected
+// node's model list, so the proxy has every list and must respond with
+// Ollama's 404, not the 503 of a missing list.
 func TestUnknownModelNotFoundWhileNodeEjected(t *testing.T) {
 	tr := trioWithEjectedN2(t)
 

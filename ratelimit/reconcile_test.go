@@ -470,7 +470,7 @@ func TestRedisCheckWithoutTraffic(t *testing.T) {
 }
 
 // TestRedisCheckRejectedWrites fills Redis's memory limit under the
-// noeviction policy, so that Redis answers TIME but rejects the limit
+// noeviction policy, so that Redis replies to TIME but rejects the limit
 // scripts. The periodic check must keep the limiter in its local
 // fallback, with one warning and no recovery message, until Redis takes
 // writes again.
