@@ -274,6 +274,37 @@ func TestResponsesZstdBodyErrors(t *testing.T) {
 	}
 }
 
+// TestResponsesZstdBodyOllamaLimit checks that a zstd body is held to
+// Ollama's 20 MiB of decoded body even where max_body_bytes allows more:
+// one byte over gets 413 and the node gets nothing, while a body of
+// exactly 20 MiB reaches the node.
+func TestResponsesZstdBodyOllamaLimit(t *testing.T) {
+	url, sim := compatProxy(t, 64<<20)
+	padded := func(size int) []byte {
+		head, tail := `{"model":"m","input":"hi"`, `}`
+		return []byte(head + strings.Repeat(" ", size-len(head)-len(tail)) + tail)
+	}
+
+	resp := postBody(t, url+"/v1/responses", zstdFrame(t, padded(20<<20+1)), "zstd")
+	if msg := openAIErrorMessage(t, resp, 413); !strings.Contains(msg, "20971520 bytes") {
+		t.Errorf("message %q, want the limit of 20971520 bytes", msg)
+	}
+	if n := sim.Server().Stats().Requests["/v1/responses"]; n != 0 {
+		t.Errorf("the node got %d requests for a body over the limit, want none", n)
+	}
+
+	resp = postBody(t, url+"/v1/responses", zstdStream(t, padded(20<<20)), "zstd")
+	if body := readBody(t, resp); resp.StatusCode != http.StatusOK {
+		t.Fatalf("body of exactly 20 MiB: status %d, body %s", resp.StatusCode, body)
+	}
+	got, ok := sim.Server().LastRequest("/v1/responses")
+	// The simulator records only the first 16 MiB of a body, so the
+	// length comes from the header, which the node's server checked.
+	if cl := got.Header.Get("Content-Length"); !ok || cl != strconv.Itoa(20<<20) {
+		t.Errorf("the node got Content-Length %q (ok %v), want the 20 MiB body", cl, ok)
+	}
+}
+
 // TestZstdBodyOnOtherRoutes checks that only /v1/responses decodes zstd,
 // as in Ollama: on another route a zstd body is invalid JSON, and a body
 // with another encoding is not decoded either.

@@ -75,6 +75,12 @@ func (z *zstdDecoders) put(d *zstd.Decoder, p *zstdPool) {
 // limit.
 var errDecodedTooLarge = errors.New("decoded body too large")
 
+// zstdDecodedLimit is the most a zstd body may decode to, as in Ollama,
+// whose /v1/responses middleware reads at most 20 MiB of decoded body
+// (maxDecompressedBodySize in middleware/openai.go). A lower
+// max_body_bytes lowers it further.
+const zstdDecodedLimit = 20 << 20
+
 // zstdChunkSize is the size of the pooled buffers that a body is decoded
 // into before it is copied out whole.
 const zstdChunkSize = 1 << 20
@@ -150,24 +156,24 @@ func fill(r io.Reader, buf []byte) (int, error) {
 // by its decoded form, as Ollama's /v1/responses middleware decodes it
 // (middleware/openai.go, v0.17.4). It removes the Content-Encoding
 // header and sets the Content-Length of the decoded body, so the node
-// gets plain JSON. A body that decodes to more than max_body_bytes gets
-// 413, and one that is not valid zstd, or whose window exceeds
+// gets plain JSON. A body that decodes to more than zstdDecodedLimit or
+// max_body_bytes, whichever is lower, gets 413, and one that is not valid zstd, or whose window exceeds
 // zstdMaxWindow, 400. decodeZstdBody then returns false with the error
 // written.
 func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 	if !isZstd(ctx.Request.Header.ContentEncoding()) {
 		return true
 	}
-	limit := int(s.config().MaxBodyBytes)
-	if limit <= 0 {
-		limit = fasthttp.DefaultMaxRequestBodySize
+	limit, source := zstdDecodedLimit, "the limit for decoded bodies"
+	if mb := int(s.config().MaxBodyBytes); mb > 0 && mb < limit {
+		limit, source = mb, "max_body_bytes"
 	}
 	decoded, err := s.zstd.decode(ctx.PostBody(), limit)
 	switch {
 	case errors.Is(err, errDecodedTooLarge) || errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		writeError(ctx, rt, fasthttp.StatusRequestEntityTooLarge,
 			"decoded request body exceeds the limit of "+strconv.Itoa(limit)+
-				" bytes (max_body_bytes)")
+				" bytes ("+source+")")
 		return false
 	case errors.Is(err, zstd.ErrWindowSizeExceeded):
 		writeError(ctx, rt, fasthttp.StatusBadRequest,
