@@ -156,10 +156,10 @@ func fill(r io.Reader, buf []byte) (int, error) {
 // by its decoded form, as Ollama's /v1/responses middleware decodes it
 // (middleware/openai.go, v0.17.4). It removes the Content-Encoding
 // header and sets the Content-Length of the decoded body, so the node
-// gets plain JSON. A body that decodes to more than zstdDecodedLimit or
-// max_body_bytes, whichever is lower, gets 413, and one that is not valid zstd, or whose window exceeds
-// zstdMaxWindow, 400. decodeZstdBody then returns false with the error
-// written.
+// gets plain JSON. The limit is zstdDecodedLimit, or max_body_bytes when
+// that is lower. A body that decodes to more gets 413. One that is not
+// valid zstd, or whose window exceeds zstdMaxWindow, gets 400.
+// decodeZstdBody then returns false with the error written.
 func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 	if !isZstd(ctx.Request.Header.ContentEncoding()) {
 		return true
