@@ -518,16 +518,33 @@ func (b *Balancer) freeSlotLocked(n *Node, req Request) {
 	n.Release()
 }
 
-// rendezvous returns a stable pseudo-random rank for a model and node
-// pair. Ties between equal candidates then break the same way every time,
-// so the requests of one model go to one node until the loads differ. This
-// keeps the `ollama run` sequence (show, preload, chat) on one node.
-func rendezvous(model, node string) uint64 {
+// Rendezvous returns a stable pseudo-random rank for a key, such as a
+// model or a client address, and a node. The ranks of one key over the
+// nodes are independent of each other, so over many keys each node ranks
+// highest equally often. Placement ranks the nodes that would have to load
+// a model by it (see loadRank), so the requests of one model go to one
+// node until the loads differ. This keeps the `ollama run` sequence
+// (show, preload, chat) on one node.
+func Rendezvous(key, node string) uint64 {
 	h := fnv.New64a()
-	h.Write([]byte(model))
+	h.Write([]byte(key))
 	h.Write([]byte{0})
 	h.Write([]byte(node))
-	return h.Sum64()
+	return mix64(h.Sum64())
+}
+
+// mix64 is the finalizer of MurmurHash3 (fmix64). FNV-1a leaves the high
+// bits of two keys that differ in their last bytes nearly equal, as node
+// names such as gpu1 and gpu2 do, so the ranks of such nodes would move
+// together. The finalizer makes every output bit depend on every input
+// bit.
+func mix64(h uint64) uint64 {
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
 }
 
 func tried(list []*Node, n *Node) bool {

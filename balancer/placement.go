@@ -202,7 +202,8 @@ func markTies(cands []candidate, best *candidate, model string, maxDelay float64
 // 0 when the policy ranks them equal, which leaves the choice to weight
 // (see pickWeighted). It orders candidates by cost, then free before busy,
 // then by load. When both would have to load the model, the model's
-// rendezvous rank comes next, so that one model's loads go to one node.
+// rendezvous rank by weight comes next (see loadRank), so that one
+// model's loads go to one node.
 // Costs within costTolerance of each other count as equal, so that noise
 // in the measured speeds does not send every request to one node.
 func compare(c, o *candidate, model string) int {
@@ -221,11 +222,24 @@ func compare(c, o *candidate, model string) int {
 		return 1
 	}
 	if !c.warm && !o.warm {
-		if rc, ro := rendezvous(model, c.n.Name), rendezvous(model, o.n.Name); rc != ro {
+		if rc, ro := loadRank(model, c), loadRank(model, o); rc != ro {
 			return ordered(rc < ro)
 		}
 	}
 	return 0
+}
+
+// loadRank ranks c for the first load of model, lowest first, by weighted
+// rendezvous hashing: it draws for each node an exponential variable of
+// rate weight from the node's rendezvous hash. The lowest draw falls on a
+// node with probability weight over the sum of weights. So the models that
+// no node has loaded spread over the nodes in proportion to weight, and
+// each model still goes to the same node every time. Among nodes of equal
+// weight, the lower hash ranks first.
+func loadRank(model string, c *candidate) float64 {
+	// The top 53 bits give a uniform value in (0, 1).
+	u := (float64(Rendezvous(model, c.n.Name)>>11) + 0.5) / (1 << 53)
+	return -math.Log1p(-u) / c.weight
 }
 
 // ordered returns -1 when first is true and 1 otherwise.

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"testing"
 )
 
@@ -159,6 +160,65 @@ func TestWeightFollowsReloads(t *testing.T) {
 		if got[name] != w {
 			t.Errorf("after the node change %s got %d of 120 requests, want %d; split %v",
 				name, got[name], w, got)
+		}
+	}
+}
+
+// firstLoads places one request for each of count models that no node has
+// loaded, on a new balancer over nodes of the given weights, and returns
+// the node each model went to.
+func firstLoads(t *testing.T, weights map[string]float64, count int) []string {
+	t.Helper()
+	models := make([]string, count)
+	for i := range models {
+		models[i] = fmt.Sprintf("m%d:latest", i)
+	}
+	var nodes []*Node
+	for _, name := range []string{"n1", "n2", "n3"} {
+		n := testNode(t, name, 8, models)
+		n.SetLimits(8, weights[name])
+		nodes = append(nodes, n)
+	}
+	b := testBalancer(t, nil, PolicyInferenceAware, nodes...)
+	placed := make([]string, count)
+	for i, m := range models {
+		l, err := b.Acquire(context.Background(), Request{Model: m, Slot: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		placed[i] = l.Node.Name
+		l.Release()
+	}
+	return placed
+}
+
+// TestWeightSpreadsFirstLoads checks that the models no node has loaded
+// go to the nodes in proportion to weight, and that each model goes to
+// the same node every time, so that a model's requests do not load it on
+// several nodes.
+func TestWeightSpreadsFirstLoads(t *testing.T) {
+	weights := map[string]float64{"n1": 4, "n2": 1, "n3": 1}
+	placed := firstLoads(t, weights, 300)
+	got := countNames(placed)
+	// Binomial spread: a standard deviation of about 8 for n1 and 7 for
+	// the others.
+	for name, want := range map[string]int{"n1": 200, "n2": 50, "n3": 50} {
+		if !within(got[name], want, 30) {
+			t.Errorf("%s (weight %v) got the first load of %d of 300 models, want about %d; split %v",
+				name, weights[name], got[name], want, got)
+		}
+	}
+	again := firstLoads(t, weights, 300)
+	for i := range placed {
+		if placed[i] != again[i] {
+			t.Errorf("model m%d went to %s, then to %s on a new balancer", i, placed[i], again[i])
+		}
+	}
+
+	equal := countNames(firstLoads(t, map[string]float64{"n1": 1, "n2": 1, "n3": 1}, 300))
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if !within(equal[name], 100, 30) {
+			t.Errorf("equal weights: %s got %d of 300 models, want about 100; split %v", name, equal[name], equal)
 		}
 	}
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"hash/fnv"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -125,10 +124,7 @@ func stickyNode(client string, nodes []*balancer.Node) *balancer.Node {
 	var best *balancer.Node
 	var bestRank uint64
 	for _, n := range nodes {
-		h := fnv.New64a()
-		h.Write([]byte(client))
-		h.Write([]byte(n.Name))
-		if r := h.Sum64(); best == nil || r > bestRank {
+		if r := balancer.Rendezvous(client, n.Name); best == nil || r > bestRank {
 			best, bestRank = n, r
 		}
 	}
