@@ -331,9 +331,12 @@ func (a *App) listenAdmin(cfg *config.Config) error {
 	a.adminSrv = &fasthttp.Server{
 		Handler:               a.server.AdminHandler(),
 		NoDefaultServerHeader: true,
-		ReadTimeout:           30 * time.Second,
-		IdleTimeout:           2 * time.Minute,
-		CloseOnShutdown:       true,
+		// Admin requests have small JSON bodies, and fasthttp allocates a
+		// body's declared length before it arrives.
+		MaxRequestBodySize: 1 << 20,
+		ReadTimeout:        30 * time.Second,
+		IdleTimeout:        2 * time.Minute,
+		CloseOnShutdown:    true,
 		// A write timeout of write_timeout reaches the log, as on listen.
 		LogAllErrors: true,
 		Logger:       a.server.HTTPLogger(),

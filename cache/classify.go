@@ -134,6 +134,19 @@ func (p Plan) bypass(reason string) Plan {
 // parsers holds the JSON parsers of Classify and StoreEmbeddings.
 var parsers fastjson.ParserPool
 
+// maxPooledParse is the largest JSON document whose parser goes back to
+// parsers. A parser keeps a copy of the last document it parsed, so a
+// pooled one that parsed a 50 MB body would hold 50 MB while idle.
+const maxPooledParse = 1 << 20
+
+// releaseParser returns p, which parsed a document of size bytes, to
+// parsers, or leaves it to the garbage collector after a large document.
+func releaseParser(p *fastjson.Parser, size int) {
+	if size <= maxPooledParse {
+		parsers.Put(p)
+	}
+}
+
 // Classify decides whether a request is cached, and computes its keys. It
 // has no error result, because a body that it cannot read or does not
 // cache gets KindNone.
@@ -167,7 +180,7 @@ func (c *Cache) Classify(req Request) Plan {
 	}
 
 	parser := parsers.Get()
-	defer parsers.Put(parser)
+	defer releaseParser(parser, len(req.Body))
 	v, err := parser.ParseBytes(req.Body)
 	if err != nil || v.Type() != fastjson.TypeObject {
 		return p.bypass("body is not a JSON object")

@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/llmproxy/llmproxy/config"
@@ -268,5 +270,28 @@ func BenchmarkKey(b *testing.B) {
 		if c.Classify(req).Kind != KindResponse {
 			b.Fatal("not cacheable")
 		}
+	}
+}
+
+// TestClassifyLargeBodyNotRetained classifies a 32 MiB request. A pooled
+// parser keeps a copy of its last document, so after one garbage
+// collection, which keeps the pool's entries, the heap must not still
+// hold such a copy.
+func TestClassifyLargeBodyNotRetained(t *testing.T) {
+	tc := newTestCache(t, testOptions{})
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+
+	body := []byte(`{"model":"m","prompt":"` + strings.Repeat("x", 32<<20) + `","options":{"seed":1}}`)
+	if p := tc.Classify(Request{Route: "/api/generate", Body: body}); p.Kind != KindResponse {
+		t.Fatalf("Kind = %d, want KindResponse (reason %q)", p.Kind, p.Reason)
+	}
+	body = nil
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 8<<20 {
+		t.Errorf("the heap holds %d MiB more after classifying a 32 MiB body, want under 8 MiB", held>>20)
 	}
 }

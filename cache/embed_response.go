@@ -30,7 +30,7 @@ type embedUsage struct {
 // in input order, with its usage fields.
 func parseEmbedResponse(r route, body []byte) ([][]byte, embedUsage, error) {
 	parser := parsers.Get()
-	defer parsers.Put(parser)
+	defer releaseParser(parser, len(body))
 	v, err := parseStrict(parser, body)
 	if err != nil {
 		return nil, embedUsage{}, err

@@ -455,3 +455,103 @@ func TestIdleConnectionsDropLargeBodies(t *testing.T) {
 			grown>>20, conns)
 	}
 }
+
+// TestDeclaredLengthReservesNoMemory opens connections that declare a
+// body of nearly max_body_bytes and send only its first 100 KiB. The proxy
+// must allocate about what arrived, not what was declared. The key check
+// must come before the rest of the body: without a key the client gets
+// 401 after 8 KiB. Once the rest arrives the request is served.
+func TestDeclaredLengthReservesNoMemory(t *testing.T) {
+	const declared = 60 << 20
+	a := testenv.Sim(t, "m", ollamasim.Config{})
+	cfg := testenv.Config(t, a)
+	cfg.MaxBodyBytes = 64 << 20
+	cfg.Auth.Required = true
+	cfg.Auth.Keys = []config.Key{limitKey("k1")}
+	p := testenv.Proxy(t, cfg)
+	addr := strings.TrimPrefix(p.URL(), "http://")
+
+	prompt := strings.Repeat("x", declared-40)
+	body := []byte(`{"model":"m","prompt":"` + prompt + `","stream":false}`)
+	head := func(key string) string {
+		h := fmt.Sprintf("POST /api/generate HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n", addr, len(body))
+		if key != "" {
+			h += "Authorization: Bearer " + secretOf(key) + "\r\n"
+		}
+		return h + "\r\n"
+	}
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var conns []net.Conn
+	for range 3 {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(conn, head("k1")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(body[:100<<10]); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	// Give the proxy time to read what was sent.
+	time.Sleep(300 * time.Millisecond)
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("3 connections that sent 100 KiB of a %d MiB body allocated %d MiB, want under 16 MiB",
+			declared>>20, grew>>20)
+	}
+
+	// A request without a key is rejected once fasthttp has read the first
+	// 8 KiB of its body, which it reads before the handler, and the client
+	// need not send the rest.
+	resp, respBody := exchange(t, p.URL(), head(""), body[:8<<10])
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("no key: status %d, body %s, want 401", resp.StatusCode, respBody)
+	}
+
+	// The rest of one body arrives, and the node gets all of it.
+	if _, err := conns[0].Write(body[100<<10:]); err != nil {
+		t.Fatal(err)
+	}
+	status, got := readResponse(t, bufio.NewReader(conns[0]))
+	if status != http.StatusOK {
+		t.Fatalf("whole body: status %d, body %.200s", status, got)
+	}
+	last, ok := a.Server().LastRequest("/api/generate")
+	if cl := last.Header.Get("Content-Length"); !ok || cl != fmt.Sprint(len(body)) {
+		t.Errorf("the node got Content-Length %q (ok %v), want %d", cl, ok, len(body))
+	}
+}
+
+// TestMultipartContentTypeReadAsJSON sends a JSON body labelled
+// multipart/form-data. Ollama reads every body as JSON whatever its
+// Content-Type, so the proxy must forward it unparsed.
+func TestMultipartContentTypeReadAsJSON(t *testing.T) {
+	p, _ := startLimitedProxy(t)
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}`
+	req, err := http.NewRequest(http.MethodPost, p.URL()+"/api/chat", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "multipart/form-data; boundary=xx")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, body %s, want 200", resp.StatusCode, got)
+	}
+	if !bytes.Contains(got, []byte(`"done":true`)) {
+		t.Errorf("body %s, want a chat response", got)
+	}
+}

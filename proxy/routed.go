@@ -41,7 +41,11 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	}
 	p := s.parsers.Get()
 	f, err := inspect(p, rt, ctx.PostBody())
-	s.parsers.Put(p)
+	if len(ctx.PostBody()) <= maxPooledBody {
+		// A parser keeps a copy of the last body it parsed, so one that
+		// parsed a large body is left to the garbage collector.
+		s.parsers.Put(p)
+	}
 	if err != nil {
 		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
 		return

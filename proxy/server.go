@@ -11,8 +11,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -153,8 +155,18 @@ func New(opts Options) *Server {
 		Name:                  "",
 		NoDefaultServerHeader: true,
 		MaxRequestBodySize:    int(opts.Config.MaxBodyBytes),
-		ReadTimeout:           opts.Config.ReadTimeout,
-		IdleTimeout:           2 * time.Minute,
+		// fasthttp reads a body of known length into a buffer of that
+		// length allocated before the first byte arrives, so a head alone
+		// could reserve max_body_bytes. Streamed, it reads only the first
+		// 8 KiB before the handler, and readBody reads the rest after the
+		// Host, CORS and API key checks, into a buffer that grows as the
+		// bytes arrive.
+		StreamRequestBody: true,
+		// Ollama reads every body as JSON, whatever its Content-Type, and
+		// fasthttp would parse a multipart/form-data one as a form.
+		DisablePreParseMultipartForm: true,
+		ReadTimeout:                  opts.Config.ReadTimeout,
+		IdleTimeout:                  2 * time.Minute,
 		// Also the largest request head fasthttp accepts.
 		ReadBufferSize:  int(opts.Config.MaxHeaderBytes),
 		CloseOnShutdown: true,
@@ -327,7 +339,10 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	defer releaseLargeBody(ctx)
 	defer s.limitWrite(ctx)
-	s.heads.take(&ctx.Request.Header)
+	if head, ok := s.heads.take(&ctx.Request.Header); ok && head.tooLarge {
+		s.respondParseError(ctx, fasthttp.ErrBodyTooLarge, head, true)
+		return
+	}
 	rt := classify(ctx.Method(), ctx.Path())
 	if rt.operational() && s.config().Admin.Listen != "" {
 		// Admin routes and metrics are served on admin.listen only.
@@ -337,6 +352,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	token := rs.gen.Load()
 	if !checkHost(ctx, s.config().Listen) || !s.applyCORS(ctx, rt) ||
 		(rt.api() && !s.identify(ctx, rt, rs)) {
+		s.end(rs)
+		return
+	}
+	if err := s.readBody(ctx); err != nil {
+		status, msg := s.bodyErrorResponse(ctx, err, pendingHead{chunked: ctx.Request.Header.ContentLength() == -1}, true)
+		writeError(ctx, rt, status, msg)
+		ctx.SetConnectionClose()
+		rs.err = msg
 		s.end(rs)
 		return
 	}
@@ -401,9 +424,16 @@ func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
 // being read in full. A head over max_header_bytes gets 431, in OpenAI's
 // shape when the path that requestLineFromError recovers starts with /v1/.
 func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	head, pending := s.heads.take(&ctx.Request.Header)
+	s.respondParseError(ctx, err, head, pending)
+}
+
+// respondParseError writes the error response of a request that failed
+// to be read, with err, and logs it. head is the request's entry from
+// receiveHeader, when pending is set.
+func (s *Server) respondParseError(ctx *fasthttp.RequestCtx, err error, head pendingHead, pending bool) {
 	rt := classify(ctx.Method(), ctx.Path())
 	method := ctx.Method()
-	head, pending := s.heads.take(&ctx.Request.Header)
 	headerErr := isHeaderError(err)
 	switch {
 	case pending && !headerErr:
@@ -428,6 +458,30 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			}
 		}
 	}
+	if !headerErr && isConnClosed(err) && !pending {
+		// NOTE: fasthttp reads the first 8 KiB of a body before the
+		// handler and resets the request when that read fails. Only a
+		// chunked body, or one sent to a /v1/ path, keeps its method and
+		// route here. The others are logged as route "other".
+		rt, method = routeNotFound, nil
+	}
+	status, msg := s.bodyErrorResponse(ctx, err, head, pending)
+	// begin sets the X-Request-Id that an Anthropic error body quotes.
+	rs := s.begin(ctx, rt)
+	writeError(ctx, rt, status, msg)
+	ctx.SetConnectionClose()
+	s.limitWrite(ctx)
+	rs.method = methodString(method)
+	rs.err = msg
+	s.end(rs)
+}
+
+// bodyErrorResponse returns the status and message for a request that
+// failed to be read with err, and discards what the client still sends
+// where it would otherwise lose the response. head is the request's entry
+// from receiveHeader, when pending is set.
+func (s *Server) bodyErrorResponse(ctx *fasthttp.RequestCtx, err error, head pendingHead, pending bool) (int, string) {
+	headerErr := isHeaderError(err)
 	status := fasthttp.StatusBadRequest
 	msg := "invalid HTTP request"
 	var small *fasthttp.ErrSmallBuffer
@@ -449,16 +503,9 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		// The client closed or reset its connection during the body. The
 		// status is 400, not 499, so that a client that only half-closed
 		// its side reads a clear error.
-		// NOTE: fasthttp resets the request when a body of known length
-		// fails, so only a chunked body, or one sent to a /v1/ path, keeps
-		// its method and route here. The others are logged as route
-		// "other".
 		msg = "request body incomplete: the client closed the connection before sending all of it"
-		if !pending {
-			rt, method = routeNotFound, nil
-		}
 	}
-	if err == fasthttp.ErrBodyTooLarge {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		status = fasthttp.StatusRequestEntityTooLarge
 		msg = "request body exceeds the limit of " +
 			strconv.FormatInt(s.config().MaxBodyBytes, 10) + " bytes (max_body_bytes)"
@@ -467,18 +514,13 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			// The client waits for 100 Continue and has sent no body.
 		case pending && head.chunked:
 			discardBody(ctx, -1)
+		case pending && head.length > 0:
+			discardBody(ctx, head.length)
 		default:
 			discardBody(ctx, int64(ctx.Request.Header.ContentLength()))
 		}
 	}
-	// begin sets the X-Request-Id that an Anthropic error body quotes.
-	rs := s.begin(ctx, rt)
-	writeError(ctx, rt, status, msg)
-	ctx.SetConnectionClose()
-	s.limitWrite(ctx)
-	rs.method = methodString(method)
-	rs.err = msg
-	s.end(rs)
+	return status, msg
 }
 
 // limitWrite sets the deadline by which the client must have read a
@@ -522,19 +564,17 @@ func isHeaderError(err error) bool {
 // receiveHeader runs as fasthttp's Server.HeaderReceived, after a request
 // head is read and before its body is.
 //
-// For a chunked body, it keeps the method and target in s.heads, because
-// when such a body fails to read, fasthttp v1.79.0 (Request.ReadBody)
-// resets the request and handleParseError would see GET /. A body with a
-// Content-Length over the limit is rejected before it is read, with the
-// request intact. One within the limit that fails later, by a timeout or
-// a client that closes, is reset the same way, so the head is kept for
-// the /v1/ paths, whose errors have OpenAI's or Anthropic's shape.
+// fasthttp reads the first 8 KiB of a body before the handler, and when
+// that read fails it resets the request, so handleParseError would see
+// GET /. receiveHeader therefore keeps the method and target in s.heads
+// for a chunked body and for a body sent to a /v1/ path, whose errors
+// have OpenAI's or Anthropic's shape.
 //
-// A request with "Expect: 100-continue" and a Content-Length over the
-// limit loses its Expect header, so that fasthttp rejects it with
-// ErrBodyTooLarge and handleParseError sends 413 in the route's shape
-// without a 100 Continue before it. Server.ExpectHandler could only send
-// a bare status: its contract forbids writing a response body.
+// A request with a Content-Length over the limit gets its length set to
+// 0 and loses any "Expect: 100-continue", so that fasthttp reads none of
+// its body and sends no 100 Continue. handle then responds with 413 in
+// the route's shape. Server.ExpectHandler could only send a bare status: its
+// contract forbids writing a response body.
 func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	// Drops what a request on the same RequestCtx left when its connection
 	// ended while its body was read.
@@ -547,9 +587,13 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 	switch {
 	case length == -1:
 		s.heads.keep(h, pendingHead{chunked: true})
-	case length > maxBody && h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue")):
+	case length > maxBody:
+		// With a length of 0 fasthttp reads none of the body, and handle
+		// responds with 413 from the entry, without a 100 Continue.
+		expect := h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
 		h.Del("Expect")
-		s.heads.keep(h, pendingHead{continueRejected: true})
+		h.SetContentLength(0)
+		s.heads.keep(h, pendingHead{tooLarge: true, continueRejected: expect, length: int64(length)})
 	case length > 0 && bytes.HasPrefix(h.RequestURI(), []byte("/v1/")):
 		// fasthttp resets the request when a body of known length fails,
 		// and the route's error shape is not Ollama's.
@@ -571,7 +615,12 @@ type pendingHead struct {
 	// continueRejected is set when receiveHeader removed the request's
 	// "Expect: 100-continue", so its client has sent no body.
 	continueRejected bool
-	added            time.Time
+	// tooLarge is set when the Content-Length exceeds max_body_bytes.
+	// receiveHeader then sets the length to 0, and length keeps the
+	// declared one.
+	tooLarge bool
+	length   int64
+	added    time.Time
 }
 
 // pendingHeads maps the request header that fasthttp passes to
@@ -741,6 +790,76 @@ func discardBody(ctx *fasthttp.RequestCtx, left int64) {
 		}
 	}
 	_ = conn.SetReadDeadline(time.Time{})
+}
+
+// bodyPrefetch is how much of a body fasthttp reads before the handler
+// when it streams request bodies (readBodyWithStreaming in fasthttp
+// v1.79.0): the whole body when it is no longer.
+const bodyPrefetch = 8 << 10
+
+// readBody reads the rest of a request body that fasthttp streams, so
+// that PostBody returns the whole body. A body of known length gets a
+// buffer that grows as its bytes arrive, up to that length, and a chunked
+// one fails with fasthttp.ErrBodyTooLarge once it passes max_body_bytes.
+// A body of known length over that limit never reaches readBody (see
+// receiveHeader). read_timeout, set by fasthttp on the connection, bounds
+// the read.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx) error {
+	if !ctx.Request.IsBodyStream() {
+		return nil
+	}
+	length := ctx.Request.Header.ContentLength()
+	if length >= 0 && length <= bodyPrefetch {
+		// fasthttp holds all of it, and Body copies it in place.
+		ctx.Request.Body()
+		return nil
+	}
+	limit := int(s.config().MaxBodyBytes)
+	if limit <= 0 {
+		limit = fasthttp.DefaultMaxRequestBodySize
+	}
+	body, err := readLimited(ctx.RequestBodyStream(), length, limit)
+	if err != nil {
+		return err
+	}
+	ctx.Request.SetBodyRaw(body)
+	return nil
+}
+
+// readLimited reads r to its end. length is the body's Content-Length,
+// or -1 when it is not known, and the buffer never grows beyond it. A
+// body that passes limit bytes fails with fasthttp.ErrBodyTooLarge, and
+// one that ends before length bytes with io.ErrUnexpectedEOF.
+func readLimited(r io.Reader, length, limit int) ([]byte, error) {
+	end := limit + 1
+	if length >= 0 {
+		end = length
+	}
+	buf := make([]byte, 0, min(end, 64<<10))
+	for {
+		if len(buf) >= end {
+			if length >= 0 {
+				return buf, nil
+			}
+			return nil, fasthttp.ErrBodyTooLarge
+		}
+		if len(buf) == cap(buf) {
+			// Doubling, so a body costs at most about twice its length
+			// while it arrives.
+			buf = slices.Grow(buf, min(cap(buf), end-len(buf)))
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), end)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			if length >= 0 && len(buf) < length {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // drainPause ends discardBody when the client sends nothing for this long.
