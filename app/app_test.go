@@ -3,6 +3,7 @@ package app_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -237,9 +238,14 @@ func TestReloadKeepsBodyLimit(t *testing.T) {
 func TestReloadDropsGaugesOfRemovedNode(t *testing.T) {
 	a0 := testenv.Sim(t, "m", ollamasim.Config{})
 	a1 := testenv.Sim(t, "m", ollamasim.Config{})
-	a, _ := startApp(t, testenv.Config(t, a0, a1))
-	for range 4 {
-		generate(t, a, "spread")
+	cfg := testenv.Config(t, a0, a1)
+	// Round robin gives each node two of the four requests, where
+	// inference_aware would keep them on the node that loaded the model.
+	// The prompts differ, so that none is served from the cache.
+	cfg.Balancer.Policy = config.PolicyRoundRobin
+	a, _ := startApp(t, cfg)
+	for i := range 4 {
+		generate(t, a, fmt.Sprint("spread ", i))
 	}
 	if !strings.Contains(scrape(t, a), `llmproxy_node_up{node="n1"} 1`) {
 		t.Fatal("node n1 is not reported up before the reload")

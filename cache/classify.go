@@ -196,6 +196,10 @@ func (c *Cache) Classify(req Request) Plan {
 	if unloadsModel(v.Get("keep_alive")) {
 		return p.bypass("keep_alive 0 unloads the model")
 	}
+	if reason := invalidMember(p.route, v); reason != "" {
+		// The node responds with its own error, which is not cached.
+		return p.bypass(reason)
+	}
 
 	if p.route.isEmbedding() {
 		p = planEmbed(p, v, req.Body)

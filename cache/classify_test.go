@@ -54,6 +54,23 @@ func TestClassifyKinds(t *testing.T) {
 		{"array body", "/api/embed", `["m"]`, KindNone},
 		{"keys differing in case", "/api/embed", `{"model":"m","Model":"n","input":"a"}`, KindNone},
 		{"nested duplicate keys", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":1,"Seed":2}}`, KindNone},
+		// Ollama rejects these with 400, so the cache must not answer them.
+		{"generate keep_alive not a duration", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":"bogus","options":{"seed":1}}`, KindNone},
+		{"generate keep_alive an array", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":[1],"options":{"seed":1}}`, KindNone},
+		{"generate stream a number", "/api/generate", `{"model":"m","prompt":"hi","stream":0,"options":{"seed":1}}`, KindNone},
+		{"generate stream a string", "/api/generate", `{"model":"m","prompt":"hi","stream":"false","options":{"seed":1}}`, KindNone},
+		{"generate prompt a number", "/api/generate", `{"model":"m","prompt":5,"options":{"seed":1}}`, KindNone},
+		{"generate null members", "/api/generate", `{"model":"m","prompt":"hi","stream":null,"keep_alive":null,"system":null,"options":{"seed":1}}`, KindResponse},
+		{"generate keep_alive seconds", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":300,"options":{"seed":1}}`, KindResponse},
+		{"chat messages an object", "/api/chat", `{"model":"m","messages":{"role":"user"},"options":{"seed":1}}`, KindNone},
+		{"embed keep_alive not a duration", "/api/embed", `{"model":"m","input":"a","keep_alive":"bogus"}`, KindNone},
+		{"embed input a number", "/api/embed", `{"model":"m","input":5}`, KindNone},
+		{"v1 chat stream a string", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,"stream":"yes"}`, KindNone},
+		{"v1 chat stream a number", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,"stream":0}`, KindNone},
+		{"v1 chat stream_options a number", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,"stream_options":5}`, KindNone},
+		{"v1 chat include_usage a string", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,"stream":true,"stream_options":{"include_usage":"yes"}}`, KindNone},
+		{"v1 chat seed a string", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":"7"}`, KindNone},
+		{"v1 embeddings input an object", "/v1/embeddings", `{"model":"m","input":{"a":1}}`, KindNone},
 	}
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {

@@ -103,6 +103,29 @@ func TestDeterministicChatServedAsStream(t *testing.T) {
 	}
 }
 
+// TestCachedRequestWithInvalidMemberGoesToNode caches a deterministic
+// generate, then repeats it with members of a type or value that Ollama
+// rejects. Each must reach a node and get its 400, not the cached answer.
+func TestCachedRequestWithInvalidMemberGoesToNode(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	base := `"model":"m","prompt":"hi","options":{"temperature":0,"num_predict":2}`
+	first := post(t, f.proxy.URL()+"/api/generate", `{`+base+`,"stream":false}`)
+	readBody(t, first)
+	again := post(t, f.proxy.URL()+"/api/generate", `{`+base+`,"stream":false}`)
+	readBody(t, again)
+	if cacheHeader(again) != "hit-l1" {
+		t.Fatalf("repeat: cache %q, want hit-l1", cacheHeader(again))
+	}
+	for _, extra := range []string{`"keep_alive":"bogus","stream":false`, `"stream":"false"`, `"stream":0`} {
+		resp := post(t, f.proxy.URL()+"/api/generate", `{`+base+`,`+extra+`}`)
+		body := readBody(t, resp)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: status %d (cache %q), body %s, want the node's 400", extra, resp.StatusCode,
+				cacheHeader(resp), body)
+		}
+	}
+}
+
 func TestDefaultChatNeverCached(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
 	for i := 0; i < 2; i++ {
