@@ -168,7 +168,9 @@ func TestInspectShortensParseErrors(t *testing.T) {
 	tests := []struct {
 		name, body, want string
 	}{
-		{"truncated", `{"model":`, "invalid JSON: cannot parse JSON: cannot parse object: cannot parse object value"},
+		// Go's encoding/json words the syntax errors, as in Ollama.
+		{"truncated", `{"model":`, "invalid JSON: unexpected EOF"},
+		{"white space", " \n\t ", "missing request body"},
 		{"deep", `{"model":"m","x":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`,
 			"it exceeds 300"},
 	}

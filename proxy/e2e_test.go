@@ -328,7 +328,9 @@ func TestFanoutBadInput(t *testing.T) {
 		{"empty body", all, ``, "missing request body", true},
 		{"array", all, `[]`, "invalid JSON: want an object, got array", true},
 		{"number", all, `5`, "invalid JSON: want an object, got number", true},
-		{"malformed", all, `{bad json}`, "invalid JSON: cannot parse JSON", true},
+		// Ollama's message, from Go's encoding/json.
+		{"malformed", all, `{bad json}`,
+			"invalid JSON: invalid character 'b' looking for beginning of object key string", true},
 		{"duplicate key", all, `{"model":"m","model":"m"}`, `invalid JSON: duplicate key "model"`, true},
 		{"model not a string", named, `{"model":5}`, "invalid model: want a string", true},
 		{"name not a string", named, `{"name":5}`, "invalid name: want a string", true},

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math"
 	"strings"
 	"time"
@@ -149,7 +151,7 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 		v, err = firstValue(body)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("invalid JSON: %s", shortParseError(err))
+		return nil, syntaxError(body, err)
 	}
 	if v.Type() != fastjson.TypeObject {
 		return nil, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
@@ -436,6 +438,30 @@ func foldKeys(v *fastjson.Value, names []string) {
 //
 // NOTE: fastjson rejects nesting deeper than 300 levels, which Go's
 // encoding/json, and so Ollama, accepts.
+// syntaxError returns the error for a body that fastjson failed to parse
+// with err. Ollama decodes bodies with Go's encoding/json, so a body of up
+// to maxGoDecode bytes is decoded again with it to give Ollama's message,
+// such as "invalid character 'b' looking for beginning of object key
+// string" or "unexpected EOF", and a body of white space alone gets
+// Ollama's "missing request body".
+func syntaxError(body []byte, err error) error {
+	if len(body) <= maxGoDecode {
+		var v any
+		goErr := json.NewDecoder(bytes.NewReader(body)).Decode(&v)
+		if errors.Is(goErr, io.EOF) {
+			return errors.New("missing request body")
+		}
+		if goErr != nil {
+			return fmt.Errorf("invalid JSON: %s", goErr)
+		}
+	}
+	return fmt.Errorf("invalid JSON: %s", shortParseError(err))
+}
+
+// maxGoDecode bounds the bodies that syntaxError decodes again, because
+// encoding/json is many times slower than fastjson.
+const maxGoDecode = 1 << 20
+
 func shortParseError(err error) string {
 	const sep = ": cannot parse "
 	parts := strings.Split(err.Error(), sep)
