@@ -50,9 +50,7 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 		s.statusJSON(ctx)
 	case path == "/admin/nodes" && method == "GET":
 		s.serveNodes(ctx)
-	case strings.HasPrefix(path, "/admin/debug/pprof"):
-		// Go runtime profiles, behind the admin token like the other admin
-		// routes.
+	case strings.HasPrefix(path, "/admin/debug/pprof") && s.profilesServed():
 		ctx.URI().SetPath(strings.TrimPrefix(path, "/admin"))
 		pprofhandler.PprofHandler(ctx)
 	case path == "/admin/cache/purge" && method == "POST":
@@ -69,6 +67,17 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 		}
 		writeError(ctx, rt, fasthttp.StatusNotFound, "unknown admin route "+method+" "+path)
 	}
+}
+
+// profilesServed reports whether the Go runtime profiles under
+// /admin/debug/pprof are served: only with admin.token set, or on the
+// listener of admin.listen. Without either, the admin routes are open to
+// every client of the proxy, and the profiles would show any client the
+// command line and the stack of every goroutine, and let it start CPU
+// profiles and execution traces.
+func (s *Server) profilesServed() bool {
+	cfg := s.config()
+	return cfg.Admin.Token != "" || cfg.Admin.Listen != ""
 }
 
 func (s *Server) adminAuthorized(ctx *fasthttp.RequestCtx) bool {

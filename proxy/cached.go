@@ -273,8 +273,11 @@ func (s *Server) storeEmbeddings(ctx *fasthttp.RequestCtx, rs *reqState, b *cach
 	e, err := s.cache.StoreEmbeddings(sctx, b, ctx.Response.Body())
 	if err != nil {
 		if b.Partial() {
-			writeError(ctx, rs.route, fasthttp.StatusBadGateway,
-				"node returned an invalid embedding response: "+err.Error())
+			// The parser's error may quote the node's body, so only the
+			// log gets it.
+			msg := "node " + rs.node + " returned an invalid embedding response"
+			writeError(ctx, rs.route, fasthttp.StatusBadGateway, msg)
+			rs.err = msg + ": " + err.Error()
 		}
 		return nil, shareResponse(ctx)
 	}

@@ -43,7 +43,11 @@ func TestClassify(t *testing.T) {
 		{"GET", "/api/status", handleFallback, "/api/*", apiOllama},
 		{"POST", "/v1/audio/transcriptions", handleFallback, "/v1/*", apiOpenAI},
 		{"POST", "/v1/messages/count_tokens", handleFallback, "/v1/*", apiAnthropic},
-		{"GET", "/v1/models/library/m", handleFallback, "/v1/*", apiOpenAI},
+		{"GET", "/v1/models/library/m", handleNotFound, "other", apiOllama},
+		{"POST", "/v1/models/library/m", handleNotFound, "other", apiOllama},
+		{"GET", "/v1/models/library/m/", handleNotFound, "other", apiOllama},
+		{"POST", "/v1/models/m/", handleNotFound, "other", apiOllama},
+		{"OPTIONS", "/v1/models/library/m", handleOptions, "options", apiOllama},
 		{"OPTIONS", "/api/status", handleOptions, "options", apiOllama},
 		{"GET", "/api", handleNotFound, "other", apiOllama},
 	}

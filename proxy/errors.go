@@ -19,12 +19,18 @@ import (
 // clientText returns the message of err for a client. A socket error
 // names the proxy's and the node's addresses (dial tcp 10.0.0.5:11434:
 // connect: connection refused), which stay in the log: the client gets
-// the cause alone (connection refused).
+// the cause alone (connection refused). A response head that failed to
+// read gets its kind alone (invalid response head), without the bytes
+// that fasthttp's message quotes.
 func clientText(err error) string {
 	if err == nil {
 		return ""
 	}
 	msg := err.Error()
+	var head *headReadError
+	if errors.As(err, &head) {
+		return strings.Replace(msg, head.Error(), head.kind, 1)
+	}
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Err == nil {
 		return msg

@@ -201,7 +201,11 @@ type fanoutResult struct {
 	node   *balancer.Node
 	status int
 	body   []byte
+	// errMsg is the node's error for the client, "" for success.
 	errMsg string
+	// detail is the node's error in full, for the log, when errMsg leaves
+	// part of it out (see clientText).
+	detail string
 	// cutOff is set when the proxy ended the node's part before the node's
 	// final response: the client left, the node went down or the operation
 	// ran out of time. The operation may have completed on the node anyway.
@@ -284,6 +288,25 @@ func (s *Server) afterFanout(rt route, rs *reqState, targets []*balancer.Node,
 	s.refreshNodes(targets)
 }
 
+// logText returns the node's error for the log: detail when set, and
+// errMsg otherwise.
+func (r fanoutResult) logText() string {
+	if r.detail != "" {
+		return r.detail
+	}
+	return r.errMsg
+}
+
+// withDetails returns a copy of results in which each errMsg is the
+// node's error in full, to build the log's version of a message.
+func withDetails(results []fanoutResult) []fanoutResult {
+	out := slices.Clone(results)
+	for i := range out {
+		out[i].errMsg = out[i].logText()
+	}
+	return out
+}
+
 // fanoutSucceeded reports whether a fan-out succeeded: a pull when at
 // least one node succeeded, and any other route when every node did.
 func fanoutSucceeded(rt route, results []fanoutResult) bool {
@@ -306,7 +329,7 @@ func (s *Server) logFailedNodes(rs *reqState, results []fanoutResult) {
 		if r.errMsg != "" {
 			s.log.Warn("model operation failed on a node but succeeded on others",
 				"request_id", rs.id, "route", rs.route.name, "model", rs.model,
-				"node", r.node.Name, "error", r.errMsg)
+				"node", r.node.Name, "error", r.logText())
 		}
 	}
 }
@@ -330,6 +353,7 @@ func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results 
 		ctx.Response.Header.Set("Retry-After", holderRetryAfter)
 	}
 	writeError(ctx, rt, status, fanoutFailure(rt, rs, results))
+	rs.err = fanoutFailure(rt, rs, withDetails(results))
 }
 
 // fanoutFailure returns the error message of a fan-out that failed. It
@@ -383,7 +407,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		case <-nctx.Done():
 		}
 	}()
-	r.status, r.body, r.errMsg = s.exchangeModelOp(nctx, n, local, t, lines)
+	r.status, r.body, r.errMsg, r.detail = s.exchangeModelOp(nctx, n, local, t, lines)
 	if r.errMsg != "" && context.Cause(nctx) == nil && !n.Up() {
 		// The upstream ended the wait for the node's response when the
 		// node went down (errNodeMarkedDown), before the goroutine above
@@ -394,6 +418,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		// A read that the context ended fails with errCancelled, which
 		// does not say why.
 		r.errMsg = context.Cause(nctx).Error()
+		r.detail = ""
 		r.cutOff = true
 		if errors.Is(context.Cause(nctx), errNodeDown) {
 			// As for a delete or copy that finds the node down before
@@ -406,12 +431,17 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 
 // exchangeModelOp sends req to n and returns the response's status, its
 // body when it is not relayed to lines, and the error of the node's part,
-// "" for success.
+// "" for success. detail is the error in full when errMsg, the client's
+// text, leaves part of it out.
 func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	t timeouts, lines chan<- progressLine) (status int, body []byte, errMsg string) {
+	t timeouts, lines chan<- progressLine) (status int, body []byte, errMsg, detail string) {
 	ex, err := s.upstreamFor(n).send(ctx, req, t)
 	if err != nil {
-		return 0, nil, err.Error()
+		errMsg = clientText(err)
+		if full := err.Error(); full != errMsg {
+			detail = full
+		}
+		return 0, nil, errMsg, detail
 	}
 	status = ex.resp.StatusCode()
 	if lines == nil || !isStreamed(&ex.resp) {
@@ -422,14 +452,14 @@ func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fas
 		} else if status >= 400 || fastjson.Exists(body, "error") {
 			errMsg = errorText(body)
 		}
-		return status, body, errMsg
+		return status, body, errMsg, ""
 	}
 	errMsg = relayProgress(ctx, n, ex, lines)
 	if errMsg == "" && status >= 400 {
 		errMsg = "status " + itoa(status)
 	}
 	ex.closeWith(errMsg == "")
-	return status, nil, errMsg
+	return status, nil, errMsg, ""
 }
 
 // relayProgress passes a node's NDJSON progress lines on and returns the
@@ -521,6 +551,7 @@ func (s *Server) finalFanoutLine(rt route, rs *reqState, results []fanoutResult,
 	repl *replacement) []byte {
 	if !fanoutSucceeded(rt, results) {
 		repl.release()
+		rs.err = fanoutFailure(rt, rs, withDetails(results))
 		return append(wire.OllamaError(fanoutFailure(rt, rs, results)), '\n')
 	}
 	s.logFailedNodes(rs, results)
@@ -628,6 +659,7 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	r := results[0]
 	if r.errMsg != "" && r.status < 400 {
 		writeError(ctx, rt, fasthttp.StatusBadGateway, r.errMsg)
+		rs.err = r.logText()
 		return
 	}
 	ctx.SetStatusCode(r.status)

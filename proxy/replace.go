@@ -110,7 +110,7 @@ func (s *Server) replaceOlder(rs *reqState, repl *replacement) (status int, msg 
 		failed = append(failed, r)
 		s.log.Warn("delete of the older model under a replaced name failed",
 			"request_id", rs.id, "route", rs.route.name, "model", repl.model,
-			"node", r.node.Name, "error", r.errMsg)
+			"node", r.node.Name, "error", r.logText())
 	}
 	s.refreshNodes(removed)
 	if len(failed) == 0 {

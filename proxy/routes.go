@@ -126,8 +126,9 @@ var (
 // when the route serves the method, as from Ollama's router (gin's
 // RedirectTrailingSlash). Any other path under /api/ or /v1/ that the
 // proxy has no route for goes to a node (handleFallback), so that routes
-// of newer Ollama versions keep working. A known path with another method
-// gets 405, and every other path 404.
+// of newer Ollama versions keep working, except a path under /v1/models/
+// with more than one segment (see isModelSubpath). A known path with
+// another method gets 405, and every other path 404.
 func classify(method, path []byte) route {
 	// p does not escape, so the compiler converts paths of up to 32 bytes
 	// in a stack buffer.
@@ -153,7 +154,7 @@ func classify(method, path []byte) route {
 			return routeRedirect
 		}
 	}
-	if isFallbackPath(p) {
+	if isFallbackPath(p) && !isModelSubpath(p) {
 		return fallbackRoute(path)
 	}
 	return routeNotFound
@@ -216,6 +217,18 @@ func isBlobPath(p string) bool {
 // is not empty and contains no slash, as Ollama's router matches it.
 func isModelPath(p string) bool {
 	return isParamPath(p, "/v1/models/")
+}
+
+// isModelSubpath reports whether p is under /v1/models/ with more than
+// one segment, such as /v1/models/user/custom:v1. Ollama's router
+// (server/routes.go in v0.17.4) has only /v1/models/:model there, a gin
+// parameter of one segment, so Ollama sends 404 for such a path, and the
+// proxy sends it without asking a node. p is the unescaped path, on which
+// gin matches by default (UseRawPath false), so an escaped slash (%2F)
+// counts as a slash.
+func isModelSubpath(p string) bool {
+	rest, ok := strings.CutPrefix(p, "/v1/models/")
+	return ok && strings.IndexByte(rest, '/') >= 0
 }
 
 func isParamPath(p, prefix string) bool {

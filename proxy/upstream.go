@@ -68,6 +68,10 @@ var errBodyCut = errors.New("node closed the connection before the response body
 // errBodyTooLarge ends a response body that exceeds the proxy's bound.
 var errBodyTooLarge = errors.New("response body too large")
 
+// upstreamReadBuffer is the read buffer of a node connection, in bytes,
+// and so the largest response head that the proxy reads.
+const upstreamReadBuffer = 8 << 10
+
 func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 	addr := n.URL.Host
 	tls := n.URL.Scheme == "https"
@@ -99,7 +103,7 @@ func newUpstream(n *balancer.Node, connect time.Duration) *upstream {
 			MaxConns:                      1 << 16,
 			NoDefaultUserAgentHeader:      true,
 			DisableHeaderNamesNormalizing: false,
-			ReadBufferSize:                8 << 10,
+			ReadBufferSize:                upstreamReadBuffer,
 			WriteBufferSize:               8 << 10,
 		},
 	}
@@ -280,6 +284,8 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	err = ex.resp.Read(ex.br)
 	down := ex.endHeadWait()
 	if err != nil {
+		// fasthttp leaves what it read of a head it failed on in br.
+		received := ex.br.Buffered() > 0
 		ex.close()
 		if down && ctx.Err() == nil {
 			return nil, u.nodeDownError()
@@ -290,7 +296,10 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		if isTimeout(err) && ctx.Err() == nil {
 			return nil, fmt.Errorf("node %s: %w", u.node.Name, errFirstByteTimeout)
 		}
-		if isConnClosed(err) {
+		switch {
+		case received:
+			err = newHeadReadError(err)
+		case isConnClosed(err):
 			err = fmt.Errorf("connection closed before the response head: %w", err)
 		}
 		return nil, u.wrap(ctx, "read response", err)
@@ -585,6 +594,34 @@ func (ex *exchange) recycle() {
 	ex.handle.Store(nil)
 	ex.resp.Reset()
 	exchangePool.Put(ex)
+}
+
+// headReadError is the failure to read a response head of which the node
+// sent some bytes. fasthttp's message then quotes those bytes, which may
+// come from any program that listens at the node's address. Error returns
+// the whole message for the log, and clientText sends the client only
+// kind.
+type headReadError struct {
+	kind string
+	err  error
+}
+
+func (e *headReadError) Error() string { return e.kind + ": " + e.err.Error() }
+
+func (e *headReadError) Unwrap() error { return e.err }
+
+// newHeadReadError names the kind of err, an error of
+// fasthttp.ResponseHeader.Read after the node sent part of a head.
+func newHeadReadError(err error) *headReadError {
+	var small *fasthttp.ErrSmallBuffer
+	kind := "invalid response head"
+	switch {
+	case errors.As(err, &small):
+		kind = "response head exceeds " + itoa(upstreamReadBuffer) + " bytes"
+	case isConnClosed(err):
+		kind = "connection closed before the end of the response head"
+	}
+	return &headReadError{kind: kind, err: err}
 }
 
 // wrap names the step that failed, and reports a cancelled context as

@@ -2,7 +2,10 @@
 // "llmproxy serve -config FILE" does, and records CPU profiles on demand:
 // SIGUSR1 starts a profile and SIGUSR2 stops it and writes it to the next
 // file DIR/cpu-N.pprof. benchrun -profile starts it in place of llmproxy
-// to profile each measured phase, because llmproxy serves no pprof routes.
+// to profile each measured phase. llmproxy serves CPU profiles under
+// /admin/debug/pprof/profile only with admin.token or admin.listen set,
+// and only for a fixed number of seconds, while the signals start and stop
+// a profile at the bounds of a phase.
 //
 // Usage:
 //
