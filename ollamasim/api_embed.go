@@ -56,6 +56,12 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if string(bytes.TrimSpace(req.Input)) == `""` {
+		// Ollama's EmbedHandler (server/routes.go, v0.17.4) embeds nothing
+		// for an empty string, so the request only loads the model. Its
+		// /v1/embeddings embeds the empty string instead.
+		texts = nil
+	}
 	c, _, ok := s.newCompletion(w, start, modelRequest{
 		model:     req.Model,
 		keepAlive: req.KeepAlive,

@@ -93,7 +93,11 @@
 // conversation on one node is measurably faster.
 //
 // Embeddings are unit vectors derived from a hash of the model and the
-// text, of ModelSpec.EmbeddingLength dimensions. Any model can embed.
+// text, of ModelSpec.EmbeddingLength dimensions. Any model can embed. An
+// /api/embed without input (none, "" or []) or an /api/embeddings without
+// prompt loads the model and returns no vector. Unlike a generate, it
+// loads the model also with keep_alive 0, and unloads it after, as
+// Ollama does.
 //
 // When a client goes away, the node stops generating at once, frees the
 // slot and counts the request in [Stats].Cancelled.

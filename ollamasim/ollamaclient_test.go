@@ -265,6 +265,38 @@ func TestClientEmbed(t *testing.T) {
 	}
 }
 
+func TestEmbedEmptyStringLoadsOnly(t *testing.T) {
+	n := startNode(t, ollamasim.Config{})
+	status, body := n.post(t, "/api/embed", `{"model":"nomic-embed-text","input":""}`)
+	if status != http.StatusOK {
+		t.Fatalf("embed status %d %s, want 200", status, body)
+	}
+	if !bytes.Contains(body, []byte(`"embeddings":[]`)) {
+		t.Errorf("embed of \"\" returned %s, want no vector", body)
+	}
+	if loaded := n.srv.LoadedModels(); !slices.Equal(loaded, []string{"nomic-embed-text:latest"}) {
+		t.Errorf("loaded models %v after embedding \"\", want nomic-embed-text:latest", loaded)
+	}
+
+	// keep_alive 0 unloads the model that the request loaded.
+	status, body = n.post(t, "/api/embed", `{"model":"nomic-embed-text","input":"","keep_alive":0}`)
+	if status != http.StatusOK {
+		t.Fatalf("unload status %d %s, want 200", status, body)
+	}
+	if loaded := n.srv.LoadedModels(); len(loaded) != 0 {
+		t.Errorf("loaded models %v after keep_alive 0, want none", loaded)
+	}
+
+	// The OpenAI route embeds "" as one input.
+	status, body = n.post(t, "/v1/embeddings", `{"model":"nomic-embed-text","input":""}`)
+	if status != http.StatusOK {
+		t.Fatalf("/v1/embeddings status %d %s, want 200", status, body)
+	}
+	if got := bytes.Count(body, []byte(`"object":"embedding"`)); got != 1 {
+		t.Errorf("/v1/embeddings of \"\" returned %d vectors, want 1", got)
+	}
+}
+
 func TestClientPull(t *testing.T) {
 	n := startNode(t, ollamasim.Config{})
 	ctx := context.Background()

@@ -65,6 +65,8 @@ func TestInspectDefaults(t *testing.T) {
 	chat := postRoutes["/api/chat"]
 	oaChat := postRoutes["/v1/chat/completions"]
 	gen := postRoutes["/api/generate"]
+	embed := postRoutes["/api/embed"]
+	embeddings := postRoutes["/api/embeddings"]
 	cases := []struct {
 		name string
 		r    route
@@ -83,6 +85,22 @@ func TestInspectDefaults(t *testing.T) {
 			fields{model: "m:latest", rawModel: "m", stream: true, preload: true, unload: true}},
 		{"unload string", gen, `{"model":"m","keep_alive":"0s","prompt":"x"}`,
 			fields{model: "m:latest", rawModel: "m", stream: true, unload: true}},
+		{"embed unload", embed, `{"model":"m","keep_alive":0}`,
+			fields{model: "m:latest", rawModel: "m", preload: true, unload: true, reserveTokens: 1}},
+		{"embed null input", embed, `{"model":"m","input":null}`,
+			fields{model: "m:latest", rawModel: "m", preload: true, reserveTokens: 1}},
+		{"embed empty string", embed, `{"model":"m","input":""}`,
+			fields{model: "m:latest", rawModel: "m", preload: true, reserveTokens: 1}},
+		{"embed no inputs", embed, `{"model":"m","input":[]}`,
+			fields{model: "m:latest", rawModel: "m", preload: true, reserveTokens: 1}},
+		{"embed one empty input", embed, `{"model":"m","input":[""],"keep_alive":0}`,
+			fields{model: "m:latest", rawModel: "m", unload: true, reserveTokens: 1}},
+		{"embed input", embed, `{"model":"m","input":"abcdefgh"}`,
+			fields{model: "m:latest", rawModel: "m", reserveTokens: 2}},
+		{"embeddings unload", embeddings, `{"model":"m","prompt":"","keep_alive":"0"}`,
+			fields{model: "m:latest", rawModel: "m", preload: true, unload: true, reserveTokens: 1}},
+		{"embeddings prompt", embeddings, `{"model":"m","prompt":"x","keep_alive":0}`,
+			fields{model: "m:latest", rawModel: "m", unload: true, reserveTokens: 1}},
 		{"options", gen, `{"model":"a/b:7b","prompt":"x","options":{"num_ctx":8192,"num_predict":50}}`,
 			fields{model: "a/b:7b", rawModel: "a/b:7b", stream: true, numCtx: 8192, reserveTokens: 50}},
 	}

@@ -337,8 +337,17 @@ func (s *Server) logFailedNodes(rs *reqState, results []fanoutResult) {
 // writeFanoutError responds with the status of the first node that
 // failed, or 500 when that node sent no error status, and the message of
 // fanoutFailure. A node that went down during the operation counts as a
-// 503, sent with Retry-After.
+// 503, sent with Retry-After. A create's node error in Ollama's shape goes
+// out unchanged, as failAttempt sends it after forward.
 func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results []fanoutResult) {
+	if r := results[0]; rt.name == "/api/create" && r.status >= 400 && len(r.body) > 0 {
+		if relay, _ := nodeErrorMessage(rt, r.status, r.body); relay {
+			ctx.SetStatusCode(r.status)
+			ctx.SetContentType(contentTypeJSON(rt))
+			ctx.SetBody(r.body)
+			return
+		}
+	}
 	status := 0
 	for _, r := range results {
 		if r.errMsg != "" {
@@ -382,12 +391,12 @@ func fanoutFailure(rt route, rs *reqState, results []fanoutResult) string {
 }
 
 // fanoutOne sends req to one node within t and total, when total is
-// positive. With lines set, each progress line of a streamed response is
-// passed on as it arrives, except the node's own final success line,
+// positive. With fs set, each progress line of a streamed response is
+// passed on to fs as it arrives, except the node's own final success line,
 // because the proxy sends one for all nodes at the end. The node's part
 // ends with errNodeDown once health checks mark the node down.
 func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	t timeouts, total time.Duration, lines chan<- progressLine) fanoutResult {
+	t timeouts, total time.Duration, fs *fanoutStream) fanoutResult {
 	r := fanoutResult{node: n}
 	local := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(local)
@@ -407,7 +416,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		case <-nctx.Done():
 		}
 	}()
-	r.status, r.body, r.errMsg, r.detail = s.exchangeModelOp(nctx, n, local, t, lines)
+	r.status, r.body, r.errMsg, r.detail = s.exchangeModelOp(nctx, n, local, t, fs)
 	if r.errMsg != "" && context.Cause(nctx) == nil && !n.Up() {
 		// The upstream ended the wait for the node's response when the
 		// node went down (errNodeMarkedDown), before the goroutine above
@@ -430,11 +439,13 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 }
 
 // exchangeModelOp sends req to n and returns the response's status, its
-// body when it is not relayed to lines, and the error of the node's part,
-// "" for success. detail is the error in full when errMsg, the client's
-// text, leaves part of it out.
+// body when it is not relayed to fs, and the error of the node's part, ""
+// for success. detail is the error in full when errMsg, the client's
+// text, leaves part of it out. Only a streamed response with a success
+// status is relayed, because Ollama sends an error that comes before its
+// first progress line as the response status and a JSON body.
 func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	t timeouts, lines chan<- progressLine) (status int, body []byte, errMsg, detail string) {
+	t timeouts, fs *fanoutStream) (status int, body []byte, errMsg, detail string) {
 	ex, err := s.upstreamFor(n).send(ctx, req, t)
 	if err != nil {
 		errMsg = clientText(err)
@@ -444,7 +455,7 @@ func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fas
 		return 0, nil, errMsg, detail
 	}
 	status = ex.resp.StatusCode()
-	if lines == nil || !isStreamed(&ex.resp) {
+	if fs == nil || status >= 400 || !isStreamed(&ex.resp) {
 		body, err = ex.readAll(16 << 20)
 		ex.closeWith(err == nil)
 		if err != nil {
@@ -452,12 +463,14 @@ func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fas
 		} else if status >= 400 || fastjson.Exists(body, "error") {
 			errMsg = errorText(body)
 		}
+		if errMsg == "" && status >= 400 {
+			// An error status with an empty body.
+			errMsg = "node returned status " + itoa(status)
+		}
 		return status, body, errMsg, ""
 	}
-	errMsg = relayProgress(ctx, n, ex, lines)
-	if errMsg == "" && status >= 400 {
-		errMsg = "status " + itoa(status)
-	}
+	fs.markStreaming()
+	errMsg = relayProgress(ctx, n, ex, fs.lines)
 	ex.closeWith(errMsg == "")
 	return status, nil, errMsg, ""
 }
@@ -502,21 +515,29 @@ func errorText(body []byte) string {
 // stops waiting for it. When the fan-out succeeded, repl, when set, runs
 // before the last line, which then names any node that still has the
 // older model.
+//
+// The response status is sent once a node starts a stream with a success
+// status. A fan-out that fails on every node before that gets its error
+// as the response status and body instead, as Ollama sends the errors
+// that come before its first progress line (see failFanout).
 func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	targets []*balancer.Node, repl *replacement) {
 	fctx, cancel := context.WithCancel(context.Background())
 	wctx, watch := watchClient(fctx, ctx.Conn())
 	s.inflight.track(watch)
 	req := s.upstreamRequest(ctx, rs)
-	fs := &fanoutStream{lines: make(chan progressLine, 64), cancel: cancel, watch: watch, s: s, rs: rs,
-		merge: newProgressMerge(targets)}
+	// Until a node streams, each target sends at most its failure to
+	// lines, so the extra capacity keeps every sender from blocking while
+	// nothing reads lines yet.
+	fs := &fanoutStream{lines: make(chan progressLine, 64+len(targets)), streaming: make(chan struct{}),
+		cancel: cancel, watch: watch, s: s, rs: rs, merge: newProgressMerge(targets)}
 	t, total := s.modelOpTimeouts(rt, true)
 	results := make([]fanoutResult, len(targets))
 	fs.wg.Add(len(targets))
 	for i, n := range targets {
 		go func() {
 			defer fs.wg.Done()
-			results[i] = s.fanoutOne(wctx, n, req, t, total, fs.lines)
+			results[i] = s.fanoutOne(wctx, n, req, t, total, fs)
 			if results[i].errMsg == "" {
 				return
 			}
@@ -526,8 +547,24 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 			}
 		}()
 	}
+	finished := make(chan struct{})
 	go func() {
 		fs.wg.Wait()
+		close(finished)
+	}()
+	select {
+	case <-fs.streaming:
+	case <-finished:
+	}
+	if !fs.streamed() && !fanoutSucceeded(rt, results) {
+		// Every node finished, and the results are complete.
+		fasthttp.ReleaseRequest(req)
+		s.failFanout(ctx, rt, rs, targets, results, repl, watch)
+		cancel()
+		return
+	}
+	go func() {
+		<-finished
 		fasthttp.ReleaseRequest(req)
 		s.afterFanout(rt, rs, targets, results)
 		last := s.finalFanoutLine(rt, rs, results, repl)
@@ -542,6 +579,33 @@ func (s *Server) streamFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	rs.status = 200
 	rs.ctx = nil
 	ctx.SetBodyStream(fs, -1)
+}
+
+// failFanout responds to a streamed fan-out that failed on every node
+// before any node started a stream. It sends writeFanoutError, as
+// waitFanout does for a failed fan-out, or 503 with Retry-After when a
+// shutdown ended the node requests. It finishes watch.
+func (s *Server) failFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
+	targets []*balancer.Node, results []fanoutResult, repl *replacement, watch *clientWatch) {
+	left := clientLeft(watch, nil)
+	stop := proxyStop(watch)
+	watch.finish()
+	s.afterFanout(rt, rs, targets, results)
+	s.purgeChangedModel(rs, results)
+	repl.release()
+	if left {
+		rs.status = StatusClientClosed
+		rs.err = errClientGone.Error()
+		closeWithoutResponse(ctx)
+		return
+	}
+	if errors.Is(stop, errShuttingDown) {
+		rs.err = stop.Error()
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable, clientText(stop))
+		ctx.Response.Header.Set("Retry-After", shutdownRetryAfter)
+		return
+	}
+	writeFanoutError(ctx, rt, rs, results)
 }
 
 // finalFanoutLine returns the last line of a streamed fan-out: success,
@@ -573,6 +637,27 @@ type fanoutStream struct {
 	s       *Server
 	rs      *reqState
 	ended   bool
+
+	// streaming is closed when the first node starts a stream with a
+	// success status.
+	streaming     chan struct{}
+	streamingOnce sync.Once
+}
+
+// markStreaming records that a node started a stream with a success
+// status.
+func (f *fanoutStream) markStreaming() {
+	f.streamingOnce.Do(func() { close(f.streaming) })
+}
+
+// streamed reports whether a node started a stream with a success status.
+func (f *fanoutStream) streamed() bool {
+	select {
+	case <-f.streaming:
+		return true
+	default:
+		return false
+	}
 }
 
 func (f *fanoutStream) Read(p []byte) (int, error) {
@@ -615,12 +700,12 @@ func (f *fanoutStream) Close() error {
 	return nil
 }
 
-// serveUnload sends a keep_alive 0 request without prompt to every node
-// that has the model loaded, so that the model leaves every node's memory.
+// serveUnload sends a keep_alive 0 request without prompt or input to
+// each node that may have the model loaded (see unloadTargets), so that
+// the model leaves every node's memory. With at most one such node it is
+// forwarded as any other request, pinned to that node when there is one.
 func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields) {
-	// Every usable node that lists the model: the proxy's view of what is
-	// loaded may be a poll old, and unloading an idle model costs nothing.
-	holders := s.bal.Listing(f.model)
+	holders := s.unloadTargets(rt, f.model)
 	if len(holders) <= 1 {
 		if len(holders) == 1 {
 			f.pinned = holders[0]
@@ -665,6 +750,21 @@ func (s *Server) serveUnload(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f
 	ctx.SetStatusCode(r.status)
 	ctx.SetContentType(contentTypeJSON(rt))
 	ctx.SetBody(r.body)
+}
+
+// unloadTargets returns the usable nodes that an unload of model on rt
+// goes to. A generate or chat unload goes to every node that lists the
+// model, because the proxy's view of what is loaded may be a poll old and
+// Ollama (server/routes.go, v0.17.4) unloads such a request's model
+// without loading it first. An embedding request loads the model before
+// keep_alive 0 unloads it, so an embedding unload goes only to the nodes
+// that have the model loaded, by model lists that are fetched again first.
+func (s *Server) unloadTargets(rt route, model string) []*balancer.Node {
+	if rt.name != "/api/embed" && rt.name != "/api/embeddings" {
+		return s.bal.Listing(model)
+	}
+	s.refreshNodes(s.bal.Listing(model))
+	return s.bal.Holding(model)
 }
 
 // refreshNodes refreshes the inventory of nodes whose models changed.

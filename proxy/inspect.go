@@ -36,8 +36,9 @@ type fields struct {
 	asSent bool
 	// unload is keep_alive 0: Ollama unloads the model after the request.
 	unload bool
-	// preload is a generate without prompt or a chat without messages, to
-	// which Ollama responds by loading the model.
+	// preload is a request to which Ollama responds by loading the model:
+	// a generate without prompt, a chat without messages, an /api/embed
+	// without input or an /api/embeddings without prompt (see isPreload).
 	preload bool
 	numCtx  int
 	// reserveTokens is the number of tokens that admit reserves: the
@@ -259,6 +260,11 @@ func isZeroKeepAlive(v *fastjson.Value) bool {
 	return false
 }
 
+// isPreload reports whether a request on route name only loads the model.
+// Ollama's embedding handlers (server/routes.go, v0.17.4) load the model
+// and return no vector for an /api/embed input that is missing, null, ""
+// or [], and for an /api/embeddings prompt that is missing or "". Its
+// /v1/embeddings rejects a missing input and embeds "" as one input.
 func isPreload(v *fastjson.Value, name string) bool {
 	switch name {
 	case "/api/generate":
@@ -270,6 +276,19 @@ func isPreload(v *fastjson.Value, name string) bool {
 		}
 		a, err := m.Array()
 		return err == nil && len(a) == 0
+	case "/api/embed":
+		input := v.Get("input")
+		switch {
+		case input == nil || input.Type() == fastjson.TypeNull:
+			return true
+		case input.Type() == fastjson.TypeString:
+			return len(input.GetStringBytes()) == 0
+		case input.Type() == fastjson.TypeArray:
+			return len(input.GetArray()) == 0
+		}
+		return false
+	case "/api/embeddings":
+		return len(v.GetStringBytes("prompt")) == 0
 	}
 	return false
 }
