@@ -196,17 +196,21 @@ func (c *Cache) Classify(req Request) Plan {
 	if unloadsModel(v.Get("keep_alive")) {
 		return p.bypass("keep_alive 0 unloads the model")
 	}
-	if reason := invalidMember(p.route, v); reason != "" {
-		// The node responds with its own error, which is not cached.
-		return p.bypass(reason)
-	}
 
 	if p.route.isEmbedding() {
 		p = planEmbed(p, v, req.Body)
 	} else {
 		p = c.planResponse(p, v)
 	}
-	if c.perKey && p.Kind != KindNone {
+	if p.Kind == KindNone {
+		return p
+	}
+	if reason := invalidMember(p.route, v); reason != "" {
+		// The node responds with its own error, which is not cached. Only
+		// requests the cache would serve are checked, to spare the others.
+		return p.bypass(reason)
+	}
+	if c.perKey {
 		p.scope(req.KeyName)
 	}
 	return p

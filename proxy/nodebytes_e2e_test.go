@@ -18,17 +18,7 @@ import (
 // closing the connection. It returns the node's URL.
 func badHeadNode(t *testing.T, reply string) string {
 	t.Helper()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/version", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"version":"0.25.0"}`)
-	})
-	mux.HandleFunc("GET /api/tags", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"models":[{"name":"m:latest","model":"m:latest",`+
-			`"size":1,"digest":"d","details":{"format":"gguf"}}]}`)
-	})
-	mux.HandleFunc("GET /api/ps", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"models":[]}`)
-	})
+	mux := probedMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		conn, _, err := w.(http.Hijacker).Hijack()

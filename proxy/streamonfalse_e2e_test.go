@@ -42,17 +42,7 @@ const framingHeader = "X-Test-Framing"
 // A HEAD request gets 200 with the NDJSON content type and no body.
 func framingNode(t *testing.T) string {
 	t.Helper()
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/version", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"version":"0.25.0"}`)
-	})
-	mux.HandleFunc("GET /api/tags", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"models":[{"name":"m:latest","model":"m:latest",`+
-			`"size":1,"digest":"d","details":{"format":"gguf"}}]}`)
-	})
-	mux.HandleFunc("GET /api/ps", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, `{"models":[]}`)
-	})
+	mux := probedMux()
 	mux.HandleFunc("HEAD /api/blobs/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 	})

@@ -99,10 +99,9 @@ func TestFirstByteTimeoutDuringLoadNotRetried(t *testing.T) {
 	}
 }
 
-// scriptedNode starts a node that passes the health checks, lists model
-// "m" and serves every POST with post.
-func scriptedNode(t *testing.T, post http.HandlerFunc) string {
-	t.Helper()
+// probedMux returns a mux that passes the health probes and lists model
+// "m" with nothing loaded, for fake nodes to add their routes to.
+func probedMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/version", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"version":"0.25.0"}`)
@@ -114,6 +113,14 @@ func scriptedNode(t *testing.T, post http.HandlerFunc) string {
 	mux.HandleFunc("GET /api/ps", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"models":[]}`)
 	})
+	return mux
+}
+
+// scriptedNode starts a node that passes the health checks, lists model
+// "m" and serves every POST with post.
+func scriptedNode(t *testing.T, post http.HandlerFunc) string {
+	t.Helper()
+	mux := probedMux()
 	mux.HandleFunc("POST /", post)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
