@@ -54,7 +54,7 @@ func TestClassifyKinds(t *testing.T) {
 		{"array body", "/api/embed", `["m"]`, KindNone},
 		{"keys differing in case", "/api/embed", `{"model":"m","Model":"n","input":"a"}`, KindNone},
 		{"nested duplicate keys", "/api/chat", `{"model":"m","messages":[{"role":"user","content":"hi"}],"options":{"seed":1,"Seed":2}}`, KindNone},
-		// Ollama rejects these with 400, so the cache must not answer them.
+		// Ollama rejects these with 400, so the cache must not serve them.
 		{"generate keep_alive not a duration", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":"bogus","options":{"seed":1}}`, KindNone},
 		{"generate keep_alive an array", "/api/generate", `{"model":"m","prompt":"hi","keep_alive":[1],"options":{"seed":1}}`, KindNone},
 		{"generate stream a number", "/api/generate", `{"model":"m","prompt":"hi","stream":0,"options":{"seed":1}}`, KindNone},
@@ -308,7 +308,7 @@ func TestClassifyLargeBodyNotRetained(t *testing.T) {
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
-	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 8<<20 {
-		t.Errorf("the heap holds %d MiB more after classifying a 32 MiB body, want under 8 MiB", held>>20)
+	if retained := int64(after.HeapAlloc) - int64(before.HeapAlloc); retained > 8<<20 {
+		t.Errorf("the heap holds %d MiB more after classifying a 32 MiB body, want under 8 MiB", retained>>20)
 	}
 }

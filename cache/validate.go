@@ -38,12 +38,13 @@ func (k jsonKinds) has(v *fastjson.Value) bool {
 	return false
 }
 
-// The types of the members that Ollama's request structs declare, by
-// route (api.GenerateRequest, api.ChatRequest, api.EmbedRequest,
-// api.EmbeddingRequest and the OpenAI structs of Ollama's openai
-// package). Ollama rejects a request with 400 when a member has another
-// type, so the cache must not serve it. Members not listed are not
-// checked.
+// The types of the members of Ollama's request structs, by route
+// (api.GenerateRequest, api.ChatRequest, api.EmbedRequest,
+// api.EmbeddingRequest and the structs of its openai package, v0.17.4).
+// Ollama rejects a request with 400 when a member has another type, so
+// the cache must not serve it. format, stop and input are declared as any
+// JSON, and the handlers reject other types than these later. Members not
+// listed are not checked.
 var (
 	nativeMembers = map[string]jsonKinds{
 		"model": kString, "stream": kBool, "options": kObject, "format": kString | kObject,
@@ -62,13 +63,13 @@ var (
 	v1Members         = map[string]jsonKinds{
 		"model": kString, "stream": kBool, "stream_options": kObject, "max_tokens": kNumber,
 		"seed": kNumber, "temperature": kNumber, "top_p": kNumber, "frequency_penalty": kNumber,
-		"presence_penalty": kNumber, "stop": kString | kArray, "suffix": kString,
+		"presence_penalty": kNumber, "stop": kString | kArray,
 	}
 	v1ChatMembers = map[string]jsonKinds{
 		"messages": kArray, "tools": kArray, "response_format": kObject, "logprobs": kBool,
 		"top_logprobs": kNumber,
 	}
-	v1CompletionsMembers = map[string]jsonKinds{"prompt": kString}
+	v1CompletionsMembers = map[string]jsonKinds{"prompt": kString, "suffix": kString}
 	v1EmbeddingsMembers  = map[string]jsonKinds{
 		"model": kString, "input": kString | kArray, "dimensions": kNumber, "encoding_format": kString,
 	}

@@ -500,7 +500,9 @@ func TestDeclaredLengthReservesNoMemory(t *testing.T) {
 		}
 		conns = append(conns, conn)
 	}
-	// Give the proxy time to read what was sent.
+	// No event marks that the proxy has read the heads, so the test waits.
+	// A proxy that allocates the declared length does so on reading the
+	// head, well within this time.
 	time.Sleep(300 * time.Millisecond)
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)

@@ -105,7 +105,7 @@ func TestDeterministicChatServedAsStream(t *testing.T) {
 
 // TestCachedRequestWithInvalidMemberGoesToNode caches a deterministic
 // generate, then repeats it with members of a type or value that Ollama
-// rejects. Each must reach a node and get its 400, not the cached answer.
+// rejects. Each must reach a node and get its 400, not the cached response.
 func TestCachedRequestWithInvalidMemberGoesToNode(t *testing.T) {
 	f := newFleet(t, ollamasim.Config{})
 	base := `"model":"m","prompt":"hi","options":{"temperature":0,"num_predict":2}`
