@@ -14,6 +14,15 @@ const (
 	// affinityEntries is the maximum number of conversations remembered
 	// for affinity.
 	affinityEntries = 100_000
+	// speedMaxAge is how long a node's measured generation speed counts
+	// for placement after its last report. A node measured as slower gets
+	// fewer first loads, so without a limit one slow measurement (a busy
+	// GPU, a short generation) could keep a node without loaded models
+	// from every first load, and so from the reports that would correct
+	// it. Past the limit the node counts as not measured, which gives it
+	// the traffic that measures it again. Five minutes is Ollama's default
+	// keep_alive, after which an idle node has unloaded its models.
+	speedMaxAge = 5 * time.Minute
 )
 
 // estimates are the timings learned from node reports, in seconds. The
@@ -23,11 +32,13 @@ type estimates struct {
 	loadAny map[string]float64 // load time by model, over all nodes
 	service map[string]float64 // service time by model
 	tps     map[string]float64 // generated tokens per second by node
+	// tpsAt is when each node last reported its speed.
+	tpsAt map[string]time.Time
 }
 
 func newEstimates() estimates {
 	return estimates{load: map[string]float64{}, loadAny: map[string]float64{},
-		service: map[string]float64{}, tps: map[string]float64{}}
+		service: map[string]float64{}, tps: map[string]float64{}, tpsAt: map[string]time.Time{}}
 }
 
 func (e *estimates) loadTime(node, model string) float64 {
@@ -48,24 +59,47 @@ func (e *estimates) serviceTime(model string) float64 {
 }
 
 // speedFactor returns how long a generation takes on node relative to the
-// average node, from the token throughput that nodes reported. It is 0.5
-// for a node twice as fast as the average, and 1 while fewer than two
-// nodes have been measured. A node not measured yet counts as fast as the
-// fastest one, so that it gets the traffic that measures it.
-func (e *estimates) speedFactor(node string) float64 {
-	if len(e.tps) < 2 {
+// average node, from the token throughput that nodes reported within
+// speedMaxAge before now. It is 0.5 for a node twice as fast as the
+// average, and 1 while fewer than two nodes have such a measurement. A
+// node without one counts as fast as the fastest node, so that it gets the
+// traffic that measures it.
+func (e *estimates) speedFactor(node string, now time.Time) float64 {
+	var sum, fastest float64
+	measured := 0
+	for n, x := range e.tps {
+		if e.speedCurrent(n, now) {
+			sum += x
+			fastest = max(fastest, x)
+			measured++
+		}
+	}
+	if measured < 2 {
 		return 1
 	}
-	var sum, fastest float64
-	for _, x := range e.tps {
-		sum += x
-		fastest = max(fastest, x)
-	}
-	v, ok := e.tps[node]
-	if !ok || v <= 0 {
+	v := e.tps[node]
+	if v <= 0 || !e.speedCurrent(node, now) {
 		v = fastest
 	}
-	return sum / float64(len(e.tps)) / v
+	return sum / float64(measured) / v
+}
+
+// speedCurrent reports whether node's speed was reported within
+// speedMaxAge before now.
+func (e *estimates) speedCurrent(node string, now time.Time) bool {
+	at, ok := e.tpsAt[node]
+	return ok && now.Sub(at) < speedMaxAge
+}
+
+// observeSpeed adds a node's reported tokens per second at now. A report
+// after speedMaxAge without one replaces the old average instead of
+// moving it, since the old value no longer describes the node.
+func (e *estimates) observeSpeed(node string, tps float64, now time.Time) {
+	if !e.speedCurrent(node, now) {
+		delete(e.tps, node)
+	}
+	ewma(e.tps, node, tps)
+	e.tpsAt[node] = now
 }
 
 func ewma(m map[string]float64, key string, v float64) {
@@ -97,7 +131,7 @@ func (l *Lease) Observe(load, total time.Duration, evalTokens int64, evalTime ti
 		ewma(b.est.service, l.req.Model, (total - load).Seconds())
 	}
 	if evalTokens > 0 && evalTime > 0 {
-		ewma(b.est.tps, l.Node.Name, float64(evalTokens)/evalTime.Seconds())
+		b.est.observeSpeed(l.Node.Name, float64(evalTokens)/evalTime.Seconds(), b.now())
 	}
 }
 

@@ -154,6 +154,7 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 	}
 	busyWait := b.busyWaitLocked(cands, req)
 	svc := b.est.serviceTime(req.Model)
+	now := b.now()
 	best := -1
 	for i := range cands {
 		c := &cands[i]
@@ -164,7 +165,7 @@ func (b *Balancer) pickInferenceAware(cands []candidate, req Request, waited tim
 			c.delay += b.est.loadTime(c.n.Name, req.Model)
 		}
 		// A slower node takes longer to generate the same response.
-		c.cost = c.delay + svc*b.est.speedFactor(c.n.Name)
+		c.cost = c.delay + svc*b.est.speedFactor(c.n.Name, now)
 		if best < 0 || compare(c, &cands[best], req.Model) < 0 {
 			best = i
 		}
