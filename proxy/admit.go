@@ -18,21 +18,17 @@ import (
 // above the key's own, or an unknown class, gets 400. It reports whether
 // the request may continue.
 func (s *Server) identify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
-	lim := s.limiter()
-	if lim != nil {
-		key, err := lim.Authenticate(ctx.Request.Header.Peek("Authorization"),
-			ctx.Request.Header.Peek("X-API-Key"))
-		if err != nil {
-			msg := "invalid API key: send a valid key as Authorization: Bearer KEY or X-API-Key"
-			if errors.Is(err, ratelimit.ErrMissingKey) {
-				msg = "missing API key: send it as Authorization: Bearer KEY or X-API-Key"
-			}
-			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="llmproxy"`)
-			writeError(ctx, rt, fasthttp.StatusUnauthorized, msg)
-			return false
+	key, err := s.authenticate(&ctx.Request.Header)
+	if err != nil {
+		msg := "invalid API key: send a valid key as Authorization: Bearer KEY or X-API-Key"
+		if errors.Is(err, ratelimit.ErrMissingKey) {
+			msg = "missing API key: send it as Authorization: Bearer KEY or X-API-Key"
 		}
-		rs.apiKey = key
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="llmproxy"`)
+		writeError(ctx, rt, fasthttp.StatusUnauthorized, msg)
+		return false
 	}
+	rs.apiKey = key
 	rs.client = s.clientAddr(ctx)
 	if rs.apiKey != nil {
 		rs.key = rs.apiKey.Name
@@ -42,34 +38,54 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool
 	return s.chooseClass(ctx, rt, rs)
 }
 
+// authenticate returns the API key that the request head h presents, nil
+// for none, or the limiter's error for a missing or unknown key that must
+// be rejected. Without a limiter every request is anonymous.
+func (s *Server) authenticate(h *fasthttp.RequestHeader) (*ratelimit.Key, error) {
+	lim := s.limiter()
+	if lim == nil {
+		return nil, nil
+	}
+	return lim.Authenticate(h.Peek("Authorization"), h.Peek("X-API-Key"))
+}
+
 // chooseClass applies X-Priority. With a key, the key's class is the
 // highest a request may ask for, so a batch key cannot jump the queue.
 func (s *Server) chooseClass(ctx *fasthttp.RequestCtx, rt route, rs *reqState) bool {
-	p := ctx.Request.Header.Peek("X-Priority")
-	if len(p) == 0 {
-		return true
-	}
-	class := strings.ToLower(strings.TrimSpace(string(p)))
-	if config.ClassRank(class) < 0 {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "unknown priority class "+quote(string(p))+
-			" in X-Priority, want one of "+strings.Join(config.Classes, ", "))
+	class, reject := s.priorityClass(ctx.Request.Header.Peek("X-Priority"), rs.apiKey)
+	if reject != "" {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, reject)
 		return false
 	}
-	if rs.apiKey == nil && len(s.config().Auth.Keys) > 0 &&
+	if class != "" {
+		rs.class = class
+	}
+	return true
+}
+
+// priorityClass returns the class that the X-Priority value p requests,
+// "" when p is empty, or the message that rejects p for a request with
+// key, nil for none.
+func (s *Server) priorityClass(p []byte, key *ratelimit.Key) (class, reject string) {
+	if len(p) == 0 {
+		return "", ""
+	}
+	class = strings.ToLower(strings.TrimSpace(string(p)))
+	if config.ClassRank(class) < 0 {
+		return "", "unknown priority class " + quote(string(p)) +
+			" in X-Priority, want one of " + strings.Join(config.Classes, ", ")
+	}
+	if key == nil && len(s.config().Auth.Keys) > 0 &&
 		config.ClassRank(class) < config.ClassRank(config.ClassStandard) {
 		// Where keys exist, a client without one gets no more than the
 		// standard class, so that dropping a key never outranks holding one.
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "priority class "+quote(class)+
-			" needs an API key with that class")
-		return false
+		return "", "priority class " + quote(class) + " needs an API key with that class"
 	}
-	if rs.apiKey != nil && config.ClassRank(class) < config.ClassRank(rs.class) {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, "priority class "+quote(class)+
-			" is above the "+quote(rs.class)+" class of key "+quote(rs.apiKey.Name))
-		return false
+	if key != nil && config.ClassRank(class) < config.ClassRank(key.Priority) {
+		return "", "priority class " + quote(class) + " is above the " + quote(key.Priority) +
+			" class of key " + quote(key.Name)
 	}
-	rs.class = class
-	return true
+	return class, ""
 }
 
 // clientAddr returns the client's address, taken from X-Forwarded-For

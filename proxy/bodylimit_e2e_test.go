@@ -317,11 +317,12 @@ func TestMalformedRequestKeepsRoute(t *testing.T) {
 // request, so the route is "other".
 func TestClientLeavesDuringBody(t *testing.T) {
 	p, log := startLimitedProxy(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	addr := strings.TrimPrefix(p.URL(), "http://")
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: proxy\r\n" +
+	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: " + addr + "\r\n" +
 		"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + `{"model":"m","mess`))
 	if err != nil {
 		t.Fatal(err)
@@ -347,12 +348,13 @@ func TestClientLeavesDuringBody(t *testing.T) {
 // 400 for an incomplete body.
 func TestHalfClosedClientReadsIncompleteBodyError(t *testing.T) {
 	p, _ := startLimitedProxy(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL(), "http://"))
+	addr := strings.TrimPrefix(p.URL(), "http://")
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: proxy\r\n" +
+	_, err = conn.Write([]byte("POST /api/chat HTTP/1.1\r\nHost: " + addr + "\r\n" +
 		"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + `{"model":"m","mess`))
 	if err != nil {
 		t.Fatal(err)
@@ -459,8 +461,8 @@ func TestIdleConnectionsDropLargeBodies(t *testing.T) {
 // TestDeclaredLengthReservesNoMemory opens connections that declare a
 // body of nearly max_body_bytes and send only its first 100 KiB. The proxy
 // must allocate about what arrived, not what was declared. The key check
-// must come before the rest of the body: without a key the client gets
-// 401 after 8 KiB. Once the rest arrives the request is served.
+// must come before the body: without a key the client gets 401 from the
+// head alone. Once the rest arrives the request is served.
 func TestDeclaredLengthReservesNoMemory(t *testing.T) {
 	const declared = 60 << 20
 	a := testenv.Sim(t, "m", ollamasim.Config{})
@@ -511,9 +513,8 @@ func TestDeclaredLengthReservesNoMemory(t *testing.T) {
 			declared>>20, grew>>20)
 	}
 
-	// A request without a key is rejected once fasthttp has read the first
-	// 8 KiB of its body, which it reads before the handler, and the client
-	// need not send the rest.
+	// A request without a key is rejected from its head, before fasthttp
+	// reads its body, and the client need not send the rest.
 	resp, respBody := exchange(t, p.URL(), head(""), body[:8<<10])
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("no key: status %d, body %s, want 401", resp.StatusCode, respBody)

@@ -21,12 +21,19 @@ import (
 // local address of the connection is the listener's address unless listen
 // is a wildcard address, which is never loopback.
 func checkHost(ctx *fasthttp.RequestCtx, listen string) bool {
-	if isLoopbackHost(ctx.Host()) || isWildcardAddress(listen) ||
-		!hostcheck.Applies(ctx.LocalAddr()) || hostcheck.Allowed(string(ctx.Host())) {
+	if hostAllowed(ctx.Host(), ctx.LocalAddr(), listen) {
 		return true
 	}
 	ctx.SetStatusCode(fasthttp.StatusForbidden)
 	return false
+}
+
+// hostAllowed reports whether checkHost lets a request through: host is
+// the request's host, as ctx.Host returns it, and local is the local
+// address of its connection on the listener configured as listen.
+func hostAllowed(host []byte, local net.Addr, listen string) bool {
+	return isLoopbackHost(host) || isWildcardAddress(listen) ||
+		!hostcheck.Applies(local) || hostcheck.Allowed(string(host))
 }
 
 // isLoopbackHost reports whether host is 127.0.0.1 or localhost, with or
@@ -66,12 +73,12 @@ func isWildcardAddress(address string) bool {
 // reports whether the request may continue.
 func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	origin := ctx.Request.Header.Peek("Origin")
-	if len(origin) == 0 || isSameOrigin(origin, ctx.Host()) {
-		return true
-	}
-	if !s.originAllowed(string(origin)) {
+	if s.originRejected(origin, ctx.Host()) {
 		ctx.SetStatusCode(fasthttp.StatusForbidden)
 		return false
+	}
+	if len(origin) == 0 || isSameOrigin(origin, ctx.Host()) {
+		return true
 	}
 	h := &ctx.Response.Header
 	h.SetBytesV("Access-Control-Allow-Origin", origin)
@@ -83,6 +90,12 @@ func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
 	}
 	h.Set("Access-Control-Expose-Headers", "X-Request-Id, X-LLMProxy-Node, X-LLMProxy-Cache")
 	return true
+}
+
+// originRejected reports whether applyCORS rejects a request with the
+// Origin header origin, empty when there is none, sent to host.
+func (s *Server) originRejected(origin, host []byte) bool {
+	return len(origin) != 0 && !isSameOrigin(origin, host) && !s.originAllowed(string(origin))
 }
 
 // corsAllowHeaders lists the request headers that a preflight allows:

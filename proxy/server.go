@@ -112,8 +112,12 @@ type Server struct {
 	// fasthttp, which its shutdown does not wait for.
 	handedOver streamCount
 	// heads keeps the request line of requests whose body fasthttp reads
-	// after receiveHeader, for handleParseError.
+	// after receiveHeader, for handleParseError, and marks the requests
+	// that receiveHeader rejected.
 	heads pendingHeads
+	// listener is the address of the listener that Serve accepts on, for
+	// the Host check of receiveHeader.
+	listener listenerAddr
 	// zstd decodes the zstd bodies of /v1/responses, bounded by
 	// max_body_bytes.
 	zstd *zstdDecoders
@@ -240,7 +244,10 @@ func (s *Server) upstreamFor(n *balancer.Node) *upstream {
 }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(rawconn.Listener(ln)) }
+func (s *Server) Serve(ln net.Listener) error {
+	s.listener.add(ln.Addr())
+	return s.srv.Serve(rawconn.Listener(ln))
+}
 
 // Shutdown stops accepting connections and waits for requests in flight,
 // streams included, until ctx ends. Shortly before ctx's deadline it ends
@@ -339,19 +346,34 @@ func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	defer releaseLargeBody(ctx)
 	defer s.limitWrite(ctx)
-	if head, ok := s.heads.take(&ctx.Request.Header); ok && head.tooLarge {
+	head, pending := s.heads.take(&ctx.Request.Header)
+	switch {
+	case pending && head.tooLarge:
 		s.respondParseError(ctx, fasthttp.ErrBodyTooLarge, head, true)
 		return
+	case pending && head.malformed != nil:
+		s.respondParseError(ctx, head.malformed, head, true)
+		s.closeUnread(ctx)
+		return
 	}
-	rt := classify(ctx.Method(), ctx.Path())
-	if rt.operational() && s.config().Admin.Listen != "" {
-		// Admin routes and metrics are served on admin.listen only.
-		rt = routeNotFound
-	}
+	rt := s.routeOf(ctx.Method(), ctx.Path())
 	rs := s.begin(ctx, rt)
 	token := rs.gen.Load()
 	if !checkHost(ctx, s.config().Listen) || !s.applyCORS(ctx, rt) ||
 		(rt.api() && !s.identify(ctx, rt, rs)) {
+		if head.denied {
+			s.closeUnread(ctx)
+		}
+		s.end(rs)
+		return
+	}
+	if head.denied {
+		// receiveHeader rejected the request and dropped its body, and a
+		// reload has changed the outcome of the checks since.
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
+			"the configuration changed while the request was read, send it again")
+		s.closeUnread(ctx)
 		s.end(rs)
 		return
 	}
@@ -405,6 +427,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.serveNotFound(ctx, rt)
 	}
 	s.endHandled(rs, token)
+}
+
+// routeOf classifies a request on the main listener, where the admin
+// routes and metrics are not found when admin.listen is set.
+func (s *Server) routeOf(method, path []byte) route {
+	rt := classify(method, path)
+	if rt.operational() && s.config().Admin.Listen != "" {
+		return routeNotFound
+	}
+	return rt
 }
 
 func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
@@ -495,6 +527,13 @@ func (s *Server) bodyErrorResponse(ctx *fasthttp.RequestCtx, err error, head pen
 		// still sending would lose the 431.
 		discardBody(ctx, -1)
 	}
+	var malformed *protocolError
+	switch {
+	case errors.As(err, &malformed):
+		status, msg = malformed.status, malformed.msg
+	case isTransferCodingError(err):
+		status, msg = fasthttp.StatusNotImplemented, unsupportedTransferCoding
+	}
 	if isTimeout(err) {
 		status = fasthttp.StatusRequestTimeout
 		msg = "request not received in full within " + s.srv.ReadTimeout.String() + " (read_timeout)"
@@ -570,11 +609,16 @@ func isHeaderError(err error) bool {
 // for a chunked body and for a body sent to a /v1/ path, whose errors
 // have OpenAI's or Anthropic's shape.
 //
-// A request with a Content-Length over the limit gets its length set to
-// 0 and loses any "Expect: 100-continue", so that fasthttp reads none of
-// its body and sends no 100 Continue. handle then responds with 413 in
-// the route's shape. Server.ExpectHandler could only send a bare status: its
-// contract forbids writing a response body.
+// Three kinds of request get their length set to 0 and lose any "Expect:
+// 100-continue", so that fasthttp reads none of their body and sends no
+// 100 Continue. They are a head that Go's net/http rejects (malformedHead),
+// a Content-Length over the limit, and a request with a body whose Host,
+// Origin or API key handle rejects (deniedByHead). handle then rejects
+// them as the entry says, with the status, body and headers that such a
+// request gets otherwise, and the connection closes. Server.ExpectHandler
+// could only send a bare status: its contract forbids writing a response
+// body. A request without a body gets its Host, Origin and API key checks
+// in handle alone, and keeps its connection.
 func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	// Drops what a request on the same RequestCtx left when its connection
 	// ended while its body was read.
@@ -584,16 +628,15 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		maxBody = fasthttp.DefaultMaxRequestBodySize
 	}
 	length := h.ContentLength()
-	switch {
+	switch malformed := malformedHead(h); {
+	case malformed != nil:
+		s.heads.keep(h, pendingHead{malformed: malformed, continueRejected: dropBody(h)})
+	case length > maxBody:
+		s.heads.keep(h, pendingHead{tooLarge: true, continueRejected: dropBody(h), length: int64(length)})
+	case (length > 0 || length == -1) && s.deniedByHead(h):
+		s.heads.keep(h, pendingHead{denied: true, continueRejected: dropBody(h)})
 	case length == -1:
 		s.heads.keep(h, pendingHead{chunked: true})
-	case length > maxBody:
-		// With a length of 0 fasthttp reads none of the body, and handle
-		// responds with 413 from the entry, without a 100 Continue.
-		expect := h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
-		h.Del("Expect")
-		h.SetContentLength(0)
-		s.heads.keep(h, pendingHead{tooLarge: true, continueRejected: expect, length: int64(length)})
 	case length > 0 && bytes.HasPrefix(h.RequestURI(), []byte("/v1/")):
 		// fasthttp resets the request when a body of known length fails,
 		// and the route's error shape is not Ollama's.
@@ -604,8 +647,20 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 	return fasthttp.RequestConfig{MaxRequestBodySize: maxBody}
 }
 
-// pendingHead is the part of a request head that handleParseError needs
-// when fasthttp fails to read the body after receiveHeader.
+// dropBody sets the length of the request of h to 0 and removes its
+// "Expect: 100-continue", so that fasthttp reads none of its body and
+// sends no 100 Continue. It reports whether the client waits for a 100
+// Continue, and so has sent no body.
+func dropBody(h *fasthttp.RequestHeader) (continueRejected bool) {
+	expect := h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
+	h.Del("Expect")
+	h.SetContentLength(0)
+	return expect
+}
+
+// pendingHead is what receiveHeader keeps of a request head: the part
+// that handleParseError needs when fasthttp fails to read the body after
+// receiveHeader, and the reason why receiveHeader rejected the request.
 type pendingHead struct {
 	method string
 	// target is the request target as sent, before normalization.
@@ -620,7 +675,12 @@ type pendingHead struct {
 	// declared one.
 	tooLarge bool
 	length   int64
-	added    time.Time
+	// malformed is the error of a head that Go's net/http rejects, and
+	// denied is set for a request that the Host, CORS or API key checks
+	// reject. receiveHeader then sets the length to 0.
+	malformed *protocolError
+	denied    bool
+	added     time.Time
 }
 
 // pendingHeads maps the request header that fasthttp passes to
@@ -770,7 +830,11 @@ func isToken(s string) bool {
 // the kernel send a reset, and a client still sending its body would then
 // lose the 413 response. Nothing read is kept, so memory stays bounded.
 func discardBody(ctx *fasthttp.RequestCtx, left int64) {
-	conn := ctx.Conn()
+	discard(ctx.Conn(), left)
+}
+
+// discard is discardBody on conn.
+func discard(conn net.Conn, left int64) {
 	if conn == nil || left == 0 || left < -1 {
 		return
 	}

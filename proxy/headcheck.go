@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// deniedByHead reports whether handle would reject the request of h at its
+// Host, CORS or API key check (checkHost, applyCORS, identify). receiveHeader
+// calls it before fasthttp reads the body, and it makes the same decisions
+// with the same functions on the same parts of the head. It has no side
+// effects: rate limits, quotas and anything that counts stay in handle.
+func (s *Server) deniedByHead(h *fasthttp.RequestHeader) bool {
+	// The host and path that ctx.Host and ctx.Path return in handle.
+	u := fasthttp.AcquireURI()
+	defer fasthttp.ReleaseURI(u)
+	if u.Parse(h.Host(), h.RequestURI()) != nil {
+		// fasthttp rejects the request before handle.
+		return false
+	}
+	host := u.Host()
+	if !hostAllowed(host, s.listener.get(), s.config().Listen) ||
+		s.originRejected(h.Peek("Origin"), host) {
+		return true
+	}
+
+	key, err := s.authenticate(h)
+	priority := h.Peek("X-Priority")
+	if err == nil && len(priority) == 0 {
+		return false
+	}
+	if !s.routeOf(h.Method(), u.Path()).api() {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	_, reject := s.priorityClass(priority, key)
+	return reject != ""
+}
+
+// listenerAddr is the address of the listener that Serve accepts on. A
+// listener bound to one address accepts connections only on it, so its
+// address is the local address of each connection unless it is a wildcard
+// address, and then checkHost lets every Host through.
+type listenerAddr struct {
+	mu    sync.Mutex
+	count int // guarded by mu
+	addr  atomic.Pointer[net.TCPAddr]
+}
+
+// add records the address of a listener that Serve accepts on. With a
+// second listener the address of a connection is unknown.
+func (l *listenerAddr) add(addr net.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.count++
+	tcp, _ := addr.(*net.TCPAddr)
+	if l.count > 1 {
+		tcp = nil
+	}
+	l.addr.Store(tcp)
+}
+
+// get returns the local address of every connection, or nil when it is
+// unknown. hostcheck.Applies(nil) is false, so the Host check of
+// deniedByHead then lets the request through, to handle's own check.
+func (l *listenerAddr) get() net.Addr {
+	if a := l.addr.Load(); a != nil {
+		return a
+	}
+	return nil
+}
+
+// protocolError is an HTTP/1.x request head that fasthttp accepts and Go's
+// net/http, which Ollama serves with, rejects with status.
+type protocolError struct {
+	status int
+	msg    string
+}
+
+func (e *protocolError) Error() string { return e.msg }
+
+// unsupportedTransferCoding is the message of the 501 for a transfer
+// coding other than chunked.
+const unsupportedTransferCoding = "unsupported transfer encoding"
+
+// malformedHead returns the error that Go's net/http (Go 1.26, server.go
+// and transfer.go) responds with to the head h, or nil when it accepts the
+// head. It checks, in net/http's order, what fasthttp v1.79.0 lets through:
+//
+//   - A Transfer-Encoding that fasthttp ignores: "identity". net/http
+//     accepts only one field whose value is "chunked", and responds 501.
+//   - A protocol version other than HTTP/1.x: 505.
+//   - A Host with a byte that a host, a port or an IPv6 literal cannot
+//     contain, such as '"' or '<': 400.
+//   - A field name with a space in it: 400. fasthttp rejects every other
+//     byte that is not a token character.
+//   - An Expect without the 100-continue token: 417.
+//
+// NOTE: fasthttp decides some heads otherwise than net/http, before
+// receiveHeader runs. It rejects an empty Host on HTTP/1.1 with 400, which
+// net/http accepts. It rejects any Transfer-Encoding on HTTP/1.0, which
+// net/http ignores, and treats HTTP/1.2 to HTTP/1.9 as HTTP/1.0, which
+// net/http serves as HTTP/1.1. It ends a head only at CRLF CRLF, in
+// headerScanner.next and RequestHeader.tryRead, and no Server option
+// changes that. So a head whose lines end in a bare LF, which net/http
+// accepts, waits for more until read_timeout and gets 408.
+func malformedHead(h *fasthttp.RequestHeader) *protocolError {
+	spaceInName, transferEncoding := scanFieldNames(h.RawHeaders())
+	if transferEncoding && h.ContentLength() != -1 {
+		return &protocolError{fasthttp.StatusNotImplemented, unsupportedTransferCoding}
+	}
+	// fasthttp accepts only "HTTP/d.d".
+	if proto := h.Protocol(); len(proto) != len("HTTP/1.1") || proto[5] != '1' {
+		return &protocolError{fasthttp.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+	}
+	if !validHost(h.Host()) {
+		return &protocolError{fasthttp.StatusBadRequest, "malformed Host header"}
+	}
+	if spaceInName {
+		return &protocolError{fasthttp.StatusBadRequest, "invalid header name"}
+	}
+	if expect := h.Peek("Expect"); len(expect) != 0 && !hasToken(expect, "100-continue") {
+		return &protocolError{fasthttp.StatusExpectationFailed,
+			"unsupported expectation " + quote(string(expect)) + " in Expect, want 100-continue"}
+	}
+	return nil
+}
+
+// scanFieldNames reads the field lines of a request head as received and
+// reports whether a field name contains a space and whether there is a
+// Transfer-Encoding field. fasthttp has validated the lines already, and
+// it drops a Transfer-Encoding of "identity" from the parsed header.
+func scanFieldNames(raw []byte) (spaceInName, transferEncoding bool) {
+	for len(raw) > 0 {
+		var line []byte
+		line, raw, _ = bytes.Cut(raw, []byte{'\n'})
+		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+			// The end of the head, or a continuation line.
+			continue
+		}
+		name, _, found := bytes.Cut(line, []byte{':'})
+		if !found {
+			continue
+		}
+		if bytes.IndexByte(name, ' ') >= 0 {
+			spaceInName = true
+		}
+		if bytes.EqualFold(name, []byte(fasthttp.HeaderTransferEncoding)) {
+			transferEncoding = true
+		}
+	}
+	return spaceInName, transferEncoding
+}
+
+// validHost reports whether every byte of host may appear in a Host
+// header: a letter, a digit, or one of the other characters of RFC 3986's
+// host, port and IP literal syntax, with '%' for escapes and IPv6 zones.
+func validHost(host []byte) bool {
+	for _, c := range host {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!$%&'()*+,-.:;=[]_~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hasToken reports whether the comma-separated list v contains token,
+// compared without regard to case.
+func hasToken(v []byte, token string) bool {
+	for len(v) > 0 {
+		var item []byte
+		item, v, _ = bytes.Cut(v, []byte{','})
+		if bytes.EqualFold(bytes.Trim(item, " \t"), []byte(token)) {
+			return true
+		}
+	}
+	return false
+}
+
+// isTransferCodingError reports whether err is fasthttp's rejection of a
+// Transfer-Encoding on HTTP/1.1 that is not one field with the value
+// "chunked", which net/http rejects with 501.
+//
+// NOTE: this matches the text of two messages of fasthttp v1.79.0, and
+// such an error with other text gets 400. TestMalformedHeadAsGo fails if
+// an upgrade changes the text.
+func isTransferCodingError(err error) bool {
+	const prefix = "error when reading request headers: "
+	msg := err.Error()
+	return strings.HasPrefix(msg, prefix+"unsupported transfer-encoding: ") ||
+		strings.HasPrefix(msg, prefix+"too many transfer-encoding headers")
+}
+
+// closeUnread sends the response that the handler set and closes the
+// connection, for a request whose body receiveHeader kept fasthttp from
+// reading: the rest of the connection's data would otherwise be read as
+// the next request. Closing a socket with unread data makes the kernel
+// send a reset, which can destroy the response before the client reads
+// it. So the proxy takes over the connection, writes the response,
+// half-closes it and drops what the client still sends, for at most
+// drainTimeout (see discard). fasthttp skips the hijack handler after it
+// writes a response with "Connection: close", so closeUnread writes the
+// response itself.
+//
+// NOTE: fasthttp's shutdown does not wait for the connections taken over
+// here. Each ends within write_timeout and drainTimeout.
+func (s *Server) closeUnread(ctx *fasthttp.RequestCtx) {
+	ctx.SetConnectionClose()
+	if ctx.IsHead() {
+		ctx.Response.SkipBody = true
+	}
+	var resp bytes.Buffer
+	if _, err := ctx.Response.WriteTo(&resp); err != nil {
+		// fasthttp writes the response and closes the connection.
+		return
+	}
+	conn := ctx.Conn()
+	writeTimeout := s.config().WriteTimeout
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := c.Write(resp.Bytes()); err != nil {
+			return
+		}
+		if hc, ok := conn.(interface{ CloseWrite() error }); ok {
+			_ = hc.CloseWrite()
+		}
+		discard(c, -1)
+	})
+}
