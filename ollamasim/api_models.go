@@ -208,23 +208,42 @@ func parameterCount(size string) int64 {
 }
 
 // handleUnmatched responds like gin with HandleMethodNotAllowed, which Ollama
-// sets: 405 when the path exists for another method, 404 otherwise.
+// sets: 405 when the path exists for another method, with an Allow header
+// that lists those methods in the order in which Ollama's router first
+// registered each (HEAD, GET, POST, DELETE), and 404 otherwise.
 func (s *Server) handleUnmatched(w http.ResponseWriter, r *http.Request) {
-	methods := []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodHead}
-	for _, method := range methods {
+	var allowed []string
+	for _, method := range []string{http.MethodHead, http.MethodGet, http.MethodPost, http.MethodDelete} {
 		if method == r.Method {
+			continue
+		}
+		if method == http.MethodHead && !servesHead(r.URL.Path) {
+			// Go's mux serves HEAD wherever it serves GET.
 			continue
 		}
 		probe := r.Clone(r.Context())
 		probe.Method = method
 		if _, pattern := s.mux.Handler(probe); pattern != "/" {
-			w.Header().Set("Content-Type", "text/plain")
-			w.WriteHeader(http.StatusMethodNotAllowed)
-			io.WriteString(w, "405 method not allowed")
-			return
+			allowed = append(allowed, method)
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain")
+	if len(allowed) > 0 {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		io.WriteString(w, "405 method not allowed")
+		return
+	}
 	w.WriteHeader(http.StatusNotFound)
 	io.WriteString(w, "404 page not found")
+}
+
+// servesHead reports whether Ollama serves HEAD on path: on /, /api/version,
+// /api/tags and /api/blobs/:digest only.
+func servesHead(path string) bool {
+	switch path {
+	case "/", "/api/version", "/api/tags":
+		return true
+	}
+	return strings.HasPrefix(path, "/api/blobs/")
 }

@@ -347,7 +347,7 @@ func TestCompatRoutesFaults(t *testing.T) {
 		resp, body := n.postRaw(t, "/v1/messages", messages)
 		checkAnthropicError(t, resp, body, 500, "api_error", "boom")
 		resp, body = n.postRaw(t, "/v1/responses", responses)
-		want := `{"error":{"message":"boom","type":"api_error","param":null,"code":null}}`
+		want := `{"error":{"message":"boom","type":"api_error","param":null,"code":null}}` + "\n"
 		if resp.StatusCode != 500 || string(body) != want {
 			t.Errorf("responses: status %d, body %s; want 500 %s", resp.StatusCode, body, want)
 		}

@@ -118,7 +118,7 @@ func TestFaultErrors(t *testing.T) {
 		{"500 on /api", ollamasim.Faults{ErrorRate: 1}, "/api/generate", generate,
 			500, `{"error":"simulated failure"}`},
 		{"500 on /v1", ollamasim.Faults{ErrorRate: 1}, "/v1/chat/completions", chat,
-			500, `{"error":{"message":"simulated failure","type":"api_error","param":null,"code":null}}`},
+			500, `{"error":{"message":"simulated failure","type":"api_error","param":null,"code":null}}` + "\n"},
 		{"custom status", ollamasim.Faults{ErrorRate: 1, ErrorStatus: 502, ErrorMessage: "upstream"},
 			"/api/embed", `{"model":"nomic-embed-text","input":"x"}`, 502, `{"error":"upstream"}`},
 		{"busy", ollamasim.Faults{Busy: true}, "/api/generate", generate,

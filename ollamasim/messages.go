@@ -87,7 +87,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req messagesRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAnthropicError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeAnthropic, http.StatusBadRequest, err.Error())
 		return
 	}
 	// The checks and messages of Ollama's AnthropicMessagesMiddleware
@@ -102,12 +102,12 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		problem = "messages is required"
 	}
 	if problem != "" {
-		writeAnthropicError(w, http.StatusBadRequest, problem)
+		writeEarlyError(w, shapeAnthropic, http.StatusBadRequest, problem)
 		return
 	}
 	turns, err := anthropicTurns(req)
 	if err != nil {
-		writeAnthropicError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeAnthropic, http.StatusBadRequest, err.Error())
 		return
 	}
 	maxTokens := req.MaxTokens

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -133,12 +134,12 @@ func (s *Server) handleOpenAIChat(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req openAIChatRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	turns, err := openAITurns(req.Messages)
 	if err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	c, opts, ok := s.newCompletion(w, start, modelRequest{
@@ -211,7 +212,7 @@ func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request) 
 	start := time.Now()
 	var req openAICompletionRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	c, opts, ok := s.newCompletion(w, start, modelRequest{
@@ -277,15 +278,20 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request) 
 	start := time.Now()
 	var req openAIEmbeddingRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	texts, err := parseInput(req.Input)
+	if errors.Is(err, errInvalidInput) {
+		// EmbedHandler's check, after the middleware's.
+		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	if err == nil && len(texts) == 0 {
 		err = fmt.Errorf("invalid input")
 	}
 	if err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	c, _, ok := s.newCompletion(w, start, modelRequest{model: req.Model, errors: shapeOpenAI})

@@ -105,12 +105,12 @@ func (s *Server) handleResponses(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req responsesRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	turns, err := responsesTurns(req.Input)
 	if err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, err.Error())
+		writeEarlyError(w, shapeOpenAI, http.StatusBadRequest, err.Error())
 		return
 	}
 	if req.Instructions != "" {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +37,9 @@ type Server struct {
 
 	applyMu sync.Mutex // serialises fault changes and guards running
 	running *Running
+
+	// unmatched serves the requests that no route serves (handleUnmatched).
+	unmatched http.Handler
 
 	handlers  handlerTracker
 	closeOnce sync.Once
@@ -105,7 +110,8 @@ func (s *Server) registerRoutes() {
 	s.handle("GET /v1/models", openAI("/v1/models", false), s.handleOpenAIModels)
 	s.handle("GET /v1/models/{model...}", openAI("/v1/models/{model}", false), s.handleOpenAIModel)
 
-	s.handle("/", general(RouteUnmatched), s.handleUnmatched)
+	s.unmatched = s.middleware(general(RouteUnmatched), s.handleUnmatched)
+	s.mux.Handle("/", s.unmatched)
 }
 
 func (s *Server) handle(pattern string, rt route, h http.HandlerFunc) {
@@ -118,7 +124,38 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.control.ServeHTTP(w, r)
 		return
 	}
+	if target, ok := cleanPathTarget(r); ok {
+		http.Redirect(w, r, target, http.StatusMovedPermanently)
+		return
+	}
+	if r.Method == http.MethodHead && !servesHead(r.URL.Path) {
+		// Go's mux would serve HEAD with the GET route.
+		s.unmatched.ServeHTTP(w, r)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// cleanPathTarget returns the Location to which Ollama redirects a request
+// whose path is not clean, such as /api//tags or /api/./tags. Ollama
+// serves its router through Go's http.ServeMux, which redirects such a
+// path before Ollama's code runs, and v0.17.4 is built with Go 1.24,
+// whose mux answers with 301 for every method but CONNECT. The mux of
+// newer Go versions, which this one is, answers with 307 instead.
+func cleanPathTarget(r *http.Request) (string, bool) {
+	escaped := r.URL.EscapedPath()
+	if r.Method == http.MethodConnect || !strings.HasPrefix(escaped, "/") {
+		return "", false
+	}
+	clean := path.Clean(escaped)
+	if strings.HasSuffix(escaped, "/") && clean != "/" {
+		clean += "/"
+	}
+	if clean == escaped {
+		return "", false
+	}
+	u := url.URL{Path: clean, RawQuery: r.URL.RawQuery}
+	return u.String(), true
 }
 
 // middleware runs the phases every API request goes through before its

@@ -148,12 +148,14 @@ func TestRequestErrors(t *testing.T) {
 		{"unknown model on embeddings", "/api/embeddings", `{"model":"x","prompt":"hi"}`, 404,
 			`{"error":"model \"x\" not found, try pulling it first"}`},
 		{"v1 unknown model", "/v1/chat/completions", `{"model":"x","messages":[{"role":"user","content":"hi"}]}`,
-			404, `{"error":{"message":"model 'x' not found","type":"not_found_error","param":null,"code":null}}`},
+			404, `{"error":{"message":"model 'x' not found","type":"not_found_error","param":null,"code":null}}` +
+				"\n"},
 		{"v1 embeddings unknown model", "/v1/embeddings", `{"model":"x","input":"hi"}`, 404,
 			`{"error":{"message":"model \"x\" not found, try pulling it first",` +
-				`"type":"not_found_error","param":null,"code":null}}`},
+				`"type":"not_found_error","param":null,"code":null}}` + "\n"},
 		{"responses unknown model", "/v1/responses", `{"model":"x","input":"hi"}`, 404,
-			`{"error":{"message":"model 'x' not found","type":"not_found_error","param":null,"code":null}}`},
+			`{"error":{"message":"model 'x' not found","type":"not_found_error","param":null,"code":null}}` +
+				"\n"},
 		{"responses bad json", "/v1/responses", `{bad}`, 400,
 			`{"error":{"message":"invalid character 'b' looking for beginning of object key string",` +
 				`"type":"invalid_request_error","param":null,"code":null}}`},

@@ -1,6 +1,7 @@
 package ollamasim
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,7 +92,10 @@ type openAIErrorDetail struct {
 }
 
 // writeOpenAIError sends an error in OpenAI's shape, with the error type
-// Ollama derives from the status.
+// Ollama derives from the status, as an error of Ollama's handler reaches
+// the client through its /v1 middleware: written with json.Encoder, so
+// with a newline after the object, and with Content-Type
+// application/json.
 func writeOpenAIError(w http.ResponseWriter, status int, message string) {
 	kind := "api_error"
 	switch status {
@@ -101,7 +105,7 @@ func writeOpenAIError(w http.ResponseWriter, status int, message string) {
 		kind = "not_found_error"
 	}
 	body := openAIError{Error: openAIErrorDetail{Message: message, Type: kind}}
-	writeJSON(w, status, contentOpenAIJSON, body)
+	writeJSONLine(w, status, contentOpenAIJSON, body)
 }
 
 // anthropicError is the error body of /v1/messages, Ollama's
@@ -148,6 +152,28 @@ func writeAnthropicError(w http.ResponseWriter, status int, message string) {
 func randomHex() string {
 	return fmt.Sprintf("%016x%08x", rand.Uint64(), rand.Uint32())
 }
+
+// writeEarlyError sends an error that Ollama's /v1 middleware raises itself
+// before the handler runs, such as a body that does not decode: gin's
+// AbortWithStatusJSON writes it with json.Marshal, so without a newline,
+// and with a charset in its Content-Type.
+func writeEarlyError(w http.ResponseWriter, shape errorShape, status int, message string) {
+	rec := &bodyRecorder{header: http.Header{}}
+	writeError(rec, shape, status, message)
+	w.Header().Set("Content-Type", contentJSON)
+	w.WriteHeader(status)
+	w.Write(bytes.TrimSuffix(rec.body.Bytes(), []byte("\n")))
+}
+
+// bodyRecorder keeps what an error writer writes.
+type bodyRecorder struct {
+	header http.Header
+	body   bytes.Buffer
+}
+
+func (b *bodyRecorder) Header() http.Header         { return b.header }
+func (b *bodyRecorder) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bodyRecorder) WriteHeader(int)             {}
 
 // errorShape is the error body of a route family.
 type errorShape uint8

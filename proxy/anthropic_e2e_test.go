@@ -53,9 +53,22 @@ func decodeAnthropicError(t *testing.T, body []byte) anthropicError {
 // It returns the message.
 func anthropicErrorOf(t *testing.T, resp *http.Response, status int, typ string) string {
 	t.Helper()
+	return anthropicErrorAs(t, resp, status, typ, "application/json")
+}
+
+// anthropicErrorAs is anthropicErrorOf for an error with the Content-Type
+// contentType. An error of Ollama's middleware itself, such as a body that
+// does not decode, has gin's, with a charset and no newline after the
+// object; an error that reaches it from the handler, or one of the
+// proxy's own, has application/json and a newline (json.Encoder).
+func anthropicErrorAs(t *testing.T, resp *http.Response, status int, typ, contentType string) string {
+	t.Helper()
 	body := errorBody(t, resp, status)
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q, want application/json", ct)
+	if ct := resp.Header.Get("Content-Type"); ct != contentType {
+		t.Errorf("Content-Type %q, want %q", ct, contentType)
+	}
+	if newline := strings.HasSuffix(string(body), "\n"); newline != (contentType == "application/json") {
+		t.Errorf("body %q: ends with a newline %v, want %v", body, newline, !newline)
 	}
 	e := decodeAnthropicError(t, body)
 	if e.Error.Type != typ {
@@ -84,18 +97,18 @@ func TestAnthropicProxyErrors(t *testing.T) {
 		status                   int
 		typ                      string
 		// contains is a part of the expected message.
-		contains string
+		contains    string
+		contentType string
 	}{
 		{"unknown model", "POST", "/v1/messages", strings.Replace(messagesBody, `"m"`, `"nope"`, 1),
-			404, "not_found_error", `model 'nope' not found`},
-		{"malformed json", "POST", "/v1/messages", `{"model":`, 400, "invalid_request_error", "invalid JSON"},
+			404, "not_found_error", `model 'nope' not found`, "application/json"},
+		{"malformed json", "POST", "/v1/messages", `{"model":`, 400, "invalid_request_error", "invalid JSON",
+			"application/json; charset=utf-8"},
 		{"missing model", "POST", "/v1/messages", `{"messages":[]}`, 400, "invalid_request_error",
-			"model is required"},
+			"model is required", "application/json; charset=utf-8"},
 		{"body over max_body_bytes", "POST", "/v1/messages",
 			`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 8192) + `"}]}`,
-			413, "request_too_large", "max_body_bytes"},
-		{"method not allowed", "GET", "/v1/messages", "", 405, "invalid_request_error",
-			"method GET not allowed"},
+			413, "request_too_large", "max_body_bytes", "application/json"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -108,14 +121,28 @@ func TestAnthropicProxyErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if msg := anthropicErrorOf(t, resp, tc.status, tc.typ); !strings.Contains(msg, tc.contains) {
+			msg := anthropicErrorAs(t, resp, tc.status, tc.typ, tc.contentType)
+			if !strings.Contains(msg, tc.contains) {
 				t.Errorf("message %q does not contain %q", msg, tc.contains)
 			}
 		})
 	}
 	t.Run("client request id", func(t *testing.T) {
 		resp := post(t, p.URL()+"/v1/messages", `{"model":`, "X-Request-Id", "abc-1")
-		anthropicErrorOf(t, resp, 400, "invalid_request_error")
+		anthropicErrorAs(t, resp, 400, "invalid_request_error", "application/json; charset=utf-8")
+	})
+	t.Run("method not allowed", func(t *testing.T) {
+		// gin's own 405, before Ollama's middleware runs.
+		req, _ := http.NewRequest("GET", p.URL()+"/v1/messages", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readBody(t, resp)
+		if resp.StatusCode != 405 || string(body) != "405 method not allowed" ||
+			resp.Header.Get("Allow") != "POST" {
+			t.Errorf("%d %q Allow %q, want gin's 405", resp.StatusCode, body, resp.Header.Get("Allow"))
+		}
 	})
 	t.Run("unknown path under /v1/messages", func(t *testing.T) {
 		// The path goes to a node, which may serve it in a newer version,

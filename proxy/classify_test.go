@@ -47,8 +47,17 @@ func TestClassify(t *testing.T) {
 		{"POST", "/v1/models/library/m", handleNotFound, "other", apiOllama},
 		{"GET", "/v1/models/library/m/", handleNotFound, "other", apiOllama},
 		{"POST", "/v1/models/m/", handleNotFound, "other", apiOllama},
-		{"OPTIONS", "/v1/models/library/m", handleOptions, "options", apiOllama},
-		{"OPTIONS", "/api/status", handleOptions, "options", apiOllama},
+		// OPTIONS is routed as any method without a route: handle answers
+		// preflights before routing.
+		{"OPTIONS", "/v1/models/library/m", handleNotFound, "other", apiOllama},
+		{"OPTIONS", "/api/status", handleFallback, "/api/*", apiOllama},
+		{"OPTIONS", "/api/tags", handleMethodNotAllowed, "/api/tags", apiOllama},
+		{"OPTIONS", "/nothing", handleNotFound, "other", apiOllama},
+		// Ollama serves HEAD on /, /api/version and /api/tags only.
+		{"HEAD", "/api/tags", handleTags, "/api/tags", apiOllama},
+		{"HEAD", "/api/ps", handleMethodNotAllowed, "/api/ps", apiOllama},
+		{"HEAD", "/v1/models", handleMethodNotAllowed, "/v1/models", apiOllama},
+		{"HEAD", "/v1/models/m", handleMethodNotAllowed, "/v1/models/{model}", apiOllama},
 		{"GET", "/api", handleNotFound, "other", apiOllama},
 	}
 	for _, tc := range cases {

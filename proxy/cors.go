@@ -3,7 +3,7 @@ package proxy
 import (
 	"net"
 	"net/netip"
-	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -24,7 +24,7 @@ func checkHost(ctx *fasthttp.RequestCtx, listen string) bool {
 	if hostAllowed(ctx.Host(), ctx.LocalAddr(), listen) {
 		return true
 	}
-	ctx.SetStatusCode(fasthttp.StatusForbidden)
+	writeForbidden(ctx)
 	return false
 }
 
@@ -65,28 +65,43 @@ func isWildcardAddress(address string) bool {
 	return err == nil && ip.IsUnspecified()
 }
 
-// applyCORS handles the Origin header as Ollama does. A request whose
-// Origin is neither local nor allowed by cors.allowed_origins gets 403 with
-// an empty body, and an allowed one gets the CORS headers. An Origin that
-// names the Host the request was sent to marks a same-origin request,
-// which Ollama's CORS middleware (gin-contrib/cors) leaves alone. It
-// reports whether the request may continue.
-func (s *Server) applyCORS(ctx *fasthttp.RequestCtx, rt route) bool {
+// applyCORS handles the Origin header as Ollama's CORS middleware does
+// (gin-contrib/cors v1.7.2, configured in GenerateRoutes of Ollama
+// v0.17.4), on every path. A request whose Origin is neither local nor
+// allowed by cors.allowed_origins gets 403 with an empty body, and an
+// allowed one gets the CORS headers: those of a preflight on OPTIONS,
+// which answersOptions then ends with 204. An Origin that names the Host
+// the request was sent to marks a same-origin request, which the
+// middleware leaves alone. It reports whether the request may continue.
+func (s *Server) applyCORS(ctx *fasthttp.RequestCtx) bool {
 	origin := ctx.Request.Header.Peek("Origin")
 	if s.originRejected(origin, ctx.Host()) {
-		ctx.SetStatusCode(fasthttp.StatusForbidden)
+		writeForbidden(ctx)
 		return false
 	}
-	if len(origin) == 0 || isSameOrigin(origin, ctx.Host()) {
+	if !isCrossOrigin(ctx) {
 		return true
 	}
 	h := &ctx.Response.Header
-	h.SetBytesV("Access-Control-Allow-Origin", origin)
-	h.Add("Vary", "Origin")
-	if rt.how == handleOptions {
-		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS")
+	anyOrigin := slices.Contains(s.config().CORS.AllowedOrigins, "*")
+	if anyOrigin {
+		h.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		h.SetBytesV("Access-Control-Allow-Origin", origin)
+	}
+	if ctx.IsOptions() {
+		h.Set("Access-Control-Allow-Methods", "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS")
 		h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
 		h.Set("Access-Control-Max-Age", "43200")
+		if !anyOrigin {
+			h.Add("Vary", "Origin")
+			h.Add("Vary", "Access-Control-Request-Method")
+			h.Add("Vary", "Access-Control-Request-Headers")
+		}
+		return true
+	}
+	if !anyOrigin {
+		h.Add("Vary", "Origin")
 	}
 	h.Set("Access-Control-Expose-Headers", "X-Request-Id, X-LLMProxy-Node, X-LLMProxy-Cache")
 	return true
@@ -98,16 +113,54 @@ func (s *Server) originRejected(origin, host []byte) bool {
 	return len(origin) != 0 && !isSameOrigin(origin, host) && !s.originAllowed(string(origin))
 }
 
-// corsAllowHeaders lists the request headers that a preflight allows:
-// those of Ollama's GenerateRoutes (server/routes.go, Ollama v0.17.4),
+// isCrossOrigin reports whether the request has an Origin header that
+// does not name the Host it was sent to.
+func isCrossOrigin(ctx *fasthttp.RequestCtx) bool {
+	origin := ctx.Request.Header.Peek("Origin")
+	return len(origin) > 0 && !isSameOrigin(origin, ctx.Host())
+}
+
+// answersOptions reports whether an OPTIONS request that passed checkHost
+// and applyCORS ends with 204 and no body before routing, as in Ollama:
+// a preflight from an allowed origin, which its CORS middleware ends, and
+// on a loopback listener a request whose Host is a name rather than an IP
+// address, which its allowedHostsMiddleware ends. Any other OPTIONS
+// request goes on to routing, where no route serves the method: 405 on a
+// path that some route serves, 404 on any other.
+func answersOptions(ctx *fasthttp.RequestCtx, listen string) bool {
+	if isCrossOrigin(ctx) {
+		return true
+	}
+	if isWildcardAddress(listen) || !hostcheck.Applies(ctx.LocalAddr()) {
+		return false
+	}
+	host := string(ctx.Host())
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	_, err := netip.ParseAddr(host)
+	return err != nil
+}
+
+// writeForbidden sends Ollama's 403 of a foreign Origin or Host: no body
+// and no Content-Type.
+func writeForbidden(ctx *fasthttp.RequestCtx) {
+	ctx.SetStatusCode(fasthttp.StatusForbidden)
+	ctx.Response.Header.SetNoDefaultContentType(true)
+}
+
+// corsAllowHeaders lists the request headers that a preflight allows, as
+// gin-contrib/cors writes them: in canonical form, joined by commas. They
+// are those of Ollama's GenerateRoutes (server/routes.go, Ollama v0.17.4),
 // which include the x-stainless-* headers that OpenAI's SDKs send, and
-// the headers that the proxy itself reads.
-const corsAllowHeaders = "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, " +
-	"OpenAI-Beta, x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, " +
-	"x-stainless-helper-method, x-stainless-lang, x-stainless-os, " +
-	"x-stainless-package-version, x-stainless-poll-helper, x-stainless-retry-count, " +
-	"x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, " +
-	"X-API-Key, X-Priority, X-Request-Id, Cache-Control"
+// then the headers that the proxy itself reads.
+const corsAllowHeaders = "Authorization,Content-Type,User-Agent,Accept,X-Requested-With," +
+	"Openai-Beta,X-Stainless-Arch,X-Stainless-Async,X-Stainless-Custom-Poll-Interval," +
+	"X-Stainless-Helper-Method,X-Stainless-Lang,X-Stainless-Os," +
+	"X-Stainless-Package-Version,X-Stainless-Poll-Helper,X-Stainless-Retry-Count," +
+	"X-Stainless-Runtime,X-Stainless-Runtime-Version,X-Stainless-Timeout," +
+	"X-Api-Key,X-Priority,X-Request-Id,Cache-Control"
 
 // isSameOrigin reports whether origin is http:// or https:// followed by
 // host, the request's Host header.
@@ -121,39 +174,38 @@ func isSameOrigin(origin, host []byte) bool {
 	return false
 }
 
-// originAllowed reports whether origin is allowed. Like Ollama's default
-// (AllowedOrigins in envconfig/config.go, Ollama v0.17.4), it allows http
-// and https origins on localhost, 127.0.0.1 or 0.0.0.0 with any port, and
+// defaultOrigins are the origins that Ollama allows by default
+// (AllowedOrigins in envconfig/config.go, Ollama v0.17.4): http and https
+// on localhost, 127.0.0.1 and 0.0.0.0, with or without any port, and
 // every origin with the app, file, tauri, vscode-webview or vscode-file
-// scheme. It also allows the entries of cors.allowed_origins, where "*"
-// allows any origin and a "*" inside an entry matches any text, as in
-// "https://*.example.com".
+// scheme.
+var defaultOrigins = []string{
+	"http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+	"http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+	"http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+	"app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+}
+
+// originAllowed reports whether origin is allowed: it is one of
+// defaultOrigins or of cors.allowed_origins, matched as Ollama matches
+// them. "*" allows any origin, and an entry with one "*" matches any text
+// in its place, as in "https://*.example.com". Any other entry must equal
+// the origin.
 func (s *Server) originAllowed(origin string) bool {
-	for _, allowed := range s.config().CORS.AllowedOrigins {
-		if allowed == "*" || allowed == origin || wildcardMatch(allowed, origin) {
-			return true
+	for _, list := range [...][]string{defaultOrigins, s.config().CORS.AllowedOrigins} {
+		for _, allowed := range list {
+			if allowed == "*" || allowed == origin || wildcardMatch(allowed, origin) {
+				return true
+			}
 		}
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
-		return false
-	}
-	switch u.Scheme {
-	case "app", "file", "tauri", "vscode-webview", "vscode-file":
-		return true
-	case "http", "https":
-		host := u.Hostname()
-		return host == "localhost" || host == "127.0.0.1" || host == "0.0.0.0"
 	}
 	return false
 }
 
+// wildcardMatch reports whether s starts with the part of pattern before
+// its "*" and ends with the part after it, as gin-contrib/cors matches a
+// wildcard origin.
 func wildcardMatch(pattern, s string) bool {
-	i := strings.IndexByte(pattern, '*')
-	if i < 0 {
-		return false
-	}
-	prefix, suffix := pattern[:i], pattern[i+1:]
-	return len(s) >= len(prefix)+len(suffix) &&
-		strings.HasPrefix(s, prefix) && strings.HasSuffix(s, suffix)
+	prefix, suffix, ok := strings.Cut(pattern, "*")
+	return ok && strings.HasPrefix(s, prefix) && strings.HasSuffix(s, suffix)
 }

@@ -99,7 +99,7 @@ func (s *Server) planCreate(ctx *fasthttp.RequestCtx, rt route, rs *reqState, cl
 		plan.rawModel, err = modelField(v, rt)
 	}
 	if err != nil {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
+		writeBodyError(ctx, rt, ctx.PostBody(), err)
 		return plan, false
 	}
 	rs.model = wire.ModelKey(plan.rawModel)

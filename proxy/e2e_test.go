@@ -280,9 +280,12 @@ func TestBadInput(t *testing.T) {
 		contains         string
 	}{
 		{"malformed json", "/api/generate", `{"model":`, 400, "invalid JSON"},
-		{"not an object", "/api/chat", `[1,2]`, 400, "want an object"},
+		// Ollama's messages, from Go's decoder and Ollama's request types.
+		{"not an object", "/api/chat", `[1,2]`, 400,
+			"json: cannot unmarshal array into Go value of type api.ChatRequest"},
 		{"missing model", "/api/chat", `{"messages":[]}`, 400, "model is required"},
-		{"model not a string", "/api/chat", `{"model":5,"messages":[]}`, 400, "invalid model"},
+		{"model not a string", "/api/chat", `{"model":5,"messages":[]}`, 400,
+			"json: cannot unmarshal number into Go struct field ChatRequest.model of type string"},
 		{"duplicate key", "/v1/chat/completions", `{"model":"m","model":"x"}`, 400, "duplicate key"},
 		{"duplicate option", "/api/chat", `{"model":"m","options":{"num_ctx":1,"num_ctx":8192}}`, 400,
 			`duplicate key \"num_ctx\" in options`},
@@ -326,26 +329,31 @@ func TestFanoutBadInput(t *testing.T) {
 		routed bool
 	}{
 		{"empty body", all, ``, "missing request body", true},
-		{"array", all, `[]`, "invalid JSON: want an object, got array", true},
-		{"number", all, `5`, "invalid JSON: want an object, got number", true},
+		// Ollama's messages name each route's request type.
+		{"array", all, `[]`, "json: cannot unmarshal array into Go value of type api.", false},
+		{"number", all, `5`, "json: cannot unmarshal number into Go value of type api.", false},
 		// Ollama's message, from Go's encoding/json.
 		{"malformed", all, `{bad json}`,
 			"invalid JSON: invalid character 'b' looking for beginning of object key string", true},
 		{"duplicate key", all, `{"model":"m","model":"m"}`, `invalid JSON: duplicate key "model"`, true},
-		{"model not a string", named, `{"model":5}`, "invalid model: want a string", true},
-		{"name not a string", named, `{"name":5}`, "invalid name: want a string", true},
+		{"model not a string", named, `{"model":5}`, "json: cannot unmarshal number into Go struct field ",
+			false},
+		{"name not a string", named, `{"name":5}`, "json: cannot unmarshal number into Go struct field ",
+			false},
 		{"name not a string beside a model", named, `{"model":"m","name":7}`,
-			"invalid name: want a string", true},
-		{"missing model", []string{"DELETE /api/delete"}, `{}`, "model is required", true},
+			"json: cannot unmarshal number into Go struct field ", false},
+		// DeleteHandler words an empty name as an invalid one.
+		{"missing model", []string{"DELETE /api/delete"}, `{}`, `name "" is invalid`, false},
 		// Ollama's PullHandler words a missing model as an invalid name,
 		// and its CopyHandler an empty source or destination.
 		{"missing model of a pull", []string{"POST /api/pull"}, `{}`, "invalid model name", false},
 		{"missing source", copyRoute, `{"destination":"x"}`, `source "" is invalid`, false},
 		{"missing destination", copyRoute, `{"source":"m"}`, `destination "" is invalid`, false},
 		{"source not a string", copyRoute, `{"source":5,"destination":"x"}`,
-			"invalid source: want a string", false},
+			"json: cannot unmarshal number into Go struct field CopyRequest.source of type string", false},
 		{"destination not a string", copyRoute, `{"source":"m","destination":5}`,
-			"invalid destination: want a string", false},
+			"json: cannot unmarshal number into Go struct field CopyRequest.destination of type string",
+			false},
 	}
 	for _, tc := range cases {
 		var want []byte

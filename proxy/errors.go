@@ -49,22 +49,52 @@ const StatusClientClosed = 499
 
 // writeError sends an error in the shape the route's clients parse:
 // {"error":"..."} on Ollama routes, OpenAI's error object on the OpenAI
-// routes, and Anthropic's error object on /v1/messages.
+// routes, and Anthropic's error object on /v1/messages. On the /v1 routes
+// it has the form of an error that reaches Ollama's compatibility
+// middleware from its handler, such as a model not found: the middleware
+// rewrites it with json.Encoder and Content-Type application/json
+// (writeError in middleware/openai.go and middleware/anthropic.go of
+// Ollama v0.17.4), so the body ends with a newline. The proxy's own errors
+// on these routes, such as 429 or 503, take the same form.
 func writeError(ctx *fasthttp.RequestCtx, r route, status int, msg string) {
+	writeErrorBody(ctx, r, status, msg, false)
+}
+
+// writeEarlyError sends an error that Ollama's /v1 middleware raises
+// itself before its handler runs, such as a body that does not decode:
+// gin's AbortWithStatusJSON writes it with json.Marshal, so the body has
+// no newline, and with Content-Type application/json; charset=utf-8. On
+// Ollama's own routes it is writeError.
+func writeEarlyError(ctx *fasthttp.RequestCtx, r route, status int, msg string) {
+	writeErrorBody(ctx, r, status, msg, true)
+}
+
+func writeErrorBody(ctx *fasthttp.RequestCtx, r route, status int, msg string, early bool) {
 	ctx.Response.ResetBody()
 	ctx.SetStatusCode(status)
+	var body []byte
 	switch r.family {
 	case apiOpenAI:
-		ctx.SetContentType("application/json")
-		ctx.SetBody(wire.OpenAIError(msg, wire.OpenAIErrorType(status)))
+		body = wire.OpenAIError(msg, wire.OpenAIErrorType(status))
 	case apiAnthropic:
-		ctx.SetContentType("application/json")
-		ctx.SetBody(wire.AnthropicError(msg, wire.AnthropicErrorType(status), anthropicRequestID(ctx)))
+		body = wire.AnthropicError(msg, wire.AnthropicErrorType(status), anthropicRequestID(ctx))
 	default:
-		ctx.SetContentType("application/json; charset=utf-8")
+		ctx.SetContentType(jsonUTF8)
 		ctx.SetBody(wire.OllamaError(msg))
+		return
 	}
+	if early {
+		ctx.SetContentType(jsonUTF8)
+		ctx.SetBody(body)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(body, '\n'))
 }
+
+// jsonUTF8 is the Content-Type of gin's c.JSON, which Ollama's handlers
+// use for every single JSON object they send.
+const jsonUTF8 = "application/json; charset=utf-8"
 
 // anthropicRequestID returns the request_id of an Anthropic error body:
 // the X-Request-Id that the proxy has set on the response, with the "req_"
@@ -200,38 +230,4 @@ func isAnthropicError(doc *fastjson.Value) bool {
 	}
 	typ := doc.Get("error", "type")
 	return typ != nil && typ.Type() == fastjson.TypeString
-}
-
-// notFoundMessage returns the message of the 404 for a model that no node
-// has, in the words of Ollama's handler for rt (server/routes.go). Most
-// handlers send "model 'x' not found". /api/embed and /api/embeddings, and
-// /v1/embeddings through them, pass on the error of Ollama's scheduler, and
-// /api/copy quotes the source as Go does.
-func notFoundMessage(rt route, model string) string {
-	switch rt.name {
-	case "/api/embed", "/api/embeddings", "/v1/embeddings":
-		return "model " + quote(model) + " not found, try pulling it first"
-	case "/api/copy":
-		return "model " + quote(model) + " not found"
-	}
-	return "model '" + model + "' not found"
-}
-
-// missingModelError returns the status and message of Ollama's response to
-// a body that names no model on rt, from its handlers in server/routes.go
-// and its /v1/messages middleware. /api/generate and /api/embed, and the /v1
-// routes built on them, treat an empty name as a model they do not have.
-// /api/pull rejects it as an invalid name. /api/copy names its empty field
-// in fanoutModel instead.
-// NOTE: Ollama checks some other fields first, such as the messages of
-// /v1/chat/completions and the input of /v1/embeddings, so a body that
-// also lacks those gets another error from Ollama than from the proxy.
-func missingModelError(rt route) (status int, msg string) {
-	switch rt.name {
-	case "/api/generate", "/api/embed", "/v1/completions", "/v1/embeddings":
-		return fasthttp.StatusNotFound, notFoundMessage(route{}, "")
-	case "/api/pull":
-		return fasthttp.StatusBadRequest, "invalid model name"
-	}
-	return fasthttp.StatusBadRequest, "model is required"
 }

@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"bytes"
-	"html"
 	"io"
 	"mime"
 	"mime/multipart"
-	"net/http"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
@@ -105,32 +103,5 @@ func formField(body []byte, boundary, name string) string {
 			return ""
 		}
 		return string(value)
-	}
-}
-
-// serveRedirect redirects a request whose path is a route's path with a
-// trailing slash added to the route, as Ollama's router does with gin's
-// RedirectTrailingSlash and Go's http.Redirect. GET gets 301 with a short
-// HTML link as the body. Other methods get 307, which keeps the method and
-// body. The query string goes along.
-func serveRedirect(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
-	target := append([]byte(nil), path[:len(path)-1]...)
-	if q := ctx.URI().QueryString(); len(q) > 0 {
-		target = append(append(target, '?'), q...)
-	}
-	ctx.Response.Header.SetBytesV("Location", target)
-	switch {
-	case ctx.IsGet():
-		ctx.SetStatusCode(fasthttp.StatusMovedPermanently)
-		ctx.SetContentType("text/html; charset=utf-8")
-		ctx.SetBodyString("<a href=\"" + html.EscapeString(string(target)) + "\">" +
-			http.StatusText(http.StatusMovedPermanently) + "</a>.\n\n")
-	case ctx.IsHead():
-		ctx.SetStatusCode(fasthttp.StatusTemporaryRedirect)
-		ctx.SetContentType("text/html; charset=utf-8")
-	default:
-		ctx.SetStatusCode(fasthttp.StatusTemporaryRedirect)
-		ctx.Response.Header.SetNoDefaultContentType(true)
 	}
 }

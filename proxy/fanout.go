@@ -69,12 +69,16 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	var p fastjson.Parser
 	v, err := parseObject(&p, ctx.PostBody())
 	if err != nil {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
+		writeBodyError(ctx, rt, ctx.PostBody(), err)
 		return
 	}
-	model, err := fanoutModel(v, rt)
+	model, err := fanoutModel(v, rt, ctx.PostBody())
 	if err != nil {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
+		writeBodyError(ctx, rt, ctx.PostBody(), err)
+		return
+	}
+	if model == "" {
+		writeModelNotFound(ctx, rt, ctx.PostBody(), "")
 		return
 	}
 	rs.model = wire.ModelKey(model)
@@ -110,7 +114,7 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 			writeNoHealthyNode(ctx, rt, model)
 			return
 		}
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, model))
+		writeModelNotFound(ctx, rt, ctx.PostBody(), model)
 		return
 	}
 	var repl *replacement
@@ -128,32 +132,22 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 }
 
 // fanoutModel returns the model that a fan-out acts on: the source of a
-// copy, which also needs a destination, or else the model the body names.
-// The error for a missing name is Ollama's, and has status 400 on every
-// fan-out route.
-func fanoutModel(v *fastjson.Value, rt route) (string, error) {
+// copy, or else the model the body names, "" when it names none. A copy
+// must also name a valid source and destination, and the error for either
+// is Ollama's (see precheck).
+func fanoutModel(v *fastjson.Value, rt route, body []byte) (string, error) {
 	if rt.name != "/api/copy" {
-		model, err := modelField(v, rt)
-		if err == nil && model == "" {
-			_, msg := missingModelError(rt)
-			err = errors.New(msg)
-		}
-		return model, err
+		return modelField(v, rt)
 	}
 	source, err := stringField(v, "source")
 	if err != nil {
 		return "", err
 	}
-	destination, err := stringField(v, "destination")
-	if err != nil {
+	if _, err := stringField(v, "destination"); err != nil {
 		return "", err
 	}
-	// Ollama's CopyHandler checks the source before the destination.
-	if source == "" {
-		return "", fmt.Errorf("source %q is invalid", source)
-	}
-	if destination == "" {
-		return "", fmt.Errorf("destination %q is invalid", destination)
+	if e, failed := precheck(rt, body); failed {
+		return "", &bodyTypeError{e.msg}
 	}
 	return source, nil
 }
@@ -201,6 +195,12 @@ type fanoutResult struct {
 	node   *balancer.Node
 	status int
 	body   []byte
+	// contentType is the node's Content-Type of body, "" when it sent
+	// none. Ollama's handlers differ: an error before the operation starts
+	// is gin's JSON, with a charset, but the final line of a pull, push or
+	// create with "stream": false, and an error met on the way, has
+	// application/json (waitForStream in server/routes.go).
+	contentType string
 	// errMsg is the node's error for the client, "" for success.
 	errMsg string
 	// detail is the node's error in full, for the log, when errMsg leaves
@@ -253,7 +253,7 @@ func (s *Server) waitFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 		if r.errMsg == "" {
 			ctx.SetStatusCode(r.status)
 			if len(r.body) > 0 {
-				ctx.SetContentType("application/json; charset=utf-8")
+				setNodeContentType(ctx, r.contentType)
 				ctx.SetBody(r.body)
 			}
 			return
@@ -343,15 +343,15 @@ func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results 
 	if r := results[0]; rt.name == "/api/create" && r.status >= 400 && len(r.body) > 0 {
 		if relay, _ := nodeErrorMessage(rt, r.status, r.body); relay {
 			ctx.SetStatusCode(r.status)
-			ctx.SetContentType(contentTypeJSON(rt))
+			setNodeContentType(ctx, r.contentType)
 			ctx.SetBody(r.body)
 			return
 		}
 	}
-	status := 0
+	status, contentType := 0, ""
 	for _, r := range results {
 		if r.errMsg != "" {
-			status = r.status
+			status, contentType = r.status, r.contentType
 			break
 		}
 	}
@@ -362,7 +362,20 @@ func writeFanoutError(ctx *fasthttp.RequestCtx, rt route, rs *reqState, results 
 		ctx.Response.Header.Set("Retry-After", holderRetryAfter)
 	}
 	writeError(ctx, rt, status, fanoutFailure(rt, rs, results))
+	if strings.HasPrefix(contentType, "application/json") {
+		// The node's own variant, since the body has Ollama's shape.
+		ctx.SetContentType(contentType)
+	}
 	rs.err = fanoutFailure(rt, rs, withDetails(results))
+}
+
+// setNodeContentType sets the Content-Type that a node sent with a body
+// that the proxy passes on, or, when it sent none, gin's for JSON.
+func setNodeContentType(ctx *fasthttp.RequestCtx, contentType string) {
+	if contentType == "" {
+		contentType = jsonUTF8
+	}
+	ctx.SetContentType(contentType)
 }
 
 // fanoutFailure returns the error message of a fan-out that failed. It
@@ -416,7 +429,7 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 		case <-nctx.Done():
 		}
 	}()
-	r.status, r.body, r.errMsg, r.detail = s.exchangeModelOp(nctx, n, local, t, fs)
+	s.exchangeModelOp(nctx, n, local, t, fs, &r)
 	if r.errMsg != "" && context.Cause(nctx) == nil && !n.Up() {
 		// The upstream ended the wait for the node's response when the
 		// node went down (errNodeMarkedDown), before the goroutine above
@@ -438,41 +451,42 @@ func (s *Server) fanoutOne(ctx context.Context, n *balancer.Node, req *fasthttp.
 	return r
 }
 
-// exchangeModelOp sends req to n and returns the response's status, its
-// body when it is not relayed to fs, and the error of the node's part, ""
-// for success. detail is the error in full when errMsg, the client's
-// text, leaves part of it out. Only a streamed response with a success
-// status is relayed, because Ollama sends an error that comes before its
-// first progress line as the response status and a JSON body.
+// exchangeModelOp sends req to n and sets r's status, its body and
+// Content-Type when the body is not relayed to fs, and the error of the
+// node's part, "" for success. detail is the error in full when errMsg,
+// the client's text, leaves part of it out. Only a streamed response with
+// a success status is relayed, because Ollama sends an error that comes
+// before its first progress line as the response status and a JSON body.
 func (s *Server) exchangeModelOp(ctx context.Context, n *balancer.Node, req *fasthttp.Request,
-	t timeouts, fs *fanoutStream) (status int, body []byte, errMsg, detail string) {
+	t timeouts, fs *fanoutStream, r *fanoutResult) {
 	ex, err := s.upstreamFor(n).send(ctx, req, t)
 	if err != nil {
-		errMsg = clientText(err)
-		if full := err.Error(); full != errMsg {
-			detail = full
+		r.errMsg = clientText(err)
+		if full := err.Error(); full != r.errMsg {
+			r.detail = full
 		}
-		return 0, nil, errMsg, detail
+		return
 	}
-	status = ex.resp.StatusCode()
-	if fs == nil || status >= 400 || !isStreamed(&ex.resp) {
-		body, err = ex.readAll(16 << 20)
+	r.status = ex.resp.StatusCode()
+	if fs == nil || r.status >= 400 || !isStreamed(&ex.resp) {
+		r.body, err = ex.readAll(16 << 20)
+		ex.resp.SetNoDefaultContentType(true)
+		r.contentType = string(ex.resp.ContentType())
 		ex.closeWith(err == nil)
 		if err != nil {
-			errMsg = err.Error()
-		} else if status >= 400 || fastjson.Exists(body, "error") {
-			errMsg = errorText(body)
+			r.errMsg = err.Error()
+		} else if r.status >= 400 || fastjson.Exists(r.body, "error") {
+			r.errMsg = errorText(r.body)
 		}
-		if errMsg == "" && status >= 400 {
+		if r.errMsg == "" && r.status >= 400 {
 			// An error status with an empty body.
-			errMsg = "node returned status " + itoa(status)
+			r.errMsg = "node returned status " + itoa(r.status)
 		}
-		return status, body, errMsg, ""
+		return
 	}
 	fs.markStreaming()
-	errMsg = relayProgress(ctx, n, ex, fs.lines)
-	ex.closeWith(errMsg == "")
-	return status, nil, errMsg, ""
+	r.errMsg = relayProgress(ctx, n, ex, fs.lines)
+	ex.closeWith(r.errMsg == "")
 }
 
 // relayProgress passes a node's NDJSON progress lines on and returns the

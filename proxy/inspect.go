@@ -141,7 +141,7 @@ func inputTokens(v *fastjson.Value) int64 {
 // returns an error naming the problem, in the same words on every route.
 func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 	if len(body) == 0 {
-		return nil, errors.New("missing request body")
+		return nil, errMissingBody
 	}
 	v, err := p.ParseBytes(body)
 	if err != nil && strings.HasPrefix(err.Error(), "unexpected tail") {
@@ -154,8 +154,15 @@ func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {
 	if err != nil {
 		return nil, syntaxError(body, err)
 	}
-	if v.Type() != fastjson.TypeObject {
-		return nil, fmt.Errorf("invalid JSON: want an object, got %s", v.Type())
+	switch v.Type() {
+	case fastjson.TypeObject:
+	case fastjson.TypeNull:
+		// Go's JSON decoder leaves a struct unchanged for null, so Ollama
+		// reads a null body as one with no fields.
+		var a fastjson.Arena
+		return a.NewObject(), nil
+	default:
+		return nil, &bodyTypeError{fmt.Sprintf("invalid JSON: want an object, got %s", v.Type())}
 	}
 	key, folded := duplicateKey(v)
 	if key != "" {
@@ -221,7 +228,7 @@ func stringField(v *fastjson.Value, key string) (string, error) {
 		return "", nil
 	}
 	if field.Type() != fastjson.TypeString {
-		return "", fmt.Errorf("invalid %s: want a string", key)
+		return "", &bodyTypeError{fmt.Sprintf("invalid %s: want a string", key)}
 	}
 	return string(field.GetStringBytes()), nil
 }
@@ -468,14 +475,32 @@ func syntaxError(body []byte, err error) error {
 		var v any
 		goErr := json.NewDecoder(bytes.NewReader(body)).Decode(&v)
 		if errors.Is(goErr, io.EOF) {
-			return errors.New("missing request body")
+			return errMissingBody
 		}
 		if goErr != nil {
-			return fmt.Errorf("invalid JSON: %s", goErr)
+			return &bodySyntaxError{"invalid JSON: " + goErr.Error()}
 		}
 	}
-	return fmt.Errorf("invalid JSON: %s", shortParseError(err))
+	return &bodySyntaxError{"invalid JSON: " + shortParseError(err)}
 }
+
+// bodySyntaxError is the error of a body that is empty or not JSON at
+// all, which Ollama's decoder rejects too. The proxy words it itself, with
+// Go's message after "invalid JSON: " where it has one.
+type bodySyntaxError struct{ msg string }
+
+func (e *bodySyntaxError) Error() string { return e.msg }
+
+// bodyTypeError is the error of a body, or of a field that the proxy
+// reads, whose JSON type is not the one that Ollama's request type has, or
+// of a value that Ollama rejects before it looks a model up. Ollama
+// rejects such a body too, and writeBodyError sends its response.
+type bodyTypeError struct{ msg string }
+
+func (e *bodyTypeError) Error() string { return e.msg }
+
+// errMissingBody is Ollama's error for an empty body.
+var errMissingBody error = &bodySyntaxError{"missing request body"}
 
 // maxGoDecode bounds the bodies that syntaxError decodes again, because
 // encoding/json is many times slower than fastjson.

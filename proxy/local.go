@@ -332,7 +332,7 @@ func (s *Server) serveOpenAIModels(ctx *fasthttp.RequestCtx, rt route, rs *reqSt
 				return
 			}
 		}
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, want))
+		writeModelNotFound(ctx, rt, nil, want)
 		return
 	}
 	b := []byte(`{"object":"list","data":[`)

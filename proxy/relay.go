@@ -150,8 +150,18 @@ func isStreamed(h *fasthttp.ResponseHeader) bool {
 // describe its connection or framing, which the proxy sets itself, and the
 // hop-by-hop headers that a proxy removes (RFC 9110 section 7.6.1),
 // including every field that the node's Connection headers name.
+//
+// A response without a Content-Type, such as Ollama's to HEAD or POST on
+// /api/blobs/:digest, gets none from the proxy either.
 func copyResponseHeaders(dst *fasthttp.ResponseHeader, src *fasthttp.ResponseHeader) {
-	dst.SetContentTypeBytes(src.ContentType())
+	// ContentType returns fasthttp's default for a response that has none.
+	src.SetNoDefaultContentType(true)
+	if ct := src.ContentType(); len(ct) > 0 {
+		dst.SetContentTypeBytes(ct)
+	} else {
+		dst.SetNoDefaultContentType(true)
+	}
+	src.SetNoDefaultContentType(false)
 	// A field may come before the Connection header that names it, so a
 	// first pass collects the Connection values. They point into src, and
 	// up to len(connBuf) of them stay on the stack.

@@ -47,12 +47,11 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		s.parsers.Put(p)
 	}
 	if err != nil {
-		writeError(ctx, rt, fasthttp.StatusBadRequest, err.Error())
+		writeBodyError(ctx, rt, ctx.PostBody(), err)
 		return
 	}
 	if f.rawModel == "" {
-		status, msg := missingModelError(rt)
-		writeError(ctx, rt, status, msg)
+		writeModelNotFound(ctx, rt, ctx.PostBody(), "")
 		return
 	}
 	rs.model = f.model
@@ -263,7 +262,7 @@ func (s *Server) report(n *balancer.Node, failure string) {
 func (s *Server) failNoNode(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f fields, err error, last attempt) {
 	switch {
 	case errors.Is(err, balancer.ErrModelNotFound):
-		writeError(ctx, rt, fasthttp.StatusNotFound, notFoundMessage(rt, f.rawModel))
+		writeModelNotFound(ctx, rt, ctx.PostBody(), f.rawModel)
 	case (last.err != nil || last.status != 0) && errors.Is(err, balancer.ErrNoNode):
 		s.failAttempt(ctx, rt, rs, last)
 	case errors.Is(err, errClientGone):

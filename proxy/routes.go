@@ -128,7 +128,9 @@ var (
 // proxy has no route for goes to a node (handleFallback), so that routes
 // of newer Ollama versions keep working, except a path under /v1/models/
 // with more than one segment (see isModelSubpath). A known path with
-// another method gets 405, and every other path 404.
+// another method, OPTIONS included, gets 405, and every other path 404.
+// handle answers some OPTIONS requests before routing (answersOptions),
+// and redirects an unclean path before it classifies it (cleanPathTarget).
 func classify(method, path []byte) route {
 	// p does not escape, so the compiler converts paths of up to 32 bytes
 	// in a stack buffer.
@@ -141,8 +143,6 @@ func classify(method, path []byte) route {
 		return r
 	}
 	switch {
-	case string(method) == "OPTIONS" && (knownPath(p) || isFallbackPath(p)):
-		return routeOptions
 	case knownPath(p):
 		// Counted under the path's own route, so that the metrics show
 		// which route receives a wrong method.
@@ -170,14 +170,18 @@ func exactRoute(method, p string) (route, bool) {
 		if isBlobPath(p) {
 			return routeBlobs, true
 		}
-	case "GET", "HEAD":
+	case "GET":
 		if r, ok := getRoutes[p]; ok {
 			return r, true
 		}
 		if isModelPath(p) {
 			return routeModel, true
 		}
-		if method == "HEAD" && isBlobPath(p) {
+	case "HEAD":
+		if r, ok := getRoutes[p]; ok && servesHead(p) {
+			return r, true
+		}
+		if isBlobPath(p) {
 			return routeBlobs, true
 		}
 	case "DELETE":
@@ -290,21 +294,36 @@ func (r route) operational() bool {
 	return r.how == handleAdmin || r.how == handleMetrics
 }
 
-// allowedMethods returns the Allow header of a known path.
+// servesHead reports whether the GET route of p also serves HEAD. Ollama
+// registers HEAD for /, /api/version and /api/tags only (and for blobs,
+// which have no GET), so HEAD on its other GET routes gets 405. The
+// proxy's own probes and metrics serve HEAD too.
+func servesHead(p string) bool {
+	switch p {
+	case "/", "/api/version", "/api/tags", "/metrics", "/healthz", "/readyz":
+		return true
+	}
+	return false
+}
+
+// allowedMethods returns the Allow header of a known path, as gin writes
+// it in Ollama's 405: the methods that serve the path, in the order in
+// which Ollama's router first registered each method (HEAD, GET, POST,
+// DELETE), joined by ", ".
 func allowedMethods(path []byte) string {
 	p := string(path)
 	var methods []string
+	if servesHead(p) || isBlobPath(p) {
+		methods = append(methods, "HEAD")
+	}
 	if _, ok := getRoutes[p]; ok || isModelPath(p) {
-		methods = append(methods, "GET", "HEAD")
+		methods = append(methods, "GET")
 	}
 	if _, ok := postRoutes[p]; ok || isBlobPath(p) {
 		methods = append(methods, "POST")
 	}
-	if isBlobPath(p) {
-		methods = append(methods, "HEAD")
-	}
 	if p == "/api/delete" {
 		methods = append(methods, "DELETE")
 	}
-	return strings.Join(append(methods, "OPTIONS"), ", ")
+	return strings.Join(methods, ", ")
 }

@@ -340,9 +340,9 @@ func (s *Server) AdminHandler() fasthttp.RequestHandler {
 // Handler returns the request handler, for tests and embedding.
 func (s *Server) Handler() fasthttp.RequestHandler { return s.handle }
 
-// handle is the request pipeline. It classifies the request, applies the
-// Host, CORS and API key checks, then serves the route locally, from one
-// node, or from every node concerned.
+// handle is the request pipeline. It redirects an unclean path, classifies
+// the request, applies the Host, CORS and API key checks, then serves the
+// route locally, from one node, or from every node concerned.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	defer releaseLargeBody(ctx)
 	defer s.limitWrite(ctx)
@@ -356,15 +356,31 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.closeUnread(ctx)
 		return
 	}
+	if target, ok := cleanPathTarget(ctx); ok {
+		// Go's ServeMux, in front of Ollama's router, redirects before
+		// any check of Ollama's runs.
+		rs := s.begin(ctx, routeRedirect)
+		writeRedirect(ctx, target, fasthttp.StatusMovedPermanently)
+		s.endUnread(ctx, rs, head.denied)
+		return
+	}
 	rt := s.routeOf(ctx.Method(), ctx.Path())
 	rs := s.begin(ctx, rt)
 	token := rs.gen.Load()
-	if !checkHost(ctx, s.config().Listen) || !s.applyCORS(ctx, rt) ||
-		(rt.api() && !s.identify(ctx, rt, rs)) {
-		if head.denied {
-			s.closeUnread(ctx)
-		}
-		s.end(rs)
+	listen := s.config().Listen
+	if !checkHost(ctx, listen) || !s.applyCORS(ctx) {
+		s.endUnread(ctx, rs, head.denied)
+		return
+	}
+	if ctx.IsOptions() && answersOptions(ctx, listen) {
+		rs.route = routeOptions
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		ctx.Response.Header.SetNoDefaultContentType(true)
+		s.endUnread(ctx, rs, head.denied)
+		return
+	}
+	if rt.api() && !s.identify(ctx, rt, rs) {
+		s.endUnread(ctx, rs, head.denied)
 		return
 	}
 	if head.denied {
@@ -407,8 +423,6 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.serveFallback(ctx, rt, rs)
 	case handleRedirect:
 		serveRedirect(ctx)
-	case handleOptions:
-		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	case handleAdmin:
 		s.serveAdmin(ctx, rt)
 	case handleMetrics:
@@ -419,14 +433,24 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case handleReadyz:
 		s.serveReady(ctx)
 	case handleMethodNotAllowed:
-		rt.family = familyOfPath(ctx.Path())
+		// gin's text, on every route family alike: Ollama's /v1
+		// middleware runs only once a route matched.
 		ctx.Response.Header.Set("Allow", allowedMethods(ctx.Path()))
-		writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
-			"method "+string(ctx.Method())+" not allowed on "+string(ctx.Path()))
+		writeRouterError(ctx, fasthttp.StatusMethodNotAllowed, "405 method not allowed")
 	default:
 		s.serveNotFound(ctx, rt)
 	}
 	s.endHandled(rs, token)
+}
+
+// endUnread ends a request that handle answered before reading its body.
+// When receiveHeader dropped the body, the connection closes after the
+// response (see closeUnread).
+func (s *Server) endUnread(ctx *fasthttp.RequestCtx, rs *reqState, bodyDropped bool) {
+	if bodyDropped {
+		s.closeUnread(ctx)
+	}
+	s.end(rs)
 }
 
 // routeOf classifies a request on the main listener, where the admin
@@ -439,16 +463,19 @@ func (s *Server) routeOf(method, path []byte) route {
 	return rt
 }
 
-func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, rt route) {
-	if family := familyOfPath(ctx.Path()); family != apiOllama {
-		writeError(ctx, route{family: family}, fasthttp.StatusNotFound,
-			"unknown path "+string(ctx.Path()))
-		return
-	}
-	// Ollama's router responds to unknown paths with this plain text.
-	ctx.SetStatusCode(fasthttp.StatusNotFound)
+// serveNotFound sends the 404 of Ollama's router (gin) for a path that no
+// route serves, the same text under /v1/ as elsewhere.
+func (s *Server) serveNotFound(ctx *fasthttp.RequestCtx, _ route) {
+	writeRouterError(ctx, fasthttp.StatusNotFound, "404 page not found")
+}
+
+// writeRouterError writes an error of gin's router itself, a 404 or 405,
+// as plain text with gin's Content-Type, which has no charset.
+func writeRouterError(ctx *fasthttp.RequestCtx, status int, text string) {
+	ctx.Response.ResetBody()
+	ctx.SetStatusCode(status)
 	ctx.SetContentType("text/plain")
-	ctx.SetBodyString("404 page not found")
+	ctx.SetBodyString(text)
 }
 
 // handleParseError responds to requests that fasthttp could not read. A
@@ -483,8 +510,8 @@ func (s *Server) respondParseError(ctx *fasthttp.RequestCtx, err error, head pen
 			if complete {
 				rt = classify(m, path)
 			}
-			// Like serveNotFound, any /v1/ path gets its family's shape,
-			// also when the quote cut it off and its route is unknown.
+			// Any /v1/ path gets its family's shape, also when the quote
+			// cut it off and its route is unknown.
 			if rt.family == apiOllama {
 				rt.family = familyOfPath(path)
 			}

@@ -176,12 +176,13 @@ func (s *Server) decodeZstdBody(ctx *fasthttp.RequestCtx, rt route) bool {
 				" bytes ("+source+")")
 		return false
 	case errors.Is(err, zstd.ErrWindowSizeExceeded):
-		writeError(ctx, rt, fasthttp.StatusBadRequest,
+		// Ollama's middleware rejects a body it cannot decompress itself.
+		writeEarlyError(ctx, rt, fasthttp.StatusBadRequest,
 			"invalid zstd request body (Content-Encoding: zstd): its window exceeds "+
 				strconv.Itoa(zstdMaxWindow>>20)+" MiB; compress at level 19 or lower")
 		return false
 	case err != nil:
-		writeError(ctx, rt, fasthttp.StatusBadRequest,
+		writeEarlyError(ctx, rt, fasthttp.StatusBadRequest,
 			"invalid zstd request body (Content-Encoding: zstd): "+err.Error())
 		return false
 	}

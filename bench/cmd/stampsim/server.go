@@ -325,8 +325,10 @@ const busyMessage = "server busy, please try again.  maximum pending requests ex
 
 var (
 	busyAPIBody    = []byte(`{"error":"` + busyMessage + `"}`)
+	// Ollama's /v1 middleware writes a handler's error with json.Encoder,
+	// which ends it with a newline.
 	busyOpenAIBody = []byte(`{"error":{"message":"` + busyMessage +
-		`","type":"api_error","param":null,"code":null}}`)
+		`","type":"api_error","param":null,"code":null}}` + "\n")
 )
 
 // writeBusy sends 503 "server busy" in the error shape of the route, and
