@@ -171,6 +171,9 @@ func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 		Framing:  framing, Length: length,
 		Idle: ex.idle,
 		Data: r.consume,
+		// The same bound as the line by line relay, whose buffer holds the
+		// start of a line or event.
+		Whole: r.unit(), MaxHeld: relayBufferSize,
 	})
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/streamloop"
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
@@ -301,8 +302,10 @@ type streamBody interface {
 }
 
 // relay reads a streamed response from a node line by line and gives each
-// line to fasthttp as it arrives. It reads the final line for accounting
-// and ends a broken stream with an error in the stream's own format.
+// line to fasthttp once it is whole, and on an SSE stream once its event
+// is whole. It reads the final line for accounting and ends a broken
+// stream with an error in the stream's own format, after the last whole
+// line or event.
 type relay struct {
 	s  *Server
 	rt route
@@ -325,6 +328,11 @@ type relay struct {
 	br      *bufio.Reader
 	pending []byte // the part of a line that did not fit the caller's buffer
 	pendBuf []byte
+	// ahead is the number of buffered bytes that Read may send: whole
+	// lines or events, or what fillWhole lets go as it is. eof is set once
+	// the node's body ended.
+	ahead int
+	eof   bool
 	// tail contains the last bytes sent to the client, so that the error
 	// that ends a broken stream can first close an open line or SSE event.
 	// It starts as blank lines, as if an event had just ended.
@@ -349,8 +357,11 @@ type relay struct {
 }
 
 // relayBufferSize is the maximum number of bytes that a relay reads ahead
-// of the client. Ollama's stream lines are a few hundred bytes, and a longer
-// line passes in pieces.
+// of the client, and so the longest start of a line or SSE event that it
+// holds back until the rest arrives. Ollama's stream lines are a few
+// hundred bytes. A longer line, such as the final line of /api/generate
+// with its context, passes in pieces, and a stream cut inside it leaves
+// the client part of that line before the error.
 const relayBufferSize = 8 << 10
 
 var relayPool = sync.Pool{New: func() any {
@@ -366,6 +377,7 @@ func (r *relay) reset(body io.Reader) {
 		r.attach(body)
 	}
 	r.pending, r.tail, r.sent, r.done, r.failed = nil, blankTail, false, false, nil
+	r.ahead, r.eof = 0, false
 	r.client, r.overlong = nil, false
 	r.loopBuf, r.partial = r.loopBuf[:0], r.partial[:0]
 }
@@ -447,56 +459,101 @@ func (r *relay) readLine(p []byte) (int, error) {
 	if r.done {
 		return 0, io.EOF
 	}
-	line, err := r.br.ReadSlice('\n')
-	if len(line) > 0 {
-		if err == nil {
-			r.observe(line)
-			if isContentLine(line) {
-				r.chunks++
-			}
-		}
-		if r.f.store != nil {
-			_, _ = r.f.store.agg.Write(line)
-		}
-		n := copy(p, line)
-		if n < len(line) {
-			r.keepPending(line[n:])
-		} else if r.sse && err == nil {
-			n += r.eventEnd(p[n:], line)
-		}
-		r.markSent(p[:n])
+	if r.ahead == 0 {
+		err := r.fillWhole()
 		if err == io.EOF {
 			r.done = true
+			return 0, io.EOF
 		}
-		return n, nil
+		if err != nil {
+			// The start of a line or event that the node did not finish
+			// stays in the buffer, unsent.
+			return r.fail(p, err)
+		}
 	}
-	if err == io.EOF {
-		r.done = true
-		return 0, io.EOF
+	buf, _ := r.br.Peek(r.ahead)
+	line := buf
+	if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+		line = buf[:i+1]
 	}
-	return r.fail(p, err)
+	if line[len(line)-1] == '\n' {
+		r.observe(line)
+		if isContentLine(line) {
+			r.chunks++
+		}
+	}
+	if r.f.store != nil {
+		_, _ = r.f.store.agg.Write(line)
+	}
+	n := copy(p, line)
+	used := n
+	if n < len(line) {
+		r.keepPending(line[n:])
+		used = len(line)
+	} else if r.sse {
+		n += r.eventEnd(p[n:], line, buf[n:])
+		used = n
+	}
+	_, _ = r.br.Discard(used)
+	r.ahead -= used
+	r.markSent(p[:n])
+	return n, nil
+}
+
+// fillWhole reads from the node until the buffer holds a whole line, or
+// on an SSE stream a whole event, and sets ahead to the bytes that Read
+// may send. A full buffer, or the rest of a body that ended normally, goes
+// as it is. It returns io.EOF when the body ended and nothing is left, and
+// the read's error when the node failed.
+func (r *relay) fillWhole() error {
+	unit := r.unit()
+	for {
+		n := r.br.Buffered()
+		buf, _ := r.br.Peek(n)
+		if whole := unit.WholeLen(buf); whole > 0 {
+			r.ahead = whole
+			return nil
+		}
+		if n == r.br.Size() || (r.eof && n > 0) {
+			r.ahead = n
+			return nil
+		}
+		if r.eof {
+			return io.EOF
+		}
+		// bufio returns a read's error only once the bytes that came
+		// with it are buffered, so the whole lines before it go first.
+		if _, err := r.br.Peek(n + 1); err == io.EOF {
+			r.eof = true
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
+// unit returns the piece of the stream that the relay sends only whole:
+// SSE events or NDJSON lines.
+func (r *relay) unit() streamloop.Unit {
+	if r.sse {
+		return streamloop.Events
+	}
+	return streamloop.Lines
 }
 
 // eventEnd moves the blank line that ends an SSE event into p, after the
-// event's data line, when the node's write of the event has brought it
-// already. The event then leaves in one write instead of two, and a client
-// can act on it only at the blank line anyway. It looks only at bytes
-// already buffered, so it never reads from the node, and returns the
-// number of bytes moved.
-func (r *relay) eventEnd(p, line []byte) int {
+// event's data line, when next, the bytes after the line that Read may
+// send, starts with it. The event then leaves in one write instead of
+// two, and a client can act on it only at the blank line anyway. It
+// returns the number of bytes moved.
+func (r *relay) eventEnd(p, line, next []byte) int {
 	if len(line) <= 2 && (line[0] == '\n' || line[0] == '\r') {
 		return 0 // the line itself is blank
 	}
-	end := r.br.Buffered()
-	if end > 2 {
-		end = 2
-	}
-	next, _ := r.br.Peek(end)
 	var blank []byte
 	switch {
 	case len(next) >= 1 && next[0] == '\n':
 		blank = next[:1]
-	case len(next) == 2 && next[0] == '\r' && next[1] == '\n':
+	case len(next) >= 2 && next[0] == '\r' && next[1] == '\n':
 		blank = next[:2]
 	default:
 		return 0
@@ -508,7 +565,6 @@ func (r *relay) eventEnd(p, line []byte) int {
 	if r.f.store != nil {
 		_, _ = r.f.store.agg.Write(blank)
 	}
-	_, _ = r.br.Discard(n)
 	return n
 }
 

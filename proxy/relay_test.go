@@ -80,12 +80,22 @@ func TestRelaySendsSSEEventInOneRead(t *testing.T) {
 	}
 }
 
-func TestRelayDoesNotWaitForEventEnd(t *testing.T) {
-	// The blank line arrives in a later read of the node's stream: the
-	// data line must not wait for it.
+func TestRelayWaitsForEventEnd(t *testing.T) {
+	// The blank line arrives in a later read of the node's stream, and the
+	// data line waits for it, so that the event leaves whole.
 	src := [][]byte{[]byte("data: {\"a\":1}\n"), []byte("\n"), []byte("data: [DONE]\n\n")}
 	got := readAll(t, newTestRelay(&chunkReader{lines: src}, true))
-	want := []string{"data: {\"a\":1}\n", "\n", "data: [DONE]\n\n"}
+	want := []string{"data: {\"a\":1}\n\n", "data: [DONE]\n\n"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("reads %q, want %q", got, want)
+	}
+}
+
+func TestRelayWaitsForLineEnd(t *testing.T) {
+	src := [][]byte{[]byte(`{"a":1}` + "\n" + `{"b"`), []byte(`:2}` + "\n"), []byte(`{"c":3}`)}
+	got := readAll(t, newTestRelay(&chunkReader{lines: src}, false))
+	// The last line has no newline, and the body's normal end sends it.
+	want := []string{`{"a":1}` + "\n", `{"b":2}` + "\n", `{"c":3}`}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("reads %q, want %q", got, want)
 	}
@@ -109,29 +119,40 @@ func TestRelaySplitsLongLine(t *testing.T) {
 }
 
 func TestRelayEndsBrokenStreamWithErrorLine(t *testing.T) {
-	for _, sse := range []bool{false, true} {
-		body := io.MultiReader(strings.NewReader(`{"partial":`), errReader{io.ErrUnexpectedEOF})
-		r := newTestRelay(body, sse)
-		r.s = &Server{}
-		buf := make([]byte, 4096)
-		var out []byte
-		for {
-			n, err := r.Read(buf)
-			out = append(out, buf[:n]...)
-			if err == io.EOF {
-				break
+	cases := []struct {
+		name       string
+		sse        bool
+		whole, cut string
+		errorLine  string
+	}{
+		{"ndjson", false, `{"a":1}` + "\n", `{"partial":`,
+			`{"error":"node n failed during the response: unexpected EOF"}` + "\n"},
+		{"sse", true, "data: {\"a\":1}\n\n", "data: {\"partial\":1}\n",
+			`data: {"error":{"message":"node n failed during the response: unexpected EOF",` +
+				`"type":"api_error","param":null,"code":null}}` + "\n\n"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			body := io.MultiReader(strings.NewReader(c.whole+c.cut), errReader{io.ErrUnexpectedEOF})
+			r := newTestRelay(body, c.sse)
+			buf := make([]byte, 4096)
+			var out []byte
+			for {
+				n, err := r.Read(buf)
+				out = append(out, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
 			}
-			if err != nil {
-				t.Fatal(err)
+			// The cut line or event is dropped, and the error follows the
+			// last whole one.
+			if want := c.whole + c.errorLine; string(out) != want {
+				t.Errorf("output %q, want %q", out, want)
 			}
-		}
-		want := "\n{\"error\":"
-		if sse {
-			want = "\ndata: {\"error\":{"
-		}
-		if !bytes.Contains(out, []byte(want)) {
-			t.Errorf("sse=%v: output %q lacks an error event %q", sse, out, want)
-		}
+		})
 	}
 }
 

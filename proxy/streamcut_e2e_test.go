@@ -103,30 +103,30 @@ var relayPaths = []struct {
 }{{"http11", false}, {"http10", true}}
 
 // sseCutCases are the places where a node cuts an SSE stream after a
-// whole first event. last is the event that the node began, and whole
-// reports whether its data line arrived whole, so that its data still
-// parses.
+// whole first event. last is the event that the node began, and kept is
+// what the client gets of the node's stream: its whole events.
 func sseCutCases(first, last string) []struct {
 	name  string
 	parts []string
-	whole bool
+	kept  string
 } {
 	line := strings.TrimSuffix(last, "\n")
 	return []struct {
 		name  string
 		parts []string
-		whole bool
+		kept  string
 	}{
-		{"after line", []string{first, line}, true},
-		{"mid line", []string{first, line[:len(line)-10]}, false},
-		{"at event end", []string{first, last}, true},
+		{"after line", []string{first, line}, first},
+		{"mid line", []string{first, line[:len(line)-10]}, first},
+		{"at event end", []string{first, last}, first + last},
 	}
 }
 
 // TestSSECutErrorEventStandsAlone has a node cut a streamed
 // /v1/messages and /v1/chat/completions at several places in an event.
-// The error event that the proxy appends must reach the client as an event
-// of its own whose data parses.
+// The client must get the node's whole events, none of the cut one, and
+// the proxy's error event after them as an event of its own whose data
+// parses.
 func TestSSECutErrorEventStandsAlone(t *testing.T) {
 	anthropicFirst := "event: message_start\ndata: " +
 		`{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m",` +
@@ -180,22 +180,22 @@ func TestSSECutErrorEventStandsAlone(t *testing.T) {
 				t.Run(rt.name+"/"+cut.name+"/"+rp.name, func(t *testing.T) {
 					addr := cutStreamProxy(t, sseHead, cut.parts...)
 					body := postStream(t, addr, rt.path, rt.body, rp.http10)
-					sent := strings.Join(cut.parts, "")
-					rest, ok := strings.CutPrefix(body, sent)
+					rest, ok := strings.CutPrefix(body, cut.kept)
 					if !ok {
-						t.Fatalf("body %q does not start with the node's bytes %q", body, sent)
+						t.Fatalf("body %q does not start with the node's whole events %q", body, cut.kept)
 					}
-					if cut.name == "at event end" && strings.HasPrefix(rest, "\n") {
-						t.Errorf("after a whole event, the error %q starts with a blank line", rest)
+					if !strings.HasPrefix(rest, "data: ") && !strings.HasPrefix(rest, "event: ") {
+						t.Errorf("after the whole events, %q does not start the error event", rest)
 					}
-					// The node's two events, the second possibly cut, and the
-					// error event.
+					// The node's whole events and the error event.
 					events := parseSSE(body)
-					if len(events) != 3 {
-						t.Fatalf("body %q parses to %d events %q, want 3", body, len(events), events)
+					if want := len(parseSSE(cut.kept)) + 1; len(events) != want {
+						t.Fatalf("body %q parses to %d events %q, want %d", body, len(events), events, want)
 					}
-					if cut.whole && !json.Valid([]byte(events[1].data)) {
-						t.Errorf("the node's last event has data %q, want the node's JSON alone", events[1].data)
+					for _, e := range events[:len(events)-1] {
+						if !json.Valid([]byte(e.data)) {
+							t.Errorf("the node's event has data %q, want the node's JSON alone", e.data)
+						}
 					}
 					last := events[len(events)-1]
 					if last.name != rt.errorName {
@@ -209,7 +209,8 @@ func TestSSECutErrorEventStandsAlone(t *testing.T) {
 }
 
 // TestNDJSONCutErrorOnOwnLine has a node cut a streamed /api/chat
-// in the middle of a line. The error line must start on a line of its own.
+// in the middle of a line. The cut line is dropped, and the error line
+// follows the node's whole line.
 func TestNDJSONCutErrorOnOwnLine(t *testing.T) {
 	first, second := chatLine("one", false), chatLine("two", false)
 	cutAt := len(second) / 2
@@ -218,17 +219,17 @@ func TestNDJSONCutErrorOnOwnLine(t *testing.T) {
 			addr := cutStreamProxy(t, chunkedHead, first, second[:cutAt])
 			body := postStream(t, addr, "/api/chat", strings.Replace(chatBody, `"stream":false`, `"stream":true`, 1), rp.http10)
 			lines := strings.Split(strings.TrimSuffix(body, "\n"), "\n")
-			if len(lines) != 3 {
-				t.Fatalf("body %q has %d lines, want 3: the node's line, its cut line and the error", body, len(lines))
+			if len(lines) != 2 {
+				t.Fatalf("body %q has %d lines, want 2: the node's whole line and the error", body, len(lines))
 			}
-			if lines[1] != second[:cutAt] {
-				t.Errorf("second line %q, want the node's cut line %q", lines[1], second[:cutAt])
+			if lines[0]+"\n" != first {
+				t.Errorf("first line %q, want the node's whole line %q", lines[0], first)
 			}
 			var e struct {
 				Error string `json:"error"`
 			}
-			if err := json.Unmarshal([]byte(lines[2]), &e); err != nil {
-				t.Fatalf("last line %q is not JSON: %v", lines[2], err)
+			if err := json.Unmarshal([]byte(lines[1]), &e); err != nil {
+				t.Fatalf("last line %q is not JSON: %v", lines[1], err)
 			}
 			if !strings.Contains(e.Error, "node cutter failed during the response") {
 				t.Errorf("error %q does not name the node that failed", e.Error)

@@ -280,7 +280,7 @@ func (l *loop) add(h *Handle) {
 		return
 	}
 	if len(h.s.Buffered) > 0 {
-		l.relay(h, h.s.Buffered)
+		l.relay(h, h.s.Buffered, false)
 		h.s.Buffered = nil
 	} else if h.dec.Done() {
 		l.finish(h, nil)
@@ -302,7 +302,7 @@ func (l *loop) nodeEvent(h *Handle) {
 		return
 	case n == 0:
 		if h.s.Framing == UntilClose {
-			l.finish(h, nil)
+			l.relay(h, nil, true)
 			return
 		}
 		l.finish(h, &NodeError{Err: errors.New("node closed the connection before the end of the body")})
@@ -312,13 +312,24 @@ func (l *loop) nodeEvent(h *Handle) {
 	if n == len(l.readBuf) {
 		l.fullRead = true
 	}
-	l.relay(h, l.readBuf[:n])
+	l.relay(h, l.readBuf[:n], false)
 }
 
 // relay decodes in and sends its payload to the client as one chunk.
-func (l *loop) relay(h *Handle, in []byte) {
-	frame := l.frameBuf[:frameHeadroom]
+// closed is set when the node closed a body framed by the connection's
+// end, after in. Until the body ends, the payload after the last whole
+// unit waits in h.held for the rest of the unit.
+func (l *loop) relay(h *Handle, in []byte, closed bool) {
+	// The held bytes go in front of the new payload. A read that ends
+	// where a unit ends, as Ollama writes one line per chunk, leaves
+	// nothing held, so nothing is copied here.
+	frame := append(l.frameBuf[:frameHeadroom], h.held...)
+	h.held = h.held[:0]
 	frame, extra, err := h.dec.Decode(in, frame)
+	end := err == nil && (closed || h.dec.Done())
+	if !end {
+		frame = holdBack(h, frame)
+	}
 	payload := frame[frameHeadroom:]
 	if extra > 0 {
 		h.reusable = false
@@ -338,12 +349,25 @@ func (l *loop) relay(h *Handle, in []byte) {
 	switch {
 	case err != nil:
 		l.finish(h, &NodeError{Err: err})
-	case h.dec.Done():
+	case end:
 		h.ended = true
 		if len(h.unsent) == 0 {
 			l.finish(h, nil)
 		}
 	}
+}
+
+// holdBack moves the payload after the last whole unit from frame to
+// h.held and returns the frame without it. A part of a unit of MaxHeld
+// bytes or more stays in the frame.
+func holdBack(h *Handle, frame []byte) []byte {
+	payload := frame[frameHeadroom:]
+	whole := h.s.Whole.WholeLen(payload)
+	if rest := len(payload) - whole; rest > 0 && rest < h.s.MaxHeld {
+		h.held = append(h.held, payload[whole:]...)
+		return frame[:frameHeadroom+whole]
+	}
+	return frame
 }
 
 // callData passes payload to the stream's Data function. A panic there

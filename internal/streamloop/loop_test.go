@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -221,6 +222,104 @@ func TestLoopFramings(t *testing.T) {
 	}
 }
 
+// frame returns payload as one HTTP chunk.
+func frame(payload string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(payload), payload) }
+
+func TestLoopHoldsPartUnit(t *testing.T) {
+	cases := []struct {
+		name  string
+		unit  Unit
+		parts []string // each sent as one chunk, and then the node closes
+		reads []string // the chunks that the client reads, one per part
+		held  string   // the bytes still held when the node closes
+	}{
+		{"lines", Lines, []string{"one\ntw", "o\nthr"}, []string{"one\n", "two\n"}, "thr"},
+		{"events", Events, []string{"data: a\n\ndata: b\n", "\nevent: c\n"},
+			[]string{"data: a\n\n", "data: b\n\n"}, "event: c\n"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t)
+			r.start(t, Stream{Framing: Chunked, Whole: c.unit, MaxHeld: 64, Idle: 5 * time.Second})
+			for i, part := range c.parts {
+				r.writeNode(t, frame(part))
+				got, err := readChunk(r.clientReader)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != c.reads[i] {
+					t.Errorf("after part %q the client read %q, want %q", part, got, c.reads[i])
+				}
+			}
+			_ = r.node.CloseWrite()
+			res := r.wait(t)
+			var nodeErr *NodeError
+			if !errors.As(res.Err, &nodeErr) {
+				t.Fatalf("error %v, want a NodeError", res.Err)
+			}
+			if body := r.readBody(t); len(body) != 0 {
+				t.Errorf("client read %q after the node closed, want nothing of the held %q", body, c.held)
+			}
+			if got, want := r.observed.String(), strings.Join(c.reads, ""); got != want {
+				t.Errorf("Data saw %q, want only the bytes sent %q", got, want)
+			}
+		})
+	}
+}
+
+func TestLoopSendsHeldBytesAtBodyEnd(t *testing.T) {
+	cases := []struct {
+		name     string
+		framing  Framing
+		length   int64
+		node     string
+		closeOut bool
+	}{
+		{"chunked", Chunked, 0, frame("a\n") + frame("b") + "0\r\n\r\n", false},
+		{"length", Length, 3, "a\nb", false},
+		{"until close", UntilClose, 0, "a\nb", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t)
+			r.start(t, Stream{Framing: c.framing, Length: c.length, Whole: Lines, MaxHeld: 64})
+			r.writeNode(t, c.node)
+			if c.closeOut {
+				_ = r.node.CloseWrite()
+			}
+			if res := r.wait(t); res.Err != nil {
+				t.Fatalf("stream ended with %v", res.Err)
+			}
+			if body := string(r.readBody(t)); body != "a\nb" {
+				t.Errorf("client read %q, want %q with the last line that has no newline", body, "a\nb")
+			}
+		})
+	}
+}
+
+func TestLoopHoldsBoundedPart(t *testing.T) {
+	r := newRig(t)
+	r.start(t, Stream{Framing: Chunked, Whole: Lines, MaxHeld: 8, Idle: 5 * time.Second})
+	// A part line of 8 bytes reaches MaxHeld and goes at once. A shorter
+	// part waits for the rest of its line.
+	for _, c := range []struct{ part, read string }{
+		{"abcdefgh", "abcdefgh"},
+		{"ij\nklm", "ij\n"},
+		{"nopqrstu\n", "klmnopqrstu\n"},
+	} {
+		r.writeNode(t, frame(c.part))
+		got, err := readChunk(r.clientReader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.read {
+			t.Errorf("after part %q the client read %q, want %q", c.part, got, c.read)
+		}
+	}
+	r.handle.Cancel()
+	r.wait(t)
+}
+
 func TestLoopNodeFailures(t *testing.T) {
 	cases := []struct {
 		name   string
@@ -388,7 +487,9 @@ func TestLoopStalledClient(t *testing.T) {
 func BenchmarkLoopChunk(b *testing.B) {
 	r := newRig(b)
 
-	h, err := Start(Stream{Framing: Chunked, Src: fdOf(b, r.src), Dst: fdOf(b, r.dst), Data: func([]byte) {}})
+	// The stream holds back part lines as the proxy's streams do.
+	h, err := Start(Stream{Framing: Chunked, Src: fdOf(b, r.src), Dst: fdOf(b, r.dst), Data: func([]byte) {},
+		Whole: Lines, MaxHeld: 8 << 10})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -33,6 +33,15 @@ type Stream struct {
 	// goroutine, so it must not block. The slice is valid only during the
 	// call.
 	Data func([]byte)
+	// Whole is the unit that the loop sends only whole. The payload after
+	// the last end of a unit waits for the rest of the unit, and the
+	// stream's failure drops it. At the end of the body it goes as it is.
+	// AnyBytes, the zero value, holds nothing back.
+	Whole Unit
+	// MaxHeld bounds the payload held back for Whole: a part of a unit
+	// that reaches MaxHeld bytes goes out as it is. Zero holds nothing
+	// back.
+	MaxHeld int
 }
 
 // Result is the outcome of a stream.
@@ -81,7 +90,8 @@ type Handle struct {
 	stalledSince time.Time // last progress of the client while unsent is not empty
 	queued       int       // the client socket's send queue at stalledSince
 	unsent       []byte
-	ended        bool // the body is complete, possibly with bytes unsent
+	held         []byte // the start of a unit that the next read continues
+	ended        bool   // the body is complete, possibly with bytes unsent
 	finished     bool
 	registered   bool
 	reusable     bool
