@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"html"
 	"net/http"
 	"net/url"
@@ -26,10 +27,15 @@ import (
 // 301 except CONNECT, whose path it leaves alone. ok is false for a clean
 // path.
 func cleanPathTarget(ctx *fasthttp.RequestCtx) (target string, ok bool) {
-	raw := string(ctx.URI().PathOriginal())
-	if ctx.IsConnect() || !strings.HasPrefix(raw, "/") {
+	original := ctx.URI().PathOriginal()
+	// Only an empty, "." or ".." segment makes a path that starts with a
+	// slash unclean, and each needs "//" or "/." in it. The check spares
+	// the usual clean path a copy.
+	if ctx.IsConnect() || len(original) == 0 || original[0] != '/' ||
+		!bytes.Contains(original, []byte("//")) && !bytes.Contains(original, []byte("/.")) {
 		return "", false
 	}
+	raw := string(original)
 	clean := path.Clean(raw)
 	if strings.HasSuffix(raw, "/") && clean != "/" {
 		clean += "/"
