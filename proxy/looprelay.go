@@ -173,7 +173,7 @@ func (r *relay) startLoop(dst int) (*streamloop.Handle, error) {
 		Data: r.consume,
 		// The same bound as the line by line relay, whose buffer holds the
 		// start of a line or event.
-		Whole: r.unit(), MaxHeld: relayBufferSize,
+		Whole: r.unit(), MaxHeld: maxHeldUnit,
 	})
 	if err != nil {
 		return nil, err

@@ -325,7 +325,9 @@ type relay struct {
 	chunks         int64
 	promptEstimate int64
 
-	br      *bufio.Reader
+	br *bufio.Reader
+	// src is the body that br reads, kept for growBuffer.
+	src     io.Reader
 	pending []byte // the part of a line that did not fit the caller's buffer
 	pendBuf []byte
 	// ahead is the number of buffered bytes that Read may send: whole
@@ -356,13 +358,19 @@ type relay struct {
 	overlong bool
 }
 
-// relayBufferSize is the maximum number of bytes that a relay reads ahead
-// of the client, and so the longest start of a line or SSE event that it
-// holds back until the rest arrives. Ollama's stream lines are a few
-// hundred bytes. A longer line, such as the final line of /api/generate
-// with its context, passes in pieces, and a stream cut inside it leaves
-// the client part of that line before the error.
+// relayBufferSize is the size of a relay's read buffer, which holds the
+// bytes read ahead of the client. Ollama's stream lines are a few hundred
+// bytes.
 const relayBufferSize = 8 << 10
+
+// maxHeldUnit is the longest start of a line or SSE event that a relay
+// holds back until the rest arrives. The final line of /api/generate
+// carries the context, at about 5 to 7 bytes per token (an estimate from
+// its JSON numbers), so 1 MiB covers some 150,000 tokens. A longer line
+// passes in pieces, and a stream cut inside it leaves the client part of
+// that line before the error. The Ollama Go client (v0.17.4) reads lines
+// of up to 8 MB.
+const maxHeldUnit = 1 << 20
 
 var relayPool = sync.Pool{New: func() any {
 	return new(relay)
@@ -384,10 +392,11 @@ func (r *relay) reset(body io.Reader) {
 
 // attach makes the relay read the stream from body.
 func (r *relay) attach(body io.Reader) {
-	if r.br == nil {
+	if r.br == nil || r.br.Size() != relayBufferSize {
 		r.br = bufio.NewReaderSize(nil, relayBufferSize)
 	}
-	r.br.Reset(readerOnly{body})
+	r.src = readerOnly{body}
+	r.br.Reset(r.src)
 }
 
 // keepPending stores b as the bytes still to be copied out by Read.
@@ -514,6 +523,10 @@ func (r *relay) fillWhole() error {
 			r.ahead = whole
 			return nil
 		}
+		if n == r.br.Size() && n < maxHeldUnit && !r.eof {
+			r.growBuffer()
+			continue
+		}
 		if n == r.br.Size() || (r.eof && n > 0) {
 			r.ahead = n
 			return nil
@@ -529,6 +542,17 @@ func (r *relay) fillWhole() error {
 			return err
 		}
 	}
+}
+
+// growBuffer replaces the full read buffer with one twice its size, up to
+// maxHeldUnit, that starts with the bytes buffered so far, for the rest
+// of a line or event longer than the buffer. attach puts a buffer of the
+// usual size back for the next stream.
+func (r *relay) growBuffer() {
+	buf, _ := r.br.Peek(r.br.Buffered())
+	start := bytes.Clone(buf)
+	r.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(start), r.src),
+		min(2*r.br.Size(), maxHeldUnit))
 }
 
 // unit returns the piece of the stream that the relay sends only whole:
@@ -767,9 +791,14 @@ func (r *relay) Close() error {
 	}
 	s := r.s
 	r.s, r.rs, r.lease, r.ex, r.watch, r.client = nil, nil, nil, nil, nil, nil
+	if r.br != nil && r.br.Size() != relayBufferSize {
+		// A buffer grown for a long line is not pooled.
+		r.br = nil
+	}
 	if r.br != nil {
 		r.br.Reset(nil)
 	}
+	r.src = nil
 	r.loop = false
 	token := r.token
 	relayPool.Put(r)

@@ -527,3 +527,79 @@ func TestOpenAIClientGetsCutStreamError(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamLongLineWhole has a node send a line or event of 300 KB, far
+// longer than either relay's read buffer, in chunks of 20 KB. Cut after
+// two thirds, the client must get none of it, only the error after the
+// whole units before it. Finished after a pause, it must arrive whole.
+func TestStreamLongLineWhole(t *testing.T) {
+	long := strings.Repeat("A", 300_000)
+	formats := []struct {
+		streamFormat
+		longUnit string
+	}{
+		{streamFormats[0], chatLine(long, false)},
+		{streamFormats[1], openAIChunk(long)},
+	}
+	// pieces frames unit as chunks of 20 KB.
+	pieces := func(unit string) []string {
+		var out []string
+		for len(unit) > 20_000 {
+			out = append(out, chunk(unit[:20_000]))
+			unit = unit[20_000:]
+		}
+		return append(out, chunk(unit))
+	}
+	for _, f := range formats {
+		for _, finished := range []bool{false, true} {
+			for _, rp := range relayPaths {
+				name := f.name + "/cut/" + rp.name
+				if finished {
+					name = f.name + "/finished/" + rp.name
+				}
+				t.Run(name, func(t *testing.T) {
+					released, release := releaseOnce(t)
+					p := wholeProxy(t, 5*time.Second, func(conn net.Conn) {
+						parts := pieces(f.longUnit)
+						cut := len(parts) * 2 / 3
+						_, _ = io.WriteString(conn, chunkedHeadOf(f.contentType)+chunk(f.units[0]))
+						for _, part := range parts[:cut] {
+							_, _ = io.WriteString(conn, part)
+						}
+						<-released
+						if finished {
+							for _, part := range parts[cut:] {
+								_, _ = io.WriteString(conn, part)
+							}
+							_, _ = io.WriteString(conn, chunk(f.units[1])+"0\r\n\r\n")
+						}
+					})
+					reads := openStream(t, p.Addr(), f.path, f.body, rp.http10)
+					if body := readAtLeast(reads, len(f.units[0])); body != f.units[0] {
+						t.Fatalf("client read %.200q first, want the whole unit %q", body, f.units[0])
+					}
+					// The client must not get the start of the long unit
+					// while the rest is still missing.
+					time.Sleep(200 * time.Millisecond)
+					release()
+					rest := readToEnd(reads)
+					if finished {
+						if want := f.longUnit + f.units[1]; rest != want {
+							t.Errorf("after the first unit the client read %d bytes (%.100q...), "+
+								"want the long unit whole and the last one, %d bytes", len(rest), rest, len(want))
+						}
+						return
+					}
+					if len(rest) > 1000 {
+						t.Fatalf("after the first unit the client read %d bytes (%.100q...), want only an error",
+							len(rest), rest)
+					}
+					msg := f.errorMessage(t, rest)
+					if !strings.HasPrefix(msg, "node cutter failed during the response: ") {
+						t.Errorf("error message %q, want the node's failure", msg)
+					}
+				})
+			}
+		}
+	}
+}

@@ -21,6 +21,11 @@ import (
 // timeout, so a timeout fires up to this much late.
 const scanInterval = 100 * time.Millisecond
 
+// maxKeptHeld is the largest buffer of held bytes that a stream keeps
+// for its next part of a unit. A larger one, grown for a long line, is
+// dropped once the line has gone.
+const maxKeptHeld = 64 << 10
+
 // readBufferSize is the most a loop reads from a node at once. A stream
 // line of Ollama is a few hundred bytes.
 const readBufferSize = 32 << 10
@@ -325,6 +330,9 @@ func (l *loop) relay(h *Handle, in []byte, closed bool) {
 	// nothing held, so nothing is copied here.
 	frame := append(l.frameBuf[:frameHeadroom], h.held...)
 	h.held = h.held[:0]
+	if cap(h.held) > maxKeptHeld {
+		h.held = nil
+	}
 	frame, extra, err := h.dec.Decode(in, frame)
 	end := err == nil && (closed || h.dec.Done())
 	if !end {
