@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,13 +81,62 @@ func (l *listenerAddr) get() net.Addr {
 }
 
 // protocolError is an HTTP/1.x request head that fasthttp accepts and Go's
-// net/http, which Ollama serves with, rejects with status.
+// net/http, which Ollama serves with, rejects with status. msg names the
+// problem in logs. net/http writes these responses itself, before any
+// handler, as plain text (conn.serve in Go 1.26's server.go), so they do
+// not have the route's error shape.
 type protocolError struct {
 	status int
 	msg    string
+	// detailed is set for net/http's statusError, whose status line and
+	// body carry msg after the status text. Otherwise body is the body.
+	detailed bool
+	body     string
 }
 
 func (e *protocolError) Error() string { return e.msg }
+
+// write sets the response that net/http sends for e, with
+// "Connection: close".
+func (e *protocolError) write(ctx *fasthttp.RequestCtx) {
+	ctx.Response.ResetBody()
+	ctx.SetStatusCode(e.status)
+	text, body := fasthttp.StatusMessage(e.status), e.body
+	if e.detailed {
+		text += ": " + e.msg
+		body = strconv.Itoa(e.status) + " " + text
+		ctx.Response.Header.SetStatusMessage([]byte(text))
+	}
+	if e.status == fasthttp.StatusExpectationFailed {
+		// net/http answers an unknown expectation with headers only.
+		ctx.Response.Header.SetNoDefaultContentType(true)
+	} else {
+		ctx.SetContentType("text/plain; charset=utf-8")
+	}
+	ctx.SetBodyString(body)
+	ctx.SetConnectionClose()
+}
+
+// asProtocolError returns err as a *protocolError: one of malformedHead,
+// or fasthttp's rejection of a transfer coding (isTransferCodingError).
+// It returns nil for any other error.
+func asProtocolError(err error) *protocolError {
+	var e *protocolError
+	switch {
+	case errors.As(err, &e):
+		return e
+	case isTransferCodingError(err):
+		return transferCodingError()
+	}
+	return nil
+}
+
+// transferCodingError is net/http's 501 for a transfer coding other than
+// chunked. Its body does not repeat the coding.
+func transferCodingError() *protocolError {
+	return &protocolError{status: fasthttp.StatusNotImplemented, msg: unsupportedTransferCoding,
+		body: "Unsupported transfer encoding"}
+}
 
 // unsupportedTransferCoding is the message of the 501 for a transfer
 // coding other than chunked.
@@ -115,21 +166,24 @@ const unsupportedTransferCoding = "unsupported transfer encoding"
 func malformedHead(h *fasthttp.RequestHeader) *protocolError {
 	spaceInName, transferEncoding := scanFieldNames(h.RawHeaders())
 	if transferEncoding && h.ContentLength() != -1 {
-		return &protocolError{fasthttp.StatusNotImplemented, unsupportedTransferCoding}
+		return transferCodingError()
 	}
 	// fasthttp accepts only "HTTP/d.d".
 	if proto := h.Protocol(); len(proto) != len("HTTP/1.1") || proto[5] != '1' {
-		return &protocolError{fasthttp.StatusHTTPVersionNotSupported, "unsupported protocol version"}
+		return &protocolError{status: fasthttp.StatusHTTPVersionNotSupported,
+			msg: "unsupported protocol version", detailed: true}
 	}
 	if !validHost(h.Host()) {
-		return &protocolError{fasthttp.StatusBadRequest, "malformed Host header"}
+		return &protocolError{status: fasthttp.StatusBadRequest, msg: "malformed Host header", detailed: true}
 	}
 	if spaceInName {
-		return &protocolError{fasthttp.StatusBadRequest, "invalid header name"}
+		// net/http answers a field line it cannot parse with a bare 400.
+		return &protocolError{status: fasthttp.StatusBadRequest, msg: "invalid header name",
+			body: "400 Bad Request"}
 	}
 	if expect := h.Peek("Expect"); len(expect) != 0 && !hasToken(expect, "100-continue") {
-		return &protocolError{fasthttp.StatusExpectationFailed,
-			"unsupported expectation " + quote(string(expect)) + " in Expect, want 100-continue"}
+		return &protocolError{status: fasthttp.StatusExpectationFailed,
+			msg: "unsupported expectation " + quote(string(expect)) + " in Expect, want 100-continue"}
 	}
 	return nil
 }

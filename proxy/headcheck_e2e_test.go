@@ -269,54 +269,57 @@ func TestHeadCheckPassedKeepsContinue(t *testing.T) {
 
 // TestMalformedHeadAsGo sends heads that fasthttp accepts or rejects
 // otherwise than Go's net/http, which Ollama serves with. Each gets
-// net/http's status in the route's error shape at once, reaches no node,
-// counts as one request and closes its connection. HTTP/1.2 is served, as
-// by net/http.
+// net/http's status, status line and plain-text body at once, reaches no
+// node, counts as one request and closes its connection. HTTP/1.2 is
+// served, as by net/http.
 func TestMalformedHeadAsGo(t *testing.T) {
 	show := `{"model":"m"}`
 	length := fmt.Sprintf("Content-Length: %d\r\n", len(show))
+	const unsupportedTE = "Unsupported transfer encoding"
 	cases := []struct {
 		name, requestLine, header, body string
 		status                          int
-		// message is the whole error message.
-		message string
-		nested  bool
+		// reason is the text after the status code in the status line,
+		// and wantBody the whole body, as net/http writes them.
+		reason, wantBody string
 		// requestID is set when the proxy keeps the head, so that the
 		// response and the access log carry the X-Request-Id.
 		requestID bool
 	}{
 		{name: "space in field name", requestLine: "POST /api/show HTTP/1.1",
 			header: "X Custom: 1\r\n" + length, body: show,
-			status: 400, message: "invalid header name", requestID: true},
+			status: 400, reason: "Bad Request", wantBody: "400 Bad Request", requestID: true},
 		{name: "HTTP/9.9", requestLine: "POST /api/show HTTP/9.9", header: length, body: show,
-			status: 505, message: "unsupported protocol version", requestID: true},
+			status: 505, reason: "HTTP Version Not Supported: unsupported protocol version",
+			wantBody: "505 HTTP Version Not Supported: unsupported protocol version", requestID: true},
 		{name: "HTTP/2.0 on /v1", requestLine: "POST /v1/chat/completions HTTP/2.0",
-			header: length, body: show, status: 505, message: "unsupported protocol version",
-			nested: true, requestID: true},
+			header: length, body: show, status: 505,
+			reason:   "HTTP Version Not Supported: unsupported protocol version",
+			wantBody: "505 HTTP Version Not Supported: unsupported protocol version", requestID: true},
 		{name: "identity with length", requestLine: "POST /api/show HTTP/1.1",
 			header: "Transfer-Encoding: identity\r\n" + length, body: show,
-			status: 501, message: "unsupported transfer encoding", requestID: true},
+			status: 501, reason: "Not Implemented", wantBody: unsupportedTE, requestID: true},
 		// Without the 501, the body is read as a second request.
 		{name: "identity without length", requestLine: "POST /api/show HTTP/1.1",
 			header: "Transfer-Encoding: identity\r\n",
 			body:   "GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n",
-			status: 501, message: "unsupported transfer encoding", requestID: true},
+			status: 501, reason: "Not Implemented", wantBody: unsupportedTE, requestID: true},
 		{name: "gzip", requestLine: "POST /api/show HTTP/1.1",
 			header: "Transfer-Encoding: gzip\r\n", body: show,
-			status: 501, message: "unsupported transfer encoding"},
+			status: 501, reason: "Not Implemented", wantBody: unsupportedTE},
 		{name: "chunked before gzip", requestLine: "POST /v1/chat/completions HTTP/1.1",
 			header: "Transfer-Encoding: chunked, gzip\r\n", body: show,
-			status: 501, message: "unsupported transfer encoding", nested: true},
+			status: 501, reason: "Not Implemented", wantBody: unsupportedTE},
 		{name: "two fields", requestLine: "POST /api/show HTTP/1.1",
 			header: "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", body: "0\r\n\r\n",
-			status: 501, message: "unsupported transfer encoding"},
+			status: 501, reason: "Not Implemented", wantBody: unsupportedTE},
 		{name: "quote in host", requestLine: "POST /api/show HTTP/1.1",
 			header: "Host: a\"b\r\n" + length, body: show,
-			status: 400, message: "malformed Host header", requestID: true},
+			status: 400, reason: "Bad Request: malformed Host header",
+			wantBody: "400 Bad Request: malformed Host header", requestID: true},
 		{name: "unknown expectation", requestLine: "POST /api/show HTTP/1.1",
 			header: "Expect: 200-ok\r\n" + length, body: show,
-			status: 417, message: `unsupported expectation "200-ok" in Expect, want 100-continue`,
-			requestID: true},
+			status: 417, reason: "Expectation Failed", wantBody: "", requestID: true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -335,8 +338,18 @@ func TestMalformedHeadAsGo(t *testing.T) {
 			if got.resp.StatusCode != c.status {
 				t.Fatalf("first response %d, want %d (body %q)", got.resp.StatusCode, c.status, got.body)
 			}
-			if msg := shapedErrorMessage(t, got.body, c.nested); msg != c.message {
-				t.Errorf("error message %q, want %q", msg, c.message)
+			if want := fmt.Sprintf("%d %s", c.status, c.reason); got.resp.Status != want {
+				t.Errorf("status line %q, want %q", got.resp.Status, want)
+			}
+			if string(got.body) != c.wantBody {
+				t.Errorf("body %q, want %q", got.body, c.wantBody)
+			}
+			wantType := "text/plain; charset=utf-8"
+			if c.status == http.StatusExpectationFailed {
+				wantType = ""
+			}
+			if ct := got.resp.Header.Get("Content-Type"); ct != wantType {
+				t.Errorf("Content-Type %q, want %q", ct, wantType)
 			}
 			if !got.resp.Close || !got.closed {
 				t.Errorf("Connection: close %v, closed after the response %v, want both",
@@ -402,5 +415,39 @@ func TestHeadRejectedBodyStillSent(t *testing.T) {
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("request %d: status %d, want 401 (body %s)", i, resp.StatusCode, got)
 		}
+	}
+}
+
+// TestBodilessRequestGetsNoContinue sends "Expect: 100-continue" on
+// requests without a body. net/http sends 100 Continue only before it
+// reads a body, so Ollama answers such a request with its response alone.
+func TestBodilessRequestGetsNoContinue(t *testing.T) {
+	p, _, _ := startHeadProxy(t, false)
+	addr := strings.TrimPrefix(p.URL(), "http://")
+	requests := []struct{ name, head string }{
+		{"GET without length", "GET /api/version HTTP/1.1\r\nHost: " + addr + "\r\nExpect: 100-continue\r\n\r\n"},
+		{"POST with length 0", "POST /api/show HTTP/1.1\r\nHost: " + addr +
+			"\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"},
+	}
+	for _, r := range requests {
+		t.Run(r.name, func(t *testing.T) {
+			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("dial %s: %v", addr, err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(answerWithin))
+			if _, err := io.WriteString(conn, r.head); err != nil {
+				t.Fatalf("send head: %v", err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("no response within %v: %v", answerWithin, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusContinue {
+				t.Fatal("first response 100 Continue, want the final response of a request without a body")
+			}
+		})
 	}
 }

@@ -527,7 +527,11 @@ func (s *Server) respondParseError(ctx *fasthttp.RequestCtx, err error, head pen
 	status, msg := s.bodyErrorResponse(ctx, err, head, pending)
 	// begin sets the X-Request-Id that an Anthropic error body quotes.
 	rs := s.begin(ctx, rt)
-	writeError(ctx, rt, status, msg)
+	if e := asProtocolError(err); e != nil {
+		e.write(ctx)
+	} else {
+		writeError(ctx, rt, status, msg)
+	}
 	ctx.SetConnectionClose()
 	s.limitWrite(ctx)
 	rs.method = methodString(method)
@@ -554,12 +558,8 @@ func (s *Server) bodyErrorResponse(ctx *fasthttp.RequestCtx, err error, head pen
 		// still sending would lose the 431.
 		discardBody(ctx, -1)
 	}
-	var malformed *protocolError
-	switch {
-	case errors.As(err, &malformed):
-		status, msg = malformed.status, malformed.msg
-	case isTransferCodingError(err):
-		status, msg = fasthttp.StatusNotImplemented, unsupportedTransferCoding
+	if e := asProtocolError(err); e != nil {
+		status, msg = e.status, e.msg
 	}
 	if isTimeout(err) {
 		status = fasthttp.StatusRequestTimeout
@@ -668,6 +668,12 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		// fasthttp resets the request when a body of known length fails,
 		// and the route's error shape is not Ollama's.
 		s.heads.keep(h, pendingHead{})
+	case length == 0 || length == -2:
+		// net/http sends 100 Continue only when the handler reads a body,
+		// so Ollama sends none for a request without one (-2 is
+		// fasthttp's length of a request with neither Content-Length nor
+		// Transfer-Encoding). fasthttp sends it for any request that asks.
+		h.Del(fasthttp.HeaderExpect)
 	}
 	// The limit of the configuration in force, the same as
 	// s.srv.MaxRequestBodySize but read without a data race.
