@@ -108,7 +108,7 @@ func (e *protocolError) write(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.SetStatusMessage([]byte(text))
 	}
 	if e.status == fasthttp.StatusExpectationFailed {
-		// net/http answers an unknown expectation with headers only.
+		// net/http responds to an unknown expectation with headers only.
 		ctx.Response.Header.SetNoDefaultContentType(true)
 	} else {
 		ctx.SetContentType("text/plain; charset=utf-8")
@@ -177,7 +177,7 @@ func malformedHead(h *fasthttp.RequestHeader) *protocolError {
 		return &protocolError{status: fasthttp.StatusBadRequest, msg: "malformed Host header", detailed: true}
 	}
 	if spaceInName {
-		// net/http answers a field line it cannot parse with a bare 400.
+		// net/http responds to a field line it cannot parse with a bare 400.
 		return &protocolError{status: fasthttp.StatusBadRequest, msg: "invalid header name",
 			body: "400 Bad Request"}
 	}
