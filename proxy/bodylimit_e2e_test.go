@@ -270,20 +270,23 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 }
 
 // TestMalformedRequestKeepsRoute sends requests that fasthttp cannot read,
-// a bad chunk size and a header line without a colon: the 400 has the
-// route's error shape, and the access log names the request's method and
-// route.
+// a bad chunk size and a header line without a colon. The 400 of a bad
+// body has the route's error shape and that of a bad head net/http's
+// text, and the access log names the request's method and route.
 func TestMalformedRequestKeepsRoute(t *testing.T) {
 	cases := []struct {
 		name, method, path, head string
 		body                     []byte
 		openAI                   bool
+		// text is the whole plain-text body of a head that net/http
+		// rejects itself, before any route's error shape applies.
+		text string
 	}{
 		{"bad chunk size on /v1", "POST", "/v1/chat/completions",
-			"Transfer-Encoding: chunked\r\n", []byte("zz\r\n{}\r\n0\r\n\r\n"), true},
+			"Transfer-Encoding: chunked\r\n", []byte("zz\r\n{}\r\n0\r\n\r\n"), true, ""},
 		{"bad chunk size on /api", "POST", "/api/generate",
-			"Transfer-Encoding: chunked\r\n", []byte("-1\r\n{}\r\n0\r\n\r\n"), false},
-		{"header without colon", "GET", "/v1/models", "NoColonHere\r\n", nil, true},
+			"Transfer-Encoding: chunked\r\n", []byte("-1\r\n{}\r\n0\r\n\r\n"), false, ""},
+		{"header without colon", "GET", "/v1/models", "NoColonHere\r\n", nil, false, "400 Bad Request"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -296,7 +299,11 @@ func TestMalformedRequestKeepsRoute(t *testing.T) {
 				t.Fatalf("status %d, want 400 (body %s)", resp.StatusCode, body)
 			}
 			openAIShape := bytes.Contains(body, []byte(`"message":`))
-			if openAIShape != c.openAI {
+			if c.text != "" {
+				if string(body) != c.text {
+					t.Errorf("body %q, want net/http's %q", body, c.text)
+				}
+			} else if openAIShape != c.openAI {
 				t.Errorf("body %s: OpenAI's shape %v, want %v", body, openAIShape, c.openAI)
 			}
 			// fasthttp dropped the head, X-Request-Id included, so the

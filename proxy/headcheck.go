@@ -128,7 +128,52 @@ func asProtocolError(err error) *protocolError {
 	case isTransferCodingError(err):
 		return transferCodingError()
 	}
-	return nil
+	return headParseError(err)
+}
+
+// headParseError returns net/http's response to a request head that
+// fasthttp failed to parse, or nil when err is not such a failure. A head
+// over the read buffer keeps its 431 in the route's shape, and a head cut
+// by a timeout or a closed connection gets no such response.
+//
+// NOTE: this reads fasthttp v1.79.0's messages. net/http accepts an empty
+// Host, which fasthttp rejects as missing, so that request gets net/http's
+// error for a missing one.
+func headParseError(err error) *protocolError {
+	var small *fasthttp.ErrSmallBuffer
+	var nothing fasthttp.ErrNothingRead
+	if !isHeaderError(err) || errors.As(err, &small) || errors.As(err, &nothing) ||
+		isTimeout(err) || isConnClosed(err) {
+		return nil
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "missing required host header"):
+		return &protocolError{status: fasthttp.StatusBadRequest, msg: "missing required Host header",
+			detailed: true}
+	case keyWithSpace(msg):
+		return invalidHeaderName()
+	}
+	// net/http responds to any other head it cannot parse with a bare 400.
+	return &protocolError{status: fasthttp.StatusBadRequest, msg: "invalid HTTP request",
+		body: "400 Bad Request"}
+}
+
+// keyWithSpace reports whether msg is fasthttp's error for a header name
+// that contains a space, such as "X-A " of "X-A : 1".
+func keyWithSpace(msg string) bool {
+	_, key, found := strings.Cut(msg, `invalid header key "`)
+	if !found {
+		return false
+	}
+	key, _, _ = strings.Cut(key, `"`)
+	return strings.Contains(key, " ")
+}
+
+// invalidHeaderName is net/http's 400 for a header name with a space,
+// which its textproto reader accepts and its server then rejects.
+func invalidHeaderName() *protocolError {
+	return &protocolError{status: fasthttp.StatusBadRequest, msg: "invalid header name", detailed: true}
 }
 
 // transferCodingError is net/http's 501 for a transfer coding other than
@@ -177,9 +222,7 @@ func malformedHead(h *fasthttp.RequestHeader) *protocolError {
 		return &protocolError{status: fasthttp.StatusBadRequest, msg: "malformed Host header", detailed: true}
 	}
 	if spaceInName {
-		// net/http responds to a field line it cannot parse with a bare 400.
-		return &protocolError{status: fasthttp.StatusBadRequest, msg: "invalid header name",
-			body: "400 Bad Request"}
+		return invalidHeaderName()
 	}
 	if expect := h.Peek("Expect"); len(expect) != 0 && !hasToken(expect, "100-continue") {
 		return &protocolError{status: fasthttp.StatusExpectationFailed,

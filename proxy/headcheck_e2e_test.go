@@ -285,10 +285,26 @@ func TestMalformedHeadAsGo(t *testing.T) {
 		// requestID is set when the proxy keeps the head, so that the
 		// response and the access log carry the X-Request-Id.
 		requestID bool
+		// noHost leaves out the Host field.
+		noHost bool
 	}{
 		{name: "space in field name", requestLine: "POST /api/show HTTP/1.1",
 			header: "X Custom: 1\r\n" + length, body: show,
-			status: 400, reason: "Bad Request", wantBody: "400 Bad Request", requestID: true},
+			status: 400, reason: "Bad Request: invalid header name",
+			wantBody: "400 Bad Request: invalid header name", requestID: true},
+		{name: "space before colon", requestLine: "POST /api/show HTTP/1.1",
+			header: "X-Custom : 1\r\n" + length, body: show,
+			status: 400, reason: "Bad Request: invalid header name",
+			wantBody: "400 Bad Request: invalid header name"},
+		{name: "no host", requestLine: "POST /api/show HTTP/1.1", header: length, noHost: true,
+			body: show, status: 400, reason: "Bad Request: missing required Host header",
+			wantBody: "400 Bad Request: missing required Host header"},
+		{name: "control byte in value", requestLine: "POST /api/show HTTP/1.1",
+			header: "X-Custom: a\x01b\r\n" + length, body: show,
+			status: 400, reason: "Bad Request", wantBody: "400 Bad Request"},
+		{name: "two hosts", requestLine: "POST /api/show HTTP/1.1",
+			header: "Host: localhost\r\nHost: localhost\r\n" + length, body: show,
+			status: 400, reason: "Bad Request", wantBody: "400 Bad Request"},
 		{name: "HTTP/9.9", requestLine: "POST /api/show HTTP/9.9", header: length, body: show,
 			status: 505, reason: "HTTP Version Not Supported: unsupported protocol version",
 			wantBody: "505 HTTP Version Not Supported: unsupported protocol version", requestID: true},
@@ -328,7 +344,7 @@ func TestMalformedHeadAsGo(t *testing.T) {
 			target, _, _ = strings.Cut(target, " ")
 			const requestID = "malformed-head-1"
 			head := c.requestLine + "\r\n"
-			if !strings.HasPrefix(c.header, "Host:") {
+			if !strings.HasPrefix(c.header, "Host:") && !c.noHost {
 				head += "Host: " + strings.TrimPrefix(p.URL(), "http://") + "\r\n"
 			}
 			head += "X-Request-Id: " + requestID + "\r\nContent-Type: application/json\r\n" +
