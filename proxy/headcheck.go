@@ -47,6 +47,18 @@ func (s *Server) deniedByHead(h *fasthttp.RequestHeader) bool {
 	return reject != ""
 }
 
+// bodyUnused reports whether handle answers the request of h without
+// its body (answersWithoutBody).
+func (s *Server) bodyUnused(h *fasthttp.RequestHeader) bool {
+	u := fasthttp.AcquireURI()
+	defer fasthttp.ReleaseURI(u)
+	if u.Parse(h.Host(), h.RequestURI()) != nil {
+		// fasthttp rejects the request before handle.
+		return false
+	}
+	return answersWithoutBody(s.routeOf(h.Method(), u.Path()))
+}
+
 // listenerAddr is the address of the listener that Serve accepts on. A
 // listener bound to one address accepts connections only on it, so its
 // address is the local address of each connection unless it is a wildcard

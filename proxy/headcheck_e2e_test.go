@@ -467,3 +467,37 @@ func TestBodilessRequestGetsNoContinue(t *testing.T) {
 		})
 	}
 }
+
+// TestUnusedBodyGetsNoContinue sends "Expect: 100-continue" with a body
+// to routes that Ollama's router answers without reading the body. As
+// from net/http, the response comes at once, without a 100 Continue, and
+// the connection closes, since the body was not read.
+func TestUnusedBodyGetsNoContinue(t *testing.T) {
+	p, sim, _ := startHeadProxy(t, false)
+	addr := strings.TrimPrefix(p.URL(), "http://")
+	cases := []struct {
+		name, method, path string
+		status             int
+	}{
+		{"unknown path", "POST", "/nothing", http.StatusNotFound},
+		{"wrong method", "PUT", "/api/tags", http.StatusMethodNotAllowed},
+		{"trailing slash", "POST", "/api/chat/", http.StatusTemporaryRedirect},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := sendRaw(t, p.URL(), c.method+" "+c.path+" HTTP/1.1\r\nHost: "+addr+"\r\n"+
+				"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
+			if got.resp.StatusCode != c.status {
+				t.Fatalf("first response %d, want %d without a 100 Continue (body %q)",
+					got.resp.StatusCode, c.status, got.body)
+			}
+			if !got.resp.Close || !got.closed {
+				t.Errorf("Connection: close %v, closed after the response %v, want both",
+					got.resp.Close, got.closed)
+			}
+		})
+	}
+	if n := sim.Server().Requests("/api/chat"); n != 0 {
+		t.Errorf("the node got %d requests on /api/chat, want none", n)
+	}
+}

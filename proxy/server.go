@@ -361,7 +361,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// any check of Ollama's runs.
 		rs := s.begin(ctx, routeRedirect)
 		writeRedirect(ctx, target, fasthttp.StatusMovedPermanently)
-		s.endUnread(ctx, rs, head.denied)
+		s.endUnread(ctx, rs, head.denied || head.unread)
 		return
 	}
 	rt := s.routeOf(ctx.Method(), ctx.Path())
@@ -369,23 +369,24 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	token := rs.gen.Load()
 	listen := s.config().Listen
 	if !checkHost(ctx, listen) || !s.applyCORS(ctx) {
-		s.endUnread(ctx, rs, head.denied)
+		s.endUnread(ctx, rs, head.denied || head.unread)
 		return
 	}
 	if ctx.IsOptions() && answersOptions(ctx, listen) {
 		rs.route = routeOptions
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 		ctx.Response.Header.SetNoDefaultContentType(true)
-		s.endUnread(ctx, rs, head.denied)
+		s.endUnread(ctx, rs, head.denied || head.unread)
 		return
 	}
 	if rt.api() && !s.identify(ctx, rt, rs) {
-		s.endUnread(ctx, rs, head.denied)
+		s.endUnread(ctx, rs, head.denied || head.unread)
 		return
 	}
-	if head.denied {
-		// receiveHeader rejected the request and dropped its body, and a
-		// reload has changed the outcome of the checks since.
+	if head.denied || head.unread && !answersWithoutBody(rt) {
+		// receiveHeader rejected the request or found no use for its
+		// body, and dropped it, and a reload has changed the outcome of
+		// the checks or the route since.
 		ctx.Response.Header.Set("Retry-After", "1")
 		writeError(ctx, rt, fasthttp.StatusServiceUnavailable,
 			"the configuration changed while the request was read, send it again")
@@ -439,6 +440,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		writeRouterError(ctx, fasthttp.StatusMethodNotAllowed, "405 method not allowed")
 	default:
 		s.serveNotFound(ctx, rt)
+	}
+	if head.unread {
+		s.closeUnread(ctx)
 	}
 	s.endHandled(rs, token)
 }
@@ -636,13 +640,15 @@ func isHeaderError(err error) bool {
 // for a chunked body and for a body sent to a /v1/ path, whose errors
 // have OpenAI's or Anthropic's shape.
 //
-// Three kinds of request get their length set to 0 and lose any "Expect:
+// Four kinds of request get their length set to 0 and lose any "Expect:
 // 100-continue", so that fasthttp reads none of their body and sends no
 // 100 Continue. They are a head that Go's net/http rejects (malformedHead),
-// a Content-Length over the limit, and a request with a body whose Host,
-// Origin or API key handle rejects (deniedByHead). handle then rejects
-// them as the entry says, with the status, body and headers that such a
-// request gets otherwise, and the connection closes. Server.ExpectHandler
+// a Content-Length over the limit, a request with a body whose Host,
+// Origin or API key handle rejects (deniedByHead), and a request that
+// waits for a 100 Continue on a route that handle answers without the
+// body (bodyUnused). handle then answers them as the entry says, with the
+// status, body and headers that such a request gets otherwise, and the
+// connection closes. Server.ExpectHandler
 // could only send a bare status: its contract forbids writing a response
 // body. A request without a body gets its Host, Origin and API key checks
 // in handle alone, and keeps its connection.
@@ -662,6 +668,10 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		s.heads.keep(h, pendingHead{tooLarge: true, continueRejected: dropBody(h), length: int64(length)})
 	case (length > 0 || length == -1) && s.deniedByHead(h):
 		s.heads.keep(h, pendingHead{denied: true, continueRejected: dropBody(h)})
+	case (length > 0 || length == -1) && expectsContinue(h) && s.bodyUnused(h):
+		// net/http sends 100 Continue only when a handler reads the body,
+		// and Ollama's router answers these routes without reading it.
+		s.heads.keep(h, pendingHead{unread: true, continueRejected: dropBody(h)})
 	case length == -1:
 		s.heads.keep(h, pendingHead{chunked: true})
 	case length > 0 && bytes.HasPrefix(h.RequestURI(), []byte("/v1/")):
@@ -680,12 +690,24 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 	return fasthttp.RequestConfig{MaxRequestBodySize: maxBody}
 }
 
+// expectsContinue reports whether the request of h waits for a 100
+// Continue before it sends its body.
+func expectsContinue(h *fasthttp.RequestHeader) bool {
+	return h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
+}
+
+// answersWithoutBody reports whether handle answers rt without its body:
+// an unknown path, a wrong method or a trailing-slash redirect.
+func answersWithoutBody(rt route) bool {
+	return rt.how == handleNotFound || rt.how == handleMethodNotAllowed || rt.how == handleRedirect
+}
+
 // dropBody sets the length of the request of h to 0 and removes its
 // "Expect: 100-continue", so that fasthttp reads none of its body and
 // sends no 100 Continue. It reports whether the client waits for a 100
 // Continue, and so has sent no body.
 func dropBody(h *fasthttp.RequestHeader) (continueRejected bool) {
-	expect := h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
+	expect := expectsContinue(h)
 	h.Del("Expect")
 	h.SetContentLength(0)
 	return expect
@@ -713,7 +735,10 @@ type pendingHead struct {
 	// reject. receiveHeader then sets the length to 0.
 	malformed *protocolError
 	denied    bool
-	added     time.Time
+	// unread is set for a request that waits for a 100 Continue on a route
+	// that handle answers without the body (answersWithoutBody).
+	unread bool
+	added  time.Time
 }
 
 // pendingHeads maps the request header that fasthttp passes to
