@@ -682,7 +682,7 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		// net/http sends 100 Continue only when the handler reads a body,
 		// so Ollama sends none for a request without one (-2 is
 		// fasthttp's length of a request with neither Content-Length nor
-		// Transfer-Encoding). fasthttp sends it for any request that asks.
+		// Transfer-Encoding). fasthttp sends it for any request with the header.
 		h.Del(fasthttp.HeaderExpect)
 	}
 	// The limit of the configuration in force, the same as
