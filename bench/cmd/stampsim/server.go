@@ -324,7 +324,7 @@ func (s *server) runHandler(w http.ResponseWriter, req *http.Request) (returned 
 const busyMessage = "server busy, please try again.  maximum pending requests exceeded"
 
 var (
-	busyAPIBody    = []byte(`{"error":"` + busyMessage + `"}`)
+	busyAPIBody = []byte(`{"error":"` + busyMessage + `"}`)
 	// Ollama's /v1 middleware writes a handler's error with json.Encoder,
 	// which ends it with a newline.
 	busyOpenAIBody = []byte(`{"error":{"message":"` + busyMessage +
