@@ -236,12 +236,23 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 		"Expect: 100-continue\r\n" +
 		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
 
-	addr := strings.TrimPrefix(p.URL(), "http://")
+	resp, out := continueExchange(t, p.URL(), head, body)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, out)
+	}
+}
+
+// continueExchange sends head, which asks for 100 Continue, to the proxy
+// at baseURL, requires the 100 Continue, then sends body and returns the
+// final response and its body.
+func continueExchange(t *testing.T, baseURL, head, body string) (*http.Response, []byte) {
+	t.Helper()
+	addr := strings.TrimPrefix(baseURL, "http://")
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(conn, head); err != nil {
 		t.Fatalf("send head: %v", err)
@@ -263,10 +274,7 @@ func TestExpectContinueUnderLimitServed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read response: %v", err)
 	}
-	out := readBody(t, resp)
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, out)
-	}
+	return resp, readBody(t, resp)
 }
 
 // TestMalformedRequestKeepsRoute sends requests that fasthttp cannot read,

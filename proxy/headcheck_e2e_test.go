@@ -81,6 +81,23 @@ func sendRaw(t *testing.T, baseURL, data string) rawResult {
 	return rawResult{resp: resp, body: body, closed: errors.Is(err, io.EOF)}
 }
 
+// checkClosedUnserved fails the test unless got closed its connection
+// after the response and no node served it: no X-LLMProxy-Node, and no
+// request on route at the simulator sim.
+func checkClosedUnserved(t *testing.T, got rawResult, sim *ollamasim.Running, route string) {
+	t.Helper()
+	if !got.resp.Close || !got.closed {
+		t.Errorf("Connection: close %v, closed after the response %v, want both",
+			got.resp.Close, got.closed)
+	}
+	if node := got.resp.Header.Get("X-LLMProxy-Node"); node != "" {
+		t.Errorf("X-LLMProxy-Node %q, want the request to reach no node", node)
+	}
+	if n := sim.Server().Requests(route); n != 0 {
+		t.Errorf("the node got %d requests on %s, want none", n, route)
+	}
+}
+
 // shapedErrorMessage returns the message of an error body in Ollama's
 // shape, or in OpenAI's or Anthropic's when nested is set, and fails the
 // test when body has another shape.
@@ -197,16 +214,7 @@ func TestHeadRejectedBeforeBody(t *testing.T) {
 			if id := got.resp.Header.Get("X-Request-Id"); id != requestID {
 				t.Errorf("X-Request-Id %q, want %q", id, requestID)
 			}
-			if !got.resp.Close || !got.closed {
-				t.Errorf("Connection: close %v, closed after the response %v, want both",
-					got.resp.Close, got.closed)
-			}
-			if node := got.resp.Header.Get("X-LLMProxy-Node"); node != "" {
-				t.Errorf("X-LLMProxy-Node %q, want the request to reach no node", node)
-			}
-			if n := sim.Server().Requests(c.simRoute); n != 0 {
-				t.Errorf("the node got %d requests on %s, want none", n, c.simRoute)
-			}
+			checkClosedUnserved(t, got, sim, c.simRoute)
 			if n := len(accessRecords(t, log)[requestID]); n != 1 {
 				t.Errorf("%d access log lines, want 1", n)
 			}
@@ -231,31 +239,7 @@ func TestHeadCheckPassedKeepsContinue(t *testing.T) {
 		"Content-Type: application/json\r\nExpect: 100-continue\r\n" +
 		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body))
 
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, head); err != nil {
-		t.Fatalf("send head: %v", err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("read interim response: %v", err)
-	}
-	if resp.StatusCode != http.StatusContinue {
-		t.Fatalf("first response %d, want 100 Continue", resp.StatusCode)
-	}
-	if _, err := io.WriteString(conn, body); err != nil {
-		t.Fatalf("send body: %v", err)
-	}
-	resp, err = http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("read response: %v", err)
-	}
-	got := readBody(t, resp)
+	resp, got := continueExchange(t, p.URL(), head, body)
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("status %d, want 200 (body %s)", resp.StatusCode, got)
 	}
@@ -367,16 +351,7 @@ func TestMalformedHeadAsGo(t *testing.T) {
 			if ct := got.resp.Header.Get("Content-Type"); ct != wantType {
 				t.Errorf("Content-Type %q, want %q", ct, wantType)
 			}
-			if !got.resp.Close || !got.closed {
-				t.Errorf("Connection: close %v, closed after the response %v, want both",
-					got.resp.Close, got.closed)
-			}
-			if node := got.resp.Header.Get("X-LLMProxy-Node"); node != "" {
-				t.Errorf("X-LLMProxy-Node %q, want the request to reach no node", node)
-			}
-			if n := sim.Server().Requests(target); n != 0 {
-				t.Errorf("the node got %d requests on %s, want none", n, target)
-			}
+			checkClosedUnserved(t, got, sim, target)
 			if c.requestID {
 				if id := got.resp.Header.Get("X-Request-Id"); id != requestID {
 					t.Errorf("X-Request-Id %q, want %q", id, requestID)
@@ -436,7 +411,7 @@ func TestHeadRejectedBodyStillSent(t *testing.T) {
 
 // TestBodilessRequestGetsNoContinue sends "Expect: 100-continue" on
 // requests without a body. net/http sends 100 Continue only before it
-// reads a body, so Ollama answers such a request with its response alone.
+// reads a body, so Ollama sends only the final response to such a request.
 func TestBodilessRequestGetsNoContinue(t *testing.T) {
 	p, _, _ := startHeadProxy(t, false)
 	addr := strings.TrimPrefix(p.URL(), "http://")
@@ -469,7 +444,7 @@ func TestBodilessRequestGetsNoContinue(t *testing.T) {
 }
 
 // TestUnusedBodyGetsNoContinue sends "Expect: 100-continue" with a body
-// to routes that Ollama's router answers without reading the body. As
+// to routes that Ollama's router serves without reading the body. As
 // from net/http, the response comes at once, without a 100 Continue, and
 // the connection closes, since the body was not read.
 func TestUnusedBodyGetsNoContinue(t *testing.T) {
