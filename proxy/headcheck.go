@@ -19,44 +19,47 @@ import (
 // with the same functions on the same parts of the head. It has no side
 // effects: rate limits, quotas and anything that counts stay in handle.
 func (s *Server) deniedByHead(h *fasthttp.RequestHeader) bool {
-	// The host and path that ctx.Host and ctx.Path return in handle.
-	u := fasthttp.AcquireURI()
-	defer fasthttp.ReleaseURI(u)
-	if u.Parse(h.Host(), h.RequestURI()) != nil {
-		// fasthttp rejects the request before handle.
-		return false
-	}
-	host := u.Host()
-	if !hostAllowed(host, s.listener.get(), s.config().Listen) ||
-		s.originRejected(h.Peek("Origin"), host) {
-		return true
-	}
+	return withHeadURI(h, func(u *fasthttp.URI) bool {
+		host := u.Host()
+		if !hostAllowed(host, s.listener.get(), s.config().Listen) ||
+			s.originRejected(h.Peek("Origin"), host) {
+			return true
+		}
 
-	key, err := s.authenticate(h)
-	priority := h.Peek("X-Priority")
-	if err == nil && len(priority) == 0 {
-		return false
-	}
-	if !s.routeOf(h.Method(), u.Path()).api() {
-		return false
-	}
-	if err != nil {
-		return true
-	}
-	_, reject := s.priorityClass(priority, key)
-	return reject != ""
+		key, err := s.authenticate(h)
+		priority := h.Peek("X-Priority")
+		if err == nil && len(priority) == 0 {
+			return false
+		}
+		if !s.routeOf(h.Method(), u.Path()).api() {
+			return false
+		}
+		if err != nil {
+			return true
+		}
+		_, reject := s.priorityClass(priority, key)
+		return reject != ""
+	})
 }
 
-// bodyUnused reports whether handle answers the request of h without
-// its body (answersWithoutBody).
+// bodyUnused reports whether handle responds to the request of h without
+// reading its body (servedWithoutBody).
 func (s *Server) bodyUnused(h *fasthttp.RequestHeader) bool {
+	return withHeadURI(h, func(u *fasthttp.URI) bool {
+		return servedWithoutBody(s.routeOf(h.Method(), u.Path()))
+	})
+}
+
+// withHeadURI parses the target of h into the URI whose Host and Path
+// ctx.Host and ctx.Path return in handle, and returns check's result on
+// it. It returns false for a target that fasthttp rejects before handle.
+func withHeadURI(h *fasthttp.RequestHeader, check func(u *fasthttp.URI) bool) bool {
 	u := fasthttp.AcquireURI()
 	defer fasthttp.ReleaseURI(u)
 	if u.Parse(h.Host(), h.RequestURI()) != nil {
-		// fasthttp rejects the request before handle.
 		return false
 	}
-	return answersWithoutBody(s.routeOf(h.Method(), u.Path()))
+	return check(u)
 }
 
 // listenerAddr is the address of the listener that Serve accepts on. A

@@ -383,7 +383,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.endUnread(ctx, rs, head.denied || head.unread)
 		return
 	}
-	if head.denied || head.unread && !answersWithoutBody(rt) {
+	if head.denied || head.unread && !servedWithoutBody(rt) {
 		// receiveHeader rejected the request or found no use for its
 		// body, and dropped it, and a reload has changed the outcome of
 		// the checks or the route since.
@@ -402,6 +402,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.end(rs)
 		return
 	}
+	s.serveRoute(ctx, rt, rs)
+	if head.unread {
+		s.closeUnread(ctx)
+	}
+	s.endHandled(rs, token)
+}
+
+// serveRoute serves a request that passed handle's checks and whose body
+// is read, by the kind of its route.
+func (s *Server) serveRoute(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 	switch rt.how {
 	case handleRoot:
 		ctx.SetContentType("text/plain; charset=utf-8")
@@ -441,13 +451,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	default:
 		s.serveNotFound(ctx, rt)
 	}
-	if head.unread {
-		s.closeUnread(ctx)
-	}
-	s.endHandled(rs, token)
 }
 
-// endUnread ends a request that handle answered before reading its body.
+// endUnread ends a request that handle responded to before reading its body.
 // When receiveHeader dropped the body, the connection closes after the
 // response (see closeUnread).
 func (s *Server) endUnread(ctx *fasthttp.RequestCtx, rs *reqState, bodyDropped bool) {
@@ -645,8 +651,8 @@ func isHeaderError(err error) bool {
 // 100 Continue. They are a head that Go's net/http rejects (malformedHead),
 // a Content-Length over the limit, a request with a body whose Host,
 // Origin or API key handle rejects (deniedByHead), and a request that
-// waits for a 100 Continue on a route that handle answers without the
-// body (bodyUnused). handle then answers them as the entry says, with the
+// waits for a 100 Continue on a route that handle serves without the
+// body (bodyUnused). handle then responds to them as the entry says, with the
 // status, body and headers that such a request gets otherwise, and the
 // connection closes. Server.ExpectHandler
 // could only send a bare status: its contract forbids writing a response
@@ -670,7 +676,7 @@ func (s *Server) receiveHeader(h *fasthttp.RequestHeader) fasthttp.RequestConfig
 		s.heads.keep(h, pendingHead{denied: true, continueRejected: dropBody(h)})
 	case (length > 0 || length == -1) && expectsContinue(h) && s.bodyUnused(h):
 		// net/http sends 100 Continue only when a handler reads the body,
-		// and Ollama's router answers these routes without reading it.
+		// and Ollama's router serves these routes without reading it.
 		s.heads.keep(h, pendingHead{unread: true, continueRejected: dropBody(h)})
 	case length == -1:
 		s.heads.keep(h, pendingHead{chunked: true})
@@ -696,9 +702,9 @@ func expectsContinue(h *fasthttp.RequestHeader) bool {
 	return h.IsHTTP11() && bytes.EqualFold(h.Peek("Expect"), []byte("100-continue"))
 }
 
-// answersWithoutBody reports whether handle answers rt without its body:
+// servedWithoutBody reports whether handle serves rt without its body:
 // an unknown path, a wrong method or a trailing-slash redirect.
-func answersWithoutBody(rt route) bool {
+func servedWithoutBody(rt route) bool {
 	return rt.how == handleNotFound || rt.how == handleMethodNotAllowed || rt.how == handleRedirect
 }
 
@@ -736,7 +742,7 @@ type pendingHead struct {
 	malformed *protocolError
 	denied    bool
 	// unread is set for a request that waits for a 100 Continue on a route
-	// that handle answers without the body (answersWithoutBody).
+	// that handle serves without the body (servedWithoutBody).
 	unread bool
 	added  time.Time
 }
