@@ -140,7 +140,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // whose path is not clean, such as /api//tags or /api/./tags. Ollama
 // serves its router through Go's http.ServeMux, which redirects such a
 // path before Ollama's code runs, and v0.17.4 is built with Go 1.24,
-// whose mux answers with 301 for every method but CONNECT. The mux of
+// whose mux responds with 301 for every method but CONNECT. The mux of
 // newer Go versions, which this one is, answers with 307 instead.
 func cleanPathTarget(r *http.Request) (string, bool) {
 	escaped := r.URL.EscapedPath()

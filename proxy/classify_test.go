@@ -47,7 +47,7 @@ func TestClassify(t *testing.T) {
 		{"POST", "/v1/models/library/m", handleNotFound, "other", apiOllama},
 		{"GET", "/v1/models/library/m/", handleNotFound, "other", apiOllama},
 		{"POST", "/v1/models/m/", handleNotFound, "other", apiOllama},
-		// OPTIONS is routed as any method without a route: handle answers
+		// OPTIONS is routed as any method without a route: handle responds to
 		// preflights before routing.
 		{"OPTIONS", "/v1/models/library/m", handleNotFound, "other", apiOllama},
 		{"OPTIONS", "/api/status", handleFallback, "/api/*", apiOllama},

@@ -129,7 +129,7 @@ var (
 // of newer Ollama versions keep working, except a path under /v1/models/
 // with more than one segment (see isModelSubpath). A known path with
 // another method, OPTIONS included, gets 405, and every other path 404.
-// handle answers some OPTIONS requests before routing (answersOptions),
+// handle responds to some OPTIONS requests before routing (answersOptions),
 // and redirects an unclean path before it classifies it (cleanPathTarget).
 func classify(method, path []byte) route {
 	// p does not escape, so the compiler converts paths of up to 32 bytes
