@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -183,6 +184,30 @@ func TestOthersShareWithinRange(t *testing.T) {
 	}
 	if share := after.OthersShare(before); share < 0 || share > 1.05 {
 		t.Errorf("others' share = %v, want within 0..1", share)
+	}
+}
+
+func TestBusyShareSeesOwnWork(t *testing.T) {
+	e := newTestEnv(t)
+	before, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	// Keep one CPU busy in this process for 300 ms of wall time.
+	end := time.Now().Add(300 * time.Millisecond)
+	n := 0
+	for time.Now().Before(end) {
+		n++
+	}
+	after, err := e.Snapshot()
+	if err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	// /proc/stat counts in ticks of 10 ms, and the machine may be busy
+	// with other work too, so only a floor of half a CPU holds.
+	floor := 0.5 / float64(runtime.NumCPU())
+	if share := after.BusyShare(before); share < floor || share > 1.05 {
+		t.Errorf("busy share = %v after %d spins, want within %v..1", share, n, floor)
 	}
 }
 

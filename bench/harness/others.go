@@ -49,13 +49,22 @@ func (e *Env) Snapshot() (CPUSnapshot, error) {
 // spent between prev and s, as a share of all CPUs over that time: 0.5 on
 // a two-CPU machine means one CPU was busy with other work.
 func (s CPUSnapshot) OthersShare(prev CPUSnapshot) float64 {
+	return s.share(prev, (s.busy-prev.busy)-(s.ours-prev.ours))
+}
+
+// BusyShare returns the share of all CPUs that was busy between prev and
+// s, with the benchmark's own processes: near 1, work waited for a CPU.
+func (s CPUSnapshot) BusyShare(prev CPUSnapshot) float64 {
+	return s.share(prev, s.busy-prev.busy)
+}
+
+// share divides d by the CPU time all CPUs had between prev and s.
+func (s CPUSnapshot) share(prev CPUSnapshot, d time.Duration) float64 {
 	wall := s.at.Sub(prev.at)
 	if wall <= 0 {
 		return 0
 	}
-	others := (s.busy - prev.busy) - (s.ours - prev.ours)
-	share := float64(others) / float64(wall*time.Duration(runtime.NumCPU()))
-	return max(share, 0)
+	return max(float64(d)/float64(wall*time.Duration(runtime.NumCPU())), 0)
 }
 
 // WaitQuiet samples the CPU use of other processes over spans of sample

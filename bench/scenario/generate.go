@@ -171,7 +171,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("Throughput at saturation (%d connections)", s.Conns),
 		Header: []string{"target", "requests/s", "vs nginx", "p50 ms", "p99 ms", "errors",
-			"proxy CPU s per 10k requests", kernelHeader, "CPU vs nginx", othersHeader},
+			"proxy CPU s per 10k requests", kernelHeader, "CPU vs nginx", busyHeader, othersHeader},
 	}
 	ref, hasRef := find(phases, harness.Nginx)
 	for _, p := range phases {
@@ -192,6 +192,7 @@ func saturationTable(s Settings, phases []requestPhase) report.Table {
 			cpuCell(p),
 			kernelCell(p),
 			cpuVsNginx,
+			busyCell(p.use),
 			othersCell(p.use),
 		})
 	}
@@ -207,7 +208,8 @@ func fixedRateTable(s Settings, phases, saturated []requestPhase) report.Table {
 	t := report.Table{
 		Title: fmt.Sprintf("Latency at %s requests/s", strconv.FormatFloat(s.Rate, 'f', -1, 64)),
 		Header: []string{"target", "completed", "p50 ms", "p99 ms", "p99.9 ms",
-			"added p50 ms", "added p99 ms", "errors", "proxy CPU s per 10k requests", kernelHeader, othersHeader},
+			"added p50 ms", "added p99 ms", "errors", "proxy CPU s per 10k requests", kernelHeader, busyHeader,
+			othersHeader},
 	}
 	direct, hasDirect := find(phases, harness.Direct)
 	for _, p := range phases {
@@ -227,6 +229,7 @@ func fixedRateTable(s Settings, phases, saturated []requestPhase) report.Table {
 			errorCell(p.res.Errors, p.res.FirstError),
 			cpuCell(p),
 			kernelCell(p),
+			busyCell(p.use),
 			othersCell(p.use),
 		})
 	}

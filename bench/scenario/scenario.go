@@ -230,6 +230,9 @@ type usage struct {
 	// others is the share of all CPUs that processes outside the
 	// benchmark used during the phase.
 	others float64
+	// busy is the share of all CPUs that was busy during the phase, the
+	// benchmark's processes included.
+	busy float64
 }
 
 // quietThreshold is the share of all CPUs other processes may use before
@@ -287,6 +290,7 @@ func measureUsage(r *Run, t *harness.Target, label string,
 		sys:          after.System - before.System,
 		peakRSSBytes: after.PeakRSSBytes,
 		others:       machineAfter.OthersShare(machineBefore),
+		busy:         machineAfter.BusyShare(machineBefore),
 	}, nil
 }
 
@@ -297,6 +301,14 @@ func othersCell(u usage) string {
 
 // othersHeader is the column of othersCell.
 const othersHeader = "others' CPU %"
+
+// busyCell formats the share of all CPUs busy during a phase.
+func busyCell(u usage) string {
+	return fmt.Sprintf("%.0f", u.busy*100)
+}
+
+// busyHeader is the column of busyCell.
+const busyHeader = "machine busy %"
 
 // disturbed is a phase result that reports how much other processes used
 // the machine while it ran.

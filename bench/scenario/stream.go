@@ -150,7 +150,11 @@ func streamIntro(s Settings) string {
 		"A stream sends about 66 chunks per second, so N streams ask for "+
 		"about 66 N chunks per second, less the pauses between streams. A "+
 		"chunks/s figure well below the direct row's means the set-up ran "+
-		"out of CPU and the latencies include queueing for it.\n",
+		"out of CPU and the latencies include queueing for it. Machine busy "+
+		"is the share of all CPUs in use during the phase, the nodes' and "+
+		"the load generator's included: as it nears 100%%, chunks wait for "+
+		"a CPU before any process can read them, and the tail latencies "+
+		"grow with that wait rather than with a proxy's own work.\n",
 		streamFleet.Nodes, tokensPerSec, tokensPerSec, streamFleet.Parallel, s.StreamRamp, s.StreamWindow)
 }
 
@@ -161,7 +165,7 @@ func streamTable(c streamCase, level int, phases []streamPhase) report.Table {
 		Title: fmt.Sprintf("%s, %d streams", c.title, level),
 		Header: []string{"target", "streams done", "chunks/s", "errors", "TTFB p50 ms", "TTFB p99 ms",
 			"chunk p50 ms", "chunk p99 ms", "added p50 ms", "added p99 ms", "gap p99 ms",
-			"proxy CPU µs per chunk", kernelHeader, "peak RSS MB", othersHeader},
+			"proxy CPU µs per chunk", kernelHeader, "peak RSS MB", busyHeader, othersHeader},
 	}
 	direct, hasDirect := findStream(phases, harness.Direct)
 	for _, p := range phases {
@@ -190,18 +194,19 @@ func streamCommonCells(p streamPhase) []string {
 	}
 }
 
-// streamUsageCells are the proxy's CPU per chunk, its peak RSS and the
-// CPU share of other processes. The CPU
+// streamUsageCells are the proxy's CPU per chunk, its peak RSS, the
+// machine's busy share and the CPU share of other processes. The CPU
 // time covers the ramp too, so it is divided by the chunks the proxy
 // relayed over the whole phase, estimated from the window's chunk rate.
 func streamUsageCells(p streamPhase) []string {
 	if !p.use.ok {
-		return []string{report.NA, report.NA, report.NA, othersCell(p.use)}
+		return []string{report.NA, report.NA, report.NA, busyCell(p.use), othersCell(p.use)}
 	}
 	return []string{
 		fmt.Sprintf("%.1f", cpuPerChunk(p).Seconds()*1e6),
 		fmt.Sprintf("%.1f", kernelShare(p.use)*cpuPerChunk(p).Seconds()*1e6),
 		report.MB(p.use.peakRSSBytes),
+		busyCell(p.use),
 		othersCell(p.use),
 	}
 }
