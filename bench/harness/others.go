@@ -53,7 +53,7 @@ func (s CPUSnapshot) OthersShare(prev CPUSnapshot) float64 {
 }
 
 // BusyShare returns the share of all CPUs that was busy between prev and
-// s, with the benchmark's own processes: near 1, work waited for a CPU.
+// s, the benchmark's own processes included.
 func (s CPUSnapshot) BusyShare(prev CPUSnapshot) float64 {
 	return s.share(prev, s.busy-prev.busy)
 }

@@ -58,7 +58,9 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   The "others' CPU %%" column is the share of all CPUs those processes
   used during the phase, from /proc/stat minus the benchmark's own
   processes. The tables show per target the round with
-  the lowest share, a choice that does not look at the results.
+  the lowest share, a choice that does not look at the results. The
+  "machine busy %%" column is the share of all CPUs in use during the
+  phase, from /proc/stat, the benchmark's own processes included.
 - Every percentile is exact over all samples of the window, except the
   queue-wait buckets of the scheduler trace.
 - ` + "`make bench BENCHFLAGS=-profile`" + ` runs llmproxy as bench/cmd/llmproxyprof,
@@ -129,7 +131,32 @@ const methodFormat = `- Every process runs on the same machine: the load generat
   fixed rate. The loops read, write and poll with raw system calls, for
   the reason given above. Each stream also costs the request's own handling in
   Go (fasthttp's parsing, the request to the node, the response head),
-  spread over the 20 to 40 chunks of a stream.`
+  spread over the 20 to 40 chunks of a stream.
+- Where llmproxy's CPU goes at saturation, from
+  ` + "`perf record -e cpu-clock -g`" + ` on its process (2026-12-06): 59%% in the kernel, of which
+  write(2) takes 39%% (the loopback send, which also delivers the data to
+  the reader and wakes it), read(2) 9%%, epoll_pwait 2%%, and recvfrom and
+  futex 1%% each. Of the 41%% in user space, llmproxy's own code is 12%%,
+  spread over about a hundred functions of which none reaches 0.6%%; the
+  Go runtime 9%% (its scheduler 5%%, allocation under 1%%, the garbage
+  collector 0.3%%); fasthttp 8%%; Go's poller and net package 3%%; and
+  reading the clock 2.5%%. No one function stands out to remove: meeting
+  nginx's CPU per request would take halving the user time, which means
+  serving client connections from event loops instead of a goroutine per
+  connection.
+- Where the added per-chunk latency at 1,000 streams comes from, from a
+  build that compared each chunk's node timestamp with the time the
+  stream loop read it and with the time its write returned (2026-12-06):
+  nearly all of it passes before the read, while the chunk waits in the
+  socket for the loop to run (p50 0.2 to 0.35 ms, p99 2 to 4 ms), and
+  the write adds about 10 µs. During those phases the machine was 88 to
+  97%% busy by vmstat, against 36 to 45%% for the direct phases, so the
+  wait is for a CPU. Two variants did worse on the same machine: each
+  loop blocking in epoll_wait on an OS thread of its own (p99 added about
+  +14 ms, since after the wait the thread needs one of Go's scheduler
+  slots, which it gets late under load) and llmproxy at nice -10 (about
+  +4.7 ms against +3 ms, since the nodes and the load generator then wait
+  instead).`
 
 // newDocument returns the report's frame: title, machine and method.
 func newDocument(opts options) *report.Document {
