@@ -43,9 +43,15 @@ func (s *Server) deniedByHead(h *fasthttp.RequestHeader) bool {
 }
 
 // bodyUnused reports whether handle responds to the request of h without
-// reading its body (servedWithoutBody).
+// reading its body: the redirect of an unclean path (cleanPathTarget) or
+// a route that it serves without one (servedWithoutBody).
 func (s *Server) bodyUnused(h *fasthttp.RequestHeader) bool {
 	return withHeadURI(h, func(u *fasthttp.URI) bool {
+		if !h.IsConnect() && mayBeUnclean(u.PathOriginal()) {
+			if _, ok := cleanTarget(u); ok {
+				return true
+			}
+		}
 		return servedWithoutBody(s.routeOf(h.Method(), u.Path()))
 	})
 }

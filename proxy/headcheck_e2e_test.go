@@ -444,7 +444,8 @@ func TestBodilessRequestGetsNoContinue(t *testing.T) {
 }
 
 // TestUnusedBodyGetsNoContinue sends "Expect: 100-continue" with a body
-// to routes that Ollama's router serves without reading the body. As
+// to routes that Ollama's router serves without reading the body, and to
+// unclean paths, which Go's ServeMux redirects before the router. As
 // from net/http, the response comes at once, without a 100 Continue, and
 // the connection closes, since the body was not read.
 func TestUnusedBodyGetsNoContinue(t *testing.T) {
@@ -457,6 +458,8 @@ func TestUnusedBodyGetsNoContinue(t *testing.T) {
 		{"unknown path", "POST", "/nothing", http.StatusNotFound},
 		{"wrong method", "PUT", "/api/tags", http.StatusMethodNotAllowed},
 		{"trailing slash", "POST", "/api/chat/", http.StatusTemporaryRedirect},
+		{"empty segment", "POST", "/api//chat", http.StatusMovedPermanently},
+		{"dot segment", "POST", "/api/./chat", http.StatusMovedPermanently},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -27,15 +27,25 @@ import (
 // 301 except CONNECT, whose path it leaves alone. ok is false for a clean
 // path.
 func cleanPathTarget(ctx *fasthttp.RequestCtx) (target string, ok bool) {
-	original := ctx.URI().PathOriginal()
-	// Only an empty, "." or ".." segment makes a path that starts with a
-	// slash unclean, and each needs "//" or "/." in it. The check spares
-	// the usual clean path a copy.
-	if ctx.IsConnect() || len(original) == 0 || original[0] != '/' ||
-		!bytes.Contains(original, []byte("//")) && !bytes.Contains(original, []byte("/.")) {
+	if ctx.IsConnect() || !mayBeUnclean(ctx.URI().PathOriginal()) {
 		return "", false
 	}
-	raw := string(original)
+	return cleanTarget(ctx.URI())
+}
+
+// mayBeUnclean reports whether a path as sent may need cleaning. Only an
+// empty, "." or ".." segment makes a path that starts with a slash
+// unclean, and each needs "//" or "/." in it. The check spares the usual
+// clean path a copy.
+func mayBeUnclean(original []byte) bool {
+	return len(original) > 0 && original[0] == '/' &&
+		(bytes.Contains(original, []byte("//")) || bytes.Contains(original, []byte("/.")))
+}
+
+// cleanTarget returns the Location that cleanPathTarget describes for u,
+// and ok false when cleaning leaves its path as it is.
+func cleanTarget(u *fasthttp.URI) (target string, ok bool) {
+	raw := string(u.PathOriginal())
 	clean := path.Clean(raw)
 	if strings.HasSuffix(raw, "/") && clean != "/" {
 		clean += "/"
@@ -45,8 +55,8 @@ func cleanPathTarget(ctx *fasthttp.RequestCtx) (target string, ok bool) {
 	}
 	// The mux puts the escaped path where url.URL wants the plain one, so
 	// an escape such as %20 comes out escaped twice, as %2520.
-	u := url.URL{Path: clean, RawQuery: string(ctx.URI().QueryString())}
-	return u.String(), true
+	loc := url.URL{Path: clean, RawQuery: string(u.QueryString())}
+	return loc.String(), true
 }
 
 // serveRedirect redirects a request whose path is a route's path with a
