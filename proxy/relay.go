@@ -711,6 +711,9 @@ func (r *relay) failure(err error) ([]byte, error) {
 		r.failed = stop
 		msg = stop.Error()
 	} else {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = errBodyCut
+		}
 		r.failed = err
 		r.s.report(r.lease.Node, reasonMidStream)
 		msg = "node " + r.lease.Node.Name + " failed during the response: " + clientText(err)

@@ -126,9 +126,9 @@ func TestRelayEndsBrokenStreamWithErrorLine(t *testing.T) {
 		errorLine  string
 	}{
 		{"ndjson", false, `{"a":1}` + "\n", `{"partial":`,
-			`{"error":"node n failed during the response: unexpected EOF"}` + "\n"},
+			`{"error":"node n failed during the response: node closed the connection before the response body was complete"}` + "\n"},
 		{"sse", true, "data: {\"a\":1}\n\n", "data: {\"partial\":1}\n",
-			`data: {"error":{"message":"node n failed during the response: unexpected EOF",` +
+			`data: {"error":{"message":"node n failed during the response: node closed the connection before the response body was complete",` +
 				`"type":"api_error","param":null,"code":null}}` + "\n\n"},
 	}
 	for _, c := range cases {

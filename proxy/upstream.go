@@ -62,8 +62,19 @@ var errBodyNotTaken = fmt.Errorf("%w (the node did not take the whole request bo
 var errNodeMarkedDown = errors.New("node marked down by health checks before it sent a response")
 
 // errBodyCut ends a response body whose node connection closed or failed
-// before the last byte that the framing announced.
-var errBodyCut = errors.New("node closed the connection before the response body was complete")
+// before the last byte that the framing announced. It is the stream
+// loop's error for the same case, so that clients read one text.
+var errBodyCut = streamloop.ErrNodeClosed
+
+// bodyCut wraps err, a read error of a closed node connection, in
+// errBodyCut. The body reader's "unexpected EOF" adds nothing to it and
+// is left out, so that a cut reads the same as from the stream loop.
+func bodyCut(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || err == io.EOF {
+		return errBodyCut
+	}
+	return fmt.Errorf("%w: %w", errBodyCut, err)
+}
 
 // errBodyTooLarge ends a response body that exceeds the proxy's bound.
 var errBodyTooLarge = errors.New("response body too large")
@@ -499,7 +510,7 @@ func (ex *exchange) readInto(w io.Writer, limit int64) error {
 		if err != nil {
 			ex.reuse = false
 			if isConnClosed(err) {
-				return fmt.Errorf("%w: %w", errBodyCut, err)
+				return bodyCut(err)
 			}
 			return err
 		}

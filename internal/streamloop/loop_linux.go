@@ -310,7 +310,7 @@ func (l *loop) nodeEvent(h *Handle) {
 			l.relay(h, nil, true)
 			return
 		}
-		l.finish(h, &NodeError{Err: errors.New("node closed the connection before the end of the body")})
+		l.finish(h, &NodeError{Err: ErrNodeClosed})
 		return
 	}
 	h.last = l.now

@@ -68,6 +68,9 @@ var (
 	ErrCancelled = errors.New("stream cancelled")
 	// ErrDataPanic means the stream's Data function panicked.
 	ErrDataPanic = errors.New("stream data handler panicked")
+	// ErrNodeClosed means the node closed its connection before the end
+	// of a body framed by chunks or by a length. A NodeError carries it.
+	ErrNodeClosed = errors.New("node closed the connection before the response body was complete")
 )
 
 // NodeError is a failure of the node's side: a read error, a body cut
