@@ -102,7 +102,7 @@ func TestAnthropicProxyErrors(t *testing.T) {
 	}{
 		{"unknown model", "POST", "/v1/messages", strings.Replace(messagesBody, `"m"`, `"nope"`, 1),
 			404, "not_found_error", `model 'nope' not found`, "application/json"},
-		{"malformed json", "POST", "/v1/messages", `{"model":`, 400, "invalid_request_error", "invalid JSON",
+		{"malformed json", "POST", "/v1/messages", `{"model":`, 400, "invalid_request_error", "unexpected EOF",
 			"application/json; charset=utf-8"},
 		{"missing model", "POST", "/v1/messages", `{"messages":[]}`, 400, "invalid_request_error",
 			"model is required", "application/json; charset=utf-8"},

@@ -200,7 +200,7 @@ func TestInspectShortensParseErrors(t *testing.T) {
 		name, body, want string
 	}{
 		// Go's encoding/json words the syntax errors, as in Ollama.
-		{"truncated", `{"model":`, "invalid JSON: unexpected EOF"},
+		{"truncated", `{"model":`, "unexpected EOF"},
 		{"white space", " \n\t ", "missing request body"},
 		{"deep", `{"model":"m","x":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`,
 			"it exceeds 300"},

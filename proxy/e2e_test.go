@@ -279,7 +279,7 @@ func TestBadInput(t *testing.T) {
 		status           int
 		contains         string
 	}{
-		{"malformed json", "/api/generate", `{"model":`, 400, "invalid JSON"},
+		{"malformed json", "/api/generate", `{"model":`, 400, `{"error":"unexpected EOF"}`},
 		// Ollama's messages, from Go's decoder and Ollama's request types.
 		{"not an object", "/api/chat", `[1,2]`, 400,
 			"json: cannot unmarshal array into Go value of type api.ChatRequest"},
@@ -334,7 +334,7 @@ func TestFanoutBadInput(t *testing.T) {
 		{"number", all, `5`, "json: cannot unmarshal number into Go value of type api.", false},
 		// Ollama's message, from Go's encoding/json.
 		{"malformed", all, `{bad json}`,
-			"invalid JSON: invalid character 'b' looking for beginning of object key string", true},
+			"invalid character 'b' looking for beginning of object key string", true},
 		{"duplicate key", all, `{"model":"m","model":"m"}`, `invalid JSON: duplicate key "model"`, true},
 		{"model not a string", named, `{"model":5}`, "json: cannot unmarshal number into Go struct field ",
 			false},
@@ -991,5 +991,28 @@ func TestHeadBlobAnswersAtOnce(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Errorf("status %d, want 404 for a missing blob", resp.StatusCode)
+	}
+}
+
+// TestBadJSONMatchesRecording sends the body of the recorded response of
+// a real Ollama server to a body that is not JSON, to the /api routes that
+// decode a body, and checks the response byte for byte against the
+// recording.
+func TestBadJSONMatchesRecording(t *testing.T) {
+	f := newFleet(t, ollamasim.Config{})
+	recorded, want := recordedResponse(t, "err_bad_json")
+	for _, route := range []string{"POST /api/generate", "POST /api/chat", "POST /api/embed", "POST /api/show"} {
+		t.Run(route, func(t *testing.T) {
+			resp, body := send(t, f.proxy.URL(), route, `{bad json}`)
+			if resp.StatusCode != recorded.StatusCode {
+				t.Errorf("status %d, want %d", resp.StatusCode, recorded.StatusCode)
+			}
+			if got, want := resp.Header.Get("Content-Type"), recorded.Header.Get("Content-Type"); got != want {
+				t.Errorf("content type %q, want %q", got, want)
+			}
+			if !bytes.Equal(body, want) {
+				t.Errorf("body %s, want %s", body, want)
+			}
+		})
 	}
 }

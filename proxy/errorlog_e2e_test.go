@@ -19,9 +19,10 @@ func TestAccessLogNamesProxyErrors(t *testing.T) {
 		status                   int
 		message                  string
 	}{
-		{"invalid JSON", "POST", "/api/generate", "{bad", 400, "invalid JSON"},
+		{"invalid JSON", "POST", "/api/generate", "{bad", 400, "invalid character 'b' looking for beginning of object key string"},
 		{"unknown model", "POST", "/api/generate", `{"model":"nope","prompt":"x"}`, 404, `model 'nope' not found`},
-		{"invalid JSON on /v1", "POST", "/v1/chat/completions", "{bad", 400, "invalid JSON"},
+		{"invalid JSON on /v1", "POST", "/v1/chat/completions", "{bad", 400,
+			"invalid character 'b' looking for beginning of object key string"},
 		{"unknown path", "GET", "/nope", "", 404, "404 page not found"},
 		// A path under /v1/ goes to a node, whose 404 the log quotes.
 		{"unknown /v1 path", "GET", "/v1/nope", "", 404, "404 page not found"},

@@ -478,15 +478,16 @@ func syntaxError(body []byte, err error) error {
 			return errMissingBody
 		}
 		if goErr != nil {
-			return &bodySyntaxError{"invalid JSON: " + goErr.Error()}
+			return &bodySyntaxError{goErr.Error()}
 		}
 	}
 	return &bodySyntaxError{"invalid JSON: " + shortParseError(err)}
 }
 
 // bodySyntaxError is the error of a body that is empty or not JSON at
-// all, which Ollama's decoder rejects too. The proxy words it itself, with
-// Go's message after "invalid JSON: " where it has one.
+// all, which Ollama's decoder rejects too. Its message is Go's, as from
+// Ollama, except for a body over maxGoDecode, which gets fastjson's after
+// "invalid JSON: ".
 type bodySyntaxError struct{ msg string }
 
 func (e *bodySyntaxError) Error() string { return e.msg }

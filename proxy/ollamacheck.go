@@ -43,10 +43,9 @@ func (e ollamaError) write(ctx *fasthttp.RequestCtx, rt route) {
 // writeBodyError responds to a body from which the proxy could not read
 // the fields it needs, with err from parseObject or a field reader. A body
 // or field of the wrong JSON type (bodyTypeError) gets the response of
-// Ollama's decoder, which rejects it too. Any other error keeps the
-// proxy's words: a body that is not JSON at all, with Go's message after
-// "invalid JSON: " (see syntaxError), and a duplicate key, which Ollama
-// accepts. On the /v1 routes each is an error of Ollama's middleware,
+// Ollama's decoder, which rejects it too. So does a body that is not JSON
+// at all, with Go's message (see syntaxError). A duplicate key, which
+// Ollama accepts, gets the proxy's own words. On the /v1 routes each is an error of Ollama's middleware,
 // which decodes the body there.
 func writeBodyError(ctx *fasthttp.RequestCtx, rt route, body []byte, err error) {
 	var typeErr *bodyTypeError

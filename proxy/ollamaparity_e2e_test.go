@@ -141,7 +141,7 @@ func TestNonObjectBodiesAsOllama(t *testing.T) {
 		{"/v1/embeddings", `null`, "invalid input"},
 		{"/v1/responses", `[]`, "json: cannot unmarshal array into Go value of type openai.ResponsesRequest"},
 		{"/v1/chat/completions", `{bad}`,
-			"invalid JSON: invalid character 'b' looking for beginning of object key string"},
+			"invalid character 'b' looking for beginning of object key string"},
 	}
 	for _, tc := range v1 {
 		t.Run(tc.path+" "+tc.body, func(t *testing.T) {
