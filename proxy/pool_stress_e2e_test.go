@@ -776,6 +776,9 @@ func TestPoolStressTotalCutsNonStreamedBody(t *testing.T) {
 		if !strings.Contains(string(body), "upstream.total") {
 			t.Errorf("%s: body %q, want an error naming upstream.total", id, body)
 		}
+		if strings.Contains(string(body), "context deadline exceeded") {
+			t.Errorf("%s: body %q quotes Go's context error", id, body)
+		}
 	}
 	recs := accessRecords(t, log)
 	for i := range cuts {

@@ -44,8 +44,18 @@ var errIdleTimeout = errors.New("no data from node within the idle timeout")
 // errCancelled ends the read of an exchange whose context ended.
 var errCancelled = errors.New("exchange cancelled")
 
-// errTotalTimeout ends a response that outlasted upstream.total.
-var errTotalTimeout = fmt.Errorf("request exceeded upstream.total: %w", context.DeadlineExceeded)
+// errTotalTimeout ends a response that outlasted upstream.total. It is a
+// context.DeadlineExceeded, whose own words ("context deadline exceeded")
+// its message leaves out.
+var errTotalTimeout error = totalTimeoutError{}
+
+type totalTimeoutError struct{}
+
+func (totalTimeoutError) Error() string {
+	return "request took longer than upstream.total, the limit on the time one request may take at a node"
+}
+
+func (totalTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 
 // errFirstByteTimeout means the node accepted the request but sent no
 // response headers in time.
