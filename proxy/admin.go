@@ -65,8 +65,28 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 		if s.adminExtra != nil && s.adminExtra(ctx) {
 			return
 		}
+		if allow := adminMethods(path); allow != "" {
+			ctx.Response.Header.Set("Allow", allow)
+			writeError(ctx, rt, fasthttp.StatusMethodNotAllowed,
+				"method "+method+" is not allowed on "+path+", use "+allow)
+			return
+		}
 		writeError(ctx, rt, fasthttp.StatusNotFound, "unknown admin route "+method+" "+path)
 	}
+}
+
+// adminMethods returns the methods that serveAdmin serves on path, as the
+// value of an Allow header, or "" for a path that it does not serve.
+func adminMethods(path string) string {
+	switch {
+	case path == "/admin/status":
+		return "GET, HEAD"
+	case path == "/admin/nodes", path == "/admin/usage", path == "/admin/queue":
+		return "GET"
+	case path == "/admin/cache/purge", strings.HasPrefix(path, "/admin/nodes/"):
+		return "POST"
+	}
+	return ""
 }
 
 // profilesServed reports whether the Go runtime profiles under
