@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"slices"
 	"testing"
@@ -10,10 +11,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/llmproxy/llmproxy/app"
 	"github.com/llmproxy/llmproxy/config"
 	"github.com/llmproxy/llmproxy/internal/testenv"
 	"github.com/llmproxy/llmproxy/internal/testredis"
 	"github.com/llmproxy/llmproxy/ollamasim"
+	"github.com/llmproxy/llmproxy/statuspage"
 )
 
 // statuses sends n short generations with the key named key and returns
@@ -88,12 +91,23 @@ func TestRedisUpWithoutTraffic(t *testing.T) {
 		return n
 	}
 
+	if st := redisOnStatus(t, a); st == nil || !st.Up || len(st.Degraded) != 0 {
+		t.Errorf("/admin/status redis = %+v with Redis up, want up and nothing degraded", st)
+	}
+
 	r.Stop()
 	testenv.WaitFor(t, 15*time.Second, "redis_up 0 without traffic", func() bool { return up() == 0 })
 	testenv.WaitFor(t, 15*time.Second, "both outage warnings", func() bool {
 		return logged("WARN", "redis unreachable, rate limits are counted per instance") == 1 &&
 			logged("WARN", "redis unavailable, cache continues with l1 only") == 1
 	})
+	want := []string{
+		"the response cache uses the in-process tier only",
+		"rate limits and quotas are counted by each instance alone",
+	}
+	if st := redisOnStatus(t, a); st == nil || st.Up || !slices.Equal(st.Degraded, want) {
+		t.Errorf("/admin/status redis = %+v with Redis down, want down and degraded %q", st, want)
+	}
 
 	r.Restart(t)
 	testenv.WaitFor(t, 15*time.Second, "redis_up 1 without traffic", func() bool { return up() == 1 })
@@ -101,6 +115,24 @@ func TestRedisUpWithoutTraffic(t *testing.T) {
 		return logged("INFO", "redis reachable again, rate limits are shared") == 1 &&
 			logged("INFO", "redis reachable again, cache l2 resumed") == 1
 	})
+	if st := redisOnStatus(t, a); st == nil || !st.Up || len(st.Degraded) != 0 {
+		t.Errorf("/admin/status redis = %+v after the restart, want up and nothing degraded", st)
+	}
+}
+
+// redisOnStatus returns the redis field of a's /admin/status.
+func redisOnStatus(t *testing.T, a *app.App) *statuspage.RedisStatus {
+	t.Helper()
+	resp, err := http.Get(a.URL() + "/admin/status")
+	if err != nil {
+		t.Fatalf("GET /admin/status: %v", err)
+	}
+	defer resp.Body.Close()
+	var snap statuspage.Snapshot
+	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
+		t.Fatalf("decode /admin/status: %v", err)
+	}
+	return snap.Redis
 }
 
 // TestRedisUpWhenScriptsDenied denies Redis's scripting commands to the

@@ -238,3 +238,18 @@ func (m *Metrics) SetRedisUp(component string, up bool) {
 	}
 	m.RedisUp.Set(all)
 }
+
+// RedisComponents returns whether Redis was reachable at the last check of
+// each component that uses it, by name, or nil when none has checked.
+func (m *Metrics) RedisComponents() map[string]bool {
+	m.redis.mu.Lock()
+	defer m.redis.mu.Unlock()
+	if len(m.redis.up) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(m.redis.up))
+	for name, up := range m.redis.up {
+		out[name] = up
+	}
+	return out
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,6 +89,34 @@ func adminMethods(path string) string {
 		return "POST"
 	}
 	return ""
+}
+
+// redisDegraded describes how each component that uses Redis works while
+// it cannot reach Redis.
+var redisDegraded = map[string]string{
+	"ratelimit": "rate limits and quotas are counted by each instance alone",
+	"cache":     "the response cache uses the in-process tier only",
+}
+
+// redisStatus returns the status of Redis from whether each component
+// reached it at its last check, or nil when no component uses Redis.
+func redisStatus(components map[string]bool) *statuspage.RedisStatus {
+	if components == nil {
+		return nil
+	}
+	st := &statuspage.RedisStatus{Up: true, Degraded: []string{}}
+	for _, name := range slices.Sorted(maps.Keys(components)) {
+		if components[name] {
+			continue
+		}
+		st.Up = false
+		msg, ok := redisDegraded[name]
+		if !ok {
+			msg = name + " cannot reach Redis"
+		}
+		st.Degraded = append(st.Degraded, msg)
+	}
+	return st
 }
 
 // profilesServed reports whether the Go runtime profiles under
@@ -248,6 +278,7 @@ func (s *Server) statusSnapshot() statuspage.Snapshot {
 	}
 	if s.m != nil {
 		snap.Cache = statuspage.CacheStatsFrom(s.m.CacheRequests)
+		snap.Redis = redisStatus(s.m.RedisComponents())
 	}
 	for _, n := range s.NodeStatuses() {
 		snap.Nodes = append(snap.Nodes, statuspage.NodeStatus{

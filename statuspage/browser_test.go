@@ -50,6 +50,10 @@ func fakeSnapshot() Snapshot {
 		},
 		QueueDepth: map[string]int{"priority": 2, "standard": 5, "batch": 11},
 		Cache:      NewCacheStats(300, 100),
+		Redis: &RedisStatus{Degraded: []string{
+			"the response cache uses the in-process tier only",
+			"rate limits and quotas are counted by each instance alone",
+		}},
 		RecentErrors: []ErrorRecord{
 			{
 				Time: at, RequestID: "req-0002", Route: "/api/chat", Model: imageModel,
@@ -210,11 +214,17 @@ func checkSummary(t *testing.T, doc *html.Node) {
 		"cache-rate":     "75.0%",
 		"cache-hits":     "300",
 		"cache-misses":   "100",
+		"redis-state":    "down",
+		"redis-degraded": "the response cache uses the in-process tier only; " +
+			"rate limits and quotas are counted by each instance alone",
 	}
 	for id, w := range want {
 		if got := textOf(byID(t, doc, id, "")); got != w {
 			t.Errorf("#%s = %q, want %q", id, got, w)
 		}
+	}
+	if hasAttr(byID(t, doc, "redis-card", ""), "hidden") {
+		t.Error("Redis card hidden while the snapshot has Redis")
 	}
 }
 

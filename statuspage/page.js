@@ -184,6 +184,18 @@
     text("cache-misses", misses);
   }
 
+  // renderRedis shows the shared Redis, or hides the card when the proxy
+  // uses none.
+  function renderRedis(redis) {
+    $("redis-card").hidden = redis === null;
+    if (redis === null) {
+      return;
+    }
+    text("redis-state", redis.up === true ? "up" : "down");
+    const degraded = Array.isArray(redis.degraded) ? redis.degraded.map(str) : [];
+    text("redis-degraded", degraded.join("; "));
+  }
+
   function errorRow(e) {
     const status = num(e.status);
     const row = el("tr", "recent-error",
@@ -213,6 +225,7 @@
     renderNodes(Array.isArray(s.nodes) ? s.nodes : []);
     renderQueue(s.queue_depth && typeof s.queue_depth === "object" ? s.queue_depth : {});
     renderCache(s.cache && typeof s.cache === "object" ? s.cache : {});
+    renderRedis(s.redis && typeof s.redis === "object" ? s.redis : null);
     renderErrors(Array.isArray(s.recent_errors) ? s.recent_errors : []);
   }
 

@@ -30,6 +30,19 @@ type Snapshot struct {
 	Cache CacheStats `json:"cache"`
 	// RecentErrors lists the latest failed requests, newest first.
 	RecentErrors []ErrorRecord `json:"recent_errors"`
+	// Redis is the state of the shared Redis, absent when none is
+	// configured.
+	Redis *RedisStatus `json:"redis,omitempty"`
+}
+
+// RedisStatus is whether the shared Redis is reachable, and what works
+// otherwise while it is not.
+type RedisStatus struct {
+	// Up is false while any component that uses Redis cannot reach it.
+	Up bool `json:"up"`
+	// Degraded lists what works otherwise meanwhile, one sentence per
+	// component, and is empty while Redis is up.
+	Degraded []string `json:"degraded"`
 }
 
 // NodeStatus is the state of one node.
