@@ -80,6 +80,10 @@ func writeErrorBody(ctx *fasthttp.RequestCtx, r route, status int, msg string, e
 		body = wire.AnthropicError(msg, wire.AnthropicErrorType(status), anthropicRequestID(ctx))
 	default:
 		ctx.SetContentType(jsonUTF8)
+		if status == fasthttp.StatusUnauthorized {
+			ctx.SetBody(wire.OllamaAuthError(msg))
+			return
+		}
 		ctx.SetBody(wire.OllamaError(msg))
 		return
 	}

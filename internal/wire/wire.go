@@ -93,6 +93,19 @@ func OllamaError(msg string) []byte {
 	return append(b, '}')
 }
 
+// OllamaAuthError returns the body of a 401 in Ollama's shape, with the
+// message also in "status". The Ollama Go client decodes a 401 body into
+// its AuthorizationError, whose Error returns that field. Without it, the
+// client prints a generic message that points at the server's logs.
+func OllamaAuthError(msg string) []byte {
+	b := make([]byte, 0, 2*len(msg)+28)
+	b = append(b, `{"error":`...)
+	b = appendJSONString(b, msg)
+	b = append(b, `,"status":`...)
+	b = appendJSONString(b, msg)
+	return append(b, '}')
+}
+
 // AppendProgress appends a progress line of a model operation, such as a
 // pull, without its newline: {"status":...,"digest":...,"total":N,
 // "completed":N}. As in Ollama, an empty digest and a zero total or
