@@ -622,8 +622,15 @@ func checkOllamaErrorBody(body []byte) error {
 	if err := json.Unmarshal(body, &e); err != nil {
 		return fmt.Errorf("body %q is not JSON: %v", body, err)
 	}
-	if msg, ok := e["error"].(string); !ok || msg == "" || len(e) != 1 {
+	msg, ok := e["error"].(string)
+	if !ok || msg == "" {
 		return fmt.Errorf("body %s, want {\"error\":\"...\"}", body)
+	}
+	for k, v := range e {
+		// A 401 repeats the message in "status" for the Ollama Go client.
+		if k != "error" && (k != "status" || v != msg) {
+			return fmt.Errorf("body %s, want {\"error\":\"...\"} and at most a \"status\" with the same message", body)
+		}
 	}
 	return nil
 }
