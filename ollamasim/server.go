@@ -108,7 +108,9 @@ func (s *Server) registerRoutes() {
 	s.handle("POST /v1/messages",
 		route{name: "/v1/messages", inference: true, errors: shapeAnthropic}, s.handleMessages)
 	s.handle("GET /v1/models", openAI("/v1/models", false), s.handleOpenAIModels)
-	s.handle("GET /v1/models/{model...}", openAI("/v1/models/{model}", false), s.handleOpenAIModel)
+	// Like gin's :model parameter, {model} matches one path segment, so a
+	// namespaced name such as user/custom:v1 gets the router's 404.
+	s.handle("GET /v1/models/{model}", openAI("/v1/models/{model}", false), s.handleOpenAIModel)
 
 	s.unmatched = s.middleware(general(RouteUnmatched), s.handleUnmatched)
 	s.mux.Handle("/", s.unmatched)
@@ -128,12 +130,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, target, http.StatusMovedPermanently)
 		return
 	}
+	if r.URL.RawPath != "" {
+		// gin matches routes on the unescaped path (UseRawPath false), so
+		// /api%2Ftags is /api/tags. Go's mux matches on the escaped path.
+		r = withUnescapedPath(r)
+	}
 	if r.Method == http.MethodHead && !servesHead(r.URL.Path) {
 		// Go's mux would serve HEAD with the GET route.
 		s.unmatched.ServeHTTP(w, r)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// withUnescapedPath returns a shallow copy of r whose URL has no RawPath,
+// so that its escaped form is that of the unescaped path.
+func withUnescapedPath(r *http.Request) *http.Request {
+	u := *r.URL
+	u.RawPath = ""
+	r2 := *r
+	r2.URL = &u
+	return &r2
 }
 
 // cleanPathTarget returns the Location to which Ollama redirects a request
@@ -173,18 +190,16 @@ func (s *Server) middleware(rt route, h http.HandlerFunc) http.Handler {
 		start := time.Now()
 
 		// Count and copy the request before anything can reject it.
-		if err := s.record(rt.name, r); err != nil {
+		body, err := s.record(rt.name, r)
+		if err != nil {
 			s.rec.noteCancelled()
 			return
 		}
 
-		// Ollama rejects a foreign origin or host with 403 and an empty body.
-		if !s.originAllowed(r.Header.Get("Origin")) || !s.hostAllowed(r) {
-			w.WriteHeader(http.StatusForbidden)
+		if !s.passAccess(w, r) || !s.passOutage(r) {
 			return
 		}
-
-		if !s.passFaults(w, r, rt) {
+		if !s.passChecks(w, r, rt, body) || !s.passInferenceFaults(w, r, rt) {
 			return
 		}
 		h(w, r)
@@ -197,11 +212,11 @@ func (s *Server) middleware(rt route, h http.HandlerFunc) http.Handler {
 }
 
 // record reads the body, counts the request and keeps a copy for
-// LastRequest. The handler reads the same bytes afterwards.
-func (s *Server) record(routeName string, r *http.Request) error {
+// LastRequest. It returns the body, which the handler reads again.
+func (s *Server) record(routeName string, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return fmt.Errorf("read request body: %w", err)
+		return nil, fmt.Errorf("read request body: %w", err)
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 
@@ -217,7 +232,7 @@ func (s *Server) record(routeName string, r *http.Request) error {
 		Header:     r.Header.Clone(),
 		Body:       bytes.Clone(kept),
 	})
-	return nil
+	return body, nil
 }
 
 // bodyModel returns the "model" (or legacy "name") field of a JSON body, and
@@ -240,10 +255,10 @@ func bodyModel(body []byte) string {
 	return fields.Name
 }
 
-// passFaults applies the active faults to a request and reports whether the
-// handler should run. When it returns false, the response has been written
-// or the connection dropped.
-func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bool {
+// passOutage applies the Hang and Refuse faults, which stop every request,
+// and reports whether the request may continue. When it returns false,
+// the request was cancelled or the connection dropped.
+func (s *Server) passOutage(r *http.Request) bool {
 	f, changed := s.faults.get()
 	for f.Hang && !f.Refuse {
 		select {
@@ -261,10 +276,17 @@ func (s *Server) passFaults(w http.ResponseWriter, r *http.Request, rt route) bo
 		// too; this covers a bare handler and requests already accepted.
 		panic(http.ErrAbortHandler)
 	}
+	return true
+}
+
+// passInferenceFaults applies the delay, Busy and error faults to an
+// inference request and reports whether the handler should run. When it
+// returns false, the response has been written or the request cancelled.
+func (s *Server) passInferenceFaults(w http.ResponseWriter, r *http.Request, rt route) bool {
 	if !rt.inference {
 		return true
 	}
-
+	f, _ := s.faults.get()
 	if err := s.pause(r.Context(), f.FirstByteDelay); err != nil {
 		s.rec.noteCancelled()
 		return false

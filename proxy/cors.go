@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/llmproxy/llmproxy/internal/hostcheck"
+	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
 // checkHost applies Ollama's check against DNS rebinding (package
@@ -90,9 +91,9 @@ func (s *Server) applyCORS(ctx *fasthttp.RequestCtx) bool {
 		h.SetBytesV("Access-Control-Allow-Origin", origin)
 	}
 	if ctx.IsOptions() {
-		h.Set("Access-Control-Allow-Methods", "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS")
+		h.Set("Access-Control-Allow-Methods", wire.CORSAllowMethods)
 		h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
-		h.Set("Access-Control-Max-Age", "43200")
+		h.Set("Access-Control-Max-Age", wire.CORSMaxAge)
 		if !anyOrigin {
 			h.Add("Vary", "Origin")
 			h.Add("Vary", "Access-Control-Request-Method")
@@ -150,17 +151,9 @@ func writeForbidden(ctx *fasthttp.RequestCtx) {
 	ctx.Response.Header.SetNoDefaultContentType(true)
 }
 
-// corsAllowHeaders lists the request headers that a preflight allows, as
-// gin-contrib/cors writes them: in canonical form, joined by commas. They
-// are those of Ollama's GenerateRoutes (server/routes.go, Ollama v0.17.4),
-// which include the x-stainless-* headers that OpenAI's SDKs send, and
-// then the headers that the proxy itself reads.
-const corsAllowHeaders = "Authorization,Content-Type,User-Agent,Accept,X-Requested-With," +
-	"Openai-Beta,X-Stainless-Arch,X-Stainless-Async,X-Stainless-Custom-Poll-Interval," +
-	"X-Stainless-Helper-Method,X-Stainless-Lang,X-Stainless-Os," +
-	"X-Stainless-Package-Version,X-Stainless-Poll-Helper,X-Stainless-Retry-Count," +
-	"X-Stainless-Runtime,X-Stainless-Runtime-Version,X-Stainless-Timeout," +
-	"X-Api-Key,X-Priority,X-Request-Id,Cache-Control"
+// corsAllowHeaders lists the request headers that a preflight allows:
+// Ollama's, then the headers that the proxy itself reads.
+const corsAllowHeaders = wire.CORSAllowHeaders + ",X-Api-Key,X-Priority,X-Request-Id,Cache-Control"
 
 // isSameOrigin reports whether origin is http:// or https:// followed by
 // host, the request's Host header.

@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/llmproxy/llmproxy/balancer"
+	"github.com/llmproxy/llmproxy/internal/ollamacheck"
 	"github.com/llmproxy/llmproxy/internal/wire"
 )
 
@@ -134,7 +135,7 @@ func (s *Server) serveFanout(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 // fanoutModel returns the model that a fan-out acts on: the source of a
 // copy, or else the model the body names, "" when it names none. A copy
 // must also name a valid source and destination, and the error for either
-// is Ollama's (see precheck).
+// is Ollama's (see ollamacheck.Precheck).
 func fanoutModel(v *fastjson.Value, rt route, body []byte) (string, error) {
 	if rt.name != "/api/copy" {
 		return modelField(v, rt)
@@ -146,8 +147,8 @@ func fanoutModel(v *fastjson.Value, rt route, body []byte) (string, error) {
 	if _, err := stringField(v, "destination"); err != nil {
 		return "", err
 	}
-	if e, failed := precheck(rt, body); failed {
-		return "", &bodyTypeError{e.msg}
+	if e, failed := ollamacheck.Precheck(rt.name, body); failed {
+		return "", &bodyTypeError{e.Message}
 	}
 	return source, nil
 }

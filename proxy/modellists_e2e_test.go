@@ -205,12 +205,16 @@ func TestOpenAIModelsOwnedBy(t *testing.T) {
 			}
 		}
 		for id, owner := range want {
-			if base == p.URL() && strings.Contains(id, "/") {
+			if strings.Contains(id, "/") {
 				// Ollama's route /v1/models/:model takes one path segment,
-				// so the proxy sends 404 for a name with a slash. The
-				// simulator serves such a name, unlike Ollama.
-				if status, body := getAs(t, base+"/v1/models/"+id, ""); status != http.StatusNotFound {
+				// so the proxy and the node send the router's 404 for a
+				// name with a slash.
+				status, body := getAs(t, base+"/v1/models/"+id, "")
+				if status != http.StatusNotFound {
 					t.Errorf("%s/v1/models/%s: status %d, body %s; want 404", base, id, status, body)
+				}
+				if string(body) != "404 page not found" {
+					t.Errorf("%s/v1/models/%s: body %q, want the router's 404 text", base, id, body)
 				}
 				continue
 			}
