@@ -15,6 +15,9 @@ import (
 // error shape, as the /v1 middleware writes its own errors or as it passes
 // on those of the handler.
 func (s *Server) passChecks(w http.ResponseWriter, r *http.Request, rt route, body []byte) bool {
+	if s.cfg.SkipChecks {
+		return true
+	}
 	var name string
 	switch {
 	case r.Method == http.MethodPost || r.Method == http.MethodDelete:

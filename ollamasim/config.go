@@ -110,6 +110,13 @@ type Config struct {
 
 	// Faults are the faults active from the start.
 	Faults Faults
+
+	// SkipChecks turns off the checks of request bodies that Ollama makes
+	// before it looks a model up: the decode with Ollama's request types,
+	// the value checks and the name checks. They cost more than the rest
+	// of an unpaced response, so benchmarks whose requests are valid turn
+	// them off to keep the nodes cheap.
+	SkipChecks bool
 }
 
 // ModelSpec describes one model. Zero fields take defaults that depend on

@@ -310,3 +310,15 @@ func TestOptionsAnsweredAsOllama(t *testing.T) {
 		}
 	})
 }
+
+// TestSkipChecksServesUnchecked checks that a node with SkipChecks serves
+// a request that the checks reject: the handler itself does not look at
+// top_logprobs.
+func TestSkipChecksServesUnchecked(t *testing.T) {
+	n := startNode(t, ollamasim.Config{SkipChecks: true})
+	runCheckCases(t, n, []checkCase{
+		{name: "generate top_logprobs", path: "/api/generate",
+			body:   `{"model":"llama3:8b","prompt":"hi","stream":false,"logprobs":true,"top_logprobs":50}`,
+			status: 200, contentType: ginJSON},
+	})
+}

@@ -141,6 +141,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cfg.Version, "version", ollamasim.DefaultVersion,
 		"version reported by /api/version")
 	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "seed of non-deterministic completions")
+	fs.BoolVar(&o.cfg.SkipChecks, "skip-checks", false,
+		"skip the checks of request bodies that Ollama makes before the model lookup, for benchmarks")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 
