@@ -48,7 +48,7 @@ const (
 	outcomeMiss    = "miss"
 	outcomeBypass  = "bypass"
 	outcomeError   = "error"
-	redisComponent = "cache"
+	redisComponent = metrics.RedisCache
 )
 
 // Cache is the two-tier response cache. All methods are safe for

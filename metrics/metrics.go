@@ -218,8 +218,15 @@ type redisComponents struct {
 	up map[string]bool
 }
 
+// The components that use Redis, as SetRedisUp and the component label of
+// llmproxy_redis_fallback_total name them.
+const (
+	RedisRateLimit = "ratelimit"
+	RedisCache     = "cache"
+)
+
 // SetRedisUp records whether the last Redis call of component (such as
-// "ratelimit" or "cache") succeeded, and sets RedisUp to 1 only while
+// RedisRateLimit or RedisCache) succeeded, and sets RedisUp to 1 only while
 // every component that reported is up. The components run different
 // commands, so Redis can take one's and reject the other's, as when an
 // ACL forbids the rate limiter's scripts.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/llmproxy/llmproxy/balancer"
 	"github.com/llmproxy/llmproxy/internal/wire"
+	"github.com/llmproxy/llmproxy/metrics"
 	"github.com/llmproxy/llmproxy/statuspage"
 )
 
@@ -94,8 +95,8 @@ func adminMethods(path string) string {
 // redisDegraded describes how each component that uses Redis works while
 // it cannot reach Redis.
 var redisDegraded = map[string]string{
-	"ratelimit": "rate limits and quotas are counted by each instance alone",
-	"cache":     "the response cache uses the in-process tier only",
+	metrics.RedisRateLimit: "rate limits and quotas are counted by each instance alone",
+	metrics.RedisCache:     "the response cache uses the in-process tier only",
 }
 
 // redisStatus returns the status of Redis from whether each component

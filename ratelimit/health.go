@@ -57,7 +57,7 @@ func (h *redisHealth) isUp() bool { return h.state.Load() == redisUp }
 // the cache sets the gauge too.
 func (h *redisHealth) succeeded() bool {
 	if h.metrics != nil {
-		h.metrics.SetRedisUp("ratelimit", true)
+		h.metrics.SetRedisUp(metrics.RedisRateLimit, true)
 	}
 	old := h.state.Swap(redisUp)
 	if old == redisDown {
@@ -69,7 +69,7 @@ func (h *redisHealth) succeeded() bool {
 // failed records a Redis call that failed at now with err.
 func (h *redisHealth) failed(now time.Time, err error) {
 	if h.metrics != nil {
-		h.metrics.SetRedisUp("ratelimit", false)
+		h.metrics.SetRedisUp(metrics.RedisRateLimit, false)
 	}
 	h.retryAt.Store(now.Add(redisRetryInterval).UnixNano())
 	if h.state.Swap(redisDown) == redisDown {

@@ -533,6 +533,6 @@ func (l *Limiter) countRejected(label string, limit Limit) {
 
 func (l *Limiter) countFallback() {
 	if l.metrics != nil {
-		l.metrics.RedisFallback.WithLabelValues("ratelimit").Inc()
+		l.metrics.RedisFallback.WithLabelValues(metrics.RedisRateLimit).Inc()
 	}
 }
