@@ -269,11 +269,19 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	// no response. A body up to unblockedWrite fits in the socket's buffer
 	// and does not wait, so it skips the two deadline changes.
 	ex.deadline = time.Now().Add(t.firstByte)
+	// The read deadline is in place before the write, since a small
+	// request waits for the response head within the write.
+	_ = conn.SetReadDeadline(ex.deadline)
+	if ex.cancelled.Load() || ex.nodeDown.Load() {
+		// A cancellation, or the node going down, before the read deadline
+		// was set would otherwise be undone by it.
+		_ = conn.SetDeadline(time.Unix(1, 0))
+	}
 	bounded := len(req.Body()) > unblockedWrite
 	if bounded {
 		_ = conn.SetWriteDeadline(ex.deadline)
 	}
-	if err := ex.writeRequest(req); err != nil {
+	if err := ex.writeRequest(req, bounded); err != nil {
 		down := ex.endHeadWait()
 		ex.close()
 		if down && ctx.Err() == nil {
@@ -293,11 +301,9 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	if bounded {
 		_ = conn.SetWriteDeadline(time.Time{})
 	}
-
-	_ = conn.SetReadDeadline(ex.deadline)
 	if ex.cancelled.Load() || ex.nodeDown.Load() {
 		// A cancellation, or the node going down, while the request was
-		// written would otherwise be undone by the new deadlines.
+		// written would otherwise be undone by the cleared write deadline.
 		_ = conn.SetDeadline(time.Unix(1, 0))
 	}
 	ex.reader = idleReader{Conn: conn, ex: ex}
@@ -345,13 +351,67 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	return ex, nil
 }
 
-func (ex *exchange) writeRequest(req *fasthttp.Request) error {
-	bw := ex.u.hc.AcquireWriter(ex.conn)
-	defer ex.u.hc.ReleaseWriter(bw)
-	if err := req.Write(bw); err != nil {
+// writeRequest sends req to the node. A request that fits in the
+// socket's send buffer (bounded is false) goes out in one write that also
+// waits for the response (rawconn.Conn.WriteAwaitRead), which saves one
+// read(2) call per request.
+func (ex *exchange) writeRequest(req *fasthttp.Request, bounded bool) error {
+	aw, ok := ex.conn.(awaitWriter)
+	if !ok || bounded || req.IsBodyStream() {
+		bw := ex.u.hc.AcquireWriter(ex.conn)
+		defer ex.u.hc.ReleaseWriter(bw)
+		if err := req.Write(bw); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	ra := requestBufPool.Get().(*requestBuf)
+	defer ra.release()
+	ra.bw.Reset(ra)
+	if err := req.Write(ra.bw); err != nil {
 		return err
 	}
-	return bw.Flush()
+	if err := ra.bw.Flush(); err != nil {
+		return err
+	}
+	_, err := aw.WriteAwaitRead(ra.b)
+	return err
+}
+
+// awaitWriter is a connection that can write a request and wait for the
+// response in one step (rawconn.Conn on Linux).
+type awaitWriter interface {
+	WriteAwaitRead(b []byte) (int, error)
+}
+
+// requestBuf collects a serialized request for one write.
+type requestBuf struct {
+	b  []byte
+	bw *bufio.Writer
+}
+
+// Write appends p to the buffer.
+func (ra *requestBuf) Write(p []byte) (int, error) {
+	ra.b = append(ra.b, p...)
+	return len(p), nil
+}
+
+// maxPooledRequestBuf bounds the buffer that goes back to the pool, so that
+// one large request does not stay in memory.
+const maxPooledRequestBuf = 64 << 10
+
+var requestBufPool = sync.Pool{New: func() any {
+	ra := &requestBuf{}
+	ra.bw = bufio.NewWriterSize(ra, 4096)
+	return ra
+}}
+
+func (ra *requestBuf) release() {
+	if cap(ra.b) > maxPooledRequestBuf {
+		return
+	}
+	ra.b = ra.b[:0]
+	requestBufPool.Put(ra)
 }
 
 // setBody prepares the body reader from the framing of the response. A

@@ -48,6 +48,8 @@ type Conn struct {
 	rn     int
 	rerr   syscall.Errno
 	readFn func(uintptr) bool
+	// reads counts the read(2) calls of Read, which the tests check.
+	reads int
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -63,6 +65,10 @@ type Conn struct {
 	tryWriteFn func(uintptr) bool
 
 	rdl, wdl deadline
+
+	// awaitFn and awaitWritten serve WriteAwaitRead.
+	awaitFn      func(uintptr) bool
+	awaitWritten bool
 
 	// peekFn and the fields below serve Idle.
 	peekFn  func(uintptr)
@@ -86,6 +92,7 @@ func Wrap(c net.Conn) net.Conn {
 	rc.writeFn = rc.writeAll
 	rc.tryWriteFn = rc.tryWrite
 	rc.peekFn = rc.peekIdle
+	rc.awaitFn = rc.writeThenAwait
 	return rc
 }
 
@@ -122,6 +129,7 @@ func (c *Conn) Unwrap() *net.TCPConn { return c.TCPConn }
 // socket has nothing to read, so that the poller waits for it.
 func (c *Conn) readOnce(fd uintptr) bool {
 	for {
+		c.reads++
 		n, err := Read(int(fd), c.rbuf)
 		switch err {
 		case nil:
@@ -282,6 +290,57 @@ func (c *Conn) writeChunk() error {
 		}
 		err = c.raw.Write(fn)
 	}
+}
+
+// WriteAwaitRead writes b, as Write does, to a peer that responds to it,
+// and returns once the response can be read, the peer closed the
+// connection, or the read deadline passed. It saves a read(2) call: Go's
+// poller drops a readiness it saw before a read starts, so a plain Read
+// tries read(2) first and waits only after that finds nothing. Here the
+// wait starts before the write, so a response that comes at once is not
+// missed, and the Read that follows finds it.
+//
+// When the send buffer cannot take b whole, or the wait ends early, the
+// rest goes through Write and the response through a plain Read. Bytes
+// that arrived before the call do not end the wait. Errors are those of
+// the write. Reads must not run at the same time.
+func (c *Conn) WriteAwaitRead(b []byte) (int, error) {
+	if len(b) == 0 || len(b) > maxRW {
+		return c.Write(b)
+	}
+	c.rmu.Lock()
+	c.wmu.Lock()
+	n := 0
+	var e syscall.Errno
+	if !c.wdl.expired() {
+		c.wbuf, c.wn, c.werr, c.awaitWritten = b, 0, 0, false
+		// A deadline or a closed connection ends the wait as it would end
+		// the Read that follows, which reports it.
+		_ = c.raw.Read(c.awaitFn)
+		n, e = c.wn, c.werr
+		c.wbuf = nil
+	}
+	c.wmu.Unlock()
+	c.rmu.Unlock()
+	if e != 0 {
+		return n, c.opError("write", os.NewSyscallError("write", e))
+	}
+	if n < len(b) {
+		m, err := c.Write(b[n:])
+		return n + m, err
+	}
+	return n, nil
+}
+
+// writeThenAwait is WriteAwaitRead's step in the poller's read loop. The
+// first call writes, and it asks the poller to wait (false) only when the
+// write was whole.
+func (c *Conn) writeThenAwait(fd uintptr) bool {
+	if c.awaitWritten {
+		return true
+	}
+	c.awaitWritten = true
+	return !c.writeAll(fd) || c.werr != 0
 }
 
 // queued returns the bytes of the send queue that the peer has not

@@ -609,3 +609,156 @@ func TestIdleSeesUnreadBytesAndClose(t *testing.T) {
 		t.Error("Idle is true after the peer closed the connection")
 	}
 }
+
+// respondAfter has the peer read want bytes, wait for d, and then write
+// response, or close the connection when response is nil. The returned
+// channel gets the bytes the peer read, and is closed empty on an error.
+func respondAfter(t *testing.T, peer *net.TCPConn, want int, d time.Duration, response []byte) <-chan []byte {
+	t.Helper()
+	got := make(chan []byte, 1)
+	go func() {
+		defer close(got)
+		peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, want)
+		if _, err := io.ReadFull(peer, b); err != nil {
+			t.Errorf("peer read: %v", err)
+			return
+		}
+		time.Sleep(d)
+		if response == nil {
+			peer.Close()
+		} else if _, err := peer.Write(response); err != nil {
+			t.Errorf("peer write: %v", err)
+		}
+		got <- b
+	}()
+	return got
+}
+
+func TestWriteAwaitReadSavesEmptyRead(t *testing.T) {
+	for _, await := range []bool{true, false} {
+		rc, peer := pair(t)
+		rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		req := []byte("GET / HTTP/1.1\r\nHost: n\r\n\r\n")
+		// The peer responds late, so a read right after the write finds
+		// nothing yet.
+		got := respondAfter(t, peer, len(req), 30*time.Millisecond, []byte("response"))
+		var n int
+		var err error
+		if await {
+			n, err = rc.WriteAwaitRead(req)
+		} else {
+			n, err = rc.Write(req)
+		}
+		if n != len(req) || err != nil {
+			t.Fatalf("write = %d, %v; want %d, nil", n, err, len(req))
+		}
+		buf := make([]byte, 16)
+		n, err = rc.Read(buf)
+		if string(buf[:n]) != "response" || err != nil {
+			t.Fatalf("Read = %q, %v; want the response", buf[:n], err)
+		}
+		if b := <-got; !bytes.Equal(b, req) {
+			t.Fatalf("peer read %q; want %q", b, req)
+		}
+		switch {
+		case await && rc.reads != 1:
+			t.Errorf("WriteAwaitRead then Read made %d read(2) calls; want 1", rc.reads)
+		case !await && rc.reads < 2:
+			// The control case shows that the response came after the read
+			// started, which the case above relies on.
+			t.Errorf("Write then Read made %d read(2) calls; want 2 or more", rc.reads)
+		}
+	}
+}
+
+func TestWriteAwaitReadEndsAtDeadline(t *testing.T) {
+	// The peer never responds.
+	rc, _ := pair(t)
+	rc.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	if n, err := rc.WriteAwaitRead([]byte("req")); n != 3 || err != nil {
+		t.Fatalf("WriteAwaitRead = %d, %v; want 3, nil", n, err)
+	}
+	if _, err := rc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after the wait = %v; want a deadline error", err)
+	}
+}
+
+func TestPastDeadlineInterruptsWriteAwaitRead(t *testing.T) {
+	// The peer never responds.
+	rc, _ := pair(t)
+	rc.SetReadDeadline(time.Now().Add(time.Hour))
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		rc.SetDeadline(time.Unix(1, 0))
+	}()
+	if n, err := rc.WriteAwaitRead([]byte("req")); n != 3 || err != nil {
+		t.Fatalf("WriteAwaitRead = %d, %v; want 3, nil", n, err)
+	}
+	if _, err := rc.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after the interrupted wait = %v; want a deadline error", err)
+	}
+}
+
+func TestWriteAwaitReadSeesPeerClose(t *testing.T) {
+	rc, peer := pair(t)
+	rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	respondAfter(t, peer, 3, 10*time.Millisecond, nil)
+	if n, err := rc.WriteAwaitRead([]byte("req")); n != 3 || err != nil {
+		t.Fatalf("WriteAwaitRead = %d, %v; want 3, nil", n, err)
+	}
+	if n, err := rc.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer closed = %d, %v; want io.EOF", n, err)
+	}
+}
+
+func TestWriteAwaitReadLargerThanSendBuffer(t *testing.T) {
+	rc, peer := pair(t)
+	if err := rc.SetWriteBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	payload := make([]byte, 1<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	got := respondAfter(t, peer, len(payload), 0, []byte("ok"))
+	if n, err := rc.WriteAwaitRead(payload); n != len(payload) || err != nil {
+		t.Fatalf("WriteAwaitRead = %d, %v; want %d, nil", n, err, len(payload))
+	}
+	buf := make([]byte, 8)
+	if n, err := rc.Read(buf); string(buf[:n]) != "ok" || err != nil {
+		t.Fatalf("Read = %q, %v; want ok", buf[:n], err)
+	}
+	if b := <-got; !bytes.Equal(b, payload) {
+		t.Fatal("the peer did not read the payload as written")
+	}
+}
+
+func TestWriteAwaitReadReportsWriteErrors(t *testing.T) {
+	rc, peer := pair(t)
+	if err := peer.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	// The test waits for the reset to arrive.
+	deadline := time.Now().Add(5 * time.Second)
+	for rc.Idle() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := rc.WriteAwaitRead([]byte("req"))
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("WriteAwaitRead to a reset connection = %v; want ECONNRESET or EPIPE", err)
+	}
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "write" {
+		t.Fatalf("error %#v is not a write *net.OpError", err)
+	}
+
+	rc.Close()
+	if _, err := rc.WriteAwaitRead([]byte("req")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WriteAwaitRead after Close = %v; want net.ErrClosed", err)
+	}
+}
