@@ -251,20 +251,18 @@ func (s *Server) newCompletion(
 	}, opts, true
 }
 
-// lookupModel returns the model a request names. It writes 400 when the
-// request names none and 404 when the node does not have it. The 404 of
-// an embedding request has the wording of Ollama's scheduler, which its
-// embed handlers pass on (server/routes.go, v0.17.4).
+// lookupModel returns the model a request names. It writes 404 when the
+// node does not have it, as GenerateHandler also does for a request
+// without a model. Routes that reject a missing name with an error of
+// their own do so in passChecks. The 404 of an embedding request
+// has the wording of Ollama's scheduler, which its embed handlers pass on
+// (server/routes.go, v0.17.4).
 func (s *Server) lookupModel(
 	w http.ResponseWriter,
 	name string,
 	shape errorShape,
 	embedding bool,
 ) (*modelEntry, bool) {
-	if name == "" {
-		writeError(w, shape, http.StatusBadRequest, "model is required")
-		return nil, false
-	}
 	entry := s.models.get(name)
 	if entry == nil {
 		message := notFoundMessage(name)

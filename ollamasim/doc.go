@@ -40,8 +40,10 @@
 // /v1/messages. A model the node lacks gets 404 "model 'NAME' not found",
 // as recorded, except on the embedding routes, where Ollama passes on its
 // scheduler's "model \"NAME\" not found, try pulling it first".
-// Malformed JSON gets 400 with encoding/json's message, and a missing
-// model field gets 400 "model is required". Like Ollama, a foreign Origin,
+// Malformed JSON gets 400 with encoding/json's message. A missing model
+// field gets the handler's own error, as an invalid name does: on
+// /api/generate the 404 above with an empty NAME, and on /api/chat 400
+// "model is required". Like Ollama, a foreign Origin,
 // or a foreign Host on a loopback listener, gets 403 with an empty body.
 //
 // Routes: HEAD and GET /, GET /api/version, /api/tags, /api/ps, POST

@@ -140,6 +140,10 @@ func TestRequestErrors(t *testing.T) {
 	}{
 		{"missing body", "/api/generate", "", 400, `{"error":"missing request body"}`},
 		{"missing model", "/api/chat", `{"messages":[]}`, 400, `{"error":"model is required"}`},
+		{"missing model on generate", "/api/generate", `{"prompt":"hi"}`, 404,
+			`{"error":"model '' not found"}`},
+		{"missing model on v1 completions", "/v1/completions", `{"prompt":"hi"}`, 404,
+			`{"error":{"message":"model '' not found","type":"not_found_error","param":null,"code":null}}` + "\n"},
 		{"unknown model", "/api/chat", `{"model":"x"}`, 404, `{"error":"model 'x' not found"}`},
 		{"unknown model on generate", "/api/generate", `{"model":"x","prompt":"hi"}`, 404,
 			`{"error":"model 'x' not found"}`},
