@@ -527,3 +527,57 @@ func TestStreamThenBufferedResponse(t *testing.T) {
 		t.Errorf("the buffered requests came over %d node connections, want them reused", len(conns))
 	}
 }
+
+// TestInterimResponsesAreSkipped has a node send informational (1xx)
+// responses before its final one. The client gets the final response, and
+// the connection stays in step for the next request. A node that switches
+// protocols, or that sends too many informational responses, gets a 502.
+func TestInterimResponsesAreSkipped(t *testing.T) {
+	hints := "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+	tests := []struct {
+		name    string
+		interim string
+		status  int
+		message string
+	}{
+		{"early hints", hints, http.StatusOK, ""},
+		{"continue", "HTTP/1.1 100 Continue\r\n\r\n", http.StatusOK, ""},
+		{"several", "HTTP/1.1 102 Processing\r\n\r\n" + hints + "HTTP/1.1 100 Continue\r\n\r\n",
+			http.StatusOK, ""},
+		{"the most allowed", strings.Repeat(hints, 16), http.StatusOK, ""},
+		{"too many", strings.Repeat(hints, 17), http.StatusBadGateway,
+			"more than 16 informational (1xx) responses before the final response"},
+		{"switching protocols", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+			"Connection: Upgrade\r\n\r\n", http.StatusBadGateway,
+			"node switched protocols (101), which the proxy does not relay"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			node := startRawNode(t, &rawNode{respond: func(conn net.Conn, _ int, body []byte) bool {
+				_, err := io.WriteString(conn, tt.interim+echoResponse(body))
+				return err == nil
+			}})
+			p := proxyForRaw(t, node)
+			// A 1xx passed on as the response leaves the client waiting for
+			// the final one, which the timeout ends.
+			client := &http.Client{Timeout: 10 * time.Second}
+			for _, user := range []string{"user 1", "user 2"} {
+				resp, err := client.Post(p.URL()+"/api/generate", "application/json",
+					strings.NewReader(`{"model":"m","prompt":"`+user+`","stream":false}`))
+				if err != nil {
+					t.Fatalf("%s: %v", user, err)
+				}
+				body := string(readBody(t, resp))
+				if resp.StatusCode != tt.status {
+					t.Fatalf("%s: status %d, want %d; body %s", user, resp.StatusCode, tt.status, body)
+				}
+				if tt.status == http.StatusOK && !strings.Contains(body, user) {
+					t.Errorf("%s got %s, want the echo of its own request", user, body)
+				}
+				if tt.message != "" && !strings.Contains(body, tt.message) {
+					t.Errorf("%s got %s, want the message %q", user, body, tt.message)
+				}
+			}
+		})
+	}
+}

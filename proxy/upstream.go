@@ -200,9 +200,12 @@ var errStaleConn = errors.New("pooled connection closed by node")
 
 // NOTE: the check runs when a pooled connection is taken, so bytes that a
 // node sends after it, before the response to the new request, are still
-// read as that response. Once the real response follows them, the next
-// check drops the connection, so they cannot shift the responses of later
-// requests by one. The check costs one recv(2) per reused connection.
+// read as that response. The real response then waits in the socket, and
+// the next check drops the connection. But while each next request takes
+// the connection before the node has sent the previous response, every
+// request gets the response of the one before it. Only a node that sends
+// a response no request asked for, which breaks HTTP/1.1, starts that.
+// The check costs one recv(2) per reused connection.
 
 // maxStaleConns bounds the pooled connections that one request drops as
 // unfit before it takes the next one as it is.
@@ -308,7 +311,7 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 	}
 	ex.reader = idleReader{Conn: conn, ex: ex}
 	ex.br = u.hc.AcquireReader(&ex.reader)
-	err = ex.resp.Read(ex.br)
+	interim, err := readFinalHead(&ex.resp, ex.br)
 	down := ex.endHeadWait()
 	if err != nil {
 		// fasthttp leaves what it read of a head it failed on in br.
@@ -317,13 +320,16 @@ func (u *upstream) try(ctx context.Context, req *fasthttp.Request, t timeouts) (
 		if down && ctx.Err() == nil {
 			return nil, u.nodeDownError()
 		}
-		if reused && isConnClosed(err) && ctx.Err() == nil {
+		// A node that sent an informational response has read the request.
+		if reused && interim == 0 && isConnClosed(err) && ctx.Err() == nil {
 			return nil, errStaleConn
 		}
 		if isTimeout(err) && ctx.Err() == nil {
 			return nil, fmt.Errorf("node %s: %w", u.node.Name, errFirstByteTimeout)
 		}
+		var head *headReadError
 		switch {
+		case errors.As(err, &head):
 		case received:
 			err = newHeadReadError(err)
 		case isConnClosed(err):
@@ -675,6 +681,40 @@ func (ex *exchange) recycle() {
 	ex.handle.Store(nil)
 	ex.resp.Reset()
 	exchangePool.Put(ex)
+}
+
+// maxInterimHeads bounds the informational (1xx) responses that a node may
+// send before its final response.
+const maxInterimHeads = 16
+
+// readFinalHead reads response heads from br into h until one is final.
+// It skips informational (1xx) responses such as 100 Continue and 103
+// Early Hints, which may come before the final response (RFC 9110,
+// section 15.2): passed on as the response, they would leave the client
+// waiting for one that never comes. 101 Switching Protocols is final, and
+// fails as a switch that the proxy does not relay. readFinalHead returns
+// the number of informational responses it skipped.
+// NOTE: RFC 9110 asks a proxy to forward 1xx responses. They are dropped
+// here, since fasthttp's server writes no interim responses but its own
+// 100 Continue, and Ollama sends none to a request without Expect, which
+// the proxy does not forward.
+func readFinalHead(h *fasthttp.ResponseHeader, br *bufio.Reader) (int, error) {
+	for interim := 0; ; interim++ {
+		if err := h.Read(br); err != nil {
+			return interim, err
+		}
+		switch st := h.StatusCode(); {
+		case st == fasthttp.StatusSwitchingProtocols:
+			return interim, &headReadError{kind: "node switched protocols (101), which the proxy does not relay",
+				err: errors.New("unrequested 101 Switching Protocols")}
+		case st >= 200:
+			return interim, nil
+		case interim == maxInterimHeads:
+			return interim, &headReadError{kind: "more than " + itoa(maxInterimHeads) +
+				" informational (1xx) responses before the final response",
+				err: fmt.Errorf("status %d", st)}
+		}
+	}
 }
 
 // headReadError is the failure to read a response head of which the node
