@@ -329,10 +329,9 @@ func isTransferCodingError(err error) bool {
 // half-closes it and drops what the client still sends, for at most
 // drainTimeout (see discard). fasthttp skips the hijack handler after it
 // writes a response with "Connection: close", so closeUnread writes the
-// response itself.
-//
-// NOTE: fasthttp's shutdown does not wait for the connections taken over
-// here. Each ends within write_timeout and drainTimeout.
+// response itself. fasthttp's shutdown does not wait for a connection
+// taken over, so Server.Shutdown waits for it in handedOver; each ends
+// within write_timeout and drainTimeout.
 func (s *Server) closeUnread(ctx *fasthttp.RequestCtx) {
 	ctx.SetConnectionClose()
 	if ctx.IsHead() {
@@ -345,8 +344,9 @@ func (s *Server) closeUnread(ctx *fasthttp.RequestCtx) {
 	}
 	conn := ctx.Conn()
 	writeTimeout := s.config().WriteTimeout
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(c net.Conn) {
+	s.handedOver.add()
+	takeOver(ctx, func(c net.Conn) {
+		defer s.handedOver.done()
 		_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := c.Write(resp.Bytes()); err != nil {
 			return
@@ -355,5 +355,5 @@ func (s *Server) closeUnread(ctx *fasthttp.RequestCtx) {
 			_ = hc.CloseWrite()
 		}
 		discard(c, -1)
-	})
+	}, s.handedOver.done)
 }

@@ -255,28 +255,21 @@ func (s *Server) deliverStream(ctx *fasthttp.RequestCtx, rt route, rs *reqState,
 	ctx.SetBodyStream(r, -1)
 }
 
-// hijackStartLimit is how long streamHTTP10 waits for fasthttp to call
-// its hijack handler before it closes the body itself. The handler
-// normally starts as soon as the request handler returns.
+// hijackStartLimit is how long takeOver waits for fasthttp to call its
+// hijack handler before it gives the connection up. The handler normally
+// starts as soon as the request handler returns.
 const hijackStartLimit = 10 * time.Second
 
-// streamHTTP10 sends a stream to an HTTP/1.0 client, which does not know
-// chunked encoding: the response has no Content-Length and its end is the
-// end of the connection. fasthttp always chunks a body stream, so the
-// proxy takes over the connection once the handler returns. fasthttp's
-// shutdown does not wait for such a connection, so done runs after the
-// body is closed, for Server.Shutdown to wait on.
-func streamHTTP10(ctx *fasthttp.RequestCtx, r streamBody, done func()) {
-	ctx.Response.Header.SetContentLength(-2) // identity: no Content-Length
-	ctx.SetConnectionClose()
-	head := append([]byte(nil), ctx.Response.Header.Header()...)
-	// fasthttp skips the hijack handler when the connection fails first,
-	// and then nothing would close the relay and free the node's slot.
+// takeOver has fasthttp hand ctx's connection to run once the request
+// handler returns, without writing a response of its own. fasthttp skips
+// the hijack handler when the connection fails first, so abandon runs
+// instead when run has not started within hijackStartLimit. Exactly one
+// of the two runs.
+func takeOver(ctx *fasthttp.RequestCtx, run func(net.Conn), abandon func()) {
 	var claimed atomic.Bool
 	fallback := time.AfterFunc(hijackStartLimit, func() {
 		if claimed.CompareAndSwap(false, true) {
-			_ = r.Close()
-			done()
+			abandon()
 		}
 	})
 	ctx.HijackSetNoResponse(true)
@@ -285,12 +278,31 @@ func streamHTTP10(ctx *fasthttp.RequestCtx, r streamBody, done func()) {
 			return
 		}
 		fallback.Stop()
+		run(c)
+	})
+}
+
+// streamHTTP10 sends a stream to an HTTP/1.0 client, which does not know
+// chunked encoding: the response has no Content-Length and its end is the
+// end of the connection. fasthttp always chunks a body stream, so the
+// proxy takes over the connection once the handler returns. fasthttp's
+// shutdown does not wait for such a connection, so done runs after the
+// body is closed, for Server.Shutdown to wait on. A connection that fails
+// before the takeover still gets r closed, which frees the node's slot.
+func streamHTTP10(ctx *fasthttp.RequestCtx, r streamBody, done func()) {
+	ctx.Response.Header.SetContentLength(-2) // identity: no Content-Length
+	ctx.SetConnectionClose()
+	head := append([]byte(nil), ctx.Response.Header.Header()...)
+	takeOver(ctx, func(c net.Conn) {
 		defer done()
 		defer r.Close()
 		if _, err := c.Write(head); err != nil {
 			return
 		}
 		_, _ = r.copyTo(c)
+	}, func() {
+		_ = r.Close()
+		done()
 	})
 }
 

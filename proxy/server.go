@@ -108,8 +108,9 @@ type Server struct {
 
 	// inflight lists the requests waiting on or streaming from nodes.
 	inflight watchList
-	// handedOver counts the streams on connections taken over from
-	// fasthttp, which its shutdown does not wait for.
+	// handedOver counts the connections taken over from fasthttp, which
+	// its shutdown does not wait for: streams to HTTP/1.0 clients and
+	// early rejections (closeUnread).
 	handedOver streamCount
 	// heads keeps the request line of requests whose body fasthttp reads
 	// after receiveHeader, for handleParseError, and marks the requests

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -166,4 +168,69 @@ func TestProxyEndedStreamsNotCounted(t *testing.T) {
 			t.Error("monthly_tokens = 0, want the tokens of the served request and the cut streams")
 		}
 	})
+}
+
+// TestShutdownWaitsForRejectedConnection rejects a request from its head
+// while the client still sends the body. The proxy takes that connection
+// over to drop the rest of the body before it closes, and Shutdown waits
+// until that ends.
+func TestShutdownWaitsForRejectedConnection(t *testing.T) {
+	p, _, _ := startHeadProxy(t, true)
+	conn, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "POST /api/chat HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer sk-unknown\r\n"+
+		"Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n%s", p.Addr(), `{"model":"m","mess`)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("read the rejection: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("status %d, want 401", resp.StatusCode)
+	}
+
+	// The client goes on sending its body, a byte at a time, which keeps
+	// the proxy draining (it stops after a pause of drainPause, 200ms).
+	stopSending := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for {
+			select {
+			case <-stopSending:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if _, err := conn.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- p.Shutdown(ctx)
+	}()
+	select {
+	case err := <-stopped:
+		close(stopSending)
+		t.Fatalf("Shutdown returned (%v) while the proxy still drained the client's connection", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(stopSending)
+	<-sent
+	conn.Close()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the client closed its connection")
+	}
 }
