@@ -263,8 +263,9 @@ type RateLimit struct {
 	// TrustedProxies lists CIDRs, or single addresses, of reverse proxies
 	// whose X-Forwarded-For is trusted. Default: none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	// DefaultTokenEstimate is reserved for a request that sets no
-	// num_predict or max_tokens. Default 512.
+	// DefaultTokenEstimate is reserved for the output of a request that
+	// sets no num_predict or max_tokens, on top of an estimate of its
+	// prompt. Default 512.
 	DefaultTokenEstimate int64 `yaml:"default_token_estimate"`
 }
 

@@ -254,3 +254,40 @@ func TestInspectReadsTokenCounts(t *testing.T) {
 		}
 	}
 }
+
+func TestPromptTokensCountsText(t *testing.T) {
+	var p fastjson.Parser
+	text := strings.Repeat("a", 400) // 100 tokens at four bytes a token
+	image := strings.Repeat("B", 4000)
+	tests := []struct {
+		name string
+		body string
+		want int64
+	}{
+		{"generate", `{"model":"llama3:8b","prompt":"` + text + `","keep_alive":"5m"}`, 100},
+		{"generate with system and image", `{"model":"m","prompt":"` + text + `","system":"` + text +
+			`","images":["` + image + `"]}`, 200},
+		{"chat", `{"model":"m","messages":[{"role":"user","content":"` + text + `","images":["` +
+			image + `"]}],"options":{"num_predict":5,"stop":["\n"]}}`, 102},
+		{"openai parts", `{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"` +
+			text + `"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + image +
+			`"}}]}]}`, 105},
+		{"anthropic image", `{"model":"m","system":"` + text + `","messages":[{"role":"user",` +
+			`"content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"` +
+			image + `"}}]}]}`, 103},
+		{"tools count", `{"model":"m","messages":[],"tools":[{"type":"function","function":` +
+			`{"name":"f","description":"` + text + `"}}]}`, 103},
+		{"no text", `{"model":"m"}`, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, err := p.Parse(tt.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := promptTokens(v); got != tt.want {
+				t.Errorf("promptTokens = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

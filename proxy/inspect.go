@@ -137,6 +137,45 @@ func inputTokens(v *fastjson.Value) int64 {
 	return max(n, 1)
 }
 
+// promptTokens estimates the input tokens of a generation request: a
+// token per four bytes of the text in its string fields, at the ratio
+// that inputTokens uses. Fields that are not prompt text are left out: the
+// model name and keep_alive, and images, audio and files, which travel as
+// base64 or URLs and which a model counts in its own way.
+// NOTE: a request that sends mostly images reserves less than it uses,
+// and settling then charges the difference.
+func promptTokens(v *fastjson.Value) int64 {
+	return (promptBytes(v) + 3) / 4
+}
+
+// promptSkip lists the fields whose strings promptBytes leaves out.
+var promptSkip = map[string]bool{
+	"model": true, "keep_alive": true,
+	// Ollama's images, OpenAI's image_url, input_audio and file_data, and
+	// Anthropic's source of an image or document.
+	"images": true, "image_url": true, "input_audio": true, "file_data": true, "source": true,
+}
+
+func promptBytes(v *fastjson.Value) int64 {
+	var n int64
+	switch v.Type() {
+	case fastjson.TypeString:
+		n = int64(len(v.GetStringBytes()))
+	case fastjson.TypeArray:
+		for _, item := range v.GetArray() {
+			n += promptBytes(item)
+		}
+	case fastjson.TypeObject:
+		o, _ := v.Object()
+		o.Visit(func(key []byte, item *fastjson.Value) {
+			if !promptSkip[string(key)] {
+				n += promptBytes(item)
+			}
+		})
+	}
+	return n
+}
+
 // parseObject parses a request body, which must be one JSON object. It
 // returns an error naming the problem, in the same words on every route.
 func parseObject(p *fastjson.Parser, body []byte) (*fastjson.Value, error) {

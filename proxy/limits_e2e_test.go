@@ -349,6 +349,59 @@ func TestLimitsTokensPerMinute(t *testing.T) {
 	}
 }
 
+// TestLimitsReservePromptTokens sends chats whose prompts are large and
+// whose output limit is small while the first one still runs. Each
+// reserves an estimate of its prompt besides its num_predict, so the
+// second is rejected, although both output limits fit the minute.
+func TestLimitsReservePromptTokens(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		name := "local"
+		if shared {
+			name = "redis"
+		}
+		t.Run(name, func(t *testing.T) {
+			// 20 tokens per second: a stream of 400 tokens outlasts the test.
+			sim := testenv.Sim(t, "m", ollamasim.Config{
+				TokensPerSec: 20, MinTokens: 400, MaxTokens: 400,
+			})
+			cfg := testenv.Config(t, sim)
+			key := limitKey("tpm")
+			key.TokensPerMinute = 1000
+			cfg.Auth.Keys = []config.Key{key}
+			if shared {
+				sharedRedisConfig(cfg, testredis.Start(t))
+			}
+			p := testenv.Proxy(t, cfg)
+
+			// 3,204 bytes of text with the role, an estimate of 801 prompt
+			// tokens, plus num_predict 100: 901 of the minute's 1000.
+			prompt := strings.Repeat("word ", 640)
+			body := `{"model":"m","messages":[{"role":"user","content":"` + prompt + `"}],` +
+				`"options":{"num_predict":100}}`
+			first := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
+			defer first.Body.Close()
+			if first.StatusCode != http.StatusOK {
+				t.Fatalf("first chat: status %d, body %s", first.StatusCode, readBody(t, first))
+			}
+			second := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
+			if err := check429(second.StatusCode, second.Header, string(readBody(t, second)), "1000",
+				"tokens per minute"); err != nil {
+				t.Fatalf("second chat: %v", err)
+			}
+			if got := second.Header.Get("X-RateLimit-Remaining"); got != "99" {
+				t.Errorf("X-RateLimit-Remaining %q, want 99", got)
+			}
+
+			// A short prompt still fits the 99 tokens left.
+			short := streamRequest(t, p.URL(), "tpm", 50)
+			if short.StatusCode != http.StatusOK {
+				t.Fatalf("short chat: status %d, body %s", short.StatusCode, readBody(t, short))
+			}
+			short.Body.Close()
+		})
+	}
+}
+
 func TestLimitsConcurrency(t *testing.T) {
 	for _, shared := range []bool{false, true} {
 		name := "local"

@@ -305,6 +305,9 @@ type Request struct {
 	// tokens_per_minute or monthly_tokens is cut to that limit, so that a
 	// request is never rejected forever; settling charges the real count.
 	Tokens int64
+	// InputTokens is an estimate of the prompt's tokens, which the
+	// request reserves on top of Tokens, since the node charges them too.
+	InputTokens int64
 	// Model is the model label of llmproxy_tokens_total, already bounded by
 	// the caller; empty means metrics.OtherModel.
 	Model string
@@ -354,6 +357,7 @@ func (l *Limiter) newAdmission(req Request) *admission {
 	if need <= 0 {
 		need = set.defaultEstimate
 	}
+	need += max(req.InputTokens, 0)
 	if req.Uncounted {
 		need = 0
 	} else {

@@ -19,6 +19,8 @@ type step struct {
 	key    string // key name; "" for a request without a key from addr
 	addr   string
 	tokens int64
+	// input is the request's InputTokens.
+	input int64
 
 	allowed bool
 	// limit, when set, is the expected Decision.Limit, and remaining the
@@ -71,7 +73,7 @@ func runScenario(t *testing.T, b backend, sc scenario) {
 		if s.key != "" {
 			key = keyNamed(l, s.key)
 		}
-		d, r := l.Admit(context.Background(), Request{Key: key, Addr: s.addr, Tokens: s.tokens})
+		d, r := l.Admit(context.Background(), Request{Key: key, Addr: s.addr, Tokens: s.tokens, InputTokens: s.input})
 		reservations[i+1] = r
 		checkStep(t, i+1, s, d, r)
 	}
@@ -191,6 +193,16 @@ func TestRuleTokensPerMinute(t *testing.T) {
 				{at: 59 * time.Second, key: "k", tokens: 300, limit: tok, remaining: 100,
 					retry: time.Second},
 				{at: 60 * time.Second, key: "k", tokens: 300, allowed: true, limit: tok, remaining: 100},
+			},
+		},
+		{
+			name: "prompt estimate reserved with the output",
+			keys: keys,
+			steps: []step{
+				{key: "k", tokens: 100, input: 500, allowed: true, limit: tok, remaining: 400},
+				{key: "k", tokens: 100, input: 500, limit: tok, remaining: 400,
+					retry: time.Minute},
+				{key: "k", tokens: 100, input: 300, allowed: true, limit: tok, remaining: 0},
 			},
 		},
 		{
