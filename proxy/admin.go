@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"maps"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -63,7 +64,7 @@ func (s *Server) serveAdmin(ctx *fasthttp.RequestCtx, rt route) {
 	case path == "/admin/queue" && method == "GET":
 		writeJSON(ctx, map[string]any{"depth": s.bal.Depth(), "waiting": s.bal.Waiting()})
 	case strings.HasPrefix(path, "/admin/nodes/") && method == "POST":
-		s.serveNodeAction(ctx, rt, strings.TrimPrefix(path, "/admin/nodes/"))
+		s.serveNodeAction(ctx, rt)
 	default:
 		if s.adminExtra != nil && s.adminExtra(ctx) {
 			return
@@ -198,7 +199,17 @@ func (s *Server) serveNodes(ctx *fasthttp.RequestCtx) {
 	writeJSON(ctx, map[string]any{"nodes": s.NodeStatuses()})
 }
 
-func (s *Server) serveNodeAction(ctx *fasthttp.RequestCtx, rt route, rest string) {
+// serveNodeAction serves POST /admin/nodes/{name}/{action}. It reads the
+// name and action from the path as the client sent it, decoded: fasthttp's
+// path decodes %2F and then removes dot segments, which would turn the
+// name n1%2F..%2Fn2 into n2.
+func (s *Server) serveNodeAction(ctx *fasthttp.RequestCtx, rt route) {
+	path, err := url.PathUnescape(string(ctx.URI().PathOriginal()))
+	if err != nil {
+		writeError(ctx, rt, fasthttp.StatusBadRequest, "invalid path: "+err.Error())
+		return
+	}
+	rest, _ := strings.CutPrefix(path, "/admin/nodes/")
 	name, action, ok := strings.Cut(rest, "/")
 	n := s.bal.Node(name)
 	if !ok || n == nil {

@@ -417,6 +417,54 @@ func TestDrainAndUndrain(t *testing.T) {
 	}
 }
 
+// TestNodeActionReadsPathAsSent names a node with encoded slashes and dot
+// segments. The path is decoded as sent, without removing dot segments,
+// so the rest names no action and no node drains, not even the one that
+// a cleaned path would name. An encoded letter still names its node.
+func TestNodeActionReadsPathAsSent(t *testing.T) {
+	tr := newTrio(t, ollamasim.Config{}, nil)
+	cases := []struct {
+		path    string
+		status  int
+		drained string // node expected to drain, "" for none
+		message string
+	}{
+		{"/admin/nodes/n0%2F..%2Fn1/drain", http.StatusNotFound, "", `unknown node action \"../n1/drain\"`},
+		{"/admin/nodes/n0%2F%2E%2E%2Fn2/drain", http.StatusNotFound, "", `unknown node action \"../n2/drain\"`},
+		{"/admin/nodes/%6E1/drain", http.StatusOK, "n1", ""},
+		{"/admin/nodes/n2%zz/drain", http.StatusBadRequest, "", "invalid path"},
+	}
+	for _, c := range cases {
+		// Sent raw, since Go's client does not send an invalid escape.
+		conn, err := net.Dial("tcp", tr.proxy.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n", c.path, tr.proxy.Addr())
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", c.path, err)
+		}
+		body := string(readBody(t, resp))
+		conn.Close()
+		if resp.StatusCode != c.status {
+			t.Errorf("%s: status %d, want %d; body %s", c.path, resp.StatusCode, c.status, body)
+		}
+		if !strings.Contains(body, c.message) {
+			t.Errorf("%s: body %s, want %q", c.path, body, c.message)
+		}
+		for _, name := range []string{"n0", "n1", "n2"} {
+			if got := tr.proxy.Balancer().Node(name).Draining(); got != (name == c.drained) {
+				t.Errorf("%s: node %s draining %v", c.path, name, got)
+			}
+		}
+		if c.drained != "" {
+			tr.proxy.Balancer().Node(c.drained).SetDraining(false)
+		}
+	}
+}
+
 func TestPassiveChecksTakeNodeOut(t *testing.T) {
 	tr := newTrio(t, ollamasim.Config{}, func(c *config.Config) {
 		c.Health.MaxFails = 3
