@@ -68,9 +68,12 @@ func (c *Config) authWarnings() []string {
 	var w []string
 	switch {
 	case !c.Auth.Required && len(c.Auth.Keys) > 0:
+		unlimited := "requests without a key, or with an unknown one,"
+		if c.Auth.UnknownKeys == UnknownKeysReject {
+			unlimited = "requests without a key"
+		}
 		w = append(w, fmt.Sprintf("auth.required: false while %d keys are configured, so "+
-			"requests without a key, or with an unknown one, bypass every key's limits "+
-			"and quotas", len(c.Auth.Keys)))
+			"%s bypass every key's limits and quotas", len(c.Auth.Keys), unlimited))
 	case c.Auth.Required && len(c.Auth.Keys) == 0:
 		w = append(w, "auth.required: true with no auth.keys, so every request is "+
 			"rejected with 401")

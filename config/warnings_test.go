@@ -26,7 +26,12 @@ func TestWarnings(t *testing.T) {
 		{"trust everyone", func(c *Config) { c.RateLimit.TrustedProxies = []string{"0.0.0.0/0"} },
 			"rate_limit.trusted_proxies[0]: 0.0.0.0/0 trusts X-Forwarded-For from every client"},
 		{"keys not required", func(c *Config) { c.Auth.Keys = []Key{{Name: "k", SHA256: goodSHA}} },
-			"auth.required: false while 1 keys are configured"},
+			"auth.required: false while 1 keys are configured, so requests without a key, " +
+				"or with an unknown one, bypass"},
+		{"keys not required, unknown rejected", func(c *Config) {
+			c.Auth.Keys = []Key{{Name: "k", SHA256: goodSHA}}
+			c.Auth.UnknownKeys = UnknownKeysReject
+		}, "auth.required: false while 1 keys are configured, so requests without a key bypass"},
 		{"required without keys", func(c *Config) { c.Auth.Required = true },
 			"auth.required: true with no auth.keys"},
 		{"slow probes", func(c *Config) { c.Health.Timeout = c.Health.Interval },
