@@ -49,6 +49,32 @@ func bearer(name string) []string {
 	return []string{"Authorization", "Bearer " + secretOf(name)}
 }
 
+// inEachStore runs test twice: with limits kept in process (subtest
+// "local") and shared through a redis-server (subtest "redis").
+func inEachStore(t *testing.T, test func(t *testing.T, shared bool)) {
+	for _, shared := range []bool{false, true} {
+		name := "local"
+		if shared {
+			name = "redis"
+		}
+		t.Run(name, func(t *testing.T) { test(t, shared) })
+	}
+}
+
+// slowStreamProxy starts a proxy with key, in front of a node that
+// streams 20 tokens per second and 400 in all, so a stream outlasts the
+// test. With shared set, the limits live in a redis-server.
+func slowStreamProxy(t *testing.T, shared bool, key config.Key) *app.App {
+	t.Helper()
+	sim := testenv.Sim(t, "m", ollamasim.Config{TokensPerSec: 20, MinTokens: 400, MaxTokens: 400})
+	cfg := testenv.Config(t, sim)
+	cfg.Auth.Keys = []config.Key{key}
+	if shared {
+		sharedRedisConfig(cfg, testredis.Start(t))
+	}
+	return testenv.Proxy(t, cfg)
+}
+
 // sharedRedisConfig points cfg at r. The timeout is longer than the default
 // 50ms, because on a loaded test machine a Redis call that times out falls
 // back to per-instance counting, which the tests would report as a bug.
@@ -291,62 +317,56 @@ func finalCounts(t *testing.T, resp *http.Response) (prompt, completion int) {
 const chatPromptTokens = 9
 
 func TestLimitsTokensPerMinute(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		name := "local"
-		if shared {
-			name = "redis"
-		}
-		t.Run(name, func(t *testing.T) {
-			// Each chat uses about 300 tokens, prompt and completion, and
-			// reserves 300 through num_predict.
-			const completion = 300 - chatPromptTokens
-			sim := testenv.Sim(t, "m", ollamasim.Config{
-				TokensPerSec: 2000, MinTokens: completion, MaxTokens: completion,
-			})
-			cfg := testenv.Config(t, sim)
-			key := limitKey("tpm")
-			key.TokensPerMinute = 1000
-			cfg.Auth.Keys = []config.Key{key}
-			if shared {
-				sharedRedisConfig(cfg, testredis.Start(t))
-			}
-			p := testenv.Proxy(t, cfg)
-
-			start := time.Now()
-			for i := 1; i <= 3; i++ {
-				resp := streamRequest(t, p.URL(), "tpm", 300)
-				if resp.StatusCode != http.StatusOK {
-					t.Fatalf("chat %d: status %d, body %s", i, resp.StatusCode, readBody(t, resp))
-				}
-				prompt, compl := finalCounts(t, resp)
-				if prompt+compl < 290 || prompt+compl > 300 {
-					t.Fatalf("chat %d used %d+%d tokens, want about 300", i, prompt, compl)
-				}
-			}
-
-			resp := streamRequest(t, p.URL(), "tpm", 300)
-			body := readBody(t, resp)
-			elapsed := time.Since(start)
-			if err := check429(resp.StatusCode, resp.Header, string(body), "1000",
-				"tokens per minute"); err != nil {
-				t.Fatalf("fourth chat: %v", err)
-			}
-			if err := checkReset(resp.Header); err != nil {
-				t.Errorf("fourth chat: %v", err)
-			}
-			// Three chats and the fourth's reservation exceed 1000 until
-			// the first chat leaves the minute's window.
-			ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-			if ra > 60 || float64(ra) < 60-elapsed.Seconds() {
-				t.Errorf("Retry-After %d s, %s after the first chat; want the rest of its minute",
-					ra, elapsed.Round(time.Millisecond))
-			}
-			got := testutil.ToFloat64(p.Metrics().RateLimited.WithLabelValues("tpm", "tokens"))
-			if got != 1 {
-				t.Errorf("ratelimited_total{key=tpm,limit=tokens} = %v, want 1", got)
-			}
+	inEachStore(t, func(t *testing.T, shared bool) {
+		// Each chat uses about 300 tokens, prompt and completion, and
+		// reserves 300 through num_predict.
+		const completion = 300 - chatPromptTokens
+		sim := testenv.Sim(t, "m", ollamasim.Config{
+			TokensPerSec: 2000, MinTokens: completion, MaxTokens: completion,
 		})
-	}
+		cfg := testenv.Config(t, sim)
+		key := limitKey("tpm")
+		key.TokensPerMinute = 1000
+		cfg.Auth.Keys = []config.Key{key}
+		if shared {
+			sharedRedisConfig(cfg, testredis.Start(t))
+		}
+		p := testenv.Proxy(t, cfg)
+
+		start := time.Now()
+		for i := 1; i <= 3; i++ {
+			resp := streamRequest(t, p.URL(), "tpm", 300)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("chat %d: status %d, body %s", i, resp.StatusCode, readBody(t, resp))
+			}
+			prompt, compl := finalCounts(t, resp)
+			if prompt+compl < 290 || prompt+compl > 300 {
+				t.Fatalf("chat %d used %d+%d tokens, want about 300", i, prompt, compl)
+			}
+		}
+
+		resp := streamRequest(t, p.URL(), "tpm", 300)
+		body := readBody(t, resp)
+		elapsed := time.Since(start)
+		if err := check429(resp.StatusCode, resp.Header, string(body), "1000",
+			"tokens per minute"); err != nil {
+			t.Fatalf("fourth chat: %v", err)
+		}
+		if err := checkReset(resp.Header); err != nil {
+			t.Errorf("fourth chat: %v", err)
+		}
+		// Three chats and the fourth's reservation exceed 1000 until
+		// the first chat leaves the minute's window.
+		ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if ra > 60 || float64(ra) < 60-elapsed.Seconds() {
+			t.Errorf("Retry-After %d s, %s after the first chat; want the rest of its minute",
+				ra, elapsed.Round(time.Millisecond))
+		}
+		got := testutil.ToFloat64(p.Metrics().RateLimited.WithLabelValues("tpm", "tokens"))
+		if got != 1 {
+			t.Errorf("ratelimited_total{key=tpm,limit=tokens} = %v, want 1", got)
+		}
+	})
 }
 
 // TestLimitsReservePromptTokens sends chats whose prompts are large and
@@ -354,122 +374,92 @@ func TestLimitsTokensPerMinute(t *testing.T) {
 // reserves an estimate of its prompt besides its num_predict, so the
 // second is rejected, although both output limits fit the minute.
 func TestLimitsReservePromptTokens(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		name := "local"
-		if shared {
-			name = "redis"
+	inEachStore(t, func(t *testing.T, shared bool) {
+		key := limitKey("tpm")
+		key.TokensPerMinute = 1000
+		p := slowStreamProxy(t, shared, key)
+
+		// 3,204 bytes of text with the role, an estimate of 801 prompt
+		// tokens, plus num_predict 100: 901 of the minute's 1000.
+		prompt := strings.Repeat("word ", 640)
+		body := `{"model":"m","messages":[{"role":"user","content":"` + prompt + `"}],` +
+			`"options":{"num_predict":100}}`
+		first := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
+		defer first.Body.Close()
+		if first.StatusCode != http.StatusOK {
+			t.Fatalf("first chat: status %d, body %s", first.StatusCode, readBody(t, first))
 		}
-		t.Run(name, func(t *testing.T) {
-			// 20 tokens per second: a stream of 400 tokens outlasts the test.
-			sim := testenv.Sim(t, "m", ollamasim.Config{
-				TokensPerSec: 20, MinTokens: 400, MaxTokens: 400,
-			})
-			cfg := testenv.Config(t, sim)
-			key := limitKey("tpm")
-			key.TokensPerMinute = 1000
-			cfg.Auth.Keys = []config.Key{key}
-			if shared {
-				sharedRedisConfig(cfg, testredis.Start(t))
-			}
-			p := testenv.Proxy(t, cfg)
+		second := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
+		if err := check429(second.StatusCode, second.Header, string(readBody(t, second)), "1000",
+			"tokens per minute"); err != nil {
+			t.Fatalf("second chat: %v", err)
+		}
+		if got := second.Header.Get("X-RateLimit-Remaining"); got != "99" {
+			t.Errorf("X-RateLimit-Remaining %q, want 99", got)
+		}
 
-			// 3,204 bytes of text with the role, an estimate of 801 prompt
-			// tokens, plus num_predict 100: 901 of the minute's 1000.
-			prompt := strings.Repeat("word ", 640)
-			body := `{"model":"m","messages":[{"role":"user","content":"` + prompt + `"}],` +
-				`"options":{"num_predict":100}}`
-			first := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
-			defer first.Body.Close()
-			if first.StatusCode != http.StatusOK {
-				t.Fatalf("first chat: status %d, body %s", first.StatusCode, readBody(t, first))
-			}
-			second := post(t, p.URL()+"/api/chat", body, bearer("tpm")...)
-			if err := check429(second.StatusCode, second.Header, string(readBody(t, second)), "1000",
-				"tokens per minute"); err != nil {
-				t.Fatalf("second chat: %v", err)
-			}
-			if got := second.Header.Get("X-RateLimit-Remaining"); got != "99" {
-				t.Errorf("X-RateLimit-Remaining %q, want 99", got)
-			}
-
-			// A short prompt still fits the 99 tokens left.
-			short := streamRequest(t, p.URL(), "tpm", 50)
-			if short.StatusCode != http.StatusOK {
-				t.Fatalf("short chat: status %d, body %s", short.StatusCode, readBody(t, short))
-			}
-			short.Body.Close()
-		})
-	}
+		// A short prompt still fits the 99 tokens left.
+		short := streamRequest(t, p.URL(), "tpm", 50)
+		if short.StatusCode != http.StatusOK {
+			t.Fatalf("short chat: status %d, body %s", short.StatusCode, readBody(t, short))
+		}
+		short.Body.Close()
+	})
 }
 
 func TestLimitsConcurrency(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		name := "local"
-		if shared {
-			name = "redis"
+	inEachStore(t, func(t *testing.T, shared bool) {
+		key := limitKey("two")
+		key.MaxConcurrent = 2
+		p := slowStreamProxy(t, shared, key)
+
+		short := streamRequest(t, p.URL(), "two", 10)
+		defer short.Body.Close()
+		long := streamRequest(t, p.URL(), "two", 400)
+		defer long.Body.Close()
+		if short.StatusCode != http.StatusOK || long.StatusCode != http.StatusOK {
+			t.Fatalf("first two streams: status %d and %d, want 200", short.StatusCode,
+				long.StatusCode)
 		}
-		t.Run(name, func(t *testing.T) {
-			// 20 tokens per second: a stream of 400 tokens outlasts the test.
-			sim := testenv.Sim(t, "m", ollamasim.Config{
-				TokensPerSec: 20, MinTokens: 400, MaxTokens: 400,
-			})
-			cfg := testenv.Config(t, sim)
-			key := limitKey("two")
-			key.MaxConcurrent = 2
-			cfg.Auth.Keys = []config.Key{key}
-			if shared {
-				sharedRedisConfig(cfg, testredis.Start(t))
-			}
-			p := testenv.Proxy(t, cfg)
 
-			short := streamRequest(t, p.URL(), "two", 10)
-			defer short.Body.Close()
-			long := streamRequest(t, p.URL(), "two", 400)
-			defer long.Body.Close()
-			if short.StatusCode != http.StatusOK || long.StatusCode != http.StatusOK {
-				t.Fatalf("first two streams: status %d and %d, want 200", short.StatusCode,
-					long.StatusCode)
-			}
+		began := time.Now()
+		third := streamRequest(t, p.URL(), "two", 10)
+		body := readBody(t, third)
+		if waited := time.Since(began); waited > 2*time.Second {
+			t.Errorf("third stream got its response after %s, want at once", waited)
+		}
+		if err := check429(third.StatusCode, third.Header, string(body), "2",
+			"concurrent requests"); err != nil {
+			t.Fatalf("third stream: %v", err)
+		}
+		if got := third.Header.Get("Retry-After"); got != "1" {
+			t.Errorf("Retry-After %q, want 1", got)
+		}
 
-			began := time.Now()
-			third := streamRequest(t, p.URL(), "two", 10)
-			body := readBody(t, third)
-			if waited := time.Since(began); waited > 2*time.Second {
-				t.Errorf("third stream got its response after %s, want at once", waited)
+		finalCounts(t, short)
+		var next *http.Response
+		testenv.WaitFor(t, 5*time.Second, "a stream admitted after one ended", func() bool {
+			resp := streamRequest(t, p.URL(), "two", 5)
+			if resp.StatusCode == http.StatusOK {
+				next = resp
+				return true
 			}
-			if err := check429(third.StatusCode, third.Header, string(body), "2",
-				"concurrent requests"); err != nil {
-				t.Fatalf("third stream: %v", err)
+			if body := readBody(t, resp); resp.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("stream after one ended: status %d, body %s", resp.StatusCode, body)
 			}
-			if got := third.Header.Get("Retry-After"); got != "1" {
-				t.Errorf("Retry-After %q, want 1", got)
-			}
-
-			finalCounts(t, short)
-			var next *http.Response
-			testenv.WaitFor(t, 5*time.Second, "a stream admitted after one ended", func() bool {
-				resp := streamRequest(t, p.URL(), "two", 5)
-				if resp.StatusCode == http.StatusOK {
-					next = resp
-					return true
-				}
-				if body := readBody(t, resp); resp.StatusCode != http.StatusTooManyRequests {
-					t.Fatalf("stream after one ended: status %d, body %s", resp.StatusCode, body)
-				}
-				return false
-			})
-			finalCounts(t, next)
-
-			// The long stream is still running: the new stream took the
-			// slot of the one that ended, not of one still open.
-			line, err := bufio.NewReader(long.Body).ReadBytes('\n')
-			var chunk api.ChatResponse
-			if err != nil || json.Unmarshal(line, &chunk) != nil || chunk.Done {
-				t.Errorf("long stream after the new one: line %q, error %v; want a token line",
-					line, err)
-			}
+			return false
 		})
-	}
+		finalCounts(t, next)
+
+		// The long stream is still running: the new stream took the
+		// slot of the one that ended, not of one still open.
+		line, err := bufio.NewReader(long.Body).ReadBytes('\n')
+		var chunk api.ChatResponse
+		if err != nil || json.Unmarshal(line, &chunk) != nil || chunk.Done {
+			t.Errorf("long stream after the new one: line %q, error %v; want a token line",
+				line, err)
+		}
+	})
 }
 
 // phase counts the responses of one part of a load test.
