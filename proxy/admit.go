@@ -135,7 +135,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 		Key:         rs.apiKey,
 		Addr:        addr,
 		Tokens:      f.reserveTokens,
-		InputTokens: s.inputEstimate(ctx, rt, rs),
+		InputTokens: f.promptTokens,
 		Model:       s.modelLabel(f.model),
 		// Only routes that run a model count towards the token and
 		// request quotas.
@@ -155,32 +155,20 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, rt route, rs *reqState, f field
 	return true
 }
 
-// inputEstimate returns the prompt tokens that a generation request
-// reserves besides its output limit, so that many large prompts sent at
-// once cannot overrun the key's token limits. It parses the body again
-// only for a key with a token limit. An embedding request's reservation
-// is already an estimate of its input, so it adds nothing.
-func (s *Server) inputEstimate(ctx *fasthttp.RequestCtx, rt route, rs *reqState) int64 {
+// reservesPrompt reports whether a request reserves an estimate of its
+// prompt's tokens besides its output limit, so that many large prompts
+// sent at once cannot overrun the key's token limits. That is a
+// generation request of a key with a token limit. An embedding request's
+// reservation is already an estimate of its input.
+func reservesPrompt(rt route, rs *reqState) bool {
 	switch {
 	case rs.apiKey == nil || !rt.inference:
-		return 0
+		return false
 	case rt.name == "/api/embed" || rt.name == "/v1/embeddings" || rt.name == "/api/embeddings":
-		return 0
+		return false
 	}
-	if l := rs.apiKey.Limits(); l.TokensPerMinute == 0 && l.MonthlyTokens == 0 {
-		return 0
-	}
-	body := ctx.PostBody()
-	p := s.parsers.Get()
-	v, err := parseObject(p, body)
-	var n int64
-	if err == nil {
-		n = promptTokens(v)
-	}
-	if len(body) <= maxPooledBody {
-		s.parsers.Put(p)
-	}
-	return n
+	l := rs.apiKey.Limits()
+	return l.TokensPerMinute > 0 || l.MonthlyTokens > 0
 }
 
 func limitText(l ratelimit.Limit) string {

@@ -116,7 +116,7 @@ func TestInspectDefaults(t *testing.T) {
 	var p fastjson.Parser
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := inspect(&p, tc.r, []byte(tc.body))
+			got, err := inspect(&p, tc.r, []byte(tc.body), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +144,7 @@ func FuzzClassifyInspect(f *testing.F) {
 		if r.name == "" {
 			t.Fatalf("route without a name for %s %s", method, path)
 		}
-		if _, err := inspect(&p, r, []byte(body)); err == nil {
+		if _, err := inspect(&p, r, []byte(body), false); err == nil {
 			// Ollama binds a body with json.Decoder, which reads the first
 			// value and leaves what follows it, so only that value must be
 			// an object.
@@ -164,7 +164,7 @@ func BenchmarkClassifyInspect(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r := classify([]byte("POST"), []byte("/api/chat"))
-		if _, err := inspect(&p, r, body); err != nil {
+		if _, err := inspect(&p, r, body, false); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -207,7 +207,7 @@ func TestInspectShortensParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := inspect(&p, classify([]byte("POST"), []byte("/api/chat")), []byte(tt.body))
+			_, err := inspect(&p, classify([]byte("POST"), []byte("/api/chat")), []byte(tt.body), false)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -237,7 +237,7 @@ func TestInspectReadsTokenCounts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		body := `{"model":"m","prompt":"x","options":{"num_predict":` + tt.num + `}}`
-		f, err := inspect(&p, classify([]byte("POST"), []byte("/api/generate")), []byte(body))
+		f, err := inspect(&p, classify([]byte("POST"), []byte("/api/generate")), []byte(body), false)
 		if err != nil {
 			t.Fatalf("num_predict %s: %v", tt.num, err)
 		}
@@ -245,7 +245,7 @@ func TestInspectReadsTokenCounts(t *testing.T) {
 			t.Errorf("num_predict %s: max tokens %d, want %d", tt.num, f.reserveTokens, tt.want)
 		}
 		body = `{"model":"m","messages":[],"max_tokens":` + tt.num + `}`
-		f, err = inspect(&p, classify([]byte("POST"), []byte("/v1/chat/completions")), []byte(body))
+		f, err = inspect(&p, classify([]byte("POST"), []byte("/v1/chat/completions")), []byte(body), false)
 		if err != nil {
 			t.Fatalf("max_tokens %s: %v", tt.num, err)
 		}

@@ -45,6 +45,9 @@ type fields struct {
 	// output limit that the route reads, or an estimate of the input
 	// tokens of an embedding request. 0 means default_token_estimate.
 	reserveTokens int64
+	// promptTokens is the estimate of a generation request's prompt that
+	// admit reserves besides reserveTokens, when inspect was asked for it.
+	promptTokens int64
 	// includeUsage is stream_options.include_usage on the OpenAI routes.
 	includeUsage bool
 	// pinned, when set, is the only node the request may go to.
@@ -59,10 +62,10 @@ type fields struct {
 	store *pendingStore
 }
 
-// inspect reads the fields routing needs from body. It returns an error
-// naming the problem when the body is not a JSON object or its model is
-// not a string.
-func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
+// inspect reads the fields routing needs from body, and with prompt set
+// also estimates the prompt's tokens. It returns an error naming the
+// problem when the body is not a JSON object or its model is not a string.
+func inspect(p *fastjson.Parser, r route, body []byte, prompt bool) (fields, error) {
 	var f fields
 	v, err := parseObject(p, body)
 	if err != nil {
@@ -82,6 +85,9 @@ func inspect(p *fastjson.Parser, r route, body []byte) (fields, error) {
 		f.numCtx = opts.GetInt("num_ctx")
 	}
 	f.reserveTokens = reserveTokens(v, r)
+	if prompt {
+		f.promptTokens = promptTokens(v)
+	}
 	if r.compat() {
 		f.includeUsage = v.GetBool("stream_options", "include_usage")
 	}

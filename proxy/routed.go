@@ -40,7 +40,7 @@ func (s *Server) serveRouted(ctx *fasthttp.RequestCtx, rt route, rs *reqState) {
 		return
 	}
 	p := s.parsers.Get()
-	f, err := inspect(p, rt, ctx.PostBody())
+	f, err := inspect(p, rt, ctx.PostBody(), reservesPrompt(rt, rs))
 	if len(ctx.PostBody()) <= maxPooledBody {
 		// A parser keeps a copy of the last body it parsed, so one that
 		// parsed a large body is left to the garbage collector.
