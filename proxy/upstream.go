@@ -694,7 +694,7 @@ const maxInterimHeads = 16
 // waiting for one that never comes. 101 Switching Protocols is final, and
 // fails as a switch that the proxy does not relay. readFinalHead returns
 // the number of informational responses it skipped.
-// NOTE: RFC 9110 asks a proxy to forward 1xx responses. They are dropped
+// NOTE: RFC 9110 requires a proxy to forward 1xx responses. They are dropped
 // here, since fasthttp's server writes no interim responses but its own
 // 100 Continue, and Ollama sends none to a request without Expect, which
 // the proxy does not forward.

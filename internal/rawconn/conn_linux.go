@@ -333,8 +333,8 @@ func (c *Conn) WriteAwaitRead(b []byte) (int, error) {
 }
 
 // writeThenAwait is WriteAwaitRead's step in the poller's read loop. The
-// first call writes, and it asks the poller to wait (false) only when the
-// write was whole.
+// first call writes, and returns false, which makes the poller wait for
+// data, only when the write was whole.
 func (c *Conn) writeThenAwait(fd uintptr) bool {
 	if c.awaitWritten {
 		return true
